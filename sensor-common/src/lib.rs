@@ -1,0 +1,35 @@
+//! Types shared by the eBPF programs (`sensor-ebpf`) and the daemon
+//! (`sensor-user`).
+//!
+//! Every type here is `#[repr(C)]` plain old data: the kernel side writes it
+//! into a ring buffer or reads it from a global, and the user side reads the
+//! same bytes back. Layouts are pinned by the size assertions at the bottom and
+//! by `sensor-user`'s layout test, so a change on one side cannot silently
+//! shift the other.
+#![no_std]
+
+pub mod event;
+pub mod offsets;
+
+pub use event::*;
+pub use offsets::KernelOffsets;
+
+/// Indexes of the per-CPU `DROPS` counter array.
+pub mod drop_reason {
+    /// `bpf_ringbuf_reserve` on `PROCESS_EVENTS` failed (ring buffer full).
+    pub const PROCESS_RINGBUF_FULL: u32 = 0;
+    /// A kernel read needed for an event failed; the event went out partial.
+    pub const KERNEL_READ_FAILED: u32 = 1;
+    /// Number of counters in `DROPS`.
+    pub const COUNT: u32 = 2;
+}
+
+/// Names of maps and programs, shared so the loader cannot misspell them.
+pub mod names {
+    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
+    pub const DROPS: &str = "DROPS";
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const PROG_EXEC: &str = "sched_process_exec";
+    pub const PROG_FORK: &str = "sched_process_fork";
+    pub const PROG_EXIT: &str = "sched_process_exit";
+}

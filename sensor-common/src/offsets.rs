@@ -1,0 +1,39 @@
+//! Kernel struct field offsets, resolved by the daemon from the running
+//! kernel's BTF (/sys/kernel/btf/vmlinux) and handed to the programs as the
+//! read-only global `OFFSETS`. Nothing in sensor-ebpf hard-codes a layout.
+
+/// Byte offsets of the fields the programs read. Zero in `valid` means the
+/// loader never filled the struct; programs then emit nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Non-zero once filled by the loader.
+    pub valid: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_cred: u32,
+    pub task_comm: u32,
+    pub task_mm: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub task_start_boottime: u32,
+    pub cred_uid: u32,
+    pub cred_gid: u32,
+    pub cred_euid: u32,
+    pub cred_egid: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub signal_live: u32,
+    pub bprm_filename: u32,
+    pub bprm_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] u32 fields only.
+unsafe impl aya::Pod for KernelOffsets {}

@@ -1,0 +1,242 @@
+//! Bytes from the ring buffer -> [`KernelEvent`].
+
+use std::mem::size_of;
+
+use sensor_common::{
+    EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind,
+    ExecEvent, ExitEvent, ForkEvent, TaskInfo,
+};
+
+use super::{ExecRecord, ExitRecord, ForkRecord, KernelEvent, TaskIdentity};
+
+/// A record that does not match any layout we know. Counted, never fatal.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event header")]
+    TooShort(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record has {got} bytes, expected {want}")]
+    SizeMismatch {
+        kind: EventKind,
+        got: usize,
+        want: usize,
+    },
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let header: EventHeader = read_pod(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let partial = header.flags & EVENT_PARTIAL != 0;
+    match kind {
+        EventKind::Exec => {
+            let raw: ExecEvent = read_exact(bytes, kind)?;
+            let argv_len = (raw.argv_len as usize).min(raw.argv.len());
+            Ok(KernelEvent::Exec(ExecRecord {
+                timestamp_ns: header.timestamp_ns,
+                task: task_identity(&raw.task),
+                filename: c_string(&raw.filename),
+                argv: split_argv(&raw.argv[..argv_len]),
+                argv_truncated: header.flags & EXEC_ARGV_TRUNCATED != 0,
+                filename_truncated: header.flags & EXEC_FILENAME_TRUNCATED != 0,
+                device: kernel_dev_to_user(raw.dev),
+                inode: raw.ino,
+                partial,
+            }))
+        }
+        EventKind::Fork => {
+            let raw: ForkEvent = read_exact(bytes, kind)?;
+            Ok(KernelEvent::Fork(ForkRecord {
+                timestamp_ns: header.timestamp_ns,
+                task: task_identity(&raw.task),
+                partial,
+            }))
+        }
+        EventKind::Exit => {
+            let raw: ExitEvent = read_exact(bytes, kind)?;
+            Ok(KernelEvent::Exit(ExitRecord {
+                timestamp_ns: header.timestamp_ns,
+                task: task_identity(&raw.task),
+                status: raw.exit_code,
+                partial,
+            }))
+        }
+    }
+}
+
+fn read_exact<T: aya::Pod>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    if bytes.len() != size_of::<T>() {
+        return Err(DecodeError::SizeMismatch {
+            kind,
+            got: bytes.len(),
+            want: size_of::<T>(),
+        });
+    }
+    Ok(read_pod(bytes).expect("length checked"))
+}
+
+/// Copies a Pod value out of a possibly unaligned byte slice.
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: T is Pod (any bit pattern valid) and the slice holds enough bytes;
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn task_identity(t: &TaskInfo) -> TaskIdentity {
+    TaskIdentity {
+        tgid: t.tgid,
+        tid: t.pid,
+        ppid: t.ppid,
+        uid: t.uid,
+        gid: t.gid,
+        euid: t.euid,
+        egid: t.egid,
+        comm: c_string(&t.comm),
+        cgroup_id: t.cgroup_id,
+        start_boottime_ns: t.start_boottime_ns,
+    }
+}
+
+/// Bytes up to the first NUL, lossily as UTF-8 (paths need not be UTF-8).
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn split_argv(block: &[u8]) -> Vec<String> {
+    let block = block.strip_suffix(&[0]).unwrap_or(block);
+    if block.is_empty() {
+        return Vec::new();
+    }
+    block
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The kernel's internal dev_t (major << 20 | minor) to the `st_dev` that
+/// stat(2) returns (glibc's makedev), so both sides compare equal.
+pub(crate) fn kernel_dev_to_user(dev: u32) -> u64 {
+    let major = u64::from(dev >> 20);
+    let minor = u64::from(dev & 0xf_ffff);
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_common::{ARGV_LEN, FILENAME_LEN};
+
+    fn as_bytes<T>(v: &T) -> &[u8] {
+        // SAFETY: test-only view of a repr(C) value's bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    fn task() -> TaskInfo {
+        let mut comm = [0u8; 16];
+        comm[..2].copy_from_slice(b"sh");
+        TaskInfo {
+            tgid: 10,
+            pid: 11,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            euid: 0,
+            egid: 0,
+            _pad: 0,
+            cgroup_id: 7,
+            start_boottime_ns: 99,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_exec_with_argv_and_flags() {
+        let mut filename = [0u8; FILENAME_LEN];
+        filename[..7].copy_from_slice(b"/bin/sh");
+        let mut argv = [0u8; ARGV_LEN];
+        let args = b"sh\0-c\0exit 7\0";
+        argv[..args.len()].copy_from_slice(args);
+        let raw = ExecEvent {
+            header: EventHeader {
+                kind: EventKind::Exec as u32,
+                flags: EXEC_ARGV_TRUNCATED,
+                timestamp_ns: 5,
+            },
+            task: task(),
+            dev: (8 << 20) | 1,
+            argv_len: args.len() as u32,
+            ino: 1234,
+            filename,
+            argv,
+        };
+        let KernelEvent::Exec(e) = decode(as_bytes(&raw)).unwrap() else {
+            panic!("not exec")
+        };
+        assert_eq!(e.filename, "/bin/sh");
+        assert_eq!(e.argv, ["sh", "-c", "exit 7"]);
+        assert!(e.argv_truncated);
+        assert!(!e.filename_truncated);
+        assert_eq!(e.task.comm, "sh");
+        assert_eq!(e.task.tid, 11);
+        assert_eq!(e.device, 0x801);
+        assert_eq!(e.inode, 1234);
+    }
+
+    #[test]
+    fn decodes_exit_status() {
+        let raw = ExitEvent {
+            header: EventHeader {
+                kind: EventKind::Exit as u32,
+                flags: 0,
+                timestamp_ns: 1,
+            },
+            task: task(),
+            exit_code: 7 << 8,
+            _pad: 0,
+        };
+        let KernelEvent::Exit(e) = decode(as_bytes(&raw)).unwrap() else {
+            panic!("not exit")
+        };
+        assert_eq!(e.exit_code(), Some(7));
+        assert_eq!(e.signal(), None);
+        let killed = ExitRecord { status: 9, ..e };
+        assert_eq!(killed.exit_code(), None);
+        assert_eq!(killed.signal(), Some(9));
+    }
+
+    #[test]
+    fn rejects_short_unknown_and_mis_sized_records() {
+        assert_eq!(decode(&[0; 4]), Err(DecodeError::TooShort(4)));
+        let unknown = EventHeader {
+            kind: 77,
+            flags: 0,
+            timestamp_ns: 0,
+        };
+        assert_eq!(decode(as_bytes(&unknown)), Err(DecodeError::UnknownKind(77)));
+        let fork_header = EventHeader {
+            kind: EventKind::Fork as u32,
+            flags: 0,
+            timestamp_ns: 0,
+        };
+        assert!(matches!(
+            decode(as_bytes(&fork_header)),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn dev_encoding_matches_makedev() {
+        // major 259, minor 3 (nvme0n1p3): st_dev 0x10303.
+        assert_eq!(kernel_dev_to_user((259 << 20) | 3), 0x10303);
+        // large minor spills into the high bits.
+        assert_eq!(kernel_dev_to_user((8 << 20) | 0x123), (0x1 << 20) | 0x823);
+    }
+}

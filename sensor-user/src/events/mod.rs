@@ -1,0 +1,104 @@
+//! Typed events decoded from the kernel's ring buffer records.
+//!
+//! This is the boundary between `hooks` (raw bytes from the kernel) and
+//! `enrich` (process table, hashes): everything after it works on these types.
+
+mod decode;
+
+pub use decode::{DecodeError, decode};
+
+/// Identity and credentials of a task as the kernel reported them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskIdentity {
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id of the task that triggered the event.
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// CLOCK_BOOTTIME ns at which the process started.
+    pub start_boottime_ns: u64,
+}
+
+/// A program was executed (after the point of no return).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub timestamp_ns: u64,
+    pub task: TaskIdentity,
+    /// Path as given to the kernel (bprm->filename).
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub filename_truncated: bool,
+    /// Device of the executed file, userspace `st_dev` encoding.
+    pub device: u64,
+    pub inode: u64,
+    /// Some kernel read failed: fields may be zero.
+    pub partial: bool,
+}
+
+/// A new process (never a thread) was created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub timestamp_ns: u64,
+    pub task: TaskIdentity,
+    pub partial: bool,
+}
+
+/// The last thread of a process exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub timestamp_ns: u64,
+    pub task: TaskIdentity,
+    /// wait(2) status: (code << 8) | signal, 0x80 = core dumped.
+    pub status: u32,
+    pub partial: bool,
+}
+
+impl ExitRecord {
+    /// Exit code when the process exited by itself.
+    pub fn exit_code(&self) -> Option<i32> {
+        (self.status & 0x7f == 0).then_some(((self.status >> 8) & 0xff) as i32)
+    }
+
+    /// Signal number when the process was killed by a signal.
+    pub fn signal(&self) -> Option<i32> {
+        let sig = self.status & 0x7f;
+        (sig != 0).then_some(sig as i32)
+    }
+
+    pub fn core_dumped(&self) -> bool {
+        self.status & 0x80 != 0
+    }
+}
+
+/// One decoded kernel record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    Exec(ExecRecord),
+    Fork(ForkRecord),
+    Exit(ExitRecord),
+}
+
+impl KernelEvent {
+    pub fn timestamp_ns(&self) -> u64 {
+        match self {
+            Self::Exec(e) => e.timestamp_ns,
+            Self::Fork(e) => e.timestamp_ns,
+            Self::Exit(e) => e.timestamp_ns,
+        }
+    }
+
+    pub fn task(&self) -> &TaskIdentity {
+        match self {
+            Self::Exec(e) => &e.task,
+            Self::Fork(e) => &e.task,
+            Self::Exit(e) => &e.task,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The rxsentry sensor daemon as a library: data flows
+//! `hooks` (kernel programs, ring buffers) -> `events` (decode) -> `enrich`
+//! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
+
+pub mod events;
