@@ -18,6 +18,7 @@ pub struct KernelOffsets {
     pub task_signal: u32,
     pub task_exit_code: u32,
     pub task_start_boottime: u32,
+    pub task_group_leader: u32,
     pub cred_uid: u32,
     pub cred_gid: u32,
     pub cred_euid: u32,
@@ -31,7 +32,6 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
-    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

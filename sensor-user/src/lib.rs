@@ -3,3 +3,4 @@
 //! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
 
 pub mod events;
+pub mod hooks;

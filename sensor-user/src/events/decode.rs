@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use sensor_common::{
-    EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind,
-    ExecEvent, ExitEvent, ForkEvent, TaskInfo,
+    EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent,
+    ExitEvent, ForkEvent, TaskInfo,
 };
 
 use super::{ExecRecord, ExitRecord, ForkRecord, KernelEvent, TaskIdentity};
@@ -220,7 +220,10 @@ mod tests {
             flags: 0,
             timestamp_ns: 0,
         };
-        assert_eq!(decode(as_bytes(&unknown)), Err(DecodeError::UnknownKind(77)));
+        assert_eq!(
+            decode(as_bytes(&unknown)),
+            Err(DecodeError::UnknownKind(77))
+        );
         let fork_header = EventHeader {
             kind: EventKind::Fork as u32,
             flags: 0,

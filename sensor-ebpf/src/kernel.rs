@@ -1,0 +1,74 @@
+//! Reads of kernel objects through offsets taken from BTF at load time.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_buf,
+};
+use sensor_common::{COMM_LEN, EventHeader, KernelOffsets, TaskInfo};
+
+/// A failed kernel read; the event is still sent, marked partial.
+pub struct ReadFailed;
+
+/// Reads a `T` at `base + offset`.
+#[inline(always)]
+pub fn read<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
+    if base.is_null() {
+        return Err(ReadFailed);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+        .map_err(|_| ReadFailed)
+}
+
+/// Reads a pointer field and returns it as a byte pointer.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, ReadFailed> {
+    read::<*const u8>(base, offset)
+}
+
+/// A fresh event header stamped with CLOCK_BOOTTIME.
+#[inline(always)]
+pub fn header(kind: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        flags: 0,
+        // SAFETY: helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+/// Fills `info` from `task`; fields that cannot be read stay zero.
+///
+/// `cgroup_id` is the current task's cgroup: every caller runs in the context
+/// of `task` or of its parent at fork, which shares it.
+#[inline(always)]
+pub fn read_task(
+    info: &mut TaskInfo,
+    task: *const u8,
+    o: &KernelOffsets,
+) -> Result<(), ReadFailed> {
+    *info = TaskInfo::default();
+    // SAFETY: helper without preconditions.
+    info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    info.tgid = read::<u32>(task, o.task_tgid)?;
+    info.pid = read::<u32>(task, o.task_pid)?;
+    // The process's start, not the thread's: exit may come from any thread.
+    let leader = read_ptr(task, o.task_group_leader)?;
+    info.start_boottime_ns = read::<u64>(leader, o.task_start_boottime)?;
+    // SAFETY: bounded read into a fixed-size array.
+    unsafe {
+        bpf_probe_read_kernel_buf(
+            task.wrapping_add(o.task_comm as usize),
+            &mut info.comm[..COMM_LEN],
+        )
+    }
+    .map_err(|_| ReadFailed)?;
+    let parent = read_ptr(task, o.task_real_parent)?;
+    info.ppid = read::<u32>(parent, o.task_tgid)?;
+    let cred = read_ptr(task, o.task_cred)?;
+    info.uid = read::<u32>(cred, o.cred_uid)?;
+    info.gid = read::<u32>(cred, o.cred_gid)?;
+    info.euid = read::<u32>(cred, o.cred_euid)?;
+    info.egid = read::<u32>(cred, o.cred_egid)?;
+    Ok(())
+}

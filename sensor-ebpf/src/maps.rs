@@ -1,0 +1,51 @@
+//! Maps shared by every program: the event ring buffer, the per-CPU drop
+//! counters, and the kernel offsets global the loader fills from BTF.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+};
+use sensor_common::{KernelOffsets, drop_reason};
+
+/// Process lifecycle events. The loader resizes it from config
+/// (`kernel.process_ringbuf_bytes`); this is only the default.
+#[map]
+pub static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Losses counted where they happen, indexed by `drop_reason::*`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+/// Filled by the loader (`EbpfLoader::set_global`) from the running kernel's
+/// BTF before load; read-only to the programs.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+/// The offsets for this kernel, or `None` if the loader did not fill them (the
+/// programs then stay silent instead of reading garbage).
+#[inline(always)]
+pub fn offsets() -> Option<KernelOffsets> {
+    // SAFETY: a plain read of a read-only global; volatile so the compiler does
+    // not fold the zero initialiser into the code.
+    let o = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    (o.valid != 0).then_some(o)
+}
+
+/// Adds one to a drop counter of this CPU.
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Reserves a `T` in `PROCESS_EVENTS`, counting a drop when the ring is full.
+#[inline(always)]
+pub fn reserve_process_event<T: 'static>() -> Option<RingBufEntry<T>> {
+    let entry = PROCESS_EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count_drop(drop_reason::PROCESS_RINGBUF_FULL);
+    }
+    entry
+}

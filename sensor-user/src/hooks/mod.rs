@@ -1,0 +1,154 @@
+//! Kernel side of the daemon: loads the eBPF object, fills its offsets from
+//! BTF, attaches the programs, and hands out the ring buffers and counters.
+//!
+//! Dropping [`ProcessHooks`] detaches every program (the links belong to it).
+
+mod btf;
+mod offsets;
+mod ringbuf;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+};
+use sensor_common::{drop_reason, names};
+
+pub use btf::{BtfError, KernelBtf};
+pub use ringbuf::{read_ring, register_readable};
+
+/// aya-log's reader of the programs' log ring buffer (forwards to `log`).
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// The eBPF object built by build.rs (empty when the toolchain was missing).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error(
+        "this sensor was built without its eBPF object (bpf-linker missing at build time); run `cargo xtask setup` and rebuild"
+    )]
+    NoObject,
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+}
+
+/// Kernel-side settings taken from the config.
+#[derive(Clone, Debug)]
+pub struct HookConfig {
+    /// Size of `PROCESS_EVENTS`; a power of two, at least one page.
+    pub process_ringbuf_bytes: u32,
+}
+
+/// The loaded and attached process programs.
+pub struct ProcessHooks {
+    ebpf: Ebpf,
+    /// aya-log's reader; dropping it closes the log map, so it lives here.
+    logger: Option<KernelLogger>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl ProcessHooks {
+    /// Loads the programs with offsets from the running kernel's BTF and
+    /// attaches them. Nothing stays attached if any step fails.
+    pub fn load_and_attach(config: &HookConfig) -> Result<Self, HookError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(HookError::NoObject);
+        }
+        let offsets = offsets::resolve(&KernelBtf::from_sys_fs()?)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::OFFSETS, &offsets, true)
+            .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
+            .load(EBPF_OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!("eBPF log channel unavailable: {e}");
+                None
+            }
+        };
+        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(HookError::Missing(name))?
+                .try_into()
+                .map_err(|source| HookError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| HookError::Program { name, source })?;
+            program
+                .attach(name)
+                .map_err(|source| HookError::Program { name, source })?;
+        }
+        let drops = ebpf
+            .take_map(names::DROPS)
+            .ok_or(HookError::Missing(names::DROPS))?;
+        let drops = PerCpuArray::try_from(drops).map_err(|source| HookError::Map {
+            name: names::DROPS,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            logger,
+            drops,
+        })
+    }
+
+    /// Takes the process event ring buffer (once).
+    pub fn take_process_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
+        let map = self
+            .ebpf
+            .take_map(names::PROCESS_EVENTS)
+            .ok_or(HookError::Missing(names::PROCESS_EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| HookError::Map {
+            name: names::PROCESS_EVENTS,
+            source,
+        })
+    }
+
+    /// Takes aya-log's reader so a task can forward kernel log lines to tracing.
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
+    }
+
+    /// Kernel drop counters summed over CPUs.
+    pub fn kernel_drops(&self) -> Result<KernelDrops, HookError> {
+        let sum = |reason: u32| -> Result<u64, HookError> {
+            let values = self
+                .drops
+                .get(&reason, 0)
+                .map_err(|source| HookError::Map {
+                    name: names::DROPS,
+                    source,
+                })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelDrops {
+            process_ringbuf_full: sum(drop_reason::PROCESS_RINGBUF_FULL)?,
+            kernel_read_failed: sum(drop_reason::KERNEL_READ_FAILED)?,
+        })
+    }
+}
+
+/// Totals of the kernel's per-CPU `DROPS` counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    /// Events lost because the ring buffer was full.
+    pub process_ringbuf_full: u64,
+    /// Events sent with some fields missing (not lost, but incomplete).
+    pub kernel_read_failed: u64,
+}

@@ -1,0 +1,85 @@
+//! Fills [`KernelOffsets`] for the running kernel from its BTF.
+
+use sensor_common::KernelOffsets;
+
+use super::btf::{BtfError, KernelBtf};
+
+/// Resolves every offset the programs use; any missing field is an error that
+/// names it, so the sensor refuses to start rather than read garbage.
+pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
+    let f = |s: &str, f: &str| btf.field_offset(s, f);
+    Ok(KernelOffsets {
+        valid: 1,
+        task_pid: f("task_struct", "pid")?,
+        task_tgid: f("task_struct", "tgid")?,
+        task_real_parent: f("task_struct", "real_parent")?,
+        task_cred: f("task_struct", "cred")?,
+        task_comm: f("task_struct", "comm")?,
+        task_mm: f("task_struct", "mm")?,
+        task_signal: f("task_struct", "signal")?,
+        task_exit_code: f("task_struct", "exit_code")?,
+        task_start_boottime: f("task_struct", "start_boottime")?,
+        task_group_leader: f("task_struct", "group_leader")?,
+        cred_uid: f("cred", "uid")?,
+        cred_gid: f("cred", "gid")?,
+        cred_euid: f("cred", "euid")?,
+        cred_egid: f("cred", "egid")?,
+        mm_arg_start: f("mm_struct", "arg_start")?,
+        mm_arg_end: f("mm_struct", "arg_end")?,
+        signal_live: f("signal_struct", "live")?,
+        bprm_filename: f("linux_binprm", "filename")?,
+        bprm_file: f("linux_binprm", "file")?,
+        file_inode: f("file", "f_inode")?,
+        inode_ino: f("inode", "i_ino")?,
+        inode_sb: f("inode", "i_sb")?,
+        sb_dev: f("super_block", "s_dev")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against the host kernel's real BTF: every field must resolve, and
+    /// the ones whose position is fixed by the kernel's ABI must match.
+    #[test]
+    fn resolves_every_offset_on_this_kernel() {
+        let btf = KernelBtf::from_sys_fs().expect("this host has /sys/kernel/btf/vmlinux");
+        let o = resolve(&btf).expect("all fields present");
+        assert_eq!(o.valid, 1);
+        // `struct cred` starts with `atomic_long_t usage` (8 bytes) then uid.
+        assert!(
+            o.cred_uid >= 4 && o.cred_uid < 32,
+            "cred.uid at {}",
+            o.cred_uid
+        );
+        assert_eq!(o.cred_gid, o.cred_uid + 4);
+        assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
+        assert_ne!(o.task_pid, o.task_tgid);
+        assert!(o.task_comm > 0);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let btf = KernelBtf::from_sys_fs().expect("kernel BTF");
+        let err = btf
+            .field_offset("task_struct", "no_such_field")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF struct task_struct has no field no_such_field"
+        );
+        assert!(matches!(
+            btf.field_offset("no_such_struct", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(matches!(
+            KernelBtf::parse(b"not btf at all"),
+            Err(BtfError::Malformed(_))
+        ));
+    }
+}
