@@ -1,1 +1,76 @@
-fn main(){}
+//! `rxsentry-collector`: the collector as a process.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use collector::config::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES};
+use collector::{Collector, CollectorConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Receives telemetry from rxsentry sensors and streams it to subscribers.
+#[derive(Debug, Parser)]
+#[command(name = "rxsentry-collector", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Largest accepted compressed batch payload, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH_BYTES)]
+    max_batch_bytes: usize,
+    /// Largest accepted batch payload after decompression, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_DECOMPRESSED_BYTES)]
+    max_decompressed_bytes: usize,
+    /// Seconds between per-host stats log lines (0 turns them off).
+    #[arg(long, default_value_t = 60)]
+    stats_interval: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = CollectorConfig {
+        max_batch_bytes: args.max_batch_bytes,
+        max_decompressed_bytes: args.max_decompressed_bytes,
+        stats_log_interval: (args.stats_interval > 0)
+            .then(|| Duration::from_secs(args.stats_interval)),
+        ..CollectorConfig::default()
+    };
+    let collector = Collector::new(config)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and `cargo xtask run` wait for exactly this line.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "rxsentry-collector listening on {addr}")?;
+    stdout.flush()?;
+    drop(stdout);
+    collector.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM. If the handlers cannot be installed the collector
+/// still runs; it just cannot stop gracefully.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot handle SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,107 @@
+//! Limits and tunables of the collector.
+
+use std::time::Duration;
+
+use crate::CollectorError;
+
+/// Default cap on one batch's compressed payload: large enough for a busy
+/// kiosk's flush interval, small enough that one sensor cannot hog memory.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default cap on one batch's payload after decompression (zip-bomb guard).
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Room for the `SensorBatch` fields around the payload (host identity,
+/// labels, counters) when sizing the gRPC decoding limit.
+pub const GRPC_ENVELOPE_HEADROOM: usize = 64 * 1024;
+
+/// Largest `SubscribeRequest` accepted: filters are short lists of names.
+pub const MAX_SUBSCRIBE_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Everything the collector needs to know before it starts serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorConfig {
+    /// Largest accepted `SensorBatch.payload`, in bytes, as received.
+    pub max_batch_bytes: usize,
+    /// Largest accepted payload after decompression, in bytes.
+    pub max_decompressed_bytes: usize,
+    /// Items buffered per subscriber before a slow one starts losing items
+    /// (it is then told how many with `subscriber_lagged`).
+    pub subscriber_buffer: usize,
+    /// How often per-host counters are logged; `None` turns that off.
+    pub stats_log_interval: Option<Duration>,
+    /// How long open streams get to finish once shutdown was asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            subscriber_buffer: 8192,
+            stats_log_interval: Some(Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Refuses settings the server cannot work with, before it binds anything.
+    pub fn validate(&self) -> Result<(), CollectorError> {
+        let bad = |what: &str| Err(CollectorError::InvalidConfig(what.to_owned()));
+        if self.max_batch_bytes == 0 {
+            return bad("max_batch_bytes must be at least 1");
+        }
+        if self.max_decompressed_bytes == 0 {
+            return bad("max_decompressed_bytes must be at least 1");
+        }
+        if self.subscriber_buffer == 0 {
+            return bad("subscriber_buffer must be at least 1");
+        }
+        if self.max_batch_bytes > usize::MAX - GRPC_ENVELOPE_HEADROOM {
+            return bad("max_batch_bytes is too large");
+        }
+        if self.stats_log_interval.is_some_and(|d| d.is_zero()) {
+            return bad("stats_log_interval must not be zero");
+        }
+        Ok(())
+    }
+
+    /// gRPC-level cap on one incoming `SensorBatch` message: the payload
+    /// limit plus headroom, so that tonic refuses absurd messages before
+    /// buffering them while a slightly-too-large payload still gets the
+    /// collector's own, more precise, message.
+    pub fn max_grpc_message_bytes(&self) -> usize {
+        self.max_batch_bytes + GRPC_ENVELOPE_HEADROOM
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert!(CollectorConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let cfg = CollectorConfig {
+            max_batch_bytes: 0,
+            ..CollectorConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        let cfg = CollectorConfig {
+            max_decompressed_bytes: 0,
+            ..CollectorConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        let cfg = CollectorConfig {
+            stats_log_interval: Some(Duration::ZERO),
+            ..CollectorConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}

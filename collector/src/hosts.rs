@@ -1,0 +1,244 @@
+//! What the collector knows about each host: sequence continuity, counters
+//! and the last drop counters, and which records a new batch produces.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use proto::telemetry::v1::{
+    DropCounters, HostIdentity, HostRecord, SequenceRecord, host_record, sequence_record,
+};
+
+use crate::sequence::{Continuity, Observation, SequenceChecker};
+
+/// Counters of one host, as returned by [`crate::Collector::stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostStats {
+    pub hostname: String,
+    pub sensor_instance_id: String,
+    pub sensor_version: String,
+    /// New batches accepted and delivered (duplicates not included).
+    pub batches: u64,
+    /// Events in those batches.
+    pub events: u64,
+    /// Compressed payload bytes of every valid batch, duplicates included.
+    pub bytes_received: u64,
+    /// GAP records emitted.
+    pub gaps: u64,
+    /// Batches those gaps covered.
+    pub missing_batches: u64,
+    /// Batches that arrived again and were dropped.
+    pub duplicates: u64,
+    /// Sensor instance changes seen.
+    pub restarts: u64,
+    /// Highest sequence accepted from the current sensor instance.
+    pub last_sequence: u64,
+    pub last_seen: Option<SystemTime>,
+    /// Latest drop counters of the current sensor instance.
+    pub drops: DropCounters,
+}
+
+/// What to do with one valid batch after the host table has seen it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub observation: Observation,
+    /// Records for subscribers, in the order they happened.
+    pub records: Vec<HostRecord>,
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    checker: SequenceChecker,
+    stats: HostStats,
+}
+
+/// All hosts seen since the collector started (kept in memory only).
+#[derive(Debug, Default)]
+pub struct HostTable {
+    hosts: HashMap<String, HostState>,
+}
+
+/// The parts of a valid batch the host table needs.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchMeta<'a> {
+    pub host: &'a HostIdentity,
+    pub sequence: u64,
+    pub drops: Option<&'a DropCounters>,
+    pub event_count: u64,
+    pub payload_bytes: u64,
+}
+
+impl HostTable {
+    /// Updates continuity and counters for one batch that passed the ingest
+    /// checks, and returns the records to fan out.
+    pub fn record_batch(&mut self, batch: BatchMeta<'_>, now: SystemTime) -> BatchOutcome {
+        let host = batch.host;
+        let state = self.hosts.entry(host.host_id.clone()).or_default();
+        let observation = state
+            .checker
+            .observe(&host.sensor_instance_id, batch.sequence);
+        let stats = &mut state.stats;
+        let mut records = Vec::new();
+        let sequence_record = |kind: sequence_record::Kind, first: u64, last: u64| HostRecord {
+            host: Some(host.clone()),
+            record: Some(host_record::Record::Sequence(SequenceRecord {
+                kind: kind as i32,
+                first,
+                last,
+            })),
+        };
+
+        if observation.restart.is_some() {
+            stats.restarts += 1;
+            // Drop counters are totals since sensor start: a new instance
+            // starts from zero again.
+            stats.drops = DropCounters::default();
+            records.push(sequence_record(
+                sequence_record::Kind::Restart,
+                batch.sequence,
+                batch.sequence,
+            ));
+        }
+        match observation.continuity {
+            Continuity::InOrder => {}
+            Continuity::Gap { first, last } => {
+                stats.gaps += 1;
+                stats.missing_batches += last - first + 1;
+                records.push(sequence_record(sequence_record::Kind::Gap, first, last));
+            }
+            Continuity::Duplicate => {
+                stats.duplicates += 1;
+                records.push(sequence_record(
+                    sequence_record::Kind::Duplicate,
+                    batch.sequence,
+                    batch.sequence,
+                ));
+            }
+        }
+
+        stats.bytes_received += batch.payload_bytes;
+        stats.last_seen = Some(now);
+        if observation.is_new() {
+            stats.hostname.clone_from(&host.hostname);
+            stats
+                .sensor_instance_id
+                .clone_from(&host.sensor_instance_id);
+            stats.sensor_version.clone_from(&host.sensor_version);
+            stats.batches += 1;
+            stats.events += batch.event_count;
+            stats.last_sequence = state.checker.last_accepted();
+            if let Some(drops) = batch.drops
+                && *drops != stats.drops
+            {
+                stats.drops = *drops;
+                records.push(HostRecord {
+                    host: Some(host.clone()),
+                    record: Some(host_record::Record::Drops(*drops)),
+                });
+            }
+        }
+        BatchOutcome {
+            observation,
+            records,
+        }
+    }
+
+    /// A copy of every host's counters, keyed and sorted by host_id.
+    pub fn snapshot(&self) -> BTreeMap<String, HostStats> {
+        self.hosts
+            .iter()
+            .map(|(id, s)| (id.clone(), s.stats.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    fn meta<'a>(
+        host: &'a HostIdentity,
+        sequence: u64,
+        drops: Option<&'a DropCounters>,
+    ) -> BatchMeta<'a> {
+        BatchMeta {
+            host,
+            sequence,
+            drops,
+            event_count: 2,
+            payload_bytes: 100,
+        }
+    }
+
+    fn kinds(outcome: &BatchOutcome) -> Vec<String> {
+        outcome
+            .records
+            .iter()
+            .map(|r| match &r.record {
+                Some(host_record::Record::Sequence(s)) => {
+                    format!("{}:{}-{}", s.kind().as_str_name(), s.first, s.last)
+                }
+                Some(host_record::Record::Drops(d)) => format!("drops:{}", d.kernel_ringbuf_full),
+                None => "none".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counters_follow_gaps_and_duplicates() {
+        let mut t = HostTable::default();
+        let h = testkit::host("store-7", "i1");
+        let now = SystemTime::now();
+        assert!(kinds(&t.record_batch(meta(&h, 1, None), now)).is_empty());
+        let gap = t.record_batch(meta(&h, 4, None), now);
+        assert_eq!(kinds(&gap), ["KIND_GAP:2-3"]);
+        let dup = t.record_batch(meta(&h, 4, None), now);
+        assert_eq!(kinds(&dup), ["KIND_DUPLICATE:4-4"]);
+        assert!(!dup.observation.is_new());
+
+        let s = &t.snapshot()["store-7"];
+        assert_eq!(s.batches, 2);
+        assert_eq!(s.events, 4);
+        assert_eq!(s.bytes_received, 300);
+        assert_eq!((s.gaps, s.missing_batches, s.duplicates), (1, 2, 1));
+        assert_eq!(s.last_sequence, 4);
+        assert!(s.last_seen.is_some());
+    }
+
+    #[test]
+    fn drop_changes_are_reported_once() {
+        let mut t = HostTable::default();
+        let h = testkit::host("store-7", "i1");
+        let now = SystemTime::now();
+        let zero = DropCounters::default();
+        let three = DropCounters {
+            kernel_ringbuf_full: 3,
+            ..zero
+        };
+        assert!(kinds(&t.record_batch(meta(&h, 1, Some(&zero)), now)).is_empty());
+        assert_eq!(
+            kinds(&t.record_batch(meta(&h, 2, Some(&three)), now)),
+            ["drops:3"]
+        );
+        assert!(kinds(&t.record_batch(meta(&h, 3, Some(&three)), now)).is_empty());
+        assert_eq!(t.snapshot()["store-7"].drops, three);
+    }
+
+    #[test]
+    fn restart_resets_drops_and_is_recorded() {
+        let mut t = HostTable::default();
+        let now = SystemTime::now();
+        let three = DropCounters {
+            kernel_ringbuf_full: 3,
+            ..Default::default()
+        };
+        let a = testkit::host("store-7", "i1");
+        t.record_batch(meta(&a, 1, Some(&three)), now);
+        let b = testkit::host("store-7", "i2");
+        let out = t.record_batch(meta(&b, 1, Some(&three)), now);
+        assert_eq!(kinds(&out), ["KIND_RESTART:1-1", "drops:3"]);
+        let s = &t.snapshot()["store-7"];
+        assert_eq!(s.restarts, 1);
+        assert_eq!(s.sensor_instance_id, "i2");
+    }
+}

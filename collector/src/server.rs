@@ -1,0 +1,429 @@
+//! tonic wiring: the two gRPC services, the shared state behind them, and
+//! the serve loop with graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use futures::Stream;
+use proto::telemetry::v1::{
+    BatchAck, HostRecord, SensorBatch, SubscribeRequest, host_record, sequence_record,
+    telemetry_ingest_server::{TelemetryIngest, TelemetryIngestServer},
+    telemetry_subscribe_server::{TelemetrySubscribe, TelemetrySubscribeServer},
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::CollectorError;
+use crate::config::{CollectorConfig, MAX_SUBSCRIBE_REQUEST_BYTES};
+use crate::fanout::{Fanout, FanoutItem, SubscriberStream, SubscriptionFilter};
+use crate::hosts::{BatchMeta, HostStats, HostTable};
+use crate::ingest::{self, IngestLimits};
+use crate::sequence::Restart;
+
+/// Payloads up to this size are decoded inline; larger ones on the blocking
+/// pool so that a 16 MiB decompression does not stall other streams.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// Everything the collector counts, for tests, tools and logs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectorStats {
+    /// Per host_id, sorted.
+    pub hosts: BTreeMap<String, HostStats>,
+    /// Batches refused by the ingest checks (each ended its stream).
+    pub rejected_batches: u64,
+    /// Open `Publish` streams.
+    pub publish_streams: u64,
+    /// Open `Subscribe` streams.
+    pub subscribers: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: CollectorConfig,
+    limits: IngestLimits,
+    hosts: Mutex<HostTable>,
+    fanout: Fanout,
+    rejected_batches: AtomicU64,
+    publish_streams: AtomicU64,
+}
+
+/// A running or ready-to-run collector. Cheap to clone: clones share state,
+/// so a test can keep one to read [`Collector::stats`] while another serves.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    shared: Arc<Shared>,
+}
+
+impl Collector {
+    /// Checks the configuration and sets up empty state.
+    pub fn new(config: CollectorConfig) -> Result<Self, CollectorError> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                limits: IngestLimits::from(&config),
+                fanout: Fanout::new(config.subscriber_buffer),
+                config,
+                hosts: Mutex::default(),
+                rejected_batches: AtomicU64::new(0),
+                publish_streams: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A consistent copy of all counters.
+    pub fn stats(&self) -> CollectorStats {
+        CollectorStats {
+            hosts: self.shared.hosts().snapshot(),
+            rejected_batches: self.shared.rejected_batches.load(Ordering::Relaxed),
+            publish_streams: self.shared.publish_streams.load(Ordering::Relaxed),
+            subscribers: self.shared.fanout.subscribers(),
+        }
+    }
+
+    /// Serves both gRPC services on `listener` until `shutdown` completes,
+    /// then ends every open stream and waits up to `shutdown_grace` for
+    /// connections to close.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), CollectorError> {
+        let addr = listener.local_addr()?;
+        let config = self.shared.config.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ingest = TelemetryIngestServer::new(IngestService {
+            shared: self.shared.clone(),
+            stop: stop_rx.clone(),
+        })
+        .max_decoding_message_size(config.max_grpc_message_bytes());
+        let subscribe = TelemetrySubscribeServer::new(SubscribeService {
+            shared: self.shared.clone(),
+            stop: stop_rx.clone(),
+        })
+        .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
+        let stats_task = config.stats_log_interval.map(|every| {
+            tokio::spawn(log_stats_every(
+                self.clone(),
+                every,
+                stopped(stop_rx.clone()),
+            ))
+        });
+
+        info!(%addr, max_batch_bytes = config.max_batch_bytes,
+            max_decompressed_bytes = config.max_decompressed_bytes, "collector serving");
+        let server = tonic::transport::Server::builder()
+            .add_service(ingest)
+            .add_service(subscribe)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped(stop_rx),
+            );
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result.map_err(CollectorError::from),
+            () = shutdown => {
+                info!("shutdown requested, closing streams");
+                let _ = stop_tx.send(true);
+                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                    Ok(result) => result.map_err(CollectorError::from),
+                    Err(_) => {
+                        warn!(grace = ?config.shutdown_grace, "connections still open, stopping anyway");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Some(task) = stats_task {
+            task.abort();
+        }
+        self.log_stats();
+        result
+    }
+
+    /// Logs every host's counters at info level.
+    pub fn log_stats(&self) {
+        let stats = self.stats();
+        info!(
+            hosts = stats.hosts.len(),
+            rejected_batches = stats.rejected_batches,
+            publish_streams = stats.publish_streams,
+            subscribers = stats.subscribers,
+            "collector stats"
+        );
+        for (host_id, h) in &stats.hosts {
+            info!(
+                host_id,
+                instance = %h.sensor_instance_id,
+                batches = h.batches,
+                events = h.events,
+                bytes_received = h.bytes_received,
+                gaps = h.gaps,
+                missing_batches = h.missing_batches,
+                duplicates = h.duplicates,
+                restarts = h.restarts,
+                last_sequence = h.last_sequence,
+                kernel_ringbuf_full = h.drops.kernel_ringbuf_full,
+                userspace_queue_full = h.drops.userspace_queue_full,
+                userspace_batches_dropped = h.drops.userspace_batches_dropped,
+                userspace_events_dropped = h.drops.userspace_events_dropped,
+                malformed_kernel_records = h.drops.malformed_kernel_records,
+                "host stats"
+            );
+        }
+    }
+}
+
+async fn log_stats_every(
+    collector: Collector,
+    every: std::time::Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => collector.log_stats(),
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Completes once shutdown was asked for (or the server state is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+impl Shared {
+    /// The host table; a panic elsewhere while it was held leaves counters
+    /// that are still usable, so poisoning is ignored.
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HostTable> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reject(&self, error: &ingest::IngestError, host_id: &str, sequence: u64) -> Status {
+        self.rejected_batches.fetch_add(1, Ordering::Relaxed);
+        let status = error.to_status(host_id, sequence);
+        warn!(host_id, sequence, code = ?status.code(), "{}", status.message());
+        status
+    }
+
+    /// Validates, decodes, checks continuity, fans out and acks one batch.
+    async fn ingest(&self, batch: SensorBatch) -> Result<BatchAck, Status> {
+        let host_id = batch
+            .host
+            .as_ref()
+            .map(|h| h.host_id.clone())
+            .unwrap_or_default();
+        let sequence = batch.sequence;
+        let limits = self.limits;
+        let (batch, decoded) = if batch.payload.len() <= INLINE_DECODE_BYTES {
+            let decoded = ingest::decode_batch(&batch, &limits);
+            (batch, decoded)
+        } else {
+            // Cheap checks first: no thread hop for an obviously bad batch.
+            if let Err(e) = ingest::check_header(&batch, &limits) {
+                return Err(self.reject(&e, &host_id, sequence));
+            }
+            tokio::task::spawn_blocking(move || {
+                let decoded = ingest::decode_batch(&batch, &limits);
+                (batch, decoded)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("batch decoder failed: {e}")))?
+        };
+        let decoded = decoded.map_err(|e| self.reject(&e, &host_id, sequence))?;
+        let Some(host) = batch.host else {
+            return Err(self.reject(&ingest::IngestError::MissingHost, &host_id, sequence));
+        };
+
+        let outcome = self.hosts().record_batch(
+            BatchMeta {
+                host: &host,
+                sequence,
+                drops: batch.drops.as_ref(),
+                event_count: decoded.events.len() as u64,
+                payload_bytes: batch.payload.len() as u64,
+            },
+            SystemTime::now(),
+        );
+        if let Some(restart) = &outcome.observation.restart {
+            log_restart(&host_id, &host.sensor_instance_id, restart);
+        }
+        for record in outcome.records {
+            log_record(&host_id, &record);
+            self.fanout.publish(FanoutItem::Record(Arc::new(record)));
+        }
+        if outcome.observation.is_new() {
+            debug!(
+                host_id,
+                sequence,
+                events = decoded.events.len(),
+                "batch accepted"
+            );
+            let host = Arc::new(host);
+            for event in decoded.events {
+                self.fanout.publish(FanoutItem::Event {
+                    host: host.clone(),
+                    batch_sequence: sequence,
+                    event: Arc::new(event),
+                });
+            }
+        }
+        Ok(BatchAck { sequence })
+    }
+}
+
+fn log_restart(host_id: &str, instance: &str, restart: &Restart) {
+    info!(
+        host_id,
+        instance,
+        previous_instance = %restart.previous_instance_id,
+        previous_last_sequence = restart.previous_last_sequence,
+        "sensor restarted"
+    );
+}
+
+fn log_record(host_id: &str, record: &HostRecord) {
+    match &record.record {
+        Some(host_record::Record::Sequence(s)) => match s.kind() {
+            sequence_record::Kind::Gap => {
+                warn!(
+                    host_id,
+                    first = s.first,
+                    last = s.last,
+                    "batches never arrived"
+                );
+            }
+            sequence_record::Kind::Duplicate => {
+                warn!(host_id, sequence = s.first, "duplicate batch dropped");
+            }
+            _ => {}
+        },
+        Some(host_record::Record::Drops(d)) => {
+            warn!(host_id, drops = ?d, "sensor drop counters changed")
+        }
+        None => {}
+    }
+}
+
+/// Counts an open `Publish` stream for as long as it lives.
+struct StreamGuard(Arc<Shared>);
+
+impl StreamGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.publish_streams.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.publish_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// tonic refuses a message over `max_decoding_message_size` with
+/// OUT_OF_RANGE; for a sensor that is a size limit like any other.
+fn inbound_error(status: Status, limit: usize) -> Status {
+    if status.code() == Code::OutOfRange {
+        Status::resource_exhausted(format!(
+            "SensorBatch message refused: larger than the {limit}-byte gRPC limit \
+             (max_batch_bytes plus envelope): {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+struct IngestService {
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<BatchAck, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl TelemetryIngest for IngestService {
+    type PublishStream = AckStream;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<SensorBatch>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(32);
+        let guard = StreamGuard::new(self.shared.clone());
+        let stop = stopped(self.stop.clone());
+        let grpc_limit = self.shared.config.max_grpc_message_bytes();
+        debug!(?peer, "publish stream opened");
+        tokio::spawn(async move {
+            let shared = guard.0.clone();
+            tokio::pin!(stop);
+            loop {
+                let next = tokio::select! {
+                    () = &mut stop => break,
+                    next = inbound.message() => next,
+                };
+                let reply = match next {
+                    Ok(Some(batch)) => shared.ingest(batch).await,
+                    Ok(None) => break,
+                    Err(status) if status.code() == Code::OutOfRange => {
+                        shared.rejected_batches.fetch_add(1, Ordering::Relaxed);
+                        let status = inbound_error(status, grpc_limit);
+                        warn!(?peer, "{}", status.message());
+                        Err(status)
+                    }
+                    Err(status) => {
+                        debug!(?peer, %status, "publish stream broke");
+                        break;
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+            debug!(?peer, "publish stream closed");
+            drop(guard);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct SubscribeService {
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl TelemetrySubscribe for SubscribeService {
+    type SubscribeStream = SubscriberStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let req = request.into_inner();
+        let filter = SubscriptionFilter::from_request(&req)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(?peer, hosts = ?req.host_ids, kinds = ?req.kinds,
+            process_names = ?req.process_names, "subscriber connected");
+        let stream = self
+            .shared
+            .fanout
+            .subscribe(filter, stopped(self.stop.clone()));
+        Ok(Response::new(stream))
+    }
+}
