@@ -46,6 +46,9 @@ pub struct Options {
     /// Sensor config file (default: sensor-user/config/rxsentry-sensor.example.toml).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Skip setup and build: run the binaries already in target/release.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -56,10 +59,23 @@ pub fn run(opts: &Options) -> Result<()> {
     let config = fs::canonicalize(&config)
         .with_context(|| format!("sensor config {} not found", config.display()))?;
 
-    setup::setup()?;
-    build::build(&build::Options { release: true })?;
+    if !opts.no_build {
+        setup::setup()?;
+        build::build(&build::Options { release: true })?;
+    }
 
-    let bin_dir = target_dir().join("release");
+    install_stop_handler()?;
+    demo(
+        &target_dir().join("release"),
+        &config,
+        &target_dir().join("xtask-run"),
+        opts.duration,
+    )
+}
+
+/// Collector, sensor, then tail in the foreground, from the binaries in
+/// `bin_dir`; logs (truncated first) in `log_dir`.
+fn demo(bin_dir: &Path, config: &Path, log_dir: &Path, duration: Option<u64>) -> Result<()> {
     let bin = |name: &str| -> Result<PathBuf> {
         let path = bin_dir.join(name);
         if !path.is_file() {
@@ -76,17 +92,17 @@ pub fn run(opts: &Options) -> Result<()> {
         bin("rxsentry")?,
     );
 
-    let log_dir = target_dir().join("xtask-run");
-    fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    fs::create_dir_all(log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
     let collector_log = log_dir.join("collector.log");
     let sensor_log = log_dir.join("sensor.log");
+    for log in [&collector_log, &sensor_log] {
+        fs::write(log, "").with_context(|| format!("cannot write {}", log.display()))?;
+    }
     println!(
         "== run (logs: {}, {})",
         collector_log.display(),
         sensor_log.display()
     );
-
-    install_stop_handler()?;
 
     // Declared in start order, so they drop (and stop) in reverse: tail,
     // sensor, collector.
@@ -101,8 +117,8 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let url = format!("http://{addr}");
     let mut sensor_cmd = Command::new(&sensor_bin);
-    sensor_cmd.arg("--config").arg(&config);
-    if let Some(url) = collector_override(config_endpoint(&config).as_deref(), addr) {
+    sensor_cmd.arg("--config").arg(config);
+    if let Some(url) = collector_override(config_endpoint(config).as_deref(), addr) {
         sensor_cmd.args(["--collector", &url]);
     }
     sensor_cmd
@@ -116,9 +132,7 @@ pub fn run(opts: &Options) -> Result<()> {
     // Same process group as us: Ctrl-C reaches tail directly.
     let mut tail = Guard::spawn("tail", &mut tail_cmd, false, Path::new(""))?;
 
-    let deadline = opts
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = duration.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
         if STOP.load(Ordering::SeqCst) {
             println!("\nstopping (signal)");
@@ -357,6 +371,97 @@ fn last_lines(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temp dir with fake collector/sensor/cli scripts that record their
+    /// arguments and pid, and a sensor config.
+    fn fake_bins(test: &str, sensor_body: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("xtask-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let record = "echo $$ > \"$0.pid\"\necho \"$@\" > \"$0.args\"\n";
+        let scripts = [
+            (
+                "rxsentry-collector",
+                format!(
+                    "{record}echo 'rxsentry-collector listening on 127.0.0.1:45678'\nexec sleep 60\n"
+                ),
+            ),
+            ("rxsentry-sensor", format!("{record}{sensor_body}")),
+            ("rxsentry", format!("{record}exec sleep 60\n")),
+        ];
+        for (name, body) in scripts {
+            let path = dir.join(name);
+            fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let config = dir.join("sensor.toml");
+        fs::write(
+            &config,
+            "[collector]\nendpoint = \"http://127.0.0.1:50051\"\n",
+        )
+        .unwrap();
+        (dir, config)
+    }
+
+    fn recorded(dir: &Path, name: &str, what: &str) -> Option<String> {
+        let text = fs::read_to_string(dir.join(format!("{name}.{what}"))).ok()?;
+        Some(text.trim().to_owned())
+    }
+
+    /// No child is left running: each recorded pid is gone (reaped).
+    fn assert_all_stopped(dir: &Path) {
+        for name in ["rxsentry-collector", "rxsentry-sensor", "rxsentry"] {
+            if let Some(pid) = recorded(dir, name, "pid") {
+                assert!(
+                    !Path::new(&format!("/proc/{pid}")).exists(),
+                    "{name} ({pid}) still running"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn demo_runs_and_stops_every_child() {
+        let (dir, config) = fake_bins("demo-ok", "exec sleep 60\n");
+        demo(&dir, &config, &dir.join("logs"), Some(1)).unwrap();
+        assert_eq!(
+            recorded(&dir, "rxsentry-collector", "args").as_deref(),
+            Some("--listen 127.0.0.1:50051")
+        );
+        // the config points at :50051, the collector reported :45678
+        assert_eq!(
+            recorded(&dir, "rxsentry-sensor", "args"),
+            Some(format!(
+                "--config {} --collector http://127.0.0.1:45678",
+                config.display()
+            ))
+        );
+        assert_eq!(
+            recorded(&dir, "rxsentry", "args").as_deref(),
+            Some("tail --collector http://127.0.0.1:45678")
+        );
+        assert_all_stopped(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn demo_reports_a_sensor_that_dies() {
+        let (dir, config) = fake_bins("demo-sensor-dies", "echo 'boom: no BTF' >&2\nexit 3\n");
+        let err = demo(&dir, &config, &dir.join("logs"), Some(30)).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("sensor exited early"), "{msg}");
+        assert!(msg.contains("boom: no BTF"), "{msg}");
+        assert_all_stopped(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn demo_reports_missing_binaries() {
+        let dir = std::env::temp_dir().join(format!("xtask-demo-none-{}", std::process::id()));
+        let err = demo(&dir, &dir.join("c.toml"), &dir.join("logs"), Some(1)).unwrap_err();
+        assert!(format!("{err:#}").contains("rxsentry-collector"), "{err:#}");
+    }
 
     #[test]
     fn listening_line() {
