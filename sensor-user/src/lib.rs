@@ -4,3 +4,6 @@
 
 pub mod events;
 pub mod hooks;
+pub mod config;
+pub mod identity;
+pub mod transport;

@@ -1,0 +1,519 @@
+//! The sensor's configuration file (TOML).
+//!
+//! Every table refuses unknown keys, so a typo is an error instead of a
+//! silently ignored setting. Every key has a default; the documented example
+//! (`config/rxsentry-sensor.example.toml`) spells out exactly those defaults,
+//! which a test checks. Values are range-checked after parsing, and every
+//! error names the offending key.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Display,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// The documented example file, identical in meaning to [`Config::default`].
+pub const EXAMPLE_TOML: &str = include_str!("../config/rxsentry-sensor.example.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax error, wrong type or unknown key; the message has key and line.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value out of its range.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    /// One of the above, in a file.
+    #[error("config file {path}: {inner}")]
+    InFile {
+        path: PathBuf,
+        inner: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key a range error is about (`batching.max_events`).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            Self::InFile { inner, .. } => inner.key(),
+            Self::Read { .. } | Self::Parse(_) => None,
+        }
+    }
+}
+
+/// The whole sensor configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: HostConfig,
+    pub collector: CollectorConfig,
+    pub batching: BatchingConfig,
+    pub kernel: KernelConfig,
+    pub hashing: HashingConfig,
+    pub process_table: ProcessTableConfig,
+    pub pipeline: PipelineConfig,
+    pub log: LogConfig,
+}
+
+/// `[host]`: who this sensor says it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// None: /etc/machine-id, else the hostname (see `identity`).
+    pub id: Option<String>,
+    /// None: the kernel's hostname.
+    pub hostname: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `[collector]`: where batches go.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub endpoint: String,
+    pub connect_timeout_ms: u64,
+    pub max_inflight_batches: usize,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:50051".to_owned(),
+            connect_timeout_ms: 5_000,
+            max_inflight_batches: 64,
+        }
+    }
+}
+
+/// `[batching]`: when a batch is sealed and how it is compressed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    pub max_events: usize,
+    pub max_delay_ms: u64,
+    pub zstd_level: i32,
+    pub queue_capacity_batches: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 256,
+            max_delay_ms: 500,
+            zstd_level: 3,
+            queue_capacity_batches: 1024,
+        }
+    }
+}
+
+/// `[kernel]`: sizes handed to the eBPF maps (read by `hooks`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelConfig {
+    pub process_ringbuf_bytes: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            process_ringbuf_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[hashing]`: SHA-256 of executed files.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashingConfig {
+    pub max_file_bytes: u64,
+    pub cache_entries: usize,
+}
+
+impl Default for HashingConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 << 20,
+            cache_entries: 8192,
+        }
+    }
+}
+
+/// `[process_table]`: the userspace mirror of live processes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessTableConfig {
+    pub max_entries: usize,
+    pub lineage_depth: usize,
+}
+
+impl Default for ProcessTableConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 65_536,
+            lineage_depth: 8,
+        }
+    }
+}
+
+/// `[pipeline]`: queue between the ring buffer reader and enrichment.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub event_queue_capacity: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            event_queue_capacity: 65_536,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; errors name the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_owned(),
+            inner: Box::new(e),
+        })
+    }
+
+    /// Parses and validates a config from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Range checks that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.host.validate()?;
+        let c = &self.collector;
+        check_endpoint(&c.endpoint)?;
+        in_range(
+            "collector.connect_timeout_ms",
+            c.connect_timeout_ms,
+            1,
+            600_000,
+        )?;
+        in_range(
+            "collector.max_inflight_batches",
+            c.max_inflight_batches,
+            1,
+            65_536,
+        )?;
+        let b = &self.batching;
+        in_range("batching.max_events", b.max_events, 1, 65_536)?;
+        in_range("batching.max_delay_ms", b.max_delay_ms, 1, 60_000)?;
+        in_range("batching.zstd_level", b.zstd_level, 1, 19)?;
+        in_range(
+            "batching.queue_capacity_batches",
+            b.queue_capacity_batches,
+            1,
+            1_000_000,
+        )?;
+        let ring = self.kernel.process_ringbuf_bytes;
+        in_range("kernel.process_ringbuf_bytes", ring, 4096, 1 << 30)?;
+        if !ring.is_power_of_two() {
+            return Err(invalid(
+                "kernel.process_ringbuf_bytes",
+                format!("must be a power of two (the kernel requires it), got {ring}"),
+            ));
+        }
+        let h = &self.hashing;
+        in_range("hashing.max_file_bytes", h.max_file_bytes, 1, 64 << 30)?;
+        in_range("hashing.cache_entries", h.cache_entries, 1, 1_000_000)?;
+        let p = &self.process_table;
+        in_range("process_table.max_entries", p.max_entries, 1, 4_194_304)?;
+        in_range("process_table.lineage_depth", p.lineage_depth, 0, 64)?;
+        let q = self.pipeline.event_queue_capacity;
+        in_range("pipeline.event_queue_capacity", q, 1, 16 << 20)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("not a tracing filter: {e}")));
+        }
+        Ok(())
+    }
+}
+
+impl HostConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.id {
+            check_name("host.id", id)?;
+        }
+        if let Some(hostname) = &self.hostname {
+            check_name("host.hostname", hostname)?;
+        }
+        for (key, value) in &self.labels {
+            if key.is_empty() || key.chars().any(char::is_control) {
+                return Err(invalid(
+                    "host.labels",
+                    format!("label name {key:?} must be non-empty without control characters"),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(invalid(
+                    &format!("host.labels.{key}"),
+                    "must not contain control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn in_range<T: PartialOrd + Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Ids end up in every batch and in SOC queries: keep them printable.
+fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if value.len() > 255 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            key,
+            "must be at most 255 bytes without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "collector.endpoint";
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .ok_or_else(|| {
+            invalid(
+                KEY,
+                format!("must be an http:// or https:// URL, got {endpoint:?}"),
+            )
+        })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(invalid(KEY, format!("has no host: {endpoint:?}")));
+    }
+    if let Err(e) = endpoint.parse::<tonic::transport::Uri>() {
+        return Err(invalid(KEY, format!("not a valid URL ({e}): {endpoint:?}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        match Config::from_toml_str(text) {
+            Ok(c) => panic!("config accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn example_file_equals_the_defaults() {
+        let example = Config::from_toml_str(EXAMPLE_TOML).expect("example parses");
+        assert_eq!(example, Config::default());
+        assert_eq!(
+            Config::from_toml_str("").expect("empty parses"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.collector.endpoint, "http://127.0.0.1:50051");
+        assert_eq!(c.batching.max_events, 256);
+        assert_eq!(c.batching.max_delay_ms, 500);
+        assert_eq!(c.batching.zstd_level, 3);
+        assert_eq!(c.batching.queue_capacity_batches, 1024);
+        assert_eq!(c.kernel.process_ringbuf_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.hashing.max_file_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.hashing.cache_entries, 8192);
+        assert_eq!(c.process_table.max_entries, 65536);
+        assert_eq!(c.process_table.lineage_depth, 8);
+        assert_eq!(c.pipeline.event_queue_capacity, 65536);
+        assert_eq!(c.log.level, "info");
+        assert!(c.host.id.is_none() && c.host.hostname.is_none() && c.host.labels.is_empty());
+    }
+
+    #[test]
+    fn values_and_labels_are_read() {
+        let c = Config::from_toml_str(
+            r#"
+            [host]
+            id = "kiosk-7"
+            labels = { store = "0042", site = "pharmacy" }
+            [collector]
+            endpoint = "https://collector.example:443"
+            [batching]
+            max_events = 10
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.host.id.as_deref(), Some("kiosk-7"));
+        assert_eq!(c.host.labels.get("store").map(String::as_str), Some("0042"));
+        assert_eq!(
+            c.host.labels.get("site").map(String::as_str),
+            Some("pharmacy")
+        );
+        assert_eq!(c.collector.endpoint, "https://collector.example:443");
+        assert_eq!(c.batching.max_events, 10);
+        assert_eq!(c.batching.max_delay_ms, 500, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases = [
+            ("[batching]\nmax_events = 0", "batching.max_events"),
+            ("[batching]\nmax_events = 65537", "batching.max_events"),
+            ("[batching]\nmax_delay_ms = 0", "batching.max_delay_ms"),
+            ("[batching]\nzstd_level = 20", "batching.zstd_level"),
+            ("[batching]\nzstd_level = 0", "batching.zstd_level"),
+            (
+                "[batching]\nqueue_capacity_batches = 0",
+                "batching.queue_capacity_batches",
+            ),
+            ("[collector]\nendpoint = \"ftp://x\"", "collector.endpoint"),
+            (
+                "[collector]\nendpoint = \"127.0.0.1:50051\"",
+                "collector.endpoint",
+            ),
+            ("[collector]\nendpoint = \"http://\"", "collector.endpoint"),
+            (
+                "[collector]\nconnect_timeout_ms = 0",
+                "collector.connect_timeout_ms",
+            ),
+            (
+                "[collector]\nmax_inflight_batches = 0",
+                "collector.max_inflight_batches",
+            ),
+            (
+                "[kernel]\nprocess_ringbuf_bytes = 2048",
+                "kernel.process_ringbuf_bytes",
+            ),
+            ("[hashing]\nmax_file_bytes = 0", "hashing.max_file_bytes"),
+            ("[hashing]\ncache_entries = 0", "hashing.cache_entries"),
+            (
+                "[process_table]\nmax_entries = 0",
+                "process_table.max_entries",
+            ),
+            (
+                "[process_table]\nlineage_depth = 65",
+                "process_table.lineage_depth",
+            ),
+            (
+                "[pipeline]\nevent_queue_capacity = 0",
+                "pipeline.event_queue_capacity",
+            ),
+            ("[log]\nlevel = \"info,foo=notalevel\"", "log.level"),
+            ("[host]\nid = \"\"", "host.id"),
+            ("[host]\nhostname = \"two words\"", "host.hostname"),
+            ("[host.labels]\nstore = \"a\\nb\"", "host.labels.store"),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn ringbuf_size_must_be_a_power_of_two() {
+        let e = err("[kernel]\nprocess_ringbuf_bytes = 12288");
+        assert_eq!(e.key(), Some("kernel.process_ringbuf_bytes"));
+        assert!(e.to_string().contains("power of two"), "{e}");
+        let ok = Config::from_toml_str("[kernel]\nprocess_ringbuf_bytes = 65536").expect("valid");
+        assert_eq!(ok.kernel.process_ringbuf_bytes, 65536);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name_and_line() {
+        let e = err("[batching]\nmax_events = 5\nmax_evnets = 6\n");
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::Parse(_)));
+        assert!(msg.contains("max_evnets"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        let e = err("[batchin]\nmax_events = 5\n");
+        assert!(e.to_string().contains("batchin"), "{e}");
+        let e = err("[host]\nname = \"x\"\n");
+        assert!(e.to_string().contains("name"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        let e = err("[batching]\nmax_events = \"many\"\n");
+        assert!(e.to_string().contains("max_events"), "{e}");
+        let e = err("[kernel]\nprocess_ringbuf_bytes = -1\n");
+        assert!(e.to_string().contains("process_ringbuf_bytes"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file_and_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sensor.toml");
+        std::fs::write(&path, "[batching]\nzstd_level = 99\n").expect("write");
+        let e = Config::load(&path).expect_err("refused");
+        assert_eq!(e.key(), Some("batching.zstd_level"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("sensor.toml") && msg.contains("batching.zstd_level"),
+            "{msg}"
+        );
+        let missing = Config::load(dir.path().join("nope.toml")).expect_err("missing");
+        assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
+        std::fs::write(&path, EXAMPLE_TOML).expect("write");
+        assert_eq!(Config::load(&path).expect("loads"), Config::default());
+    }
+}
