@@ -5,5 +5,6 @@
 pub mod events;
 pub mod hooks;
 pub mod config;
+pub mod enrich;
 pub mod identity;
 pub mod transport;

@@ -1,0 +1,573 @@
+//! A userspace mirror of the live processes, for lineage and exe paths.
+//!
+//! A pid alone is not an identity (pids are reused), so a process is
+//! (tgid, start time): an entry only describes an event's task when their
+//! start times agree. Start times from the kernel are exact CLOCK_BOOTTIME ns;
+//! those read from /proc at seeding are clock ticks, so seeded entries carry a
+//! tolerance of one tick until a kernel event makes them exact.
+//!
+//! The table is bounded: when full, a process not seen recently is evicted
+//! (second-chance "clock" order, so ancestors that keep showing up in lineages
+//! stay) and the eviction is counted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+};
+
+use proto::telemetry::v1::Process;
+
+use crate::events::{ExecRecord, ExitRecord, ForkRecord, TaskIdentity};
+
+/// One tracked process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessEntry {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    /// Path of the current program, "" if unknown.
+    pub exe: String,
+    /// CLOCK_BOOTTIME ns, 0 if unknown.
+    pub start_ns: u64,
+    /// How far the true start may be from `start_ns` (0 = exact).
+    pub start_slack_ns: u64,
+    /// Tells a live clock slot from a stale one after the tgid was reused.
+    generation: u64,
+    /// Second chance bit of the clock eviction.
+    referenced: bool,
+}
+
+impl ProcessEntry {
+    /// Whether this entry is the process that started at `start_ns`.
+    fn is_process(&self, start_ns: u64) -> bool {
+        self.start_ns == 0
+            || start_ns == 0
+            || self.start_ns.abs_diff(start_ns) <= self.start_slack_ns
+    }
+
+    /// Whether this entry started no later than `start_ns` (it can be the
+    /// process of a task that started at `start_ns`, or its ancestor).
+    fn not_newer_than(&self, start_ns: u64) -> bool {
+        self.start_ns == 0
+            || start_ns == 0
+            || self.start_ns <= start_ns.saturating_add(self.start_slack_ns)
+    }
+}
+
+/// Counters of the table's own losses and corrections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub entries: usize,
+    /// Entries dropped to stay within `max_entries`.
+    pub evictions: u64,
+    /// Entries replaced because their tgid now belongs to a newer process
+    /// (their exit was never seen).
+    pub replaced_stale: u64,
+    /// Entries read from /proc at start.
+    pub seeded: u64,
+}
+
+/// What an exit removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitedProcess {
+    /// The entry, if the table knew the process.
+    pub entry: Option<ProcessEntry>,
+    /// Lifetime, 0 when no start time was known.
+    pub duration_ns: u64,
+}
+
+/// Live processes keyed by tgid, each checked against its start time.
+#[derive(Debug)]
+pub struct ProcessTable {
+    entries: HashMap<u32, ProcessEntry>,
+    /// Eviction order: (tgid, generation), oldest first; may hold stale slots.
+    clock: VecDeque<(u32, u64)>,
+    next_generation: u64,
+    max_entries: usize,
+    lineage_depth: usize,
+    stats: TableStats,
+}
+
+impl ProcessTable {
+    /// `max_entries` is raised to 1 if 0.
+    pub fn new(max_entries: usize, lineage_depth: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            clock: VecDeque::new(),
+            next_generation: 0,
+            max_entries: max_entries.max(1),
+            lineage_depth,
+            stats: TableStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            entries: self.entries.len(),
+            ..self.stats
+        }
+    }
+
+    /// The entry for `tgid`, whatever its start time.
+    pub fn get(&self, tgid: u32) -> Option<&ProcessEntry> {
+        self.entries.get(&tgid)
+    }
+
+    /// Reads every process under `proc_root` (normally `/proc`). Processes
+    /// that vanish during the scan are skipped. Returns how many were added.
+    pub fn seed_from_proc(&mut self, proc_root: &Path) -> std::io::Result<usize> {
+        let tick_ns = clock_tick_ns();
+        let mut added = 0;
+        for dirent in std::fs::read_dir(proc_root)? {
+            let Ok(dirent) = dirent else { continue };
+            let Some(tgid) = dirent
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let dir = dirent.path();
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+                continue;
+            };
+            let Some(stat) = parse_stat(&stat) else {
+                continue;
+            };
+            let exe = std::fs::read_link(dir.join("exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.insert(ProcessEntry {
+                tgid,
+                ppid: stat.ppid,
+                comm: stat.comm,
+                exe,
+                start_ns: stat.start_ticks.saturating_mul(tick_ns),
+                start_slack_ns: tick_ns,
+                generation: 0,
+                referenced: false,
+            });
+            added += 1;
+        }
+        self.stats.seeded += added as u64;
+        Ok(added)
+    }
+
+    /// A new process: it runs its parent's program until it execs.
+    pub fn on_fork(&mut self, fork: &ForkRecord) {
+        let task = &fork.task;
+        let exe = self
+            .entries
+            .get(&task.ppid)
+            .filter(|p| p.not_newer_than(task.start_boottime_ns))
+            .map(|p| p.exe.clone())
+            .unwrap_or_default();
+        self.upsert(task, Some(exe));
+    }
+
+    /// The process now runs `exec.filename`.
+    pub fn on_exec(&mut self, exec: &ExecRecord) {
+        self.upsert(&exec.task, Some(exec.filename.clone()));
+    }
+
+    /// Removes the process and says how long it lived.
+    ///
+    /// The exiting task may be a thread that started after its process, so
+    /// an entry that started no later than the task is this process.
+    pub fn on_exit(&mut self, exit: &ExitRecord) -> ExitedProcess {
+        let task = &exit.task;
+        let entry = match self.entries.get(&task.tgid) {
+            Some(e) if e.not_newer_than(task.start_boottime_ns) => self.entries.remove(&task.tgid),
+            _ => None,
+        };
+        let start = match &entry {
+            Some(e) if e.start_ns != 0 && !e.is_process(task.start_boottime_ns) => e.start_ns,
+            Some(e) if task.start_boottime_ns == 0 => e.start_ns,
+            _ => task.start_boottime_ns,
+        };
+        let duration_ns = if start == 0 {
+            0
+        } else {
+            exit.timestamp_ns.saturating_sub(start)
+        };
+        self.compact_clock();
+        ExitedProcess { entry, duration_ns }
+    }
+
+    /// Ancestors of `task`, parent first, as "pid:comm", at most
+    /// `lineage_depth`. Stops where the table has no entry, or where the
+    /// entry under the parent pid is younger than the child (pid reused).
+    pub fn lineage(&mut self, task: &TaskIdentity) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut pid = task.ppid;
+        let mut child_start = task.start_boottime_ns;
+        let mut child = task.tgid;
+        while out.len() < self.lineage_depth && pid != 0 && pid != child {
+            let Some(parent) = self.entries.get_mut(&pid) else {
+                break;
+            };
+            if !parent.not_newer_than(child_start) {
+                break;
+            }
+            parent.referenced = true;
+            out.push(format!("{}:{}", parent.tgid, parent.comm));
+            child = pid;
+            child_start = parent.start_ns;
+            pid = parent.ppid;
+        }
+        out
+    }
+
+    /// The protobuf `Process` for an event's task, with exe, lineage and
+    /// start time from the table when it knows this process.
+    pub fn describe(&mut self, task: &TaskIdentity) -> Process {
+        let (exe, start_time_ns) = match self.entries.get_mut(&task.tgid) {
+            Some(e) if e.not_newer_than(task.start_boottime_ns) => {
+                e.referenced = true;
+                let start = if task.start_boottime_ns != 0 && e.is_process(task.start_boottime_ns) {
+                    task.start_boottime_ns
+                } else {
+                    e.start_ns
+                };
+                (e.exe.clone(), start)
+            }
+            _ => (String::new(), task.start_boottime_ns),
+        };
+        Process {
+            pid: task.tgid,
+            tid: task.tid,
+            ppid: task.ppid,
+            uid: task.uid,
+            gid: task.gid,
+            euid: task.euid,
+            egid: task.egid,
+            comm: task.comm.clone(),
+            cgroup_id: task.cgroup_id,
+            exe,
+            lineage: self.lineage(task),
+            start_time_ns,
+        }
+    }
+
+    /// Adds or refreshes the process of `task`; `exe` None keeps the old one.
+    fn upsert(&mut self, task: &TaskIdentity, exe: Option<String>) {
+        if let Some(e) = self.entries.get_mut(&task.tgid)
+            && e.is_process(task.start_boottime_ns)
+        {
+            e.ppid = task.ppid;
+            e.comm.clone_from(&task.comm);
+            if let Some(exe) = exe {
+                e.exe = exe;
+            }
+            if task.start_boottime_ns != 0 {
+                e.start_ns = task.start_boottime_ns;
+                e.start_slack_ns = 0;
+            }
+            e.referenced = true;
+            return;
+        }
+        self.insert(ProcessEntry {
+            tgid: task.tgid,
+            ppid: task.ppid,
+            comm: task.comm.clone(),
+            exe: exe.unwrap_or_default(),
+            start_ns: task.start_boottime_ns,
+            start_slack_ns: 0,
+            generation: 0,
+            referenced: false,
+        });
+    }
+
+    fn insert(&mut self, mut entry: ProcessEntry) {
+        if self.entries.contains_key(&entry.tgid) {
+            self.stats.replaced_stale += 1;
+        } else {
+            self.make_room();
+        }
+        self.next_generation += 1;
+        entry.generation = self.next_generation;
+        self.clock.push_back((entry.tgid, entry.generation));
+        self.entries.insert(entry.tgid, entry);
+        self.compact_clock();
+    }
+
+    /// Evicts until one more entry fits: a referenced entry gets a second
+    /// chance (moved to the back, bit cleared), an unreferenced one goes.
+    fn make_room(&mut self) {
+        while self.entries.len() >= self.max_entries {
+            let Some((tgid, generation)) = self.clock.pop_front() else {
+                break;
+            };
+            let Some(e) = self.entries.get_mut(&tgid) else {
+                continue;
+            };
+            if e.generation != generation {
+                continue;
+            }
+            if e.referenced {
+                e.referenced = false;
+                self.clock.push_back((tgid, generation));
+            } else {
+                self.entries.remove(&tgid);
+                self.stats.evictions += 1;
+            }
+        }
+    }
+
+    /// Drops stale clock slots so the queue stays O(entries).
+    fn compact_clock(&mut self) {
+        if self.clock.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.clock
+                .retain(|(tgid, g)| entries.get(tgid).is_some_and(|e| e.generation == *g));
+        }
+    }
+}
+
+/// The fields of /proc/<pid>/stat the table needs.
+#[derive(Debug, PartialEq, Eq)]
+struct ProcStat {
+    comm: String,
+    ppid: u32,
+    start_ticks: u64,
+}
+
+/// Parses /proc/<pid>/stat. The comm is in parentheses and may itself hold
+/// spaces and ')', so fields are counted from the last ')'.
+fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    // Fields after the comm start at field 3 (state).
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let ppid = rest.get(4 - 3)?.parse().ok()?;
+    let start_ticks = rest.get(22 - 3)?.parse().ok()?;
+    Some(ProcStat {
+        comm,
+        ppid,
+        start_ticks,
+    })
+}
+
+/// Nanoseconds per /proc clock tick (USER_HZ, 100 on every Linux we ship).
+fn clock_tick_ns() -> u64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|hz| *hz > 0)
+        .unwrap_or(100);
+    1_000_000_000 / hz as u64
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn task(tgid: u32, ppid: u32, comm: &str, start: u64) -> TaskIdentity {
+        TaskIdentity {
+            tgid,
+            tid: tgid,
+            ppid,
+            comm: comm.into(),
+            start_boottime_ns: start,
+            ..Default::default()
+        }
+    }
+
+    fn fork(t: TaskIdentity) -> ForkRecord {
+        ForkRecord {
+            timestamp_ns: t.start_boottime_ns,
+            task: t,
+            partial: false,
+        }
+    }
+
+    fn exec(t: TaskIdentity, filename: &str) -> ExecRecord {
+        ExecRecord {
+            timestamp_ns: t.start_boottime_ns + 10,
+            task: t,
+            filename: filename.into(),
+            argv: vec![],
+            argv_truncated: false,
+            filename_truncated: false,
+            device: 0,
+            inode: 0,
+            partial: false,
+        }
+    }
+
+    fn exit(t: TaskIdentity, at: u64) -> ExitRecord {
+        ExitRecord {
+            timestamp_ns: at,
+            task: t,
+            status: 0,
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn fork_exec_exit_lifecycle() {
+        let mut t = ProcessTable::new(16, 8);
+        t.on_fork(&fork(task(1, 0, "systemd", 100)));
+        t.on_exec(&exec(task(1, 0, "systemd", 100), "/sbin/init"));
+        t.on_fork(&fork(task(50, 1, "systemd", 1_000)));
+        assert_eq!(
+            t.get(50).map(|e| e.exe.as_str()),
+            Some("/sbin/init"),
+            "fork inherits exe"
+        );
+        t.on_exec(&exec(task(50, 1, "bash", 1_000), "/usr/bin/bash"));
+        let e = t.get(50).expect("present");
+        assert_eq!((e.comm.as_str(), e.exe.as_str()), ("bash", "/usr/bin/bash"));
+        let p = t.describe(&task(50, 1, "bash", 1_000));
+        assert_eq!(p.exe, "/usr/bin/bash");
+        assert_eq!(p.start_time_ns, 1_000);
+        assert_eq!(p.lineage, vec!["1:systemd"]);
+        let gone = t.on_exit(&exit(task(50, 1, "bash", 1_000), 6_000));
+        assert_eq!(gone.duration_ns, 5_000);
+        assert_eq!(gone.entry.map(|e| e.exe), Some("/usr/bin/bash".to_owned()));
+        assert!(t.get(50).is_none());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn lineage_is_parent_first_and_bounded() {
+        let mut t = ProcessTable::new(64, 3);
+        let names = ["init", "sshd", "bash", "make", "cc"];
+        for (i, name) in names.iter().enumerate() {
+            let pid = i as u32 + 1;
+            t.on_fork(&fork(task(pid, pid - 1, name, 100 * pid as u64)));
+        }
+        let leaf = task(6, 5, "ld", 600);
+        assert_eq!(t.lineage(&leaf), vec!["5:cc", "4:make", "3:bash"]);
+        let mut deep = ProcessTable::new(64, 8);
+        for (i, name) in names.iter().enumerate() {
+            let pid = i as u32 + 1;
+            deep.on_fork(&fork(task(pid, pid - 1, name, 100 * pid as u64)));
+        }
+        assert_eq!(
+            deep.lineage(&leaf),
+            vec!["5:cc", "4:make", "3:bash", "2:sshd", "1:init"]
+        );
+    }
+
+    #[test]
+    fn pid_reuse_replaces_the_stale_process() {
+        let mut t = ProcessTable::new(64, 8);
+        t.on_fork(&fork(task(1, 0, "init", 1)));
+        t.on_fork(&fork(task(70, 1, "old", 1_000)));
+        // Exit of pid 70 was lost; pid 70 now is a different process.
+        t.on_exec(&exec(task(70, 1, "new", 9_000), "/bin/new"));
+        let e = t.get(70).expect("present");
+        assert_eq!((e.comm.as_str(), e.start_ns), ("new", 9_000));
+        assert_eq!(t.stats().replaced_stale, 1);
+        // A late exit of the old process must not remove the new one.
+        let gone = t.on_exit(&exit(task(70, 1, "old", 1_000), 9_500));
+        assert!(gone.entry.is_none());
+        assert!(t.get(70).is_some());
+        // A child whose parent pid now belongs to a younger process gets no
+        // lineage through it.
+        t.on_fork(&fork(task(80, 70, "x", 5_000)));
+        assert!(t.lineage(&task(80, 70, "x", 5_000)).is_empty());
+        assert_eq!(
+            t.lineage(&task(81, 70, "y", 9_100)),
+            vec!["70:new", "1:init"]
+        );
+    }
+
+    #[test]
+    fn exit_by_a_later_thread_still_removes_the_process() {
+        let mut t = ProcessTable::new(8, 8);
+        t.on_fork(&fork(task(9, 1, "srv", 1_000)));
+        let mut last_thread = task(9, 1, "srv", 4_000);
+        last_thread.tid = 12;
+        let gone = t.on_exit(&exit(last_thread, 10_000));
+        assert_eq!(
+            gone.duration_ns, 9_000,
+            "lifetime counts from the process start"
+        );
+        assert!(t.get(9).is_none());
+    }
+
+    #[test]
+    fn size_is_bounded_and_evictions_counted() {
+        let mut t = ProcessTable::new(4, 8);
+        t.on_fork(&fork(task(1, 0, "init", 1)));
+        for pid in 10..20 {
+            t.on_fork(&fork(task(pid, 1, "w", pid as u64 * 10)));
+            // Lineage lookups keep init referenced, so it survives.
+            assert_eq!(
+                t.lineage(&task(pid, 1, "w", pid as u64 * 10)),
+                vec!["1:init"]
+            );
+            assert!(t.len() <= 4);
+        }
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.stats().evictions, 11 - 4);
+        assert!(t.get(1).is_some(), "a hot ancestor is not evicted");
+        assert!(t.get(19).is_some(), "the newest entry is kept");
+        assert!(t.clock.len() <= 2 * t.len() + 64);
+    }
+
+    #[test]
+    fn seeding_reads_a_proc_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tick = clock_tick_ns();
+        let mk = |pid: u32, stat: &str, exe: Option<&str>| {
+            let d = dir.path().join(pid.to_string());
+            std::fs::create_dir(&d).expect("mkdir");
+            std::fs::write(d.join("stat"), stat).expect("stat");
+            if let Some(exe) = exe {
+                std::os::unix::fs::symlink(exe, d.join("exe")).expect("symlink");
+            }
+        };
+        let rest = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        mk(
+            1,
+            &format!("1 (systemd) S 0 {rest} 5 0 0"),
+            Some("/usr/lib/systemd/systemd"),
+        );
+        mk(
+            42,
+            &format!("42 (my (odd) app) R 1 {rest} 250 0 0"),
+            Some("/opt/app"),
+        );
+        mk(43, "43 (truncated) S", None);
+        std::fs::create_dir(dir.path().join("self")).expect("mkdir");
+        let mut t = ProcessTable::new(64, 8);
+        assert_eq!(t.seed_from_proc(dir.path()).expect("seed"), 2);
+        let app = t.get(42).expect("seeded").clone();
+        assert_eq!(app.comm, "my (odd) app");
+        assert_eq!((app.ppid, app.exe.as_str()), (1, "/opt/app"));
+        assert_eq!(app.start_ns, 250 * tick);
+        // The kernel's exact start falls within one tick of /proc's.
+        let exact = 250 * tick + tick / 2;
+        assert_eq!(
+            t.lineage(&task(99, 42, "c", exact + 1)),
+            vec!["42:my (odd) app", "1:systemd"]
+        );
+        t.on_exec(&exec(task(42, 1, "app2", exact), "/opt/app2"));
+        assert_eq!(t.stats().replaced_stale, 0, "same process, not a reuse");
+        assert_eq!(t.get(42).map(|e| e.start_ns), Some(exact));
+        assert_eq!(t.stats().seeded, 2);
+    }
+
+    #[test]
+    fn seeding_the_real_proc_finds_this_process() {
+        let mut t = ProcessTable::new(1 << 16, 8);
+        t.seed_from_proc(Path::new("/proc")).expect("seed");
+        let me = t
+            .get(std::process::id())
+            .expect("this test process is seeded");
+        assert!(me.start_ns > 0);
+        assert!(!me.exe.is_empty());
+    }
+}
