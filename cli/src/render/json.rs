@@ -1,0 +1,194 @@
+//! One JSON object per item, for scripts (`jq`). Field names are
+//! snake_case and stable: renaming one breaks someone's pipeline. Every
+//! object has a `type`: event, gap, duplicate, restart, drops, lagged.
+
+use proto::telemetry::v1::{
+    HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
+    sequence_record, subscribe_response,
+};
+use serde_json::{Map, Value, json};
+
+use super::kind_and_process;
+
+pub fn render(response: &SubscribeResponse) -> Value {
+    match &response.item {
+        Some(subscribe_response::Item::Event(e)) => event_json(e),
+        Some(subscribe_response::Item::Record(r)) => record_json(r),
+        Some(subscribe_response::Item::SubscriberLagged(n)) => {
+            json!({ "type": "lagged", "skipped": n })
+        }
+        None => json!({ "type": "empty" }),
+    }
+}
+
+/// `host_id` and `hostname` first, as every host-related object has them.
+fn with_host(kind: &str, host: Option<&HostIdentity>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), kind.into());
+    m.insert(
+        "host_id".into(),
+        host.map_or("", |h| h.host_id.as_str()).into(),
+    );
+    m.insert(
+        "hostname".into(),
+        host.map_or("", |h| h.hostname.as_str()).into(),
+    );
+    m
+}
+
+fn process_json(p: &Process) -> Value {
+    json!({
+        "pid": p.pid,
+        "tid": p.tid,
+        "ppid": p.ppid,
+        "uid": p.uid,
+        "gid": p.gid,
+        "euid": p.euid,
+        "egid": p.egid,
+        "comm": p.comm,
+        "exe": p.exe,
+        "cgroup_id": p.cgroup_id,
+        "lineage": p.lineage,
+        "start_time_ns": p.start_time_ns,
+    })
+}
+
+fn event_json(e: &HostEvent) -> Value {
+    let mut m = with_host("event", e.host.as_ref());
+    m.insert("batch_sequence".into(), e.batch_sequence.into());
+    let Some(event) = &e.event else {
+        m.insert("kind".into(), "unknown".into());
+        return m.into();
+    };
+    let (kind, process) = kind_and_process(event);
+    m.insert("timestamp_ns".into(), event.timestamp_ns.into());
+    m.insert("kind".into(), kind.into());
+    m.insert("process".into(), process.map_or(Value::Null, process_json));
+    let extra = match &event.kind {
+        Some(event::Kind::Exec(x)) => json!({
+            "filename": x.filename,
+            "argv": x.argv,
+            "argv_truncated": x.argv_truncated,
+            "sha256": x.sha256,
+            "hash_error": x.hash_error,
+            "file_device": x.file.map(|f| f.device),
+            "file_inode": x.file.map(|f| f.inode),
+        }),
+        Some(event::Kind::Exit(x)) => json!({
+            "exit_code": x.exit_code,
+            "signal": x.signal,
+            "core_dumped": x.core_dumped,
+            "duration_ns": x.duration_ns,
+        }),
+        Some(event::Kind::Fork(_)) | None => json!({}),
+    };
+    if let Value::Object(extra) = extra {
+        m.extend(extra);
+    }
+    m.into()
+}
+
+fn record_json(r: &HostRecord) -> Value {
+    let host = r.host.as_ref();
+    match &r.record {
+        Some(host_record::Record::Sequence(s)) => {
+            let kind = match s.kind() {
+                sequence_record::Kind::Gap => "gap",
+                sequence_record::Kind::Duplicate => "duplicate",
+                sequence_record::Kind::Restart => "restart",
+                sequence_record::Kind::Unspecified => "sequence_unknown",
+            };
+            let mut m = with_host(kind, host);
+            m.insert("first".into(), s.first.into());
+            m.insert("last".into(), s.last.into());
+            m.insert(
+                "sensor_instance_id".into(),
+                host.map_or("", |h| h.sensor_instance_id.as_str()).into(),
+            );
+            m.into()
+        }
+        Some(host_record::Record::Drops(d)) => {
+            let mut m = with_host("drops", host);
+            m.insert(
+                "drops".into(),
+                json!({
+                    "kernel_ringbuf_full": d.kernel_ringbuf_full,
+                    "userspace_queue_full": d.userspace_queue_full,
+                    "userspace_batches_dropped": d.userspace_batches_dropped,
+                    "userspace_events_dropped": d.userspace_events_dropped,
+                    "malformed_kernel_records": d.malformed_kernel_records,
+                }),
+            );
+            m.into()
+        }
+        None => with_host("record_unknown", host).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+    use super::*;
+    use sequence_record::Kind;
+
+    #[test]
+    fn exec_has_stable_fields() {
+        let v = render(&fixtures::exec(&["curl", "-s"], true));
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["kind"], "exec");
+        assert_eq!(v["host_id"], "store-0042");
+        assert_eq!(v["hostname"], "kiosk-42");
+        assert_eq!(v["batch_sequence"], 3);
+        assert_eq!(v["timestamp_ns"], 12_345_678_901_234u64);
+        assert_eq!(v["process"]["pid"], 4242);
+        assert_eq!(v["process"]["comm"], "curl");
+        assert_eq!(v["filename"], "/usr/bin/curl");
+        assert_eq!(v["argv"], json!(["curl", "-s"]));
+        assert_eq!(v["argv_truncated"], true);
+        assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(v["file_inode"], Value::Null);
+    }
+
+    #[test]
+    fn exit_keeps_absent_values_null() {
+        let v = render(&fixtures::exit(None, Some(9)));
+        assert_eq!(v["kind"], "exit");
+        assert_eq!(v["exit_code"], Value::Null);
+        assert_eq!(v["signal"], 9);
+        assert_eq!(v["duration_ns"], 500_000_000);
+        let v = render(&fixtures::fork());
+        assert_eq!(v["kind"], "fork");
+        assert_eq!(v["process"]["ppid"], 4242);
+    }
+
+    #[test]
+    fn records_and_lag_have_types() {
+        let v = render(&fixtures::sequence(Kind::Gap, 5, 7));
+        assert_eq!(
+            v,
+            json!({"type": "gap", "host_id": "store-0042", "hostname": "kiosk-42",
+            "first": 5, "last": 7, "sensor_instance_id": "inst-7"})
+        );
+        assert_eq!(
+            render(&fixtures::sequence(Kind::Restart, 1, 1))["type"],
+            "restart"
+        );
+        assert_eq!(
+            render(&fixtures::sequence(Kind::Duplicate, 2, 2))["type"],
+            "duplicate"
+        );
+        let v = render(&fixtures::drops());
+        assert_eq!(v["type"], "drops");
+        assert_eq!(v["drops"]["kernel_ringbuf_full"], 12);
+        assert_eq!(
+            render(&fixtures::lagged(4)),
+            json!({"type": "lagged", "skipped": 4})
+        );
+    }
+
+    #[test]
+    fn output_is_one_line() {
+        let s = render(&fixtures::exec(&["a\nb"], false)).to_string();
+        assert!(!s.contains('\n'), "{s}");
+    }
+}

@@ -1,0 +1,143 @@
+//! How subscribe responses are shown: a live table for people, JSON lines
+//! for scripts. Pure functions of the response, so they are unit-tested.
+
+mod json;
+mod table;
+
+use proto::telemetry::v1::{Event, HostIdentity, Process, SubscribeResponse, event};
+
+/// Output style of `tail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Turns each response into one line (no trailing newline).
+#[derive(Debug, Clone, Copy)]
+pub struct Renderer {
+    format: Format,
+}
+
+impl Renderer {
+    pub fn new(format: Format) -> Self {
+        Self { format }
+    }
+
+    /// The table header, printed once before any item; none for JSON.
+    pub fn header(&self) -> Option<String> {
+        match self.format {
+            Format::Table => Some(table::header()),
+            Format::Json => None,
+        }
+    }
+
+    pub fn render(&self, response: &SubscribeResponse) -> String {
+        match self.format {
+            Format::Table => table::render(response),
+            Format::Json => json::render(response).to_string(),
+        }
+    }
+}
+
+/// Lower-case kind name and the process of an event, whatever its kind.
+fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
+    match &event.kind {
+        Some(event::Kind::Exec(e)) => ("exec", e.process.as_ref()),
+        Some(event::Kind::Fork(f)) => ("fork", f.process.as_ref()),
+        Some(event::Kind::Exit(x)) => ("exit", x.process.as_ref()),
+        None => ("unknown", None),
+    }
+}
+
+fn host_id(host: Option<&HostIdentity>) -> &str {
+    host.map_or("?", |h| h.host_id.as_str())
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Responses as the collector sends them, built on the collector's
+    //! own test builders.
+
+    use collector::testkit;
+    use proto::telemetry::v1::{
+        DropCounters, HostEvent, HostRecord, SequenceRecord, host_record, sequence_record,
+        subscribe_response,
+    };
+
+    use super::*;
+
+    pub fn host() -> HostIdentity {
+        HostIdentity {
+            hostname: "kiosk-42".into(),
+            sensor_instance_id: "inst-7".into(),
+            ..testkit::host("store-0042", "inst-7")
+        }
+    }
+
+    fn wrap(timestamp_ns: u64, mut event: Event) -> SubscribeResponse {
+        event.timestamp_ns = timestamp_ns;
+        SubscribeResponse {
+            item: Some(subscribe_response::Item::Event(HostEvent {
+                host: Some(host()),
+                batch_sequence: 3,
+                event: Some(event),
+            })),
+        }
+    }
+
+    pub fn exec(argv: &[&str], truncated: bool) -> SubscribeResponse {
+        let mut e = testkit::exec_event(4242, "curl", "/usr/bin/curl", argv);
+        if let Some(event::Kind::Exec(x)) = &mut e.kind {
+            x.argv_truncated = truncated;
+            x.sha256 = "0123456789abcdef".repeat(4);
+        }
+        wrap(12_345_678_901_234, e)
+    }
+
+    pub fn fork() -> SubscribeResponse {
+        wrap(1_500_000_000, testkit::fork_event(4243, 4242, "bash"))
+    }
+
+    pub fn exit(exit_code: Option<i32>, signal: Option<i32>) -> SubscribeResponse {
+        let mut e = testkit::exit_event(4243, "bash", exit_code, signal);
+        if let Some(event::Kind::Exit(x)) = &mut e.kind {
+            x.duration_ns = 500_000_000;
+            if let Some(p) = &mut x.process {
+                p.ppid = 4242;
+            }
+        }
+        wrap(2_000_000_000, e)
+    }
+
+    pub fn sequence(kind: sequence_record::Kind, first: u64, last: u64) -> SubscribeResponse {
+        record(host_record::Record::Sequence(SequenceRecord {
+            kind: kind as i32,
+            first,
+            last,
+        }))
+    }
+
+    pub fn drops() -> SubscribeResponse {
+        record(host_record::Record::Drops(DropCounters {
+            kernel_ringbuf_full: 12,
+            userspace_events_dropped: 3,
+            ..Default::default()
+        }))
+    }
+
+    fn record(record: host_record::Record) -> SubscribeResponse {
+        SubscribeResponse {
+            item: Some(subscribe_response::Item::Record(HostRecord {
+                host: Some(host()),
+                record: Some(record),
+            })),
+        }
+    }
+
+    pub fn lagged(n: u64) -> SubscribeResponse {
+        SubscribeResponse {
+            item: Some(subscribe_response::Item::SubscriberLagged(n)),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The human-readable live table. Every string from a sensor is escaped:
+//! argv and file names are attacker-controlled and must not be able to
+//! drive the analyst's terminal.
+
+use std::fmt::Write;
+
+use proto::telemetry::v1::{
+    DropCounters, ExecEvent, ExitEvent, HostEvent, HostRecord, SequenceRecord, SubscribeResponse,
+    event, host_record, sequence_record, subscribe_response,
+};
+
+use super::{host_id, kind_and_process};
+
+/// Hex digits of the SHA-256 shown (enough to tell files apart at a glance).
+const SHORT_HASH: usize = 12;
+
+/// One table row; the header and events share it so columns line up.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    time: &str,
+    host: &str,
+    kind: &str,
+    pid: &str,
+    ppid: &str,
+    uid: &str,
+    comm: &str,
+    details: &str,
+) -> String {
+    format!("{time:>13} {host:<14} {kind:<5} {pid:>7} {ppid:>7} {uid:>6} {comm:<16} {details}")
+        .trim_end()
+        .to_owned()
+}
+
+pub fn header() -> String {
+    row(
+        "TIME", "HOST", "KIND", "PID", "PPID", "UID", "COMM", "DETAILS",
+    )
+}
+
+pub fn render(response: &SubscribeResponse) -> String {
+    match &response.item {
+        Some(subscribe_response::Item::Event(e)) => event_line(e),
+        Some(subscribe_response::Item::Record(r)) => record_line(r),
+        Some(subscribe_response::Item::SubscriberLagged(n)) => {
+            format!("!! subscriber lagged, {n} items skipped")
+        }
+        None => "!! empty response from the collector".to_owned(),
+    }
+}
+
+/// Boot-relative seconds with milliseconds: the sensor's clock is
+/// CLOCK_BOOTTIME, which has no wall-clock meaning off the host.
+fn boot_seconds(ns: u64) -> String {
+    format!(
+        "{}.{:03}",
+        ns / 1_000_000_000,
+        ns % 1_000_000_000 / 1_000_000
+    )
+}
+
+fn event_line(e: &HostEvent) -> String {
+    let Some(event) = &e.event else {
+        return format!(
+            "!! {} event without content",
+            clean(host_id(e.host.as_ref()))
+        );
+    };
+    let (kind, process) = kind_and_process(event);
+    let num = |f: fn(&proto::telemetry::v1::Process) -> u32| {
+        process.map_or_else(|| "-".to_owned(), |p| f(p).to_string())
+    };
+    let details = match &event.kind {
+        Some(event::Kind::Exec(x)) => exec_details(x),
+        Some(event::Kind::Fork(_)) => format!("parent={}", num(|p| p.ppid)),
+        Some(event::Kind::Exit(x)) => exit_details(x),
+        None => "(event kind unknown to this rxsentry version)".to_owned(),
+    };
+    row(
+        &boot_seconds(event.timestamp_ns),
+        &clean(host_id(e.host.as_ref())),
+        kind,
+        &num(|p| p.pid),
+        &num(|p| p.ppid),
+        &num(|p| p.uid),
+        &clean(process.map_or("-", |p| p.comm.as_str())),
+        &details,
+    )
+}
+
+fn exec_details(x: &ExecEvent) -> String {
+    let mut out = format!("{}  [{}]", clean(&x.filename), clean(&join_argv(&x.argv)));
+    if x.argv_truncated {
+        out.push_str(" ARGV…");
+    }
+    if x.sha256.is_empty() {
+        out.push_str("  sha256:?");
+        if !x.hash_error.is_empty() {
+            let _ = write!(out, " ({})", clean(&x.hash_error));
+        }
+    } else {
+        let short: String = x.sha256.chars().take(SHORT_HASH).collect();
+        let _ = write!(out, "  sha256:{}", clean(&short));
+    }
+    out
+}
+
+fn exit_details(x: &ExitEvent) -> String {
+    let mut out = match (x.exit_code, x.signal) {
+        (_, Some(sig)) => format!("signal={sig}"),
+        (Some(code), None) => format!("exit={code}"),
+        (None, None) => "exit=?".to_owned(),
+    };
+    if x.core_dumped {
+        out.push_str(" core");
+    }
+    if x.duration_ns > 0 {
+        let _ = write!(out, "  ran {:.3}s", x.duration_ns as f64 / 1e9);
+    }
+    out
+}
+
+fn record_line(r: &HostRecord) -> String {
+    let host = clean(host_id(r.host.as_ref()));
+    match &r.record {
+        Some(host_record::Record::Sequence(s)) => format!("!! {host} {}", sequence_text(r, s)),
+        Some(host_record::Record::Drops(d)) => format!("!! {host} DROPS: {}", drops_text(d)),
+        None => format!("!! {host} empty host record"),
+    }
+}
+
+fn sequence_text(r: &HostRecord, s: &SequenceRecord) -> String {
+    let (first, last) = (s.first, s.last);
+    match s.kind() {
+        sequence_record::Kind::Gap if first == last => {
+            format!("GAP: batch {first} never arrived")
+        }
+        sequence_record::Kind::Gap => format!("GAP: batches {first}..{last} never arrived"),
+        sequence_record::Kind::Duplicate => {
+            format!("DUPLICATE: batch {first} arrived again, not shown twice")
+        }
+        sequence_record::Kind::Restart => {
+            let instance = r.host.as_ref().map_or("?", |h| &h.sensor_instance_id);
+            format!(
+                "RESTART: sensor restarted as instance {}, first batch {first}",
+                clean(instance)
+            )
+        }
+        sequence_record::Kind::Unspecified => "sequence record of unknown kind".to_owned(),
+    }
+}
+
+fn drops_text(d: &DropCounters) -> String {
+    format!(
+        "kernel_ringbuf_full={} userspace_queue_full={} userspace_batches_dropped={} \
+         userspace_events_dropped={} malformed_kernel_records={}",
+        d.kernel_ringbuf_full,
+        d.userspace_queue_full,
+        d.userspace_batches_dropped,
+        d.userspace_events_dropped,
+        d.malformed_kernel_records
+    )
+}
+
+/// argv as a shell would need it: arguments with blanks or quotes are
+/// single-quoted, so `a "b c"` is not shown as three arguments.
+fn join_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && !a
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '\\'));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Control characters (ESC, CR, BEL...) shown escaped, never emitted.
+fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+    use super::*;
+    use sequence_record::Kind;
+
+    #[test]
+    fn header_and_rows_line_up() {
+        let h = header();
+        let line = render(&fixtures::exec(&["curl", "-s"], false));
+        assert!(h.starts_with("         TIME HOST"), "{h}");
+        let details_at = h.find("DETAILS").unwrap();
+        assert_eq!(
+            &line[details_at..details_at + 13],
+            "/usr/bin/curl",
+            "{h}\n{line}"
+        );
+        assert_eq!(h.find("COMM"), line.find("curl "));
+    }
+
+    #[test]
+    fn exec_shows_file_argv_and_short_hash() {
+        let line = render(&fixtures::exec(&["curl", "-s", "http://x"], false));
+        assert_eq!(
+            line,
+            "    12345.678 store-0042     exec     4242       1   1000 curl             \
+             /usr/bin/curl  [curl -s http://x]  sha256:0123456789ab"
+        );
+    }
+
+    #[test]
+    fn truncated_argv_is_marked() {
+        let line = render(&fixtures::exec(&["curl"], true));
+        assert!(line.contains("[curl] ARGV…  sha256:"), "{line}");
+        let line = render(&fixtures::exec(&["curl"], false));
+        assert!(!line.contains("ARGV…"), "{line}");
+    }
+
+    #[test]
+    fn exit_shows_code_or_signal() {
+        let line = render(&fixtures::exit(Some(7), None));
+        assert!(
+            line.ends_with("exit     4243    4242   1000 bash             exit=7  ran 0.500s"),
+            "{line}"
+        );
+        let line = render(&fixtures::exit(None, Some(9)));
+        assert!(line.contains(" signal=9  ran"), "{line}");
+        assert!(!line.contains("exit="), "{line}");
+    }
+
+    #[test]
+    fn fork_shows_parent() {
+        let line = render(&fixtures::fork());
+        assert!(
+            line.starts_with("        1.500 store-0042     fork     4243    4242"),
+            "{line}"
+        );
+        assert!(line.ends_with("parent=4242"), "{line}");
+    }
+
+    #[test]
+    fn records_are_flagged_lines() {
+        assert_eq!(
+            render(&fixtures::sequence(Kind::Gap, 5, 7)),
+            "!! store-0042 GAP: batches 5..7 never arrived"
+        );
+        assert_eq!(
+            render(&fixtures::sequence(Kind::Gap, 5, 5)),
+            "!! store-0042 GAP: batch 5 never arrived"
+        );
+        assert!(
+            render(&fixtures::sequence(Kind::Duplicate, 9, 9))
+                .starts_with("!! store-0042 DUPLICATE: batch 9 arrived again")
+        );
+        assert!(
+            render(&fixtures::sequence(Kind::Restart, 1, 1))
+                .starts_with("!! store-0042 RESTART: sensor restarted as instance inst-7")
+        );
+        let drops = render(&fixtures::drops());
+        assert!(
+            drops.starts_with("!! store-0042 DROPS: kernel_ringbuf_full=12 "),
+            "{drops}"
+        );
+        assert!(drops.contains("userspace_events_dropped=3"), "{drops}");
+        assert_eq!(
+            render(&fixtures::lagged(17)),
+            "!! subscriber lagged, 17 items skipped"
+        );
+    }
+
+    #[test]
+    fn argv_with_blanks_is_quoted() {
+        let argv = ["sh", "-c", "echo 'hi' there", ""].map(String::from);
+        assert_eq!(join_argv(&argv), r#"sh -c 'echo '\''hi'\'' there' ''"#);
+    }
+
+    #[test]
+    fn terminal_escapes_are_neutralised() {
+        let line = render(&fixtures::exec(&["x\u{1b}[2J", "a\rb"], false));
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains(r"x\u{1b}[2J"), "{line}");
+    }
+
+    #[test]
+    fn boot_time_has_milliseconds() {
+        assert_eq!(boot_seconds(0), "0.000");
+        assert_eq!(boot_seconds(1_002_999_999), "1.002");
+    }
+}
