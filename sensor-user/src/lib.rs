@@ -7,4 +7,5 @@ pub mod hooks;
 pub mod config;
 pub mod enrich;
 pub mod identity;
+pub mod pipeline;
 pub mod transport;

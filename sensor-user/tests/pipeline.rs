@@ -1,0 +1,248 @@
+//! The whole userspace pipeline: pushed kernel events come out at a
+//! collector as numbered, compressed, enriched batches; nothing is lost
+//! without being counted.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{TestServer, decode_events, free_port, wait_until};
+use proto::telemetry::v1::{HostIdentity, event::Kind};
+use sensor_user::{
+    config::Config,
+    events::{ExecRecord, ExitRecord, ForkRecord, KernelEvent, TaskIdentity},
+    pipeline::{self, EventDropped},
+    transport::DropTracker,
+};
+
+/// Above any pid_max, so no real /proc entry interferes.
+const PID: u32 = 0x7fff_0000;
+
+fn config(endpoint: String, max_events: usize, queue: usize) -> Config {
+    let mut c = Config::default();
+    c.collector.endpoint = endpoint;
+    c.batching.max_events = max_events;
+    c.batching.max_delay_ms = 50;
+    c.pipeline.event_queue_capacity = queue;
+    c
+}
+
+fn identity() -> HostIdentity {
+    HostIdentity {
+        host_id: "test-host".into(),
+        sensor_instance_id: "test-instance".into(),
+        ..Default::default()
+    }
+}
+
+fn task(tgid: u32, comm: &str) -> TaskIdentity {
+    TaskIdentity {
+        tgid,
+        tid: tgid,
+        ppid: PID,
+        comm: comm.into(),
+        start_boottime_ns: 1_000 + u64::from(tgid - PID),
+        ..Default::default()
+    }
+}
+
+fn fork(tgid: u32) -> KernelEvent {
+    KernelEvent::Fork(ForkRecord {
+        timestamp_ns: u64::from(tgid),
+        task: task(tgid, "parent"),
+        partial: false,
+    })
+}
+
+fn exec(timestamp_ns: u64, task: TaskIdentity, path: &std::path::Path) -> KernelEvent {
+    KernelEvent::Exec(ExecRecord {
+        timestamp_ns,
+        task,
+        filename: path.to_string_lossy().into_owned(),
+        argv: vec!["prog".into()],
+        argv_truncated: false,
+        filename_truncated: false,
+        device: 0,
+        inode: 0,
+        partial: false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_collector_enriched_and_in_order() {
+    let server = TestServer::start(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = dir.path().join("prog");
+    std::fs::write(&prog, b"abc").expect("write");
+    let drops = Arc::new(DropTracker::new());
+    let handle = pipeline::spawn(
+        &config(server.endpoint(), 2, 1024),
+        identity(),
+        drops.clone(),
+    )
+    .expect("spawn");
+    let tx = handle.sender();
+    let child = PID + 1;
+    tx.push(fork(PID)).expect("queued");
+    tx.push(fork(child)).expect("queued");
+    tx.push(exec(5_000, task(child, "prog"), &prog))
+        .expect("queued");
+    tx.push(KernelEvent::Exit(ExitRecord {
+        timestamp_ns: 9_000,
+        task: task(child, "prog"),
+        status: 3 << 8,
+        partial: false,
+    }))
+    .expect("queued");
+    // Two full batches of two, sealed by count.
+    wait_until("2 batches acked", Duration::from_secs(20), || {
+        handle.stats().batches_acked == 2
+    })
+    .await;
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.events_in, stats.events_enriched, stats.batches_sealed),
+        (4, 4, 2)
+    );
+    assert_eq!(stats.hash_cache_misses, 1);
+    assert!(
+        stats.processes_seeded > 0,
+        "the process table was seeded from /proc"
+    );
+
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.unsent_batches, report.events_abandoned), (0, 0));
+    assert!(!report.deadline_exceeded);
+    assert_eq!(tx.push(fork(PID + 9)), Err(EventDropped::Closed));
+    assert_eq!(
+        drops.snapshot().userspace_queue_full,
+        1,
+        "the refused push is counted"
+    );
+
+    let batches = server.received();
+    assert_eq!(
+        batches.iter().map(|b| b.sequence).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.host == Some(identity()) && b.drops.is_some())
+    );
+    let events: Vec<_> = batches.iter().flat_map(decode_events).collect();
+    assert_eq!(
+        events.iter().map(|e| e.timestamp_ns).collect::<Vec<_>>(),
+        vec![u64::from(PID), u64::from(child), 5_000, 9_000]
+    );
+    let Some(Kind::Exec(exec)) = &events[2].kind else {
+        panic!("exec: {:?}", events[2])
+    };
+    assert_eq!(
+        exec.sha256,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let p = exec.process.as_ref().expect("process");
+    assert_eq!(p.lineage, vec![format!("{PID}:parent")]);
+    let Some(Kind::Exit(exit)) = &events[3].kind else {
+        panic!("exit: {:?}", events[3])
+    };
+    assert_eq!(exit.exit_code, Some(3));
+    assert_eq!(exit.duration_ns, 9_000 - 1_001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_delivered_or_counted() {
+    let server = TestServer::start(0);
+    let drops = Arc::new(DropTracker::new());
+    // A tiny queue so a burst overflows it.
+    let handle = pipeline::spawn(&config(server.endpoint(), 64, 4), identity(), drops.clone())
+        .expect("spawn");
+    let tx = handle.sender();
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    for i in 0..5_000 {
+        match tx.push(fork(PID + 1 + i)) {
+            Ok(()) => accepted += 1,
+            Err(EventDropped::QueueFull) => refused += 1,
+            Err(EventDropped::Closed) => panic!("not closed yet"),
+        }
+    }
+    assert!(refused > 0, "a burst of 5000 into a queue of 4 overflows");
+    assert_eq!(drops.snapshot().userspace_queue_full, refused);
+    let report = handle.shutdown(Duration::from_secs(20)).await;
+    assert_eq!(report.events_in, accepted);
+    assert_eq!(report.unsent_batches, 0);
+    let delivered: usize = server
+        .received()
+        .iter()
+        .map(|b| decode_events(b).len())
+        .sum();
+    assert_eq!(
+        delivered as u64, accepted,
+        "every accepted event reached the collector"
+    );
+    assert_eq!(report.drops.userspace_queue_full, refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_without_a_collector_counts_the_loss() {
+    let drops = Arc::new(DropTracker::new());
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let handle =
+        pipeline::spawn(&config(endpoint, 256, 64), identity(), drops.clone()).expect("spawn");
+    let tx = handle.sender();
+    for i in 0..10 {
+        tx.push(fork(PID + 1 + i)).expect("queued");
+    }
+    let report = handle.shutdown(Duration::from_millis(500)).await;
+    assert_eq!(
+        (
+            report.batches_sealed,
+            report.unsent_batches,
+            report.unsent_events
+        ),
+        (1, 1, 10)
+    );
+    assert!(report.deadline_exceeded);
+    let d = drops.snapshot();
+    assert_eq!(
+        (d.userspace_batches_dropped, d.userspace_events_dropped),
+        (1, 10)
+    );
+}
+
+#[test]
+fn spawn_outside_a_runtime_is_an_error() {
+    let drops = Arc::new(DropTracker::new());
+    let e = pipeline::spawn(&Config::default(), identity(), drops).expect_err("needs tokio");
+    assert!(e.to_string().contains("tokio"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_still_queued_at_the_deadline_are_counted() {
+    let server = TestServer::start(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Sparse, so cheap to make, but hashing it still takes a while.
+    let big = dir.path().join("big");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(200 << 20))
+        .expect("sparse file");
+    let drops = Arc::new(DropTracker::new());
+    let handle = pipeline::spawn(
+        &config(server.endpoint(), 256, 64),
+        identity(),
+        drops.clone(),
+    )
+    .expect("spawn");
+    let tx = handle.sender();
+    tx.push(exec(1, task(PID, "big"), &big)).expect("queued");
+    for i in 1..=4 {
+        tx.push(fork(PID + i)).expect("queued");
+    }
+    let report = handle.shutdown(Duration::from_millis(20)).await;
+    assert!(report.deadline_exceeded);
+    assert_eq!(report.events_in, 5);
+    assert_eq!(report.events_abandoned, 5, "{report:?}");
+    assert_eq!(report.drops.userspace_queue_full, 5);
+    assert_eq!(report.batches_sealed, 0);
+}
