@@ -283,11 +283,13 @@ struct Guard {
 }
 
 impl Guard {
-    /// `own_group`: put the child in its own process group so the terminal's
-    /// Ctrl-C reaches only us, and we stop it in order.
-    fn spawn(name: &'static str, cmd: &mut Command, own_group: bool, log: &Path) -> Result<Self> {
-        if own_group {
+    /// `background`: the child logs to a file and gets its own process group,
+    /// so the terminal's Ctrl-C reaches only us and we stop it in order.
+    fn spawn(name: &'static str, cmd: &mut Command, background: bool, log: &Path) -> Result<Self> {
+        if background {
             cmd.process_group(0);
+            // No terminal colour codes in the log file.
+            cmd.env("NO_COLOR", "1");
         }
         // SAFETY: the closure only makes a syscall (prctl), which is
         // async-signal-safe.
