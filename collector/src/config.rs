@@ -28,6 +28,14 @@ pub struct CollectorConfig {
     /// Items buffered per subscriber before a slow one starts losing items
     /// (it is then told how many with `subscriber_lagged`).
     pub subscriber_buffer: usize,
+    /// Hosts tracked at most. Anyone who can reach the port can invent
+    /// host ids, so the table is bounded; batches from further hosts are
+    /// refused with RESOURCE_EXHAUSTED.
+    pub max_hosts: usize,
+    /// Large payloads decoded at the same time at most, which bounds the
+    /// memory spent on decompression to about this many times
+    /// `max_decompressed_bytes`.
+    pub max_concurrent_decodes: usize,
     /// How often per-host counters are logged; `None` turns that off.
     pub stats_log_interval: Option<Duration>,
     /// How long open streams get to finish once shutdown was asked for.
@@ -40,6 +48,8 @@ impl Default for CollectorConfig {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             subscriber_buffer: 8192,
+            max_hosts: 65_536,
+            max_concurrent_decodes: 4,
             stats_log_interval: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -58,6 +68,12 @@ impl CollectorConfig {
         }
         if self.subscriber_buffer == 0 {
             return bad("subscriber_buffer must be at least 1");
+        }
+        if self.max_hosts == 0 {
+            return bad("max_hosts must be at least 1");
+        }
+        if self.max_concurrent_decodes == 0 {
+            return bad("max_concurrent_decodes must be at least 1");
         }
         if self.max_batch_bytes > usize::MAX - GRPC_ENVELOPE_HEADROOM {
             return bad("max_batch_bytes is too large");

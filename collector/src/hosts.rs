@@ -8,6 +8,7 @@ use proto::telemetry::v1::{
     DropCounters, HostIdentity, HostRecord, SequenceRecord, host_record, sequence_record,
 };
 
+use crate::ingest::IngestError;
 use crate::sequence::{Continuity, Observation, SequenceChecker};
 
 /// Counters of one host, as returned by [`crate::Collector::stats`].
@@ -52,9 +53,10 @@ struct HostState {
 }
 
 /// All hosts seen since the collector started (kept in memory only).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostTable {
     hosts: HashMap<String, HostState>,
+    max_hosts: usize,
 }
 
 /// The parts of a valid batch the host table needs.
@@ -68,10 +70,28 @@ pub struct BatchMeta<'a> {
 }
 
 impl HostTable {
+    /// An empty table that accepts at most `max_hosts` distinct host ids.
+    pub fn new(max_hosts: usize) -> Self {
+        Self {
+            hosts: HashMap::new(),
+            max_hosts,
+        }
+    }
+
     /// Updates continuity and counters for one batch that passed the ingest
-    /// checks, and returns the records to fan out.
-    pub fn record_batch(&mut self, batch: BatchMeta<'_>, now: SystemTime) -> BatchOutcome {
+    /// checks, and returns the records to fan out. Fails only for a new
+    /// host once the table is full.
+    pub fn record_batch(
+        &mut self,
+        batch: BatchMeta<'_>,
+        now: SystemTime,
+    ) -> Result<BatchOutcome, IngestError> {
         let host = batch.host;
+        if self.hosts.len() >= self.max_hosts && !self.hosts.contains_key(&host.host_id) {
+            return Err(IngestError::TooManyHosts {
+                limit: self.max_hosts,
+            });
+        }
         let state = self.hosts.entry(host.host_id.clone()).or_default();
         let observation = state
             .checker
@@ -136,10 +156,10 @@ impl HostTable {
                 });
             }
         }
-        BatchOutcome {
+        Ok(BatchOutcome {
             observation,
             records,
-        }
+        })
     }
 
     /// A copy of every host's counters, keyed and sorted by host_id.
@@ -186,13 +206,13 @@ mod tests {
 
     #[test]
     fn counters_follow_gaps_and_duplicates() {
-        let mut t = HostTable::default();
+        let mut t = HostTable::new(10);
         let h = testkit::host("store-7", "i1");
         let now = SystemTime::now();
-        assert!(kinds(&t.record_batch(meta(&h, 1, None), now)).is_empty());
-        let gap = t.record_batch(meta(&h, 4, None), now);
+        assert!(kinds(&t.record_batch(meta(&h, 1, None), now).unwrap()).is_empty());
+        let gap = t.record_batch(meta(&h, 4, None), now).unwrap();
         assert_eq!(kinds(&gap), ["KIND_GAP:2-3"]);
-        let dup = t.record_batch(meta(&h, 4, None), now);
+        let dup = t.record_batch(meta(&h, 4, None), now).unwrap();
         assert_eq!(kinds(&dup), ["KIND_DUPLICATE:4-4"]);
         assert!(!dup.observation.is_new());
 
@@ -207,7 +227,7 @@ mod tests {
 
     #[test]
     fn drop_changes_are_reported_once() {
-        let mut t = HostTable::default();
+        let mut t = HostTable::new(10);
         let h = testkit::host("store-7", "i1");
         let now = SystemTime::now();
         let zero = DropCounters::default();
@@ -215,27 +235,44 @@ mod tests {
             kernel_ringbuf_full: 3,
             ..zero
         };
-        assert!(kinds(&t.record_batch(meta(&h, 1, Some(&zero)), now)).is_empty());
+        assert!(kinds(&t.record_batch(meta(&h, 1, Some(&zero)), now).unwrap()).is_empty());
         assert_eq!(
-            kinds(&t.record_batch(meta(&h, 2, Some(&three)), now)),
+            kinds(&t.record_batch(meta(&h, 2, Some(&three)), now).unwrap()),
             ["drops:3"]
         );
-        assert!(kinds(&t.record_batch(meta(&h, 3, Some(&three)), now)).is_empty());
+        assert!(kinds(&t.record_batch(meta(&h, 3, Some(&three)), now).unwrap()).is_empty());
         assert_eq!(t.snapshot()["store-7"].drops, three);
     }
 
     #[test]
+    fn table_is_bounded_but_known_hosts_go_on() {
+        let mut t = HostTable::new(2);
+        let now = SystemTime::now();
+        let (a, b, c) = (
+            testkit::host("a", "i"),
+            testkit::host("b", "i"),
+            testkit::host("c", "i"),
+        );
+        t.record_batch(meta(&a, 1, None), now).unwrap();
+        t.record_batch(meta(&b, 1, None), now).unwrap();
+        let err = t.record_batch(meta(&c, 1, None), now).unwrap_err();
+        assert_eq!(err, IngestError::TooManyHosts { limit: 2 });
+        assert!(t.record_batch(meta(&a, 2, None), now).is_ok());
+        assert_eq!(t.snapshot().len(), 2);
+    }
+
+    #[test]
     fn restart_resets_drops_and_is_recorded() {
-        let mut t = HostTable::default();
+        let mut t = HostTable::new(10);
         let now = SystemTime::now();
         let three = DropCounters {
             kernel_ringbuf_full: 3,
             ..Default::default()
         };
         let a = testkit::host("store-7", "i1");
-        t.record_batch(meta(&a, 1, Some(&three)), now);
+        t.record_batch(meta(&a, 1, Some(&three)), now).unwrap();
         let b = testkit::host("store-7", "i2");
-        let out = t.record_batch(meta(&b, 1, Some(&three)), now);
+        let out = t.record_batch(meta(&b, 1, Some(&three)), now).unwrap();
         assert_eq!(kinds(&out), ["KIND_RESTART:1-1", "drops:3"]);
         let s = &t.snapshot()["store-7"];
         assert_eq!(s.restarts, 1);

@@ -43,6 +43,8 @@ pub enum IngestError {
     SizeMismatch { declared: u64, actual: usize },
     #[error("event_count says {declared} events but the payload holds {actual}")]
     CountMismatch { declared: u32, actual: usize },
+    #[error("the collector already tracks its limit of {limit} hosts")]
+    TooManyHosts { limit: usize },
 }
 
 impl IngestError {
@@ -53,7 +55,8 @@ impl IngestError {
             Self::PayloadTooLarge { .. }
             | Self::DecompressedTooLarge { .. }
             | Self::DecompressionOverLimit { .. }
-            | Self::WindowTooLarge { .. } => Code::ResourceExhausted,
+            | Self::WindowTooLarge { .. }
+            | Self::TooManyHosts { .. } => Code::ResourceExhausted,
             _ => Code::InvalidArgument,
         }
     }

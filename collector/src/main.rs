@@ -23,6 +23,9 @@ struct Args {
     /// Largest accepted batch payload after decompression, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_DECOMPRESSED_BYTES)]
     max_decompressed_bytes: usize,
+    /// Distinct host ids tracked at most; batches from more are refused.
+    #[arg(long, default_value_t = CollectorConfig::default().max_hosts)]
+    max_hosts: usize,
     /// Seconds between per-host stats log lines (0 turns them off).
     #[arg(long, default_value_t = 60)]
     stats_interval: u64,
@@ -40,11 +43,13 @@ async fn main() -> anyhow::Result<()> {
     let config = CollectorConfig {
         max_batch_bytes: args.max_batch_bytes,
         max_decompressed_bytes: args.max_decompressed_bytes,
+        max_hosts: args.max_hosts,
         stats_log_interval: (args.stats_interval > 0)
             .then(|| Duration::from_secs(args.stats_interval)),
         ..CollectorConfig::default()
     };
     let collector = Collector::new(config)?;
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -54,23 +59,21 @@ async fn main() -> anyhow::Result<()> {
     writeln!(stdout, "rxsentry-collector listening on {addr}")?;
     stdout.flush()?;
     drop(stdout);
-    collector.serve(listener, shutdown_signal()).await?;
+    collector.serve(listener, shutdown).await?;
     Ok(())
 }
 
-/// SIGINT or SIGTERM. If the handlers cannot be installed the collector
-/// still runs; it just cannot stop gracefully.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before
+/// the listening line is printed, so a signal sent as soon as the line is
+/// seen already means "stop gracefully".
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot handle SIGTERM: {e}");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-    }
+    })
 }

@@ -15,7 +15,7 @@ use proto::telemetry::v1::{
     telemetry_subscribe_server::{TelemetrySubscribe, TelemetrySubscribeServer},
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -50,6 +50,8 @@ struct Shared {
     config: CollectorConfig,
     limits: IngestLimits,
     hosts: Mutex<HostTable>,
+    /// Bounds concurrent large decodes (see `max_concurrent_decodes`).
+    decode_permits: Semaphore,
     fanout: Fanout,
     rejected_batches: AtomicU64,
     publish_streams: AtomicU64,
@@ -70,8 +72,9 @@ impl Collector {
             shared: Arc::new(Shared {
                 limits: IngestLimits::from(&config),
                 fanout: Fanout::new(config.subscriber_buffer),
+                hosts: Mutex::new(HostTable::new(config.max_hosts)),
+                decode_permits: Semaphore::new(config.max_concurrent_decodes),
                 config,
-                hosts: Mutex::default(),
                 rejected_batches: AtomicU64::new(0),
                 publish_streams: AtomicU64::new(0),
             }),
@@ -233,6 +236,11 @@ impl Shared {
             if let Err(e) = ingest::check_header(&batch, &limits) {
                 return Err(self.reject(&e, &host_id, sequence));
             }
+            let _permit = self
+                .decode_permits
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("collector is shutting down"))?;
             tokio::task::spawn_blocking(move || {
                 let decoded = ingest::decode_batch(&batch, &limits);
                 (batch, decoded)
@@ -245,16 +253,19 @@ impl Shared {
             return Err(self.reject(&ingest::IngestError::MissingHost, &host_id, sequence));
         };
 
-        let outcome = self.hosts().record_batch(
-            BatchMeta {
-                host: &host,
-                sequence,
-                drops: batch.drops.as_ref(),
-                event_count: decoded.events.len() as u64,
-                payload_bytes: batch.payload.len() as u64,
-            },
-            SystemTime::now(),
-        );
+        let outcome = self
+            .hosts()
+            .record_batch(
+                BatchMeta {
+                    host: &host,
+                    sequence,
+                    drops: batch.drops.as_ref(),
+                    event_count: decoded.events.len() as u64,
+                    payload_bytes: batch.payload.len() as u64,
+                },
+                SystemTime::now(),
+            )
+            .map_err(|e| self.reject(&e, &host_id, sequence))?;
         if let Some(restart) = &outcome.observation.restart {
             log_restart(&host_id, &host.sensor_instance_id, restart);
         }

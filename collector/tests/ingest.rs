@@ -245,3 +245,25 @@ async fn large_valid_batch_is_delivered_whole() {
     assert!(got.iter().all(|g| matches!(g, Got::Event(_))));
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_table_is_bounded() {
+    let c = TestCollector::start(CollectorConfig {
+        max_hosts: 1,
+        stats_log_interval: None,
+        ..CollectorConfig::default()
+    })
+    .await;
+    let mut known = SensorStream::connect(&c.url).await.unwrap();
+    let first = testkit::host("store-a", "i");
+    known
+        .publish(testkit::zstd_batch(&first, 1, vec![]))
+        .await
+        .unwrap();
+    let other = testkit::zstd_batch(&testkit::host("store-b", "i"), 1, vec![]);
+    assert_refused(&c.url, other, Code::ResourceExhausted, "limit of 1 hosts").await;
+    // The known host is still served.
+    let ack = known.publish(testkit::zstd_batch(&first, 2, vec![])).await;
+    assert_eq!(ack.unwrap().sequence, 2);
+    c.shutdown().await.unwrap();
+}
