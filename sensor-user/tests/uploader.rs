@@ -109,6 +109,32 @@ async fn unacked_batches_are_resent_after_the_collector_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_collector_refuses_is_dropped_and_counted_not_resent_forever() {
+    let server = TestServer::start(0);
+    server.refuse(3);
+    let drops = Arc::new(DropTracker::new());
+    let up = Uploader::spawn(settings(server.endpoint(), 64), drops.clone()).expect("spawn");
+    let queue = up.queue();
+    for seq in 1..=5 {
+        queue.push(batch(seq, 7));
+    }
+    wait_until("4 acked", PATIENCE, || up.stats().batches_acked == 4).await;
+    assert_eq!(server.sequences(), vec![1, 2, 4, 5]);
+    let stats = up.stats();
+    assert_eq!(
+        (stats.batches_refused, stats.batches_dropped, stats.inflight),
+        (1, 1, 0)
+    );
+    let d = drops.snapshot();
+    assert_eq!(
+        (d.userspace_batches_dropped, d.userspace_events_dropped),
+        (1, 7)
+    );
+    let report = up.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.unsent_batches, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_the_oldest_batch_and_counts_it() {
     let (up, drops, port) = uploader_without_collector(2);
     let queue = up.queue();

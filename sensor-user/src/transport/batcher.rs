@@ -25,12 +25,21 @@ pub enum SealError {
     TooLarge(usize),
 }
 
-/// Collects events until a batch is full or old enough.
+/// Largest encoded `EventBatch` (before compression) the batcher builds:
+/// under the collector's default limits (4 MiB compressed, 16 MiB
+/// decompressed) even when the payload does not compress at all, so a batch
+/// is never refused for its size whatever `batching.max_events` says.
+pub const MAX_BATCH_BYTES: usize = 3 << 20;
+
+/// Collects events until a batch is full (count or bytes) or old enough.
 #[derive(Debug)]
 pub struct Accumulator {
     events: Vec<Event>,
+    /// Encoded size of `EventBatch { events }`, kept exactly.
+    bytes: usize,
     first_at: Option<Instant>,
     max_events: usize,
+    max_bytes: usize,
     max_delay: Duration,
 }
 
@@ -39,10 +48,23 @@ impl Accumulator {
     pub fn new(max_events: usize, max_delay: Duration) -> Self {
         Self {
             events: Vec::new(),
+            bytes: 0,
             first_at: None,
             max_events: max_events.max(1),
+            max_bytes: MAX_BATCH_BYTES,
             max_delay,
         }
+    }
+
+    /// Overrides [`MAX_BATCH_BYTES`] (tests, or a collector with other limits).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    /// Encoded size of the pending events as one `EventBatch`.
+    pub fn encoded_bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -53,11 +75,15 @@ impl Accumulator {
         self.events.is_empty()
     }
 
-    /// Adds an event; returns the batch when it reached `max_events`.
+    /// Adds an event; returns the batch when it reached `max_events` or
+    /// `max_bytes`.
     pub fn push(&mut self, event: Event, now: Instant) -> Option<Vec<Event>> {
         self.first_at.get_or_insert(now);
+        let len = event.encoded_len();
+        // Field 1, length-delimited: one tag byte, the length, the message.
+        self.bytes += 1 + prost::length_delimiter_len(len) + len;
         self.events.push(event);
-        (self.events.len() >= self.max_events).then(|| self.take())
+        (self.events.len() >= self.max_events || self.bytes >= self.max_bytes).then(|| self.take())
     }
 
     /// When the pending events must be sealed at the latest.
@@ -68,6 +94,7 @@ impl Accumulator {
     /// Everything pending, leaving the accumulator empty.
     pub fn take(&mut self) -> Vec<Event> {
         self.first_at = None;
+        self.bytes = 0;
         std::mem::take(&mut self.events)
     }
 }
@@ -272,6 +299,31 @@ mod tests {
         let full = acc.push(ev(3), start).expect("full at 3");
         assert_eq!(full, vec![ev(1), ev(2), ev(3)]);
         assert!(acc.is_empty() && acc.deadline().is_none());
+    }
+
+    #[test]
+    fn accumulator_fills_by_encoded_size() {
+        let now = Instant::now();
+        let one = EventBatch {
+            events: vec![ev(1)],
+        }
+        .encoded_len();
+        let mut acc = Accumulator::new(1000, Duration::from_secs(1)).with_max_bytes(3 * one);
+        assert!(acc.push(ev(1), now).is_none());
+        assert!(acc.push(ev(2), now).is_none());
+        let two = EventBatch {
+            events: vec![ev(1), ev(2)],
+        };
+        assert_eq!(
+            acc.encoded_bytes(),
+            two.encoded_len(),
+            "size is tracked exactly"
+        );
+        let full = acc
+            .push(ev(3), now)
+            .expect("full by bytes, far below max_events");
+        assert_eq!(full.len(), 3);
+        assert_eq!(acc.encoded_bytes(), 0);
     }
 
     type Sealed = Arc<std::sync::Mutex<Vec<SensorBatch>>>;

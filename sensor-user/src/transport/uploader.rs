@@ -8,6 +8,10 @@
 //! collector is away, the oldest waiting batch is dropped and counted in the
 //! drop counters that travel in the next batches: loss is never silent.
 //!
+//! A batch the collector refuses as malformed or too large
+//! (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) is dropped and counted instead of
+//! being resent forever.
+//!
 //! Acks are cumulative: the stream is ordered, so an ack for sequence N also
 //! releases every unacked batch below N. This keeps the window moving even if
 //! the collector does not ack a resent batch it had already stored.
@@ -83,8 +87,12 @@ pub struct UploaderStats {
     /// Sends of a batch that had already been sent on an earlier connection.
     pub batches_resent: u64,
     pub batches_acked: u64,
+    /// Dropped for any reason (queue full, refused, shutdown), with events.
     pub batches_dropped: u64,
     pub events_dropped: u64,
+    /// Refused by the collector as malformed or over its limits (also in
+    /// `batches_dropped`).
+    pub batches_refused: u64,
     pub connects: u64,
     pub disconnects: u64,
     pub connected: bool,
@@ -123,6 +131,7 @@ struct Counters {
     acked: AtomicU64,
     dropped: AtomicU64,
     events_dropped: AtomicU64,
+    refused: AtomicU64,
     connects: AtomicU64,
     disconnects: AtomicU64,
     connected: AtomicBool,
@@ -252,6 +261,7 @@ impl Uploader {
             batches_acked: c.acked.load(Relaxed),
             batches_dropped: c.dropped.load(Relaxed),
             events_dropped: c.events_dropped.load(Relaxed),
+            batches_refused: c.refused.load(Relaxed),
             connects: c.connects.load(Relaxed),
             disconnects: c.disconnects.load(Relaxed),
             connected: c.connected.load(Relaxed),
@@ -457,12 +467,45 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
                     shared.progress.notify_waiters();
                 }
                 Ok(None) => return SessionEnd::ClosedByPeer,
-                Err(status) => return SessionEnd::Status(status),
+                Err(status) => {
+                    if refuses_batch(&status) {
+                        drop_refused_batch(shared, &status);
+                        shared.progress.notify_waiters();
+                    }
+                    return SessionEnd::Status(status);
+                }
             },
             () = stalled => return SessionEnd::AckTimeout(settings.ack_timeout),
             () = shared.wake.notified() => {}
         }
     }
+}
+
+/// The collector's verdict on the batch itself (malformed, or over its
+/// limits): sending it again would be refused again, forever.
+fn refuses_batch(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+    )
+}
+
+/// The collector handles a stream in order and stops at the batch it
+/// refuses, so that batch is the oldest unacked one. Dropping it (counted)
+/// keeps one bad batch from blocking every later one.
+fn drop_refused_batch(shared: &Shared, status: &tonic::Status) {
+    let Some((sequence, batch)) = shared.lock().inflight.pop_first() else {
+        return;
+    };
+    shared.counters.refused.fetch_add(1, Relaxed);
+    shared.count_dropped(1, u64::from(batch.event_count));
+    tracing::error!(
+        sequence,
+        events = batch.event_count,
+        code = ?status.code(),
+        reason = status.message(),
+        "collector refused a batch; dropped it"
+    );
 }
 
 /// The next ack, or never while the stream is not open yet.

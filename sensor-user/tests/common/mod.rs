@@ -27,6 +27,9 @@ use tonic::{Request, Response, Status, Streaming};
 struct Collector {
     received: Arc<Mutex<Vec<SensorBatch>>>,
     withhold_acks: Arc<AtomicBool>,
+    /// Sequences refused as malformed, as the real collector does: an
+    /// error status, then the stream ends.
+    refuse: Arc<Mutex<Vec<u64>>>,
 }
 
 #[tonic::async_trait]
@@ -43,6 +46,11 @@ impl TelemetryIngest for Collector {
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
                 let sequence = batch.sequence;
+                if me.refuse.lock().expect("lock").contains(&sequence) {
+                    let refusal = Status::invalid_argument(format!("batch {sequence} refused"));
+                    let _ = tx.send(Err(refusal)).await;
+                    break;
+                }
                 me.received.lock().expect("lock").push(batch);
                 if !me.withhold_acks.load(SeqCst)
                     && tx.send(Ok(BatchAck { sequence })).await.is_err()
@@ -113,6 +121,11 @@ impl TestServer {
     /// Stops acking (batches are still recorded).
     pub fn withhold_acks(&self, withhold: bool) {
         self.collector.withhold_acks.store(withhold, SeqCst);
+    }
+
+    /// Refuse this sequence whenever it arrives.
+    pub fn refuse(&self, sequence: u64) {
+        self.collector.refuse.lock().expect("lock").push(sequence);
     }
 
     pub fn received(&self) -> Vec<SensorBatch> {
