@@ -125,16 +125,30 @@ impl ProcessHooks {
         self.logger.take()
     }
 
+    /// Detaches every program, then reads the final drop counters (no
+    /// program can count a drop after this).
+    pub fn detach(self) -> Result<KernelDrops, HookError> {
+        let Self {
+            ebpf,
+            logger,
+            drops,
+        } = self;
+        drop(ebpf);
+        drop(logger);
+        Self::sum_drops(&drops)
+    }
+
     /// Kernel drop counters summed over CPUs.
     pub fn kernel_drops(&self) -> Result<KernelDrops, HookError> {
+        Self::sum_drops(&self.drops)
+    }
+
+    fn sum_drops(drops: &PerCpuArray<MapData, u64>) -> Result<KernelDrops, HookError> {
         let sum = |reason: u32| -> Result<u64, HookError> {
-            let values = self
-                .drops
-                .get(&reason, 0)
-                .map_err(|source| HookError::Map {
-                    name: names::DROPS,
-                    source,
-                })?;
+            let values = drops.get(&reason, 0).map_err(|source| HookError::Map {
+                name: names::DROPS,
+                source,
+            })?;
             Ok(values.iter().sum())
         };
         Ok(KernelDrops {

@@ -1,0 +1,181 @@
+//! Child processes under test, killed on drop.
+
+use std::{io::Write as _, path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+};
+
+/// Where the release binaries are: `RXSENTRY_BIN_DIR` (set by `cargo xtask
+/// test`), else `target/release` of this workspace.
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("RXSENTRY_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release"))
+        });
+    dir.join(name)
+}
+
+/// Waits for a line on the child's stdout that starts with `prefix`, and
+/// returns the rest of it. The remaining stdout keeps being drained.
+async fn wait_for_line(
+    child: &mut Child,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("stdout not piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(timeout, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok::<_, anyhow::Error>(rest.trim().to_owned());
+            }
+        }
+        bail!("stdout closed before a line starting with {prefix:?}")
+    })
+    .await
+    .with_context(|| format!("no line starting with {prefix:?} within {timeout:?}"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(found)
+}
+
+/// A running `rxsentry-collector` on an ephemeral loopback port.
+pub struct Collector {
+    child: Child,
+    pub addr: String,
+    _log: ChildLog,
+}
+
+impl Collector {
+    pub async fn start() -> anyhow::Result<Self> {
+        let log = ChildLog::new("rxsentry-collector")?;
+        let mut child = Command::new(bin_path("rxsentry-collector"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(log.stdio()?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting rxsentry-collector (run `cargo xtask build`)")?;
+        let addr = wait_for_line(
+            &mut child,
+            "rxsentry-collector listening on",
+            Duration::from_secs(20),
+        )
+        .await?;
+        Ok(Self {
+            child,
+            addr,
+            _log: log,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// How to start a sensor.
+pub struct SensorOptions {
+    /// Extra TOML appended to a config that points at the collector.
+    pub extra_config: String,
+}
+
+impl Default for SensorOptions {
+    fn default() -> Self {
+        Self {
+            // Small batches and a short delay keep the tests fast.
+            extra_config: "[batching]\nmax_events = 64\nmax_delay_ms = 100\n".to_owned(),
+        }
+    }
+}
+
+/// A running `rxsentry-sensor`, SIGKILLed on drop if still alive (its
+/// programs detach when its fds close).
+pub struct Sensor {
+    child: Child,
+    _config: tempfile::NamedTempFile,
+    _log: ChildLog,
+}
+
+impl Sensor {
+    pub async fn start(collector: &Collector, options: SensorOptions) -> anyhow::Result<Self> {
+        let mut config = tempfile::NamedTempFile::new()?;
+        write!(
+            config,
+            "[host]\nid = \"test-{}\"\n[host.labels]\nstore = \"test\"\n[collector]\nendpoint = \"{}\"\n{}",
+            std::process::id(),
+            collector.url(),
+            options.extra_config
+        )?;
+        config.flush()?;
+        let log = ChildLog::new("rxsentry-sensor")?;
+        let mut child = Command::new(bin_path("rxsentry-sensor"))
+            .arg("--config")
+            .arg(config.path())
+            .stdout(Stdio::piped())
+            .stderr(log.stdio()?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting rxsentry-sensor (run `cargo xtask build`)")?;
+        wait_for_line(&mut child, "rxsentry-sensor ready", Duration::from_secs(30)).await?;
+        Ok(Self {
+            child,
+            _config: config,
+            _log: log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .context("sensor did not exit within 20 s of SIGTERM")??;
+        Ok(status)
+    }
+}
+
+/// A child's stderr, kept in a temporary file and printed if the test fails.
+struct ChildLog {
+    name: &'static str,
+    file: tempfile::NamedTempFile,
+}
+
+impl ChildLog {
+    fn new(name: &'static str) -> anyhow::Result<Self> {
+        Ok(Self {
+            name,
+            file: tempfile::NamedTempFile::new()?,
+        })
+    }
+
+    fn stdio(&self) -> anyhow::Result<Stdio> {
+        Ok(Stdio::from(self.file.reopen()?))
+    }
+}
+
+impl Drop for ChildLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(self.file.path()).unwrap_or_default();
+            eprintln!(
+                "----- {} stderr -----\n{text}----- end {} -----",
+                self.name, self.name
+            );
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! A subscriber on the collector that keeps everything it receives, so a test
+//! can wait for the events it caused.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use proto::telemetry::v1::{
+    ExecEvent, ExitEvent, ForkEvent, HostEvent, HostRecord, SubscribeRequest, SubscribeResponse,
+    event, subscribe_response::Item, telemetry_subscribe_client::TelemetrySubscribeClient,
+};
+use tokio::sync::mpsc;
+
+/// Items received by a subscription, in order.
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<SubscribeResponse>,
+    pub events: Vec<HostEvent>,
+    pub records: Vec<HostRecord>,
+}
+
+impl Subscription {
+    pub async fn open(url: &str, request: SubscribeRequest) -> anyhow::Result<Self> {
+        let mut client = TelemetrySubscribeClient::connect(url.to_owned())
+            .await
+            .context("connecting to the collector")?;
+        let mut stream = client.subscribe(request).await?.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(item)) = stream.message().await {
+                if tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            rx,
+            events: Vec::new(),
+            records: Vec::new(),
+        })
+    }
+
+    /// Receives until `done(self)` holds or the timeout passes.
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(self) {
+            let item = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .context("timed out waiting for events")?
+                .context("subscription closed")?;
+            match item.item {
+                Some(Item::Event(e)) => self.events.push(e),
+                Some(Item::Record(r)) => self.records.push(r),
+                Some(Item::SubscriberLagged(n)) => anyhow::bail!("subscriber lagged by {n}"),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The events for which `pick` returns something.
+    fn pick<'a, T>(&'a self, pick: impl Fn(&'a event::Kind) -> Option<&'a T>) -> Vec<&'a T> {
+        self.events
+            .iter()
+            .filter_map(|e| pick(e.event.as_ref()?.kind.as_ref()?))
+            .collect()
+    }
+
+    /// Exec events whose argv contains `marker`.
+    pub fn execs_with(&self, marker: &str) -> Vec<&ExecEvent> {
+        self.pick(|k| match k {
+            event::Kind::Exec(x) if x.argv.iter().any(|a| a == marker) => Some(x),
+            _ => None,
+        })
+    }
+
+    /// Exit events of process `pid`.
+    pub fn exits_of(&self, pid: u32) -> Vec<&ExitEvent> {
+        self.pick(|k| match k {
+            event::Kind::Exit(x) if x.process.as_ref()?.pid == pid => Some(x),
+            _ => None,
+        })
+    }
+
+    /// Fork events of process `pid`.
+    pub fn forks_of(&self, pid: u32) -> Vec<&ForkEvent> {
+        self.pick(|k| match k {
+            event::Kind::Fork(x) if x.process.as_ref()?.pid == pid => Some(x),
+            _ => None,
+        })
+    }
+
+    /// Highest kernel ring-buffer-full count reported so far.
+    pub fn max_kernel_drops(&self) -> u64 {
+        self.records
+            .iter()
+            .filter_map(|r| match r.record.as_ref()? {
+                proto::telemetry::v1::host_record::Record::Drops(d) => Some(d.kernel_ringbuf_full),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}

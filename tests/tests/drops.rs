@@ -1,0 +1,52 @@
+//! Losses in the kernel are counted and reach the SOC: with a one-page ring
+//! buffer and a burst of execs, every exec either arrives or is counted.
+
+use std::time::Duration;
+
+use proto::telemetry::v1::SubscribeRequest;
+use tests::{Collector, Sensor, SensorOptions, Subscription, marker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_ring_buffer_drops_are_counted_and_reported() -> anyhow::Result<()> {
+    const BURST: usize = 400;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), SubscribeRequest::default()).await?;
+    let options = SensorOptions {
+        extra_config: "[kernel]\nprocess_ringbuf_bytes = 4096\n[batching]\nmax_events = 64\nmax_delay_ms = 100\n"
+            .to_owned(),
+    };
+    let sensor = Sensor::start(&collector, options).await?;
+
+    let marker = marker("burst");
+    // Many children at once so the kernel fills the ring faster than the
+    // daemon can drain it.
+    let mut children = Vec::with_capacity(BURST);
+    for _ in 0..BURST {
+        children.push(
+            std::process::Command::new("/bin/true")
+                .arg(&marker)
+                .spawn()?,
+        );
+    }
+    for mut c in children {
+        c.wait()?;
+    }
+
+    sub.until(Duration::from_secs(30), |s| s.max_kernel_drops() > 0)
+        .await?;
+    // Let the remaining batches arrive, then account for every exec.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = sub.until(Duration::from_millis(500), |_| false).await;
+    let seen = sub.execs_with(&marker).len();
+    let dropped = sub.max_kernel_drops();
+    assert!(
+        seen < BURST,
+        "a one-page ring cannot hold a burst of {BURST} execs (saw {seen})"
+    );
+    assert!(
+        seen as u64 + dropped >= BURST as u64,
+        "every exec arrived or was counted: seen {seen} + dropped {dropped} < {BURST}"
+    );
+    sensor.stop().await?;
+    Ok(())
+}

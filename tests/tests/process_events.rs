@@ -1,0 +1,155 @@
+//! Exec, fork and exit of a marked command travel kernel -> sensor ->
+//! collector -> subscriber with the right fields.
+
+use std::time::Duration;
+
+use proto::telemetry::v1::{EventKind, SubscribeRequest};
+use sha2::{Digest as _, Sha256};
+use tests::{Collector, Sensor, SensorOptions, Subscription, marker, sensor_programs_after_exit};
+
+fn sha256_hex(path: &str) -> String {
+    let bytes = std::fs::read(path).expect("readable binary");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_fork_and_exit_reach_a_subscriber() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), SubscribeRequest::default()).await?;
+    let sensor = Sensor::start(&collector, SensorOptions::default()).await?;
+
+    let marker = marker("exec-marker");
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", "exit 7", &marker])
+        .spawn()?;
+    let mut child = status;
+    let child_pid = child.id();
+    let exit = child.wait()?;
+    assert_eq!(exit.code(), Some(7));
+
+    sub.until(Duration::from_secs(20), |s| {
+        !s.execs_with(&marker).is_empty() && !s.exits_of(child_pid).is_empty()
+    })
+    .await?;
+
+    let execs = sub.execs_with(&marker);
+    assert_eq!(execs.len(), 1, "exactly one exec of the marked command");
+    let exec = execs[0];
+    let process = exec.process.as_ref().expect("process");
+    assert_eq!(process.pid, child_pid);
+    assert_eq!(process.ppid, std::process::id());
+    assert_eq!(process.uid, nix::unistd::getuid().as_raw());
+    assert_eq!(process.comm, "sh");
+    assert_eq!(exec.filename, "/bin/sh");
+    assert_eq!(exec.argv, ["/bin/sh", "-c", "exit 7", marker.as_str()]);
+    assert!(!exec.argv_truncated);
+    let real = std::fs::canonicalize("/bin/sh")?;
+    assert_eq!(
+        exec.sha256,
+        sha256_hex(real.to_str().unwrap()),
+        "hash of the executed file"
+    );
+    let file = exec.file.as_ref().expect("file identity");
+    let meta = std::fs::metadata(&real)?;
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((file.device, file.inode), (meta.dev(), meta.ino()));
+    assert!(
+        process
+            .lineage
+            .iter()
+            .any(|a| a.starts_with(&format!("{}:", std::process::id()))),
+        "lineage {:?} names the test process",
+        process.lineage
+    );
+
+    let exits = sub.exits_of(child_pid);
+    assert_eq!(exits.len(), 1);
+    assert_eq!(exits[0].exit_code, Some(7));
+    assert_eq!(exits[0].signal, None);
+
+    let forks = sub.forks_of(child_pid);
+    assert_eq!(forks.len(), 1, "the child's creation is a fork event");
+    assert_eq!(forks[0].process.as_ref().unwrap().ppid, std::process::id());
+
+    // Every event names the host and a batch sequence.
+    let host = sub.events[0].host.as_ref().expect("host identity");
+    assert_eq!(host.host_id, format!("test-{}", std::process::id()));
+    assert_eq!(host.labels.get("store").map(String::as_str), Some("test"));
+    assert!(sub.events.iter().all(|e| e.batch_sequence >= 1));
+
+    let status = sensor.stop().await?;
+    assert!(
+        status.success(),
+        "sensor exit status after SIGTERM: {status}"
+    );
+    assert_eq!(
+        sensor_programs_after_exit().await?,
+        Vec::<String>::new(),
+        "programs detached"
+    );
+    drop(collector);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_reports_its_signal_and_filters_apply() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let request = SubscribeRequest {
+        kinds: vec![EventKind::Exit as i32],
+        ..Default::default()
+    };
+    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let sensor = Sensor::start(&collector, SensorOptions::default()).await?;
+
+    let mut child = std::process::Command::new("/bin/sleep").arg("30").spawn()?;
+    let pid = child.id();
+    child.kill()?;
+    child.wait()?;
+
+    sub.until(Duration::from_secs(20), |s| !s.exits_of(pid).is_empty())
+        .await?;
+    let exit = sub.exits_of(pid)[0];
+    assert_eq!(exit.signal, Some(9));
+    assert_eq!(exit.exit_code, None);
+    assert!(
+        sub.execs_with("30").is_empty(),
+        "exec events were filtered out"
+    );
+    assert!(
+        sub.events.iter().all(|e| matches!(
+            e.event.as_ref().and_then(|e| e.kind.as_ref()),
+            Some(proto::telemetry::v1::event::Kind::Exit(_))
+        )),
+        "only exit events pass a kind=exit filter"
+    );
+    sensor.stop().await?;
+    Ok(())
+}
+
+/// Events from just before SIGTERM are flushed to the collector, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_pending_events() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), SubscribeRequest::default()).await?;
+    let options = SensorOptions {
+        // A long batching delay: only the shutdown flush can deliver in time.
+        extra_config: "[batching]\nmax_events = 4096\nmax_delay_ms = 60000\n".to_owned(),
+    };
+    let sensor = Sensor::start(&collector, options).await?;
+    let marker = marker("flush-marker");
+    std::process::Command::new("/bin/true")
+        .arg(&marker)
+        .status()?;
+    // Give the kernel record a moment to reach the daemon's queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = sensor.stop().await?;
+    assert!(status.success(), "{status}");
+    sub.until(Duration::from_secs(10), |s| {
+        !s.execs_with(&marker).is_empty()
+    })
+    .await?;
+    Ok(())
+}
