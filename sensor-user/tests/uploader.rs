@@ -205,3 +205,20 @@ async fn https_and_bad_endpoints_are_refused_at_start() {
     let e = Uploader::spawn(settings("http://bad host:1".into(), 4), drops).expect_err("bad URL");
     assert!(e.to_string().contains("collector.endpoint"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_long_reconnect_backoff_short() {
+    let port = free_port();
+    let drops = Arc::new(DropTracker::new());
+    let mut slow = settings(format!("http://127.0.0.1:{port}"), 16);
+    // Sleeps of 10-20 s after the first refused connection.
+    slow.backoff_initial = Duration::from_secs(20);
+    let up = Uploader::spawn(slow, drops.clone()).expect("spawn");
+    up.queue().push(batch(1, 1));
+    up.queue().push(batch(2, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = TestServer::start(port);
+    let report = up.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.batches_acked, report.unsent_batches), (2, 0));
+    assert_eq!(server.sequences(), vec![1, 2]);
+}

@@ -144,6 +144,8 @@ struct Shared {
     wake: Notify,
     /// An ack arrived: wakes `shutdown`.
     progress: Notify,
+    /// Shutdown started: cuts a reconnect backoff short.
+    closing: Notify,
     counters: Counters,
     drops: Arc<DropTracker>,
     settings: UploaderSettings,
@@ -233,6 +235,7 @@ impl Uploader {
             state: Mutex::default(),
             wake: Notify::new(),
             progress: Notify::new(),
+            closing: Notify::new(),
             counters: Counters::default(),
             drops,
             settings,
@@ -277,6 +280,7 @@ impl Uploader {
         let shared = self.shared;
         shared.lock().closed = true;
         shared.wake.notify_one();
+        shared.closing.notify_one();
         loop {
             let acked = shared.progress.notified();
             tokio::pin!(acked);
@@ -379,10 +383,17 @@ async fn run(shared: Arc<Shared>) {
             backoff = settings.backoff_initial;
             failures = 0;
         }
+        // During shutdown every moment counts: retry at the fastest pace.
+        if shared.lock().closed {
+            backoff = settings.backoff_initial;
+        }
         // Jitter (50-100%) so a store's kiosks do not reconnect in lockstep.
         let jitter = RandomState::new().hash_one(failures) % 512;
         let delay = backoff.mul_f64(0.5 + jitter as f64 / 1024.0);
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.closing.notified() => {}
+        }
         backoff = (backoff * 2).min(settings.backoff_max);
     }
 }
