@@ -2,10 +2,10 @@
 //! `hooks` (kernel programs, ring buffers) -> `events` (decode) -> `enrich`
 //! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
 
-pub mod events;
-pub mod hooks;
 pub mod config;
 pub mod enrich;
+pub mod events;
+pub mod hooks;
 pub mod identity;
 pub mod pipeline;
 pub mod transport;
