@@ -17,7 +17,11 @@ fn main() -> anyhow::Result<()> {
     if skip || !have_linker {
         println!(
             "cargo:warning=eBPF object not built ({}); the sensor will refuse to start. Run `cargo xtask setup`.",
-            if skip { "AYA_BUILD_SKIP set" } else { "bpf-linker not found" }
+            if skip {
+                "AYA_BUILD_SKIP set"
+            } else {
+                "bpf-linker not found"
+            }
         );
         fs::write(&object, [])?;
         return Ok(());

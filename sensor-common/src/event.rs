@@ -80,6 +80,13 @@ pub struct ExecEvent {
     pub argv_len: u32,
     /// `inode->i_ino` of the executed file.
     pub ino: u64,
+    /// `inode->i_size`: with dev, ino and mtime, the hash cache key, so a
+    /// cached binary needs no syscall in userspace.
+    pub size: u64,
+    /// `inode` modification time (seconds, nanoseconds).
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub _pad: u32,
     /// NUL-terminated bprm->filename.
     pub filename: [u8; FILENAME_LEN],
     /// NUL-separated arguments, `argv_len` bytes valid.
@@ -107,7 +114,7 @@ pub struct ExitEvent {
 // Pinned sizes: a change here must be made on purpose, on both sides.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<TaskInfo>() == 64);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 64 + 16 + FILENAME_LEN + ARGV_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 64 + 40 + FILENAME_LEN + ARGV_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
 

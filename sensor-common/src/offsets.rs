@@ -31,7 +31,13 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub inode_ino: u32,
     pub inode_sb: u32,
+    pub inode_size: u32,
+    /// Seconds and nanoseconds of the inode's mtime (one timespec64 before
+    /// 6.11, two fields since).
+    pub inode_mtime_sec: u32,
+    pub inode_mtime_nsec: u32,
     pub sb_dev: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -2,6 +2,7 @@
 //! counters, and the kernel offsets global the loader fills from BTF.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
@@ -48,4 +49,20 @@ pub fn reserve_process_event<T: 'static>() -> Option<RingBufEntry<T>> {
         count_drop(drop_reason::PROCESS_RINGBUF_FULL);
     }
     entry
+}
+
+/// Commits an event without waking the reader unless a quarter of the ring
+/// is (or 64 KiB are) waiting. The daemon also drains on a short timer, so
+/// an exec storm costs a few wakeups instead of one per event.
+#[inline(always)]
+pub fn submit_process_event<T>(entry: RingBufEntry<T>) {
+    const WAKE_BYTES: u64 = 64 * 1024;
+    let pending = PROCESS_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let ring = PROCESS_EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let flags = if pending >= WAKE_BYTES || pending >= ring / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }

@@ -17,7 +17,7 @@ use sensor_common::{
 
 use crate::{
     kernel::{ReadFailed, header, read, read_ptr, read_task},
-    maps::{count_drop, offsets, reserve_process_event},
+    maps::{count_drop, offsets, reserve_process_event, submit_process_event},
 };
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
@@ -36,6 +36,10 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
         let mut partial = read_task(&mut (*ev).task, task, &o).is_err();
         (*ev).dev = 0;
         (*ev).ino = 0;
+        (*ev).size = 0;
+        (*ev).mtime_sec = 0;
+        (*ev).mtime_nsec = 0;
+        (*ev)._pad = 0;
         (*ev).argv_len = 0;
         partial |= read_exec_file(&mut *ev, bprm, &o).is_err();
         match read_argv(&mut *ev, task, &o) {
@@ -53,7 +57,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
             );
         }
     }
-    entry.submit(0);
+    submit_process_event(entry);
     0
 }
 
@@ -76,6 +80,9 @@ fn read_exec_file(
     let file = read_ptr(bprm, o.bprm_file)?;
     let inode = read_ptr(file, o.file_inode)?;
     ev.ino = read::<u64>(inode, o.inode_ino)?;
+    ev.size = read::<u64>(inode, o.inode_size)?;
+    ev.mtime_sec = read::<i64>(inode, o.inode_mtime_sec)?;
+    ev.mtime_nsec = read::<u32>(inode, o.inode_mtime_nsec)?;
     let sb = read_ptr(inode, o.inode_sb)?;
     ev.dev = read::<u32>(sb, o.sb_dev)?;
     Ok(())
@@ -135,7 +142,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
             count_drop(drop_reason::KERNEL_READ_FAILED);
         }
     }
-    entry.submit(0);
+    submit_process_event(entry);
     0
 }
 
@@ -170,6 +177,6 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
             count_drop(drop_reason::KERNEL_READ_FAILED);
         }
     }
-    entry.submit(0);
+    submit_process_event(entry);
     0
 }

@@ -64,6 +64,9 @@ fn exec(timestamp_ns: u64, task: TaskIdentity, path: &std::path::Path) -> Kernel
         filename_truncated: false,
         device: 0,
         inode: 0,
+        size: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
         partial: false,
     })
 }

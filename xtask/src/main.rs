@@ -1,15 +1,15 @@
-//! Developer tasks for rxsentry: `cargo xtask setup | build | run | test`.
+//! Developer tasks for rxsentry: `cargo xtask setup | build | run | test | bench`.
 //!
 //! Modelled on aya's own xtask: one small module per subcommand, plain
 //! `std::process::Command` calls, and errors that say what failed and how to
 //! fix it.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
 mod test;
-// `bench` is added by its owner: `mod bench;` here plus a `Bench` variant in
-// `Command` below. `vm-image` / `vm-test` come later (see test.rs).
+// `vm-image` / `vm-test` come later (see test.rs).
 
 use std::{
     env,
@@ -38,7 +38,8 @@ enum Cmd {
     Run(run::Options),
     /// Setup, build, then run every test (as root, on the real kernel).
     Test,
-    // Bench(bench::Options): added by the bench owner.
+    /// Measure the sensor's overhead, throughput, wire size and memory.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Cmd::Build(opts) => build::build(&opts),
         Cmd::Run(opts) => run::run(&opts),
         Cmd::Test => test::test(),
+        Cmd::Bench(opts) => bench::bench(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

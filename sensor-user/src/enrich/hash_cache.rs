@@ -135,6 +135,24 @@ impl HashCache {
     /// Hash of the file an exec ran. Blocking I/O: call it off the reactor.
     pub fn hash_exec(&mut self, exec: &ExecRecord) -> ExecHash {
         let expect = (exec.device != 0 && exec.inode != 0).then_some((exec.device, exec.inode));
+        // The kernel read the full key from the executed inode: a known
+        // binary costs no syscall at all (exec storms stay cheap).
+        if expect.is_some() && !exec.partial {
+            let key = FileKey {
+                device: exec.device,
+                inode: exec.inode,
+                mtime_sec: exec.mtime_sec,
+                mtime_nsec: i64::from(exec.mtime_nsec),
+                size: exec.size,
+            };
+            if let Some(hex) = self.map.get(&key) {
+                self.stats.hits += 1;
+                return ExecHash {
+                    sha256: hex.clone(),
+                    error: String::new(),
+                };
+            }
+        }
         let mut sources = vec![PathBuf::from(format!("/proc/{}/exe", exec.task.tgid))];
         if !exec.filename.is_empty() && !exec.filename_truncated {
             let name = Path::new(&exec.filename);
@@ -312,8 +330,34 @@ mod tests {
             filename_truncated: false,
             device,
             inode,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
             partial: false,
         }
+    }
+
+    #[test]
+    fn kernel_key_hits_the_cache_without_opening_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tool");
+        std::fs::write(&path, b"abc").expect("write");
+        let meta = std::fs::metadata(&path).expect("stat");
+        let mut cache = HashCache::new(16, 1 << 20);
+        let first = cache.hash_exec(&exec_of(&path, GONE_PID, Some(identity(&path))));
+        assert_eq!(cache.stats().misses, 1);
+        // The file is gone, but the kernel's key names the cached content.
+        std::fs::remove_file(&path).expect("rm");
+        let mut exec = exec_of(&path, GONE_PID, Some((meta.dev(), meta.ino())));
+        exec.size = meta.size();
+        exec.mtime_sec = meta.mtime();
+        exec.mtime_nsec = meta.mtime_nsec() as u32;
+        let second = cache.hash_exec(&exec);
+        assert_eq!(second.sha256, first.sha256);
+        assert_eq!(cache.stats().hits, 1);
+        // A different mtime is a different key: no stale hit.
+        exec.mtime_nsec += 1;
+        assert!(cache.hash_exec(&exec).sha256.is_empty());
     }
 
     fn identity(path: &Path) -> (u64, u64) {

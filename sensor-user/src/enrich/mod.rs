@@ -150,6 +150,9 @@ mod tests {
             filename_truncated: false,
             device: 0,
             inode: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
             partial: false,
         }));
         let Some(Kind::Exec(x)) = exec.kind else {
@@ -197,6 +200,9 @@ mod tests {
             filename_truncated: false,
             device: 0,
             inode: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
             partial: true,
         }));
         let Some(Kind::Exec(x)) = ev.kind else {

@@ -400,6 +400,9 @@ pub(crate) mod tests {
             filename_truncated: false,
             device: 0,
             inode: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
             partial: false,
         }
     }

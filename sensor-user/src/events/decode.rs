@@ -42,6 +42,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 filename_truncated: header.flags & EXEC_FILENAME_TRUNCATED != 0,
                 device: kernel_dev_to_user(raw.dev),
                 inode: raw.ino,
+                size: raw.size,
+                mtime_sec: raw.mtime_sec,
+                mtime_nsec: raw.mtime_nsec,
                 partial,
             }))
         }
@@ -174,6 +177,10 @@ mod tests {
             dev: (8 << 20) | 1,
             argv_len: args.len() as u32,
             ino: 1234,
+            size: 77,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 5,
+            _pad: 0,
             filename,
             argv,
         };
@@ -188,6 +195,7 @@ mod tests {
         assert_eq!(e.task.tid, 11);
         assert_eq!(e.device, 0x801);
         assert_eq!(e.inode, 1234);
+        assert_eq!((e.size, e.mtime_sec, e.mtime_nsec), (77, 1_700_000_000, 5));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::btf::{BtfError, KernelBtf};
 /// names it, so the sensor refuses to start rather than read garbage.
 pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
     let f = |s: &str, f: &str| btf.field_offset(s, f);
+    let (inode_mtime_sec, inode_mtime_nsec) = inode_mtime(btf)?;
     Ok(KernelOffsets {
         valid: 1,
         task_pid: f("task_struct", "pid")?,
@@ -32,8 +33,30 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         file_inode: f("file", "f_inode")?,
         inode_ino: f("inode", "i_ino")?,
         inode_sb: f("inode", "i_sb")?,
+        inode_size: f("inode", "i_size")?,
+        inode_mtime_sec,
+        inode_mtime_nsec,
         sb_dev: f("super_block", "s_dev")?,
+        _pad: 0,
     })
+}
+
+/// The inode's mtime moved twice: `i_mtime` (timespec64) until 6.5,
+/// `__i_mtime` in 6.6-6.10, and split `i_mtime_sec`/`i_mtime_nsec` since.
+fn inode_mtime(btf: &KernelBtf) -> Result<(u32, u32), BtfError> {
+    if let (Ok(sec), Ok(nsec)) = (
+        btf.field_offset("inode", "i_mtime_sec"),
+        btf.field_offset("inode", "i_mtime_nsec"),
+    ) {
+        return Ok((sec, nsec));
+    }
+    let base = btf
+        .field_offset("inode", "__i_mtime")
+        .or_else(|_| btf.field_offset("inode", "i_mtime"))?;
+    Ok((
+        base + btf.field_offset("timespec64", "tv_sec")?,
+        base + btf.field_offset("timespec64", "tv_nsec")?,
+    ))
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! Reads a BPF ring buffer from tokio without busy polling: the map's fd
-//! becomes readable when the kernel commits a record.
+//! becomes readable when the kernel asks for a wakeup, and a short timer
+//! drains what was committed quietly in between.
 
 use std::{future::Future, os::fd::AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
+
+/// The kernel programs commit most records without a wakeup (see
+/// sensor-ebpf `submit_process_event`); this timer bounds their latency.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Calls `on_record` for every record until `shutdown` resolves, then drains
 /// what is left so nothing already committed is lost on a clean stop.
@@ -14,6 +19,8 @@ pub async fn read_ring(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut fd = register_readable(ring)?;
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -24,6 +31,12 @@ pub async fn read_ring(
                     on_record(&record);
                 }
                 guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let ring = fd.get_mut();
+                while let Some(record) = ring.next() {
+                    on_record(&record);
+                }
             }
             () = &mut shutdown => break,
         }
