@@ -9,7 +9,7 @@
 pub mod procs;
 pub mod stream;
 
-pub use procs::{Collector, Sensor, SensorOptions, bin_path};
+pub use procs::{Collector, Sensor, SensorOptions, bin_path, sensor_with_config};
 pub use stream::Subscription;
 
 /// A marker unique to one test run, to find the test's own events among the

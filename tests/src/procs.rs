@@ -179,3 +179,25 @@ impl Drop for ChildLog {
         }
     }
 }
+
+/// Runs `rxsentry-sensor --config <text>` expecting it to refuse to start;
+/// returns its exit status and stderr.
+pub async fn sensor_with_config(text: &str) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    let mut config = tempfile::NamedTempFile::new()?;
+    config.write_all(text.as_bytes())?;
+    config.flush()?;
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(bin_path("rxsentry-sensor"))
+            .arg("--config")
+            .arg(config.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("sensor neither started nor failed within 20 s")??;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

@@ -56,6 +56,7 @@ struct Member {
 #[derive(Clone, Debug)]
 enum Type {
     Composite {
+        size: u32,
         members: Vec<Member>,
     },
     /// typedef / const / volatile / restrict / type_tag: refers to another type.
@@ -153,7 +154,10 @@ impl KernelBtf {
                             structs_by_name.entry(n).or_insert(id);
                         }
                     }
-                    Type::Composite { members }
+                    Type::Composite {
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
@@ -176,6 +180,18 @@ impl KernelBtf {
             types,
             structs_by_name,
         })
+    }
+
+    /// Size in bytes of `struct strukt`.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        match self.types.get(id as usize) {
+            Some(Type::Composite { size, .. }) => Ok(*size),
+            _ => Err(BtfError::NoStruct(strukt.to_owned())),
+        }
     }
 
     /// Byte offset of `field` in `struct strukt`, looking through anonymous
@@ -202,7 +218,7 @@ impl KernelBtf {
         if depth > 8 {
             return None;
         }
-        let Type::Composite { members } = self.types.get(self.resolve(id)? as usize)? else {
+        let Type::Composite { members, .. } = self.types.get(self.resolve(id)? as usize)? else {
             return None;
         };
         for m in members {

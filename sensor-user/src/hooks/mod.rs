@@ -166,3 +166,47 @@ pub struct KernelDrops {
     /// Events sent with some fields missing (not lost, but incomplete).
     pub kernel_read_failed: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use sensor_common::KernelOffsets;
+
+    use super::*;
+
+    /// The loader writes `KernelOffsets` over the programs' `OFFSETS` global
+    /// byte for byte: the layout compiled into the eBPF object (its BTF) must
+    /// be the one this side was compiled with.
+    #[test]
+    fn offsets_global_layout_matches_the_ebpf_object() {
+        assert!(!EBPF_OBJECT.is_empty(), "built without the eBPF object");
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parse eBPF object");
+        let btf = object.btf.expect("eBPF object carries BTF").to_bytes();
+        let btf = KernelBtf::parse(&btf).expect("parse object BTF");
+        assert_eq!(
+            btf.struct_size("KernelOffsets").unwrap() as usize,
+            size_of::<KernelOffsets>()
+        );
+        for (field, offset) in [
+            ("valid", offset_of!(KernelOffsets, valid)),
+            ("task_tgid", offset_of!(KernelOffsets, task_tgid)),
+            (
+                "task_group_leader",
+                offset_of!(KernelOffsets, task_group_leader),
+            ),
+            ("bprm_file", offset_of!(KernelOffsets, bprm_file)),
+            (
+                "inode_mtime_nsec",
+                offset_of!(KernelOffsets, inode_mtime_nsec),
+            ),
+            ("sb_dev", offset_of!(KernelOffsets, sb_dev)),
+        ] {
+            assert_eq!(
+                btf.field_offset("KernelOffsets", field).unwrap() as usize,
+                offset,
+                "KernelOffsets.{field}"
+            );
+        }
+    }
+}

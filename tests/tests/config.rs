@@ -1,0 +1,42 @@
+//! A bad configuration stops start-up with an error that names the key, and
+//! nothing is attached to the kernel.
+
+use tests::{sensor_programs_loaded, sensor_with_config};
+
+async fn refused(text: &str, must_name: &str) -> anyhow::Result<()> {
+    let (status, stderr) = sensor_with_config(text).await?;
+    assert!(!status.success(), "sensor accepted {text:?}");
+    assert!(
+        stderr.contains(must_name),
+        "error for {text:?} does not name {must_name:?}: {stderr}"
+    );
+    assert!(
+        sensor_programs_loaded()?.is_empty(),
+        "a refused config left programs attached"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn out_of_range_value_names_its_key() -> anyhow::Result<()> {
+    refused("[batching]\nmax_events = 0\n", "batching.max_events").await
+}
+
+#[tokio::test]
+async fn ring_buffer_size_must_be_a_power_of_two() -> anyhow::Result<()> {
+    refused(
+        "[kernel]\nprocess_ringbuf_bytes = 5000\n",
+        "kernel.process_ringbuf_bytes",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn unknown_key_is_refused_by_name() -> anyhow::Result<()> {
+    refused("[kernel]\nringbuffer_bytes = 4096\n", "ringbuffer_bytes").await
+}
+
+#[tokio::test]
+async fn syntax_error_is_refused() -> anyhow::Result<()> {
+    refused("[collector\nendpoint = 1\n", "TOML parse error").await
+}
