@@ -43,6 +43,8 @@ enum KindArg {
     Exec,
     Fork,
     Exit,
+    /// Allowlist blocks and would-blocks.
+    Policy,
 }
 
 impl From<KindArg> for EventKind {
@@ -51,6 +53,7 @@ impl From<KindArg> for EventKind {
             KindArg::Exec => EventKind::Exec,
             KindArg::Fork => EventKind::Fork,
             KindArg::Exit => EventKind::Exit,
+            KindArg::Policy => EventKind::Policy,
         }
     }
 }

@@ -134,13 +134,14 @@ enum Candidate<'a> {
     Comm(&'a str),
 }
 
-/// The names an event can be found by: the comm, and for an exec the
-/// basename of the executed file.
+/// The names an event can be found by: the comm, and for an exec or a
+/// policy block the basename of the executed file.
 fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
     let (process, filename) = match &event.kind {
         Some(event::Kind::Exec(e)) => (e.process.as_ref(), Some(e.filename.as_str())),
         Some(event::Kind::Fork(f)) => (f.process.as_ref(), None),
         Some(event::Kind::Exit(x)) => (x.process.as_ref(), None),
+        Some(event::Kind::Policy(p)) => (p.process.as_ref(), Some(p.path.as_str())),
         None => (None, None),
     };
     let comm = process
@@ -160,6 +161,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Exec(_)) => EventKind::Exec,
         Some(event::Kind::Fork(_)) => EventKind::Fork,
         Some(event::Kind::Exit(_)) => EventKind::Exit,
+        Some(event::Kind::Policy(_)) => EventKind::Policy,
         None => EventKind::Unspecified,
     }
 }

@@ -17,6 +17,8 @@ pub enum EventKind {
     Exec = 1,
     Fork = 2,
     Exit = 3,
+    /// A [`crate::policy::PolicyEvent`].
+    Policy = 4,
 }
 
 impl EventKind {
@@ -25,6 +27,7 @@ impl EventKind {
             1 => Some(Self::Exec),
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
+            4 => Some(Self::Policy),
             _ => None,
         }
     }

@@ -10,9 +10,13 @@
 
 pub mod event;
 pub mod offsets;
+pub mod policy;
 
 pub use event::*;
 pub use offsets::KernelOffsets;
+pub use policy::{
+    ALLOW_ENTRIES, AllowEntry, FileId, PolicyEvent, PolicyState, action, backend, mode, reason,
+};
 
 /// Indexes of the per-CPU `DROPS` counter array.
 pub mod drop_reason {
@@ -32,4 +36,9 @@ pub mod names {
     pub const PROG_EXEC: &str = "sched_process_exec";
     pub const PROG_FORK: &str = "sched_process_fork";
     pub const PROG_EXIT: &str = "sched_process_exit";
+    pub const PROG_EXEC_VERDICT: &str = "exec_verdict";
+    pub const ALLOW_A: &str = "ALLOW_A";
+    pub const ALLOW_B: &str = "ALLOW_B";
+    pub const POLICY_STATE: &str = "POLICY_STATE";
+    pub const POLICY_SCOPE: &str = "POLICY_SCOPE";
 }

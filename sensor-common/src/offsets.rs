@@ -36,8 +36,10 @@ pub struct KernelOffsets {
     /// 6.11, two fields since).
     pub inode_mtime_sec: u32,
     pub inode_mtime_nsec: u32,
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
     pub sb_dev: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 3],
 }
 
 #[cfg(feature = "user")]

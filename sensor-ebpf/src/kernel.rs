@@ -2,9 +2,9 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-    bpf_probe_read_kernel_buf,
+    bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
 };
-use sensor_common::{COMM_LEN, EventHeader, KernelOffsets, TaskInfo};
+use sensor_common::{COMM_LEN, EventHeader, FILENAME_LEN, KernelOffsets, TaskInfo};
 
 /// A failed kernel read; the event is still sent, marked partial.
 pub struct ReadFailed;
@@ -71,4 +71,55 @@ pub fn read_task(
     info.euid = read::<u32>(cred, o.cred_euid)?;
     info.egid = read::<u32>(cred, o.cred_egid)?;
     Ok(())
+}
+
+/// Nanoseconds fit in 30 bits; since 6.13 (multigrain timestamps) the kernel
+/// keeps an "I_CTIME_QUERIED" flag in bit 31 of `i_ctime_nsec`.
+const NSEC_MASK: u32 = (1 << 30) - 1;
+
+/// Identity and change-detection fields of an inode.
+#[derive(Clone, Copy, Default)]
+pub struct InodeIdentity {
+    /// Kernel dev_t of the inode's superblock.
+    pub dev: u32,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+}
+
+/// The inode of the file an exec runs (`bprm->file->f_inode`): the kernel's
+/// own object, not a path from user memory.
+#[inline(always)]
+pub fn read_exec_inode(bprm: *const u8, o: &KernelOffsets) -> Result<InodeIdentity, ReadFailed> {
+    let file = read_ptr(bprm, o.bprm_file)?;
+    let inode = read_ptr(file, o.file_inode)?;
+    let sb = read_ptr(inode, o.inode_sb)?;
+    Ok(InodeIdentity {
+        dev: read::<u32>(sb, o.sb_dev)?,
+        ino: read::<u64>(inode, o.inode_ino)?,
+        size: read::<u64>(inode, o.inode_size)?,
+        mtime_sec: read::<i64>(inode, o.inode_mtime_sec)?,
+        mtime_nsec: read::<u32>(inode, o.inode_mtime_nsec)? & NSEC_MASK,
+        ctime_sec: read::<i64>(inode, o.inode_ctime_sec)?,
+        ctime_nsec: read::<u32>(inode, o.inode_ctime_nsec)? & NSEC_MASK,
+    })
+}
+
+/// Copies the NUL-terminated `bprm->filename` into `dst`; true if it was cut.
+#[inline(always)]
+pub fn read_exec_filename(
+    dst: &mut [u8; FILENAME_LEN],
+    bprm: *const u8,
+    o: &KernelOffsets,
+) -> Result<bool, ReadFailed> {
+    dst[0] = 0;
+    let name = read_ptr(bprm, o.bprm_filename)?;
+    // SAFETY: bounded string read into a fixed-size array.
+    let len = unsafe { bpf_probe_read_kernel_str_bytes(name, dst) }
+        .map_err(|_| ReadFailed)?
+        .len();
+    Ok(len >= FILENAME_LEN - 1)
 }

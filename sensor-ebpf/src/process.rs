@@ -5,18 +5,16 @@
 //! arguments in user memory (no TOCTOU on the path).
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    helpers::generated::bpf_probe_read_user, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
     ARGV_LEN, EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventKind, ExecEvent,
-    ExitEvent, FILENAME_LEN, ForkEvent, KernelOffsets, drop_reason,
+    ExitEvent, ForkEvent, KernelOffsets, drop_reason,
 };
 
 use crate::{
-    kernel::{ReadFailed, header, read, read_ptr, read_task},
+    kernel::{ReadFailed, header, read, read_exec_filename, read_exec_inode, read_ptr, read_task},
     maps::{count_drop, offsets, reserve_process_event, submit_process_event},
 };
 
@@ -61,30 +59,22 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// Filename and (device, inode) of the file being executed.
+/// Filename and inode identity of the file being executed.
 #[inline(always)]
 fn read_exec_file(
     ev: &mut ExecEvent,
     bprm: *const u8,
     o: &KernelOffsets,
 ) -> Result<(), ReadFailed> {
-    ev.filename[0] = 0;
-    let name = read_ptr(bprm, o.bprm_filename)?;
-    // SAFETY: bounded string read into a fixed-size array.
-    let len = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.filename) }
-        .map_err(|_| ReadFailed)?
-        .len();
-    if len >= FILENAME_LEN - 1 {
+    if read_exec_filename(&mut ev.filename, bprm, o)? {
         ev.header.flags |= EXEC_FILENAME_TRUNCATED;
     }
-    let file = read_ptr(bprm, o.bprm_file)?;
-    let inode = read_ptr(file, o.file_inode)?;
-    ev.ino = read::<u64>(inode, o.inode_ino)?;
-    ev.size = read::<u64>(inode, o.inode_size)?;
-    ev.mtime_sec = read::<i64>(inode, o.inode_mtime_sec)?;
-    ev.mtime_nsec = read::<u32>(inode, o.inode_mtime_nsec)?;
-    let sb = read_ptr(inode, o.inode_sb)?;
-    ev.dev = read::<u32>(sb, o.sb_dev)?;
+    let inode = read_exec_inode(bprm, o)?;
+    ev.dev = inode.dev;
+    ev.ino = inode.ino;
+    ev.size = inode.size;
+    ev.mtime_sec = inode.mtime_sec;
+    ev.mtime_nsec = inode.mtime_nsec;
     Ok(())
 }
 

@@ -61,7 +61,16 @@ pub struct Config {
     pub hashing: HashingConfig,
     pub process_table: ProcessTableConfig,
     pub pipeline: PipelineConfig,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
+}
+
+/// `[policy]`: application allowlisting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Allowlist policy file; None: no allowlisting (every exec allowed).
+    pub path: Option<PathBuf>,
 }
 
 /// `[host]`: who this sensor says it is.

@@ -8,4 +8,5 @@ pub mod events;
 pub mod hooks;
 pub mod identity;
 pub mod pipeline;
+pub mod policy;
 pub mod transport;

@@ -10,6 +10,7 @@ use sensor_user::{
     events,
     hooks::{self, HookConfig, KernelDrops, ProcessHooks},
     identity, pipeline,
+    policy::{self, manager::Command as PolicyCommand},
     transport::DropTracker,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,6 +28,8 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
     about = "rxsentry kernel sensor daemon"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Configuration file (TOML); every key is documented in
     /// config/rxsentry-sensor.example.toml. Without it, the built-in defaults.
     #[arg(long)]
@@ -39,8 +42,75 @@ struct Args {
     check_config: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Application allowlist tools.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCmd,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PolicyCmd {
+    /// Print a starting policy (paths + SHA-256) for what is installed.
+    Generate {
+        /// Include every executable dpkg installed (/var/lib/dpkg/info/*.list).
+        #[arg(long)]
+        dpkg: bool,
+        /// Include every executable below this directory (repeatable).
+        #[arg(long)]
+        root: Vec<PathBuf>,
+        /// Mode written into the policy: start with monitor, then enforce.
+        #[arg(long, default_value = "monitor", value_parser = ["monitor", "enforce"])]
+        mode: String,
+    },
+    /// Validate and hash a policy file, print what it allows.
+    Check { path: PathBuf },
+}
+
+fn policy_command(action: PolicyCmd) -> anyhow::Result<()> {
+    match action {
+        PolicyCmd::Generate { dpkg, root, mode } => {
+            if !dpkg && root.is_empty() {
+                anyhow::bail!("nothing to generate from: give --dpkg and/or --root DIR");
+            }
+            let (mut files, mut skipped) = policy::generate::root_executables(&root);
+            if dpkg {
+                files.extend(policy::generate::dpkg_executables(std::path::Path::new(
+                    "/var/lib/dpkg/info",
+                ))?);
+            }
+            let (text, failed) = policy::generate::render(&files, &mode);
+            skipped.extend(failed);
+            print!("{text}");
+            for s in skipped {
+                eprintln!("skipped: {s}");
+            }
+            Ok(())
+        }
+        PolicyCmd::Check { path } => {
+            let compiled = policy::manager::load(&path)?;
+            println!(
+                "policy {}: mode {}, {} files allowed, {} skipped",
+                path.display(),
+                compiled.mode.as_str(),
+                compiled.entries.len(),
+                compiled.skipped.len()
+            );
+            for s in &compiled.skipped {
+                println!("skipped: {s}");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::Policy { action }) = args.command {
+        return policy_command(action);
+    }
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -59,6 +129,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // journald and log files get plain text; a terminal gets colour.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,6 +145,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(host_id = %host.host_id, instance = %host.sensor_instance_id, "starting");
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    // A bad policy stops start-up here, before anything is attached.
+    let policy = match &config.policy.path {
+        Some(path) => Some((path.clone(), policy::manager::load(path)?)),
+        None => None,
+    };
 
     let mut hooks = ProcessHooks::load_and_attach(&HookConfig {
         process_ringbuf_bytes: config.kernel.process_ringbuf_bytes,
@@ -83,6 +161,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(forward_kernel_logs(logger));
     }
 
+    let (policy_tx, rules, policy_thread) = match policy {
+        Some((path, compiled)) => {
+            let maps = hooks.take_policy_maps()?;
+            let (tx, rules, thread) = policy::manager::start(maps, path, compiled)?;
+            (Some(tx), rules, Some(thread))
+        }
+        None => (None, policy::manager::RuleNames::default(), None),
+    };
+    let retrust_tx = policy_tx.clone();
+
     let drops = Arc::new(DropTracker::new());
     let pipeline = pipeline::spawn(&config, host, drops.clone())?;
     let sender = pipeline.sender();
@@ -91,6 +179,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let reader = tokio::spawn(hooks::read_ring(
         ring,
         move |record| match events::decode(record) {
+            Ok(events::KernelEvent::Policy(mut block)) => {
+                block.rule = rules.name(block.rule_index);
+                if let (Some(tx), Some(rule), sensor_common::reason::MODIFIED) =
+                    (&retrust_tx, block.rule_index, block.reason)
+                {
+                    let _ = tx.send(PolicyCommand::Retrust {
+                        file: sensor_common::FileId {
+                            dev: events::user_dev_to_kernel(block.device),
+                            _pad: 0,
+                            ino: block.inode,
+                        },
+                        rule,
+                        path: block.filename.clone(),
+                    });
+                }
+                _ = sender.push(events::KernelEvent::Policy(block));
+            }
             // A refused push is already counted by the pipeline.
             Ok(event) => _ = sender.push(event),
             Err(e) => {
@@ -113,6 +218,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sighup.recv() => match &policy_tx {
+                Some(tx) => _ = tx.send(PolicyCommand::Reload),
+                None => tracing::info!("SIGHUP: no policy configured"),
+            },
             _ = poll.tick() => match hooks.kernel_drops() {
                 Ok(k) => record_kernel_drops(&drops, k),
                 Err(e) => tracing::warn!(error = %e, "cannot read kernel drop counters"),
@@ -121,6 +230,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!("stopping: detaching hooks, draining, flushing");
+    if let (Some(tx), Some(thread)) = (&policy_tx, policy_thread) {
+        let _ = tx.send(PolicyCommand::Stop);
+        let _ = thread.join();
+    }
     let final_drops = hooks.detach()?;
     record_kernel_drops(&drops, final_drops);
     let _ = stop_reader.send(());

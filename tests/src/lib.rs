@@ -6,6 +6,7 @@
 //! The tests need root (they load eBPF programs) and share kernel state, so
 //! they run with `--test-threads=1` (`cargo xtask test` does this).
 
+pub mod cgroup;
 pub mod procs;
 pub mod stream;
 
@@ -34,10 +35,11 @@ pub async fn sensor_programs_after_exit() -> anyhow::Result<Vec<String>> {
 /// Names of the sensor's programs as the kernel lists them (truncated to
 /// BPF_OBJ_NAME_LEN - 1 = 15 bytes).
 pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
-    const OURS: [&str; 3] = [
+    const OURS: [&str; 4] = [
         "sched_process_exec",
         "sched_process_fork",
         "sched_process_exit",
+        "exec_verdict",
     ];
     let mut found = Vec::new();
     for program in aya::programs::loaded_programs() {

@@ -137,6 +137,17 @@ impl Sensor {
         self.child.id().unwrap_or(0)
     }
 
+    /// Sends SIGHUP (policy reload).
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), Signal::SIGHUP)?;
+        Ok(())
+    }
+
+    /// What the sensor logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._log.file.path()).unwrap_or_default()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {

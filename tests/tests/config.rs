@@ -40,3 +40,18 @@ async fn unknown_key_is_refused_by_name() -> anyhow::Result<()> {
 async fn syntax_error_is_refused() -> anyhow::Result<()> {
     refused("[collector\nendpoint = 1\n", "TOML parse error").await
 }
+
+#[tokio::test]
+async fn bad_policy_stops_start_up_by_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "mode = \"enforce\"\n[[allow]]\npath = \"/bin/true\"\nsha256 = \"0\"\n",
+    )?;
+    refused(
+        &format!("[policy]\npath = \"{}\"\n", policy.display()),
+        "allow[0].sha256",
+    )
+    .await
+}

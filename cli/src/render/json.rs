@@ -4,7 +4,7 @@
 
 use proto::telemetry::v1::{
     HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
-    sequence_record, subscribe_response,
+    policy_event, sequence_record, subscribe_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -79,6 +79,27 @@ fn event_json(e: &HostEvent) -> Value {
             "signal": x.signal,
             "core_dumped": x.core_dumped,
             "duration_ns": x.duration_ns,
+        }),
+        Some(event::Kind::Policy(p)) => json!({
+            "action": match p.action() {
+                policy_event::Action::Blocked => "blocked",
+                policy_event::Action::WouldBlock => "would_block",
+                policy_event::Action::Unspecified => "unknown",
+            },
+            "reason": match p.reason() {
+                policy_event::Reason::NotAllowed => "not_allowed",
+                policy_event::Reason::Modified => "modified",
+                policy_event::Reason::Unspecified => "unknown",
+            },
+            "path": p.path,
+            "sha256": p.sha256,
+            "hash_error": p.hash_error,
+            "rule": p.rule,
+            "mode": p.mode,
+            "backend": p.backend,
+            "policy_generation": p.policy_generation,
+            "file_device": p.file.map(|f| f.device),
+            "file_inode": p.file.map(|f| f.inode),
         }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };

@@ -46,6 +46,7 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Exec(e)) => ("exec", e.process.as_ref()),
         Some(event::Kind::Fork(f)) => ("fork", f.process.as_ref()),
         Some(event::Kind::Exit(x)) => ("exit", x.process.as_ref()),
+        Some(event::Kind::Policy(p)) => ("policy", p.process.as_ref()),
         None => ("unknown", None),
     }
 }

@@ -5,8 +5,8 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, ExecEvent, ExitEvent, HostEvent, HostRecord, SequenceRecord, SubscribeResponse,
-    event, host_record, sequence_record, subscribe_response,
+    DropCounters, ExecEvent, ExitEvent, HostEvent, HostRecord, PolicyEvent, SequenceRecord,
+    SubscribeResponse, event, host_record, policy_event, sequence_record, subscribe_response,
 };
 
 use super::{host_id, kind_and_process};
@@ -73,6 +73,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Exec(x)) => exec_details(x),
         Some(event::Kind::Fork(_)) => format!("parent={}", num(|p| p.ppid)),
         Some(event::Kind::Exit(x)) => exit_details(x),
+        Some(event::Kind::Policy(p)) => policy_details(p),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -85,6 +86,29 @@ fn event_line(e: &HostEvent) -> String {
         &clean(process.map_or("-", |p| p.comm.as_str())),
         &details,
     )
+}
+
+fn policy_details(p: &PolicyEvent) -> String {
+    let what = match p.action() {
+        policy_event::Action::Blocked => "BLOCKED",
+        policy_event::Action::WouldBlock => "WOULD-BLOCK",
+        policy_event::Action::Unspecified => "POLICY?",
+    };
+    let why = match p.reason() {
+        policy_event::Reason::NotAllowed => "not allowlisted",
+        policy_event::Reason::Modified => "modified since hashed",
+        policy_event::Reason::Unspecified => "unknown reason",
+    };
+    let mut out = format!("{what} {}  ({why}", clean(&p.path));
+    if !p.rule.is_empty() {
+        let _ = write!(out, "; rule {}", clean(&p.rule));
+    }
+    let _ = write!(out, "; {} via {})", clean(&p.mode), clean(&p.backend));
+    if !p.sha256.is_empty() {
+        let short: String = p.sha256.chars().take(SHORT_HASH).collect();
+        let _ = write!(out, "  sha256:{}", clean(&short));
+    }
+    out
 }
 
 fn exec_details(x: &ExecEvent) -> String {

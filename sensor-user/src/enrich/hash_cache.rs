@@ -251,27 +251,13 @@ impl HashCache {
             return Ok(hex.clone());
         }
         self.stats.misses += 1;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        let mut limited = (&mut file).take(self.max_file_bytes.saturating_add(1));
-        loop {
-            let n = match limited.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_err(e)),
-            };
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
+        let (hex, total) = sha256_hex(&mut file, self.max_file_bytes).map_err(read_err)?;
         let after = file.metadata().map_err(read_err)?;
         if total != key.size || FileKey::of(&after) != key {
             return Err(HashError::ChangedWhileHashing {
                 path: path.to_owned(),
             });
         }
-        let hex = to_hex(&hasher.finalize());
         self.insert(key, hex.clone());
         Ok(hex)
     }
@@ -288,6 +274,26 @@ impl HashCache {
         self.order.push_back(key);
         self.map.insert(key, hex);
     }
+}
+
+/// Hex SHA-256 of at most `limit + 1` bytes of `reader`, and how many bytes
+/// were read (more than `limit` means the file grew past it).
+pub fn sha256_hex(reader: &mut impl Read, limit: u64) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut limited = reader.take(limit.saturating_add(1));
+    loop {
+        let n = match limited.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((to_hex(&hasher.finalize()), total))
 }
 
 fn to_hex(bytes: &[u8]) -> String {

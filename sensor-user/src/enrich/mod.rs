@@ -8,9 +8,16 @@ pub mod process_table;
 
 use std::path::Path;
 
-use proto::telemetry::v1::{Event, ExecEvent, ExitEvent, FileIdentity, ForkEvent, event::Kind};
+use proto::telemetry::v1::{
+    Event, ExecEvent, ExitEvent, FileIdentity, ForkEvent, PolicyEvent,
+    event::Kind,
+    policy_event::{Action, Reason},
+};
 
-use crate::{config::Config, events::KernelEvent};
+use crate::{
+    config::Config,
+    events::{ExecRecord, KernelEvent, PolicyRecord},
+};
 pub use hash_cache::{ExecHash, HashCache, HashError, HashStats};
 pub use process_table::{ProcessTable, TableStats};
 
@@ -88,10 +95,61 @@ impl Enricher {
                     duration_ns: gone.duration_ns,
                 })
             }
+            KernelEvent::Policy(block) => Kind::Policy(self.policy_event(block)),
         };
         Event {
             timestamp_ns,
             kind: Some(kind),
+        }
+    }
+}
+
+impl Enricher {
+    fn policy_event(&mut self, block: PolicyRecord) -> PolicyEvent {
+        // Hash what was stopped, for the analyst: same cache as execs.
+        let as_exec = ExecRecord {
+            timestamp_ns: block.timestamp_ns,
+            task: block.task.clone(),
+            filename: block.filename.clone(),
+            argv: Vec::new(),
+            argv_truncated: false,
+            filename_truncated: false,
+            device: block.device,
+            inode: block.inode,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            partial: block.partial,
+        };
+        let hash = self.hashes.hash_exec(&as_exec);
+        let reason = match block.reason {
+            sensor_common::reason::NOT_ALLOWED => Reason::NotAllowed,
+            sensor_common::reason::MODIFIED => Reason::Modified,
+            _ => Reason::Unspecified,
+        };
+        PolicyEvent {
+            process: Some(self.table.describe(&block.task)),
+            path: block.filename,
+            sha256: hash.sha256,
+            hash_error: hash.error,
+            file: Some(FileIdentity {
+                device: block.device,
+                inode: block.inode,
+            }),
+            action: if block.blocked {
+                Action::Blocked
+            } else {
+                Action::WouldBlock
+            } as i32,
+            reason: reason as i32,
+            rule: block.rule,
+            mode: if block.blocked { "enforce" } else { "monitor" }.to_owned(),
+            backend: match block.backend {
+                sensor_common::backend::LSM => "lsm",
+                _ => "tracepoint+sigkill",
+            }
+            .to_owned(),
+            policy_generation: block.generation,
         }
     }
 }

@@ -4,10 +4,10 @@ use std::mem::size_of;
 
 use sensor_common::{
     EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent,
-    ExitEvent, ForkEvent, TaskInfo,
+    ExitEvent, ForkEvent, PolicyEvent, TaskInfo, action,
 };
 
-use super::{ExecRecord, ExitRecord, ForkRecord, KernelEvent, TaskIdentity};
+use super::{ExecRecord, ExitRecord, ForkRecord, KernelEvent, PolicyRecord, TaskIdentity};
 
 /// A record that does not match any layout we know. Counted, never fatal.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +62,23 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 timestamp_ns: header.timestamp_ns,
                 task: task_identity(&raw.task),
                 status: raw.exit_code,
+                partial,
+            }))
+        }
+        EventKind::Policy => {
+            let raw: PolicyEvent = read_exact(bytes, kind)?;
+            Ok(KernelEvent::Policy(PolicyRecord {
+                timestamp_ns: header.timestamp_ns,
+                task: task_identity(&raw.task),
+                filename: c_string(&raw.filename),
+                device: kernel_dev_to_user(raw.file.dev),
+                inode: raw.file.ino,
+                blocked: raw.action == action::BLOCKED,
+                reason: raw.reason,
+                backend: raw.backend,
+                rule_index: (raw.rule != u32::MAX).then_some(raw.rule),
+                rule: String::new(),
+                generation: raw.generation,
                 partial,
             }))
         }
@@ -123,13 +140,21 @@ fn split_argv(block: &[u8]) -> Vec<String> {
 
 /// The kernel's internal dev_t (major << 20 | minor) to the `st_dev` that
 /// stat(2) returns (glibc's makedev), so both sides compare equal.
-pub(crate) fn kernel_dev_to_user(dev: u32) -> u64 {
+pub fn kernel_dev_to_user(dev: u32) -> u64 {
     let major = u64::from(dev >> 20);
     let minor = u64::from(dev & 0xf_ffff);
     ((major & 0xffff_f000) << 32)
         | ((major & 0xfff) << 8)
         | ((minor & 0xffff_ff00) << 12)
         | (minor & 0xff)
+}
+
+/// `st_dev` (glibc makedev) back to the kernel's internal dev_t, for keys
+/// of maps the kernel looks up.
+pub fn user_dev_to_kernel(dev: u64) -> u32 {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    ((major << 20) | (minor & 0xf_ffff)) as u32
 }
 
 #[cfg(test)]
@@ -249,5 +274,8 @@ mod tests {
         assert_eq!(kernel_dev_to_user((259 << 20) | 3), 0x10303);
         // large minor spills into the high bits.
         assert_eq!(kernel_dev_to_user((8 << 20) | 0x123), (0x1 << 20) | 0x823);
+        for dev in [(259 << 20) | 3, (8 << 20) | 0x123, (254 << 20), 0x12_3456] {
+            assert_eq!(user_dev_to_kernel(kernel_dev_to_user(dev)), dev);
+        }
     }
 }

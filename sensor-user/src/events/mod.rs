@@ -5,7 +5,7 @@
 
 mod decode;
 
-pub use decode::{DecodeError, decode};
+pub use decode::{DecodeError, decode, kernel_dev_to_user, user_dev_to_kernel};
 
 /// Identity and credentials of a task as the kernel reported them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,12 +81,36 @@ impl ExitRecord {
     }
 }
 
+/// The allowlist blocked (or would have blocked) an exec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub timestamp_ns: u64,
+    pub task: TaskIdentity,
+    pub filename: String,
+    /// Device (userspace `st_dev` encoding) and inode of the executed file.
+    pub device: u64,
+    pub inode: u64,
+    /// True: killed (enforce mode); false: would-block (monitor mode).
+    pub blocked: bool,
+    /// A `sensor_common::reason::*` value.
+    pub reason: u32,
+    /// A `sensor_common::backend::*` value.
+    pub backend: u32,
+    /// Index of the allowlist rule involved, if any.
+    pub rule_index: Option<u32>,
+    /// Human-readable rule, filled by the policy manager before enrichment.
+    pub rule: String,
+    pub generation: u64,
+    pub partial: bool,
+}
+
 /// One decoded kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     Exec(ExecRecord),
     Fork(ForkRecord),
     Exit(ExitRecord),
+    Policy(PolicyRecord),
 }
 
 impl KernelEvent {
@@ -95,6 +119,7 @@ impl KernelEvent {
             Self::Exec(e) => e.timestamp_ns,
             Self::Fork(e) => e.timestamp_ns,
             Self::Exit(e) => e.timestamp_ns,
+            Self::Policy(e) => e.timestamp_ns,
         }
     }
 
@@ -103,6 +128,7 @@ impl KernelEvent {
             Self::Exec(e) => &e.task,
             Self::Fork(e) => &e.task,
             Self::Exit(e) => &e.task,
+            Self::Policy(e) => &e.task,
         }
     }
 }

@@ -9,10 +9,10 @@ mod ringbuf;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
-use sensor_common::{drop_reason, names};
+use sensor_common::{AllowEntry, FileId, drop_reason, names};
 
 pub use btf::{BtfError, KernelBtf};
 pub use ringbuf::{read_ring, register_readable};
@@ -81,7 +81,19 @@ impl ProcessHooks {
                 None
             }
         };
-        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
+        for name in [
+            names::PROG_EXEC,
+            names::PROG_FORK,
+            names::PROG_EXIT,
+            // Attached with the policy off; enforcement starts when the daemon
+            // writes a policy (PolicyMaps::apply).
+            names::PROG_EXEC_VERDICT,
+        ] {
+            let tracepoint = if name == names::PROG_EXEC_VERDICT {
+                names::PROG_EXEC
+            } else {
+                name
+            };
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(HookError::Missing(name))?
@@ -91,7 +103,7 @@ impl ProcessHooks {
                 .load()
                 .map_err(|source| HookError::Program { name, source })?;
             program
-                .attach(name)
+                .attach(tracepoint)
                 .map_err(|source| HookError::Program { name, source })?;
         }
         let drops = ebpf
@@ -118,6 +130,25 @@ impl ProcessHooks {
             name: names::PROCESS_EVENTS,
             source,
         })
+    }
+
+    /// Takes the allowlist maps (once).
+    pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps, HookError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, HookError> {
+            let map = ebpf.take_map(name).ok_or(HookError::Missing(name))?;
+            T::try_from(map).map_err(|source| HookError::Map { name, source })
+        }
+        let a: HashMap<MapData, FileId, AllowEntry> = take(&mut self.ebpf, names::ALLOW_A)?;
+        let b = take(&mut self.ebpf, names::ALLOW_B)?;
+        Ok(crate::policy::PolicyMaps::new(
+            [a, b],
+            take(&mut self.ebpf, names::POLICY_STATE)?,
+            take(&mut self.ebpf, names::POLICY_SCOPE)?,
+            sensor_common::ALLOW_ENTRIES,
+        ))
     }
 
     /// Takes aya-log's reader so a task can forward kernel log lines to tracing.

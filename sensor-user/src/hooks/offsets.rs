@@ -8,7 +8,8 @@ use super::btf::{BtfError, KernelBtf};
 /// names it, so the sensor refuses to start rather than read garbage.
 pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
     let f = |s: &str, f: &str| btf.field_offset(s, f);
-    let (inode_mtime_sec, inode_mtime_nsec) = inode_mtime(btf)?;
+    let (inode_mtime_sec, inode_mtime_nsec) = inode_time(btf, "mtime")?;
+    let (inode_ctime_sec, inode_ctime_nsec) = inode_time(btf, "ctime")?;
     Ok(KernelOffsets {
         valid: 1,
         task_pid: f("task_struct", "pid")?,
@@ -36,23 +37,26 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         inode_size: f("inode", "i_size")?,
         inode_mtime_sec,
         inode_mtime_nsec,
+        inode_ctime_sec,
+        inode_ctime_nsec,
         sb_dev: f("super_block", "s_dev")?,
-        _pad: 0,
+        _pad: [0; 3],
     })
 }
 
-/// The inode's mtime moved twice: `i_mtime` (timespec64) until 6.5,
-/// `__i_mtime` in 6.6-6.10, and split `i_mtime_sec`/`i_mtime_nsec` since.
-fn inode_mtime(btf: &KernelBtf) -> Result<(u32, u32), BtfError> {
+/// The inode's mtime and ctime moved twice: `i_mtime` (timespec64) until
+/// 6.5, `__i_mtime` in 6.6-6.10, split `i_mtime_sec`/`i_mtime_nsec` since.
+/// `which` is "mtime" or "ctime".
+fn inode_time(btf: &KernelBtf, which: &str) -> Result<(u32, u32), BtfError> {
     if let (Ok(sec), Ok(nsec)) = (
-        btf.field_offset("inode", "i_mtime_sec"),
-        btf.field_offset("inode", "i_mtime_nsec"),
+        btf.field_offset("inode", &format!("i_{which}_sec")),
+        btf.field_offset("inode", &format!("i_{which}_nsec")),
     ) {
         return Ok((sec, nsec));
     }
     let base = btf
-        .field_offset("inode", "__i_mtime")
-        .or_else(|_| btf.field_offset("inode", "i_mtime"))?;
+        .field_offset("inode", &format!("__i_{which}"))
+        .or_else(|_| btf.field_offset("inode", &format!("i_{which}")))?;
     Ok((
         base + btf.field_offset("timespec64", "tv_sec")?,
         base + btf.field_offset("timespec64", "tv_nsec")?,

@@ -1,0 +1,202 @@
+//! Policy file -> the exact entries for the kernel maps: every allowed path
+//! is opened, identified (device, inode, size, mtime, ctime from fstat of the
+//! opened file) and hashed; a file whose hash is not the one the policy
+//! names is NOT allowed (and reported).
+
+use std::{
+    fs::File,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use sensor_common::{AllowEntry, FileId};
+
+use super::file::{Mode, PolicyError, PolicyFile};
+use crate::{enrich::hash_cache::sha256_hex, events::user_dev_to_kernel};
+
+/// Files larger than this are never allowlisted (and never hashed).
+const MAX_BINARY_BYTES: u64 = 1 << 30;
+/// Directory depth walked below a trusted root.
+const MAX_ROOT_DEPTH: usize = 16;
+
+/// A policy ready to be written to the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledPolicy {
+    pub mode: Mode,
+    /// cgroup v2 ids (inode numbers of the cgroup directories); empty: all.
+    pub scope: Vec<u64>,
+    pub entries: Vec<(FileId, AllowEntry)>,
+    /// Rule names by `AllowEntry::rule`.
+    pub rules: Vec<String>,
+    /// Expected SHA-256 by rule (None for trusted roots).
+    pub expected: Vec<Option<String>>,
+    /// Files that were not allowed and why (missing, hash mismatch, ...).
+    pub skipped: Vec<String>,
+}
+
+/// One allowlisted file as hashed now.
+pub struct Hashed {
+    pub id: FileId,
+    pub entry: AllowEntry,
+    pub sha256: String,
+}
+
+/// Opens and hashes `path`, identifying the opened file.
+pub fn hash_file(path: &Path, rule: u32) -> std::io::Result<Hashed> {
+    let mut file = File::open(path)?;
+    let before = file.metadata()?;
+    if !before.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if before.size() > MAX_BINARY_BYTES {
+        return Err(std::io::Error::other("larger than 1 GiB"));
+    }
+    let (sha256, read) = sha256_hex(&mut file, MAX_BINARY_BYTES)?;
+    let after = file.metadata()?;
+    if read != before.size()
+        || after.ctime_nsec() != before.ctime_nsec()
+        || after.ctime() != before.ctime()
+    {
+        return Err(std::io::Error::other("changed while being hashed"));
+    }
+    Ok(Hashed {
+        id: FileId {
+            dev: user_dev_to_kernel(before.dev()),
+            _pad: 0,
+            ino: before.ino(),
+        },
+        entry: AllowEntry {
+            size: before.size(),
+            mtime_sec: before.mtime(),
+            ctime_sec: before.ctime(),
+            mtime_nsec: before.mtime_nsec() as u32,
+            ctime_nsec: before.ctime_nsec() as u32,
+            rule,
+            _pad: 0,
+        },
+        sha256,
+    })
+}
+
+/// Resolves and hashes everything `policy` allows. Blocking I/O.
+pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, PolicyError> {
+    let mut out = CompiledPolicy {
+        mode: policy.mode,
+        ..Default::default()
+    };
+    for cgroup in &policy.scope_cgroups {
+        let meta = std::fs::metadata(cgroup).map_err(|source| PolicyError::Cgroup {
+            path: origin.to_owned(),
+            cgroup: cgroup.clone(),
+            source,
+        })?;
+        out.scope.push(meta.ino());
+    }
+    for rule in &policy.allow {
+        let index = out.rules.len() as u32;
+        out.rules.push(rule.path.display().to_string());
+        out.expected.push(Some(rule.sha256.to_ascii_lowercase()));
+        match hash_file(&rule.path, index) {
+            Ok(h) if h.sha256.eq_ignore_ascii_case(&rule.sha256) => {
+                out.entries.push((h.id, h.entry))
+            }
+            Ok(h) => out.skipped.push(format!(
+                "{}: sha256 is {}, policy says {}",
+                rule.path.display(),
+                h.sha256,
+                rule.sha256
+            )),
+            Err(e) => out.skipped.push(format!("{}: {e}", rule.path.display())),
+        }
+    }
+    for root in &policy.trusted_root {
+        let index = out.rules.len() as u32;
+        out.rules
+            .push(format!("trusted_root {}", root.path.display()));
+        out.expected.push(None);
+        let mut files = Vec::new();
+        executables_below(&root.path, 0, &mut files, &mut out.skipped);
+        for path in files {
+            match hash_file(&path, index) {
+                Ok(h) => out.entries.push((h.id, h.entry)),
+                Err(e) => out.skipped.push(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Regular files with an exec bit below `dir` (symlinks are not followed).
+pub fn executables_below(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<String>,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return skipped.push(format!("{}: {e}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        if kind.is_dir() && depth < MAX_ROOT_DEPTH {
+            executables_below(&path, depth + 1, out, skipped);
+        } else if kind.is_file()
+            && entry
+                .metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+        {
+            out.push(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::file::PolicyFile;
+
+    #[test]
+    fn allows_matching_hashes_only_and_walks_trusted_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        let bad = dir.path().join("bad");
+        std::fs::write(&good, b"abc").unwrap();
+        std::fs::write(&bad, b"xyz").unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        for (name, mode) in [("a", 0o755), ("sub/b", 0o700), ("data", 0o644)] {
+            let p = root.join(name);
+            std::fs::write(&p, name).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let text = format!(
+            "mode = \"enforce\"\n[[allow]]\npath = \"{}\"\nsha256 = \"{abc}\"\n\
+             [[allow]]\npath = \"{}\"\nsha256 = \"{abc}\"\n\
+             [[allow]]\npath = \"{}/missing\"\nsha256 = \"{abc}\"\n\
+             [[trusted_root]]\npath = \"{}\"\n",
+            good.display(),
+            bad.display(),
+            dir.path().display(),
+            root.display()
+        );
+        let policy = PolicyFile::parse(&text, Path::new("t")).unwrap();
+        let compiled = compile(&policy, Path::new("t")).unwrap();
+        // good + a + sub/b; not bad (hash), not missing, not data (no x bit).
+        assert_eq!(compiled.entries.len(), 3, "{:?}", compiled.skipped);
+        assert_eq!(compiled.skipped.len(), 2, "{:?}", compiled.skipped);
+        let meta = std::fs::metadata(&good).unwrap();
+        let (id, entry) = compiled.entries[0];
+        assert_eq!(id.ino, meta.ino());
+        assert_eq!(crate::events::kernel_dev_to_user(id.dev), meta.dev());
+        assert_eq!((entry.size, entry.rule), (3, 0));
+        assert_eq!(
+            compiled.rules[3],
+            format!("trusted_root {}", root.display())
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Keeps the kernel's allowlist in step with the policy file: reloads on
+//! request (SIGHUP) or when the file changes, and gives trust back to an
+//! allowlisted file that changed once its new content hashes right.
+//!
+//! Runs on its own thread: compiling hashes files (blocking I/O).
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock, mpsc},
+    time::Duration,
+};
+
+use sensor_common::FileId;
+
+use super::{
+    compile::{CompiledPolicy, compile, hash_file},
+    file::{PolicyError, PolicyFile},
+    kernel::PolicyMaps,
+};
+
+/// How often the policy file is checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Rule names by index, shared with the event reader for reports.
+#[derive(Clone, Debug, Default)]
+pub struct RuleNames(Arc<RwLock<Vec<String>>>);
+
+impl RuleNames {
+    pub fn name(&self, index: Option<u32>) -> String {
+        let Some(index) = index else {
+            return "not in allowlist".to_owned();
+        };
+        self.0
+            .read()
+            .ok()
+            .and_then(|r| r.get(index as usize).cloned())
+            .unwrap_or_else(|| format!("rule #{index}"))
+    }
+}
+
+/// What the manager thread is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read the policy file now (SIGHUP).
+    Reload,
+    /// The kernel reported this allowlisted file modified: re-hash it.
+    Retrust {
+        file: FileId,
+        rule: u32,
+        path: String,
+    },
+    Stop,
+}
+
+/// Loads and compiles a policy file (the start-up check: errors stop the
+/// sensor before anything is attached).
+pub fn load(path: &Path) -> Result<CompiledPolicy, PolicyError> {
+    compile(&PolicyFile::load(path)?, path)
+}
+
+/// Writes `compiled` to the kernel and starts the manager thread.
+pub fn start(
+    mut maps: PolicyMaps,
+    path: PathBuf,
+    compiled: CompiledPolicy,
+) -> Result<
+    (
+        mpsc::Sender<Command>,
+        RuleNames,
+        std::thread::JoinHandle<()>,
+    ),
+    PolicyError,
+> {
+    let generation = maps.apply(&compiled, &path)?;
+    log_applied(&compiled, generation);
+    let rules = RuleNames::default();
+    *rules.0.write().expect("fresh lock") = compiled.rules.clone();
+    let (tx, rx) = mpsc::channel();
+    let manager = Manager {
+        maps,
+        stamp: stamp(&path),
+        path,
+        compiled,
+        rules: rules.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("rxsentry-policy".into())
+        .spawn(move || manager.run(rx))
+        .map_err(|source| PolicyError::Read {
+            path: PathBuf::from("(policy thread)"),
+            source,
+        })?;
+    Ok((tx, rules, handle))
+}
+
+fn log_applied(compiled: &CompiledPolicy, generation: u64) {
+    tracing::info!(
+        generation,
+        mode = compiled.mode.as_str(),
+        allowed_files = compiled.entries.len(),
+        skipped = compiled.skipped.len(),
+        scoped_cgroups = compiled.scope.len(),
+        "allowlist policy in force"
+    );
+    for skipped in &compiled.skipped {
+        tracing::warn!("allowlist: not allowed: {skipped}");
+    }
+}
+
+/// (mtime, ctime, size, inode) of the policy file, to notice edits.
+fn stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ctime(),
+        m.size(),
+        m.ino(),
+    ))
+}
+
+struct Manager {
+    maps: PolicyMaps,
+    path: PathBuf,
+    compiled: CompiledPolicy,
+    rules: RuleNames,
+    stamp: Option<(i64, i64, u64, u64)>,
+}
+
+impl Manager {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            match rx.recv_timeout(FILE_POLL) {
+                Ok(Command::Reload) => self.reload("SIGHUP"),
+                Ok(Command::Retrust { file, rule, path }) => self.retrust(file, rule, &path),
+                Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = stamp(&self.path);
+                    if now.is_some() && now != self.stamp {
+                        self.reload("policy file changed");
+                    }
+                }
+            }
+        }
+        // Leave no verdict behind a stopped sensor: programs detach anyway,
+        // but pinned state must never outlive the daemon silently.
+        let _ = self.maps.disable();
+    }
+
+    /// Compiles the file and swaps it in; on any error the generation in
+    /// force stays and the error is logged.
+    fn reload(&mut self, why: &str) {
+        self.stamp = stamp(&self.path);
+        let result = load(&self.path).and_then(|compiled| {
+            let generation = self.maps.apply(&compiled, &self.path)?;
+            Ok((compiled, generation))
+        });
+        match result {
+            Ok((compiled, generation)) => {
+                tracing::info!(reason = why, "allowlist reloaded");
+                log_applied(&compiled, generation);
+                if let Ok(mut rules) = self.rules.0.write() {
+                    rules.clone_from(&compiled.rules);
+                }
+                self.compiled = compiled;
+            }
+            Err(e) => tracing::error!(
+                reason = why,
+                generation = self.maps.generation(),
+                "allowlist policy refused, the previous generation stays in force: {e}"
+            ),
+        }
+    }
+
+    /// Trust comes back only if the file's new content is what the rule
+    /// allows (for a trusted root: the file is still below it).
+    fn retrust(&mut self, file: FileId, rule: u32, path: &str) {
+        let Some(expected) = self.compiled.expected.get(rule as usize) else {
+            return;
+        };
+        let Ok(hashed) = hash_file(Path::new(path), rule) else {
+            return;
+        };
+        if hashed.id != file {
+            return;
+        }
+        let allowed = match expected {
+            Some(sha256) => hashed.sha256.eq_ignore_ascii_case(sha256),
+            None => self.compiled.rules[rule as usize]
+                .strip_prefix("trusted_root ")
+                .is_some_and(|root| Path::new(path).starts_with(root)),
+        };
+        if allowed && self.maps.update_live(hashed.id, hashed.entry).is_ok() {
+            tracing::info!(path, "allowlisted file re-hashed: trusted again");
+        } else if !allowed {
+            tracing::warn!(path, sha256 = %hashed.sha256, "allowlisted file changed: stays untrusted");
+        }
+    }
+}

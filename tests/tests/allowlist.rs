@@ -1,0 +1,296 @@
+//! Application allowlisting on this host's kernel (backend "tracepoint +
+//! SIGKILL"). Every test scopes the policy to a cgroup it creates, so the
+//! machine running the tests is never under it.
+
+use std::{
+    io::Write as _,
+    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use proto::telemetry::v1::{EventKind, PolicyEvent, SubscribeRequest, event, policy_event};
+use sha2::{Digest as _, Sha256};
+use tests::{Collector, Sensor, SensorOptions, Subscription, cgroup::TestCgroup, marker};
+
+fn sha256_hex(path: &Path) -> String {
+    Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A scratch dir, a cgroup, and a policy file pointing at both.
+struct Setup {
+    dir: tempfile::TempDir,
+    cgroup: TestCgroup,
+    policy: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let cgroup = TestCgroup::new(&marker(name))?;
+        let policy = dir.path().join("policy.toml");
+        Ok(Self {
+            dir,
+            cgroup,
+            policy,
+        })
+    }
+
+    /// Copy of /usr/bin/touch under a new name: same code, new inode.
+    fn copy_of_touch(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::copy("/usr/bin/touch", &path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    }
+
+    /// Writes a policy in `mode` allowing `allowed` (path, sha256 now).
+    fn write_policy(&self, mode: &str, allowed: &[&Path], extra: &str) -> anyhow::Result<()> {
+        let mut text = format!(
+            "mode = \"{mode}\"\nscope_cgroups = [\"{}\"]\n{extra}\n",
+            self.cgroup.path.display()
+        );
+        for path in allowed {
+            text.push_str(&format!(
+                "[[allow]]\npath = \"{}\"\nsha256 = \"{}\"\n",
+                path.display(),
+                sha256_hex(path)
+            ));
+        }
+        let tmp = self.policy.with_extension("tmp");
+        std::fs::File::create(&tmp)?.write_all(text.as_bytes())?;
+        std::fs::rename(tmp, &self.policy)?;
+        Ok(())
+    }
+
+    fn sensor_options(&self) -> SensorOptions {
+        SensorOptions {
+            extra_config: format!(
+                "[batching]\nmax_events = 16\nmax_delay_ms = 100\n[policy]\npath = \"{}\"\n",
+                self.policy.display()
+            ),
+        }
+    }
+
+    /// Runs `program <marker file>` in the cgroup; returns its status and
+    /// whether the marker file exists afterwards.
+    fn run(&self, program: &Path, tag: &str) -> anyhow::Result<(std::process::ExitStatus, bool)> {
+        let marker_file = self.dir.path().join(format!("marker-{tag}"));
+        let status = self.cgroup.command(program).arg(&marker_file).status()?;
+        Ok((status, marker_file.exists()))
+    }
+}
+
+fn policy_events(sub: &Subscription) -> Vec<&PolicyEvent> {
+    sub.events
+        .iter()
+        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+            event::Kind::Policy(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn policy_request() -> SubscribeRequest {
+    SubscribeRequest {
+        kinds: vec![EventKind::Policy as i32],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_binary_is_killed_before_it_runs_and_listed_ones_run() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-enforce")?;
+    let intruder = setup.copy_of_touch("intruder")?;
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch")], "")?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    let (status, created) = setup.run(&intruder, "intruder")?;
+    assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
+    assert!(!created, "the blocked program never ran an instruction");
+
+    let (status, created) = setup.run(Path::new("/usr/bin/touch"), "touch")?;
+    assert!(
+        status.success() && created,
+        "allowlisted /usr/bin/touch runs: {status}"
+    );
+
+    sub.until(Duration::from_secs(20), |s| !policy_events(s).is_empty())
+        .await?;
+    let events = policy_events(&sub);
+    assert_eq!(events.len(), 1, "one block, nothing for the allowed exec");
+    let block = events[0];
+    assert_eq!(block.path, intruder.display().to_string());
+    assert_eq!(block.action(), policy_event::Action::Blocked);
+    assert_eq!(block.reason(), policy_event::Reason::NotAllowed);
+    assert_eq!(block.mode, "enforce");
+    assert_eq!(block.backend, "tracepoint+sigkill");
+    assert_eq!(block.rule, "not in allowlist");
+    assert_eq!(block.sha256, sha256_hex(&intruder));
+    assert!(block.policy_generation >= 1);
+    let process = block.process.as_ref().unwrap();
+    assert_eq!(process.ppid, std::process::id());
+    assert!(!process.lineage.is_empty(), "parent chain reported");
+
+    // Outside the scoped cgroup nothing is enforced.
+    let outside = std::process::Command::new(&intruder)
+        .arg(setup.dir.path().join("outside"))
+        .status()?;
+    assert!(outside.success());
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modified_allowlisted_binary_loses_trust() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-modified")?;
+    let tool = setup.copy_of_touch("tool")?;
+    setup.write_policy("enforce", &[&tool], "")?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    let (status, created) = setup.run(&tool, "before")?;
+    assert!(
+        status.success() && created,
+        "allowlisted copy runs: {status}"
+    );
+
+    // Append one byte: same inode, new size and ctime, new hash.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&tool)?
+        .write_all(b"\0")?;
+    let (status, created) = setup.run(&tool, "after")?;
+    assert_eq!(status.signal(), Some(9), "{status}");
+    assert!(!created);
+
+    sub.until(Duration::from_secs(20), |s| !policy_events(s).is_empty())
+        .await?;
+    let block = policy_events(&sub)[0];
+    assert_eq!(block.reason(), policy_event::Reason::Modified);
+    assert_eq!(
+        block.rule,
+        tool.display().to_string(),
+        "names the rule that had allowed it"
+    );
+    // Its new content does not hash to the policy's: it stays untrusted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = setup.run(&tool, "again")?;
+    assert_eq!(status.signal(), Some(9), "{status}");
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_mode_reports_but_does_not_block() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-monitor")?;
+    let intruder = setup.copy_of_touch("intruder")?;
+    setup.write_policy("monitor", &[], "")?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    let (status, created) = setup.run(&intruder, "m")?;
+    assert!(
+        status.success() && created,
+        "monitor mode never blocks: {status}"
+    );
+    sub.until(Duration::from_secs(20), |s| !policy_events(s).is_empty())
+        .await?;
+    let event = policy_events(&sub)[0];
+    assert_eq!(event.action(), policy_event::Action::WouldBlock);
+    assert_eq!(event.mode, "monitor");
+    assert_eq!(event.path, intruder.display().to_string());
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reload_keeps_the_last_good_policy_and_good_reload_swaps() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-reload")?;
+    let newcomer = setup.copy_of_touch("newcomer")?;
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch")], "")?;
+    let collector = Collector::start().await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+    assert_eq!(setup.run(&newcomer, "a")?.0.signal(), Some(9));
+
+    // A broken file: refused with a clear error, the old policy stays.
+    std::fs::write(
+        &setup.policy,
+        "mode = \"enforce\"\n[[allow]]\npath = \"/x\"\nsha256 = \"nope\"\n",
+    )?;
+    sensor.hangup()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sensor.log().contains("allowlist policy refused") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sensor.log().contains("allow[0].sha256"),
+        "error names the key:\n{}",
+        sensor.log()
+    );
+    assert_eq!(
+        setup.run(&newcomer, "b")?.0.signal(),
+        Some(9),
+        "still enforced"
+    );
+    let (status, created) = setup.run(Path::new("/usr/bin/touch"), "c")?;
+    assert!(status.success() && created, "still allowed");
+
+    // A good file that allows the newcomer: one swap, then it runs.
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch"), &newcomer], "")?;
+    sensor.hangup()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let (status, created) = setup.run(&newcomer, "d")?;
+        if status.success() && created {
+            last = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(last.is_some(), "the reloaded policy allows the newcomer");
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_entry_policy_loads_and_enforces() -> anyhow::Result<()> {
+    const N: usize = 10_000;
+    let setup = Setup::new("allow-10k")?;
+    let root = setup.dir.path().join("root");
+    std::fs::create_dir(&root)?;
+    for i in 0..N {
+        let p = root.join(format!("tool-{i}"));
+        std::fs::write(&p, format!("#!/bin/sh\n# {i}\n"))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let intruder = setup.copy_of_touch("intruder")?;
+    setup.write_policy(
+        "enforce",
+        &[Path::new("/usr/bin/touch")],
+        &format!("[[trusted_root]]\npath = \"{}\"\n", root.display()),
+    )?;
+    let collector = Collector::start().await?;
+    let started = Instant::now();
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+    let took = started.elapsed();
+    assert!(
+        sensor.log().contains(&format!("allowed_files={}", N + 1)),
+        "all {} files allowed:\n{}",
+        N + 1,
+        sensor.log()
+    );
+    eprintln!("sensor start with a {}-entry policy: {took:?}", N + 1);
+    assert_eq!(setup.run(&intruder, "x")?.0.signal(), Some(9));
+    assert!(setup.run(Path::new("/usr/bin/touch"), "y")?.0.success());
+    sensor.stop().await?;
+    Ok(())
+}
