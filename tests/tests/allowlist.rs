@@ -294,3 +294,56 @@ async fn ten_thousand_entry_policy_loads_and_enforces() -> anyhow::Result<()> {
     sensor.stop().await?;
     Ok(())
 }
+
+/// Ways around a plain exec of an allowlisted file (see README "Security
+/// notes"): the ones the kernel lets us stop are stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fileless_and_loader_tricks_are_blocked() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-bypass")?;
+    let intruder = setup.copy_of_touch("intruder")?;
+    let python = std::fs::canonicalize("/usr/bin/python3")?;
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch"), &python], "")?;
+    let collector = Collector::start().await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    // 1. The dynamic loader run directly maps the intruder without an exec of
+    //    it: the loader itself is the exec, and it is not allowlisted.
+    let marker = setup.dir.path().join("via-ldso");
+    let status = setup
+        .cgroup
+        .command("/lib64/ld-linux-x86-64.so.2")
+        .arg(&intruder)
+        .arg(&marker)
+        .status()?;
+    assert_eq!(status.signal(), Some(9), "ld.so as a launcher: {status}");
+    assert!(!marker.exists());
+
+    // 2. Fileless: an allowed interpreter copies code into a memfd and
+    //    fexecve()s it. The memfd's inode is in no allowlist.
+    let marker = setup.dir.path().join("via-memfd");
+    let script = format!(
+        "import os\nfd = os.memfd_create('x')\nos.write(fd, open('/usr/bin/touch', 'rb').read())\nos.execve(fd, ['touch', '{}'], {{}})\n",
+        marker.display()
+    );
+    let status = setup.cgroup.command(&python).arg("-c").arg(script).status()?;
+    assert_eq!(status.signal(), Some(9), "memfd + fexecve: {status}");
+    assert!(!marker.exists());
+
+    // 3. Rename a new file over an allowlisted path: new inode, not trusted.
+    let tool = setup.copy_of_touch("tool")?;
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch"), &python, &tool], "")?;
+    sensor.hangup()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !setup.run(&tool, "tool-ok")?.0.success() {
+        assert!(Instant::now() < deadline, "reloaded policy never allowed the tool");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let swapped = setup.dir.path().join("swapped");
+    std::fs::copy(&intruder, &swapped)?;
+    std::fs::rename(&swapped, &tool)?;
+    let (status, created) = setup.run(&tool, "tool-swapped")?;
+    assert_eq!(status.signal(), Some(9), "renamed-over binary: {status}");
+    assert!(!created);
+    sensor.stop().await?;
+    Ok(())
+}

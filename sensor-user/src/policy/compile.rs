@@ -34,6 +34,15 @@ pub struct CompiledPolicy {
     pub skipped: Vec<String>,
 }
 
+/// The dynamic loader run as a program executes any file it is given
+/// without an exec of that file: never allowlist it (programs that need it
+/// get it from the kernel through PT_INTERP, with no exec check).
+pub fn is_dynamic_loader(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld.so") || n.starts_with("ld-musl"))
+}
+
 /// One allowlisted file as hashed now.
 pub struct Hashed {
     pub id: FileId,
@@ -43,6 +52,11 @@ pub struct Hashed {
 
 /// Opens and hashes `path`, identifying the opened file.
 pub fn hash_file(path: &Path, rule: u32) -> std::io::Result<Hashed> {
+    if is_dynamic_loader(path) || std::fs::canonicalize(path).is_ok_and(|p| is_dynamic_loader(&p)) {
+        return Err(std::io::Error::other(
+            "the dynamic loader is never allowlisted: it would run any file it is given",
+        ));
+    }
     let mut file = File::open(path)?;
     let before = file.metadata()?;
     if !before.is_file() {
