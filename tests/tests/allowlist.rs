@@ -161,6 +161,33 @@ async fn modified_allowlisted_binary_loses_trust() -> anyhow::Result<()> {
         "allowlisted copy runs: {status}"
     );
 
+    // utimes to an old mtime, content untouched: ctime moves, so the next
+    // exec is stopped; the sensor re-hashes, finds the policy's content and
+    // gives trust back.
+    let touched = std::process::Command::new("/usr/bin/touch")
+        .args(["-m", "-d", "@1000000000"])
+        .arg(&tool)
+        .status()?;
+    assert!(touched.success());
+    let (status, created) = setup.run(&tool, "after-utimes")?;
+    assert_eq!(status.signal(), Some(9), "stopped after utimes: {status}");
+    assert!(!created);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !setup.run(&tool, "retrusted")?.0.success() {
+        assert!(
+            Instant::now() < deadline,
+            "trust never came back after re-hash"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sub.until(Duration::from_secs(20), |s| !policy_events(s).is_empty())
+        .await?;
+    assert_eq!(
+        policy_events(&sub)[0].reason(),
+        policy_event::Reason::Modified
+    );
+    sub.events.clear();
+
     // Append one byte: same inode, new size and ctime, new hash.
     std::fs::OpenOptions::new()
         .append(true)
@@ -325,17 +352,29 @@ async fn fileless_and_loader_tricks_are_blocked() -> anyhow::Result<()> {
         "import os\nfd = os.memfd_create('x')\nos.write(fd, open('/usr/bin/touch', 'rb').read())\nos.execve(fd, ['touch', '{}'], {{}})\n",
         marker.display()
     );
-    let status = setup.cgroup.command(&python).arg("-c").arg(script).status()?;
+    let status = setup
+        .cgroup
+        .command(&python)
+        .arg("-c")
+        .arg(script)
+        .status()?;
     assert_eq!(status.signal(), Some(9), "memfd + fexecve: {status}");
     assert!(!marker.exists());
 
     // 3. Rename a new file over an allowlisted path: new inode, not trusted.
     let tool = setup.copy_of_touch("tool")?;
-    setup.write_policy("enforce", &[Path::new("/usr/bin/touch"), &python, &tool], "")?;
+    setup.write_policy(
+        "enforce",
+        &[Path::new("/usr/bin/touch"), &python, &tool],
+        "",
+    )?;
     sensor.hangup()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !setup.run(&tool, "tool-ok")?.0.success() {
-        assert!(Instant::now() < deadline, "reloaded policy never allowed the tool");
+        assert!(
+            Instant::now() < deadline,
+            "reloaded policy never allowed the tool"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let swapped = setup.dir.path().join("swapped");
