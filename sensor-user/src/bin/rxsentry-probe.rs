@@ -1,0 +1,241 @@
+//! `rxsentry-probe`: which kernel capabilities the sensor can use on this
+//! machine, found by loading tiny programs (never by reading config files:
+//! a kernel can list `bpf` among its LSMs and still refuse BPF-LSM programs).
+//!
+//! One line per capability, for people and for `cargo xtask vm-test`:
+//!
+//! ```text
+//! process-telemetry: available (exec of pid 1234 seen through the raw tracepoints)
+//! bpf-lsm: unavailable: loading lsm_probe_bprm: ...
+//! exec-allowlist-backend: tracepoint+SIGKILL
+//! ```
+//!
+//! Exit status 0 when every probed capability is available, 1 otherwise
+//! (`--lsm` alone: 0 = BPF-LSM usable). Needs root, like the sensor.
+
+use std::{
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Btf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::Lsm,
+};
+use clap::Parser;
+use sensor_user::{
+    events::{self, KernelEvent},
+    hooks::{HookConfig, ProcessHooks},
+};
+
+/// The same eBPF object the sensor embeds (built by this crate's build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+/// sensor-ebpf/src/lsm_probe.rs: allows everything on `bprm_check_security`.
+const LSM_PROBE_PROGRAM: &str = "lsm_probe_bprm";
+const LSM_PROBE_HOOK: &str = "bprm_check_security";
+/// Its run counter (slot 0).
+const LSM_PROBE_HITS: &str = "LSM_PROBE_HITS";
+/// How long the process probe waits for its own exec to come through.
+const EXEC_WAIT: Duration = Duration::from_secs(10);
+/// Longest error detail printed (verifier logs can be long).
+const MAX_DETAIL: usize = 400;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rxsentry-probe",
+    version,
+    about = "Probe which kernel capabilities rxsentry can use here"
+)]
+struct Args {
+    /// Probe BPF-LSM only: load and attach a do-nothing `bprm_check_security` program.
+    #[arg(long)]
+    lsm: bool,
+    /// Probe process telemetry only: attach the sensor's raw tracepoints and
+    /// see one exec come through the ring buffer.
+    #[arg(long)]
+    process: bool,
+}
+
+/// The exec-allowlist backend the sensor would pick (ARCHITECTURE.md:
+/// the LSM hook when it works, else a tracepoint at exec + SIGKILL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExecAllowlistBackend {
+    Lsm,
+    TracepointSigkill,
+}
+
+impl ExecAllowlistBackend {
+    fn choose(bpf_lsm_available: bool) -> Self {
+        if bpf_lsm_available {
+            Self::Lsm
+        } else {
+            Self::TracepointSigkill
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Lsm => "lsm",
+            Self::TracepointSigkill => "tracepoint+SIGKILL",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let both = !args.lsm && !args.process;
+    let mut all_ok = true;
+    if args.process || both {
+        all_ok &= report("process-telemetry", probe_process());
+    }
+    if args.lsm || both {
+        let lsm_ok = report("bpf-lsm", probe_lsm());
+        all_ok &= lsm_ok;
+        if both {
+            let backend = ExecAllowlistBackend::choose(lsm_ok);
+            println!("exec-allowlist-backend: {}", backend.name());
+        }
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints `name: available (detail)` or `name: unavailable: error`.
+fn report(name: &str, result: anyhow::Result<String>) -> bool {
+    match result {
+        Ok(detail) => {
+            println!("{name}: available ({detail})");
+            true
+        }
+        Err(e) => {
+            println!("{name}: unavailable: {}", one_line(&format!("{e:#}")));
+            false
+        }
+    }
+}
+
+/// Squeezes a (possibly multi-line) error into one bounded line.
+fn one_line(text: &str) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(MAX_DETAIL) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
+
+fn require_object() -> anyhow::Result<()> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("built without the eBPF object (bpf-linker missing at build time)");
+    }
+    Ok(())
+}
+
+/// Loads and attaches the allow-all LSM program, runs one exec, and checks
+/// that the exec still ran AND the program ran for it: a kernel without
+/// `bpf` among its active LSMs attaches the program but never calls it.
+fn probe_lsm() -> anyhow::Result<String> {
+    require_object()?;
+    let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let program: &mut Lsm = ebpf
+        .program_mut(LSM_PROBE_PROGRAM)
+        .with_context(|| format!("the eBPF object has no {LSM_PROBE_PROGRAM}"))?
+        .try_into()
+        .with_context(|| format!("{LSM_PROBE_PROGRAM} is not an LSM program"))?;
+    program
+        .load(LSM_PROBE_HOOK, &btf)
+        .with_context(|| format!("loading {LSM_PROBE_PROGRAM}"))?;
+    program
+        .attach()
+        .with_context(|| format!("attaching {LSM_PROBE_PROGRAM} to {LSM_PROBE_HOOK}"))?;
+    let hits: Array<MapData, u64> = ebpf
+        .take_map(LSM_PROBE_HITS)
+        .with_context(|| format!("the eBPF object has no {LSM_PROBE_HITS}"))?
+        .try_into()
+        .with_context(|| format!("{LSM_PROBE_HITS} is not an array"))?;
+    let pid = run_child().context("an exec under the attached LSM program")?;
+    let runs = hits.get(&0, 0).context("reading the probe's run counter")?;
+    if runs == 0 {
+        bail!(
+            "{LSM_PROBE_PROGRAM} attached to {LSM_PROBE_HOOK} but never ran for the exec of \
+             pid {pid}: bpf is not an active LSM (see /sys/kernel/security/lsm and the lsm= \
+             boot parameter)"
+        );
+    }
+    Ok(format!(
+        "{LSM_PROBE_PROGRAM} attached to {LSM_PROBE_HOOK} ran {runs} time(s); pid {pid} still executed"
+    ))
+    // `ebpf` drops here: the program is detached and unloaded.
+}
+
+/// Attaches the sensor's process hooks and waits for the exec of a child.
+fn probe_process() -> anyhow::Result<String> {
+    require_object()?;
+    let mut hooks = ProcessHooks::load_and_attach(&HookConfig {
+        process_ringbuf_bytes: 1 << 20,
+    })
+    .context("attaching the process hooks")?;
+    let mut ring = hooks.take_process_ring()?;
+    let pid = run_child()?;
+    let deadline = Instant::now() + EXEC_WAIT;
+    while Instant::now() < deadline {
+        while let Some(record) = ring.next() {
+            if let Ok(KernelEvent::Exec(exec)) = events::decode(&record)
+                && exec.task.tgid == pid
+            {
+                return Ok(format!(
+                    "exec of pid {pid} ({}) seen through the raw tracepoints",
+                    exec.filename
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the exec of pid {pid} did not reach the ring buffer within {EXEC_WAIT:?}")
+}
+
+/// Runs `/bin/sh -c 'exit 0'` and returns its pid once it exited 0.
+fn run_child() -> anyhow::Result<u32> {
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "exit 0"])
+        .spawn()
+        .context("cannot start /bin/sh")?;
+    let pid = child.id();
+    let status = child.wait().context("waiting for /bin/sh")?;
+    if !status.success() {
+        bail!("/bin/sh -c 'exit 0' failed: {status}");
+    }
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_bpf_lsm() {
+        assert_eq!(ExecAllowlistBackend::choose(true).name(), "lsm");
+        assert_eq!(
+            ExecAllowlistBackend::choose(false).name(),
+            "tracepoint+SIGKILL"
+        );
+    }
+
+    #[test]
+    fn details_fit_on_one_bounded_line() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
+        let long = "x ".repeat(MAX_DETAIL);
+        let line = one_line(&long);
+        assert!(line.ends_with("...") && line.len() == MAX_DETAIL + 3);
+        assert!(!line.contains('\n'));
+    }
+}

@@ -1,0 +1,61 @@
+//! `rxsentry-probe` on this host. shared/PLATFORM.md: the host kernel lists
+//! `bpf` among its LSMs but refuses BPF-LSM programs (BPF_PROG_LOAD fails
+//! with EPERM before the verifier runs), so the probe must report BPF-LSM
+//! unavailable here, and with it the tracepoint + SIGKILL exec-allowlist
+//! backend; process telemetry through the raw tracepoints works. The same
+//! binary reports BPF-LSM available in the Debian 6.1 guest of
+//! `cargo xtask vm-test`.
+
+use std::process::Command;
+
+use tests::{bin_path, sensor_programs_after_exit};
+
+/// Runs the probe: (exit status 0?, stdout).
+fn probe(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin_path("rxsentry-probe"))
+        .args(args)
+        .output()
+        .expect("run rxsentry-probe (`cargo xtask build --release`)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn bpf_lsm_is_reported_unavailable_on_this_host() {
+    let (ok, out) = probe(&["--lsm"]);
+    assert!(!ok, "--lsm must exit 1 when BPF-LSM is unavailable: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "one line per probed capability: {out}");
+    assert!(
+        lines[0].starts_with("bpf-lsm: unavailable: "),
+        "this host forbids BPF-LSM programs, yet: {out}"
+    );
+    assert!(
+        lines[0].contains("lsm_probe_bprm"),
+        "the reason names the probe program: {out}"
+    );
+}
+
+#[tokio::test]
+async fn full_probe_picks_the_tracepoint_backend_and_leaves_nothing_loaded() -> anyhow::Result<()> {
+    let (ok, out) = probe(&[]);
+    assert!(!ok, "not everything is available on this host: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("process-telemetry: available (exec of pid ")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("bpf-lsm: unavailable: ")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "exec-allowlist-backend: tracepoint+SIGKILL"),
+        "{out}"
+    );
+    assert_eq!(sensor_programs_after_exit().await?, Vec::<String>::new());
+    Ok(())
+}
