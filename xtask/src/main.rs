@@ -1,4 +1,5 @@
-//! Developer tasks for rxsentry: `cargo xtask setup | build | run | test | bench`.
+//! Developer tasks for rxsentry: `cargo xtask setup | build | run | test |
+//! vm-image | vm-test | bench`.
 //!
 //! Modelled on aya's own xtask: one small module per subcommand, plain
 //! `std::process::Command` calls, and errors that say what failed and how to
@@ -9,7 +10,7 @@ mod build;
 mod run;
 mod setup;
 mod test;
-// `vm-image` / `vm-test` come later (see test.rs).
+mod vm;
 
 use std::{
     env,
@@ -36,8 +37,14 @@ enum Cmd {
     Build(build::Options),
     /// Setup, build, then run a local collector + sensor and tail the events.
     Run(run::Options),
-    /// Setup, build, then run every test (as root, on the real kernel).
+    /// Setup, build, then run every test (as root, on the real kernel), the
+    /// VM tests last.
     Test,
+    /// Build the kiosk VM image of each guest kernel (target/vm-images/).
+    VmImage(vm::image::Options),
+    /// Boot each kiosk image in QEMU, run the in-guest tests, print the
+    /// kernel x capability matrix.
+    VmTest(vm::test::Options),
     /// Measure the sensor's overhead, throughput, wire size and memory.
     Bench(bench::Options),
 }
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
         Cmd::Build(opts) => build::build(&opts),
         Cmd::Run(opts) => run::run(&opts),
         Cmd::Test => test::test(),
+        Cmd::VmImage(opts) => vm::image::vm_image(&opts),
+        Cmd::VmTest(opts) => vm::test::vm_test(&opts),
         Cmd::Bench(opts) => bench::bench(&opts),
     };
     match result {

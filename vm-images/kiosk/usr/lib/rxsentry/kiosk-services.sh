@@ -1,0 +1,55 @@
+# The kiosk's rxsentry services, as shell functions (source this file): the
+# collector on 127.0.0.1 (standing in for the SOC) and the sensor streaming
+# to it. They run as children of the sourcing shell, so `stop_services` can
+# wait for them and see their exit status. Logs go to $RXSENTRY_LOG.
+RXSENTRY_LOG=/var/log/rxsentry
+COLLECTOR_ADDR=127.0.0.1:50051
+READY_SECS=${RXSENTRY_READY_SECS:-90}
+
+# wait_for FILE TEXT SECONDS: succeeds once TEXT appears in FILE.
+wait_for() {
+	_n=$(($3 * 5))
+	while [ "$_n" -gt 0 ]; do
+		grep -qF -- "$2" "$1" 2>/dev/null && return 0
+		sleep 0.2
+		_n=$((_n - 1))
+	done
+	return 1
+}
+
+# start_services: starts both and waits until they are ready; on failure
+# prints why and returns 1.
+start_services() {
+	mkdir -p "$RXSENTRY_LOG"
+	rxsentry-collector --listen "$COLLECTOR_ADDR" --stats-interval 0 \
+		>"$RXSENTRY_LOG/collector.out" 2>"$RXSENTRY_LOG/collector.err" &
+	COLLECTOR_PID=$!
+	if ! wait_for "$RXSENTRY_LOG/collector.out" "listening on" "$READY_SECS"; then
+		echo "collector not listening within ${READY_SECS}s: $(tail -n 3 "$RXSENTRY_LOG/collector.err")"
+		return 1
+	fi
+	rxsentry-sensor --config /etc/rxsentry/sensor.toml \
+		>"$RXSENTRY_LOG/sensor.out" 2>"$RXSENTRY_LOG/sensor.err" &
+	SENSOR_PID=$!
+	if ! wait_for "$RXSENTRY_LOG/sensor.out" "rxsentry-sensor ready" "$READY_SECS"; then
+		echo "sensor not ready within ${READY_SECS}s: $(tail -n 3 "$RXSENTRY_LOG/sensor.err")"
+		return 1
+	fi
+}
+
+# stop_services: SIGTERM to the sensor (it detaches and flushes), then to the
+# collector. Returns the sensor's exit status.
+stop_services() {
+	_status=1
+	if [ -n "$SENSOR_PID" ]; then
+		kill -TERM "$SENSOR_PID" 2>/dev/null
+		wait "$SENSOR_PID"
+		_status=$?
+	fi
+	if [ -n "$COLLECTOR_PID" ]; then
+		kill -TERM "$COLLECTOR_PID" 2>/dev/null
+		wait "$COLLECTOR_PID"
+	fi
+	SENSOR_PID= COLLECTOR_PID=
+	return $_status
+}
