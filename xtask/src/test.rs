@@ -5,11 +5,12 @@
 //!    kernel state, hence one thread): `cargo test --release -p tests --
 //!    --test-threads=1` with `RXSENTRY_BIN_DIR` set to target/release.
 //!
-//! Both steps always run; the exit is non-zero when either fails. libtest's
-//! `test result:` lines are added up into one closing summary line.
-//
-// vm-test: a later third step boots Debian kernels in QEMU (see
-// ARCHITECTURE.md) and joins `results` below.
+//! 3. VM tests (`cargo xtask vm-test`): each guest kernel's kiosk image booted
+//!    in QEMU, then the kernel x capability matrix.
+//!
+//! Every step always runs; the exit is non-zero when any fails. libtest's
+//! `test result:` lines (and the VM tests' counts) are added up into one
+//! closing summary line.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -19,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cargo, describe, setup, target_dir};
+use crate::{build, cargo, describe, setup, target_dir, vm};
 
 /// Counts from libtest's `test result:` lines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub fn test() -> Result<()> {
     let results = vec![
         run_step("unit + in-process tests", &mut unit)?,
         run_step("integration tests (root, real kernel)", &mut integration)?,
-        // vm-test: added here later.
+        vm_step(),
     ];
 
     println!("\n== xtask test summary");
@@ -144,6 +145,38 @@ fn run_step(name: &'static str, cmd: &mut Command) -> Result<StepResult> {
         counts,
         secs: start.elapsed().as_secs_f64(),
     })
+}
+
+/// `vm-test` on the binaries just built, as one step of the summary.
+fn vm_step() -> StepResult {
+    const NAME: &str = "VM tests (QEMU, Debian kernels)";
+    println!("\n== {NAME}");
+    let start = Instant::now();
+    let opts = vm::test::Options {
+        no_build: true,
+        ..Default::default()
+    };
+    let (counts, status) = match vm::test::run(&opts) {
+        Ok(summary) => {
+            let counts = Counts {
+                passed: summary.passed,
+                failed: summary.failed,
+                ignored: 0,
+            };
+            (counts, summary.problems.join("; "))
+        }
+        Err(e) => (Counts::default(), format!("{e:#}")),
+    };
+    if !status.is_empty() {
+        println!("vm-test failed: {status}");
+    }
+    StepResult {
+        name: NAME,
+        ok: status.is_empty(),
+        status,
+        counts,
+        secs: start.elapsed().as_secs_f64(),
+    }
 }
 
 /// Parses libtest's closing line, e.g.
