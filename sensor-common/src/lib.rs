@@ -15,7 +15,8 @@ pub mod policy;
 pub use event::*;
 pub use offsets::KernelOffsets;
 pub use policy::{
-    ALLOW_ENTRIES, AllowEntry, FileId, PolicyEvent, PolicyState, action, backend, mode, reason,
+    ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, FileId, PolicyEvent,
+    PolicyState, action, backend, mode, reason,
 };
 
 /// Indexes of the per-CPU `DROPS` counter array.
@@ -41,4 +42,8 @@ pub mod names {
     pub const ALLOW_B: &str = "ALLOW_B";
     pub const POLICY_STATE: &str = "POLICY_STATE";
     pub const POLICY_SCOPE: &str = "POLICY_SCOPE";
+    pub const DENY_PARENT_A: &str = "DENY_PARENT_A";
+    pub const DENY_PARENT_B: &str = "DENY_PARENT_B";
+    pub const DENY_UID_A: &str = "DENY_UID_A";
+    pub const DENY_UID_B: &str = "DENY_UID_B";
 }

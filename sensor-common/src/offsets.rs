@@ -25,6 +25,7 @@ pub struct KernelOffsets {
     pub cred_egid: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    pub mm_exe_file: u32,
     pub signal_live: u32,
     pub bprm_filename: u32,
     pub bprm_file: u32,
@@ -39,7 +40,7 @@ pub struct KernelOffsets {
     pub inode_ctime_sec: u32,
     pub inode_ctime_nsec: u32,
     pub sb_dev: u32,
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 #[cfg(feature = "user")]

@@ -21,6 +21,27 @@ pub struct FileId {
     pub ino: u64,
 }
 
+/// Key of `DENY_PARENT_*`: an allowlisted program denied when its parent
+/// process runs `parent` (e.g. no shell spawned by the POS app).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyParentKey {
+    pub program: FileId,
+    pub parent: FileId,
+}
+
+/// Key of `DENY_UID_*`: an allowlisted program denied for one user.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyUidKey {
+    pub program: FileId,
+    pub uid: u32,
+    pub _pad: u32,
+}
+
+/// Entries of each deny-context map.
+pub const DENY_ENTRIES: u32 = 4096;
+
 /// What the daemon hashed; the kernel trusts the file only while these match.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,6 +95,8 @@ pub mod reason {
     pub const NOT_ALLOWED: u32 = 1;
     /// The file is allowlisted but changed since it was hashed.
     pub const MODIFIED: u32 = 2;
+    /// Allowlisted, but denied for this parent program or user.
+    pub const DENIED_CONTEXT: u32 = 3;
 }
 
 /// `PolicyEvent::backend`.
@@ -94,13 +117,16 @@ pub struct PolicyEvent {
     pub action: u32,
     pub reason: u32,
     pub backend: u32,
-    /// `AllowEntry::rule` for `MODIFIED`, else u32::MAX.
+    /// `AllowEntry::rule` for `MODIFIED`, the deny rule for
+    /// `DENIED_CONTEXT`, else u32::MAX.
     pub rule: u32,
     pub generation: u64,
     pub filename: [u8; FILENAME_LEN],
 }
 
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
+const _: () = assert!(core::mem::size_of::<DenyParentKey>() == 32);
+const _: () = assert!(core::mem::size_of::<DenyUidKey>() == 24);
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 40);
 const _: () = assert!(core::mem::size_of::<PolicyState>() == 24);
 const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 16 + 64 + 16 + 16 + 8 + FILENAME_LEN);
@@ -112,4 +138,6 @@ mod pod {
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::PolicyState {}
     unsafe impl aya::Pod for super::PolicyEvent {}
+    unsafe impl aya::Pod for super::DenyParentKey {}
+    unsafe impl aya::Pod for super::DenyUidKey {}
 }

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
 };
-use sensor_common::{COMM_LEN, EventHeader, FILENAME_LEN, KernelOffsets, TaskInfo};
+use sensor_common::{COMM_LEN, EventHeader, FILENAME_LEN, FileId, KernelOffsets, TaskInfo};
 
 /// A failed kernel read; the event is still sent, marked partial.
 pub struct ReadFailed;
@@ -94,7 +94,26 @@ pub struct InodeIdentity {
 /// own object, not a path from user memory.
 #[inline(always)]
 pub fn read_exec_inode(bprm: *const u8, o: &KernelOffsets) -> Result<InodeIdentity, ReadFailed> {
-    let file = read_ptr(bprm, o.bprm_file)?;
+    read_file_inode(read_ptr(bprm, o.bprm_file)?, o)
+}
+
+/// The file identity of the program `task`'s parent process runs
+/// (`real_parent->mm->exe_file`); fails for kernel threads (no mm).
+#[inline(always)]
+pub fn read_parent_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
+    let parent = read_ptr(task, o.task_real_parent)?;
+    let mm = read_ptr(parent, o.task_mm)?;
+    let inode = read_file_inode(read_ptr(mm, o.mm_exe_file)?, o)?;
+    Ok(FileId {
+        dev: inode.dev,
+        _pad: 0,
+        ino: inode.ino,
+    })
+}
+
+/// Identity fields of `file->f_inode`.
+#[inline(always)]
+fn read_file_inode(file: *const u8, o: &KernelOffsets) -> Result<InodeIdentity, ReadFailed> {
     let inode = read_ptr(file, o.file_inode)?;
     let sb = read_ptr(inode, o.inode_sb)?;
     Ok(InodeIdentity {

@@ -5,18 +5,20 @@
 //! userspace only fills the maps and is never in the exec path.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_send_signal},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_send_signal},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    ALLOW_ENTRIES, AllowEntry, EVENT_PARTIAL, EventKind, FileId, PolicyEvent, PolicyState, action,
-    backend, mode, reason,
+    ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, EVENT_PARTIAL, EventKind,
+    FileId, KernelOffsets, PolicyEvent, PolicyState, action, backend, mode, reason,
 };
 
 use crate::{
-    kernel::{InodeIdentity, header, read_exec_filename, read_exec_inode, read_task},
+    kernel::{
+        InodeIdentity, header, read_exec_filename, read_exec_inode, read_parent_exe, read_task,
+    },
     maps::{offsets, reserve_process_event, submit_process_event},
 };
 
@@ -30,6 +32,17 @@ static ALLOW_B: HashMap<FileId, AllowEntry> = HashMap::with_max_entries(ALLOW_EN
 
 #[map]
 static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(1, 0);
+
+/// Allowlisted programs denied under a given parent program or user, in
+/// the same two generations as the allowlist.
+#[map]
+static DENY_PARENT_A: HashMap<DenyParentKey, u32> = HashMap::with_max_entries(DENY_ENTRIES, 0);
+#[map]
+static DENY_PARENT_B: HashMap<DenyParentKey, u32> = HashMap::with_max_entries(DENY_ENTRIES, 0);
+#[map]
+static DENY_UID_A: HashMap<DenyUidKey, u32> = HashMap::with_max_entries(DENY_ENTRIES, 0);
+#[map]
+static DENY_UID_B: HashMap<DenyUidKey, u32> = HashMap::with_max_entries(DENY_ENTRIES, 0);
 
 /// cgroup v2 ids under enforcement when `PolicyState::scoped` is set.
 #[map]
@@ -68,7 +81,12 @@ pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let (why, rule) = match unsafe { allow.get(&key) }.copied() {
         None => (reason::NOT_ALLOWED, u32::MAX),
-        Some(entry) if unchanged(&entry, &inode) => return 0,
+        Some(entry) if unchanged(&entry, &inode) => {
+            match denied_context(&ctx, key, state.active, &o) {
+                Some(rule) => (reason::DENIED_CONTEXT, rule),
+                None => return 0,
+            }
+        }
         Some(entry) => (reason::MODIFIED, entry.rule),
     };
     let enforce = state.mode == mode::ENFORCE;
@@ -88,6 +106,35 @@ pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
         partial,
     );
     0
+}
+
+/// The deny rule that forbids this allowlisted program for the current
+/// user or under the parent's program, if any.
+#[inline(always)]
+fn denied_context(
+    ctx: &RawTracePointContext,
+    program: FileId,
+    active: u32,
+    o: &KernelOffsets,
+) -> Option<u32> {
+    let (by_uid, by_parent) = if active == 0 {
+        (&DENY_UID_A, &DENY_PARENT_A)
+    } else {
+        (&DENY_UID_B, &DENY_PARENT_B)
+    };
+    let uid_key = DenyUidKey {
+        program,
+        // The low half is the real uid.
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+    };
+    // SAFETY: values are copied out at once.
+    if let Some(rule) = unsafe { by_uid.get(&uid_key) } {
+        return Some(*rule);
+    }
+    let parent = read_parent_exe(ctx.arg(0), o).ok()?;
+    // SAFETY: as above.
+    unsafe { by_parent.get(&DenyParentKey { program, parent }) }.copied()
 }
 
 #[inline(always)]

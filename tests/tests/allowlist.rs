@@ -386,3 +386,79 @@ async fn fileless_and_loader_tricks_are_blocked() -> anyhow::Result<()> {
     sensor.stop().await?;
     Ok(())
 }
+
+/// An allowlisted shell is denied when the parent runs a given program (no
+/// shell spawned by "the POS app", here python3) or for a given user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_rules_forbid_a_program_by_parent_or_user() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-deny")?;
+    let python = std::fs::canonicalize("/usr/bin/python3")?;
+    let shell = std::fs::canonicalize("/bin/sh")?;
+    let setpriv = std::fs::canonicalize("/usr/bin/setpriv")?;
+    setup.write_policy(
+        "enforce",
+        &[Path::new("/usr/bin/touch"), &python, &shell, &setpriv],
+        &format!(
+            "[[deny]]\nprogram = \"/bin/sh\"\nparents = [\"{}\"]\nuids = [65534]\n",
+            python.display()
+        ),
+    )?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    // Started by the test (not python), as root: allowed.
+    let direct = setup.dir.path().join("direct");
+    let status = setup
+        .cgroup
+        .command("/bin/sh")
+        .arg("-c")
+        .arg(format!("/usr/bin/touch {}", direct.display()))
+        .status()?;
+    assert!(
+        status.success() && direct.exists(),
+        "sh from the test runs: {status}"
+    );
+
+    // Spawned by python: denied, killed before it runs.
+    let by_python = setup.dir.path().join("by-python");
+    let script = format!(
+        "import subprocess, sys\nr = subprocess.run(['/bin/sh', '-c', '/usr/bin/touch {}'])\nsys.exit(0 if r.returncode == -9 else 1)\n",
+        by_python.display()
+    );
+    let status = setup
+        .cgroup
+        .command(&python)
+        .arg("-c")
+        .arg(script)
+        .status()?;
+    assert!(status.success(), "python saw its shell SIGKILLed: {status}");
+    assert!(!by_python.exists());
+
+    // As uid 65534: denied (setpriv changes uid, then execs the shell).
+    let status = setup
+        .cgroup
+        .command(&setpriv)
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            "exit 0",
+        ])
+        .status()?;
+    assert_eq!(status.signal(), Some(9), "shell as uid 65534: {status}");
+
+    sub.until(Duration::from_secs(20), |s| policy_events(s).len() >= 2)
+        .await?;
+    for event in policy_events(&sub) {
+        assert_eq!(event.reason(), policy_event::Reason::DeniedContext);
+        assert_eq!(event.rule, "deny[0] /bin/sh");
+        assert_eq!(event.action(), policy_event::Action::Blocked);
+    }
+    sensor.stop().await?;
+    Ok(())
+}

@@ -18,6 +18,8 @@
 use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -48,6 +50,9 @@ pub struct Options {
     paced_rate: u32,
     #[arg(long, default_value_t = 5)]
     paced_seconds: u32,
+    /// Files in the allowlist of the enforcement round.
+    #[arg(long, default_value_t = 10_000)]
+    policy_entries: usize,
     /// Skip `cargo xtask build`.
     #[arg(long)]
     no_build: bool,
@@ -131,6 +136,24 @@ pub fn bench(opts: &Options) -> Result<()> {
     (report.rss_kib, report.peak_rss_kib) = sensor.rss_kib()?;
     sensor.stop()?;
 
+    // 6. Allowlisting: a 10,000-entry policy enforced (scoped to a bench
+    //    cgroup that the storm runs in) vs no sensor; then a reload.
+    let allow = AllowlistBench::prepare(opts.policy_entries)?;
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..opts.rounds {
+        let marker = format!("bench-allow-{round}");
+        let sensor = SensorProcess::start_with(&url, &allow.config(), Stdio::null())?;
+        with.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
+        sensor.stop()?;
+        without.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
+    }
+    report.allow_without = median(&without);
+    report.allow_with = median(&with);
+    report.policy_entries = opts.policy_entries;
+    report.reload_ms = allow.reload_ms(&url)?;
+    drop(allow);
+
     let _ = stop_tx.send(());
     rt.block_on(server)??;
 
@@ -145,6 +168,11 @@ pub fn bench(opts: &Options) -> Result<()> {
 /// `n` fork+exec of `/bin/true <marker>` from four threads; paced to `rate`
 /// per second if given. Returns the wall time.
 fn storm(n: usize, marker: &str, rate: Option<u32>) -> Result<Duration> {
+    storm_in(n, marker, rate, None)
+}
+
+/// [`storm`], each child moving itself into `cgroup` before its exec.
+fn storm_in(n: usize, marker: &str, rate: Option<u32>, cgroup: Option<&Path>) -> Result<Duration> {
     const THREADS: usize = 4;
     let start = Instant::now();
     let results: Vec<Result<()>> = std::thread::scope(|s| {
@@ -158,7 +186,16 @@ fn storm(n: usize, marker: &str, rate: Option<u32>) -> Result<Duration> {
                                 std::thread::sleep(wait);
                             }
                         }
-                        let status = Command::new("/bin/true").arg(marker).status()?;
+                        let mut cmd = Command::new("/bin/true");
+                        cmd.arg(marker);
+                        if let Some(cgroup) = cgroup {
+                            let procs = cgroup.join("cgroup.procs");
+                            // SAFETY: only open/write/close between fork and exec.
+                            unsafe {
+                                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+                            }
+                        }
+                        let status = cmd.status()?;
                         if !status.success() {
                             bail!("/bin/true failed: {status}");
                         }
@@ -298,15 +335,21 @@ struct SensorProcess {
 
 impl SensorProcess {
     fn start(url: &str) -> Result<Self> {
+        Self::start_with(url, "[log]\nlevel = \"warn\"\n", Stdio::inherit())
+    }
+
+    /// With extra config (TOML appended) and stderr sent to `stderr`.
+    fn start_with(url: &str, extra: &str, stderr: Stdio) -> Result<Self> {
         let mut config = tempfile::NamedTempFile::new()?;
         write!(
             config,
-            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"{url}\"\n[log]\nlevel = \"warn\"\n"
+            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"{url}\"\n{extra}"
         )?;
         let mut child = Command::new(target_dir().join("release/rxsentry-sensor"))
             .arg("--config")
             .arg(config.path())
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .context("starting rxsentry-sensor")?;
         let stdout = child.stdout.take().context("sensor stdout")?;
@@ -373,8 +416,113 @@ impl Drop for SensorProcess {
     }
 }
 
+/// A bench cgroup, a policy with `entries` trusted files plus /bin/true.
+struct AllowlistBench {
+    dir: tempfile::TempDir,
+    cgroup: PathBuf,
+    policy: PathBuf,
+}
+
+impl AllowlistBench {
+    fn prepare(entries: usize) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("trusted");
+        std::fs::create_dir(&root)?;
+        for i in 0..entries.saturating_sub(1) {
+            let p = root.join(format!("tool-{i}"));
+            std::fs::write(&p, format!("#!/bin/sh\n# {i}\n"))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let cgroup = cgroup2_root()?.join(format!("rxsentry-bench-{}", std::process::id()));
+        std::fs::create_dir(&cgroup).with_context(|| format!("mkdir {}", cgroup.display()))?;
+        let truth = std::fs::canonicalize("/bin/true")?;
+        let sha = sha256_of(&truth)?;
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"{}\"\nsha256 = \"{sha}\"\n[[trusted_root]]\npath = \"{}\"\n",
+                cgroup.display(),
+                truth.display(),
+                root.display()
+            ),
+        )?;
+        Ok(Self {
+            dir,
+            cgroup,
+            policy,
+        })
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[log]\nlevel = \"info\"\n[policy]\npath = \"{}\"\n",
+            self.policy.display()
+        )
+    }
+
+    /// Milliseconds the sensor reports for a SIGHUP reload of the policy.
+    fn reload_ms(&self, url: &str) -> Result<u64> {
+        let log = self.dir.path().join("sensor.log");
+        let sensor = SensorProcess::start_with(
+            url,
+            &self.config(),
+            Stdio::from(std::fs::File::create(&log)?),
+        )?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sensor.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(ms) = text
+                .lines()
+                .filter(|l| l.contains("allowlist reloaded"))
+                .find_map(|l| {
+                    l.split("took_ms=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+            {
+                sensor.stop()?;
+                return Ok(ms);
+            }
+            if Instant::now() > deadline {
+                bail!("no reload reported within 60 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AllowlistBench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .context("no cgroup2 mount in /proc/mounts")
+}
+
 #[derive(Default)]
 struct Report {
+    allow_without: Duration,
+    allow_with: Duration,
+    policy_entries: usize,
+    reload_ms: u64,
     storm_without: Duration,
     storm_with: Duration,
     paced_rate_achieved: f64,
@@ -476,6 +624,29 @@ impl Report {
             "| sensor RSS, now / peak | {rss_mib:.1} MiB / {peak_mib:.1} MiB | <= 40 MiB | {} |",
             verdict(peak_mib <= 40.0)
         );
+        let allow_ratio = self.allow_with.as_secs_f64() / self.allow_without.as_secs_f64();
+        let _ = writeln!(
+            t,
+            "| exec storm in an enforced cgroup, {}-entry allowlist / no sensor | {allow_ratio:.3} ({:.3} s / {:.3} s) | <= 1.05 | {} |",
+            self.policy_entries,
+            self.allow_with.as_secs_f64(),
+            self.allow_without.as_secs_f64(),
+            verdict(allow_ratio <= 1.05)
+        );
+        let _ = writeln!(
+            t,
+            "| policy reload (SIGHUP: parse, hash, swap), {} entries | {} ms | - | - |",
+            self.policy_entries, self.reload_ms
+        );
         t
     }
+}
+
+/// Hex SHA-256 of a file (the bench policy names what it allows by hash).
+fn sha256_of(path: &Path) -> Result<String> {
+    let out = crate::output_of("sha256sum", &[&path.to_string_lossy()])?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("sha256sum printed nothing")
 }

@@ -89,6 +89,7 @@ fn event_json(e: &HostEvent) -> Value {
             "reason": match p.reason() {
                 policy_event::Reason::NotAllowed => "not_allowed",
                 policy_event::Reason::Modified => "modified",
+                policy_event::Reason::DeniedContext => "denied_context",
                 policy_event::Reason::Unspecified => "unknown",
             },
             "path": p.path,

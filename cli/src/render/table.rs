@@ -97,6 +97,7 @@ fn policy_details(p: &PolicyEvent) -> String {
     let why = match p.reason() {
         policy_event::Reason::NotAllowed => "not allowlisted",
         policy_event::Reason::Modified => "modified since hashed",
+        policy_event::Reason::DeniedContext => "denied for this parent or user",
         policy_event::Reason::Unspecified => "unknown reason",
     };
     let mut out = format!("{what} {}  ({why}", clean(&p.path));

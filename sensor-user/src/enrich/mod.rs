@@ -125,6 +125,7 @@ impl Enricher {
         let reason = match block.reason {
             sensor_common::reason::NOT_ALLOWED => Reason::NotAllowed,
             sensor_common::reason::MODIFIED => Reason::Modified,
+            sensor_common::reason::DENIED_CONTEXT => Reason::DeniedContext,
             _ => Reason::Unspecified,
         };
         PolicyEvent {

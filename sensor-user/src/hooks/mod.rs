@@ -145,6 +145,14 @@ impl ProcessHooks {
         let b = take(&mut self.ebpf, names::ALLOW_B)?;
         Ok(crate::policy::PolicyMaps::new(
             [a, b],
+            [
+                take(&mut self.ebpf, names::DENY_PARENT_A)?,
+                take(&mut self.ebpf, names::DENY_PARENT_B)?,
+            ],
+            [
+                take(&mut self.ebpf, names::DENY_UID_A)?,
+                take(&mut self.ebpf, names::DENY_UID_B)?,
+            ],
             take(&mut self.ebpf, names::POLICY_STATE)?,
             take(&mut self.ebpf, names::POLICY_SCOPE)?,
             sensor_common::ALLOW_ENTRIES,

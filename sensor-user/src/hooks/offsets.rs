@@ -28,6 +28,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         cred_egid: f("cred", "egid")?,
         mm_arg_start: f("mm_struct", "arg_start")?,
         mm_arg_end: f("mm_struct", "arg_end")?,
+        mm_exe_file: f("mm_struct", "exe_file")?,
         signal_live: f("signal_struct", "live")?,
         bprm_filename: f("linux_binprm", "filename")?,
         bprm_file: f("linux_binprm", "file")?,
@@ -40,7 +41,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         inode_ctime_sec,
         inode_ctime_nsec,
         sb_dev: f("super_block", "s_dev")?,
-        _pad: [0; 3],
+        _pad: [0; 2],
     })
 }
 

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sensor_common::{AllowEntry, FileId};
+use sensor_common::{AllowEntry, DenyParentKey, DenyUidKey, FileId};
 
 use super::file::{Mode, PolicyError, PolicyFile};
 use crate::{enrich::hash_cache::sha256_hex, events::user_dev_to_kernel};
@@ -26,6 +26,9 @@ pub struct CompiledPolicy {
     /// cgroup v2 ids (inode numbers of the cgroup directories); empty: all.
     pub scope: Vec<u64>,
     pub entries: Vec<(FileId, AllowEntry)>,
+    /// Deny-in-context entries, valued with their rule index.
+    pub deny_parent: Vec<(DenyParentKey, u32)>,
+    pub deny_uid: Vec<(DenyUidKey, u32)>,
     /// Rule names by `AllowEntry::rule`.
     pub rules: Vec<String>,
     /// Expected SHA-256 by rule (None for trusted roots).
@@ -38,9 +41,9 @@ pub struct CompiledPolicy {
 /// without an exec of that file: never allowlist it (programs that need it
 /// get it from the kernel through PT_INTERP, with no exec check).
 pub fn is_dynamic_loader(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld.so") || n.starts_with("ld-musl"))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with("ld-linux") || n.starts_with("ld.so") || n.starts_with("ld-musl")
+    })
 }
 
 /// One allowlisted file as hashed now.
@@ -137,7 +140,46 @@ pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, Pol
             }
         }
     }
+    for (i, deny) in policy.deny.iter().enumerate() {
+        let index = out.rules.len() as u32;
+        out.rules
+            .push(format!("deny[{i}] {}", deny.program.display()));
+        out.expected.push(None);
+        let key = |path: &Path, what: &str| {
+            file_id(path).map_err(|source| PolicyError::Invalid {
+                path: origin.to_owned(),
+                key: format!("deny[{i}].{what}"),
+                reason: format!("{}: {source}", path.display()),
+            })
+        };
+        let program = key(&deny.program, "program")?;
+        for parent in &deny.parents {
+            let parent = key(parent, "parents")?;
+            out.deny_parent
+                .push((DenyParentKey { program, parent }, index));
+        }
+        for &uid in &deny.uids {
+            out.deny_uid.push((
+                DenyUidKey {
+                    program,
+                    uid,
+                    _pad: 0,
+                },
+                index,
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// The identity the kernel will see for `path` (symlinks followed).
+pub fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let meta = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: user_dev_to_kernel(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    })
 }
 
 /// Regular files with an exec bit below `dir` (symlinks are not followed).

@@ -38,6 +38,20 @@ pub struct TrustedRoot {
     pub path: PathBuf,
 }
 
+/// An allowlisted program that must not run for some parents or users, e.g.
+/// no shell started by the POS application.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    pub program: PathBuf,
+    /// Denied when the parent process runs one of these programs.
+    #[serde(default)]
+    pub parents: Vec<PathBuf>,
+    /// Denied for these real user ids.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
@@ -50,6 +64,8 @@ pub struct PolicyFile {
     pub allow: Vec<AllowRule>,
     #[serde(default)]
     pub trusted_root: Vec<TrustedRoot>,
+    #[serde(default)]
+    pub deny: Vec<DenyRule>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +149,26 @@ impl PolicyFile {
                 ));
             }
         }
+        for (i, deny) in self.deny.iter().enumerate() {
+            if !deny.program.is_absolute() {
+                return Err(invalid(
+                    format!("deny[{i}].program"),
+                    "must be an absolute path",
+                ));
+            }
+            if deny.parents.is_empty() && deny.uids.is_empty() {
+                return Err(invalid(
+                    format!("deny[{i}]"),
+                    "needs `parents` and/or `uids` (to forbid a program everywhere, leave it out of the allowlist)",
+                ));
+            }
+            if let Some(j) = deny.parents.iter().position(|p| !p.is_absolute()) {
+                return Err(invalid(
+                    format!("deny[{i}].parents[{j}]"),
+                    "must be an absolute path",
+                ));
+            }
+        }
         for (i, cgroup) in self.scope_cgroups.iter().enumerate() {
             if !cgroup.is_absolute() {
                 return Err(invalid(
@@ -184,5 +220,17 @@ mod tests {
         assert!(err("mode = \"lenient\"\n").contains("mode"));
         assert!(err("[[allow]]\npath = \"/x\"\nsha256 = \"{SHA}\"\nextra = 1\n").contains("extra"));
         assert!(err("[[trusted_root]]\npath = \"rel\"\n").contains("trusted_root[0].path"));
+        assert!(err("[[deny]]\nprogram = \"/bin/sh\"\n").contains("deny[0]"));
+        assert!(
+            err("[[deny]]\nprogram = \"/bin/sh\"\nparents = [\"/x\", \"y\"]\n")
+                .contains("deny[0].parents[1]")
+        );
+        assert_eq!(
+            parse("[[deny]]\nprogram = \"/bin/sh\"\nuids = [1001]\n")
+                .unwrap()
+                .deny[0]
+                .uids,
+            [1001]
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! instant is there no policy, or half of one.
 
 use aya::maps::{Array, HashMap, MapData};
-use sensor_common::{AllowEntry, FileId, PolicyState, mode};
+use sensor_common::{AllowEntry, DenyParentKey, DenyUidKey, FileId, PolicyState, mode};
 
 use super::{
     compile::CompiledPolicy,
@@ -16,6 +16,8 @@ use super::{
 /// The verdict maps, owned by the policy task.
 pub struct PolicyMaps {
     pub(crate) allow: [HashMap<MapData, FileId, AllowEntry>; 2],
+    pub(crate) deny_parent: [HashMap<MapData, DenyParentKey, u32>; 2],
+    pub(crate) deny_uid: [HashMap<MapData, DenyUidKey, u32>; 2],
     pub(crate) state: Array<MapData, PolicyState>,
     pub(crate) scope: HashMap<MapData, u64, u8>,
     /// Capacity of each allowlist map.
@@ -26,12 +28,16 @@ pub struct PolicyMaps {
 impl PolicyMaps {
     pub(crate) fn new(
         allow: [HashMap<MapData, FileId, AllowEntry>; 2],
+        deny_parent: [HashMap<MapData, DenyParentKey, u32>; 2],
+        deny_uid: [HashMap<MapData, DenyUidKey, u32>; 2],
         state: Array<MapData, PolicyState>,
         scope: HashMap<MapData, u64, u8>,
         capacity: u32,
     ) -> Self {
         Self {
             allow,
+            deny_parent,
+            deny_uid,
             state,
             scope,
             capacity,
@@ -59,8 +65,16 @@ impl PolicyMaps {
         }
         let next = 1 - self.current.active as usize;
         clear(&mut self.allow[next])?;
+        clear(&mut self.deny_parent[next])?;
+        clear(&mut self.deny_uid[next])?;
         for (id, entry) in &policy.entries {
             self.allow[next].insert(id, entry, 0)?;
+        }
+        for (key, rule) in &policy.deny_parent {
+            self.deny_parent[next].insert(key, rule, 0)?;
+        }
+        for (key, rule) in &policy.deny_uid {
+            self.deny_uid[next].insert(key, rule, 0)?;
         }
         // Scope ids: add the new ones before the swap, drop stale ones after.
         for id in &policy.scope {
@@ -88,6 +102,8 @@ impl PolicyMaps {
             let _ = self.scope.remove(&id);
         }
         clear(&mut self.allow[1 - next])?;
+        clear(&mut self.deny_parent[1 - next])?;
+        clear(&mut self.deny_uid[1 - next])?;
         Ok(state.generation)
     }
 
@@ -109,8 +125,8 @@ impl PolicyMaps {
     }
 }
 
-fn clear(map: &mut HashMap<MapData, FileId, AllowEntry>) -> Result<(), PolicyError> {
-    let keys: Vec<FileId> = map.keys().filter_map(Result::ok).collect();
+fn clear<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>) -> Result<(), PolicyError> {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
     for key in keys {
         map.remove(&key)?;
     }

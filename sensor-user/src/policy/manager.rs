@@ -150,6 +150,7 @@ impl Manager {
     /// Compiles the file and swaps it in; on any error the generation in
     /// force stays and the error is logged.
     fn reload(&mut self, why: &str) {
+        let started = std::time::Instant::now();
         self.stamp = stamp(&self.path);
         let result = load(&self.path).and_then(|compiled| {
             let generation = self.maps.apply(&compiled, &self.path)?;
@@ -157,7 +158,11 @@ impl Manager {
         });
         match result {
             Ok((compiled, generation)) => {
-                tracing::info!(reason = why, "allowlist reloaded");
+                tracing::info!(
+                    reason = why,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "allowlist reloaded"
+                );
                 log_applied(&compiled, generation);
                 if let Ok(mut rules) = self.rules.0.write() {
                     rules.clone_from(&compiled.rules);
