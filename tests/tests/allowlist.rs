@@ -75,6 +75,11 @@ impl Setup {
         }
     }
 
+    /// Runs `python -c script` in the cgroup.
+    fn python(&self, python: &Path, script: &str) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(self.cgroup.command(python).arg("-c").arg(script).status()?)
+    }
+
     /// Runs `program <marker file>` in the cgroup; returns its status and
     /// whether the marker file exists afterwards.
     fn run(&self, program: &Path, tag: &str) -> anyhow::Result<(std::process::ExitStatus, bool)> {
@@ -352,12 +357,7 @@ async fn fileless_and_loader_tricks_are_blocked() -> anyhow::Result<()> {
         "import os\nfd = os.memfd_create('x')\nos.write(fd, open('/usr/bin/touch', 'rb').read())\nos.execve(fd, ['touch', '{}'], {{}})\n",
         marker.display()
     );
-    let status = setup
-        .cgroup
-        .command(&python)
-        .arg("-c")
-        .arg(script)
-        .status()?;
+    let status = setup.python(&python, &script)?;
     assert_eq!(status.signal(), Some(9), "memfd + fexecve: {status}");
     assert!(!marker.exists());
 
@@ -426,12 +426,7 @@ async fn deny_rules_forbid_a_program_by_parent_or_user() -> anyhow::Result<()> {
         "import subprocess, sys\nr = subprocess.run(['/bin/sh', '-c', '/usr/bin/touch {}'])\nsys.exit(0 if r.returncode == -9 else 1)\n",
         by_python.display()
     );
-    let status = setup
-        .cgroup
-        .command(&python)
-        .arg("-c")
-        .arg(script)
-        .status()?;
+    let status = setup.python(&python, &script)?;
     assert!(status.success(), "python saw its shell SIGKILLed: {status}");
     assert!(!by_python.exists());
 
