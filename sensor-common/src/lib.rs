@@ -38,6 +38,8 @@ pub mod names {
     pub const PROG_FORK: &str = "sched_process_fork";
     pub const PROG_EXIT: &str = "sched_process_exit";
     pub const PROG_EXEC_VERDICT: &str = "exec_verdict";
+    pub const PROG_EXEC_VERDICT_LSM: &str = "exec_verdict_lsm";
+    pub const LSM_VERDICT_RUNS: &str = "LSM_VERDICT_RUNS";
     pub const ALLOW_A: &str = "ALLOW_A";
     pub const ALLOW_B: &str = "ALLOW_B";
     pub const POLICY_STATE: &str = "POLICY_STATE";

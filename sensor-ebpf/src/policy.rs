@@ -1,14 +1,19 @@
-//! Application allowlisting, backend "tracepoint + SIGKILL": at
-//! `sched_process_exec` the new image is loaded but has not run a single
-//! user-space instruction; a pending SIGKILL ends it on the way back to user
-//! space. The verdict is a map lookup by the executed inode's identity;
-//! userspace only fills the maps and is never in the exec path.
+//! Application allowlisting. One verdict (`decide`: a map lookup by the
+//! executed inode's identity), two backends the loader picks between:
+//! - A, BPF-LSM `bprm_check_security`: the exec fails with -EPERM;
+//! - B, raw tracepoint `sched_process_exec`: the new image is loaded but has
+//!   not run a single user-space instruction; a pending SIGKILL ends it on
+//!   the way back to user space.
+//!
+//! Userspace only fills the maps and is never in the exec path.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_send_signal},
-    macros::{map, raw_tracepoint},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_uid_gid, bpf_send_signal,
+    },
+    macros::{lsm, map, raw_tracepoint},
     maps::{Array, HashMap},
-    programs::RawTracePointContext,
+    programs::{LsmContext, RawTracePointContext},
 };
 use sensor_common::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, EVENT_PARTIAL, EventKind,
@@ -23,6 +28,7 @@ use crate::{
 };
 
 const SIGKILL: u32 = 9;
+const EPERM: i32 = 1;
 
 /// The two allowlist generations; `POLICY_STATE.active` picks the live one.
 #[map]
@@ -48,27 +54,34 @@ static DENY_UID_B: HashMap<DenyUidKey, u32> = HashMap::with_max_entries(DENY_ENT
 #[map]
 static POLICY_SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
-/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
-    let Some(o) = offsets() else { return 0 };
-    let Some(state) = POLICY_STATE.get(0).copied() else {
-        return 0;
-    };
+/// Why an exec is not allowed, decided from the maps alone.
+struct Verdict {
+    file: FileId,
+    why: u32,
+    rule: u32,
+    enforce: bool,
+    generation: u64,
+    partial: bool,
+}
+
+/// The verdict for `task` executing `bprm`, or None when it may run (policy
+/// off, out of scope, or allowlisted and unchanged and not denied here).
+#[inline(always)]
+fn decide(task: *const u8, bprm: *const u8, o: &KernelOffsets) -> Option<Verdict> {
+    let state = POLICY_STATE.get(0).copied()?;
     if state.mode == mode::OFF {
-        return 0;
+        return None;
     }
     // SAFETY: helper without preconditions.
     if state.scoped != 0 && unsafe { POLICY_SCOPE.get(&bpf_get_current_cgroup_id()) }.is_none() {
-        return 0;
+        return None;
     }
-    let bprm: *const u8 = ctx.arg(2);
     // An unreadable inode cannot be proven allowlisted: it is not allowed.
-    let (inode, partial) = match read_exec_inode(bprm, &o) {
+    let (inode, partial) = match read_exec_inode(bprm, o) {
         Ok(inode) => (inode, false),
         Err(_) => (InodeIdentity::default(), true),
     };
-    let key = FileId {
+    let file = FileId {
         dev: inode.dev,
         _pad: 0,
         ino: inode.ino,
@@ -79,44 +92,74 @@ pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
         &ALLOW_B
     };
     // SAFETY: the value is copied out at once.
-    let (why, rule) = match unsafe { allow.get(&key) }.copied() {
+    let (why, rule) = match unsafe { allow.get(&file) }.copied() {
         None => (reason::NOT_ALLOWED, u32::MAX),
-        Some(entry) if unchanged(&entry, &inode) => {
-            match denied_context(&ctx, key, state.active, &o) {
-                Some(rule) => (reason::DENIED_CONTEXT, rule),
-                None => return 0,
-            }
-        }
+        Some(entry) if unchanged(&entry, &inode) => (
+            reason::DENIED_CONTEXT,
+            denied_context(task, file, state.active, o)?,
+        ),
         Some(entry) => (reason::MODIFIED, entry.rule),
     };
-    let enforce = state.mode == mode::ENFORCE;
-    if enforce {
+    Some(Verdict {
+        file,
+        why,
+        rule,
+        enforce: state.mode == mode::ENFORCE,
+        generation: state.generation,
+        partial,
+    })
+}
+
+/// Backend B: `sched_process_exec(struct task_struct *p, pid_t old_pid,
+/// struct linux_binprm *bprm)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
+    let Some(o) = offsets() else { return 0 };
+    let task: *const u8 = ctx.arg(0);
+    let bprm: *const u8 = ctx.arg(2);
+    let Some(verdict) = decide(task, bprm, &o) else {
+        return 0;
+    };
+    if verdict.enforce {
         // First, so nothing below can delay or skip the kill.
         // SAFETY: signals the current task, which is the one executing.
         unsafe { bpf_send_signal(SIGKILL) };
     }
-    report(
-        &ctx,
-        bprm,
-        key,
-        why,
-        rule,
-        enforce,
-        state.generation,
-        partial,
-    );
+    report(task, bprm, &verdict, backend::TRACEPOINT_SIGKILL, &o);
     0
+}
+
+/// How often `exec_verdict_lsm` ran: the loader's proof that the kernel
+/// really calls BPF-LSM programs (attaching alone proves nothing).
+#[map]
+static LSM_VERDICT_RUNS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Backend A: `bprm_check_security(struct linux_binprm *bprm)`. Runs before
+/// the point of no return; -EPERM makes execve fail with "Operation not
+/// permitted" and the caller keeps running. For a script it runs once for
+/// the script and once for its interpreter.
+#[lsm(hook = "bprm_check_security")]
+pub fn exec_verdict_lsm(ctx: LsmContext) -> i32 {
+    if let Some(runs) = LSM_VERDICT_RUNS.get_ptr_mut(0) {
+        // SAFETY: the map's only slot; a lost count under a race is harmless.
+        unsafe { *runs += 1 };
+    }
+    let Some(o) = offsets() else { return 0 };
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // Argument 0 of this hook is the linux_binprm.
+    let bprm: *const u8 = ctx.arg(0);
+    let Some(verdict) = decide(task, bprm, &o) else {
+        return 0;
+    };
+    report(task, bprm, &verdict, backend::LSM, &o);
+    if verdict.enforce { -EPERM } else { 0 }
 }
 
 /// The deny rule that forbids this allowlisted program for the current
 /// user or under the parent's program, if any.
 #[inline(always)]
-fn denied_context(
-    ctx: &RawTracePointContext,
-    program: FileId,
-    active: u32,
-    o: &KernelOffsets,
-) -> Option<u32> {
+fn denied_context(task: *const u8, program: FileId, active: u32, o: &KernelOffsets) -> Option<u32> {
     let (by_uid, by_parent) = if active == 0 {
         (&DENY_UID_A, &DENY_PARENT_A)
     } else {
@@ -132,7 +175,7 @@ fn denied_context(
     if let Some(rule) = unsafe { by_uid.get(&uid_key) } {
         return Some(*rule);
     }
-    let parent = read_parent_exe(ctx.arg(0), o).ok()?;
+    let parent = read_parent_exe(task, o).ok()?;
     // SAFETY: as above.
     unsafe { by_parent.get(&DenyParentKey { program, parent }) }.copied()
 }
@@ -146,39 +189,28 @@ fn unchanged(entry: &AllowEntry, inode: &InodeIdentity) -> bool {
         && entry.ctime_nsec == inode.ctime_nsec
 }
 
+/// Sends the block (or would-block) event.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn report(
-    ctx: &RawTracePointContext,
-    bprm: *const u8,
-    file: FileId,
-    why: u32,
-    rule: u32,
-    enforced: bool,
-    generation: u64,
-    mut partial: bool,
-) {
-    let Some(o) = offsets() else { return };
+fn report(task: *const u8, bprm: *const u8, verdict: &Verdict, backend: u32, o: &KernelOffsets) {
     let Some(mut entry) = reserve_process_event::<PolicyEvent>() else {
         return;
     };
-    let task: *const u8 = ctx.arg(0);
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points into the reserved ring buffer slot of size PolicyEvent.
     unsafe {
         (*ev).header = header(EventKind::Policy as u32);
-        partial |= read_task(&mut (*ev).task, task, &o).is_err();
-        (*ev).file = file;
-        (*ev).action = if enforced {
+        let mut partial = verdict.partial || read_task(&mut (*ev).task, task, o).is_err();
+        (*ev).file = verdict.file;
+        (*ev).action = if verdict.enforce {
             action::BLOCKED
         } else {
             action::WOULD_BLOCK
         };
-        (*ev).reason = why;
-        (*ev).backend = backend::TRACEPOINT_SIGKILL;
-        (*ev).rule = rule;
-        (*ev).generation = generation;
-        partial |= read_exec_filename(&mut (*ev).filename, bprm, &o).is_err();
+        (*ev).reason = verdict.why;
+        (*ev).backend = backend;
+        (*ev).rule = verdict.rule;
+        (*ev).generation = verdict.generation;
+        partial |= read_exec_filename(&mut (*ev).filename, bprm, o).is_err();
         if partial {
             (*ev).header.flags |= EVENT_PARTIAL;
         }

@@ -156,6 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         process_ringbuf_bytes: config.kernel.process_ringbuf_bytes,
     })
     .context("attaching the kernel hooks")?;
+    tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
     let ring = hooks.take_process_ring()?;
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));

@@ -142,6 +142,16 @@ async fn unlisted_binary_is_killed_before_it_runs_and_listed_ones_run() -> anyho
     assert_eq!(process.ppid, std::process::id());
     assert!(!process.lineage.is_empty(), "parent chain reported");
 
+    // This host's kernel refuses BPF-LSM programs: the sensor says so and
+    // uses the tracepoint backend (the LSM backend is tested in the VM).
+    assert!(
+        sensor
+            .log()
+            .contains("exec allowlist backend: tracepoint+sigkill (BPF-LSM unavailable: load:"),
+        "{}",
+        sensor.log()
+    );
+
     // Outside the scoped cgroup nothing is enforced.
     let outside = std::process::Command::new(&intruder)
         .arg(setup.dir.path().join("outside"))

@@ -60,6 +60,89 @@ pub struct ProcessHooks {
     /// aya-log's reader; dropping it closes the log map, so it lives here.
     logger: Option<KernelLogger>,
     drops: PerCpuArray<MapData, u64>,
+    allowlist_backend: AllowlistBackend,
+}
+
+/// Where the exec allowlist verdict is enforced on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowlistBackend {
+    /// BPF-LSM `bprm_check_security`: the exec fails with EPERM.
+    Lsm,
+    /// Raw tracepoint at exec + SIGKILL; why BPF-LSM could not be used.
+    TracepointSigkill { lsm_unavailable: String },
+}
+
+impl std::fmt::Display for AllowlistBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lsm => f.write_str("lsm"),
+            Self::TracepointSigkill { lsm_unavailable } => {
+                write!(
+                    f,
+                    "tracepoint+sigkill (BPF-LSM unavailable: {lsm_unavailable})"
+                )
+            }
+        }
+    }
+}
+
+/// Attaches the preferred backend that works here: BPF-LSM if a program on
+/// `bprm_check_security` loads, attaches AND is seen running (a kernel can
+/// accept the attach yet never call BPF-LSM when `bpf` is not an active
+/// LSM), else the tracepoint.
+fn attach_exec_verdict(ebpf: &mut Ebpf) -> Result<AllowlistBackend, HookError> {
+    let lsm_unavailable = match try_lsm(ebpf) {
+        Ok(()) => return Ok(AllowlistBackend::Lsm),
+        Err(why) => why,
+    };
+    let name = names::PROG_EXEC_VERDICT;
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(HookError::Missing(name))?
+        .try_into()
+        .map_err(|source| HookError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| HookError::Program { name, source })?;
+    program
+        .attach(names::PROG_EXEC)
+        .map_err(|source| HookError::Program { name, source })?;
+    Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable })
+}
+
+fn try_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let program: &mut aya::programs::Lsm = ebpf
+        .program_mut(names::PROG_EXEC_VERDICT_LSM)
+        .ok_or("no LSM program in the object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    program
+        .load("bprm_check_security", &btf)
+        .map_err(|e| format!("load: {e}"))?;
+    let link = program.attach().map_err(|e| format!("attach: {e}"))?;
+    let runs: aya::maps::Array<&MapData, u64> = ebpf
+        .map(names::LSM_VERDICT_RUNS)
+        .ok_or("no run counter")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    // One exec of ourselves must go through the hook.
+    let ran = std::process::Command::new("/proc/self/exe")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok()
+        && runs.get(&0, 0).is_ok_and(|n| n > 0);
+    if ran {
+        return Ok(());
+    }
+    let program: &mut aya::programs::Lsm = ebpf
+        .program_mut(names::PROG_EXEC_VERDICT_LSM)
+        .ok_or("no LSM program in the object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    let _ = program.detach(link);
+    Err("attached, but the kernel never ran it (is `bpf` in the lsm= list?)".to_owned())
 }
 
 impl ProcessHooks {
@@ -81,19 +164,7 @@ impl ProcessHooks {
                 None
             }
         };
-        for name in [
-            names::PROG_EXEC,
-            names::PROG_FORK,
-            names::PROG_EXIT,
-            // Attached with the policy off; enforcement starts when the daemon
-            // writes a policy (PolicyMaps::apply).
-            names::PROG_EXEC_VERDICT,
-        ] {
-            let tracepoint = if name == names::PROG_EXEC_VERDICT {
-                names::PROG_EXEC
-            } else {
-                name
-            };
+        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(HookError::Missing(name))?
@@ -103,9 +174,12 @@ impl ProcessHooks {
                 .load()
                 .map_err(|source| HookError::Program { name, source })?;
             program
-                .attach(tracepoint)
+                .attach(name)
                 .map_err(|source| HookError::Program { name, source })?;
         }
+        // Attached with the policy off; enforcement starts when the daemon
+        // writes a policy (PolicyMaps::apply).
+        let allowlist_backend = attach_exec_verdict(&mut ebpf)?;
         let drops = ebpf
             .take_map(names::DROPS)
             .ok_or(HookError::Missing(names::DROPS))?;
@@ -117,6 +191,7 @@ impl ProcessHooks {
             ebpf,
             logger,
             drops,
+            allowlist_backend,
         })
     }
 
@@ -130,6 +205,11 @@ impl ProcessHooks {
             name: names::PROCESS_EVENTS,
             source,
         })
+    }
+
+    /// The exec allowlist backend chosen at load.
+    pub fn allowlist_backend(&self) -> &AllowlistBackend {
+        &self.allowlist_backend
     }
 
     /// Takes the allowlist maps (once).
@@ -171,6 +251,7 @@ impl ProcessHooks {
             ebpf,
             logger,
             drops,
+            allowlist_backend: _,
         } = self;
         drop(ebpf);
         drop(logger);
