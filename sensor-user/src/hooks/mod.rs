@@ -95,7 +95,16 @@ fn attach_exec_verdict(ebpf: &mut Ebpf) -> Result<AllowlistBackend, HookError> {
         Ok(()) => return Ok(AllowlistBackend::Lsm),
         Err(why) => why,
     };
-    let name = names::PROG_EXEC_VERDICT;
+    attach_raw_tracepoint(ebpf, names::PROG_EXEC_VERDICT, names::PROG_EXEC)?;
+    Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable })
+}
+
+/// Loads program `name` and attaches it to raw tracepoint `tracepoint`.
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<(), HookError> {
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)
         .ok_or(HookError::Missing(name))?
@@ -105,9 +114,9 @@ fn attach_exec_verdict(ebpf: &mut Ebpf) -> Result<AllowlistBackend, HookError> {
         .load()
         .map_err(|source| HookError::Program { name, source })?;
     program
-        .attach(names::PROG_EXEC)
+        .attach(tracepoint)
         .map_err(|source| HookError::Program { name, source })?;
-    Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable })
+    Ok(())
 }
 
 fn try_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
@@ -165,17 +174,7 @@ impl ProcessHooks {
             }
         };
         for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(HookError::Missing(name))?
-                .try_into()
-                .map_err(|source| HookError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| HookError::Program { name, source })?;
-            program
-                .attach(name)
-                .map_err(|source| HookError::Program { name, source })?;
+            attach_raw_tracepoint(&mut ebpf, name, name)?;
         }
         // Attached with the policy off; enforcement starts when the daemon
         // writes a policy (PolicyMaps::apply).
