@@ -28,7 +28,7 @@ start_services() {
 		echo "collector not listening within ${READY_SECS}s: $(tail -n 3 "$RXSENTRY_LOG/collector.err")"
 		return 1
 	fi
-	rxsentry-sensor --config /etc/rxsentry/sensor.toml \
+	rxsentry-sensor --config "${SENSOR_CONFIG:-/etc/rxsentry/sensor.toml}" \
 		>"$RXSENTRY_LOG/sensor.out" 2>"$RXSENTRY_LOG/sensor.err" &
 	SENSOR_PID=$!
 	if ! wait_for "$RXSENTRY_LOG/sensor.out" "rxsentry-sensor ready" "$READY_SECS"; then
