@@ -94,7 +94,25 @@ pub fn bench(opts: &Options) -> Result<()> {
     report.storm_without = median(&without);
     report.storm_with = median(&with);
 
-    // 2..5 with one long-lived sensor, and now a subscriber (kept out of the
+    // 2. Allowlisting: a 10,000-entry policy enforced (scoped to a bench
+    //    cgroup that the storm runs in) vs no sensor; then a reload.
+    let allow = AllowlistBench::prepare(opts.policy_entries)?;
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..opts.rounds {
+        let marker = format!("bench-allow-{round}");
+        let sensor = SensorProcess::start_with(&url, &allow.config(), Stdio::null())?;
+        with.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
+        sensor.stop()?;
+        without.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
+    }
+    report.allow_without = median(&without);
+    report.allow_with = median(&with);
+    report.policy_entries = opts.policy_entries;
+    report.reload_ms = allow.reload_ms(&url)?;
+    drop(allow);
+
+    // 3..6 with one long-lived sensor, and now a subscriber (kept out of the
     // storm rounds: on a kiosk the SOC side runs elsewhere).
     let counter = rt.block_on(Counter::subscribe(&url))?;
     let sensor = SensorProcess::start(&url)?;
@@ -103,10 +121,16 @@ pub fn bench(opts: &Options) -> Result<()> {
     // Paced execs: all must arrive, no drops.
     let paced_marker = "bench-paced";
     let paced_n = (opts.paced_rate * opts.paced_seconds) as usize;
+    let stats = BpfStats::enable()?;
+    let bpf_before = sensor.bpf_run_time()?;
     let cpu_before = sensor.cpu_ticks()?;
     let paced_took = storm(paced_n, paced_marker, Some(opts.paced_rate))?;
     report.paced_sensor_cpu_us_per_exec =
         (sensor.cpu_ticks()? - cpu_before) as f64 * 1e6 / ticks_per_sec() / paced_n as f64;
+    let (bpf_ns, bpf_runs) = sensor.bpf_run_time()?;
+    report.bpf_ns_per_exec = (bpf_ns - bpf_before.0) as f64 / paced_n as f64;
+    report.bpf_runs_per_exec = (bpf_runs - bpf_before.1) as f64 / paced_n as f64;
+    drop(stats);
     report.paced_rate_achieved = paced_n as f64 / paced_took.as_secs_f64();
     report.paced_sent = paced_n as u64;
     report.paced_seen = counter.wait_for(paced_marker, paced_n as u64, Duration::from_secs(30));
@@ -135,24 +159,6 @@ pub fn bench(opts: &Options) -> Result<()> {
     report.drops = after.drops;
     (report.rss_kib, report.peak_rss_kib) = sensor.rss_kib()?;
     sensor.stop()?;
-
-    // 6. Allowlisting: a 10,000-entry policy enforced (scoped to a bench
-    //    cgroup that the storm runs in) vs no sensor; then a reload.
-    let allow = AllowlistBench::prepare(opts.policy_entries)?;
-    let mut without = Vec::new();
-    let mut with = Vec::new();
-    for round in 0..opts.rounds {
-        let marker = format!("bench-allow-{round}");
-        let sensor = SensorProcess::start_with(&url, &allow.config(), Stdio::null())?;
-        with.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
-        sensor.stop()?;
-        without.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
-    }
-    report.allow_without = median(&without);
-    report.allow_with = median(&with);
-    report.policy_entries = opts.policy_entries;
-    report.reload_ms = allow.reload_ms(&url)?;
-    drop(allow);
 
     let _ = stop_tx.send(());
     rt.block_on(server)??;
@@ -367,6 +373,25 @@ impl SensorProcess {
         })
     }
 
+    /// Total run time (ns) and runs of every BPF program the sensor holds,
+    /// from /proc/<pid>/fdinfo (counted while `BpfStats` is alive).
+    fn bpf_run_time(&self) -> Result<(u64, u64)> {
+        let mut total = (0, 0);
+        for fd in std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id()))? {
+            let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(ns), Some(runs)) = (field("run_time_ns:"), field("run_cnt:")) {
+                total.0 += ns;
+                total.1 += runs;
+            }
+        }
+        Ok(total)
+    }
+
     /// User + system CPU time of the sensor so far, in clock ticks.
     fn cpu_ticks(&self) -> Result<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
@@ -413,6 +438,28 @@ impl Drop for SensorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `kernel.bpf_stats_enabled` on for its lifetime (restored on drop): the
+/// kernel then times every BPF program run.
+struct BpfStats {
+    before: String,
+}
+
+impl BpfStats {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(Self::SYSCTL)?;
+        std::fs::write(Self::SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, self.before.trim());
     }
 }
 
@@ -527,6 +574,8 @@ struct Report {
     storm_with: Duration,
     paced_rate_achieved: f64,
     paced_sensor_cpu_us_per_exec: f64,
+    bpf_ns_per_exec: f64,
+    bpf_runs_per_exec: f64,
     paced_sent: u64,
     paced_seen: u64,
     fast_execs: u64,
@@ -586,6 +635,11 @@ impl Report {
             t,
             "| paced execs: arrived / sent, at {:.0} execs/s reached (asked {}) | {} / {} | all, 0 drops at 2,000/s | {paced_verdict} |",
             self.paced_rate_achieved, opts.paced_rate, self.paced_seen, self.paced_sent,
+        );
+        let _ = writeln!(
+            t,
+            "| kernel side: BPF program time per exec (all programs, {:.1} runs) | {:.0} ns | - | - |",
+            self.bpf_runs_per_exec, self.bpf_ns_per_exec
         );
         let capacity = 1e6 / self.paced_sensor_cpu_us_per_exec.max(1e-9);
         let _ = writeln!(
