@@ -249,6 +249,23 @@ async fn monitor_mode_reports_but_does_not_block() -> anyhow::Result<()> {
     assert_eq!(event.action(), policy_event::Action::WouldBlock);
     assert_eq!(event.mode, "monitor");
     assert_eq!(event.path, intruder.display().to_string());
+
+    // A script run through its interpreter is reported with the script's
+    // path (the verdict is on the interpreter the kernel executes).
+    let script = setup.dir.path().join("restock.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh
+exit 0
+",
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    assert!(setup.cgroup.command(&script).status()?.success());
+    let script_path = script.display().to_string();
+    sub.until(Duration::from_secs(20), |s| {
+        policy_events(s).iter().any(|p| p.path == script_path)
+    })
+    .await?;
     sensor.stop().await?;
     Ok(())
 }
