@@ -73,7 +73,7 @@ fn decide(task: *const u8, bprm: *const u8, o: &KernelOffsets) -> Option<Verdict
         return None;
     }
     // SAFETY: helper without preconditions.
-    if state.scoped != 0 && unsafe { POLICY_SCOPE.get(&bpf_get_current_cgroup_id()) }.is_none() {
+    if state.scoped != 0 && unsafe { POLICY_SCOPE.get(bpf_get_current_cgroup_id()) }.is_none() {
         return None;
     }
     // An unreadable inode cannot be proven allowlisted: it is not allowed.
@@ -92,7 +92,7 @@ fn decide(task: *const u8, bprm: *const u8, o: &KernelOffsets) -> Option<Verdict
         &ALLOW_B
     };
     // SAFETY: the value is copied out at once.
-    let (why, rule) = match unsafe { allow.get(&file) }.copied() {
+    let (why, rule) = match unsafe { allow.get(file) }.copied() {
         None => (reason::NOT_ALLOWED, u32::MAX),
         Some(entry) if unchanged(&entry, &inode) => (
             reason::DENIED_CONTEXT,
@@ -172,12 +172,12 @@ fn denied_context(task: *const u8, program: FileId, active: u32, o: &KernelOffse
         _pad: 0,
     };
     // SAFETY: values are copied out at once.
-    if let Some(rule) = unsafe { by_uid.get(&uid_key) } {
+    if let Some(rule) = unsafe { by_uid.get(uid_key) } {
         return Some(*rule);
     }
     let parent = read_parent_exe(task, o).ok()?;
     // SAFETY: as above.
-    unsafe { by_parent.get(&DenyParentKey { program, parent }) }.copied()
+    unsafe { by_parent.get(DenyParentKey { program, parent }) }.copied()
 }
 
 #[inline(always)]
