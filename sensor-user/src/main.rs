@@ -106,7 +106,34 @@ fn policy_command(action: PolicyCmd) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rxsentry-sensor: {}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line for an operator: each cause once, even when an error's own
+/// message already quotes its source.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Cmd::Policy { action }) = args.command {
         return policy_command(action);
@@ -120,6 +147,16 @@ fn main() -> anyhow::Result<()> {
         config.validate()?;
     }
     if args.check_config {
+        if let Some(path) = &config.policy.path {
+            let policy = policy::manager::load(path)?;
+            println!(
+                "policy {}: mode {}, {} files allowed, {} skipped",
+                path.display(),
+                policy.mode.as_str(),
+                policy.entries.len(),
+                policy.skipped.len()
+            );
+        }
         println!("configuration is valid");
         return Ok(());
     }
