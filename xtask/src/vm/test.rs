@@ -34,6 +34,7 @@ pub const EXPECTED_TESTS: &[&str] = &[
     "kiosk-apps",
     matrix::PROCESS_TEST,
     matrix::LSM_TEST,
+    "allowlist-lsm",
 ];
 /// After the DONE line, how long the guest may take to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
