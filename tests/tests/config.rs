@@ -1,7 +1,7 @@
 //! A bad configuration stops start-up with an error that names the key, and
 //! nothing is attached to the kernel.
 
-use tests::{sensor_programs_loaded, sensor_with_config};
+use tests::{sensor_programs_after_exit, sensor_with_config};
 
 async fn refused(text: &str, must_name: &str) -> anyhow::Result<()> {
     let (status, stderr) = sensor_with_config(text).await?;
@@ -11,7 +11,7 @@ async fn refused(text: &str, must_name: &str) -> anyhow::Result<()> {
         "error for {text:?} does not name {must_name:?}: {stderr}"
     );
     assert!(
-        sensor_programs_loaded()?.is_empty(),
+        sensor_programs_after_exit().await?.is_empty(),
         "a refused config left programs attached"
     );
     Ok(())
