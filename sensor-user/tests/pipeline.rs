@@ -60,14 +60,7 @@ fn exec(timestamp_ns: u64, task: TaskIdentity, path: &std::path::Path) -> Kernel
         task,
         filename: path.to_string_lossy().into_owned(),
         argv: vec!["prog".into()],
-        argv_truncated: false,
-        filename_truncated: false,
-        device: 0,
-        inode: 0,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        partial: false,
+        ..Default::default()
     })
 }
 

@@ -111,15 +111,10 @@ impl Enricher {
             timestamp_ns: block.timestamp_ns,
             task: block.task.clone(),
             filename: block.filename.clone(),
-            argv: Vec::new(),
-            argv_truncated: false,
-            filename_truncated: false,
             device: block.device,
             inode: block.inode,
-            size: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
             partial: block.partial,
+            ..Default::default()
         };
         let hash = self.hashes.hash_exec(&as_exec);
         let reason = match block.reason {
@@ -205,14 +200,7 @@ mod tests {
             task: execd.clone(),
             filename: prog.to_string_lossy().into_owned(),
             argv: vec!["prog".into(), "-x".into()],
-            argv_truncated: false,
-            filename_truncated: false,
-            device: 0,
-            inode: 0,
-            size: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            partial: false,
+            ..Default::default()
         }));
         let Some(Kind::Exec(x)) = exec.kind else {
             panic!("exec kind")
@@ -255,14 +243,8 @@ mod tests {
             task: task(0x7fff_ff02, 1, "x", 1),
             filename: "/nonexistent/rxsentry-test".into(),
             argv: vec![],
-            argv_truncated: false,
-            filename_truncated: false,
-            device: 0,
-            inode: 0,
-            size: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
             partial: true,
+            ..Default::default()
         }));
         let Some(Kind::Exec(x)) = ev.kind else {
             panic!("exec kind")

@@ -396,14 +396,7 @@ pub(crate) mod tests {
             task: t,
             filename: filename.into(),
             argv: vec![],
-            argv_truncated: false,
-            filename_truncated: false,
-            device: 0,
-            inode: 0,
-            size: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            partial: false,
+            ..Default::default()
         }
     }
 

@@ -26,7 +26,7 @@ pub struct TaskIdentity {
 }
 
 /// A program was executed (after the point of no return).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecRecord {
     pub timestamp_ns: u64,
     pub task: TaskIdentity,
