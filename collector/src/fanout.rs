@@ -142,6 +142,7 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
         Some(event::Kind::Fork(f)) => (f.process.as_ref(), None),
         Some(event::Kind::Exit(x)) => (x.process.as_ref(), None),
         Some(event::Kind::Policy(p)) => (p.process.as_ref(), Some(p.path.as_str())),
+        Some(event::Kind::File(f)) => (f.process.as_ref(), None),
         None => (None, None),
     };
     let comm = process
@@ -162,6 +163,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Fork(_)) => EventKind::Fork,
         Some(event::Kind::Exit(_)) => EventKind::Exit,
         Some(event::Kind::Policy(_)) => EventKind::Policy,
+        Some(event::Kind::File(_)) => EventKind::File,
         None => EventKind::Unspecified,
     }
 }

@@ -19,6 +19,10 @@ pub enum EventKind {
     Exit = 3,
     /// A [`crate::policy::PolicyEvent`].
     Policy = 4,
+    /// A [`crate::file::FileEvent`].
+    File = 5,
+    /// A [`crate::file::FileRenameEvent`].
+    FileRename = 7,
 }
 
 impl EventKind {
@@ -28,6 +32,8 @@ impl EventKind {
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
             4 => Some(Self::Policy),
+            5 => Some(Self::File),
+            7 => Some(Self::FileRename),
             _ => None,
         }
     }

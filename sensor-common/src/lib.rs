@@ -9,10 +9,16 @@
 #![no_std]
 
 pub mod event;
+pub mod file;
 pub mod offsets;
 pub mod policy;
 
 pub use event::*;
+pub use file::{
+    FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileRenameEvent, FileSettings,
+    NO_ANCHOR, PATH_CHAIN_TRUNCATED, PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry,
+    file_op,
+};
 pub use offsets::KernelOffsets;
 pub use policy::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, FileId, PolicyEvent,
@@ -25,8 +31,13 @@ pub mod drop_reason {
     pub const PROCESS_RINGBUF_FULL: u32 = 0;
     /// A kernel read needed for an event failed; the event went out partial.
     pub const KERNEL_READ_FAILED: u32 = 1;
+    /// `bpf_ringbuf_reserve` on `FILE_EVENTS` failed, or a watched file
+    /// operation could not be held until its syscall returned.
+    pub const FILE_RINGBUF_FULL: u32 = 2;
+    /// `bpf_ringbuf_reserve` on `NET_EVENTS` failed.
+    pub const NET_RINGBUF_FULL: u32 = 3;
     /// Number of counters in `DROPS`.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// Names of maps and programs, shared so the loader cannot misspell them.
@@ -48,4 +59,59 @@ pub mod names {
     pub const DENY_PARENT_B: &str = "DENY_PARENT_B";
     pub const DENY_UID_A: &str = "DENY_UID_A";
     pub const DENY_UID_B: &str = "DENY_UID_B";
+    pub const FILE_EVENTS: &str = "FILE_EVENTS";
+    pub const WATCHED: &str = "WATCHED";
+    pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
+    pub const WATCH_EXCLUDED_EXES: &str = "WATCH_EXCLUDED_EXES";
+    pub const FILE_SETTINGS: &str = "FILE_SETTINGS";
+    /// The syscall-entry programs of file operations, with the tracepoint
+    /// (`syscalls:<name>`) each one attaches to.
+    pub const FILE_ENTER_PROGRAMS: &[(&str, &str)] = &[
+        ("file_enter_openat", "sys_enter_openat"),
+        ("file_enter_openat2", "sys_enter_openat2"),
+        ("file_enter_open", "sys_enter_open"),
+        ("file_enter_creat", "sys_enter_creat"),
+        ("file_enter_unlink", "sys_enter_unlink"),
+        ("file_enter_unlinkat", "sys_enter_unlinkat"),
+        ("file_enter_rmdir", "sys_enter_rmdir"),
+        ("file_enter_rename", "sys_enter_rename"),
+        ("file_enter_renameat", "sys_enter_renameat"),
+        ("file_enter_renameat2", "sys_enter_renameat2"),
+        ("file_enter_chmod", "sys_enter_chmod"),
+        ("file_enter_fchmod", "sys_enter_fchmod"),
+        ("file_enter_fchmodat", "sys_enter_fchmodat"),
+        ("file_enter_fchmodat2", "sys_enter_fchmodat2"),
+        ("file_enter_chown", "sys_enter_chown"),
+        ("file_enter_lchown", "sys_enter_lchown"),
+        ("file_enter_fchown", "sys_enter_fchown"),
+        ("file_enter_fchownat", "sys_enter_fchownat"),
+    ];
+    /// Finishes an open (decides on the file the kernel opened).
+    pub const PROG_FILE_EXIT_OPEN: &str = "file_exit_open";
+    pub const FILE_EXIT_OPEN_TRACEPOINTS: &[&str] = &[
+        "sys_exit_openat",
+        "sys_exit_openat2",
+        "sys_exit_open",
+        "sys_exit_creat",
+    ];
+    /// Finishes a path operation decided at entry (adds the result).
+    pub const PROG_FILE_EXIT_PENDING: &str = "file_exit_pending";
+    pub const FILE_EXIT_PENDING_TRACEPOINTS: &[&str] = &[
+        "sys_exit_unlink",
+        "sys_exit_unlinkat",
+        "sys_exit_rmdir",
+        "sys_exit_rename",
+        "sys_exit_renameat",
+        "sys_exit_renameat2",
+        "sys_exit_chmod",
+        "sys_exit_fchmod",
+        "sys_exit_fchmodat",
+        "sys_exit_fchmodat2",
+        "sys_exit_chown",
+        "sys_exit_lchown",
+        "sys_exit_fchown",
+        "sys_exit_fchownat",
+    ];
+    /// Exec of a watched file (raw tracepoint `sched_process_exec`).
+    pub const PROG_FILE_EXEC: &str = "file_exec";
 }

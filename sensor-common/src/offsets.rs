@@ -40,7 +40,22 @@ pub struct KernelOffsets {
     pub inode_ctime_sec: u32,
     pub inode_ctime_nsec: u32,
     pub sb_dev: u32,
-    pub _pad: [u32; 2],
+    // files
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub path_dentry: u32,
+    pub file_f_path: u32,
+    pub dentry_parent: u32,
+    /// `d_name.name`: the qstr's name pointer, offsets added up.
+    pub dentry_name: u32,
+    pub dentry_inode: u32,
+    pub dentry_sb: u32,
+    pub _pad: [u32; 1],
 }
 
 #[cfg(feature = "user")]

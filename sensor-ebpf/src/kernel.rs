@@ -101,13 +101,69 @@ pub fn read_exec_inode(bprm: *const u8, o: &KernelOffsets) -> Result<InodeIdenti
 /// (`real_parent->mm->exe_file`); fails for kernel threads (no mm).
 #[inline(always)]
 pub fn read_parent_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
-    let parent = read_ptr(task, o.task_real_parent)?;
-    let mm = read_ptr(parent, o.task_mm)?;
+    read_task_exe(read_ptr(task, o.task_real_parent)?, o)
+}
+
+/// The file identity of the program `task` runs (`mm->exe_file`).
+#[inline(always)]
+pub fn read_task_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
+    let mm = read_ptr(task, o.task_mm)?;
     let inode = read_file_inode(read_ptr(mm, o.mm_exe_file)?, o)?;
     Ok(FileId {
         dev: inode.dev,
         _pad: 0,
         ino: inode.ino,
+    })
+}
+
+/// `task->files->fdt->fd[fd]`, or an error for a closed or out-of-range fd.
+#[inline(always)]
+pub fn read_fd_file(task: *const u8, fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+    let files = read_ptr(task, o.task_files)?;
+    let fdt = read_ptr(files, o.files_fdt)?;
+    if fd >= read::<u32>(fdt, o.fdt_max_fds)? {
+        return Err(ReadFailed);
+    }
+    let array = read_ptr(fdt, o.fdt_fd)?;
+    let file = read::<*const u8>(array, fd * 8)?;
+    if file.is_null() {
+        return Err(ReadFailed);
+    }
+    Ok(file)
+}
+
+/// `file->f_path.dentry`.
+#[inline(always)]
+pub fn read_file_dentry(file: *const u8, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+    read_ptr(file, o.file_f_path + o.path_dentry)
+}
+
+/// The dentry of `task`'s root (`true`) or working directory (`false`).
+#[inline(always)]
+pub fn read_fs_dentry(
+    task: *const u8,
+    root: bool,
+    o: &KernelOffsets,
+) -> Result<*const u8, ReadFailed> {
+    let fs = read_ptr(task, o.task_fs)?;
+    let path = if root { o.fs_root } else { o.fs_pwd };
+    read_ptr(fs, path + o.path_dentry)
+}
+
+/// (device, inode) of a dentry; inode 0 for a negative dentry.
+#[inline(always)]
+pub fn read_dentry_id(dentry: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
+    let sb = read_ptr(dentry, o.dentry_sb)?;
+    let inode = read_ptr(dentry, o.dentry_inode)?;
+    let ino = if inode.is_null() {
+        0
+    } else {
+        read::<u64>(inode, o.inode_ino)?
+    };
+    Ok(FileId {
+        dev: read::<u32>(sb, o.sb_dev)?,
+        _pad: 0,
+        ino,
     })
 }
 

@@ -23,12 +23,16 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::
 static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
 /// The offsets for this kernel, or `None` if the loader did not fill them (the
-/// programs then stay silent instead of reading garbage).
+/// programs then stay silent instead of reading garbage). A reference, not a
+/// copy: the struct is a third of the 512-byte BPF stack.
 #[inline(always)]
-pub fn offsets() -> Option<KernelOffsets> {
-    // SAFETY: a plain read of a read-only global; volatile so the compiler does
-    // not fold the zero initialiser into the code.
-    let o = unsafe { core::ptr::read_volatile(&OFFSETS) };
+pub fn offsets() -> Option<&'static KernelOffsets> {
+    // Reading the address through a volatile load hides from the compiler
+    // that the global is zero-initialised, so it cannot fold the fields the
+    // loader fills to zero.
+    let ptr: *const KernelOffsets = &OFFSETS;
+    // SAFETY: a read of a local; then of a read-only global.
+    let o = unsafe { &*core::ptr::read_volatile(&ptr) };
     (o.valid != 0).then_some(o)
 }
 
@@ -56,13 +60,28 @@ pub fn reserve_process_event<T: 'static>() -> Option<RingBufEntry<T>> {
 /// an exec storm costs a few wakeups instead of one per event.
 #[inline(always)]
 pub fn submit_process_event<T>(entry: RingBufEntry<T>) {
+    entry.submit(wake_flags(&PROCESS_EVENTS));
+}
+
+/// Copies `event` into `ring` (for records built in map memory), counting
+/// a drop under `reason` when the ring is full.
+#[inline(always)]
+pub fn output_event<T>(ring: &RingBuf, event: &T, reason: u32) {
+    if ring.output::<T>(event, wake_flags(ring)).is_err() {
+        count_drop(reason);
+    }
+}
+
+/// Commit flags for `ring`: no wakeup until 64 KiB or a quarter of it waits.
+#[inline(always)]
+fn wake_flags(ring: &RingBuf) -> u64 {
     const WAKE_BYTES: u64 = 64 * 1024;
-    let pending = PROCESS_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let ring = PROCESS_EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let flags = if pending >= WAKE_BYTES || pending >= ring / 4 {
+    let pending = ring.query(BPF_RB_AVAIL_DATA as u64);
+    let size = ring.query(BPF_RB_RING_SIZE as u64);
+    let flags = if pending >= WAKE_BYTES || pending >= size / 4 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
+    flags as u64
 }

@@ -117,7 +117,7 @@ pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
     let Some(o) = offsets() else { return 0 };
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
-    let Some(verdict) = decide(task, bprm, &o) else {
+    let Some(verdict) = decide(task, bprm, o) else {
         return 0;
     };
     if verdict.enforce {
@@ -125,7 +125,7 @@ pub fn exec_verdict(ctx: RawTracePointContext) -> u32 {
         // SAFETY: signals the current task, which is the one executing.
         unsafe { bpf_send_signal(SIGKILL) };
     }
-    report(task, bprm, &verdict, backend::TRACEPOINT_SIGKILL, &o);
+    report(task, bprm, &verdict, backend::TRACEPOINT_SIGKILL, o);
     0
 }
 
@@ -149,10 +149,10 @@ pub fn exec_verdict_lsm(ctx: LsmContext) -> i32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // Argument 0 of this hook is the linux_binprm.
     let bprm: *const u8 = ctx.arg(0);
-    let Some(verdict) = decide(task, bprm, &o) else {
+    let Some(verdict) = decide(task, bprm, o) else {
         return 0;
     };
-    report(task, bprm, &verdict, backend::LSM, &o);
+    report(task, bprm, &verdict, backend::LSM, o);
     if verdict.enforce { -EPERM } else { 0 }
 }
 

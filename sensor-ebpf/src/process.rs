@@ -31,7 +31,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
     // SAFETY: `ev` points into the reserved ring buffer slot of size ExecEvent.
     unsafe {
         (*ev).header = header(EventKind::Exec as u32);
-        let mut partial = read_task(&mut (*ev).task, task, &o).is_err();
+        let mut partial = read_task(&mut (*ev).task, task, o).is_err();
         (*ev).dev = 0;
         (*ev).ino = 0;
         (*ev).size = 0;
@@ -39,8 +39,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
         (*ev).mtime_nsec = 0;
         (*ev)._pad = 0;
         (*ev).argv_len = 0;
-        partial |= read_exec_file(&mut *ev, bprm, &o).is_err();
-        match read_argv(&mut *ev, task, &o) {
+        partial |= read_exec_file(&mut *ev, bprm, o).is_err();
+        match read_argv(&mut *ev, task, o) {
             Ok(true) => (*ev).header.flags |= EXEC_ARGV_TRUNCATED,
             Ok(false) => {}
             Err(ReadFailed) => partial = true,
@@ -127,7 +127,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
     // SAFETY: `ev` points into the reserved ring buffer slot of size ForkEvent.
     unsafe {
         (*ev).header = header(EventKind::Fork as u32);
-        if read_task(&mut (*ev).task, child, &o).is_err() {
+        if read_task(&mut (*ev).task, child, o).is_err() {
             (*ev).header.flags |= EVENT_PARTIAL;
             count_drop(drop_reason::KERNEL_READ_FAILED);
         }
@@ -154,7 +154,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
     unsafe {
         (*ev).header = header(EventKind::Exit as u32);
         (*ev)._pad = 0;
-        let mut partial = read_task(&mut (*ev).task, task, &o).is_err();
+        let mut partial = read_task(&mut (*ev).task, task, o).is_err();
         match read::<u32>(task, o.task_exit_code) {
             Ok(code) => (*ev).exit_code = code,
             Err(ReadFailed) => {

@@ -62,7 +62,135 @@ pub struct Config {
     pub process_table: ProcessTableConfig,
     pub pipeline: PipelineConfig,
     pub policy: PolicyConfig,
+    pub files: FilesConfig,
     pub log: LogConfig,
+}
+
+/// `[files]`: file telemetry on watched paths, filtered in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    pub enabled: bool,
+    /// Watched files and directory trees.
+    pub watch: Vec<WatchRule>,
+    /// Subtrees of watched trees that are never reported.
+    pub exclude_paths: Vec<PathBuf>,
+    /// Executables whose file activity is never reported.
+    pub exclude_processes: Vec<PathBuf>,
+    /// Seconds between re-reads of the watched set (paths that appeared,
+    /// files replaced by rename). 0: only at start and SIGHUP.
+    pub refresh_seconds: u64,
+}
+
+/// One `[[files.watch]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchRule {
+    /// Absolute path; a `*` in the last component matches names there.
+    pub path: String,
+    /// Operations reported (see [`FILE_OPS`]); empty or absent: all.
+    #[serde(default)]
+    pub ops: Vec<String>,
+}
+
+/// Names of file operations in `[[files.watch]].ops`, with their kernel op.
+pub const FILE_OPS: &[(&str, u32)] = &[
+    ("read", sensor_common::file_op::OPEN_READ),
+    ("write", sensor_common::file_op::OPEN_WRITE),
+    ("unlink", sensor_common::file_op::UNLINK),
+    ("rename", sensor_common::file_op::RENAME),
+    ("chmod", sensor_common::file_op::CHMOD),
+    ("chown", sensor_common::file_op::CHOWN),
+    ("exec", sensor_common::file_op::EXEC),
+];
+
+impl WatchRule {
+    fn new(path: &str, ops: &[&str]) -> Self {
+        Self {
+            path: path.to_owned(),
+            ops: ops.iter().map(|op| (*op).to_owned()).collect(),
+        }
+    }
+
+    /// The kernel's op mask; names were checked by [`Config::validate`].
+    pub fn op_mask(&self) -> u32 {
+        if self.ops.is_empty() {
+            return sensor_common::file_op::ALL;
+        }
+        self.ops
+            .iter()
+            .filter_map(|name| FILE_OPS.iter().find(|(n, _)| n == name))
+            .fold(0, |mask, (_, op)| mask | (1 << op))
+    }
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        const CHANGES: &[&str] = &["write", "unlink", "rename", "chmod", "chown"];
+        Self {
+            enabled: true,
+            watch: vec![
+                WatchRule::new("/var/lib/pharmacy", &[]),
+                WatchRule::new("/opt/pos", CHANGES),
+                WatchRule::new("/opt/dispensing", CHANGES),
+                WatchRule::new("/etc/passwd", CHANGES),
+                WatchRule::new("/etc/shadow", &[]),
+                WatchRule::new("/etc/sudoers*", &[]),
+            ],
+            exclude_paths: Vec::new(),
+            exclude_processes: Vec::new(),
+            refresh_seconds: 30,
+        }
+    }
+}
+
+impl FilesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, rule) in self.watch.iter().enumerate() {
+            let key = format!("files.watch[{i}].path");
+            check_absolute(&key, Path::new(&rule.path))?;
+            let (dir, last) = rule.path.rsplit_once('/').unwrap_or_default();
+            if dir.contains('*') || last.matches('*').count() > 1 {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "only one `*`, in the last component, is supported: {:?}",
+                        rule.path
+                    ),
+                ));
+            }
+            for op in &rule.ops {
+                if !FILE_OPS.iter().any(|(name, _)| name == op) {
+                    let names: Vec<_> = FILE_OPS.iter().map(|(n, _)| *n).collect();
+                    return Err(invalid(
+                        &format!("files.watch[{i}].ops"),
+                        format!(
+                            "unknown operation {op:?}; expected one of {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, path) in self.exclude_paths.iter().enumerate() {
+            check_absolute(&format!("files.exclude_paths[{i}]"), path)?;
+        }
+        for (i, path) in self.exclude_processes.iter().enumerate() {
+            check_absolute(&format!("files.exclude_processes[{i}]"), path)?;
+        }
+        in_range("files.refresh_seconds", self.refresh_seconds, 0, 86_400)
+    }
+}
+
+fn check_absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
+    let text = path.to_string_lossy();
+    if !path.is_absolute() || text.contains("/../") || text.ends_with("/..") {
+        return Err(invalid(
+            key,
+            format!("must be an absolute path without `..`: {text:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `[policy]`: application allowlisting.
@@ -129,12 +257,14 @@ impl Default for BatchingConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct KernelConfig {
     pub process_ringbuf_bytes: u32,
+    pub file_ringbuf_bytes: u32,
 }
 
 impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             process_ringbuf_bytes: 4 << 20,
+            file_ringbuf_bytes: 8 << 20,
         }
     }
 }
@@ -252,13 +382,20 @@ impl Config {
             1,
             1_000_000,
         )?;
-        let ring = self.kernel.process_ringbuf_bytes;
-        in_range("kernel.process_ringbuf_bytes", ring, 4096, 1 << 30)?;
-        if !ring.is_power_of_two() {
-            return Err(invalid(
+        for (key, ring) in [
+            (
                 "kernel.process_ringbuf_bytes",
-                format!("must be a power of two (the kernel requires it), got {ring}"),
-            ));
+                self.kernel.process_ringbuf_bytes,
+            ),
+            ("kernel.file_ringbuf_bytes", self.kernel.file_ringbuf_bytes),
+        ] {
+            in_range(key, ring, 4096, 1 << 30)?;
+            if !ring.is_power_of_two() {
+                return Err(invalid(
+                    key,
+                    format!("must be a power of two (the kernel requires it), got {ring}"),
+                ));
+            }
         }
         let h = &self.hashing;
         in_range("hashing.max_file_bytes", h.max_file_bytes, 1, 64 << 30)?;
@@ -268,6 +405,7 @@ impl Config {
         in_range("process_table.lineage_depth", p.lineage_depth, 0, 64)?;
         let q = self.pipeline.event_queue_capacity;
         in_range("pipeline.event_queue_capacity", q, 1, 16 << 20)?;
+        self.files.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("not a tracing filter: {e}")));
         }

@@ -1,6 +1,8 @@
 //! The rxsentry sensor daemon as a library: data flows
 //! `hooks` (kernel programs, ring buffers) -> `events` (decode) -> `enrich`
 //! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
+//! `policy` (exec allowlist) and `watch` (watched files) keep the kernel's
+//! decision maps in sync with their configuration.
 
 pub mod config;
 pub mod enrich;
@@ -10,3 +12,4 @@ pub mod identity;
 pub mod pipeline;
 pub mod policy;
 pub mod transport;
+pub mod watch;

@@ -12,6 +12,7 @@ use sensor_user::{
     identity, pipeline,
     policy::{self, manager::Command as PolicyCommand},
     transport::DropTracker,
+    watch::{self, manager::Command as WatchCommand},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -174,10 +175,10 @@ fn run_main() -> anyhow::Result<()> {
         .thread_name("rxsentry-sensor")
         .enable_all()
         .build()?
-        .block_on(run(config))
+        .block_on(run(config, args.config))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let host = identity::host_identity(&config.host)?;
     tracing::info!(host_id = %host.host_id, instance = %host.sensor_instance_id, "starting");
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -191,10 +192,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut hooks = ProcessHooks::load_and_attach(&HookConfig {
         process_ringbuf_bytes: config.kernel.process_ringbuf_bytes,
+        file_ringbuf_bytes: config.kernel.file_ringbuf_bytes,
+        files: config.files.enabled,
     })
     .context("attaching the kernel hooks")?;
     tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
     let ring = hooks.take_process_ring()?;
+    let anchors = watch::Anchors::default();
+    let (watch_tx, watch_thread, file_ring) = if config.files.enabled {
+        // The sensor's own binary, config and policy: tamper evidence.
+        let self_files: Vec<PathBuf> = std::env::current_exe()
+            .into_iter()
+            .chain(config_path.clone())
+            .chain(config.policy.path.clone())
+            .collect();
+        let maps = hooks.take_watch_maps()?;
+        let (tx, thread) =
+            watch::manager::start(maps, config.files.clone(), self_files, anchors.clone())
+                .context("file watch set")?;
+        (Some(tx), Some(thread), Some(hooks.take_file_ring()?))
+    } else {
+        (None, None, None)
+    };
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
@@ -246,6 +265,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
+    let file_reader = file_ring.map(|ring| {
+        let sender = pipeline.sender();
+        let drops = drops.clone();
+        let watch_tx = watch_tx.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(hooks::read_ring(
+            ring,
+            move |record| match events::decode(record) {
+                Ok(events::KernelEvent::File(mut file)) => {
+                    anchors.resolve_record(&mut file);
+                    if let Some(tx) = &watch_tx {
+                        watch::manager::notice(tx, &file);
+                    }
+                    _ = sender.push(events::KernelEvent::File(file));
+                }
+                Ok(event) => _ = sender.push(event),
+                Err(e) => {
+                    drops.add_malformed_kernel_records(1);
+                    tracing::warn!(error = %e, "undecodable kernel file record");
+                }
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (stop, task)
+    });
+
     println!("rxsentry-sensor ready");
     tracing::info!(
         "kernel hooks attached; streaming to {}",
@@ -256,10 +303,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => match &policy_tx {
-                Some(tx) => _ = tx.send(PolicyCommand::Reload),
-                None => tracing::info!("SIGHUP: no policy configured"),
-            },
+            _ = sighup.recv() => {
+                if let Some(tx) = &watch_tx {
+                    _ = tx.send(WatchCommand::Refresh("SIGHUP"));
+                }
+                match &policy_tx {
+                    Some(tx) => _ = tx.send(PolicyCommand::Reload),
+                    None => tracing::info!("SIGHUP: no policy configured"),
+                }
+            }
             _ = poll.tick() => match hooks.kernel_drops() {
                 Ok(k) => record_kernel_drops(&drops, k),
                 Err(e) => tracing::warn!(error = %e, "cannot read kernel drop counters"),
@@ -272,10 +324,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tx.send(PolicyCommand::Stop);
         let _ = thread.join();
     }
+    if let (Some(tx), Some(thread)) = (&watch_tx, watch_thread) {
+        let _ = tx.send(WatchCommand::Stop);
+        let _ = thread.join();
+    }
     let final_drops = hooks.detach()?;
     record_kernel_drops(&drops, final_drops);
     let _ = stop_reader.send(());
     reader.await?.context("ring buffer reader")?;
+    if let Some((stop, task)) = file_reader {
+        let _ = stop.send(());
+        task.await?.context("file ring buffer reader")?;
+    }
     let report = pipeline.shutdown(FLUSH_DEADLINE).await;
     tracing::info!(?report, "stopped");
     if report.deadline_exceeded {
@@ -289,7 +349,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {
-    drops.set_kernel_ringbuf_full(k.process_ringbuf_full);
+    drops.set_kernel_ringbuf_full(k.process_ringbuf_full + k.file_ringbuf_full);
+    drops.set_kernel_file_ringbuf_full(k.file_ringbuf_full);
 }
 
 /// Copies aya-log records from the programs into `log` (and so `tracing`).

@@ -8,7 +8,7 @@ use proto::telemetry::v1::{
 };
 use serde_json::{Map, Value, json};
 
-use super::kind_and_process;
+use super::{file_operation, kind_and_process};
 
 pub fn render(response: &SubscribeResponse) -> Value {
     match &response.item {
@@ -101,6 +101,19 @@ fn event_json(e: &HostEvent) -> Value {
             "policy_generation": p.policy_generation,
             "file_device": p.file.map(|f| f.device),
             "file_inode": p.file.map(|f| f.inode),
+        }),
+        Some(event::Kind::File(f)) => json!({
+            "operation": file_operation(f),
+            "path": f.path,
+            "new_path": (!f.new_path.is_empty()).then_some(&f.new_path),
+            "path_truncated": f.path_truncated,
+            "flags": f.flags,
+            "result": f.result,
+            "mode": f.mode,
+            "uid": f.uid,
+            "gid": f.gid,
+            "file_device": f.file.map(|f| f.device),
+            "file_inode": f.file.map(|f| f.inode),
         }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };

@@ -4,7 +4,9 @@
 mod json;
 mod table;
 
-use proto::telemetry::v1::{Event, HostIdentity, Process, SubscribeResponse, event};
+use proto::telemetry::v1::{
+    Event, FileEvent, HostIdentity, Process, SubscribeResponse, event, file_event,
+};
 
 /// Output style of `tail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,22 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Fork(f)) => ("fork", f.process.as_ref()),
         Some(event::Kind::Exit(x)) => ("exit", x.process.as_ref()),
         Some(event::Kind::Policy(p)) => ("policy", p.process.as_ref()),
+        Some(event::Kind::File(f)) => ("file", f.process.as_ref()),
         None => ("unknown", None),
+    }
+}
+
+/// Lower-case name of a file operation, as `--json` and the table print it.
+fn file_operation(f: &FileEvent) -> &'static str {
+    match f.operation() {
+        file_event::Operation::OpenRead => "read",
+        file_event::Operation::OpenWrite => "write",
+        file_event::Operation::Unlink => "unlink",
+        file_event::Operation::Rename => "rename",
+        file_event::Operation::Chmod => "chmod",
+        file_event::Operation::Chown => "chown",
+        file_event::Operation::Exec => "exec",
+        file_event::Operation::Unspecified => "unknown",
     }
 }
 

@@ -5,11 +5,12 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, ExecEvent, ExitEvent, HostEvent, HostRecord, PolicyEvent, SequenceRecord,
-    SubscribeResponse, event, host_record, policy_event, sequence_record, subscribe_response,
+    DropCounters, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, PolicyEvent,
+    SequenceRecord, SubscribeResponse, event, host_record, policy_event, sequence_record,
+    subscribe_response,
 };
 
-use super::{host_id, kind_and_process};
+use super::{file_operation, host_id, kind_and_process};
 
 /// Hex digits of the SHA-256 shown (enough to tell files apart at a glance).
 const SHORT_HASH: usize = 12;
@@ -74,6 +75,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Fork(_)) => format!("parent={}", num(|p| p.ppid)),
         Some(event::Kind::Exit(x)) => exit_details(x),
         Some(event::Kind::Policy(p)) => policy_details(p),
+        Some(event::Kind::File(f)) => file_details(f),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -86,6 +88,29 @@ fn event_line(e: &HostEvent) -> String {
         &clean(process.map_or("-", |p| p.comm.as_str())),
         &details,
     )
+}
+
+fn file_details(f: &FileEvent) -> String {
+    let mut out = format!("{} {}", file_operation(f), clean(&f.path));
+    if !f.new_path.is_empty() {
+        let _ = write!(out, " -> {}", clean(&f.new_path));
+    }
+    if f.path_truncated {
+        out.push('…');
+    }
+    if let Some(mode) = f.mode {
+        let _ = write!(out, " mode={mode:o}");
+    }
+    if let Some(uid) = f.uid {
+        let _ = write!(out, " uid={uid}");
+    }
+    if let Some(gid) = f.gid {
+        let _ = write!(out, " gid={gid}");
+    }
+    if f.result < 0 {
+        let _ = write!(out, "  FAILED errno={}", -f.result);
+    }
+    out
 }
 
 fn policy_details(p: &PolicyEvent) -> String {

@@ -9,14 +9,15 @@ pub mod process_table;
 use std::path::Path;
 
 use proto::telemetry::v1::{
-    Event, ExecEvent, ExitEvent, FileIdentity, ForkEvent, PolicyEvent,
+    Event, ExecEvent, ExitEvent, FileEvent, FileIdentity, ForkEvent, PolicyEvent,
     event::Kind,
+    file_event::Operation,
     policy_event::{Action, Reason},
 };
 
 use crate::{
     config::Config,
-    events::{ExecRecord, KernelEvent, PolicyRecord},
+    events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord},
 };
 pub use hash_cache::{ExecHash, HashCache, HashError, HashStats};
 pub use process_table::{ProcessTable, TableStats};
@@ -96,6 +97,7 @@ impl Enricher {
                 })
             }
             KernelEvent::Policy(block) => Kind::Policy(self.policy_event(block)),
+            KernelEvent::File(file) => Kind::File(self.file_event(*file)),
         };
         Event {
             timestamp_ns,
@@ -105,6 +107,44 @@ impl Enricher {
 }
 
 impl Enricher {
+    fn file_event(&mut self, f: FileRecord) -> FileEvent {
+        use sensor_common::file_op;
+        let operation = match f.op {
+            file_op::OPEN_READ => Operation::OpenRead,
+            file_op::OPEN_WRITE => Operation::OpenWrite,
+            file_op::UNLINK => Operation::Unlink,
+            file_op::RENAME => Operation::Rename,
+            file_op::CHMOD => Operation::Chmod,
+            file_op::CHOWN => Operation::Chown,
+            file_op::EXEC => Operation::Exec,
+            _ => Operation::Unspecified,
+        };
+        let creates = f.flags & 0o100 != 0;
+        let mode = match operation {
+            Operation::Chmod => Some(f.mode),
+            Operation::OpenWrite if creates => Some(f.mode),
+            _ => None,
+        };
+        let id = |v: u32| (operation == Operation::Chown && v != u32::MAX).then_some(v);
+        FileEvent {
+            process: Some(self.table.describe(&f.task)),
+            operation: operation as i32,
+            path_truncated: f.raw_path.truncated
+                || f.raw_new_path.as_ref().is_some_and(|p| p.truncated),
+            path: f.path,
+            new_path: f.new_path.unwrap_or_default(),
+            flags: f.flags,
+            result: f.result,
+            mode,
+            uid: id(f.uid),
+            gid: id(f.gid),
+            file: (f.inode != 0).then_some(FileIdentity {
+                device: f.device,
+                inode: f.inode,
+            }),
+        }
+    }
+
     fn policy_event(&mut self, block: PolicyRecord) -> PolicyEvent {
         // Hash what was stopped, for the analyst: same cache as execs.
         let as_exec = ExecRecord {

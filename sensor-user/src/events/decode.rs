@@ -4,10 +4,14 @@ use std::mem::size_of;
 
 use sensor_common::{
     EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent,
-    ExitEvent, ForkEvent, PolicyEvent, TaskInfo, action,
+    ExitEvent, FileEvent, FileRenameEvent, ForkEvent, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
+    PATH_NAME_TRUNCATED, PathRecord, PolicyEvent, TaskInfo, action,
 };
 
-use super::{ExecRecord, ExitRecord, ForkRecord, KernelEvent, PolicyRecord, TaskIdentity};
+use super::{
+    ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, PolicyRecord, RawPath,
+    TaskIdentity,
+};
 
 /// A record that does not match any layout we know. Counted, never fatal.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +86,56 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 partial,
             }))
         }
+        EventKind::File => {
+            let raw: FileEvent = read_exact(bytes, kind)?;
+            Ok(KernelEvent::File(Box::new(file_record(
+                &raw, None, partial,
+            ))))
+        }
+        EventKind::FileRename => {
+            let raw: FileRenameEvent = read_exact(bytes, kind)?;
+            Ok(KernelEvent::File(Box::new(file_record(
+                &raw.file,
+                Some(raw_path(&raw.new_path)),
+                partial,
+            ))))
+        }
+    }
+}
+
+fn file_record(raw: &FileEvent, raw_new_path: Option<RawPath>, partial: bool) -> FileRecord {
+    FileRecord {
+        timestamp_ns: raw.header.timestamp_ns,
+        task: task_identity(&raw.task),
+        op: raw.op,
+        flags: raw.flags,
+        result: raw.result,
+        mode: raw.mode,
+        uid: raw.uid,
+        gid: raw.gid,
+        device: kernel_dev_to_user(raw.dev),
+        inode: raw.ino,
+        raw_path: raw_path(&raw.path),
+        raw_new_path,
+        path: String::new(),
+        new_path: None,
+        partial,
+    }
+}
+
+/// The kernel's path record; names are cut at the chain's valid length, so
+/// a hostile or stale byte after it is never read.
+fn raw_path(p: &PathRecord) -> RawPath {
+    let chain_len = (p.chain_len as usize).min(p.chain.len());
+    RawPath {
+        anchor: (p.anchor != NO_ANCHOR).then_some(p.anchor),
+        chain: p.chain[..chain_len]
+            .split(|&b| b == 0)
+            .filter(|name| !name.is_empty())
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect(),
+        name: c_string(&p.name),
+        truncated: p.flags & (PATH_CHAIN_TRUNCATED | PATH_NAME_TRUNCATED) != 0,
     }
 }
 

@@ -7,6 +7,18 @@ mod decode;
 
 pub use decode::{DecodeError, decode, kernel_dev_to_user, user_dev_to_kernel};
 
+/// The identity the kernel sees for `path` (symlinks followed): device in
+/// the kernel's encoding, and inode.
+pub fn file_id(path: &std::path::Path) -> std::io::Result<sensor_common::FileId> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    Ok(sensor_common::FileId {
+        dev: user_dev_to_kernel(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    })
+}
+
 /// Identity and credentials of a task as the kernel reported them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskIdentity {
@@ -104,6 +116,46 @@ pub struct PolicyRecord {
     pub partial: bool,
 }
 
+/// A path as the kernel reported it; [`crate::watch::Anchors`] turns it
+/// into a full path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawPath {
+    /// Index into the anchor table (a watched root or an ancestor of one).
+    pub anchor: Option<u32>,
+    /// Directory and file names the kernel walked, leaf first.
+    pub chain: Vec<String>,
+    /// The path string the process gave, relative to the chain's leaf.
+    pub name: String,
+    /// The kernel cut the chain or the string.
+    pub truncated: bool,
+}
+
+/// A file operation on a watched path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileRecord {
+    pub timestamp_ns: u64,
+    pub task: TaskIdentity,
+    /// A `sensor_common::file_op::*` value.
+    pub op: u32,
+    /// open(2) / unlinkat / renameat2 / fchownat flags.
+    pub flags: u32,
+    /// Syscall return value: >= 0 success, -errno failure.
+    pub result: i64,
+    pub mode: u32,
+    /// chown target ids; u32::MAX = unchanged.
+    pub uid: u32,
+    pub gid: u32,
+    /// Device (userspace encoding) and inode, when the kernel held the file.
+    pub device: u64,
+    pub inode: u64,
+    pub raw_path: RawPath,
+    pub raw_new_path: Option<RawPath>,
+    /// Full paths, filled by `Anchors::resolve_record` before enrichment.
+    pub path: String,
+    pub new_path: Option<String>,
+    pub partial: bool,
+}
+
 /// One decoded kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
@@ -111,6 +163,8 @@ pub enum KernelEvent {
     Fork(ForkRecord),
     Exit(ExitRecord),
     Policy(PolicyRecord),
+    /// Boxed: a file record is several times the size of the others.
+    File(Box<FileRecord>),
 }
 
 impl KernelEvent {
@@ -120,6 +174,7 @@ impl KernelEvent {
             Self::Fork(e) => e.timestamp_ns,
             Self::Exit(e) => e.timestamp_ns,
             Self::Policy(e) => e.timestamp_ns,
+            Self::File(e) => e.timestamp_ns,
         }
     }
 
@@ -129,6 +184,7 @@ impl KernelEvent {
             Self::Fork(e) => &e.task,
             Self::Exit(e) => &e.task,
             Self::Policy(e) => &e.task,
+            Self::File(e) => &e.task,
         }
     }
 }

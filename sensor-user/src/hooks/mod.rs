@@ -10,9 +10,11 @@ mod ringbuf;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use sensor_common::{AllowEntry, FileId, drop_reason, names};
+
+use crate::watch::kernel::WatchMaps;
 
 pub use btf::{BtfError, KernelBtf};
 pub use ringbuf::{read_ring, register_readable};
@@ -52,6 +54,10 @@ pub enum HookError {
 pub struct HookConfig {
     /// Size of `PROCESS_EVENTS`; a power of two, at least one page.
     pub process_ringbuf_bytes: u32,
+    /// Size of `FILE_EVENTS`; same rules.
+    pub file_ringbuf_bytes: u32,
+    /// Attach the file telemetry programs.
+    pub files: bool,
 }
 
 /// The loaded and attached process programs.
@@ -99,17 +105,24 @@ fn attach_exec_verdict(ebpf: &mut Ebpf) -> Result<AllowlistBackend, HookError> {
     Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable })
 }
 
+/// Program `name` of the object as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, HookError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(HookError::Missing(name))?
+        .try_into()
+        .map_err(|source| HookError::Program { name, source })
+}
+
 /// Loads program `name` and attaches it to raw tracepoint `tracepoint`.
 fn attach_raw_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     tracepoint: &str,
 ) -> Result<(), HookError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(HookError::Missing(name))?
-        .try_into()
-        .map_err(|source| HookError::Program { name, source })?;
+    let program: &mut RawTracePoint = program(ebpf, name)?;
     program
         .load()
         .map_err(|source| HookError::Program { name, source })?;
@@ -117,6 +130,56 @@ fn attach_raw_tracepoint(
         .attach(tracepoint)
         .map_err(|source| HookError::Program { name, source })?;
     Ok(())
+}
+
+/// Loads the syscall tracepoint program `name` and attaches it to each of
+/// `tracepoints` (`syscalls:<tp>`). A syscall this architecture does not
+/// have (no tracepoint in tracefs) is skipped; any other failure is an error.
+fn attach_syscall_tracepoints(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoints: &[&str],
+) -> Result<usize, HookError> {
+    let program: &mut TracePoint = program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|source| HookError::Program { name, source })?;
+    let mut attached = 0;
+    for tp in tracepoints {
+        match program.attach("syscalls", tp) {
+            Ok(_) => attached += 1,
+            Err(_) if !syscall_tracepoint_exists(tp) => {
+                tracing::debug!("no tracepoint syscalls:{tp} on this kernel; skipped");
+            }
+            Err(source) => return Err(HookError::Program { name, source }),
+        }
+    }
+    Ok(attached)
+}
+
+fn syscall_tracepoint_exists(tp: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| std::path::Path::new(&format!("{root}/events/syscalls/{tp}")).exists())
+}
+
+/// Attaches every file telemetry program. They stay idle until the watch
+/// manager fills their maps and sets `FILE_SETTINGS.enabled`.
+fn attach_file_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
+    for (name, tp) in names::FILE_ENTER_PROGRAMS {
+        attach_syscall_tracepoints(ebpf, name, &[tp])?;
+    }
+    attach_syscall_tracepoints(
+        ebpf,
+        names::PROG_FILE_EXIT_OPEN,
+        names::FILE_EXIT_OPEN_TRACEPOINTS,
+    )?;
+    attach_syscall_tracepoints(
+        ebpf,
+        names::PROG_FILE_EXIT_PENDING,
+        names::FILE_EXIT_PENDING_TRACEPOINTS,
+    )?;
+    attach_raw_tracepoint(ebpf, names::PROG_FILE_EXEC, names::PROG_EXEC)
 }
 
 fn try_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
@@ -165,6 +228,7 @@ impl ProcessHooks {
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
             .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
+            .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
             .load(EBPF_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -179,6 +243,9 @@ impl ProcessHooks {
         // Attached with the policy off; enforcement starts when the daemon
         // writes a policy (PolicyMaps::apply).
         let allowlist_backend = attach_exec_verdict(&mut ebpf)?;
+        if config.files {
+            attach_file_programs(&mut ebpf)?;
+        }
         let drops = ebpf
             .take_map(names::DROPS)
             .ok_or(HookError::Missing(names::DROPS))?;
@@ -206,6 +273,28 @@ impl ProcessHooks {
         })
     }
 
+    /// Takes the file event ring buffer (once).
+    pub fn take_file_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
+        let map = self
+            .ebpf
+            .take_map(names::FILE_EVENTS)
+            .ok_or(HookError::Missing(names::FILE_EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| HookError::Map {
+            name: names::FILE_EVENTS,
+            source,
+        })
+    }
+
+    /// Takes the file watch maps (once).
+    pub fn take_watch_maps(&mut self) -> Result<WatchMaps, HookError> {
+        Ok(WatchMaps {
+            watched: take(&mut self.ebpf, names::WATCHED)?,
+            prefixes: take(&mut self.ebpf, names::WATCH_PREFIXES)?,
+            excluded_exes: take(&mut self.ebpf, names::WATCH_EXCLUDED_EXES)?,
+            settings: take(&mut self.ebpf, names::FILE_SETTINGS)?,
+        })
+    }
+
     /// The exec allowlist backend chosen at load.
     pub fn allowlist_backend(&self) -> &AllowlistBackend {
         &self.allowlist_backend
@@ -213,13 +302,6 @@ impl ProcessHooks {
 
     /// Takes the allowlist maps (once).
     pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps, HookError> {
-        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, HookError> {
-            let map = ebpf.take_map(name).ok_or(HookError::Missing(name))?;
-            T::try_from(map).map_err(|source| HookError::Map { name, source })
-        }
         let a: HashMap<MapData, FileId, AllowEntry> = take(&mut self.ebpf, names::ALLOW_A)?;
         let b = take(&mut self.ebpf, names::ALLOW_B)?;
         Ok(crate::policy::PolicyMaps::new(
@@ -273,8 +355,18 @@ impl ProcessHooks {
         Ok(KernelDrops {
             process_ringbuf_full: sum(drop_reason::PROCESS_RINGBUF_FULL)?,
             kernel_read_failed: sum(drop_reason::KERNEL_READ_FAILED)?,
+            file_ringbuf_full: sum(drop_reason::FILE_RINGBUF_FULL)?,
         })
     }
+}
+
+/// Takes map `name` out of the object as a typed map.
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, HookError> {
+    let map = ebpf.take_map(name).ok_or(HookError::Missing(name))?;
+    T::try_from(map).map_err(|source| HookError::Map { name, source })
 }
 
 /// Totals of the kernel's per-CPU `DROPS` counters.
@@ -284,6 +376,8 @@ pub struct KernelDrops {
     pub process_ringbuf_full: u64,
     /// Events sent with some fields missing (not lost, but incomplete).
     pub kernel_read_failed: u64,
+    /// File events lost (ring full, or not held until the syscall returned).
+    pub file_ringbuf_full: u64,
 }
 
 #[cfg(test)]

@@ -41,7 +41,20 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         inode_ctime_sec,
         inode_ctime_nsec,
         sb_dev: f("super_block", "s_dev")?,
-        _pad: [0; 2],
+        task_files: f("task_struct", "files")?,
+        task_fs: f("task_struct", "fs")?,
+        files_fdt: f("files_struct", "fdt")?,
+        fdt_fd: f("fdtable", "fd")?,
+        fdt_max_fds: f("fdtable", "max_fds")?,
+        fs_root: f("fs_struct", "root")?,
+        fs_pwd: f("fs_struct", "pwd")?,
+        path_dentry: f("path", "dentry")?,
+        file_f_path: f("file", "f_path")?,
+        dentry_parent: f("dentry", "d_parent")?,
+        dentry_name: f("dentry", "d_name")? + f("qstr", "name")?,
+        dentry_inode: f("dentry", "d_inode")?,
+        dentry_sb: f("dentry", "d_sb")?,
+        _pad: [0; 1],
     })
 }
 

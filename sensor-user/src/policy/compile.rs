@@ -12,7 +12,10 @@ use std::{
 use sensor_common::{AllowEntry, DenyParentKey, DenyUidKey, FileId};
 
 use super::file::{Mode, PolicyError, PolicyFile};
-use crate::{enrich::hash_cache::sha256_hex, events::user_dev_to_kernel};
+use crate::{
+    enrich::hash_cache::sha256_hex,
+    events::{file_id, user_dev_to_kernel},
+};
 
 /// Files larger than this are never allowlisted (and never hashed).
 const MAX_BINARY_BYTES: u64 = 1 << 30;
@@ -170,16 +173,6 @@ pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, Pol
         }
     }
     Ok(out)
-}
-
-/// The identity the kernel will see for `path` (symlinks followed).
-pub fn file_id(path: &Path) -> std::io::Result<FileId> {
-    let meta = std::fs::metadata(path)?;
-    Ok(FileId {
-        dev: user_dev_to_kernel(meta.dev()),
-        _pad: 0,
-        ino: meta.ino(),
-    })
 }
 
 /// Regular files with an exec bit below `dir` (symlinks are not followed).

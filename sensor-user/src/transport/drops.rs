@@ -11,6 +11,7 @@ use proto::telemetry::v1::DropCounters;
 #[derive(Debug, Default)]
 pub struct DropTracker {
     kernel_ringbuf_full: AtomicU64,
+    kernel_file_ringbuf_full: AtomicU64,
     malformed_kernel_records: AtomicU64,
     userspace_queue_full: AtomicU64,
     userspace_batches_dropped: AtomicU64,
@@ -26,6 +27,11 @@ impl DropTracker {
     /// Never moves backwards, so a stale read cannot undo a newer one.
     pub fn set_kernel_ringbuf_full(&self, total: u64) {
         self.kernel_ringbuf_full.fetch_max(total, Relaxed);
+    }
+
+    /// The file ring's share of [`Self::set_kernel_ringbuf_full`]'s total.
+    pub fn set_kernel_file_ringbuf_full(&self, total: u64) {
+        self.kernel_file_ringbuf_full.fetch_max(total, Relaxed);
     }
 
     /// A ring buffer record that did not decode.
@@ -51,6 +57,7 @@ impl DropTracker {
             userspace_batches_dropped: self.userspace_batches_dropped.load(Relaxed),
             userspace_events_dropped: self.userspace_events_dropped.load(Relaxed),
             malformed_kernel_records: self.malformed_kernel_records.load(Relaxed),
+            kernel_file_ringbuf_full: self.kernel_file_ringbuf_full.load(Relaxed),
         }
     }
 }

@@ -1,0 +1,198 @@
+//! File activity on watched paths: the maps the daemon fills to say what is
+//! watched, and the records the kernel emits to `FILE_EVENTS`.
+//!
+//! The kernel decides "watched or not" without string matching where it can:
+//! - a file it holds (open, exec, fchmod) is watched when it or a directory
+//!   above it (dentry walk) is a key of `WATCHED`;
+//! - a path a syscall names (unlink, rename, chmod, a failed open) is watched
+//!   when its base directory (dirfd, cwd, or root for absolute paths) lies in
+//!   a watched tree, or when hashing (base identity, path prefix) hits
+//!   `WATCH_PREFIXES` — the daemon stores that hash for every ancestor of
+//!   every watched root, so `/var/lib/pharmacy/rx.db` and `pharmacy/rx.db`
+//!   seen from `/var/lib` both match.
+//!
+//! Paths are rebuilt in userspace: the record names an *anchor* (an index
+//! into the daemon's table of watched roots and their ancestors) plus the
+//! components the kernel walked and the string the process gave.
+
+use crate::{EventHeader, TaskInfo};
+
+/// Bytes kept of the path string a syscall was given, NUL included.
+pub const FILE_NAME_LEN: usize = 256;
+/// Bytes of dentry names (leaf first, each NUL-terminated). Each name is
+/// copied at an offset masked below half the buffer, so a name never runs
+/// past the end; a longer chain is cut and flagged.
+pub const FILE_CHAIN_LEN: usize = 512;
+/// Directories walked up from a file looking for a watched root.
+pub const FILE_MAX_DEPTH: u32 = 16;
+/// Entries of `WATCHED`: watched roots and excluded subtrees.
+pub const WATCH_ENTRIES: u32 = 4096;
+/// Entries of `WATCH_PREFIXES`: one per (ancestor, watched root) pair.
+pub const WATCH_PREFIX_ENTRIES: u32 = 16384;
+/// Excluded executables (`WATCH_EXCLUDED_EXES`).
+pub const EXCLUDED_EXE_ENTRIES: u32 = 1024;
+/// `PathRecord::anchor` when no anchor applies.
+pub const NO_ANCHOR: u32 = u32::MAX;
+
+/// `FileEvent::op`. A watch rule selects operations with a mask of `1 << op`.
+pub mod file_op {
+    /// Opened read-only.
+    pub const OPEN_READ: u32 = 1;
+    /// Opened for writing, created or truncated.
+    pub const OPEN_WRITE: u32 = 2;
+    /// unlink, unlinkat, rmdir.
+    pub const UNLINK: u32 = 3;
+    /// rename, renameat, renameat2 (a [`super::FileRenameEvent`]).
+    pub const RENAME: u32 = 4;
+    pub const CHMOD: u32 = 5;
+    pub const CHOWN: u32 = 6;
+    /// A watched file was executed.
+    pub const EXEC: u32 = 7;
+    /// Every operation.
+    pub const ALL: u32 = (1 << OPEN_READ)
+        | (1 << OPEN_WRITE)
+        | (1 << UNLINK)
+        | (1 << RENAME)
+        | (1 << CHMOD)
+        | (1 << CHOWN)
+        | (1 << EXEC);
+}
+
+/// Value of `WATCHED` and `WATCH_PREFIXES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchEntry {
+    /// Anchor the kernel names in the record: for `WATCHED` the watched root
+    /// itself, for `WATCH_PREFIXES` the ancestor whose identity seeded the
+    /// hash.
+    pub anchor: u32,
+    /// Mask of `1 << file_op::*` reported below this point; 0 = excluded.
+    pub ops: u32,
+}
+
+/// Settings of the file programs (`FILE_SETTINGS[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileSettings {
+    /// Non-zero once the daemon has filled the watch maps; until then the
+    /// programs do nothing.
+    pub enabled: u32,
+    /// The sensor's own process: its reads of watched files (hashing,
+    /// config reload) are never events.
+    pub self_tgid: u32,
+}
+
+/// `PathRecord::flags`: the dentry chain did not fit and was cut.
+pub const PATH_CHAIN_TRUNCATED: u32 = 1 << 0;
+/// `PathRecord::flags`: the path string did not fit and was cut.
+pub const PATH_NAME_TRUNCATED: u32 = 1 << 1;
+/// `PathRecord::flags`: this path matched the watched set.
+pub const PATH_WATCHED: u32 = 1 << 2;
+
+/// One path, as anchor + walked components + the string the process gave.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathRecord {
+    /// Index into the daemon's anchor table, or [`NO_ANCHOR`].
+    pub anchor: u32,
+    /// `PATH_*` flags.
+    pub flags: u32,
+    /// Valid bytes of `chain`.
+    pub chain_len: u32,
+    pub _pad: u32,
+    /// Names from the leaf up to (not including) the anchor, each followed
+    /// by a NUL.
+    pub chain: [u8; FILE_CHAIN_LEN],
+    /// NUL-terminated path string from the syscall, relative to the chain's
+    /// leaf (empty when the kernel held the file itself).
+    pub name: [u8; FILE_NAME_LEN],
+}
+
+/// A file operation on a watched path (`EventKind::File`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    /// A `file_op::*` value.
+    pub op: u32,
+    /// open(2) flags as passed (plus O_CREAT when the open created the
+    /// file); unlinkat/renameat2/fchownat flags for those operations.
+    pub flags: u32,
+    /// The syscall's return value (fd or 0 on success, -errno on failure).
+    pub result: i64,
+    /// Mode passed to chmod or to an open that creates.
+    pub mode: u32,
+    /// uid and gid passed to chown (u32::MAX: unchanged).
+    pub uid: u32,
+    pub gid: u32,
+    /// `s_dev` (kernel encoding) of the file, when the kernel held it.
+    pub dev: u32,
+    pub ino: u64,
+    pub path: PathRecord,
+}
+
+/// A rename touching a watched path (`EventKind::FileRename`): either side
+/// may be the watched one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileRenameEvent {
+    pub file: FileEvent,
+    pub new_path: PathRecord,
+}
+
+/// FNV-1a, the hash of `WATCH_PREFIXES` keys: the kernel computes it while
+/// reading a path, the daemon when it fills the map. One definition, so the
+/// two sides cannot disagree.
+pub mod prefix_hash {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// Adds one byte.
+    #[inline(always)]
+    pub const fn byte(h: u64, b: u8) -> u64 {
+        (h ^ b as u64).wrapping_mul(PRIME)
+    }
+
+    /// The hash of a base directory identity, before any component.
+    #[inline(always)]
+    pub const fn seed(dev: u32, ino: u64) -> u64 {
+        let mut h = OFFSET;
+        let dev = dev.to_le_bytes();
+        let ino = ino.to_le_bytes();
+        let mut i = 0;
+        while i < 4 {
+            h = byte(h, dev[i]);
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 8 {
+            h = byte(h, ino[i]);
+            i += 1;
+        }
+        h
+    }
+
+    /// `h` extended by one path component: a '/' then its bytes.
+    pub fn component(h: u64, name: &[u8]) -> u64 {
+        let mut h = byte(h, b'/');
+        for &b in name {
+            h = byte(h, b);
+        }
+        h
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<PathRecord>() == 16 + FILE_CHAIN_LEN + FILE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<FileEvent>() == 16 + 64 + 40 + 784);
+const _: () = assert!(FILE_CHAIN_LEN.is_power_of_two() && FILE_NAME_LEN * 2 == FILE_CHAIN_LEN);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] integers and byte arrays with explicit padding.
+    unsafe impl aya::Pod for super::WatchEntry {}
+    unsafe impl aya::Pod for super::FileSettings {}
+    unsafe impl aya::Pod for super::PathRecord {}
+    unsafe impl aya::Pod for super::FileEvent {}
+    unsafe impl aya::Pod for super::FileRenameEvent {}
+}

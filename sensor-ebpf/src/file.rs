@@ -1,0 +1,830 @@
+//! File telemetry on watched paths, filtered here so that activity outside
+//! the watched set never reaches the ring buffer (model and maps:
+//! `sensor_common::file`).
+//!
+//! Syscall tracepoints are the hooks every kernel has. Opens are decided at
+//! exit on the file the kernel opened (its dentry, not the string: no
+//! symlink or `..` tricks); path operations (unlink, rename, chmod, chown,
+//! failed opens) are decided on the base directory's dentry plus the path
+//! string, held in `PENDING` at entry and completed with the result at exit.
+
+use aya_ebpf::cty::c_void;
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes, generated::bpf_loop,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use sensor_common::{
+    EVENT_PARTIAL, EventKind, FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileId,
+    FileRenameEvent, FileSettings, KernelOffsets, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
+    PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry, drop_reason, file::prefix_hash,
+    file_op,
+};
+
+use crate::{
+    kernel::{
+        ReadFailed, header, read_dentry_id, read_fd_file, read_file_dentry, read_fs_dentry,
+        read_ptr, read_task, read_task_exe,
+    },
+    maps::{count_drop, offsets, output_event},
+};
+
+/// File events. The loader resizes it from config (`kernel.file_ringbuf_bytes`).
+#[map]
+static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Watched roots and excluded subtrees by (device, inode).
+#[map]
+static WATCHED: HashMap<FileId, WatchEntry> =
+    HashMap::with_max_entries(sensor_common::file::WATCH_ENTRIES, 0);
+
+/// `prefix_hash` of (ancestor identity, path from it to a watched root).
+#[map]
+static WATCH_PREFIXES: HashMap<u64, WatchEntry> =
+    HashMap::with_max_entries(sensor_common::file::WATCH_PREFIX_ENTRIES, 0);
+
+/// Programs whose file activity is never reported (by executable identity).
+#[map]
+static WATCH_EXCLUDED_EXES: HashMap<FileId, u8> =
+    HashMap::with_max_entries(sensor_common::file::EXCLUDED_EXE_ENTRIES, 0);
+
+#[map]
+static FILE_SETTINGS: Array<FileSettings> = Array::with_max_entries(1, 0);
+
+/// What an open was asked for, from entry to exit (keyed by pid_tgid).
+#[map]
+static OPEN_ARGS: HashMap<u64, OpenArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Watched path operations waiting for their syscall's result.
+#[map]
+static PENDING: HashMap<u64, FileRenameEvent> = HashMap::with_max_entries(4096, 0);
+
+/// Per-CPU room to build a record: too big for the 512-byte BPF stack.
+#[map]
+static SCRATCH: PerCpuArray<FileRenameEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[derive(Clone, Copy)]
+struct OpenArgs {
+    dfd: i64,
+    path: u64,
+    flags: u32,
+    mode: u32,
+}
+
+const AT_FDCWD: i32 = -100;
+const O_ACCMODE: u32 = 0o3;
+const O_CREAT: u32 = 0o100;
+const O_TRUNC: u32 = 0o1000;
+const UNCHANGED: u32 = u32::MAX;
+
+/// Syscall tracepoint records: `int __syscall_nr` at 8, then one 8-byte
+/// slot per argument from 16; at exit `long ret` at 16 (the trace event ABI,
+/// checked against the kernel's format files by a test in sensor-user).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: reads inside the tracepoint record.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+/// The settings when the file programs should look at this task.
+#[inline(always)]
+fn active() -> Option<FileSettings> {
+    let settings = *FILE_SETTINGS.get(0)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (settings.enabled != 0 && tgid != settings.self_tgid).then_some(settings)
+}
+
+#[inline(always)]
+fn current_task() -> *const u8 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+const LOOP_CONTINUE: i64 = 0;
+const LOOP_STOP: i64 = 1;
+
+/// Scalar state of the `bpf_loop` walks below. It lives in map memory, not
+/// on the stack, on purpose: the verifier tracks stack constants exactly, so
+/// a counter there makes every iteration a new state to explore (seconds of
+/// verification, then refusal); values in map memory are simply unknown,
+/// and the callback is verified once.
+#[derive(Clone, Copy)]
+struct LoopState {
+    cur: u64,
+    hash: u64,
+    before: u64,
+    depth: u32,
+    found: u32,
+    entry: WatchEntry,
+    levels: u32,
+    pos: u32,
+    len: u32,
+    dots: u32,
+}
+
+#[map]
+static LOOP_STATE: PerCpuArray<LoopState> = PerCpuArray::with_max_entries(1, 0);
+
+/// What a callback gets: pointers only (the verifier keeps their types).
+struct LoopCtx {
+    state: *mut LoopState,
+    rec: *mut PathRecord,
+}
+
+/// Runs `step` up to `n` times (`bpf_loop`) with `state` and `rec`.
+#[inline(always)]
+fn bpf_for(
+    n: u32,
+    step: unsafe extern "C" fn(u64, *mut c_void) -> i64,
+    state: &mut LoopState,
+    rec: &mut PathRecord,
+) {
+    let mut ctx = LoopCtx { state, rec };
+    // SAFETY: a callback of the required signature and a context that
+    // outlives the call.
+    unsafe {
+        bpf_loop(n, step as *mut c_void, (&mut ctx as *mut LoopCtx).cast(), 0);
+    }
+}
+
+/// This CPU's loop state, reset.
+#[inline(always)]
+fn loop_state(cur: *const u8) -> Option<&'static mut LoopState> {
+    let state = LOOP_STATE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by one program at a time.
+    let state = unsafe { &mut *state };
+    state.cur = cur as u64;
+    state.hash = 0;
+    state.before = 0;
+    state.depth = 0;
+    state.found = 0;
+    state.entry = WatchEntry::default();
+    state.levels = 0;
+    state.pos = 0;
+    state.len = 0;
+    state.dots = 0;
+    Some(state)
+}
+
+/// The state and record of a callback, and the offsets.
+///
+/// # Safety
+/// `ctx` must be the `LoopCtx` that [`bpf_for`] passed.
+#[inline(always)]
+unsafe fn loop_parts(
+    ctx: *mut c_void,
+) -> Option<(
+    &'static mut LoopState,
+    &'static mut PathRecord,
+    &'static KernelOffsets,
+)> {
+    // SAFETY: per the contract, both pointers are live for the loop.
+    let ctx = unsafe { &*ctx.cast::<LoopCtx>() };
+    let o = offsets()?;
+    // SAFETY: as above.
+    Some(unsafe { (&mut *ctx.state, &mut *ctx.rec, o) })
+}
+
+/// One directory level of [`find_watched`].
+unsafe extern "C" fn watched_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: called by bpf_loop with the context bpf_for built.
+    let Some((walk, _, o)) = (unsafe { loop_parts(ctx) }) else {
+        return LOOP_STOP;
+    };
+    let cur = walk.cur as *const u8;
+    let Ok(id) = read_dentry_id(cur, o) else {
+        return LOOP_STOP;
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(entry) = unsafe { WATCHED.get(id) } {
+        walk.entry = *entry;
+        walk.found = 1;
+        return LOOP_STOP;
+    }
+    match read_ptr(cur, o.dentry_parent) {
+        // The root of this filesystem: nothing above is watched here.
+        Ok(parent) if parent == cur => LOOP_STOP,
+        Ok(parent) => {
+            walk.cur = parent as u64;
+            walk.depth += 1;
+            LOOP_CONTINUE
+        }
+        Err(ReadFailed) => LOOP_STOP,
+    }
+}
+
+/// The nearest `WATCHED` entry at or above `dentry`, with how many levels
+/// up it was; one map lookup per level, no names read.
+#[inline(always)]
+fn find_watched(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, WatchEntry)> {
+    let walk = loop_state(dentry)?;
+    bpf_for(FILE_MAX_DEPTH, watched_step, walk, rec);
+    (walk.found != 0).then_some((walk.depth, walk.entry))
+}
+
+/// Copies one dentry name of [`write_chain`].
+unsafe extern "C" fn chain_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: called by bpf_loop with the context bpf_for built.
+    let Some((walk, rec, o)) = (unsafe { loop_parts(ctx) }) else {
+        return LOOP_STOP;
+    };
+    if index >= walk.levels as u64 {
+        return LOOP_STOP;
+    }
+    if walk.pos as usize >= FILE_CHAIN_LEN / 2 {
+        rec.flags |= PATH_CHAIN_TRUNCATED;
+        return LOOP_STOP;
+    }
+    let cur = walk.cur as *const u8;
+    let Ok(name) = read_ptr(cur, o.dentry_name) else {
+        return LOOP_STOP;
+    };
+    let start = walk.pos as usize & (FILE_CHAIN_LEN / 2 - 1);
+    // SAFETY: bounded string read into a window that ends inside `chain`.
+    let len = match unsafe {
+        bpf_probe_read_kernel_str_bytes(name, &mut rec.chain[start..start + FILE_NAME_LEN])
+    } {
+        Ok(s) => s.len(),
+        Err(_) => return LOOP_STOP,
+    };
+    walk.pos = (start + len + 1) as u32;
+    rec.chain_len = walk.pos;
+    match read_ptr(cur, o.dentry_parent) {
+        Ok(parent) => {
+            walk.cur = parent as u64;
+            LOOP_CONTINUE
+        }
+        Err(ReadFailed) => LOOP_STOP,
+    }
+}
+
+/// Writes the names of `levels` dentries from `dentry` up into `rec.chain`.
+#[inline(always)]
+fn write_chain(rec: &mut PathRecord, dentry: *const u8, levels: u32) {
+    rec.chain_len = 0;
+    let Some(walk) = loop_state(dentry) else {
+        return;
+    };
+    walk.levels = levels;
+    bpf_for(FILE_MAX_DEPTH, chain_step, walk, rec);
+}
+
+/// One byte of [`longest_watched_prefix`].
+unsafe extern "C" fn prefix_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: called by bpf_loop with the context bpf_for built.
+    let Some((walk, rec, _)) = (unsafe { loop_parts(ctx) }) else {
+        return LOOP_STOP;
+    };
+    if index >= FILE_NAME_LEN as u64 {
+        return LOOP_STOP;
+    }
+    let c = rec.name[index as usize];
+    if c == 0 || c == b'/' {
+        if walk.len > 0 {
+            if walk.dots == walk.len && walk.dots == 2 {
+                // `..`: what follows cannot be named from the prefix.
+                walk.found = 0;
+                return LOOP_STOP;
+            }
+            if walk.dots == walk.len && walk.dots == 1 {
+                walk.hash = walk.before;
+            } else {
+                // SAFETY: the value is copied out at once.
+                if let Some(entry) = unsafe { WATCH_PREFIXES.get(walk.hash) } {
+                    walk.entry = *entry;
+                    walk.found = 1;
+                }
+            }
+        }
+        walk.len = 0;
+        walk.dots = 0;
+        return if c == 0 { LOOP_STOP } else { LOOP_CONTINUE };
+    }
+    if walk.len == 0 {
+        walk.before = walk.hash;
+        walk.hash = prefix_hash::byte(walk.hash, b'/');
+    }
+    walk.hash = prefix_hash::byte(walk.hash, c);
+    if c == b'.' && walk.dots == walk.len {
+        walk.dots += 1;
+    }
+    walk.len += 1;
+    LOOP_CONTINUE
+}
+
+/// Hashes the components of `rec.name` onto `seed` and returns the last
+/// (longest) prefix found in `WATCH_PREFIXES`. Empty and `.` components are
+/// skipped like the kernel does; a `..` ends the search with no match.
+#[inline(always)]
+fn longest_watched_prefix(rec: &mut PathRecord, seed: u64) -> Option<WatchEntry> {
+    let walk = loop_state(core::ptr::null())?;
+    walk.hash = seed;
+    walk.before = seed;
+    bpf_for(FILE_NAME_LEN as u32, prefix_step, walk, rec);
+    (walk.found != 0).then_some(walk.entry)
+}
+
+/// Fills `rec` for a file the kernel holds; true when it is watched for `op`.
+#[inline(always)]
+fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
+    rec.anchor = NO_ANCHOR;
+    rec.flags = 0;
+    rec.chain_len = 0;
+    rec.name[0] = 0;
+    let Some((levels, entry)) = find_watched(rec, dentry) else {
+        return false;
+    };
+    if entry.ops & (1 << op) == 0 {
+        return false;
+    }
+    rec.anchor = entry.anchor;
+    rec.flags = PATH_WATCHED;
+    write_chain(rec, dentry, levels);
+    true
+}
+
+/// Fills `rec` for a path a syscall names (`dfd`, user string at `path`);
+/// true when it is watched for `op`.
+#[inline(always)]
+fn match_path(
+    rec: &mut PathRecord,
+    task: *const u8,
+    dfd: i32,
+    path: u64,
+    op: u32,
+    o: &KernelOffsets,
+) -> bool {
+    rec.anchor = NO_ANCHOR;
+    rec.flags = 0;
+    rec.chain_len = 0;
+    // SAFETY: bounded string read from user memory into a fixed array.
+    let len = match unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut rec.name) } {
+        Ok(s) => s.len(),
+        Err(_) => {
+            rec.name[0] = 0;
+            return false;
+        }
+    };
+    if len >= FILE_NAME_LEN - 1 {
+        rec.flags |= PATH_NAME_TRUNCATED;
+    }
+    let absolute = rec.name[0] == b'/';
+    let base = if absolute {
+        read_fs_dentry(task, true, o)
+    } else if dfd == AT_FDCWD {
+        read_fs_dentry(task, false, o)
+    } else {
+        read_fd_file(task, dfd as u32, o).and_then(|file| read_file_dentry(file, o))
+    };
+    let Ok(base) = base else { return false };
+    let Ok(base_id) = read_dentry_id(base, o) else {
+        return false;
+    };
+    let seed = prefix_hash::seed(base_id.dev, base_id.ino);
+    // A prefix hit is the most specific answer (it may be an excluded
+    // subtree below a watched base); else the base itself may be inside a
+    // watched tree.
+    let (entry, levels) = match longest_watched_prefix(rec, seed) {
+        Some(entry) => (entry, None),
+        None if !absolute => match find_watched(rec, base) {
+            Some((levels, entry)) => (entry, Some(levels)),
+            None => return false,
+        },
+        None => return false,
+    };
+    if entry.ops & (1 << op) == 0 {
+        return false;
+    }
+    rec.anchor = entry.anchor;
+    rec.flags |= PATH_WATCHED;
+    if let Some(levels) = levels {
+        write_chain(rec, base, levels);
+    }
+    true
+}
+
+/// This CPU's record slot (programs of these hooks do not nest on a CPU).
+#[inline(always)]
+fn scratch() -> Option<&'static mut FileRenameEvent> {
+    // SAFETY: this CPU's slot, used by one program at a time.
+    SCRATCH.get_ptr_mut(0).map(|ev| unsafe { &mut *ev })
+}
+
+/// Fills the header, the task and the operation's arguments of a record
+/// whose path already matched.
+#[inline(always)]
+fn begin(
+    ev: &mut FileEvent,
+    kind: EventKind,
+    task: *const u8,
+    op: u32,
+    args: &OpArgs,
+    o: &KernelOffsets,
+) {
+    ev.header = header(kind as u32);
+    if read_task(&mut ev.task, task, o).is_err() {
+        ev.header.flags |= EVENT_PARTIAL;
+        count_drop(drop_reason::KERNEL_READ_FAILED);
+    }
+    ev.op = op;
+    ev.flags = args.flags;
+    ev.result = 0;
+    ev.mode = args.mode;
+    ev.uid = args.uid;
+    ev.gid = args.gid;
+    ev.dev = 0;
+    ev.ino = 0;
+}
+
+/// Arguments of an operation other than its path(s).
+struct OpArgs {
+    flags: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl OpArgs {
+    const NONE: Self = Self::flags(0);
+
+    const fn flags(flags: u32) -> Self {
+        Self {
+            flags,
+            mode: 0,
+            uid: UNCHANGED,
+            gid: UNCHANGED,
+        }
+    }
+
+    const fn mode(flags: u32, mode: u32) -> Self {
+        Self {
+            flags,
+            mode,
+            uid: UNCHANGED,
+            gid: UNCHANGED,
+        }
+    }
+
+    const fn owner(flags: u32, uid: u32, gid: u32) -> Self {
+        Self {
+            flags,
+            mode: 0,
+            uid,
+            gid,
+        }
+    }
+}
+
+/// True when the current program is excluded by executable.
+#[inline(always)]
+fn excluded_exe(task: *const u8, o: &KernelOffsets) -> bool {
+    match read_task_exe(task, o) {
+        // SAFETY: presence check only.
+        Ok(exe) => unsafe { WATCH_EXCLUDED_EXES.get(exe) }.is_some(),
+        Err(ReadFailed) => false,
+    }
+}
+
+/// Records the inode identity of the file `dentry` names.
+#[inline(always)]
+fn set_target(ev: &mut FileEvent, dentry: *const u8, o: &KernelOffsets) {
+    if let Ok(id) = read_dentry_id(dentry, o) {
+        ev.dev = id.dev;
+        ev.ino = id.ino;
+    }
+}
+
+/// Holds a watched path operation until its syscall returns, or forgets
+/// whatever this thread left behind (a syscall whose exit never came), so a
+/// stale record can never take the next result.
+#[inline(always)]
+fn hold(ev: Option<&FileRenameEvent>) {
+    let key = bpf_get_current_pid_tgid();
+    match ev {
+        Some(ev) => {
+            if PENDING.insert(key, ev, 0).is_err() {
+                count_drop(drop_reason::FILE_RINGBUF_FULL);
+            }
+        }
+        None => _ = PENDING.remove(key),
+    }
+}
+
+/// Entry of a syscall naming one path (`dfd`, `path`).
+#[inline(always)]
+fn path_op(op: u32, dfd: i32, path: u64, args: OpArgs) {
+    if active().is_none() {
+        return;
+    }
+    let (Some(o), Some(ev)) = (offsets(), scratch()) else {
+        return;
+    };
+    let task = current_task();
+    if !match_path(&mut ev.file.path, task, dfd, path, op, o) || excluded_exe(task, o) {
+        return hold(None);
+    }
+    begin(&mut ev.file, EventKind::File, task, op, &args, o);
+    hold(Some(ev));
+}
+
+/// Entry of a syscall acting on an open file descriptor.
+#[inline(always)]
+fn fd_op(op: u32, fd: u64, args: OpArgs) {
+    if active().is_none() {
+        return;
+    }
+    let (Some(o), Some(ev)) = (offsets(), scratch()) else {
+        return;
+    };
+    let task = current_task();
+    let Ok(dentry) = read_fd_file(task, fd as u32, o).and_then(|f| read_file_dentry(f, o)) else {
+        return hold(None);
+    };
+    if !match_dentry(&mut ev.file.path, dentry, op) || excluded_exe(task, o) {
+        return hold(None);
+    }
+    begin(&mut ev.file, EventKind::File, task, op, &args, o);
+    set_target(&mut ev.file, dentry, o);
+    hold(Some(ev));
+}
+
+/// Entry of rename, renameat, renameat2: reported when either side is watched.
+#[inline(always)]
+fn rename_op(old_dfd: i32, old: u64, new_dfd: i32, new: u64, flags: u32) {
+    if active().is_none() {
+        return;
+    }
+    let (Some(o), Some(ev)) = (offsets(), scratch()) else {
+        return;
+    };
+    let task = current_task();
+    let old_watched = match_path(&mut ev.file.path, task, old_dfd, old, file_op::RENAME, o);
+    let new_watched = match_path(&mut ev.new_path, task, new_dfd, new, file_op::RENAME, o);
+    if !(old_watched || new_watched) || excluded_exe(task, o) {
+        return hold(None);
+    }
+    let args = OpArgs::flags(flags);
+    begin(
+        &mut ev.file,
+        EventKind::FileRename,
+        task,
+        file_op::RENAME,
+        &args,
+        o,
+    );
+    hold(Some(ev));
+}
+
+/// Entry of an open: remembers what was asked until the exit decides.
+#[inline(always)]
+fn open_op(dfd: i32, path: u64, flags: u32, mode: u32) {
+    if active().is_none() {
+        return;
+    }
+    let args = OpenArgs {
+        dfd: dfd as i64,
+        path,
+        flags,
+        mode,
+    };
+    if OPEN_ARGS
+        .insert(bpf_get_current_pid_tgid(), args, 0)
+        .is_err()
+    {
+        count_drop(drop_reason::FILE_RINGBUF_FULL);
+    }
+}
+
+macro_rules! enter_program {
+    ($name:ident, |$ctx:ident| $body:expr) => {
+        #[tracepoint]
+        pub fn $name($ctx: TracePointContext) -> u32 {
+            $body;
+            0
+        }
+    };
+}
+
+enter_program!(file_enter_openat, |ctx| open_op(
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    arg(&ctx, 2) as u32,
+    arg(&ctx, 3) as u32
+));
+enter_program!(file_enter_openat2, |ctx| {
+    // struct open_how { u64 flags; u64 mode; u64 resolve; } (uapi).
+    // SAFETY: a plain read of user memory that may fail.
+    let how = unsafe { bpf_probe_read_user(arg(&ctx, 2) as *const [u64; 2]) }.unwrap_or([0; 2]);
+    open_op(
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        how[0] as u32,
+        how[1] as u32,
+    )
+});
+enter_program!(file_enter_open, |ctx| open_op(
+    AT_FDCWD,
+    arg(&ctx, 0),
+    arg(&ctx, 1) as u32,
+    arg(&ctx, 2) as u32
+));
+enter_program!(file_enter_creat, |ctx| open_op(
+    AT_FDCWD,
+    arg(&ctx, 0),
+    O_CREAT | O_TRUNC | 1,
+    arg(&ctx, 1) as u32
+));
+enter_program!(file_enter_unlink, |ctx| path_op(
+    file_op::UNLINK,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    OpArgs::NONE
+));
+enter_program!(file_enter_unlinkat, |ctx| path_op(
+    file_op::UNLINK,
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    OpArgs::flags(arg(&ctx, 2) as u32)
+));
+// AT_REMOVEDIR: says it was a directory, as unlinkat would.
+enter_program!(file_enter_rmdir, |ctx| path_op(
+    file_op::UNLINK,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    OpArgs::flags(0x200)
+));
+enter_program!(file_enter_rename, |ctx| rename_op(
+    AT_FDCWD,
+    arg(&ctx, 0),
+    AT_FDCWD,
+    arg(&ctx, 1),
+    0
+));
+enter_program!(file_enter_renameat, |ctx| rename_op(
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    arg(&ctx, 2) as i32,
+    arg(&ctx, 3),
+    0
+));
+enter_program!(file_enter_renameat2, |ctx| rename_op(
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    arg(&ctx, 2) as i32,
+    arg(&ctx, 3),
+    arg(&ctx, 4) as u32
+));
+enter_program!(file_enter_chmod, |ctx| path_op(
+    file_op::CHMOD,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    OpArgs::mode(0, arg(&ctx, 1) as u32)
+));
+enter_program!(file_enter_fchmod, |ctx| fd_op(
+    file_op::CHMOD,
+    arg(&ctx, 0),
+    OpArgs::mode(0, arg(&ctx, 1) as u32)
+));
+enter_program!(file_enter_fchmodat, |ctx| path_op(
+    file_op::CHMOD,
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    OpArgs::mode(0, arg(&ctx, 2) as u32)
+));
+enter_program!(file_enter_fchmodat2, |ctx| path_op(
+    file_op::CHMOD,
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    OpArgs::mode(arg(&ctx, 3) as u32, arg(&ctx, 2) as u32)
+));
+enter_program!(file_enter_chown, |ctx| path_op(
+    file_op::CHOWN,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    OpArgs::owner(0, arg(&ctx, 1) as u32, arg(&ctx, 2) as u32)
+));
+// AT_SYMLINK_NOFOLLOW, as fchownat would say it.
+enter_program!(file_enter_lchown, |ctx| path_op(
+    file_op::CHOWN,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    OpArgs::owner(0x100, arg(&ctx, 1) as u32, arg(&ctx, 2) as u32)
+));
+enter_program!(file_enter_fchown, |ctx| fd_op(
+    file_op::CHOWN,
+    arg(&ctx, 0),
+    OpArgs::owner(0, arg(&ctx, 1) as u32, arg(&ctx, 2) as u32)
+));
+enter_program!(file_enter_fchownat, |ctx| path_op(
+    file_op::CHOWN,
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    OpArgs::owner(
+        arg(&ctx, 4) as u32,
+        arg(&ctx, 2) as u32,
+        arg(&ctx, 3) as u32
+    )
+));
+
+/// Exit of open, openat, openat2, creat.
+#[tracepoint]
+pub fn file_exit_open(ctx: TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(args) = (unsafe { OPEN_ARGS.get(key) }).copied() else {
+        return 0;
+    };
+    let _ = OPEN_ARGS.remove(key);
+    let Some(o) = offsets() else { return 0 };
+    let ret = arg(&ctx, 0) as i64;
+    let write = args.flags & O_ACCMODE != 0 || args.flags & (O_CREAT | O_TRUNC) != 0;
+    let op = if write {
+        file_op::OPEN_WRITE
+    } else {
+        file_op::OPEN_READ
+    };
+    let task = current_task();
+    let Some(ev) = scratch() else { return 0 };
+    let mut target = None;
+    let watched = if ret >= 0 {
+        match read_fd_file(task, ret as u32, o).and_then(|f| read_file_dentry(f, o)) {
+            Ok(dentry) => {
+                target = Some(dentry);
+                match_dentry(&mut ev.file.path, dentry, op)
+            }
+            Err(ReadFailed) => false,
+        }
+    } else {
+        // Nothing was opened: decide on the path it named.
+        match_path(&mut ev.file.path, task, args.dfd as i32, args.path, op, o)
+    };
+    if !watched || excluded_exe(task, o) {
+        return 0;
+    }
+    begin(
+        &mut ev.file,
+        EventKind::File,
+        task,
+        op,
+        &OpArgs::mode(args.flags, args.mode),
+        o,
+    );
+    if let Some(dentry) = target {
+        set_target(&mut ev.file, dentry, o);
+    }
+    ev.file.result = ret;
+    output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
+    0
+}
+
+/// Exit of the path operations held in `PENDING`: adds the result, sends.
+#[tracepoint]
+pub fn file_exit_pending(ctx: TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    let Some(ev) = PENDING.get_ptr_mut(key) else {
+        return 0;
+    };
+    // SAFETY: our own thread's entry; nothing else writes it meanwhile.
+    let ev = unsafe { &mut *ev };
+    ev.file.result = arg(&ctx, 0) as i64;
+    if ev.file.header.kind == EventKind::FileRename as u32 {
+        output_event(&FILE_EVENTS, &*ev, drop_reason::FILE_RINGBUF_FULL);
+    } else {
+        output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
+    }
+    let _ = PENDING.remove(key);
+    0
+}
+
+/// `sched_process_exec`: the program being run lies in a watched tree.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn file_exec(ctx: RawTracePointContext) -> u32 {
+    if active().is_none() {
+        return 0;
+    }
+    let Some(o) = offsets() else { return 0 };
+    let task: *const u8 = ctx.arg(0);
+    let bprm: *const u8 = ctx.arg(2);
+    let Ok(dentry) = read_ptr(bprm, o.bprm_file).and_then(|f| read_file_dentry(f, o)) else {
+        return 0;
+    };
+    let Some(ev) = scratch() else { return 0 };
+    if !match_dentry(&mut ev.file.path, dentry, file_op::EXEC) || excluded_exe(task, o) {
+        return 0;
+    }
+    begin(
+        &mut ev.file,
+        EventKind::File,
+        task,
+        file_op::EXEC,
+        &OpArgs::NONE,
+        o,
+    );
+    set_target(&mut ev.file, dentry, o);
+    output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
+    0
+}

@@ -1,0 +1,95 @@
+//! Keeps the kernel's filter maps equal to a [`CompiledWatches`].
+//!
+//! New entries go in before stale ones come out, so a refresh never opens a
+//! window in which a path that stays watched is unwatched.
+
+use aya::maps::{Array, HashMap, MapData};
+use sensor_common::{FileId, FileSettings, WatchEntry, file, names};
+
+use super::{CompiledWatches, WatchError};
+
+/// The file programs' maps, owned by the watch manager.
+pub struct WatchMaps {
+    pub(crate) watched: HashMap<MapData, FileId, WatchEntry>,
+    pub(crate) prefixes: HashMap<MapData, u64, WatchEntry>,
+    pub(crate) excluded_exes: HashMap<MapData, FileId, u8>,
+    pub(crate) settings: Array<MapData, FileSettings>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> WatchError {
+    move |source| WatchError::Map { map, source }
+}
+
+impl WatchMaps {
+    /// Makes the maps hold exactly `c`, then turns the programs on.
+    pub fn apply(&mut self, c: &CompiledWatches) -> Result<(), WatchError> {
+        for (map, needed, capacity) in [
+            (names::WATCHED, c.watched.len(), file::WATCH_ENTRIES),
+            (
+                names::WATCH_PREFIXES,
+                c.prefixes.len(),
+                file::WATCH_PREFIX_ENTRIES,
+            ),
+            (
+                names::WATCH_EXCLUDED_EXES,
+                c.excluded_exes.len(),
+                file::EXCLUDED_EXE_ENTRIES,
+            ),
+        ] {
+            if needed > capacity as usize {
+                return Err(WatchError::TooLarge {
+                    map,
+                    needed,
+                    capacity,
+                });
+            }
+        }
+        let watched: Vec<(FileId, WatchEntry)> = c
+            .watched
+            .iter()
+            .map(|(&(dev, ino), entry)| (FileId { dev, _pad: 0, ino }, *entry))
+            .collect();
+        let exes: Vec<(FileId, u8)> = c.excluded_exes.iter().map(|id| (*id, 1)).collect();
+        let prefixes: Vec<(u64, WatchEntry)> = c.prefixes.iter().map(|(k, v)| (*k, *v)).collect();
+        sync(&mut self.watched, &watched).map_err(map_err(names::WATCHED))?;
+        sync(&mut self.prefixes, &prefixes).map_err(map_err(names::WATCH_PREFIXES))?;
+        sync(&mut self.excluded_exes, &exes).map_err(map_err(names::WATCH_EXCLUDED_EXES))?;
+        let settings = FileSettings {
+            enabled: 1,
+            self_tgid: std::process::id(),
+        };
+        self.settings
+            .set(0, settings, 0)
+            .map_err(map_err(names::FILE_SETTINGS))
+    }
+
+    /// Turns the file programs off (they then return at once).
+    pub fn disable(&mut self) -> Result<(), WatchError> {
+        self.settings
+            .set(0, FileSettings::default(), 0)
+            .map_err(map_err(names::FILE_SETTINGS))
+    }
+}
+
+/// Inserts every wanted pair, then removes keys no longer wanted.
+fn sync<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    wanted: &[(K, V)],
+) -> Result<(), aya::maps::MapError>
+where
+    K: aya::Pod + PartialEq,
+    V: aya::Pod,
+{
+    for (key, value) in wanted {
+        map.insert(key, value, 0)?;
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted.iter().any(|(k, _)| k == key))
+        .collect();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
