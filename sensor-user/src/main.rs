@@ -232,9 +232,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let pipeline = pipeline::spawn(&config, host, drops.clone())?;
     let sender = pipeline.sender();
     let reader_drops = drops.clone();
+    let watch_notice = watch_tx.clone();
     let (stop_reader, reader_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reader = tokio::spawn(hooks::read_ring(
-        ring,
+    let reader = tokio::spawn(hooks::read_rings(
+        std::iter::once(ring).chain(file_ring).collect(),
         move |record| match events::decode(record) {
             Ok(events::KernelEvent::Policy(mut block)) => {
                 block.rule = rules.name(block.rule_index);
@@ -253,6 +254,13 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
                 }
                 _ = sender.push(events::KernelEvent::Policy(block));
             }
+            Ok(events::KernelEvent::File(mut file)) => {
+                anchors.resolve_record(&mut file);
+                if let Some(tx) = &watch_notice {
+                    watch::manager::notice(tx, &file);
+                }
+                _ = sender.push(events::KernelEvent::File(file));
+            }
             // A refused push is already counted by the pipeline.
             Ok(event) => _ = sender.push(event),
             Err(e) => {
@@ -264,34 +272,6 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
             let _ = reader_stopped.await;
         },
     ));
-
-    let file_reader = file_ring.map(|ring| {
-        let sender = pipeline.sender();
-        let drops = drops.clone();
-        let watch_tx = watch_tx.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(hooks::read_ring(
-            ring,
-            move |record| match events::decode(record) {
-                Ok(events::KernelEvent::File(mut file)) => {
-                    anchors.resolve_record(&mut file);
-                    if let Some(tx) = &watch_tx {
-                        watch::manager::notice(tx, &file);
-                    }
-                    _ = sender.push(events::KernelEvent::File(file));
-                }
-                Ok(event) => _ = sender.push(event),
-                Err(e) => {
-                    drops.add_malformed_kernel_records(1);
-                    tracing::warn!(error = %e, "undecodable kernel file record");
-                }
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        (stop, task)
-    });
 
     println!("rxsentry-sensor ready");
     tracing::info!(
@@ -332,10 +312,6 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     record_kernel_drops(&drops, final_drops);
     let _ = stop_reader.send(());
     reader.await?.context("ring buffer reader")?;
-    if let Some((stop, task)) = file_reader {
-        let _ = stop.send(());
-        task.await?.context("file ring buffer reader")?;
-    }
     let report = pipeline.shutdown(FLUSH_DEADLINE).await;
     tracing::info!(?report, "stopped");
     if report.deadline_exceeded {

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use proto::telemetry::v1::{
-    ExecEvent, ExitEvent, ForkEvent, HostEvent, HostRecord, SubscribeRequest, SubscribeResponse,
-    event, subscribe_response::Item, telemetry_subscribe_client::TelemetrySubscribeClient,
+    ExecEvent, ExitEvent, FileEvent, ForkEvent, HostEvent, HostRecord, SubscribeRequest,
+    SubscribeResponse, event, subscribe_response::Item,
+    telemetry_subscribe_client::TelemetrySubscribeClient,
 };
 use tokio::sync::mpsc;
 
@@ -88,6 +89,18 @@ impl Subscription {
     pub fn forks_of(&self, pid: u32) -> Vec<&ForkEvent> {
         self.pick(|k| match k {
             event::Kind::Fork(x) if x.process.as_ref()?.pid == pid => Some(x),
+            _ => None,
+        })
+    }
+
+    /// File events whose path or rename destination starts with `prefix`.
+    pub fn files_under(&self, prefix: &str) -> Vec<&FileEvent> {
+        self.pick(|k| match k {
+            event::Kind::File(f)
+                if f.path.starts_with(prefix) || f.new_path.starts_with(prefix) =>
+            {
+                Some(f)
+            }
             _ => None,
         })
     }

@@ -6,6 +6,10 @@
 //! those read from /proc at seeding are clock ticks, so seeded entries carry a
 //! tolerance of one tick until a kernel event makes them exact.
 //!
+//! An exited process stays describable for [`EXIT_GRACE_NS`] of kernel
+//! time: its last file or socket events travel on other ring buffers and may
+//! be read after its exit.
+//!
 //! The table is bounded: when full, a process not seen recently is evicted
 //! (second-chance "clock" order, so ancestors that keep showing up in lineages
 //! stay) and the eviction is counted.
@@ -18,6 +22,10 @@ use std::{
 use proto::telemetry::v1::Process;
 
 use crate::events::{ExecRecord, ExitRecord, ForkRecord, TaskIdentity};
+
+/// How long (kernel time) an exited process is still described for events
+/// read after its exit.
+pub const EXIT_GRACE_NS: u64 = 2_000_000_000;
 
 /// One tracked process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +43,8 @@ pub struct ProcessEntry {
     generation: u64,
     /// Second chance bit of the clock eviction.
     referenced: bool,
+    /// The process exited; the entry waits out its grace period.
+    exited: bool,
 }
 
 impl ProcessEntry {
@@ -82,6 +92,8 @@ pub struct ProcessTable {
     entries: HashMap<u32, ProcessEntry>,
     /// Eviction order: (tgid, generation), oldest first; may hold stale slots.
     clock: VecDeque<(u32, u64)>,
+    /// Exited entries in exit order: (exit timestamp, tgid, generation).
+    exited: VecDeque<(u64, u32, u64)>,
     next_generation: u64,
     max_entries: usize,
     lineage_depth: usize,
@@ -94,6 +106,7 @@ impl ProcessTable {
         Self {
             entries: HashMap::new(),
             clock: VecDeque::new(),
+            exited: VecDeque::new(),
             next_generation: 0,
             max_entries: max_entries.max(1),
             lineage_depth,
@@ -116,9 +129,9 @@ impl ProcessTable {
         }
     }
 
-    /// The entry for `tgid`, whatever its start time.
+    /// The live entry for `tgid`, whatever its start time.
     pub fn get(&self, tgid: u32) -> Option<&ProcessEntry> {
-        self.entries.get(&tgid)
+        self.entries.get(&tgid).filter(|e| !e.exited)
     }
 
     /// Reads every process under `proc_root` (normally `/proc`). Processes
@@ -154,6 +167,7 @@ impl ProcessTable {
                 start_slack_ns: tick_ns,
                 generation: 0,
                 referenced: false,
+                exited: false,
             });
             added += 1;
         }
@@ -184,10 +198,16 @@ impl ProcessTable {
     /// an entry that started no later than the task is this process.
     pub fn on_exit(&mut self, exit: &ExitRecord) -> ExitedProcess {
         let task = &exit.task;
-        let entry = match self.entries.get(&task.tgid) {
-            Some(e) if e.not_newer_than(task.start_boottime_ns) => self.entries.remove(&task.tgid),
+        let entry = match self.entries.get_mut(&task.tgid) {
+            Some(e) if !e.exited && e.not_newer_than(task.start_boottime_ns) => {
+                e.exited = true;
+                self.exited
+                    .push_back((exit.timestamp_ns, e.tgid, e.generation));
+                Some(e.clone())
+            }
             _ => None,
         };
+        self.reap(exit.timestamp_ns);
         let start = match &entry {
             Some(e) if e.start_ns != 0 && !e.is_process(task.start_boottime_ns) => e.start_ns,
             Some(e) if task.start_boottime_ns == 0 => e.start_ns,
@@ -257,9 +277,27 @@ impl ProcessTable {
         }
     }
 
+    /// Removes exited entries whose grace period ended by `now_ns`.
+    fn reap(&mut self, now_ns: u64) {
+        while let Some(&(at, tgid, generation)) = self.exited.front() {
+            if at.saturating_add(EXIT_GRACE_NS) > now_ns {
+                break;
+            }
+            self.exited.pop_front();
+            if self
+                .entries
+                .get(&tgid)
+                .is_some_and(|e| e.generation == generation && e.exited)
+            {
+                self.entries.remove(&tgid);
+            }
+        }
+    }
+
     /// Adds or refreshes the process of `task`; `exe` None keeps the old one.
     fn upsert(&mut self, task: &TaskIdentity, exe: Option<String>) {
         if let Some(e) = self.entries.get_mut(&task.tgid)
+            && !e.exited
             && e.is_process(task.start_boottime_ns)
         {
             e.ppid = task.ppid;
@@ -283,14 +321,16 @@ impl ProcessTable {
             start_slack_ns: 0,
             generation: 0,
             referenced: false,
+            exited: false,
         });
     }
 
     fn insert(&mut self, mut entry: ProcessEntry) {
-        if self.entries.contains_key(&entry.tgid) {
-            self.stats.replaced_stale += 1;
-        } else {
-            self.make_room();
+        match self.entries.get(&entry.tgid) {
+            Some(e) if !e.exited => self.stats.replaced_stale += 1,
+            // A pid reused during the old process's grace period.
+            Some(_) => {}
+            None => self.make_room(),
         }
         self.next_generation += 1;
         entry.generation = self.next_generation;
@@ -430,7 +470,12 @@ pub(crate) mod tests {
         let gone = t.on_exit(&exit(task(50, 1, "bash", 1_000), 6_000));
         assert_eq!(gone.duration_ns, 5_000);
         assert_eq!(gone.entry.map(|e| e.exe), Some("/usr/bin/bash".to_owned()));
-        assert!(t.get(50).is_none());
+        assert!(t.get(50).is_none(), "not live any more");
+        // Events read after the exit (other ring buffers) still get it ...
+        assert_eq!(t.describe(&task(50, 1, "bash", 1_000)).exe, "/usr/bin/bash");
+        // ... until the grace period has passed in kernel time.
+        t.on_exit(&exit(task(77, 1, "x", 2_000), 6_000 + EXIT_GRACE_NS));
+        assert_eq!(t.describe(&task(50, 1, "bash", 1_000)).exe, "");
         assert_eq!(t.len(), 1);
     }
 

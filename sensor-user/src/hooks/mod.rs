@@ -17,7 +17,7 @@ use sensor_common::{AllowEntry, FileId, drop_reason, names};
 use crate::watch::kernel::WatchMaps;
 
 pub use btf::{BtfError, KernelBtf};
-pub use ringbuf::{read_ring, register_readable};
+pub use ringbuf::{read_rings, register_readable};
 
 /// aya-log's reader of the programs' log ring buffer (forwards to `log`).
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -383,6 +383,49 @@ pub struct KernelDrops {
 #[cfg(test)]
 mod tests {
     use std::mem::{offset_of, size_of};
+
+    /// The file programs read syscall tracepoint records at fixed places:
+    /// `__syscall_nr` at 8, argument n at 16 + 8n, `ret` at 16. That is the
+    /// syscall trace event ABI; check it against this kernel's format files.
+    #[test]
+    fn syscall_tracepoint_records_have_the_layout_the_programs_read() {
+        fn fields(tp: &str) -> Vec<(String, usize)> {
+            let path = format!("/sys/kernel/tracing/events/syscalls/{tp}/format");
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            text.lines()
+                .filter_map(|line| {
+                    let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+                    let name = decl.rsplit([' ', '*']).next()?.to_owned();
+                    let offset = line
+                        .split("offset:")
+                        .nth(1)?
+                        .split(';')
+                        .next()?
+                        .parse()
+                        .ok()?;
+                    Some((name, offset))
+                })
+                .collect()
+        }
+        let enter = fields("sys_enter_renameat2");
+        let want: Vec<(String, usize)> = [
+            ("__syscall_nr", 8),
+            ("olddfd", 16),
+            ("oldname", 24),
+            ("newdfd", 32),
+            ("newname", 40),
+            ("flags", 48),
+        ]
+        .iter()
+        .map(|(n, o)| ((*n).to_owned(), *o))
+        .collect();
+        assert_eq!(enter[4..], want[..], "sys_enter_renameat2 fields");
+        let exit = fields("sys_exit_openat");
+        assert_eq!(exit.last(), Some(&("ret".to_owned(), 16)));
+        for (_, tp) in names::FILE_ENTER_PROGRAMS {
+            assert!(syscall_tracepoint_exists(tp), "{tp} on this kernel");
+        }
+    }
 
     use sensor_common::KernelOffsets;
 

@@ -11,41 +11,51 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// sensor-ebpf `submit_process_event`); this timer bounds their latency.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Calls `on_record` for every record until `shutdown` resolves, then drains
-/// what is left so nothing already committed is lost on a clean stop.
-pub async fn read_ring(
-    ring: RingBuf<MapData>,
+/// Calls `on_record` for every record of `rings` until `shutdown`
+/// resolves, then drains what is left so nothing already committed is lost
+/// on a clean stop.
+///
+/// One task reads every ring and always drains them in the given order: a
+/// task's exec (process ring) is committed before anything it does next, so
+/// draining the process ring first hands the exec to enrichment before the
+/// file or socket event of the same process.
+pub async fn read_rings(
+    rings: Vec<RingBuf<MapData>>,
     mut on_record: impl FnMut(&[u8]),
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut fd = register_readable(ring)?;
+    let mut fds = rings
+        .into_iter()
+        .map(register_readable)
+        .collect::<std::io::Result<Vec<_>>>()?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let woken =
+            futures::future::select_all(fds.iter_mut().map(|fd| Box::pin(fd.readable_mut())));
         tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(record) = ring.next() {
-                    on_record(&record);
-                }
-                guard.clear_ready();
+            (guard, _, _) = woken => {
+                // Cleared before draining: data committed after this point
+                // raises readiness again, and the drain below reads it.
+                guard?.clear_ready();
             }
-            _ = tick.tick() => {
-                let ring = fd.get_mut();
-                while let Some(record) = ring.next() {
-                    on_record(&record);
-                }
-            }
+            _ = tick.tick() => {}
             () = &mut shutdown => break,
         }
+        drain(&mut fds, &mut on_record);
     }
-    let ring = fd.get_mut();
-    while let Some(record) = ring.next() {
-        on_record(&record);
-    }
+    drain(&mut fds, &mut on_record);
     Ok(())
+}
+
+fn drain(fds: &mut [AsyncFd<RingBuf<MapData>>], on_record: &mut impl FnMut(&[u8])) {
+    for fd in fds {
+        let ring = fd.get_mut();
+        while let Some(record) = ring.next() {
+            on_record(&record);
+        }
+    }
 }
 
 /// Registers an fd-owning aya object (ring buffer, logger) with tokio.

@@ -1,0 +1,280 @@
+//! File telemetry on watched paths, on the real kernel: the kernel reports
+//! operations on the watched set (with the full path, the operation, the
+//! result and the process) and nothing outside it.
+
+use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command, time::Duration};
+
+use proto::telemetry::v1::{EventKind, FileEvent, SubscribeRequest, file_event::Operation};
+use tests::{Collector, Sensor, SensorOptions, Subscription, marker};
+
+/// A temporary tree: `phi/` (watched) and `other/` (not).
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("rxsentry-files-")
+            .tempdir()?;
+        std::fs::create_dir(dir.path().join("phi"))?;
+        std::fs::create_dir(dir.path().join("other"))?;
+        std::fs::write(dir.path().join("phi/rx.db"), b"patient record\n")?;
+        std::fs::write(dir.path().join("other/notes.txt"), b"nothing to see\n")?;
+        Ok(Self { dir })
+    }
+
+    /// Canonical path of `rel` inside the tree, as the sensor reports it.
+    fn path(&self, rel: &str) -> String {
+        let root = std::fs::canonicalize(self.dir.path()).expect("tree exists");
+        root.join(rel).to_string_lossy().into_owned()
+    }
+}
+
+async fn start(tree: &Tree, files: &str) -> anyhow::Result<(Collector, Subscription, Sensor)> {
+    let collector = Collector::start().await?;
+    let sub = Subscription::open(
+        &collector.url(),
+        SubscribeRequest {
+            kinds: vec![EventKind::File as i32],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let extra_config = format!(
+        "[batching]\nmax_events = 64\nmax_delay_ms = 100\n[files]\nrefresh_seconds = 0\n{files}\n[[files.watch]]\npath = \"{}\"\n",
+        tree.path("phi")
+    );
+    let sensor = Sensor::start(&collector, SensorOptions { extra_config }).await?;
+    Ok((collector, sub, sensor))
+}
+
+/// Runs `program args...`, returns its pid after it exited successfully.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<u32> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "{program} {args:?}: {status}");
+    Ok(pid)
+}
+
+/// Reads a fresh watched file and waits for its event: the ring buffer and
+/// the stream keep order, so everything caused before it has arrived too.
+async fn barrier(sub: &mut Subscription, tree: &Tree) -> anyhow::Result<()> {
+    let name = marker("phi/end");
+    std::fs::write(tree.path(&name), b"end")?;
+    let pid = run("/bin/cat", &[&tree.path(&name)])?;
+    let path = tree.path(&name);
+    sub.until(Duration::from_secs(20), |s| {
+        s.files_under(&path)
+            .iter()
+            .any(|f| f.process.as_ref().is_some_and(|p| p.pid == pid))
+    })
+    .await
+}
+
+fn by_pid(events: Vec<&FileEvent>, pid: u32) -> Vec<&FileEvent> {
+    events
+        .into_iter()
+        .filter(|f| f.process.as_ref().is_some_and(|p| p.pid == pid))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_read_is_one_event_and_an_unwatched_read_is_none() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+
+    let reader = run("/bin/cat", &[&tree.path("phi/rx.db")])?;
+    let outsider = run("/bin/cat", &[&tree.path("other/notes.txt")])?;
+    barrier(&mut sub, &tree).await?;
+
+    let reads = by_pid(sub.files_under(&tree.path("phi/rx.db")), reader);
+    assert_eq!(reads.len(), 1, "exactly one event for one read: {reads:?}");
+    let read = reads[0];
+    assert_eq!(read.operation(), Operation::OpenRead);
+    assert_eq!(read.path, tree.path("phi/rx.db"));
+    assert!(read.result >= 0, "open succeeded: {}", read.result);
+    assert_eq!(read.flags & 0o3, 0, "O_RDONLY");
+    let meta = std::fs::metadata(tree.path("phi/rx.db"))?;
+    let file = read.file.expect("the kernel held the file");
+    assert_eq!((file.device, file.inode), (meta.dev(), meta.ino()));
+    let process = read.process.as_ref().expect("process");
+    assert_eq!(process.comm, "cat");
+    assert_eq!(process.ppid, std::process::id());
+    assert!(
+        process.exe.ends_with("/cat"),
+        "exe from the process table: {:?}",
+        process.exe
+    );
+
+    assert!(
+        sub.files_under(&tree.path("other")).is_empty(),
+        "nothing outside the watched set"
+    );
+    assert!(
+        by_pid(sub.files_under(""), outsider).is_empty(),
+        "the unwatched reader caused no event at all"
+    );
+    assert!(
+        by_pid(sub.files_under(""), sensor.pid()).is_empty(),
+        "the sensor's own activity is never reported"
+    );
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_unlinks_and_attribute_changes_carry_both_paths() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+
+    let (a, b) = (tree.path("phi/a.tmp"), tree.path("phi/b.db"));
+    std::fs::write(&a, b"draft")?;
+    let mover = run("/bin/mv", &[&a, &b])?;
+    let chmod = run("/bin/chmod", &["600", &b])?;
+    let chown = run("/bin/chown", &["1:2", &b])?;
+    let remover = run("/bin/rm", &[&b])?;
+    // In from outside, then out again: the watched side may be either one.
+    let outside = tree.path("other/notes.txt");
+    let inside = tree.path("phi/notes.txt");
+    let move_in = run("/bin/mv", &[&outside, &inside])?;
+    let move_out = run("/bin/mv", &[&inside, &outside])?;
+    barrier(&mut sub, &tree).await?;
+
+    let all = sub.files_under("");
+    let one = |pid: u32, what: &str| -> anyhow::Result<FileEvent> {
+        let found = by_pid(all.clone(), pid);
+        anyhow::ensure!(found.len() == 1, "{what}: {found:?}");
+        Ok(found[0].clone())
+    };
+    let rename = one(mover, "rename")?;
+    assert_eq!(rename.operation(), Operation::Rename);
+    assert_eq!(
+        (rename.path.as_str(), rename.new_path.as_str()),
+        (a.as_str(), b.as_str())
+    );
+    assert_eq!(rename.result, 0);
+
+    let chmod = one(chmod, "chmod")?;
+    assert_eq!(chmod.operation(), Operation::Chmod);
+    assert_eq!(chmod.path, b);
+    assert_eq!(chmod.mode.map(|m| m & 0o7777), Some(0o600));
+
+    let chown = one(chown, "chown")?;
+    assert_eq!(chown.operation(), Operation::Chown);
+    assert_eq!((chown.uid, chown.gid), (Some(1), Some(2)));
+
+    let unlink = one(remover, "unlink")?;
+    assert_eq!(unlink.operation(), Operation::Unlink);
+    assert_eq!(unlink.path, b);
+    assert_eq!(unlink.result, 0);
+
+    let moved_in = one(move_in, "move in")?;
+    assert_eq!(
+        (moved_in.path.as_str(), moved_in.new_path.as_str()),
+        (outside.as_str(), inside.as_str())
+    );
+    let moved_out = one(move_out, "move out")?;
+    assert_eq!(
+        (moved_out.path.as_str(), moved_out.new_path.as_str()),
+        (inside.as_str(), outside.as_str())
+    );
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusions_failed_opens_writes_and_execs() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    std::fs::create_dir(tree.dir.path().join("phi/cache"))?;
+    std::fs::write(tree.dir.path().join("phi/cache/tmp"), b"cached")?;
+    // An excluded program: a copy of cat only this test runs.
+    let quiet_cat = tree.path("other/quiet-cat");
+    std::fs::copy("/bin/cat", &quiet_cat)?;
+    let files = format!(
+        "exclude_paths = [\"{}\"]\nexclude_processes = [\"{quiet_cat}\"]",
+        tree.path("phi/cache")
+    );
+    let (_collector, mut sub, sensor) = start(&tree, &files).await?;
+
+    let cached = run("/bin/cat", &[&tree.path("phi/cache/tmp")])?;
+    let quiet = run(&quiet_cat, &[&tree.path("phi/rx.db")])?;
+    let missing = Command::new("/bin/cat")
+        .arg(tree.path("phi/missing.db"))
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let missing_pid = missing.id();
+    missing.wait_with_output()?;
+    let writer = run(
+        "/bin/sh",
+        &["-c", &format!("echo more >> {}", tree.path("phi/rx.db"))],
+    )?;
+    let tool = tree.path("phi/tool");
+    std::fs::copy("/bin/true", &tool)?;
+    let executed = run(&tool, &[])?;
+    barrier(&mut sub, &tree).await?;
+
+    let all = sub.files_under("");
+    assert!(by_pid(all.clone(), cached).is_empty(), "excluded subtree");
+    assert!(by_pid(all.clone(), quiet).is_empty(), "excluded program");
+
+    let failed = by_pid(all.clone(), missing_pid);
+    assert_eq!(failed.len(), 1, "failed open: {failed:?}");
+    assert_eq!(failed[0].path, tree.path("phi/missing.db"));
+    assert_eq!(failed[0].result, -2, "ENOENT");
+
+    let writes = by_pid(all.clone(), writer);
+    assert_eq!(writes.len(), 1, "append: {writes:?}");
+    assert_eq!(writes[0].operation(), Operation::OpenWrite);
+    assert_ne!(writes[0].flags & 0o2000, 0, "O_APPEND as passed");
+
+    let execs: Vec<_> = by_pid(all, executed)
+        .into_iter()
+        .filter(|f| f.operation() == Operation::Exec)
+        .collect();
+    assert_eq!(execs.len(), 1, "exec of a watched file: {execs:?}");
+    assert_eq!(execs[0].path, tool);
+    sensor.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_replaced_by_rename_stays_watched() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let passwd = tree.path("other/passwd");
+    std::fs::write(&passwd, b"root:x:0:0\n")?;
+    let files = format!("[[files.watch]]\npath = \"{passwd}\"\nops = [\"write\", \"rename\"]");
+    let (_collector, mut sub, sensor) = start(&tree, &files).await?;
+
+    // vipw-style: write a new file, rename it over the watched one.
+    let staged = tree.path("other/passwd.new");
+    std::fs::write(&staged, b"root:x:0:0\nmallory:x:0:0\n")?;
+    let replacer = run("/bin/mv", &[&staged, &passwd])?;
+    let path = passwd.clone();
+    sub.until(Duration::from_secs(20), |s| {
+        !by_pid(s.files_under(&path), replacer).is_empty()
+    })
+    .await?;
+    // The new inode must be watched now (the sensor re-reads the set when a
+    // watched root is replaced); a write shows it.
+    let mut writer_pid = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        writer_pid = run("/bin/sh", &["-c", &format!("echo x >> {passwd}")])?;
+        barrier(&mut sub, &tree).await?;
+        if !by_pid(sub.files_under(&passwd), writer_pid).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let writes = by_pid(sub.files_under(&passwd), writer_pid);
+    assert_eq!(writes.len(), 1, "write to the replaced file: {writes:?}");
+    assert_eq!(writes[0].operation(), Operation::OpenWrite);
+    assert!(Path::new(&passwd).exists());
+    sensor.stop().await?;
+    Ok(())
+}
