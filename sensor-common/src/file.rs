@@ -80,6 +80,10 @@ pub struct FileSettings {
     /// The sensor's own process: its reads of watched files (hashing,
     /// config reload) are never events.
     pub self_tgid: u32,
+    /// Changes with every new watch set: invalidates the kernel's cache of
+    /// directories known to be outside the watched set.
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// `PathRecord::flags`: the dentry chain did not fit and was cut.

@@ -8,14 +8,14 @@
 //! failed opens) are decided on the base directory's dentry plus the path
 //! string, held in `PENDING` at entry and completed with the result at exit.
 
-use aya_ebpf::cty::c_void;
+use aya_ebpf::{EbpfContext as _, cty::c_void};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user, bpf_probe_read_user_str_bytes, generated::bpf_loop,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
@@ -86,8 +86,39 @@ const UNCHANGED: u32 = u32::MAX;
 /// checked against the kernel's format files by a test in sensor-user).
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: reads inside the tracepoint record.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+    // SAFETY: a direct load inside the tracepoint record (the verifier
+    // checks the constant offset); no helper call on the hot path.
+    unsafe { *ctx.as_ptr().cast::<u64>().add(2 + n) }
+}
+
+/// A directory, as the kernel's cache of "outside the watched set" knows it:
+/// its dentry, its parent's and its inode number together, so a recycled
+/// dentry of another directory never matches a stale entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DirKey {
+    dentry: u64,
+    parent: u64,
+    ino: u64,
+}
+
+/// Directories whose whole ancestry was walked without meeting a watched
+/// root, valued with the cache generation they were walked in. Saves the
+/// walk for almost every open outside the watched set.
+#[map]
+static UNWATCHED_DIRS: LruHashMap<DirKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Successful watched renames: a directory moved into or out of a watched
+/// tree changes what its subtree's ancestry is, so it invalidates the cache.
+#[map]
+static WATCHED_RENAMES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The generation cache entries must carry to be believed.
+#[inline(always)]
+fn cache_generation() -> u64 {
+    let settings = FILE_SETTINGS.get(0).map_or(0, |s| s.generation);
+    let renames = WATCHED_RENAMES.get(0).copied().unwrap_or(0);
+    (u64::from(settings) << 32) | (renames & 0xffff_ffff)
 }
 
 /// The settings when the file programs should look at this task.
@@ -335,7 +366,7 @@ fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
     rec.flags = 0;
     rec.chain_len = 0;
     rec.name[0] = 0;
-    let Some((levels, entry)) = find_watched(rec, dentry) else {
+    let Some((levels, entry)) = find_watched_file(rec, dentry) else {
         return false;
     };
     if entry.ops & (1 << op) == 0 {
@@ -345,6 +376,39 @@ fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
     rec.flags = PATH_WATCHED;
     write_chain(rec, dentry, levels);
     true
+}
+
+/// [`find_watched`] for a file: the file itself, then its directory's
+/// ancestry unless the cache knows the directory is outside the set.
+#[inline(always)]
+fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, WatchEntry)> {
+    let o = offsets()?;
+    let id = read_dentry_id(dentry, o).ok()?;
+    // SAFETY: the value is copied out at once.
+    if let Some(entry) = unsafe { WATCHED.get(id) } {
+        return Some((0, *entry));
+    }
+    let dir = read_ptr(dentry, o.dentry_parent).ok()?;
+    if dir == dentry {
+        return None;
+    }
+    let key = DirKey {
+        dentry: dir as u64,
+        parent: read_ptr(dir, o.dentry_parent).ok()? as u64,
+        ino: read_dentry_id(dir, o).ok()?.ino,
+    };
+    let generation = cache_generation();
+    // SAFETY: the value is copied out at once.
+    if unsafe { UNWATCHED_DIRS.get(key) }.copied() == Some(generation) {
+        return None;
+    }
+    match find_watched(rec, dir) {
+        Some((levels, entry)) => Some((levels + 1, entry)),
+        None => {
+            let _ = UNWATCHED_DIRS.insert(key, generation, 0);
+            None
+        }
+    }
 }
 
 /// Fills `rec` for a path a syscall names (`dfd`, user string at `path`);
@@ -792,6 +856,14 @@ pub fn file_exit_pending(ctx: TracePointContext) -> u32 {
     let ev = unsafe { &mut *ev };
     ev.file.result = arg(&ctx, 0) as i64;
     if ev.file.header.kind == EventKind::FileRename as u32 {
+        if ev.file.result == 0
+            && let Some(renames) = WATCHED_RENAMES.get_ptr_mut(0)
+        {
+            // SAFETY: an aligned u64 in map memory. Not atomic: two renames
+            // at once may count once, and the value still changes, which
+            // is all the cache needs.
+            unsafe { *renames = (*renames).wrapping_add(1) };
+        }
         output_event(&FILE_EVENTS, &*ev, drop_reason::FILE_RINGBUF_FULL);
     } else {
         output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);

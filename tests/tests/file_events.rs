@@ -278,3 +278,33 @@ async fn a_watched_file_replaced_by_rename_stays_watched() -> anyhow::Result<()>
     sensor.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_moved_into_the_watched_tree_is_watched_at_once() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    std::fs::create_dir_all(tree.dir.path().join("other/outer/batch"))?;
+    std::fs::write(tree.dir.path().join("other/outer/batch/rx-42.csv"), b"rows")?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+
+    // Read it outside first: the kernel now caches "outer/batch is not
+    // watched" (keyed by the directory, its parent and inode, none of which
+    // change when `outer` moves); the move must invalidate that.
+    let before = run("/bin/cat", &[&tree.path("other/outer/batch/rx-42.csv")])?;
+    run(
+        "/bin/mv",
+        &[&tree.path("other/outer"), &tree.path("phi/outer")],
+    )?;
+    let after = run("/bin/cat", &[&tree.path("phi/outer/batch/rx-42.csv")])?;
+    barrier(&mut sub, &tree).await?;
+
+    let all = sub.files_under("");
+    assert!(
+        by_pid(all.clone(), before).is_empty(),
+        "unwatched before the move"
+    );
+    let reads = by_pid(all, after);
+    assert_eq!(reads.len(), 1, "watched after the move: {reads:?}");
+    assert_eq!(reads[0].path, tree.path("phi/outer/batch/rx-42.csv"));
+    sensor.stop().await?;
+    Ok(())
+}

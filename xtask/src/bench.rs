@@ -7,7 +7,9 @@
 //! - paced execs at 2,000/s: every exec must arrive and no drop be counted;
 //! - throughput kernel -> subscriber (events/s) on an unpaced storm;
 //! - zstd payload bytes per event and per exec, from the collector's counters;
-//! - the sensor's RSS (current and peak).
+//! - the sensor's RSS (current and peak);
+//! - file telemetry: open storms outside and inside the watched set, and a
+//!   paced run of watched opens (see `files`).
 //!
 //! The collector runs in-process (the same library as `rxsentry-collector`),
 //! the sensor is the real release binary. The collector's ingest shares this
@@ -37,6 +39,8 @@ use proto::telemetry::v1::{
 
 use crate::{build, target_dir, workspace_root};
 
+mod files;
+
 #[derive(clap::Args)]
 pub struct Options {
     /// Execs per storm round.
@@ -53,6 +57,12 @@ pub struct Options {
     /// Files in the allowlist of the enforcement round.
     #[arg(long, default_value_t = 10_000)]
     policy_entries: usize,
+    /// Opens per file storm round.
+    #[arg(long, default_value_t = 200_000)]
+    opens: usize,
+    /// Only the file telemetry rounds; prints, leaves docs/bench.md alone.
+    #[arg(long)]
+    files_only: bool,
     /// Skip `cargo xtask build`.
     #[arg(long)]
     no_build: bool,
@@ -75,6 +85,14 @@ pub fn bench(opts: &Options) -> Result<()> {
     let url = format!("http://{addr}");
 
     let mut report = Report::default();
+    if opts.files_only {
+        let files = files::run(&url, &collector, opts.opens, opts.rounds)?;
+        let mut t = String::new();
+        files.render(&mut t);
+        println!("\n{t}");
+        let _ = stop_tx.send(());
+        return rt.block_on(server)?.map_err(Into::into);
+    }
 
     // 1. Exec storm, alternated without / with the sensor.
     let mut without = Vec::new();
@@ -159,6 +177,9 @@ pub fn bench(opts: &Options) -> Result<()> {
     report.drops = after.drops;
     (report.rss_kib, report.peak_rss_kib) = sensor.rss_kib()?;
     sensor.stop()?;
+
+    // 7. File telemetry.
+    report.files = Some(files::run(&url, &collector, opts.opens, opts.rounds)?);
 
     let _ = stop_tx.send(());
     rt.block_on(server)??;
@@ -586,6 +607,7 @@ struct Report {
     drops: proto::telemetry::v1::DropCounters,
     rss_kib: u64,
     peak_rss_kib: u64,
+    files: Option<files::FileBench>,
 }
 
 impl Report {
@@ -692,6 +714,9 @@ impl Report {
             "| policy reload (SIGHUP: parse, hash, swap), {} entries | {} ms | - | - |",
             self.policy_entries, self.reload_ms
         );
+        if let Some(files) = &self.files {
+            files.render(&mut t);
+        }
         t
     }
 }

@@ -292,6 +292,7 @@ impl ProcessHooks {
             prefixes: take(&mut self.ebpf, names::WATCH_PREFIXES)?,
             excluded_exes: take(&mut self.ebpf, names::WATCH_EXCLUDED_EXES)?,
             settings: take(&mut self.ebpf, names::FILE_SETTINGS)?,
+            generation: 0,
         })
     }
 

@@ -14,6 +14,8 @@ pub struct WatchMaps {
     pub(crate) prefixes: HashMap<MapData, u64, WatchEntry>,
     pub(crate) excluded_exes: HashMap<MapData, FileId, u8>,
     pub(crate) settings: Array<MapData, FileSettings>,
+    /// Last `FileSettings::generation` written.
+    pub(crate) generation: u32,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> WatchError {
@@ -54,9 +56,12 @@ impl WatchMaps {
         sync(&mut self.watched, &watched).map_err(map_err(names::WATCHED))?;
         sync(&mut self.prefixes, &prefixes).map_err(map_err(names::WATCH_PREFIXES))?;
         sync(&mut self.excluded_exes, &exes).map_err(map_err(names::WATCH_EXCLUDED_EXES))?;
+        self.generation = self.generation.wrapping_add(1);
         let settings = FileSettings {
             enabled: 1,
             self_tgid: std::process::id(),
+            generation: self.generation,
+            _pad: 0,
         };
         self.settings
             .set(0, settings, 0)

@@ -1,0 +1,200 @@
+//! File telemetry costs: an open storm (open + close, two threads) on files
+//! outside the watched set and inside it, each against the same storm with
+//! no sensor, alternated round by round; then a paced run of watched opens
+//! that must all arrive with no drop.
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use collector::Collector;
+
+use super::{BpfStats, SensorProcess, host_totals, median};
+
+/// Files per directory; the storm cycles through them.
+const FILES: usize = 64;
+const THREADS: usize = 2;
+
+/// What the file rounds measured.
+#[derive(Default)]
+pub struct FileBench {
+    opens: usize,
+    rounds: usize,
+    without: Duration,
+    unwatched: Duration,
+    watched: Duration,
+    bpf_ns_per_unwatched_open: f64,
+    paced_rate: f64,
+    paced_sent: u64,
+    paced_arrived: u64,
+    paced_drops: u64,
+}
+
+/// A temporary tree: `work/` (never watched) and `phi/` (watched).
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("rxsentry-bench-files-")
+            .tempdir()?;
+        for sub in ["work", "phi"] {
+            std::fs::create_dir(dir.path().join(sub))?;
+            for i in 0..FILES {
+                std::fs::write(dir.path().join(sub).join(format!("f{i}")), b"x")?;
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    fn files(&self, sub: &str) -> Vec<PathBuf> {
+        (0..FILES)
+            .map(|i| self.dir.path().join(sub).join(format!("f{i}")))
+            .collect()
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[log]\nlevel = \"warn\"\n[kernel]\nfile_ringbuf_bytes = 33554432\n[files]\nrefresh_seconds = 0\n[[files.watch]]\npath = \"{}\"\n",
+            self.dir.path().join("phi").display()
+        )
+    }
+}
+
+/// `n` open+close of `files` from two threads, paced to `rate` per second
+/// if given. Returns the wall time.
+fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<Duration> {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || -> Result<()> {
+                    for i in (t..n).step_by(THREADS) {
+                        if let Some(rate) = rate
+                            && i % 256 < THREADS
+                        {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        let path = &files[i % files.len()];
+                        std::fs::File::open(path)
+                            .with_context(|| format!("opening {}", path.display()))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("storm thread"))
+    })?;
+    Ok(start.elapsed())
+}
+
+/// Runs the file rounds against the collector at `url`.
+pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Result<FileBench> {
+    let tree = Tree::new()?;
+    let (work, phi) = (tree.files("work"), tree.files("phi"));
+    let config = tree.config();
+    let mut r = FileBench {
+        opens,
+        rounds,
+        ..FileBench::default()
+    };
+    let (mut without, mut unwatched, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bpf = Vec::new();
+    for round in 0..rounds {
+        let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
+        let stats = BpfStats::enable()?;
+        let before = sensor.bpf_run_time()?;
+        unwatched.push(open_storm(opens, &work, None)?);
+        let after = sensor.bpf_run_time()?;
+        drop(stats);
+        bpf.push((after.0 - before.0) as f64 / opens as f64);
+        watched.push(open_storm(opens, &phi, None)?);
+        sensor.stop()?;
+        without.push(open_storm(opens, &work, None)?);
+        println!(
+            "files round {round}: without {:.3}s, unwatched {:.3}s, watched {:.3}s",
+            without[round].as_secs_f64(),
+            unwatched[round].as_secs_f64(),
+            watched[round].as_secs_f64()
+        );
+    }
+    r.without = median(&without);
+    r.unwatched = median(&unwatched);
+    r.watched = median(&watched);
+    bpf.sort_by(f64::total_cmp);
+    r.bpf_ns_per_unwatched_open = bpf[bpf.len() / 2];
+
+    // Paced watched opens: each one an event; all must arrive, no drops.
+    let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
+    let before = host_totals(collector);
+    let n = 200_000;
+    let took = open_storm(n, &phi, Some(100_000.0))?;
+    r.paced_rate = n as f64 / took.as_secs_f64();
+    r.paced_sent = n as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = host_totals(collector);
+        r.paced_arrived = now.events - before.events;
+        let d = &now.drops;
+        r.paced_drops = d.kernel_ringbuf_full + d.userspace_queue_full + d.userspace_events_dropped
+            - (before.drops.kernel_ringbuf_full
+                + before.drops.userspace_queue_full
+                + before.drops.userspace_events_dropped);
+        if r.paced_arrived >= r.paced_sent || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sensor.stop()?;
+    Ok(r)
+}
+
+impl FileBench {
+    /// Table rows for docs/bench.md.
+    pub fn render(&self, t: &mut String) {
+        let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
+        let ratio = |d: Duration| d.as_secs_f64() / self.without.as_secs_f64();
+        let (unwatched, watched) = (ratio(self.unwatched), ratio(self.watched));
+        let _ = writeln!(
+            t,
+            "| open storm ({} open+close, 2 threads, {} rounds), files outside the watched set / no sensor | {unwatched:.3} ({:.3} s / {:.3} s) | <= 1.05 | {} |",
+            self.opens,
+            self.rounds,
+            self.unwatched.as_secs_f64(),
+            self.without.as_secs_f64(),
+            verdict(unwatched <= 1.05)
+        );
+        let _ = writeln!(
+            t,
+            "| open storm, every open a watched file (one event each) / no sensor | {watched:.3} ({:.3} s) | <= 1.25 | {} |",
+            self.watched.as_secs_f64(),
+            verdict(watched <= 1.25)
+        );
+        let _ = writeln!(
+            t,
+            "| kernel side: BPF time per unwatched open (entry + exit programs) | {:.0} ns | - | - |",
+            self.bpf_ns_per_unwatched_open
+        );
+        let all = self.paced_arrived >= self.paced_sent && self.paced_drops == 0;
+        let _ = writeln!(
+            t,
+            "| watched file events, paced: arrived / sent at {:.0} events/s, drops | {} / {}, {} drops | >= 100,000/s, 0 drops | {} |",
+            self.paced_rate,
+            self.paced_arrived,
+            self.paced_sent,
+            self.paced_drops,
+            verdict(all && self.paced_rate >= 100_000.0 * 0.95)
+        );
+    }
+}
