@@ -33,6 +33,7 @@ pub const EXPECTED_TESTS: &[&str] = &[
     "mounts",
     "kiosk-apps",
     matrix::PROCESS_TEST,
+    "file-telemetry",
     matrix::LSM_TEST,
     "allowlist-lsm",
 ];
