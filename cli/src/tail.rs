@@ -45,6 +45,8 @@ enum KindArg {
     Exit,
     /// Allowlist blocks and would-blocks.
     Policy,
+    /// TCP connect/accept/listen/close, UDP destinations, DNS queries.
+    Network,
 }
 
 impl From<KindArg> for EventKind {
@@ -54,6 +56,7 @@ impl From<KindArg> for EventKind {
             KindArg::Fork => EventKind::Fork,
             KindArg::Exit => EventKind::Exit,
             KindArg::Policy => EventKind::Policy,
+            KindArg::Network => EventKind::Network,
         }
     }
 }
@@ -211,6 +214,14 @@ mod tests {
             err.to_string()
                 .contains("possible values: exec, fork, exit"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn network_kind_is_accepted() {
+        assert_eq!(
+            parse(&["--kind", "network"]).request().kinds,
+            [EventKind::Network as i32]
         );
     }
 

@@ -142,6 +142,11 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
         Some(event::Kind::Fork(f)) => (f.process.as_ref(), None),
         Some(event::Kind::Exit(x)) => (x.process.as_ref(), None),
         Some(event::Kind::Policy(p)) => (p.process.as_ref(), Some(p.path.as_str())),
+        // The process's exe basename, so `--process curl` finds its traffic.
+        Some(event::Kind::Network(n)) => (
+            n.process.as_ref(),
+            n.process.as_ref().map(|p| p.exe.as_str()),
+        ),
         None => (None, None),
     };
     let comm = process
@@ -162,6 +167,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Fork(_)) => EventKind::Fork,
         Some(event::Kind::Exit(_)) => EventKind::Exit,
         Some(event::Kind::Policy(_)) => EventKind::Policy,
+        Some(event::Kind::Network(_)) => EventKind::Network,
         None => EventKind::Unspecified,
     }
 }

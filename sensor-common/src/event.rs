@@ -19,6 +19,8 @@ pub enum EventKind {
     Exit = 3,
     /// A [`crate::policy::PolicyEvent`].
     Policy = 4,
+    /// A [`crate::net::NetEvent`] (5 is the file event's).
+    Net = 6,
 }
 
 impl EventKind {
@@ -28,6 +30,7 @@ impl EventKind {
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
             4 => Some(Self::Policy),
+            6 => Some(Self::Net),
             _ => None,
         }
     }

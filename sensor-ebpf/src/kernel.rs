@@ -101,8 +101,14 @@ pub fn read_exec_inode(bprm: *const u8, o: &KernelOffsets) -> Result<InodeIdenti
 /// (`real_parent->mm->exe_file`); fails for kernel threads (no mm).
 #[inline(always)]
 pub fn read_parent_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
-    let parent = read_ptr(task, o.task_real_parent)?;
-    let mm = read_ptr(parent, o.task_mm)?;
+    read_task_exe(read_ptr(task, o.task_real_parent)?, o)
+}
+
+/// The file identity of the program `task` runs (`mm->exe_file`); fails
+/// for kernel threads (no mm).
+#[inline(always)]
+pub fn read_task_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
+    let mm = read_ptr(task, o.task_mm)?;
     let inode = read_file_inode(read_ptr(mm, o.mm_exe_file)?, o)?;
     Ok(FileId {
         dev: inode.dev,

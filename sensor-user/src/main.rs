@@ -191,10 +191,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut hooks = ProcessHooks::load_and_attach(&HookConfig {
         process_ringbuf_bytes: config.kernel.process_ringbuf_bytes,
+        net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
+        network: hooks::net::NetHookConfig::from_config(&config.network),
     })
     .context("attaching the kernel hooks")?;
     tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
     let ring = hooks.take_process_ring()?;
+    let net_ring = hooks.take_net_ring()?;
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
@@ -246,6 +249,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
+    // Network records need no policy step: decode and queue.
+    let net_sender = pipeline.sender();
+    let net_drops = drops.clone();
+    let (stop_net_reader, net_reader_stopped) = tokio::sync::oneshot::channel::<()>();
+    let net_reader = tokio::spawn(hooks::read_ring(
+        net_ring,
+        move |record| match events::decode(record) {
+            Ok(event) => _ = net_sender.push(event),
+            Err(e) => {
+                net_drops.add_malformed_kernel_records(1);
+                tracing::warn!(error = %e, "undecodable network record");
+            }
+        },
+        async move {
+            let _ = net_reader_stopped.await;
+        },
+    ));
+
     println!("rxsentry-sensor ready");
     tracing::info!(
         "kernel hooks attached; streaming to {}",
@@ -276,6 +297,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     record_kernel_drops(&drops, final_drops);
     let _ = stop_reader.send(());
     reader.await?.context("ring buffer reader")?;
+    let _ = stop_net_reader.send(());
+    net_reader.await?.context("network ring buffer reader")?;
     let report = pipeline.shutdown(FLUSH_DEADLINE).await;
     tracing::info!(?report, "stopped");
     if report.deadline_exceeded {
@@ -290,6 +313,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {
     drops.set_kernel_ringbuf_full(k.process_ringbuf_full);
+    drops.set_kernel_net_ringbuf_full(k.net_ringbuf_full);
 }
 
 /// Copies aya-log records from the programs into `log` (and so `tracing`).

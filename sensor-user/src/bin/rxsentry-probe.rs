@@ -182,6 +182,9 @@ fn probe_process() -> anyhow::Result<String> {
     require_object()?;
     let mut hooks = ProcessHooks::load_and_attach(&HookConfig {
         process_ringbuf_bytes: 1 << 20,
+        net_ringbuf_bytes: 1 << 20,
+        // Disabled: the probe asks about process telemetry only.
+        network: Default::default(),
     })
     .context("attaching the process hooks")?;
     let mut ring = hooks.take_process_ring()?;

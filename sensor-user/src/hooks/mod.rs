@@ -4,6 +4,7 @@
 //! Dropping [`ProcessHooks`] detaches every program (the links belong to it).
 
 mod btf;
+pub mod net;
 mod offsets;
 mod ringbuf;
 
@@ -45,6 +46,8 @@ pub enum HookError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("network hooks: {0}")]
+    Net(#[from] net::NetHookError),
 }
 
 /// Kernel-side settings taken from the config.
@@ -52,6 +55,9 @@ pub enum HookError {
 pub struct HookConfig {
     /// Size of `PROCESS_EVENTS`; a power of two, at least one page.
     pub process_ringbuf_bytes: u32,
+    /// Size of `NET_EVENTS`; same rules.
+    pub net_ringbuf_bytes: u32,
+    pub network: net::NetHookConfig,
 }
 
 /// The loaded and attached process programs.
@@ -161,10 +167,17 @@ impl ProcessHooks {
         if EBPF_OBJECT.is_empty() {
             return Err(HookError::NoObject);
         }
-        let offsets = offsets::resolve(&KernelBtf::from_sys_fs()?)?;
+        let btf = KernelBtf::from_sys_fs()?;
+        let mut offsets = offsets::resolve(&btf)?;
+        if config.network.enabled {
+            net::resolve_offsets(&mut offsets, &btf)?;
+        }
+        let net_settings = config.network.settings();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::NET_SETTINGS, &net_settings, true)
             .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
+            .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes)
             .load(EBPF_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -179,6 +192,7 @@ impl ProcessHooks {
         // Attached with the policy off; enforcement starts when the daemon
         // writes a policy (PolicyMaps::apply).
         let allowlist_backend = attach_exec_verdict(&mut ebpf)?;
+        net::attach(&mut ebpf, &config.network)?;
         let drops = ebpf
             .take_map(names::DROPS)
             .ok_or(HookError::Missing(names::DROPS))?;
@@ -196,14 +210,17 @@ impl ProcessHooks {
 
     /// Takes the process event ring buffer (once).
     pub fn take_process_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
-        let map = self
-            .ebpf
-            .take_map(names::PROCESS_EVENTS)
-            .ok_or(HookError::Missing(names::PROCESS_EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| HookError::Map {
-            name: names::PROCESS_EVENTS,
-            source,
-        })
+        self.take_ring(names::PROCESS_EVENTS)
+    }
+
+    /// Takes the network event ring buffer (once).
+    pub fn take_net_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
+        self.take_ring(names::NET_EVENTS)
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, HookError> {
+        let map = self.ebpf.take_map(name).ok_or(HookError::Missing(name))?;
+        RingBuf::try_from(map).map_err(|source| HookError::Map { name, source })
     }
 
     /// The exec allowlist backend chosen at load.
@@ -273,6 +290,7 @@ impl ProcessHooks {
         Ok(KernelDrops {
             process_ringbuf_full: sum(drop_reason::PROCESS_RINGBUF_FULL)?,
             kernel_read_failed: sum(drop_reason::KERNEL_READ_FAILED)?,
+            net_ringbuf_full: sum(drop_reason::NET_RINGBUF_FULL)?,
         })
     }
 }
@@ -284,6 +302,8 @@ pub struct KernelDrops {
     pub process_ringbuf_full: u64,
     /// Events sent with some fields missing (not lost, but incomplete).
     pub kernel_read_failed: u64,
+    /// Network events lost because `NET_EVENTS` was full.
+    pub net_ringbuf_full: u64,
 }
 
 #[cfg(test)]
@@ -320,6 +340,9 @@ mod tests {
                 offset_of!(KernelOffsets, inode_mtime_nsec),
             ),
             ("sb_dev", offset_of!(KernelOffsets, sb_dev)),
+            ("tp_sock_skaddr", offset_of!(KernelOffsets, tp_sock_skaddr)),
+            ("sk_v6_daddr", offset_of!(KernelOffsets, sk_v6_daddr)),
+            ("sin6_addr", offset_of!(KernelOffsets, sin6_addr)),
         ] {
             assert_eq!(
                 btf.field_offset("KernelOffsets", field).unwrap() as usize,

@@ -41,7 +41,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         inode_ctime_sec,
         inode_ctime_nsec,
         sb_dev: f("super_block", "s_dev")?,
-        _pad: [0; 2],
+        // network: filled by `net::resolve_offsets` when enabled.
+        ..KernelOffsets::default()
     })
 }
 

@@ -11,6 +11,7 @@ use proto::telemetry::v1::DropCounters;
 #[derive(Debug, Default)]
 pub struct DropTracker {
     kernel_ringbuf_full: AtomicU64,
+    kernel_net_ringbuf_full: AtomicU64,
     malformed_kernel_records: AtomicU64,
     userspace_queue_full: AtomicU64,
     userspace_batches_dropped: AtomicU64,
@@ -26,6 +27,11 @@ impl DropTracker {
     /// Never moves backwards, so a stale read cannot undo a newer one.
     pub fn set_kernel_ringbuf_full(&self, total: u64) {
         self.kernel_ringbuf_full.fetch_max(total, Relaxed);
+    }
+
+    /// As [`Self::set_kernel_ringbuf_full`], for the network ring.
+    pub fn set_kernel_net_ringbuf_full(&self, total: u64) {
+        self.kernel_net_ringbuf_full.fetch_max(total, Relaxed);
     }
 
     /// A ring buffer record that did not decode.
@@ -51,6 +57,7 @@ impl DropTracker {
             userspace_batches_dropped: self.userspace_batches_dropped.load(Relaxed),
             userspace_events_dropped: self.userspace_events_dropped.load(Relaxed),
             malformed_kernel_records: self.malformed_kernel_records.load(Relaxed),
+            kernel_net_ringbuf_full: self.kernel_net_ringbuf_full.load(Relaxed),
         }
     }
 }
@@ -64,6 +71,8 @@ mod tests {
         let d = DropTracker::new();
         d.set_kernel_ringbuf_full(10);
         d.set_kernel_ringbuf_full(7);
+        d.set_kernel_net_ringbuf_full(4);
+        d.set_kernel_net_ringbuf_full(3);
         d.add_malformed_kernel_records(2);
         d.add_userspace_queue_full(3);
         d.add_userspace_queue_full(1);
@@ -74,6 +83,7 @@ mod tests {
             "a stale kernel total does not go back"
         );
         assert_eq!(s.malformed_kernel_records, 2);
+        assert_eq!(s.kernel_net_ringbuf_full, 4);
         assert_eq!(s.userspace_queue_full, 4);
         assert_eq!(
             (s.userspace_batches_dropped, s.userspace_events_dropped),
