@@ -82,7 +82,9 @@ pub struct NetEvent {
     /// Local and remote address, IPv4-mapped for IPv4.
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
-    /// CLOSE of TCP: `tcp_sock.bytes_acked` / `bytes_received`.
+    /// CLOSE of TCP: `tcp_sock.bytes_sent` (payload transmitted, with
+    /// retransmissions) / `bytes_received` (payload, +1 once the peer's FIN
+    /// arrived while the socket still existed).
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub payload: [u8; DNS_PAYLOAD_LEN],

@@ -76,8 +76,9 @@ pub struct KernelOffsets {
     pub sk_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
-    /// `struct tcp_sock` byte counters (u64).
-    pub tcp_bytes_acked: u32,
+    /// `struct tcp_sock` byte counters (u64): payload bytes transmitted
+    /// (retransmissions included) and received (+1 for a received FIN).
+    pub tcp_bytes_sent: u32,
     pub tcp_bytes_received: u32,
     /// User ABI structs of sendto/sendmsg/sendmmsg, also taken from BTF.
     pub msghdr_name: u32,

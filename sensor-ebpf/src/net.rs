@@ -403,7 +403,7 @@ fn sock_state(
                 Detail {
                     op: net_op::CLOSE,
                     result: old as u8,
-                    bytes_sent: read::<u64>(sock, o.tcp_bytes_acked).unwrap_or(0),
+                    bytes_sent: read::<u64>(sock, o.tcp_bytes_sent).unwrap_or(0),
                     bytes_received: read::<u64>(sock, o.tcp_bytes_received).unwrap_or(0),
                     ..tcp
                 }

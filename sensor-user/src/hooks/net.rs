@@ -197,7 +197,7 @@ pub fn resolve_offsets(o: &mut KernelOffsets, btf: &KernelBtf) -> Result<(), Net
     o.sk_v6_daddr = c("skc_v6_daddr")?;
     o.sk_v6_rcv_saddr = c("skc_v6_rcv_saddr")?;
     o.sk_protocol = f("sock", "sk_protocol")?;
-    o.tcp_bytes_acked = f("tcp_sock", "bytes_acked")?;
+    o.tcp_bytes_sent = f("tcp_sock", "bytes_sent")?;
     o.tcp_bytes_received = f("tcp_sock", "bytes_received")?;
     o.msghdr_name = f("user_msghdr", "msg_name")?;
     o.msghdr_namelen = f("user_msghdr", "msg_namelen")?;
