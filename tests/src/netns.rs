@@ -90,13 +90,23 @@ impl Helper {
     /// `python3 -c script args...`, in `netns` if given. `ip netns exec`
     /// execs the command itself, so the pid is the script's.
     pub fn python(netns: Option<&str>, script: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::python_at(&python(), netns, script, args)
+    }
+
+    /// [`Helper::python`] with another interpreter binary.
+    pub fn python_at(
+        interpreter: &str,
+        netns: Option<&str>,
+        script: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, &python()]);
+                c.args(["netns", "exec", ns, interpreter]);
                 c
             }
-            None => Command::new(python()),
+            None => Command::new(interpreter),
         };
         let mut child = cmd
             .arg("-c")

@@ -331,14 +331,19 @@ async fn dns_queries_to_a_loopback_stub_and_udp_dedup() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn excluded_ports_yield_no_event() -> anyhow::Result<()> {
+async fn excluded_ports_and_programs_yield_no_event() -> anyhow::Result<()> {
     // The excluded server's port must be known before the sensor starts.
     let mut excluded = Helper::python(None, TCP_SERVER, &["127.0.0.1", "5", "5"])?;
     let port = excluded.line("port")?;
+    // An excluded program: a copy of the interpreter (its own inode).
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("excluded-python");
+    std::fs::copy(std::fs::canonicalize(tests::netns::python())?, &copy)?;
+    let copy = copy.to_str().expect("utf-8 temp path").to_owned();
     let collector = Collector::start().await?;
     let mut sub = subscribe(&collector).await?;
     let config = format!(
-        "[network]\nexclude_local_ports = [{port}]\n\
+        "[network]\nexclude_local_ports = [{port}]\nexclude_executables = [\"{copy}\"]\n\
          [[network.exclude_remote]]\naddress = \"127.0.0.0/8\"\nport = {port}\n"
     );
     let sensor = Sensor::start(&collector, options(&config)).await?;
@@ -349,19 +354,35 @@ async fn excluded_ports_yield_no_event() -> anyhow::Result<()> {
     client.wait()?;
     excluded.line("got")?;
     excluded.wait()?;
+
+    // The excluded program connects to a server that is not excluded: the
+    // accept is seen, the program's connect is not.
+    let mut server = Helper::python(None, TCP_SERVER, &["127.0.0.1", "5", "5"])?;
+    let server_port = server.line("port")?;
+    let mut program =
+        Helper::python_at(&copy, None, TCP_CLIENT, &["127.0.0.1", &server_port, "5"])?;
+    let program_port: u32 = program.line("local")?.parse()?;
+    program.line("got")?;
+    let (program_pid, server_pid) = (program.pid(), server.pid());
+    program.wait()?;
+    server.wait()?;
+
     // A connection that is not excluded, afterwards: once it is seen, the
-    // excluded one would have been seen too.
+    // excluded ones would have been seen too.
     let (server, client, ..) = tcp_exchange(None, None, "127.0.0.1", 5, 5)?;
     sub.until(Duration::from_secs(20), |s| {
         !of(s, Op::Close, client).is_empty() && !of(s, Op::Accept, server).is_empty()
     })
     .await?;
+    let accepted = of(&sub, Op::Accept, server_pid);
+    assert_eq!(accepted.len(), 1, "the excluded program's peer is seen");
+    assert_eq!(accepted[0].remote_port, program_port);
     let leaked: Vec<_> = network(&sub)
         .into_iter()
         .filter(|n| {
             n.local_port.to_string() == port
                 || n.remote_port.to_string() == port
-                || [excluded_client, excluded_server].contains(&pid(n))
+                || [excluded_client, excluded_server, program_pid].contains(&pid(n))
         })
         .collect();
     assert!(leaked.is_empty(), "excluded traffic reported: {leaked:?}");

@@ -167,11 +167,15 @@ impl ProcessHooks {
         if EBPF_OBJECT.is_empty() {
             return Err(HookError::NoObject);
         }
-        let btf = KernelBtf::from_sys_fs()?;
-        let mut offsets = offsets::resolve(&btf)?;
-        if config.network.enabled {
-            net::resolve_offsets(&mut offsets, &btf)?;
-        }
+        // The parsed BTF is large: freed before aya parses its own copy.
+        let offsets = {
+            let btf = KernelBtf::from_sys_fs()?;
+            let mut offsets = offsets::resolve(&btf)?;
+            if config.network.enabled {
+                net::resolve_offsets(&mut offsets, &btf)?;
+            }
+            offsets
+        };
         let net_settings = config.network.settings();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
