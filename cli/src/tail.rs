@@ -47,6 +47,8 @@ enum KindArg {
     Policy,
     /// Operations on watched files.
     File,
+    /// TCP connect/accept/listen/close, UDP destinations, DNS queries.
+    Network,
 }
 
 impl From<KindArg> for EventKind {
@@ -57,6 +59,7 @@ impl From<KindArg> for EventKind {
             KindArg::Exit => EventKind::Exit,
             KindArg::Policy => EventKind::Policy,
             KindArg::File => EventKind::File,
+            KindArg::Network => EventKind::Network,
         }
     }
 }
@@ -214,6 +217,14 @@ mod tests {
             err.to_string()
                 .contains("possible values: exec, fork, exit"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn network_kind_is_accepted() {
+        assert_eq!(
+            parse(&["--kind", "network"]).request().kinds,
+            [EventKind::Network as i32]
         );
     }
 

@@ -143,6 +143,11 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
         Some(event::Kind::Exit(x)) => (x.process.as_ref(), None),
         Some(event::Kind::Policy(p)) => (p.process.as_ref(), Some(p.path.as_str())),
         Some(event::Kind::File(f)) => (f.process.as_ref(), None),
+        // The process's exe basename, so `--process curl` finds its traffic.
+        Some(event::Kind::Network(n)) => (
+            n.process.as_ref(),
+            n.process.as_ref().map(|p| p.exe.as_str()),
+        ),
         None => (None, None),
     };
     let comm = process
@@ -164,6 +169,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Exit(_)) => EventKind::Exit,
         Some(event::Kind::Policy(_)) => EventKind::Policy,
         Some(event::Kind::File(_)) => EventKind::File,
+        Some(event::Kind::Network(_)) => EventKind::Network,
         None => EventKind::Unspecified,
     }
 }

@@ -21,6 +21,8 @@ pub enum EventKind {
     Policy = 4,
     /// A [`crate::file::FileEvent`].
     File = 5,
+    /// A [`crate::net::NetEvent`].
+    Net = 6,
     /// A [`crate::file::FileRenameEvent`].
     FileRename = 7,
 }
@@ -34,6 +36,7 @@ impl EventKind {
             4 => Some(Self::Policy),
             5 => Some(Self::File),
             7 => Some(Self::FileRename),
+            6 => Some(Self::Net),
             _ => None,
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod event;
 pub mod file;
+pub mod net;
 pub mod offsets;
 pub mod policy;
 
@@ -19,6 +20,7 @@ pub use file::{
     NO_ANCHOR, PATH_CHAIN_TRUNCATED, PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry,
     file_op,
 };
+pub use net::*;
 pub use offsets::KernelOffsets;
 pub use policy::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, FileId, PolicyEvent,
@@ -114,4 +116,21 @@ pub mod names {
     ];
     /// Exec of a watched file (raw tracepoint `sched_process_exec`).
     pub const PROG_FILE_EXEC: &str = "file_exec";
+    // network
+    pub const NET_EVENTS: &str = "NET_EVENTS";
+    pub const NET_SETTINGS: &str = "NET_SETTINGS";
+    pub const NET_DNS_PORTS: &str = "NET_DNS_PORTS";
+    pub const NET_EXCLUDE_REMOTE: &str = "NET_EXCLUDE_REMOTE";
+    pub const NET_EXCLUDE_LPORT: &str = "NET_EXCLUDE_LPORT";
+    pub const NET_EXCLUDE_EXE: &str = "NET_EXCLUDE_EXE";
+    /// Network programs and the tracepoints (category, name) they attach to.
+    pub const NET_TRACEPOINTS: [(&str, &str, &str); 7] = [
+        ("net_sock_state", "sock", "inet_sock_set_state"),
+        ("net_accept4", "syscalls", "sys_exit_accept4"),
+        ("net_accept", "syscalls", "sys_exit_accept"),
+        ("net_connect", "syscalls", "sys_enter_connect"),
+        ("net_sendto", "syscalls", "sys_enter_sendto"),
+        ("net_sendmsg", "syscalls", "sys_enter_sendmsg"),
+        ("net_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
+    ];
 }

@@ -55,9 +55,59 @@ pub struct KernelOffsets {
     pub dentry_name: u32,
     pub dentry_inode: u32,
     pub dentry_sb: u32,
+    // network
+    /// Offsets in the `sock:inet_sock_set_state` record, from its tracefs
+    /// `format` file.
+    pub tp_sock_skaddr: u32,
+    pub tp_sock_oldstate: u32,
+    pub tp_sock_newstate: u32,
+    pub tp_sock_sport: u32,
+    pub tp_sock_dport: u32,
+    pub tp_sock_family: u32,
+    pub tp_sock_protocol: u32,
+    pub tp_sock_saddr_v6: u32,
+    pub tp_sock_daddr_v6: u32,
+    /// `syscalls:sys_enter_*` records: offset of the first argument and the
+    /// distance between arguments; `sys_exit_*`: offset of `ret`. Checked
+    /// against every format file the network programs read.
+    pub tp_syscall_arg0: u32,
+    pub tp_syscall_arg_size: u32,
+    pub tp_syscall_ret: u32,
+    /// file -> socket -> sock; `socket->file` proves the fd is a socket.
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub socket_file: u32,
+    /// `struct sock` fields (`__sk_common` offset already added).
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    /// `struct tcp_sock` byte counters (u64): payload bytes transmitted
+    /// (retransmissions included) and received (+1 for a received FIN).
+    pub tcp_bytes_sent: u32,
+    pub tcp_bytes_received: u32,
+    /// User ABI structs of sendto/sendmsg/sendmmsg, also taken from BTF.
+    pub msghdr_name: u32,
+    pub msghdr_namelen: u32,
+    pub msghdr_iov: u32,
+    pub mmsghdr_hdr: u32,
+    pub iovec_base: u32,
+    pub iovec_len: u32,
+    pub sockaddr_family: u32,
+    pub sin_port: u32,
+    pub sin_addr: u32,
+    pub sin6_port: u32,
+    pub sin6_addr: u32,
     pub _pad: [u32; 1],
 }
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)] u32 fields only.
 unsafe impl aya::Pod for KernelOffsets {}
+
+// The loader writes this struct over an 8-aligned global byte for byte.
+const _: () = assert!(core::mem::size_of::<KernelOffsets>().is_multiple_of(8));

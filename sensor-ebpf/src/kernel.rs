@@ -104,7 +104,8 @@ pub fn read_parent_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, Rea
     read_task_exe(read_ptr(task, o.task_real_parent)?, o)
 }
 
-/// The file identity of the program `task` runs (`mm->exe_file`).
+/// The file identity of the program `task` runs (`mm->exe_file`); fails
+/// for kernel threads (no mm).
 #[inline(always)]
 pub fn read_task_exe(task: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
     let mm = read_ptr(task, o.task_mm)?;

@@ -16,6 +16,8 @@ mod lsm_probe;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
 mod process;

@@ -48,19 +48,31 @@ pub fn count_drop(reason: u32) {
 /// Reserves a `T` in `PROCESS_EVENTS`, counting a drop when the ring is full.
 #[inline(always)]
 pub fn reserve_process_event<T: 'static>() -> Option<RingBufEntry<T>> {
-    let entry = PROCESS_EVENTS.reserve::<T>(0);
+    reserve_event(&PROCESS_EVENTS, drop_reason::PROCESS_RINGBUF_FULL)
+}
+
+/// Commits a `PROCESS_EVENTS` record (see [`submit_event`]).
+#[inline(always)]
+pub fn submit_process_event<T>(entry: RingBufEntry<T>) {
+    submit_event(&PROCESS_EVENTS, entry)
+}
+
+/// Reserves a `T` in `ring`, counting a drop under `full` when it is full.
+#[inline(always)]
+pub fn reserve_event<T: 'static>(ring: &RingBuf, full: u32) -> Option<RingBufEntry<T>> {
+    let entry = ring.reserve::<T>(0);
     if entry.is_none() {
-        count_drop(drop_reason::PROCESS_RINGBUF_FULL);
+        count_drop(full);
     }
     entry
 }
 
 /// Commits an event without waking the reader unless a quarter of the ring
 /// is (or 64 KiB are) waiting. The daemon also drains on a short timer, so
-/// an exec storm costs a few wakeups instead of one per event.
+/// an event storm costs a few wakeups instead of one per event.
 #[inline(always)]
-pub fn submit_process_event<T>(entry: RingBufEntry<T>) {
-    entry.submit(wake_flags(&PROCESS_EVENTS));
+pub fn submit_event<T>(ring: &RingBuf, entry: RingBufEntry<T>) {
+    entry.submit(wake_flags(ring));
 }
 
 /// Copies `event` into `ring` (for records built in map memory), counting

@@ -14,6 +14,9 @@ use std::{
 
 use serde::Deserialize;
 
+mod network;
+pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
+
 /// The documented example file, identical in meaning to [`Config::default`].
 pub const EXAMPLE_TOML: &str = include_str!("../config/rxsentry-sensor.example.toml");
 
@@ -64,6 +67,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub files: FilesConfig,
     pub log: LogConfig,
+    pub network: NetworkConfig,
 }
 
 /// `[files]`: file telemetry on watched paths, filtered in the kernel.
@@ -258,6 +262,7 @@ impl Default for BatchingConfig {
 pub struct KernelConfig {
     pub process_ringbuf_bytes: u32,
     pub file_ringbuf_bytes: u32,
+    pub net_ringbuf_bytes: u32,
 }
 
 impl Default for KernelConfig {
@@ -265,6 +270,7 @@ impl Default for KernelConfig {
         Self {
             process_ringbuf_bytes: 4 << 20,
             file_ringbuf_bytes: 8 << 20,
+            net_ringbuf_bytes: 1 << 20,
         }
     }
 }
@@ -382,21 +388,12 @@ impl Config {
             1,
             1_000_000,
         )?;
-        for (key, ring) in [
-            (
-                "kernel.process_ringbuf_bytes",
-                self.kernel.process_ringbuf_bytes,
-            ),
-            ("kernel.file_ringbuf_bytes", self.kernel.file_ringbuf_bytes),
-        ] {
-            in_range(key, ring, 4096, 1 << 30)?;
-            if !ring.is_power_of_two() {
-                return Err(invalid(
-                    key,
-                    format!("must be a power of two (the kernel requires it), got {ring}"),
-                ));
-            }
-        }
+        check_ringbuf(
+            "kernel.process_ringbuf_bytes",
+            self.kernel.process_ringbuf_bytes,
+        )?;
+        check_ringbuf("kernel.file_ringbuf_bytes", self.kernel.file_ringbuf_bytes)?;
+        check_ringbuf("kernel.net_ringbuf_bytes", self.kernel.net_ringbuf_bytes)?;
         let h = &self.hashing;
         in_range("hashing.max_file_bytes", h.max_file_bytes, 1, 64 << 30)?;
         in_range("hashing.cache_entries", h.cache_entries, 1, 1_000_000)?;
@@ -409,6 +406,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("not a tracing filter: {e}")));
         }
+        self.network.validate()?;
         Ok(())
     }
 }
@@ -437,6 +435,18 @@ impl HostConfig {
         }
         Ok(())
     }
+}
+
+/// Ring buffer sizes: the kernel wants a power of two, at least a page.
+fn check_ringbuf(key: &str, ring: u32) -> Result<(), ConfigError> {
+    in_range(key, ring, 4096, 1 << 30)?;
+    if !ring.is_power_of_two() {
+        return Err(invalid(
+            key,
+            format!("must be a power of two (the kernel requires it), got {ring}"),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -526,6 +536,10 @@ mod tests {
         assert_eq!(c.batching.zstd_level, 3);
         assert_eq!(c.batching.queue_capacity_batches, 1024);
         assert_eq!(c.kernel.process_ringbuf_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.kernel.net_ringbuf_bytes, 1024 * 1024);
+        assert!(c.network.enabled);
+        assert_eq!(c.network.dns_ports, [53]);
+        assert_eq!(c.network.udp_dedup_window_ms, 60_000);
         assert_eq!(c.hashing.max_file_bytes, 256 * 1024 * 1024);
         assert_eq!(c.hashing.cache_entries, 8192);
         assert_eq!(c.process_table.max_entries, 65536);
@@ -589,6 +603,10 @@ mod tests {
             (
                 "[kernel]\nprocess_ringbuf_bytes = 2048",
                 "kernel.process_ringbuf_bytes",
+            ),
+            (
+                "[kernel]\nnet_ringbuf_bytes = 12288",
+                "kernel.net_ringbuf_bytes",
             ),
             ("[hashing]\nmax_file_bytes = 0", "hashing.max_file_bytes"),
             ("[hashing]\ncache_entries = 0", "hashing.cache_entries"),

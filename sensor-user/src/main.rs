@@ -194,6 +194,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         process_ringbuf_bytes: config.kernel.process_ringbuf_bytes,
         file_ringbuf_bytes: config.kernel.file_ringbuf_bytes,
         files: config.files.enabled,
+        net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
+        network: hooks::net::NetHookConfig::from_config(&config.network),
     })
     .context("attaching the kernel hooks")?;
     tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
@@ -214,6 +216,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     } else {
         (None, None, None)
     };
+    let net_ring = hooks.take_net_ring()?;
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
@@ -235,7 +238,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let watch_notice = watch_tx.clone();
     let (stop_reader, reader_stopped) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(hooks::read_rings(
-        std::iter::once(ring).chain(file_ring).collect(),
+        // Process ring first (see read_rings), then files, then network.
+        std::iter::once(ring)
+            .chain(file_ring)
+            .chain(std::iter::once(net_ring))
+            .collect(),
         move |record| match events::decode(record) {
             Ok(events::KernelEvent::Policy(mut block)) => {
                 block.rule = rules.name(block.rule_index);
@@ -325,8 +332,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
 }
 
 fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {
-    drops.set_kernel_ringbuf_full(k.process_ringbuf_full + k.file_ringbuf_full);
+    drops
+        .set_kernel_ringbuf_full(k.process_ringbuf_full + k.file_ringbuf_full + k.net_ringbuf_full);
     drops.set_kernel_file_ringbuf_full(k.file_ringbuf_full);
+    drops.set_kernel_net_ringbuf_full(k.net_ringbuf_full);
 }
 
 /// Copies aya-log records from the programs into `log` (and so `tracing`).

@@ -4,7 +4,7 @@
 
 use proto::telemetry::v1::{
     HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
-    policy_event, sequence_record, subscribe_response,
+    network_event, policy_event, sequence_record, subscribe_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -115,6 +115,41 @@ fn event_json(e: &HostEvent) -> Value {
             "file_device": f.file.map(|f| f.device),
             "file_inode": f.file.map(|f| f.inode),
         }),
+        Some(event::Kind::Network(n)) => json!({
+            "op": match n.op() {
+                network_event::Op::Connect => "connect",
+                network_event::Op::Accept => "accept",
+                network_event::Op::Listen => "listen",
+                network_event::Op::Close => "close",
+                network_event::Op::UdpConnect => "udp_connect",
+                network_event::Op::UdpSend => "udp_send",
+                network_event::Op::DnsQuery => "dns_query",
+                network_event::Op::Unspecified => "unknown",
+            },
+            "protocol": match n.protocol() {
+                network_event::Protocol::Tcp => "tcp",
+                network_event::Protocol::Udp => "udp",
+                network_event::Protocol::Unspecified => "unknown",
+            },
+            "family": match n.family() {
+                network_event::Family::Ipv4 => "ipv4",
+                network_event::Family::Ipv6 => "ipv6",
+                network_event::Family::Unspecified => "unknown",
+            },
+            "local_address": n.local_address,
+            "local_port": n.local_port,
+            "remote_address": n.remote_address,
+            "remote_port": n.remote_port,
+            "result": n.result,
+            "bytes_sent": n.bytes_sent,
+            "bytes_received": n.bytes_received,
+            "dns_questions": n.dns_questions.iter().map(|q| json!({
+                "name": q.name,
+                "qtype": q.qtype,
+                "type": q.type_name,
+            })).collect::<Vec<_>>(),
+            "dns_error": n.dns_error,
+        }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };
     if let Value::Object(extra) = extra {
@@ -152,6 +187,7 @@ fn record_json(r: &HostRecord) -> Value {
                     "userspace_batches_dropped": d.userspace_batches_dropped,
                     "userspace_events_dropped": d.userspace_events_dropped,
                     "malformed_kernel_records": d.malformed_kernel_records,
+                    "kernel_net_ringbuf_full": d.kernel_net_ringbuf_full,
                 }),
             );
             m.into()
@@ -219,6 +255,28 @@ mod tests {
             render(&fixtures::lagged(4)),
             json!({"type": "lagged", "skipped": 4})
         );
+    }
+
+    #[test]
+    fn network_has_stable_fields() {
+        use proto::telemetry::v1::network_event::Op;
+        let v = render(&fixtures::network(
+            Op::DnsQuery,
+            "127.0.0.53",
+            Some("pos.example"),
+        ));
+        assert_eq!(v["kind"], "net");
+        assert_eq!(v["op"], "dns_query");
+        assert_eq!(v["protocol"], "tcp");
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["remote_address"], "127.0.0.53");
+        assert_eq!(v["remote_port"], 443);
+        assert_eq!(v["process"]["pid"], 4242);
+        assert_eq!(
+            v["dns_questions"],
+            json!([{"name": "pos.example", "qtype": 1, "type": "A"}])
+        );
+        assert_eq!(v["bytes_received"], 34000);
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Exit(x)) => ("exit", x.process.as_ref()),
         Some(event::Kind::Policy(p)) => ("policy", p.process.as_ref()),
         Some(event::Kind::File(f)) => ("file", f.process.as_ref()),
+        Some(event::Kind::Network(n)) => ("net", n.process.as_ref()),
         None => ("unknown", None),
     }
 }
@@ -126,6 +127,42 @@ pub(crate) mod fixtures {
             }
         }
         wrap(2_000_000_000, e)
+    }
+
+    pub fn network(
+        op: proto::telemetry::v1::network_event::Op,
+        remote: &str,
+        dns: Option<&str>,
+    ) -> SubscribeResponse {
+        use proto::telemetry::v1::{DnsQuestion, NetworkEvent, network_event};
+        let mut e = testkit::fork_event(4242, 1, "curl");
+        let process = match e.kind.take() {
+            Some(event::Kind::Fork(f)) => f.process,
+            _ => None,
+        };
+        e.kind = Some(event::Kind::Network(NetworkEvent {
+            process,
+            op: op as i32,
+            protocol: network_event::Protocol::Tcp as i32,
+            family: network_event::Family::Ipv4 as i32,
+            local_address: "10.0.0.2".into(),
+            local_port: 40000,
+            remote_address: remote.into(),
+            remote_port: 443,
+            result: "established".into(),
+            bytes_sent: 1200,
+            bytes_received: 34000,
+            dns_questions: dns
+                .map(|name| DnsQuestion {
+                    name: name.into(),
+                    qtype: 1,
+                    type_name: "A".into(),
+                })
+                .into_iter()
+                .collect(),
+            dns_error: String::new(),
+        }));
+        wrap(3_000_000_000, e)
     }
 
     pub fn sequence(kind: sequence_record::Kind, first: u64, last: u64) -> SubscribeResponse {

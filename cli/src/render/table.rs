@@ -5,9 +5,9 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, PolicyEvent,
-    SequenceRecord, SubscribeResponse, event, host_record, policy_event, sequence_record,
-    subscribe_response,
+    DropCounters, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, NetworkEvent,
+    PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record, network_event,
+    policy_event, sequence_record, subscribe_response,
 };
 
 use super::{file_operation, host_id, kind_and_process};
@@ -76,6 +76,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Exit(x)) => exit_details(x),
         Some(event::Kind::Policy(p)) => policy_details(p),
         Some(event::Kind::File(f)) => file_details(f),
+        Some(event::Kind::Network(n)) => network_details(n),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -133,6 +134,51 @@ fn policy_details(p: &PolicyEvent) -> String {
     if !p.sha256.is_empty() {
         let short: String = p.sha256.chars().take(SHORT_HASH).collect();
         let _ = write!(out, "  sha256:{}", clean(&short));
+    }
+    out
+}
+
+/// `connect tcp 10.0.0.2:40000 -> 192.0.2.7:443 established`, plus bytes
+/// for a close and the questions of a DNS query.
+fn network_details(n: &NetworkEvent) -> String {
+    use network_event::{Op, Protocol};
+    let op = match n.op() {
+        Op::Connect => "connect",
+        Op::Accept => "accept",
+        Op::Listen => "listen",
+        Op::Close => "close",
+        Op::UdpConnect => "udp-connect",
+        Op::UdpSend => "udp-send",
+        Op::DnsQuery => "dns",
+        Op::Unspecified => "net?",
+    };
+    let proto = match n.protocol() {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Unspecified => "?",
+    };
+    let endpoint = |addr: &str, port: u32| {
+        if addr.contains(':') {
+            format!("[{}]:{port}", clean(addr))
+        } else {
+            format!("{}:{port}", clean(addr))
+        }
+    };
+    let mut out = format!("{op} {proto} {}", endpoint(&n.local_address, n.local_port));
+    if n.op() != Op::Listen {
+        let _ = write!(out, " -> {}", endpoint(&n.remote_address, n.remote_port));
+    }
+    if !n.result.is_empty() {
+        let _ = write!(out, " {}", clean(&n.result));
+    }
+    if n.op() == Op::Close {
+        let _ = write!(out, " sent={} recv={}", n.bytes_sent, n.bytes_received);
+    }
+    for q in &n.dns_questions {
+        let _ = write!(out, " {} {}", clean(&q.type_name), clean(&q.name));
+    }
+    if !n.dns_error.is_empty() {
+        let _ = write!(out, " (dns: {})", clean(&n.dns_error));
     }
     out
 }
@@ -202,12 +248,13 @@ fn sequence_text(r: &HostRecord, s: &SequenceRecord) -> String {
 fn drops_text(d: &DropCounters) -> String {
     format!(
         "kernel_ringbuf_full={} userspace_queue_full={} userspace_batches_dropped={} \
-         userspace_events_dropped={} malformed_kernel_records={}",
+         userspace_events_dropped={} malformed_kernel_records={} kernel_net_ringbuf_full={}",
         d.kernel_ringbuf_full,
         d.userspace_queue_full,
         d.userspace_batches_dropped,
         d.userspace_events_dropped,
-        d.malformed_kernel_records
+        d.malformed_kernel_records,
+        d.kernel_net_ringbuf_full
     )
 }
 
@@ -334,6 +381,28 @@ mod tests {
             render(&fixtures::lagged(17)),
             "!! subscriber lagged, 17 items skipped"
         );
+    }
+
+    #[test]
+    fn network_rows_show_the_flow() {
+        use proto::telemetry::v1::network_event::Op;
+        let line = render(&fixtures::network(Op::Close, "192.0.2.7", None));
+        assert!(
+            line.ends_with(
+                "net      4242       1   1000 curl             close tcp 10.0.0.2:40000 -> 192.0.2.7:443 established sent=1200 recv=34000"
+            ),
+            "{line}"
+        );
+        let line = render(&fixtures::network(Op::DnsQuery, "::1", Some("pos.example")));
+        assert!(
+            line.contains("dns tcp 10.0.0.2:40000 -> [::1]:443"),
+            "{line}"
+        );
+        assert!(line.ends_with(" A pos.example"), "{line}");
+        let line = render(&fixtures::network(Op::Listen, "x\u{1b}[2J", None));
+        assert!(!line.contains("->"), "{line}");
+        let line = render(&fixtures::network(Op::Connect, "x\u{1b}[2J", None));
+        assert!(!line.chars().any(char::is_control), "{line:?}");
     }
 
     #[test]

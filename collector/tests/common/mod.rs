@@ -112,6 +112,7 @@ pub fn pid_of(e: &HostEvent) -> Option<u32> {
         Kind::Exit(x) => x.process.as_ref(),
         Kind::Policy(x) => x.process.as_ref(),
         Kind::File(x) => x.process.as_ref(),
+        Kind::Network(x) => x.process.as_ref(),
     };
     process.map(|p| p.pid)
 }

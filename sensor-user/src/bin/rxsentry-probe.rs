@@ -185,6 +185,9 @@ fn probe_process() -> anyhow::Result<String> {
         file_ringbuf_bytes: 1 << 20,
         // Proves the file programs pass this kernel's verifier too.
         files: true,
+        net_ringbuf_bytes: 1 << 20,
+        // Disabled: the probe asks about process telemetry only.
+        network: Default::default(),
     })
     .context("attaching the process hooks")?;
     let mut ring = hooks.take_process_ring()?;

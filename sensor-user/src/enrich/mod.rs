@@ -4,6 +4,7 @@
 //! lives on a dedicated thread (see `pipeline`), never on the async reactor.
 
 pub mod hash_cache;
+mod network;
 pub mod process_table;
 
 use std::path::Path;
@@ -98,6 +99,10 @@ impl Enricher {
             }
             KernelEvent::Policy(block) => Kind::Policy(self.policy_event(block)),
             KernelEvent::File(file) => Kind::File(self.file_event(*file)),
+            KernelEvent::Net(net) => {
+                let process = self.table.describe(&net.task);
+                Kind::Network(network::network_event(*net, process))
+            }
         };
         Event {
             timestamp_ns,

@@ -9,8 +9,8 @@ use sensor_common::{
 };
 
 use super::{
-    ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, PolicyRecord, RawPath,
-    TaskIdentity,
+    ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, NetRecord, PolicyRecord, RawPath,
+    TaskIdentity, dns,
 };
 
 /// A record that does not match any layout we know. Counted, never fatal.
@@ -100,6 +100,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 partial,
             ))))
         }
+        EventKind::Net => {
+            let raw: sensor_common::NetEvent = read_exact(bytes, kind)?;
+            Ok(KernelEvent::Net(Box::new(net_record(&raw, partial))))
+        }
     }
 }
 
@@ -136,6 +140,38 @@ fn raw_path(p: &PathRecord) -> RawPath {
             .collect(),
         name: c_string(&p.name),
         truncated: p.flags & (PATH_CHAIN_TRUNCATED | PATH_NAME_TRUNCATED) != 0,
+    }
+}
+
+fn net_record(raw: &sensor_common::NetEvent, partial: bool) -> NetRecord {
+    let addr = |bytes: [u8; 16], port: u16| {
+        let v6 = std::net::Ipv6Addr::from(bytes);
+        let ip = match (raw.family, v6.to_ipv4_mapped()) {
+            (sensor_common::AF_INET, Some(v4)) => std::net::IpAddr::V4(v4),
+            _ => std::net::IpAddr::V6(v6),
+        };
+        std::net::SocketAddr::new(ip, port)
+    };
+    let (dns_questions, dns_error) = if raw.op == sensor_common::net_op::DNS_QUERY {
+        let len = (raw.payload_len as usize).min(raw.payload.len());
+        dns::parse_query_lossy(&raw.payload[..len])
+    } else {
+        (Vec::new(), None)
+    };
+    NetRecord {
+        timestamp_ns: raw.header.timestamp_ns,
+        task: task_identity(&raw.task),
+        op: raw.op,
+        protocol: raw.protocol,
+        family: raw.family,
+        local: addr(raw.laddr, raw.lport),
+        remote: addr(raw.raddr, raw.rport),
+        result: raw.result,
+        bytes_sent: raw.bytes_sent,
+        bytes_received: raw.bytes_received,
+        dns_questions,
+        dns_error,
+        partial,
     }
 }
 
@@ -320,6 +356,65 @@ mod tests {
             decode(as_bytes(&fork_header)),
             Err(DecodeError::SizeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn decodes_network_events_v4_v6_and_dns() {
+        let mut raw = sensor_common::NetEvent {
+            header: EventHeader {
+                kind: EventKind::Net as u32,
+                flags: 0,
+                timestamp_ns: 9,
+            },
+            task: task(),
+            op: sensor_common::net_op::CLOSE,
+            protocol: sensor_common::IPPROTO_TCP,
+            family: sensor_common::AF_INET,
+            lport: 40000,
+            rport: 443,
+            result: 1,
+            _pad: [0; 3],
+            payload_len: 0,
+            laddr: std::net::Ipv4Addr::new(10, 0, 0, 2)
+                .to_ipv6_mapped()
+                .octets(),
+            raddr: std::net::Ipv4Addr::new(192, 0, 2, 7)
+                .to_ipv6_mapped()
+                .octets(),
+            bytes_sent: 100,
+            bytes_received: 2000,
+            payload: [0; sensor_common::DNS_PAYLOAD_LEN],
+        };
+        let KernelEvent::Net(n) = decode(as_bytes(&raw)).unwrap() else {
+            panic!("not net")
+        };
+        assert_eq!(n.local.to_string(), "10.0.0.2:40000");
+        assert_eq!(n.remote.to_string(), "192.0.2.7:443");
+        assert_eq!((n.bytes_sent, n.bytes_received), (100, 2000));
+        assert!(n.dns_questions.is_empty() && n.dns_error.is_none());
+
+        // An IPv6 socket talking to an IPv4-mapped peer stays IPv6.
+        raw.family = sensor_common::AF_INET6;
+        raw.laddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        raw.op = sensor_common::net_op::DNS_QUERY;
+        raw.rport = 53;
+        let q = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03pos\x00\x00\x01\x00\x01";
+        raw.payload[..q.len()].copy_from_slice(q);
+        raw.payload_len = q.len() as u32;
+        let KernelEvent::Net(n) = decode(as_bytes(&raw)).unwrap() else {
+            panic!("not net")
+        };
+        assert_eq!(n.local.to_string(), "[::1]:40000");
+        assert_eq!(n.remote.to_string(), "[::ffff:192.0.2.7]:53");
+        assert_eq!(n.dns_questions.len(), 1);
+        assert_eq!(
+            (n.dns_questions[0].name.as_str(), n.dns_questions[0].qtype),
+            ("pos", 1)
+        );
+
+        // A lying payload length is clamped, never trusted.
+        raw.payload_len = u32::MAX;
+        assert!(decode(as_bytes(&raw)).is_ok());
     }
 
     #[test]

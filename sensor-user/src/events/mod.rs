@@ -4,6 +4,7 @@
 //! `enrich` (process table, hashes): everything after it works on these types.
 
 mod decode;
+pub mod dns;
 
 pub use decode::{DecodeError, decode, kernel_dev_to_user, user_dev_to_kernel};
 
@@ -156,6 +157,30 @@ pub struct FileRecord {
     pub partial: bool,
 }
 
+/// A network event (see `sensor_common::net_op` for `op`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetRecord {
+    pub timestamp_ns: u64,
+    /// The process (for connect results and closes: the recorded owner).
+    pub task: TaskIdentity,
+    pub op: u8,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u8,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    /// CONNECT: `sensor_common::NET_CONNECT_FAILED` or 0; CLOSE: TCP state
+    /// it closed from.
+    pub result: u8,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// DNS_QUERY: the questions parsed, and why parsing stopped early.
+    pub dns_questions: Vec<dns::DnsQuestion>,
+    pub dns_error: Option<dns::DnsError>,
+    pub partial: bool,
+}
+
 /// One decoded kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
@@ -165,6 +190,8 @@ pub enum KernelEvent {
     Policy(PolicyRecord),
     /// Boxed: a file record is several times the size of the others.
     File(Box<FileRecord>),
+    /// Boxed: larger than the other records, and rarer than execs.
+    Net(Box<NetRecord>),
 }
 
 impl KernelEvent {
@@ -175,6 +202,7 @@ impl KernelEvent {
             Self::Exit(e) => e.timestamp_ns,
             Self::Policy(e) => e.timestamp_ns,
             Self::File(e) => e.timestamp_ns,
+            Self::Net(e) => e.timestamp_ns,
         }
     }
 
@@ -185,6 +213,7 @@ impl KernelEvent {
             Self::Exit(e) => &e.task,
             Self::Policy(e) => &e.task,
             Self::File(e) => &e.task,
+            Self::Net(e) => &e.task,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Dropping [`ProcessHooks`] detaches every program (the links belong to it).
 
 mod btf;
+pub mod net;
 mod offsets;
 mod ringbuf;
 
@@ -47,6 +48,8 @@ pub enum HookError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("network hooks: {0}")]
+    Net(#[from] net::NetHookError),
 }
 
 /// Kernel-side settings taken from the config.
@@ -58,6 +61,9 @@ pub struct HookConfig {
     pub file_ringbuf_bytes: u32,
     /// Attach the file telemetry programs.
     pub files: bool,
+    /// Size of `NET_EVENTS`; same rules.
+    pub net_ringbuf_bytes: u32,
+    pub network: net::NetHookConfig,
 }
 
 /// The loaded and attached process programs.
@@ -224,11 +230,22 @@ impl ProcessHooks {
         if EBPF_OBJECT.is_empty() {
             return Err(HookError::NoObject);
         }
-        let offsets = offsets::resolve(&KernelBtf::from_sys_fs()?)?;
+        // The parsed BTF is large: freed before aya parses its own copy.
+        let offsets = {
+            let btf = KernelBtf::from_sys_fs()?;
+            let mut offsets = offsets::resolve(&btf)?;
+            if config.network.enabled {
+                net::resolve_offsets(&mut offsets, &btf)?;
+            }
+            offsets
+        };
+        let net_settings = config.network.settings();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::NET_SETTINGS, &net_settings, true)
             .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
             .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
+            .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes)
             .load(EBPF_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -246,6 +263,7 @@ impl ProcessHooks {
         if config.files {
             attach_file_programs(&mut ebpf)?;
         }
+        net::attach(&mut ebpf, &config.network)?;
         let drops = ebpf
             .take_map(names::DROPS)
             .ok_or(HookError::Missing(names::DROPS))?;
@@ -263,26 +281,22 @@ impl ProcessHooks {
 
     /// Takes the process event ring buffer (once).
     pub fn take_process_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
-        let map = self
-            .ebpf
-            .take_map(names::PROCESS_EVENTS)
-            .ok_or(HookError::Missing(names::PROCESS_EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| HookError::Map {
-            name: names::PROCESS_EVENTS,
-            source,
-        })
+        self.take_ring(names::PROCESS_EVENTS)
+    }
+
+    /// Takes the network event ring buffer (once).
+    pub fn take_net_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
+        self.take_ring(names::NET_EVENTS)
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, HookError> {
+        let map = self.ebpf.take_map(name).ok_or(HookError::Missing(name))?;
+        RingBuf::try_from(map).map_err(|source| HookError::Map { name, source })
     }
 
     /// Takes the file event ring buffer (once).
     pub fn take_file_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
-        let map = self
-            .ebpf
-            .take_map(names::FILE_EVENTS)
-            .ok_or(HookError::Missing(names::FILE_EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| HookError::Map {
-            name: names::FILE_EVENTS,
-            source,
-        })
+        self.take_ring(names::FILE_EVENTS)
     }
 
     /// Takes the file watch maps (once).
@@ -357,6 +371,7 @@ impl ProcessHooks {
             process_ringbuf_full: sum(drop_reason::PROCESS_RINGBUF_FULL)?,
             kernel_read_failed: sum(drop_reason::KERNEL_READ_FAILED)?,
             file_ringbuf_full: sum(drop_reason::FILE_RINGBUF_FULL)?,
+            net_ringbuf_full: sum(drop_reason::NET_RINGBUF_FULL)?,
         })
     }
 }
@@ -379,6 +394,8 @@ pub struct KernelDrops {
     pub kernel_read_failed: u64,
     /// File events lost (ring full, or not held until the syscall returned).
     pub file_ringbuf_full: u64,
+    /// Network events lost because `NET_EVENTS` was full.
+    pub net_ringbuf_full: u64,
 }
 
 #[cfg(test)]
@@ -458,6 +475,9 @@ mod tests {
                 offset_of!(KernelOffsets, inode_mtime_nsec),
             ),
             ("sb_dev", offset_of!(KernelOffsets, sb_dev)),
+            ("tp_sock_skaddr", offset_of!(KernelOffsets, tp_sock_skaddr)),
+            ("sk_v6_daddr", offset_of!(KernelOffsets, sk_v6_daddr)),
+            ("sin6_addr", offset_of!(KernelOffsets, sin6_addr)),
         ] {
             assert_eq!(
                 btf.field_offset("KernelOffsets", field).unwrap() as usize,

@@ -54,7 +54,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         dentry_name: f("dentry", "d_name")? + f("qstr", "name")?,
         dentry_inode: f("dentry", "d_inode")?,
         dentry_sb: f("dentry", "d_sb")?,
-        _pad: [0; 1],
+        // network: filled by `net::resolve_offsets` when enabled.
+        ..KernelOffsets::default()
     })
 }
 

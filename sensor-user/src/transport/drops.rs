@@ -12,6 +12,7 @@ use proto::telemetry::v1::DropCounters;
 pub struct DropTracker {
     kernel_ringbuf_full: AtomicU64,
     kernel_file_ringbuf_full: AtomicU64,
+    kernel_net_ringbuf_full: AtomicU64,
     malformed_kernel_records: AtomicU64,
     userspace_queue_full: AtomicU64,
     userspace_batches_dropped: AtomicU64,
@@ -32,6 +33,11 @@ impl DropTracker {
     /// The file ring's share of [`Self::set_kernel_ringbuf_full`]'s total.
     pub fn set_kernel_file_ringbuf_full(&self, total: u64) {
         self.kernel_file_ringbuf_full.fetch_max(total, Relaxed);
+    }
+
+    /// As [`Self::set_kernel_ringbuf_full`], for the network ring.
+    pub fn set_kernel_net_ringbuf_full(&self, total: u64) {
+        self.kernel_net_ringbuf_full.fetch_max(total, Relaxed);
     }
 
     /// A ring buffer record that did not decode.
@@ -58,6 +64,7 @@ impl DropTracker {
             userspace_events_dropped: self.userspace_events_dropped.load(Relaxed),
             malformed_kernel_records: self.malformed_kernel_records.load(Relaxed),
             kernel_file_ringbuf_full: self.kernel_file_ringbuf_full.load(Relaxed),
+            kernel_net_ringbuf_full: self.kernel_net_ringbuf_full.load(Relaxed),
         }
     }
 }
@@ -71,6 +78,8 @@ mod tests {
         let d = DropTracker::new();
         d.set_kernel_ringbuf_full(10);
         d.set_kernel_ringbuf_full(7);
+        d.set_kernel_net_ringbuf_full(4);
+        d.set_kernel_net_ringbuf_full(3);
         d.add_malformed_kernel_records(2);
         d.add_userspace_queue_full(3);
         d.add_userspace_queue_full(1);
@@ -81,6 +90,7 @@ mod tests {
             "a stale kernel total does not go back"
         );
         assert_eq!(s.malformed_kernel_records, 2);
+        assert_eq!(s.kernel_net_ringbuf_full, 4);
         assert_eq!(s.userspace_queue_full, 4);
         assert_eq!(
             (s.userspace_batches_dropped, s.userspace_events_dropped),

@@ -1,0 +1,624 @@
+//! Network telemetry from tracepoints (the hooks every kiosk kernel has):
+//! - `sock:inet_sock_set_state`: TCP CLOSE->SYN_SENT (connect, in the
+//!   connecting process: its owner is recorded), SYN_SENT->ESTABLISHED
+//!   (connect succeeded, full 5-tuple known), SYN_SENT->CLOSE (connect
+//!   failed), CLOSE->LISTEN (listen), any->CLOSE (close, with byte counts);
+//! - `sys_exit_accept{,4}`: the accepted socket, found from the returned fd;
+//! - `sys_enter_connect` / `sendto` / `sendmsg` / `sendmmsg` on UDP sockets:
+//!   destinations (de-duplicated per process in a time window) and the start
+//!   of DNS queries.
+//!
+//! Events from softirq (connect result, close) name the owner recorded in
+//! `NET_OWNERS` in process context. Exclusions that are cheap here (the
+//! sensor itself, executables, remote address/port, local port) are applied
+//! before anything reaches the ring buffer.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
+    programs::TracePointContext,
+};
+use sensor_common::{
+    AF_INET, AF_INET6, DNS_PAYLOAD_LEN, DNS_PORTS_MAX, EventKind, FileId, IPPROTO_TCP, IPPROTO_UDP,
+    KernelOffsets, NET_CONNECT_FAILED, NET_EXCLUDE_ENTRIES, NET_OWNER_ENTRIES,
+    NET_UDP_SEEN_ENTRIES, NetEvent, NetOwner, NetSettings, REMOTE_KEY_LEN, REMOTE_KEY_PORT_BITS,
+    TaskInfo, UdpSeenKey, drop_reason, net_exclude, net_op, tcp_state,
+};
+
+use crate::{
+    kernel::{ReadFailed, header, read, read_fd_file, read_ptr, read_task, read_task_exe},
+    maps::{offsets, reserve_event, submit_event},
+};
+
+/// Network events. The loader resizes it from config
+/// (`kernel.net_ringbuf_bytes`); this is only the default.
+#[map]
+pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Owner of each TCP socket seen at connect/accept/listen, by `struct sock *`.
+#[map]
+static NET_OWNERS: LruHashMap<u64, NetOwner> = LruHashMap::with_max_entries(NET_OWNER_ENTRIES, 0);
+
+/// Last report (boot ns) of each (process, UDP destination).
+#[map]
+static NET_UDP_SEEN: LruHashMap<UdpSeenKey, u64> =
+    LruHashMap::with_max_entries(NET_UDP_SEEN_ENTRIES, 0);
+
+/// Destination ports whose datagrams are DNS queries.
+#[map]
+static NET_DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(DNS_PORTS_MAX, 0);
+
+/// Excluded remote prefixes (+ port); value: rule index.
+#[map]
+static NET_EXCLUDE_REMOTE: LpmTrie<[u8; REMOTE_KEY_LEN], u32> =
+    LpmTrie::with_max_entries(NET_EXCLUDE_ENTRIES, 0);
+
+/// Excluded local ports; value: rule index.
+#[map]
+static NET_EXCLUDE_LPORT: HashMap<u16, u32> = HashMap::with_max_entries(NET_EXCLUDE_ENTRIES, 0);
+
+/// Excluded executables by file identity; value: rule index.
+#[map]
+static NET_EXCLUDE_EXE: HashMap<FileId, u32> = HashMap::with_max_entries(NET_EXCLUDE_ENTRIES, 0);
+
+/// Filled by the loader before load; zero (disabled) otherwise.
+#[unsafe(no_mangle)]
+static NET_SETTINGS: NetSettings = unsafe { core::mem::zeroed() };
+
+/// The settings, or None when network telemetry is off.
+#[inline(always)]
+fn settings() -> Option<NetSettings> {
+    // SAFETY: plain read of a read-only global (volatile: see maps::offsets).
+    let s = unsafe { core::ptr::read_volatile(&NET_SETTINGS) };
+    (s.enabled != 0).then_some(s)
+}
+
+/// Both ends of a connection or datagram, as the event reports them.
+#[derive(Clone, Copy, Default)]
+struct Endpoints {
+    family: u16,
+    lport: u16,
+    rport: u16,
+    laddr: [u8; 16],
+    raddr: [u8; 16],
+}
+
+/// Who an event is about.
+enum Who<'a> {
+    /// The current task (process context).
+    Current(*const u8),
+    /// The owner recorded earlier (softirq).
+    Owner(&'a TaskInfo),
+}
+
+/// What an event carries besides its endpoints.
+#[derive(Clone, Copy, Default)]
+struct Detail {
+    op: u8,
+    protocol: u8,
+    result: u8,
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// DNS payload in user memory: pointer and length.
+    payload: u64,
+    payload_len: u64,
+}
+
+#[inline(always)]
+fn tp<T>(ctx: &TracePointContext, offset: u32) -> Result<T, ReadFailed> {
+    // SAFETY: bpf_probe_read_kernel on the tracepoint record; fails cleanly.
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| ReadFailed)
+}
+
+/// Syscall argument `i` of a `sys_enter_*` record.
+#[inline(always)]
+fn arg(ctx: &TracePointContext, o: &KernelOffsets, i: u32) -> Result<u64, ReadFailed> {
+    tp::<u64>(ctx, o.tp_syscall_arg0 + i * o.tp_syscall_arg_size)
+}
+
+#[inline(always)]
+fn user<T>(ptr: u64) -> Result<T, ReadFailed> {
+    // SAFETY: bpf_probe_read_user validates the address and fails cleanly.
+    unsafe { bpf_probe_read_user(ptr as *const T) }.map_err(|_| ReadFailed)
+}
+
+/// IPv4 address bytes as an IPv4-mapped IPv6 address.
+#[inline(always)]
+fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// The current task, unless it is the sensor itself or runs an excluded
+/// executable.
+#[inline(always)]
+fn current_task(s: &NetSettings, o: &KernelOffsets) -> Option<*const u8> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == s.self_tgid {
+        return None;
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if s.exclude & net_exclude::EXE != 0
+        && let Ok(exe) = read_task_exe(task, o)
+        // SAFETY: presence check only.
+        && unsafe { NET_EXCLUDE_EXE.get(exe) }.is_some()
+    {
+        return None;
+    }
+    Some(task)
+}
+
+/// True when a user rule excludes these endpoints.
+#[inline(always)]
+fn excluded(s: &NetSettings, e: &Endpoints) -> bool {
+    // SAFETY (all gets): presence checks only.
+    if s.exclude & net_exclude::LOCAL_PORT != 0
+        && e.lport != 0
+        && unsafe { NET_EXCLUDE_LPORT.get(e.lport) }.is_some()
+    {
+        return true;
+    }
+    if s.exclude & net_exclude::REMOTE == 0 {
+        return false;
+    }
+    let mut data = [0u8; REMOTE_KEY_LEN];
+    data[4..].copy_from_slice(&e.raddr);
+    const FULL: u32 = REMOTE_KEY_PORT_BITS + 128;
+    // Rules for any port are stored with port 0.
+    if NET_EXCLUDE_REMOTE.get(Key::new(FULL, data)).is_some() {
+        return true;
+    }
+    let port = e.rport.to_be_bytes();
+    data[0] = port[0];
+    data[1] = port[1];
+    NET_EXCLUDE_REMOTE.get(Key::new(FULL, data)).is_some()
+}
+
+/// `task`'s `struct sock *` behind file descriptor `fd`, checked to be a
+/// socket (`socket->file` points back at the file).
+#[inline(always)]
+fn fd_sock(task: *const u8, fd: u64, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+    let file = read_fd_file(task, u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
+    let socket = read_ptr(file, o.file_private_data)?;
+    if read_ptr(socket, o.socket_file)? != file {
+        return Err(ReadFailed);
+    }
+    read_ptr(socket, o.socket_sk)
+}
+
+/// (family, protocol) of an INET socket; Err for other families.
+#[inline(always)]
+fn sock_kind(sk: *const u8, o: &KernelOffsets) -> Result<(u16, u8), ReadFailed> {
+    let family = read::<u16>(sk, o.sk_family)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Err(ReadFailed);
+    }
+    Ok((family, read::<u16>(sk, o.sk_protocol)? as u8))
+}
+
+/// Local and connected-peer addresses and ports of a socket.
+#[inline(always)]
+fn sock_endpoints(sk: *const u8, family: u16, o: &KernelOffsets) -> Result<Endpoints, ReadFailed> {
+    let (laddr, raddr) = if family == AF_INET {
+        (
+            v4_mapped(read::<[u8; 4]>(sk, o.sk_rcv_saddr)?),
+            v4_mapped(read::<[u8; 4]>(sk, o.sk_daddr)?),
+        )
+    } else {
+        (
+            read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr)?,
+            read::<[u8; 16]>(sk, o.sk_v6_daddr)?,
+        )
+    };
+    Ok(Endpoints {
+        family,
+        lport: read::<u16>(sk, o.sk_num)?,
+        rport: u16::from_be(read::<u16>(sk, o.sk_dport)?),
+        laddr,
+        raddr,
+    })
+}
+
+/// Endpoints from an `inet_sock_set_state` record (ports in host order;
+/// IPv4 addresses are stored IPv4-mapped in its `*_v6` fields).
+#[inline(always)]
+fn tp_endpoints(ctx: &TracePointContext, o: &KernelOffsets) -> Result<Endpoints, ReadFailed> {
+    Ok(Endpoints {
+        family: tp::<u16>(ctx, o.tp_sock_family)?,
+        lport: tp::<u16>(ctx, o.tp_sock_sport)?,
+        rport: tp::<u16>(ctx, o.tp_sock_dport)?,
+        laddr: tp::<[u8; 16]>(ctx, o.tp_sock_saddr_v6)?,
+        raddr: tp::<[u8; 16]>(ctx, o.tp_sock_daddr_v6)?,
+    })
+}
+
+/// Writes one event (a full ring is counted); with `owner_of`, also records
+/// the event's task as the owner of that socket, for its later close.
+#[inline(always)]
+fn emit(who: Who, e: &Endpoints, d: &Detail, owner_of: Option<u64>, o: &KernelOffsets) {
+    let Some(mut entry) = reserve_event::<NetEvent>(&NET_EVENTS, drop_reason::NET_RINGBUF_FULL)
+    else {
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points into the reserved ring buffer slot of size NetEvent.
+    unsafe {
+        (*ev).header = header(EventKind::Net as u32);
+        match who {
+            Who::Current(task) => {
+                if read_task(&mut (*ev).task, task, o).is_err() {
+                    (*ev).header.flags |= sensor_common::EVENT_PARTIAL;
+                    crate::maps::count_drop(drop_reason::KERNEL_READ_FAILED);
+                }
+            }
+            Who::Owner(task) => (*ev).task = *task,
+        }
+        (*ev).op = d.op;
+        (*ev).protocol = d.protocol;
+        (*ev).family = e.family;
+        (*ev).lport = e.lport;
+        (*ev).rport = e.rport;
+        (*ev).result = d.result;
+        (*ev)._pad = [0; 3];
+        (*ev).laddr = e.laddr;
+        (*ev).raddr = e.raddr;
+        (*ev).bytes_sent = d.bytes_sent;
+        (*ev).bytes_received = d.bytes_received;
+        (*ev).payload_len = 0;
+        if d.payload != 0 {
+            let len = d.payload_len as usize;
+            // A constant size, or one masked below the buffer, for the verifier.
+            let size = if len >= DNS_PAYLOAD_LEN {
+                DNS_PAYLOAD_LEN
+            } else {
+                len & (DNS_PAYLOAD_LEN - 1)
+            };
+            let ret = probe_read_user_raw(
+                (*ev).payload.as_mut_ptr().cast(),
+                size as u32,
+                d.payload as *const core::ffi::c_void,
+            );
+            if ret == 0 {
+                (*ev).payload_len = size as u32;
+            }
+        }
+        if let Some(sk) = owner_of {
+            record_owner(sk, &(*ev).task, d.op);
+        }
+    }
+    submit_event(&NET_EVENTS, entry);
+}
+
+#[inline(always)]
+fn record_owner(sk: u64, task: &TaskInfo, op: u8) {
+    let owner = NetOwner {
+        task: *task,
+        op: u32::from(op),
+        _pad: 0,
+    };
+    let _ = NET_OWNERS.insert(sk, owner, 0);
+}
+
+/// `sock:inet_sock_set_state`.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn net_sock_state(ctx: TracePointContext) -> u32 {
+    if let (Some(o), Some(s)) = (offsets(), settings()) {
+        let _ = sock_state(&ctx, o, &s);
+    }
+    0
+}
+
+#[inline(always)]
+fn sock_state(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+    s: &NetSettings,
+) -> Result<(), ReadFailed> {
+    if tp::<u16>(ctx, o.tp_sock_protocol)? != u16::from(IPPROTO_TCP) {
+        return Ok(());
+    }
+    let old = tp::<i32>(ctx, o.tp_sock_oldstate)?;
+    let new = tp::<i32>(ctx, o.tp_sock_newstate)?;
+    let sk = tp::<u64>(ctx, o.tp_sock_skaddr)?;
+    let tcp = Detail {
+        protocol: IPPROTO_TCP,
+        ..Detail::default()
+    };
+    match (old, new) {
+        // In the connecting process; the local port is not chosen yet, so
+        // the event waits for the result.
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
+            let Some(task) = current_task(s, o) else {
+                return Ok(());
+            };
+            if excluded(s, &tp_endpoints(ctx, o)?) {
+                return Ok(());
+            }
+            let mut owner = NetOwner {
+                op: u32::from(net_op::CONNECT),
+                ..NetOwner::default()
+            };
+            // A partial owner is still better than none.
+            let _ = read_task(&mut owner.task, task, o);
+            let _ = NET_OWNERS.insert(sk, owner, 0);
+        }
+        (tcp_state::CLOSE, tcp_state::LISTEN) => {
+            let Some(task) = current_task(s, o) else {
+                return Ok(());
+            };
+            let e = tp_endpoints(ctx, o)?;
+            if excluded(s, &e) {
+                return Ok(());
+            }
+            let d = Detail {
+                op: net_op::LISTEN,
+                ..tcp
+            };
+            emit(Who::Current(task), &e, &d, Some(sk), o);
+        }
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
+            // SAFETY: the value is copied before any other map operation.
+            let Some(owner) = (unsafe { NET_OWNERS.get(sk) }).copied() else {
+                return Ok(());
+            };
+            let e = tp_endpoints(ctx, o)?;
+            if excluded(s, &e) {
+                let _ = NET_OWNERS.remove(sk);
+                return Ok(());
+            }
+            let d = Detail {
+                op: net_op::CONNECT,
+                ..tcp
+            };
+            emit(Who::Owner(&owner.task), &e, &d, None, o);
+        }
+        (_, tcp_state::CLOSE) => {
+            // SAFETY: as above.
+            let Some(owner) = (unsafe { NET_OWNERS.get(sk) }).copied() else {
+                return Ok(());
+            };
+            let _ = NET_OWNERS.remove(sk);
+            let e = tp_endpoints(ctx, o)?;
+            let d = if old == tcp_state::SYN_SENT {
+                Detail {
+                    op: net_op::CONNECT,
+                    result: NET_CONNECT_FAILED,
+                    ..tcp
+                }
+            } else {
+                let sock = sk as *const u8;
+                Detail {
+                    op: net_op::CLOSE,
+                    result: old as u8,
+                    bytes_sent: read::<u64>(sock, o.tcp_bytes_sent).unwrap_or(0),
+                    bytes_received: read::<u64>(sock, o.tcp_bytes_received).unwrap_or(0),
+                    ..tcp
+                }
+            };
+            emit(Who::Owner(&owner.task), &e, &d, None, o);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `sys_exit_accept4(ret)`: the new connection, from the returned fd.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn net_accept4(ctx: TracePointContext) -> u32 {
+    accepted(&ctx);
+    0
+}
+
+/// `sys_exit_accept(ret)`: as accept4.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn net_accept(ctx: TracePointContext) -> u32 {
+    accepted(&ctx);
+    0
+}
+
+#[inline(always)]
+fn accepted(ctx: &TracePointContext) {
+    let (Some(o), Some(s)) = (offsets(), settings()) else {
+        return;
+    };
+    let _ = try_accepted(ctx, o, &s);
+}
+
+#[inline(always)]
+fn try_accepted(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+    s: &NetSettings,
+) -> Result<(), ReadFailed> {
+    let fd = tp::<i64>(ctx, o.tp_syscall_ret)?;
+    if fd < 0 {
+        return Ok(());
+    }
+    let Some(task) = current_task(s, o) else {
+        return Ok(());
+    };
+    let sk = fd_sock(task, fd as u64, o)?;
+    let (family, protocol) = sock_kind(sk, o)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let e = sock_endpoints(sk, family, o)?;
+    if excluded(s, &e) {
+        return Ok(());
+    }
+    let d = Detail {
+        op: net_op::ACCEPT,
+        protocol: IPPROTO_TCP,
+        ..Detail::default()
+    };
+    emit(Who::Current(task), &e, &d, Some(sk as u64), o);
+    Ok(())
+}
+
+/// `sys_enter_connect(fd, uservaddr, addrlen)`: UDP only (TCP connects come
+/// from `inet_sock_set_state`).
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn net_connect(ctx: TracePointContext) -> u32 {
+    if let (Some(o), Some(s)) = (offsets(), settings()) {
+        let _ = udp_out(&ctx, o, &s, net_op::UDP_CONNECT, 1, None);
+    }
+    0
+}
+
+/// `sys_enter_sendto(fd, buff, len, flags, addr, addr_len)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn net_sendto(ctx: TracePointContext) -> u32 {
+    if let (Some(o), Some(s)) = (offsets(), settings()) {
+        let _ = sendto(&ctx, o, &s);
+    }
+    0
+}
+
+#[inline(always)]
+fn sendto(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Result<(), ReadFailed> {
+    let payload = (arg(ctx, o, 1)?, arg(ctx, o, 2)?);
+    udp_out(ctx, o, s, net_op::UDP_SEND, 4, Some(payload))
+}
+
+/// `sys_enter_sendmsg(fd, msg, flags)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn net_sendmsg(ctx: TracePointContext) -> u32 {
+    if let (Some(o), Some(s)) = (offsets(), settings()) {
+        let _ = msg_out(&ctx, o, &s, 0);
+    }
+    0
+}
+
+/// `sys_enter_sendmmsg(fd, mmsg, vlen, flags)`: the first message only.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmmsg")]
+pub fn net_sendmmsg(ctx: TracePointContext) -> u32 {
+    if let (Some(o), Some(s)) = (offsets(), settings()) {
+        let _ = msg_out(&ctx, o, &s, o.mmsghdr_hdr);
+    }
+    0
+}
+
+/// sendmsg/sendmmsg: the `user_msghdr` at `hdr_offset` in argument 1.
+#[inline(always)]
+fn msg_out(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+    s: &NetSettings,
+    hdr_offset: u32,
+) -> Result<(), ReadFailed> {
+    let msg = arg(ctx, o, 1)? + u64::from(hdr_offset);
+    let name = user::<u64>(msg + u64::from(o.msghdr_name))?;
+    let iov = user::<u64>(msg + u64::from(o.msghdr_iov))?;
+    let payload = (
+        user::<u64>(iov + u64::from(o.iovec_base)).unwrap_or(0),
+        user::<u64>(iov + u64::from(o.iovec_len)).unwrap_or(0),
+    );
+    udp_dest(ctx, o, s, net_op::UDP_SEND, name, Some(payload))
+}
+
+/// Datagram destination from the sockaddr in syscall argument `addr_arg`.
+#[inline(always)]
+fn udp_out(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+    s: &NetSettings,
+    op: u8,
+    addr_arg: u32,
+    payload: Option<(u64, u64)>,
+) -> Result<(), ReadFailed> {
+    let addr = arg(ctx, o, addr_arg)?;
+    udp_dest(ctx, o, s, op, addr, payload)
+}
+
+/// Reports a UDP destination of the socket in argument 0: `addr` (a user
+/// sockaddr), or the socket's connected peer when `addr` is NULL.
+#[inline(always)]
+fn udp_dest(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+    s: &NetSettings,
+    op: u8,
+    addr: u64,
+    payload: Option<(u64, u64)>,
+) -> Result<(), ReadFailed> {
+    let fd = arg(ctx, o, 0)?;
+    let Some(task) = current_task(s, o) else {
+        return Ok(());
+    };
+    let sk = fd_sock(task, fd, o)?;
+    let (family, protocol) = sock_kind(sk, o)?;
+    if protocol != IPPROTO_UDP {
+        return Ok(());
+    }
+    let mut e = sock_endpoints(sk, family, o)?;
+    if addr != 0 {
+        (e.rport, e.raddr) = user_sockaddr(addr, o)?;
+    }
+    if e.rport == 0 || excluded(s, &e) {
+        return Ok(());
+    }
+    // SAFETY: presence check only.
+    let dns = op == net_op::UDP_SEND && unsafe { NET_DNS_PORTS.get(e.rport) }.is_some();
+    let mut d = Detail {
+        op,
+        protocol: IPPROTO_UDP,
+        ..Detail::default()
+    };
+    if dns {
+        // Every query is reported: names differ where destinations do not.
+        d.op = net_op::DNS_QUERY;
+        (d.payload, d.payload_len) = payload.unwrap_or((0, 0));
+    } else if seen_recently(s, op, &e) {
+        return Ok(());
+    }
+    emit(Who::Current(task), &e, &d, None, o);
+    Ok(())
+}
+
+/// (port, IPv4-mapped address) of a user `sockaddr_in` / `sockaddr_in6`.
+#[inline(always)]
+fn user_sockaddr(addr: u64, o: &KernelOffsets) -> Result<(u16, [u8; 16]), ReadFailed> {
+    match user::<u16>(addr + u64::from(o.sockaddr_family))? {
+        AF_INET => Ok((
+            u16::from_be(user::<u16>(addr + u64::from(o.sin_port))?),
+            v4_mapped(user::<[u8; 4]>(addr + u64::from(o.sin_addr))?),
+        )),
+        AF_INET6 => Ok((
+            u16::from_be(user::<u16>(addr + u64::from(o.sin6_port))?),
+            user::<[u8; 16]>(addr + u64::from(o.sin6_addr))?,
+        )),
+        // AF_UNSPEC (disconnect) and anything else: no destination.
+        _ => Err(ReadFailed),
+    }
+}
+
+/// True when this process reported this UDP destination less than the
+/// window ago; otherwise remembers now.
+#[inline(always)]
+fn seen_recently(s: &NetSettings, op: u8, e: &Endpoints) -> bool {
+    if s.udp_window_ns == 0 {
+        return false;
+    }
+    let key = UdpSeenKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        rport: e.rport,
+        op: u16::from(op),
+        raddr: e.raddr,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the value is copied out at once.
+    if let Some(last) = unsafe { NET_UDP_SEEN.get(key) }.copied()
+        && now.wrapping_sub(last) < s.udp_window_ns
+    {
+        return true;
+    }
+    let _ = NET_UDP_SEEN.insert(key, now, 0);
+    false
+}

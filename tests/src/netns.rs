@@ -1,0 +1,154 @@
+//! Network namespaces joined by a veth pair, and helper processes, all
+//! removed on drop (even when a test fails). Names carry a random suffix so
+//! concurrent runs cannot collide; addresses live only inside the
+//! namespaces the test creates.
+
+use std::{
+    io::{BufRead as _, BufReader, Lines},
+    process::{ChildStdout, Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Two namespaces `a` and `b`, a veth pair between them, `addr_a`/`addr_b`
+/// on it (a /30 of 10.0.0.0/8 picked at random) and loopback up in both.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub addr_a: String,
+    pub addr_b: String,
+}
+
+impl NetnsPair {
+    pub fn create() -> anyhow::Result<Self> {
+        let id: u32 = rand::random();
+        let suffix = format!("{:06x}", id & 0xff_ffff);
+        let net = format!("10.{}.{}", 200 + (id >> 24) % 50, (id >> 16) & 0xff);
+        let pair = Self {
+            a: format!("rxs-na-{suffix}"),
+            b: format!("rxs-nb-{suffix}"),
+            // Created before the first command, so a failure still cleans up.
+            addr_a: format!("{net}.1"),
+            addr_b: format!("{net}.2"),
+        };
+        let (va, vb) = (format!("rxsva{suffix}"), format!("rxsvb{suffix}"));
+        ip(&["netns", "add", &pair.a])?;
+        ip(&["netns", "add", &pair.b])?;
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        ip(&["link", "set", &va, "netns", &pair.a])?;
+        ip(&["link", "set", &vb, "netns", &pair.b])?;
+        for (ns, dev, addr) in [(&pair.a, &va, &pair.addr_a), (&pair.b, &vb, &pair.addr_b)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth, and so the pair.
+        for ns in [&self.a, &self.b] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// The Python interpreter the helper scripts run with.
+pub fn python() -> String {
+    ["/usr/bin/python3", "/root/.pyenv/shims/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("python3")
+        .to_owned()
+}
+
+/// A helper process (optionally inside a namespace), killed on drop, whose
+/// stdout lines the test reads.
+pub struct Helper {
+    child: std::process::Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Helper {
+    /// `python3 -c script args...`, in `netns` if given. `ip netns exec`
+    /// execs the command itself, so the pid is the script's.
+    pub fn python(netns: Option<&str>, script: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::python_at(&python(), netns, script, args)
+    }
+
+    /// [`Helper::python`] with another interpreter binary.
+    pub fn python_at(
+        interpreter: &str,
+        netns: Option<&str>,
+        script: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, interpreter]);
+                c
+            }
+            None => Command::new(interpreter),
+        };
+        let mut child = cmd
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a python helper")?;
+        let stdout = child.stdout.take().context("helper stdout")?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The rest of the next stdout line that starts with `prefix`.
+    pub fn line(&mut self, prefix: &str) -> anyhow::Result<String> {
+        for line in self.lines.by_ref() {
+            if let Some(rest) = line?.strip_prefix(prefix) {
+                return Ok(rest.trim().to_owned());
+            }
+        }
+        bail!("helper {} ended before a line {prefix:?}", self.pid())
+    }
+
+    /// Waits for a successful exit.
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("helper {} failed: {status}", self.child.id());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
