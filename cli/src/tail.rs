@@ -45,6 +45,8 @@ enum KindArg {
     Exit,
     /// Allowlist blocks and would-blocks.
     Policy,
+    /// Network isolation changes (audit).
+    Isolation,
 }
 
 impl From<KindArg> for EventKind {
@@ -54,6 +56,7 @@ impl From<KindArg> for EventKind {
             KindArg::Fork => EventKind::Fork,
             KindArg::Exit => EventKind::Exit,
             KindArg::Policy => EventKind::Policy,
+            KindArg::Isolation => EventKind::Isolation,
         }
     }
 }

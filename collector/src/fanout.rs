@@ -142,7 +142,7 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
         Some(event::Kind::Fork(f)) => (f.process.as_ref(), None),
         Some(event::Kind::Exit(x)) => (x.process.as_ref(), None),
         Some(event::Kind::Policy(p)) => (p.process.as_ref(), Some(p.path.as_str())),
-        None => (None, None),
+        Some(event::Kind::Isolation(_)) | None => (None, None),
     };
     let comm = process
         .map(|p| p.comm.as_str())
@@ -162,6 +162,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Fork(_)) => EventKind::Fork,
         Some(event::Kind::Exit(_)) => EventKind::Exit,
         Some(event::Kind::Policy(_)) => EventKind::Policy,
+        Some(event::Kind::Isolation(_)) => EventKind::Isolation,
         None => EventKind::Unspecified,
     }
 }

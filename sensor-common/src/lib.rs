@@ -9,10 +9,12 @@
 #![no_std]
 
 pub mod event;
+pub mod isolation;
 pub mod offsets;
 pub mod policy;
 
 pub use event::*;
+pub use isolation::{ISOLATION_ALLOW_ENTRIES, IsolationAllowKey, IsolationState, isolation_stat};
 pub use offsets::KernelOffsets;
 pub use policy::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, FileId, PolicyEvent,
@@ -48,4 +50,11 @@ pub mod names {
     pub const DENY_PARENT_B: &str = "DENY_PARENT_B";
     pub const DENY_UID_A: &str = "DENY_UID_A";
     pub const DENY_UID_B: &str = "DENY_UID_B";
+    pub const ISOLATION_STATE: &str = "ISOLATION_STATE";
+    pub const ISOLATION_ALLOW: &str = "ISOLATION_ALLOW";
+    pub const ISOLATION_STATS: &str = "ISOLATION_STATS";
+    pub const PROG_ISOLATE_INGRESS: &str = "isolate_ingress";
+    pub const PROG_ISOLATE_EGRESS: &str = "isolate_egress";
+    pub const PROG_ISOLATE_INGRESS_L3: &str = "isolate_ingress_l3";
+    pub const PROG_ISOLATE_EGRESS_L3: &str = "isolate_egress_l3";
 }

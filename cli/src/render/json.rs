@@ -4,7 +4,7 @@
 
 use proto::telemetry::v1::{
     HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
-    policy_event, sequence_record, subscribe_response,
+    isolation_event, policy_event, sequence_record, subscribe_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -101,6 +101,20 @@ fn event_json(e: &HostEvent) -> Value {
             "policy_generation": p.policy_generation,
             "file_device": p.file.map(|f| f.device),
             "file_inode": p.file.map(|f| f.inode),
+        }),
+        Some(event::Kind::Isolation(i)) => json!({
+            "action": match i.action() {
+                isolation_event::Action::Isolate => "isolate",
+                isolation_event::Action::Release => "release",
+                isolation_event::Action::Reapply => "reapply",
+                isolation_event::Action::Unspecified => "unknown",
+            },
+            "requester": i.requester,
+            "reason": i.reason,
+            "isolated": i.isolated,
+            "allowed_peers": i.allowed_peers,
+            "interfaces": i.interfaces,
+            "error": i.error,
         }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };

@@ -47,6 +47,7 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Fork(f)) => ("fork", f.process.as_ref()),
         Some(event::Kind::Exit(x)) => ("exit", x.process.as_ref()),
         Some(event::Kind::Policy(p)) => ("policy", p.process.as_ref()),
+        Some(event::Kind::Isolation(_)) => ("isolation", None),
         None => ("unknown", None),
     }
 }

@@ -5,8 +5,9 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, ExecEvent, ExitEvent, HostEvent, HostRecord, PolicyEvent, SequenceRecord,
-    SubscribeResponse, event, host_record, policy_event, sequence_record, subscribe_response,
+    DropCounters, ExecEvent, ExitEvent, HostEvent, HostRecord, IsolationEvent, PolicyEvent,
+    SequenceRecord, SubscribeResponse, event, host_record, isolation_event, policy_event,
+    sequence_record, subscribe_response,
 };
 
 use super::{host_id, kind_and_process};
@@ -74,6 +75,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Fork(_)) => format!("parent={}", num(|p| p.ppid)),
         Some(event::Kind::Exit(x)) => exit_details(x),
         Some(event::Kind::Policy(p)) => policy_details(p),
+        Some(event::Kind::Isolation(i)) => isolation_details(i),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -108,6 +110,29 @@ fn policy_details(p: &PolicyEvent) -> String {
     if !p.sha256.is_empty() {
         let short: String = p.sha256.chars().take(SHORT_HASH).collect();
         let _ = write!(out, "  sha256:{}", clean(&short));
+    }
+    out
+}
+
+fn isolation_details(i: &IsolationEvent) -> String {
+    let what = match i.action() {
+        isolation_event::Action::Isolate => "ISOLATE",
+        isolation_event::Action::Release => "RELEASE",
+        isolation_event::Action::Reapply => "REAPPLY",
+        isolation_event::Action::Unspecified => "ISOLATION?",
+    };
+    let state = if i.isolated {
+        "isolated"
+    } else {
+        "not isolated"
+    };
+    let mut out = format!(
+        "{what} by {}: {}  -> {state}",
+        clean(&i.requester),
+        clean(&i.reason)
+    );
+    if !i.error.is_empty() {
+        let _ = write!(out, "  FAILED: {}", clean(&i.error));
     }
     out
 }
