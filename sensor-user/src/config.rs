@@ -63,6 +63,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub policy: PolicyConfig,
     pub log: LogConfig,
+    /// `[isolation]`: network containment (see docs/isolation.md).
+    pub isolation: crate::isolation::IsolationConfig,
+    /// `[[response]]`: detection rules and the action each triggers.
+    pub response: Vec<crate::detect::ResponseRule>,
 }
 
 /// `[policy]`: application allowlisting.
@@ -270,6 +274,16 @@ impl Config {
         in_range("pipeline.event_queue_capacity", q, 1, 16 << 20)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("not a tracing filter: {e}")));
+        }
+        self.isolation.validate()?;
+        for (i, rule) in self.response.iter().enumerate() {
+            rule.validate(i)?;
+            if rule.action == "isolate" && !self.isolation.enabled {
+                return Err(invalid(
+                    &format!("response[{i}]"),
+                    "action \"isolate\" needs isolation.enabled = true",
+                ));
+            }
         }
         Ok(())
     }

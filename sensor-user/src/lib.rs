@@ -3,10 +3,13 @@
 //! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
 
 pub mod config;
+pub mod control;
+pub mod detect;
 pub mod enrich;
 pub mod events;
 pub mod hooks;
 pub mod identity;
+pub mod isolation;
 pub mod pipeline;
 pub mod policy;
 pub mod transport;
