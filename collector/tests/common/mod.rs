@@ -111,6 +111,7 @@ pub fn pid_of(e: &HostEvent) -> Option<u32> {
         Kind::Fork(x) => x.process.as_ref(),
         Kind::Exit(x) => x.process.as_ref(),
         Kind::Policy(x) => x.process.as_ref(),
+        Kind::Isolation(_) => None,
     };
     process.map(|p| p.pid)
 }
