@@ -386,10 +386,40 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Whether any interface of this namespace still runs an isolation program.
+pub fn any_attached() -> Result<bool, KernelError> {
+    for iface in interfaces()? {
+        for (attach, _) in DIRECTIONS {
+            // An interface that vanished meanwhile has nothing attached.
+            let Ok((_, programs)) = SchedClassifier::query_tcx(&iface.name, attach) else {
+                continue;
+            };
+            if programs
+                .iter()
+                .any(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Removes every pin under `pin_dir`: the links detach and the maps go
 /// once no program uses them. The emergency exit when the sensor cannot
-/// run; it does not touch the state file.
+/// run; it does not touch the state file. The kernel releases an unpinned
+/// link a moment later (deferred work), so this waits up to 5 s until no
+/// interface runs the programs any more.
 pub fn detach_all(pin_dir: &Path) -> Result<usize, KernelError> {
+    let removed = remove_pins(pin_dir)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while any_attached()? && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(removed)
+}
+
+fn remove_pins(pin_dir: &Path) -> Result<usize, KernelError> {
     let mut removed = 0;
     let links = pin_dir.join("links");
     if links.exists() {
