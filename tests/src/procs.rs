@@ -54,6 +54,14 @@ pub struct Collector {
 /// execs it, so the child's pid is the program's).
 pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
     match netns {
+        // `nsenter:<name>`: the network namespace only, mounts kept.
+        Some(ns) if ns.starts_with("nsenter:") => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", &ns["nsenter:".len()..]))
+                .arg("--")
+                .arg(program);
+            c
+        }
         Some(ns) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns]).arg(program);
@@ -135,6 +143,13 @@ impl Sensor {
         Self::spawn(Some(netns), config).await
     }
 
+    /// Like [`Sensor::start_in`] but through `nsenter --net`, which keeps
+    /// this mount namespace: `ip netns exec` remounts /sys, hiding the
+    /// cgroup2 tree an allowlist policy's `scope_cgroups` names.
+    pub async fn start_in_keeping_mounts(netns: &str, config: &str) -> anyhow::Result<Self> {
+        Self::spawn(Some(&format!("nsenter:{netns}")), config).await
+    }
+
     async fn spawn(netns: Option<&str>, config: &str) -> anyhow::Result<Self> {
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(config.as_bytes())?;
@@ -148,7 +163,12 @@ impl Sensor {
             .kill_on_drop(true)
             .spawn()
             .context("starting rxsentry-sensor (run `cargo xtask build`)")?;
-        wait_for_line(&mut child, "rxsentry-sensor ready", Duration::from_secs(30)).await?;
+        if let Err(e) =
+            wait_for_line(&mut child, "rxsentry-sensor ready", Duration::from_secs(30)).await
+        {
+            let text = std::fs::read_to_string(log.file.path()).unwrap_or_default();
+            return Err(e.context(format!("the sensor did not start; its stderr:\n{text}")));
+        }
         Ok(Self {
             child,
             _config: file,

@@ -147,10 +147,15 @@ impl Lab {
     }
 
     fn sensor_config(&self) -> String {
+        self.sensor_config_with("")
+    }
+
+    /// The lab's sensor config plus `extra` TOML (top-level keys or tables).
+    fn sensor_config_with(&self, extra: &str) -> String {
         format!(
             "[host]\nid = \"{}\"\n[collector]\nendpoint = \"http://{COLLECTOR_V4}:50051\"\n\
              [batching]\nmax_events = 16\nmax_delay_ms = 100\n\
-             [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n",
+             [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n{extra}",
             self.host_id(),
             self.pin_dir().display(),
             self.state_dir().display()
@@ -630,5 +635,90 @@ async fn local_isolation_works_without_the_daemon_and_is_reapplied_at_boot() -> 
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to re-apply"));
     lab.assert_all(&lab.other, &terms, true, "reapply after release")
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<()> {
+    use std::os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _};
+
+    let lab = Lab::new().await?;
+    let soc = Soc::start(&lab).await?;
+    // Enforce an allowlist (only /usr/bin/touch) in a cgroup of the test's
+    // own, so nothing else on the machine is under it.
+    let cgroup = tests::cgroup::TestCgroup::new(&marker("rxiso-detect"))?;
+    let touch_sha: String =
+        <sha2::Sha256 as sha2::Digest>::digest(std::fs::read("/usr/bin/touch")?)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let policy = lab.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{touch_sha}\"\n",
+            cgroup.path.display()
+        ),
+    )?;
+    let intruder = lab.dir.path().join("intruder");
+    std::fs::copy("/usr/bin/touch", &intruder)?;
+    std::fs::set_permissions(&intruder, std::fs::Permissions::from_mode(0o755))?;
+    let rule = format!(
+        "[policy]\npath = \"{}\"\n[[response]]\nname = \"burst\"\non = \"exec_blocked\"\nthreshold = 3\nwithin_secs = 60\naction = \"isolate\"\n",
+        policy.display()
+    );
+    let sensor =
+        Sensor::start_in_keeping_mounts(&lab.term.name, &lab.sensor_config_with(&rule)).await?;
+    let tail = soc.tail().await?;
+    let terms = [TERM_V4_OTHER, TERM_V6_OTHER];
+
+    // Two blocks: below the threshold, nothing happens.
+    for _ in 0..2 {
+        let status = cgroup
+            .command(&intruder)
+            .arg(lab.dir.path().join("x"))
+            .status()?;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the intruder was not blocked: {status}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lab.assert_all(&lab.other, &terms, true, "two blocks, threshold three")
+        .await?;
+
+    // The third reaches it: the terminal isolates itself.
+    let status = cgroup
+        .command(&intruder)
+        .arg(lab.dir.path().join("x"))
+        .status()?;
+    assert_eq!(status.signal(), Some(9));
+    let audit = tail
+        .wait_for("the detection's isolate event", |l| {
+            l.contains("\"action\":\"isolate\"") && l.contains("detection:burst")
+        })
+        .await?;
+    assert!(audit.contains("3 exec_blocked within 60 s"), "{audit}");
+    lab.assert_all(&lab.other, &terms, false, "after the detection rule fired")
+        .await?;
+    let host = soc
+        .wait_host("isolation by the rule", |h| h.isolated == Some(true))
+        .await?;
+    assert_eq!(host.requester, "detection:burst", "{}", host.line);
+
+    let out = soc
+        .cli(
+            &["release", &lab.host_id(), "--reason", "checked"],
+            Some(&soc.token_file),
+        )
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.assert_all(&lab.other, &terms, true, "released").await?;
+    assert!(sensor.stop().await?.success());
     Ok(())
 }

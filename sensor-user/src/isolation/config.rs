@@ -127,3 +127,75 @@ impl IsolationConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn isolation_keys_are_read() {
+        let c = Config::from_toml_str(
+            r#"
+            [isolation]
+            enabled = true
+            pin_dir = "/sys/fs/bpf/x"
+            interface_poll_ms = 100
+            allow = [
+              { address = "any", port = 67, protocol = "udp" },
+              { address = "192.168.1.53", port = 53, protocol = "udp" },
+              { address = "fd00::53" },
+            ]
+            [[response]]
+            name = "burst"
+            on = "exec_blocked"
+            threshold = 3
+            within_secs = 30
+            action = "isolate"
+            "#,
+        )
+        .expect("valid");
+        assert!(c.isolation.enabled);
+        assert_eq!(c.isolation.interface_poll_ms, 100);
+        assert_eq!(c.isolation.allow.len(), 3);
+        assert_eq!(c.isolation.allow[2].protocol, "any");
+        assert_eq!(c.response.len(), 1);
+        assert_eq!(c.response[0].threshold, 3);
+        let defaults = Config::default();
+        assert!(!defaults.isolation.enabled && defaults.response.is_empty());
+        assert_eq!(
+            defaults.isolation.state_dir.to_str(),
+            Some("/var/lib/rxsentry")
+        );
+    }
+
+    #[test]
+    fn bad_isolation_values_name_their_key() {
+        let cases = [
+            ("[isolation]\npin_dir = \"relative\"", "isolation.pin_dir"),
+            ("[isolation]\nstate_dir = \"x/y\"", "isolation.state_dir"),
+            (
+                "[isolation]\ninterface_poll_ms = 10",
+                "isolation.interface_poll_ms",
+            ),
+            (
+                "[isolation]\nallow = [{ address = \"any\" }]",
+                "isolation.allow[0]",
+            ),
+            (
+                "[isolation]\nallow = [{ address = \"1.2.3.4\", port = 5 }]",
+                "isolation.allow[0]",
+            ),
+            (
+                "[[response]]\nname = \"r\"\non = \"exec_blocked\"\nthreshold = 1\nwithin_secs = 1\naction = \"isolate\"",
+                "response[0]",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml_str(text).expect_err(text);
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+        }
+        let e = Config::from_toml_str("[isolation]\nallow = [{ adress = \"1.2.3.4\" }]")
+            .expect_err("typo");
+        assert!(e.to_string().contains("adress"), "{e}");
+    }
+}

@@ -77,30 +77,49 @@ pub struct Interface {
     pub l3: bool,
 }
 
-/// Every interface of this network namespace but loopback.
+/// Every interface of this network namespace but loopback. Asked of the
+/// kernel through a socket (if_nameindex, SIOCGIFHWADDR), never through
+/// /sys/class/net: a sysfs mounted in another namespace lists that
+/// namespace's interfaces.
 pub fn interfaces() -> Result<Vec<Interface>, KernelError> {
-    let root = Path::new("/sys/class/net");
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    use nix::libc;
+
+    let sys_err = |what: &str, e: io::Error| KernelError::Io {
+        path: PathBuf::from(what),
+        source: e,
+    };
+    let list = nix::net::if_::if_nameindex().map_err(|e| sys_err("if_nameindex", e.into()))?;
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(sys_err("socket", io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut found = Vec::new();
-    for entry in fs::read_dir(root).map_err(io_err(root))? {
-        let entry = entry.map_err(io_err(root))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let read = |file: &str| -> Option<u32> {
-            fs::read_to_string(entry.path().join(file))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
-        // An interface that vanished meanwhile has no files left: skip it.
-        let (Some(index), Some(kind)) = (read("ifindex"), read("type")) else {
+    for entry in list.iter() {
+        let name = entry.name().to_string_lossy().into_owned();
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(entry.name().to_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we own.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        if rc < 0 {
+            // Vanished meanwhile: nothing to attach to.
             continue;
-        };
+        }
+        // SAFETY: the union member SIOCGIFHWADDR wrote.
+        let kind = u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family });
         if kind == ARPHRD_LOOPBACK {
             continue;
         }
         found.push(Interface {
             name,
-            index,
+            index: entry.index(),
             l3: kind != ARPHRD_ETHER,
         });
     }
