@@ -90,7 +90,7 @@ fn verdict(ctx: &TcContext, dir: Dir, l3: usize) -> i32 {
         }
     }
     bump(isolation_stat::DROPPED);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[inline(always)]

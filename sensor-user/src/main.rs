@@ -206,8 +206,9 @@ fn isolation_admin(config: &Config, action: IsolationCmd) -> anyhow::Result<()> 
                 changed_at_unix_ms: file.changed_at_unix_ms,
                 interfaces: kernel.attached()?,
             });
+            let (runs, run_ns) = isolation::kernel::program_stats();
             println!(
-                "dropped_packets: {dropped}\nallowed_packets: {allowed}\nfirst_drop_boottime_ns: {first_drop}"
+                "dropped_packets: {dropped}\nallowed_packets: {allowed}\nfirst_drop_boottime_ns: {first_drop}\nprogram_runs: {runs}\nprogram_run_ns: {run_ns}"
             );
         }
         IsolationCmd::Detach => {

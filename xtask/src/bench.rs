@@ -459,14 +459,14 @@ impl Drop for SensorProcess {
 
 /// `kernel.bpf_stats_enabled` on for its lifetime (restored on drop): the
 /// kernel then times every BPF program run.
-struct BpfStats {
+pub(crate) struct BpfStats {
     before: String,
 }
 
 impl BpfStats {
     const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         let before = std::fs::read_to_string(Self::SYSCTL)?;
         std::fs::write(Self::SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
         Ok(Self { before })

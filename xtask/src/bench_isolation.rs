@@ -44,6 +44,9 @@ pub struct IsolationReport {
     /// ratio: less sensitive to drift (other jobs on the box) than the
     /// ratio of medians.
     tput_pair_ratio: f64,
+    /// Kernel-measured run time of the programs per packet (not isolated).
+    bpf_ns_per_packet: f64,
+    bpf_runs: u64,
     first_drop_ms: f64,
     command_ms: f64,
     isolate_runs: usize,
@@ -195,6 +198,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn run(rounds: usize) -> Result<IsolationReport> {
     let lab = Lab::new()?;
+    // Kernel-side cost per packet, counted while the programs run.
+    let stats = crate::bench::BpfStats::enable()?;
+    let (mut bpf_runs, mut bpf_ns) = (0u64, 0u64);
     let (mut tw, mut to, mut pw, mut po, mut qw, mut qo) = (
         Vec::new(),
         Vec::new(),
@@ -210,13 +216,22 @@ pub fn run(rounds: usize) -> Result<IsolationReport> {
             } else {
                 lab.sensor(&["isolation", "detach"])?;
             }
+            let before = if with {
+                lab.sensor(&["isolation", "status"])?
+            } else {
+                String::new()
+            };
             let (t, p50, p99) = lab.measure()?;
-            if with
-                && !lab
-                    .sensor(&["isolation", "status"])?
-                    .contains("isolated: no")
-            {
-                bail!("the programs were to be attached and not isolated");
+            if with {
+                let after = lab.sensor(&["isolation", "status"])?;
+                if !after.contains("isolated: no") {
+                    bail!("the programs were to be attached and not isolated");
+                }
+                let delta = |key: &str| -> Result<u64> {
+                    Ok((number_after(&after, key)? - number_after(&before, key)?) as u64)
+                };
+                bpf_runs += delta("program_runs:")?;
+                bpf_ns += delta("program_run_ns:")?;
             }
             let (t_, p_, q_) = if with {
                 (&mut tw, &mut pw, &mut qw)
@@ -254,6 +269,7 @@ pub fn run(rounds: usize) -> Result<IsolationReport> {
         first.push((first_drop - t0) as f64 / 1e6);
         command.push((t1 - t0) as f64 / 1e6);
     }
+    drop(stats);
     let mut pairs: Vec<f64> = to.iter().zip(&tw).map(|(o, w)| o / w).collect();
     let tput_pair_ratio = median(&mut pairs);
     lab.sensor(&["release", "--reason", "bench: done"])?;
@@ -267,6 +283,8 @@ pub fn run(rounds: usize) -> Result<IsolationReport> {
         p99_with: median(&mut qw),
         p99_without: median(&mut qo),
         tput_pair_ratio,
+        bpf_ns_per_packet: bpf_ns as f64 / bpf_runs.max(1) as f64,
+        bpf_runs,
         first_drop_ms: median(&mut first),
         command_ms: median(&mut command),
         isolate_runs: runs,
@@ -315,6 +333,11 @@ impl IsolationReport {
             t,
             "| UDP round trip p99, with / without programs | {:.1} us / {:.1} us | - | - |",
             self.p99_with, self.p99_without
+        );
+        let _ = writeln!(
+            t,
+            "| BPF run time per packet, not isolated (kernel.bpf_stats_enabled, {} runs) | {:.1} ns | - | - |",
+            self.bpf_runs, self.bpf_ns_per_packet
         );
         let _ = writeln!(
             t,

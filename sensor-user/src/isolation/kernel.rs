@@ -405,6 +405,18 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Runs and total run time of every loaded isolation program (all
+/// namespaces), as the kernel counts them while `kernel.bpf_stats_enabled`
+/// is 1: what the programs cost per packet.
+pub fn program_stats() -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
+        .fold((0, 0), |(runs, ns), p| {
+            (runs + p.run_count(), ns + p.run_time().as_nanos() as u64)
+        })
+}
+
 /// Whether any interface of this namespace still runs an isolation program.
 pub fn any_attached() -> Result<bool, KernelError> {
     for iface in interfaces()? {
