@@ -5,7 +5,10 @@
 //! depends on this crate and must build on a fresh machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/rxsentry/telemetry/v1/telemetry.proto"];
+    let files = [
+        "proto/rxsentry/telemetry/v1/telemetry.proto",
+        "proto/rxsentry/control/v1/control.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,5 +1,6 @@
 //! `rxsentry`: the analyst's command line for an rxsentry collector.
 
+mod admin;
 mod client;
 mod render;
 mod tail;
@@ -17,11 +18,18 @@ struct Cli {
 }
 
 /// One variant per subcommand, each with its own module and `run`; the
-/// planned `hosts`, `isolate`, `release` and `policy` go here.
+/// planned `policy` goes here.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Follow the live event stream of a collector.
     Tail(tail::TailArgs),
+    /// Cut a terminal off the network (all but its collector and the
+    /// peers its config allows); needs an operator token.
+    Isolate(admin::ChangeArgs),
+    /// Give an isolated terminal its network back; needs an operator token.
+    Release(admin::ChangeArgs),
+    /// Each host's isolation state, sensor health and last-seen time.
+    Hosts(admin::HostsArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +47,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tail(args) => tail::run(args).await,
+            Command::Isolate(args) => admin::change(args, true).await,
+            Command::Release(args) => admin::change(args, false).await,
+            Command::Hosts(args) => admin::hosts(args).await,
         }
     });
     match result {

@@ -49,6 +49,8 @@ enum KindArg {
     File,
     /// TCP connect/accept/listen/close, UDP destinations, DNS queries.
     Network,
+    /// Network isolation changes (audit).
+    Isolation,
 }
 
 impl From<KindArg> for EventKind {
@@ -60,6 +62,7 @@ impl From<KindArg> for EventKind {
             KindArg::Policy => EventKind::Policy,
             KindArg::File => EventKind::File,
             KindArg::Network => EventKind::Network,
+            KindArg::Isolation => EventKind::Isolation,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct CollectorConfig {
     pub stats_log_interval: Option<Duration>,
     /// How long open streams get to finish once shutdown was asked for.
     pub shutdown_grace: Duration,
+    /// Who may use the analyst API (isolate, release, hosts); empty: nobody.
+    pub operators: Vec<crate::auth::Operator>,
 }
 
 impl Default for CollectorConfig {
@@ -52,6 +54,7 @@ impl Default for CollectorConfig {
             max_concurrent_decodes: 4,
             stats_log_interval: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(5),
+            operators: Vec::new(),
         }
     }
 }

@@ -148,7 +148,7 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
             n.process.as_ref(),
             n.process.as_ref().map(|p| p.exe.as_str()),
         ),
-        None => (None, None),
+        Some(event::Kind::Isolation(_)) | None => (None, None),
     };
     let comm = process
         .map(|p| p.comm.as_str())
@@ -170,6 +170,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Policy(_)) => EventKind::Policy,
         Some(event::Kind::File(_)) => EventKind::File,
         Some(event::Kind::Network(_)) => EventKind::Network,
+        Some(event::Kind::Isolation(_)) => EventKind::Isolation,
         None => EventKind::Unspecified,
     }
 }

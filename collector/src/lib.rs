@@ -5,7 +5,9 @@
 //! Entry points: [`serve`] for a one-shot server, or [`Collector`] when the
 //! caller also wants [`Collector::stats`] while it runs.
 
+pub mod auth;
 pub mod config;
+pub mod control;
 pub mod fanout;
 pub mod hosts;
 pub mod ingest;

@@ -29,6 +29,11 @@ struct Args {
     /// Seconds between per-host stats log lines (0 turns them off).
     #[arg(long, default_value_t = 60)]
     stats_interval: u64,
+    /// Operators allowed to use the analyst API (isolate, release, hosts):
+    /// a TOML file of `[[operator]] name = "..." token_sha256 = "<hex>"`.
+    /// Without it the analyst API refuses every call.
+    #[arg(long, value_name = "FILE")]
+    operators: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -40,7 +45,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let operators = match &args.operators {
+        Some(path) => collector::auth::load_operators(path)?,
+        None => Vec::new(),
+    };
+    tracing::info!(operators = operators.len(), "analyst API operators loaded");
     let config = CollectorConfig {
+        operators,
         max_batch_bytes: args.max_batch_bytes,
         max_decompressed_bytes: args.max_decompressed_bytes,
         max_hosts: args.max_hosts,

@@ -23,10 +23,14 @@ use tracing::{debug, info, warn};
 
 use crate::CollectorError;
 use crate::config::{CollectorConfig, MAX_SUBSCRIBE_REQUEST_BYTES};
+use crate::control::{AnalystService, ControlHub, SensorControlService};
 use crate::fanout::{Fanout, FanoutItem, SubscriberStream, SubscriptionFilter};
 use crate::hosts::{BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
+use proto::control::v1::{
+    analyst_api_server::AnalystApiServer, sensor_control_server::SensorControlServer,
+};
 
 /// Payloads up to this size are decoded inline; larger ones on the blocking
 /// pool so that a 16 MiB decompression does not stall other streams.
@@ -55,6 +59,7 @@ struct Shared {
     fanout: Fanout,
     rejected_batches: AtomicU64,
     publish_streams: AtomicU64,
+    control: Arc<ControlHub>,
 }
 
 /// A running or ready-to-run collector. Cheap to clone: clones share state,
@@ -77,6 +82,7 @@ impl Collector {
                 config,
                 rejected_batches: AtomicU64::new(0),
                 publish_streams: AtomicU64::new(0),
+                control: Arc::default(),
             }),
         })
     }
@@ -112,6 +118,18 @@ impl Collector {
             stop: stop_rx.clone(),
         })
         .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
+        let control = SensorControlServer::new(SensorControlService {
+            hub: self.shared.control.clone(),
+            max_hosts: config.max_hosts,
+        })
+        .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
+        let stats_source = self.shared.clone();
+        let analyst = AnalystApiServer::new(AnalystService {
+            hub: self.shared.control.clone(),
+            operators: Arc::new(config.operators.clone()),
+            host_stats: Box::new(move || stats_source.hosts().snapshot()),
+        })
+        .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
         let stats_task = config.stats_log_interval.map(|every| {
             tokio::spawn(log_stats_every(
                 self.clone(),
@@ -125,6 +143,8 @@ impl Collector {
         let server = tonic::transport::Server::builder()
             .add_service(ingest)
             .add_service(subscribe)
+            .add_service(control)
+            .add_service(analyst)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stopped(stop_rx),

@@ -15,3 +15,11 @@ pub mod telemetry {
         tonic::include_proto!("rxsentry.telemetry.v1");
     }
 }
+
+/// `rxsentry.control.v1`: collector -> sensor commands (isolate, release)
+/// and the operator-authenticated analyst API.
+pub mod control {
+    pub mod v1 {
+        tonic::include_proto!("rxsentry.control.v1");
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod event;
 pub mod file;
+pub mod isolation;
 pub mod net;
 pub mod offsets;
 pub mod policy;
@@ -20,6 +21,7 @@ pub use file::{
     NO_ANCHOR, PATH_CHAIN_TRUNCATED, PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry,
     file_op,
 };
+pub use isolation::{ISOLATION_ALLOW_ENTRIES, IsolationAllowKey, IsolationState, isolation_stat};
 pub use net::*;
 pub use offsets::KernelOffsets;
 pub use policy::{
@@ -133,4 +135,11 @@ pub mod names {
         ("net_sendmsg", "syscalls", "sys_enter_sendmsg"),
         ("net_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
     ];
+    pub const ISOLATION_STATE: &str = "ISOLATION_STATE";
+    pub const ISOLATION_ALLOW: &str = "ISOLATION_ALLOW";
+    pub const ISOLATION_STATS: &str = "ISOLATION_STATS";
+    pub const PROG_ISOLATE_INGRESS: &str = "isolate_ingress";
+    pub const PROG_ISOLATE_EGRESS: &str = "isolate_egress";
+    pub const PROG_ISOLATE_INGRESS_L3: &str = "isolate_ingress_l3";
+    pub const PROG_ISOLATE_EGRESS_L3: &str = "isolate_egress_l3";
 }

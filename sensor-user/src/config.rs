@@ -68,6 +68,10 @@ pub struct Config {
     pub files: FilesConfig,
     pub log: LogConfig,
     pub network: NetworkConfig,
+    /// `[isolation]`: network containment (see docs/isolation.md).
+    pub isolation: crate::isolation::IsolationConfig,
+    /// `[[response]]`: detection rules and the action each triggers.
+    pub response: Vec<crate::detect::ResponseRule>,
 }
 
 /// `[files]`: file telemetry on watched paths, filtered in the kernel.
@@ -407,6 +411,16 @@ impl Config {
             return Err(invalid("log.level", format!("not a tracing filter: {e}")));
         }
         self.network.validate()?;
+        self.isolation.validate()?;
+        for (i, rule) in self.response.iter().enumerate() {
+            rule.validate(i)?;
+            if rule.action == "isolate" && !self.isolation.enabled {
+                return Err(invalid(
+                    &format!("response[{i}]"),
+                    "action \"isolate\" needs isolation.enabled = true",
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -5,10 +5,13 @@
 //! decision maps in sync with their configuration.
 
 pub mod config;
+pub mod control;
+pub mod detect;
 pub mod enrich;
 pub mod events;
 pub mod hooks;
 pub mod identity;
+pub mod isolation;
 pub mod pipeline;
 pub mod policy;
 pub mod transport;

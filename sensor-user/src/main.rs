@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use sensor_user::{
     config::Config,
-    events,
+    control, detect, events,
     hooks::{self, HookConfig, KernelDrops, ProcessHooks},
-    identity, pipeline,
+    identity, isolation, pipeline,
     policy::{self, manager::Command as PolicyCommand},
     transport::DropTracker,
     watch::{self, manager::Command as WatchCommand},
@@ -33,7 +33,7 @@ struct Args {
     command: Option<Cmd>,
     /// Configuration file (TOML); every key is documented in
     /// config/rxsentry-sensor.example.toml. Without it, the built-in defaults.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Override `collector.endpoint`.
     #[arg(long)]
@@ -50,6 +50,38 @@ enum Cmd {
         #[command(subcommand)]
         action: PolicyCmd,
     },
+    /// Isolate this terminal from the network now, acting on the pinned
+    /// state directly (works while the daemon is down).
+    Isolate {
+        /// Why (recorded in the audit event). Required unless --reapply.
+        #[arg(long, required_unless_present = "reapply")]
+        reason: Option<String>,
+        /// Re-apply the persisted state (boot, rxsentry-isolation.service):
+        /// isolates again only if the state file says isolated.
+        #[arg(long)]
+        reapply: bool,
+    },
+    /// Release this terminal's network isolation.
+    Release {
+        /// Why (recorded in the audit event).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Isolation state and emergency tools.
+    Isolation {
+        #[command(subcommand)]
+        action: IsolationCmd,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum IsolationCmd {
+    /// Print the isolation state, the interfaces covered and the counters.
+    Status,
+    /// Emergency: remove every pin, so the programs detach and nothing is
+    /// filtered. The state file is left alone: a sensor that starts again
+    /// re-applies it (use `release` when the sensor works).
+    Detach,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -107,6 +139,90 @@ fn policy_command(action: PolicyCmd) -> anyhow::Result<()> {
     }
 }
 
+/// `local:<user>`: the user behind sudo if any, else the caller's name.
+fn local_requester() -> String {
+    let user = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid{}", nix::unistd::getuid()));
+    format!("local:{user}")
+}
+
+fn enabled_isolation(config: &Config) -> anyhow::Result<&isolation::IsolationConfig> {
+    if !config.isolation.enabled {
+        anyhow::bail!(
+            "network isolation is disabled on this sensor (set isolation.enabled = true)"
+        );
+    }
+    Ok(&config.isolation)
+}
+
+/// The local isolate/release: straight on the pinned maps and the state
+/// file; the audit event is spooled for the daemon to send.
+fn isolation_command(config: &Config, change: isolation::Change) -> anyhow::Result<()> {
+    let iso_config = enabled_isolation(config)?;
+    let mut iso = isolation::Isolation::open(iso_config, &config.collector.endpoint)?;
+    match iso.apply(&change) {
+        Ok(Some(event)) => {
+            isolation::spool::write(&iso_config.state_dir, &event)?;
+        }
+        Ok(None) => println!("nothing to re-apply"),
+        Err(e) => {
+            let _ = isolation::spool::write(&iso_config.state_dir, &iso.failure_event(&change, &e));
+            return Err(e.into());
+        }
+    }
+    print_status(&iso.status()?);
+    Ok(())
+}
+
+fn print_status(s: &proto::control::v1::IsolationStatus) {
+    println!(
+        "isolated: {}\nby: {}\nreason: {}\nchanged_at_unix_ms: {}\ninterfaces: {}",
+        if s.isolated { "yes" } else { "no" },
+        s.requester,
+        s.reason,
+        s.changed_at_unix_ms,
+        s.interfaces.join(" ")
+    );
+}
+
+fn isolation_admin(config: &Config, action: IsolationCmd) -> anyhow::Result<()> {
+    let iso_config = enabled_isolation(config)?;
+    match action {
+        IsolationCmd::Status => {
+            let kernel = isolation::kernel::IsolationKernel::open(&iso_config.pin_dir)?;
+            let file = isolation::PersistedState::load(&iso_config.state_dir)?;
+            let (dropped, allowed, first_drop) = kernel.stats()?;
+            print_status(&proto::control::v1::IsolationStatus {
+                isolated: kernel.state()?.isolated != 0,
+                requester: file.requester,
+                reason: file.reason,
+                changed_at_unix_ms: file.changed_at_unix_ms,
+                interfaces: kernel.attached()?,
+            });
+            let (runs, run_ns) = isolation::kernel::program_stats();
+            println!(
+                "dropped_packets: {dropped}\nallowed_packets: {allowed}\nfirst_drop_boottime_ns: {first_drop}\nprogram_runs: {runs}\nprogram_run_ns: {run_ns}"
+            );
+        }
+        IsolationCmd::Detach => {
+            let n = isolation::kernel::detach_all(&iso_config.pin_dir)?;
+            println!(
+                "removed {n} pins under {}: nothing is filtered now",
+                iso_config.pin_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     match run_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -136,9 +252,10 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Cmd::Policy { action }) = args.command {
-        return policy_command(action);
-    }
+    let command = match args.command {
+        Some(Cmd::Policy { action }) => return policy_command(action),
+        other => other,
+    };
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -146,6 +263,31 @@ fn run_main() -> anyhow::Result<()> {
     if let Some(endpoint) = args.collector {
         config.collector.endpoint = endpoint;
         config.validate()?;
+    }
+    let requester = local_requester;
+    match command {
+        Some(Cmd::Isolate { reason, reapply }) => {
+            let change = isolation::Change {
+                action: if reapply {
+                    isolation::Action::Reapply
+                } else {
+                    isolation::Action::Isolate
+                },
+                requester: requester(),
+                reason: reason.unwrap_or_else(|| "re-applied at boot".to_owned()),
+            };
+            return isolation_command(&config, change);
+        }
+        Some(Cmd::Release { reason }) => {
+            let change = isolation::Change {
+                action: isolation::Action::Release,
+                requester: requester(),
+                reason,
+            };
+            return isolation_command(&config, change);
+        }
+        Some(Cmd::Isolation { action }) => return isolation_admin(&config, action),
+        Some(Cmd::Policy { .. }) | None => {}
     }
     if args.check_config {
         if let Some(path) = &config.policy.path {
@@ -232,8 +374,17 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     let retrust_tx = policy_tx.clone();
 
     let drops = Arc::new(DropTracker::new());
-    let pipeline = pipeline::spawn(&config, host, drops.clone())?;
+    let pipeline = pipeline::spawn(&config, host.clone(), drops.clone())?;
     let sender = pipeline.sender();
+    let (isolation_tx, isolation_task) = start_isolation(
+        &config,
+        &pipeline,
+        host,
+        hooks.allowlist_backend().to_string(),
+    )
+    .await?;
+    let mut detector = detect::Detector::new(&config.response);
+    let detection_tx = isolation_tx.clone();
     let reader_drops = drops.clone();
     let watch_notice = watch_tx.clone();
     let (stop_reader, reader_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -246,6 +397,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         move |record| match events::decode(record) {
             Ok(events::KernelEvent::Policy(mut block)) => {
                 block.rule = rules.name(block.rule_index);
+                if block.blocked {
+                    respond(&mut detector, &detection_tx);
+                }
                 if let (Some(tx), Some(rule), sensor_common::reason::MODIFIED) =
                     (&retrust_tx, block.rule_index, block.reason)
                 {
@@ -307,6 +461,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     }
 
     tracing::info!("stopping: detaching hooks, draining, flushing");
+    // The isolation links and maps are pinned: they stay in force.
+    drop(isolation_tx);
+    for task in isolation_task {
+        task.abort();
+    }
     if let (Some(tx), Some(thread)) = (&policy_tx, policy_thread) {
         let _ = tx.send(PolicyCommand::Stop);
         let _ = thread.join();
@@ -329,6 +488,102 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Starts the control stream and, when enabled, opens the isolation state
+/// (re-applying a persisted isolation) and the task that owns it. Returns
+/// where isolation requests go and the tasks to stop at exit.
+async fn start_isolation(
+    config: &Config,
+    pipeline: &pipeline::PipelineHandle,
+    host: proto::telemetry::v1::HostIdentity,
+    allowlist_backend: String,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<isolation::service::Request>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<isolation::service::Request>(16);
+    let audit = pipeline.audit_sender();
+    let mut tasks = Vec::new();
+    let (status_tx, status_rx) =
+        tokio::sync::watch::channel(proto::control::v1::IsolationStatus::default());
+    if config.isolation.enabled {
+        let mut iso = isolation::Isolation::open(&config.isolation, &config.collector.endpoint)
+            .context("network isolation")?;
+        let startup = isolation::Change {
+            action: isolation::Action::Reapply,
+            requester: "sensor:startup".to_owned(),
+            reason: "sensor started with a persisted isolation".to_owned(),
+        };
+        match iso.apply(&startup) {
+            Ok(Some(event)) => _ = audit.send(event).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-apply the persisted isolation");
+                _ = audit.send(iso.failure_event(&startup, &e)).await;
+            }
+        }
+        let status = iso.status()?;
+        if status.isolated {
+            tracing::warn!(by = %status.requester, reason = %status.reason,
+                "this terminal is network-isolated");
+            println!("rxsentry-sensor: network isolated");
+        }
+        tracing::info!(interfaces = ?status.interfaces, "isolation programs attached");
+        status_tx.send_replace(status);
+        let poll = std::time::Duration::from_millis(config.isolation.interface_poll_ms);
+        tasks.push(tokio::spawn(isolation::service::run(
+            iso, poll, audit, rx, status_tx,
+        )));
+    } else {
+        // Commands still get an answer, and the status channel stays open.
+        tasks.push(tokio::spawn(async move {
+            let _status_tx = status_tx;
+            while let Some(request) = rx.recv().await {
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(Err(
+                        "network isolation is disabled on this sensor (isolation.enabled = false)"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(control::run(
+        config.collector.endpoint.clone(),
+        control::Hello {
+            host,
+            allowlist_backend,
+        },
+        tx.clone(),
+        status_rx,
+    )));
+    Ok((tx, tasks))
+}
+
+/// Feeds one blocked exec to the detection rules and asks for the response
+/// of every rule that fired.
+fn respond(
+    detector: &mut detect::Detector,
+    requests: &tokio::sync::mpsc::Sender<isolation::service::Request>,
+) {
+    for trigger in detector.observe("exec_blocked", std::time::Instant::now()) {
+        tracing::warn!(rule = %trigger.requester, reason = %trigger.reason, "detection rule fired");
+        let change = isolation::Change {
+            action: isolation::Action::Isolate,
+            requester: trigger.requester,
+            reason: trigger.reason,
+        };
+        if requests
+            .try_send(isolation::service::Request {
+                change,
+                reply: None,
+            })
+            .is_err()
+        {
+            tracing::error!("isolation request queue full: detection response not applied");
+        }
+    }
 }
 
 fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {

@@ -193,6 +193,8 @@ pub struct PipelineHandle {
     stop_batcher: oneshot::Sender<()>,
     uploader: Uploader,
     shared: Arc<Shared>,
+    /// Into the batcher, past enrichment: for events made in userspace.
+    audit: mpsc::Sender<Event>,
 }
 
 /// Starts the enrichment thread, the batcher and the uploader. Call from
@@ -211,6 +213,7 @@ pub fn spawn(
 
     let (event_tx, event_rx) = mpsc::channel(config.pipeline.event_queue_capacity.max(1));
     let (enriched_tx, enriched_rx) = mpsc::channel(ENRICHED_QUEUE);
+    let audit = enriched_tx.clone();
     let enricher = Enricher::new(config);
     let thread_shared = shared.clone();
     let (done_tx, enrich_done) = oneshot::channel::<()>();
@@ -252,6 +255,7 @@ pub fn spawn(
         stop_batcher,
         uploader,
         shared,
+        audit,
     })
 }
 
@@ -311,6 +315,12 @@ impl PipelineHandle {
     /// A handle for the ring buffer reader (clone it freely).
     pub fn sender(&self) -> EventSender {
         self.sender.clone()
+    }
+
+    /// For events the daemon makes itself (isolation audit records): they
+    /// need no enrichment and go straight to the batcher.
+    pub fn audit_sender(&self) -> mpsc::Sender<Event> {
+        self.audit.clone()
     }
 
     pub fn drops(&self) -> &Arc<DropTracker> {

@@ -50,11 +50,43 @@ pub struct Collector {
     _log: ChildLog,
 }
 
+/// `program`, inside network namespace `netns` when given (`ip netns exec`
+/// execs it, so the child's pid is the program's).
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        // `nsenter:<name>`: the network namespace only, mounts kept.
+        Some(ns) if ns.starts_with("nsenter:") => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", &ns["nsenter:".len()..]))
+                .arg("--")
+                .arg(program);
+            c
+        }
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 impl Collector {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None, "127.0.0.1:0", &[]).await
+    }
+
+    /// A collector in `netns` (or this namespace) listening on `listen`,
+    /// with extra command-line arguments.
+    pub async fn start_with(
+        netns: Option<&str>,
+        listen: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Self> {
         let log = ChildLog::new("rxsentry-collector")?;
-        let mut child = Command::new(bin_path("rxsentry-collector"))
-            .args(["--listen", "127.0.0.1:0"])
+        let mut child = command_in(netns, bin_path("rxsentry-collector"))
+            .args(["--listen", listen])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(log.stdio()?)
             .kill_on_drop(true)
@@ -106,31 +138,62 @@ pub struct Sensor {
 }
 
 impl Sensor {
-    pub async fn start(collector: &Collector, options: SensorOptions) -> anyhow::Result<Self> {
-        let mut config = tempfile::NamedTempFile::new()?;
-        write!(
-            config,
-            "[host]\nid = \"test-{}\"\n[host.labels]\nstore = \"test\"\n[collector]\nendpoint = \"{}\"\n{}",
-            std::process::id(),
-            collector.url(),
-            options.extra_config
-        )?;
-        config.flush()?;
+    /// A sensor in network namespace `netns` with exactly `config` (TOML).
+    pub async fn start_in(netns: &str, config: &str) -> anyhow::Result<Self> {
+        Self::spawn(Some(netns), config).await
+    }
+
+    /// Like [`Sensor::start_in`] but through `nsenter --net`, which keeps
+    /// this mount namespace: `ip netns exec` remounts /sys, hiding the
+    /// cgroup2 tree an allowlist policy's `scope_cgroups` names.
+    pub async fn start_in_keeping_mounts(netns: &str, config: &str) -> anyhow::Result<Self> {
+        Self::spawn(Some(&format!("nsenter:{netns}")), config).await
+    }
+
+    async fn spawn(netns: Option<&str>, config: &str) -> anyhow::Result<Self> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        file.write_all(config.as_bytes())?;
+        file.flush()?;
         let log = ChildLog::new("rxsentry-sensor")?;
-        let mut child = Command::new(bin_path("rxsentry-sensor"))
+        let mut child = command_in(netns, bin_path("rxsentry-sensor"))
             .arg("--config")
-            .arg(config.path())
+            .arg(file.path())
             .stdout(Stdio::piped())
             .stderr(log.stdio()?)
             .kill_on_drop(true)
             .spawn()
             .context("starting rxsentry-sensor (run `cargo xtask build`)")?;
-        wait_for_line(&mut child, "rxsentry-sensor ready", Duration::from_secs(30)).await?;
+        if let Err(e) =
+            wait_for_line(&mut child, "rxsentry-sensor ready", Duration::from_secs(30)).await
+        {
+            let text = std::fs::read_to_string(log.file.path()).unwrap_or_default();
+            return Err(e.context(format!("the sensor did not start; its stderr:\n{text}")));
+        }
         Ok(Self {
             child,
-            _config: config,
+            _config: file,
             _log: log,
         })
+    }
+
+    /// SIGKILL, no chance to clean up: what a crash looks like.
+    pub async fn kill(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.child.start_kill()?;
+        Ok(
+            tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .context("sensor did not die within 10 s of SIGKILL")??,
+        )
+    }
+
+    pub async fn start(collector: &Collector, options: SensorOptions) -> anyhow::Result<Self> {
+        let config = format!(
+            "[host]\nid = \"test-{}\"\n[host.labels]\nstore = \"test\"\n[collector]\nendpoint = \"{}\"\n{}",
+            std::process::id(),
+            collector.url(),
+            options.extra_config
+        );
+        Self::spawn(None, &config).await
     }
 
     pub fn pid(&self) -> u32 {

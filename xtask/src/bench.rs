@@ -66,6 +66,13 @@ pub struct Options {
     /// Skip `cargo xtask build`.
     #[arg(long)]
     no_build: bool,
+    /// Rounds per side of the isolation throughput/latency comparison.
+    #[arg(long, default_value_t = 9)]
+    isolation_rounds: usize,
+    /// Run only the network isolation part (replaces its section of
+    /// docs/bench.md).
+    #[arg(long)]
+    only_isolation: bool,
 }
 
 const HOST_ID: &str = "bench";
@@ -73,6 +80,14 @@ const HOST_ID: &str = "bench";
 pub fn bench(opts: &Options) -> Result<()> {
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
+    }
+    let path = workspace_root().join("docs/bench.md");
+    if opts.only_isolation {
+        let section = crate::bench_isolation::run(opts.isolation_rounds)?.render();
+        println!("\n{section}");
+        crate::bench_isolation::write_section(&path, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -184,9 +199,10 @@ pub fn bench(opts: &Options) -> Result<()> {
     let _ = stop_tx.send(());
     rt.block_on(server)??;
 
-    let table = report.render(opts);
+    // 7. Network isolation: programs attached (not isolated) vs none.
+    let isolation = crate::bench_isolation::run(opts.isolation_rounds)?;
+    let table = format!("{}\n{}", report.render(opts), isolation.render());
     println!("\n{table}");
-    let path = workspace_root().join("docs/bench.md");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
     Ok(())
@@ -464,14 +480,14 @@ impl Drop for SensorProcess {
 
 /// `kernel.bpf_stats_enabled` on for its lifetime (restored on drop): the
 /// kernel then times every BPF program run.
-struct BpfStats {
+pub(crate) struct BpfStats {
     before: String,
 }
 
 impl BpfStats {
     const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         let before = std::fs::read_to_string(Self::SYSCTL)?;
         std::fs::write(Self::SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
         Ok(Self { before })

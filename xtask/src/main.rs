@@ -6,6 +6,7 @@
 //! fix it.
 
 mod bench;
+mod bench_isolation;
 mod build;
 mod run;
 mod setup;

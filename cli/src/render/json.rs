@@ -4,7 +4,7 @@
 
 use proto::telemetry::v1::{
     HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
-    network_event, policy_event, sequence_record, subscribe_response,
+    isolation_event, network_event, policy_event, sequence_record, subscribe_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -149,6 +149,20 @@ fn event_json(e: &HostEvent) -> Value {
                 "type": q.type_name,
             })).collect::<Vec<_>>(),
             "dns_error": n.dns_error,
+        }),
+        Some(event::Kind::Isolation(i)) => json!({
+            "action": match i.action() {
+                isolation_event::Action::Isolate => "isolate",
+                isolation_event::Action::Release => "release",
+                isolation_event::Action::Reapply => "reapply",
+                isolation_event::Action::Unspecified => "unknown",
+            },
+            "requester": i.requester,
+            "reason": i.reason,
+            "isolated": i.isolated,
+            "allowed_peers": i.allowed_peers,
+            "interfaces": i.interfaces,
+            "error": i.error,
         }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };

@@ -51,6 +51,7 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Policy(p)) => ("policy", p.process.as_ref()),
         Some(event::Kind::File(f)) => ("file", f.process.as_ref()),
         Some(event::Kind::Network(n)) => ("net", n.process.as_ref()),
+        Some(event::Kind::Isolation(_)) => ("isolation", None),
         None => ("unknown", None),
     }
 }

@@ -5,9 +5,9 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, NetworkEvent,
-    PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record, network_event,
-    policy_event, sequence_record, subscribe_response,
+    DropCounters, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, IsolationEvent,
+    NetworkEvent, PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record,
+    isolation_event, network_event, policy_event, sequence_record, subscribe_response,
 };
 
 use super::{file_operation, host_id, kind_and_process};
@@ -77,6 +77,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Policy(p)) => policy_details(p),
         Some(event::Kind::File(f)) => file_details(f),
         Some(event::Kind::Network(n)) => network_details(n),
+        Some(event::Kind::Isolation(i)) => isolation_details(i),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -179,6 +180,29 @@ fn network_details(n: &NetworkEvent) -> String {
     }
     if !n.dns_error.is_empty() {
         let _ = write!(out, " (dns: {})", clean(&n.dns_error));
+    }
+    out
+}
+
+fn isolation_details(i: &IsolationEvent) -> String {
+    let what = match i.action() {
+        isolation_event::Action::Isolate => "ISOLATE",
+        isolation_event::Action::Release => "RELEASE",
+        isolation_event::Action::Reapply => "REAPPLY",
+        isolation_event::Action::Unspecified => "ISOLATION?",
+    };
+    let state = if i.isolated {
+        "isolated"
+    } else {
+        "not isolated"
+    };
+    let mut out = format!(
+        "{what} by {}: {}  -> {state}",
+        clean(&i.requester),
+        clean(&i.reason)
+    );
+    if !i.error.is_empty() {
+        let _ = write!(out, "  FAILED: {}", clean(&i.error));
     }
     out
 }

@@ -24,7 +24,8 @@ pub use ringbuf::{read_rings, register_readable};
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// The eBPF object built by build.rs (empty when the toolchain was missing).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {

@@ -1,0 +1,477 @@
+//! The isolation programs in the kernel. Each interface but loopback gets
+//! an ingress and an egress TCX link, pinned under `<pin_dir>/links/`; the
+//! state, allow and stats maps are pinned in `<pin_dir>`. Pins keep it all
+//! in force while no sensor process runs; removing them is the only way to
+//! take the programs off (see [`detach_all`]).
+//!
+//! The eBPF object is loaded only when some interface lacks its links, and
+//! dropped again right after: the pins hold what must stay.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, SchedClassifier, TcAttachType, links::FdLink},
+};
+use sensor_common::{IsolationAllowKey, IsolationState, isolation_stat, names};
+
+use crate::hooks::EBPF_OBJECT;
+
+const ARPHRD_ETHER: u32 = 1;
+const ARPHRD_LOOPBACK: u32 = 772;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "this sensor was built without its eBPF object (bpf-linker missing at build time); run `cargo xtask setup` and rebuild"
+    )]
+    NoObject,
+    #[error(
+        "{0} is not on a bpf filesystem, so isolation could not outlive the sensor (mount one: `mount -t bpf bpf /sys/fs/bpf`, or set isolation.pin_dir)"
+    )]
+    NotBpffs(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("loading the isolation programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("pinned map {path}: {source}")]
+    Map { path: PathBuf, source: MapError },
+    #[error(
+        "interface {iface}: attaching {name}: {source} (isolation needs TCX links, Linux 6.6 or later)"
+    )]
+    Attach {
+        iface: String,
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("pinning the {dir} link of {iface}: {why}")]
+    Pin {
+        iface: String,
+        dir: &'static str,
+        why: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KernelError + '_ {
+    move |source| KernelError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A network interface as the kernel lists it in /sys/class/net.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    /// No link-layer header at TC (tun, WireGuard, IP tunnels).
+    pub l3: bool,
+}
+
+/// Every interface of this network namespace but loopback. Asked of the
+/// kernel through a socket (if_nameindex, SIOCGIFHWADDR), never through
+/// /sys/class/net: a sysfs mounted in another namespace lists that
+/// namespace's interfaces.
+pub fn interfaces() -> Result<Vec<Interface>, KernelError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    use nix::libc;
+
+    let sys_err = |what: &str, e: io::Error| KernelError::Io {
+        path: PathBuf::from(what),
+        source: e,
+    };
+    let list = nix::net::if_::if_nameindex().map_err(|e| sys_err("if_nameindex", e.into()))?;
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(sys_err("socket", io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut found = Vec::new();
+    for entry in list.iter() {
+        let name = entry.name().to_string_lossy().into_owned();
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(entry.name().to_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we own.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        if rc < 0 {
+            // Vanished meanwhile: nothing to attach to.
+            continue;
+        }
+        // SAFETY: the union member SIOCGIFHWADDR wrote.
+        let kind = u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family });
+        if kind == ARPHRD_LOOPBACK {
+            continue;
+        }
+        found.push(Interface {
+            name,
+            index: entry.index(),
+            l3: kind != ARPHRD_ETHER,
+        });
+    }
+    found.sort_by_key(|i| i.index);
+    Ok(found)
+}
+
+const DIRECTIONS: [(TcAttachType, &str); 2] = [
+    (TcAttachType::Ingress, "ingress"),
+    (TcAttachType::Egress, "egress"),
+];
+
+fn program_name(l3: bool, attach: TcAttachType) -> &'static str {
+    match (l3, attach) {
+        (false, TcAttachType::Ingress) => names::PROG_ISOLATE_INGRESS,
+        (false, _) => names::PROG_ISOLATE_EGRESS,
+        (true, TcAttachType::Ingress) => names::PROG_ISOLATE_INGRESS_L3,
+        (true, _) => names::PROG_ISOLATE_EGRESS_L3,
+    }
+}
+
+/// `<ifindex>-<name>-<direction>`: the index tells a new interface that
+/// reuses a name from the one that is gone.
+fn link_file(iface: &Interface, dir: &str) -> String {
+    format!("{}-{}-{dir}", iface.index, iface.name)
+}
+
+/// The pinned maps; programs are attached by [`IsolationKernel::attach_missing`].
+pub struct IsolationKernel {
+    pin_dir: PathBuf,
+    state: Array<MapData, IsolationState>,
+    allow: HashMap<MapData, IsolationAllowKey, u8>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl IsolationKernel {
+    /// Opens the pinned maps (creating and pinning them if this is the
+    /// first time) and attaches to every interface that lacks its links.
+    pub fn open(pin_dir: &Path) -> Result<Self, KernelError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(KernelError::NoObject);
+        }
+        check_bpffs(pin_dir)?;
+        let links = pin_dir.join("links");
+        fs::create_dir_all(&links).map_err(io_err(&links))?;
+        let state_pin = pin_dir.join(names::ISOLATION_STATE);
+        if !state_pin.exists() {
+            // First use: loading the object creates and pins the maps.
+            load_and_attach(pin_dir, &[])?;
+        }
+        let open = |name: &str| -> Result<(PathBuf, MapData), KernelError> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| KernelError::Map {
+                path: path.clone(),
+                source,
+            })?;
+            Ok((path, data))
+        };
+        let wrap = |path: PathBuf| move |source| KernelError::Map { path, source };
+        let (path, data) = open(names::ISOLATION_STATE)?;
+        let state = Array::try_from(Map::Array(data)).map_err(wrap(path))?;
+        let (path, data) = open(names::ISOLATION_ALLOW)?;
+        let allow = HashMap::try_from(Map::HashMap(data)).map_err(wrap(path))?;
+        let (path, data) = open(names::ISOLATION_STATS)?;
+        let stats = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(wrap(path))?;
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            state,
+            allow,
+            stats,
+        })
+    }
+
+    /// Attaches to the interfaces that have no pinned links yet and forgets
+    /// the pins of interfaces that are gone. Returns the names newly
+    /// attached.
+    pub fn attach_missing(&mut self) -> Result<Vec<String>, KernelError> {
+        let ifaces = interfaces()?;
+        self.prune(&ifaces)?;
+        let links = self.pin_dir.join("links");
+        let missing: Vec<Interface> = ifaces
+            .into_iter()
+            .filter(|i| {
+                DIRECTIONS
+                    .iter()
+                    .any(|(_, dir)| !links.join(link_file(i, dir)).exists())
+            })
+            .collect();
+        if !missing.is_empty() {
+            load_and_attach(&self.pin_dir, &missing)?;
+        }
+        Ok(missing.into_iter().map(|i| i.name).collect())
+    }
+
+    /// Interfaces with pinned links, by name.
+    pub fn attached(&self) -> Result<Vec<String>, KernelError> {
+        let links = self.pin_dir.join("links");
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&links).map_err(io_err(&links))? {
+            let file = entry.map_err(io_err(&links))?.file_name();
+            let file = file.to_string_lossy();
+            if let Some(rest) = file.strip_suffix("-ingress")
+                && let Some((_, name)) = rest.split_once('-')
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn prune(&self, present: &[Interface]) -> Result<(), KernelError> {
+        let links = self.pin_dir.join("links");
+        for entry in fs::read_dir(&links).map_err(io_err(&links))? {
+            let entry = entry.map_err(io_err(&links))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let current = present
+                .iter()
+                .any(|i| DIRECTIONS.iter().any(|(_, dir)| link_file(i, dir) == file));
+            if !current {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> Result<IsolationState, KernelError> {
+        self.state
+            .get(&0, 0)
+            .map_err(|source| self.map_err(names::ISOLATION_STATE, source))
+    }
+
+    /// Makes `peers` the allow list, replacing what was there.
+    pub fn set_allow(&mut self, peers: &[IsolationAllowKey]) -> Result<(), KernelError> {
+        let old: Vec<IsolationAllowKey> = self.allow.keys().filter_map(Result::ok).collect();
+        for key in peers {
+            self.allow
+                .insert(key, 1, 0)
+                .map_err(|source| self.map_err(names::ISOLATION_ALLOW, source))?;
+        }
+        for key in old.iter().filter(|k| !peers.contains(k)) {
+            self.allow
+                .remove(key)
+                .map_err(|source| self.map_err(names::ISOLATION_ALLOW, source))?;
+        }
+        Ok(())
+    }
+
+    /// One map update: every program sees the new state at its next packet.
+    pub fn set_state(&mut self, state: IsolationState) -> Result<(), KernelError> {
+        self.state
+            .set(0, state, 0)
+            .map_err(|source| self.map_err(names::ISOLATION_STATE, source))
+    }
+
+    /// Packets dropped and allowed while isolated, and the earliest first
+    /// drop (CLOCK_BOOTTIME ns, 0 if none) since the last reset.
+    pub fn stats(&self) -> Result<(u64, u64, u64), KernelError> {
+        let read = |index: u32| {
+            self.stats
+                .get(&index, 0)
+                .map_err(|source| self.map_err(names::ISOLATION_STATS, source))
+        };
+        let dropped = read(isolation_stat::DROPPED)?.iter().sum();
+        let allowed = read(isolation_stat::ALLOWED)?.iter().sum();
+        let first = read(isolation_stat::FIRST_DROP_NS)?
+            .iter()
+            .copied()
+            .filter(|&t| t != 0)
+            .min()
+            .unwrap_or(0);
+        Ok((dropped, allowed, first))
+    }
+
+    pub fn reset_stats(&mut self) -> Result<(), KernelError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| KernelError::Io {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source,
+        })?;
+        for index in 0..isolation_stat::COUNT {
+            let zeros =
+                PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| KernelError::Io {
+                    path: self.pin_dir.join(names::ISOLATION_STATS),
+                    source,
+                })?;
+            self.stats
+                .set(index, zeros, 0)
+                .map_err(|source| self.map_err(names::ISOLATION_STATS, source))?;
+        }
+        Ok(())
+    }
+
+    fn map_err(&self, name: &str, source: MapError) -> KernelError {
+        KernelError::Map {
+            path: self.pin_dir.join(name),
+            source,
+        }
+    }
+}
+
+/// Loads the object with the isolation maps pinned in `pin_dir` (reused
+/// when already pinned), attaches to `ifaces` and pins each link.
+fn load_and_attach(pin_dir: &Path, ifaces: &[Interface]) -> Result<(), KernelError> {
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<(&str, PathBuf)> = [
+        names::ISOLATION_STATE,
+        names::ISOLATION_ALLOW,
+        names::ISOLATION_STATS,
+    ]
+    .into_iter()
+    .map(|name| (name, pin_dir.join(name)))
+    .collect();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    // The process and allowlist maps are not used here: keep them tiny.
+    loader.map_max_entries(names::PROCESS_EVENTS, 4096);
+    for name in [
+        names::ALLOW_A,
+        names::ALLOW_B,
+        names::DENY_PARENT_A,
+        names::DENY_PARENT_B,
+        names::DENY_UID_A,
+        names::DENY_UID_B,
+        names::POLICY_SCOPE,
+    ] {
+        loader.map_max_entries(name, 1);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    for iface in ifaces {
+        for (attach, dir) in DIRECTIONS {
+            let path = pin_dir.join("links").join(link_file(iface, dir));
+            if path.exists() {
+                continue;
+            }
+            let name = program_name(iface.l3, attach);
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::Program {
+                    name,
+                    source: ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| KernelError::Program { name, source })?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .map_err(|source| KernelError::Program { name, source })?;
+            }
+            let attach_err = |source| KernelError::Attach {
+                iface: iface.name.clone(),
+                name,
+                source,
+            };
+            let id = program.attach(&iface.name, attach).map_err(attach_err)?;
+            let link = program.take_link(id).map_err(attach_err)?;
+            let pin_err = |why: String| KernelError::Pin {
+                iface: iface.name.clone(),
+                dir,
+                why,
+            };
+            let link: FdLink = link.try_into().map_err(|e| pin_err(format!("{e}")))?;
+            link.pin(&path).map_err(|e| pin_err(format!("{e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a `pin_dir` whose nearest existing ancestor is not bpffs.
+fn check_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let fs = nix::sys::statfs::statfs(existing).map_err(|e| KernelError::Io {
+        path: existing.to_owned(),
+        source: e.into(),
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::BPF_FS_MAGIC {
+        return Err(KernelError::NotBpffs(pin_dir.to_owned()));
+    }
+    Ok(())
+}
+
+/// Runs and total run time of every loaded isolation program (all
+/// namespaces), as the kernel counts them while `kernel.bpf_stats_enabled`
+/// is 1: what the programs cost per packet.
+pub fn program_stats() -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
+        .fold((0, 0), |(runs, ns), p| {
+            (runs + p.run_count(), ns + p.run_time().as_nanos() as u64)
+        })
+}
+
+/// Whether any interface of this namespace still runs an isolation program.
+pub fn any_attached() -> Result<bool, KernelError> {
+    for iface in interfaces()? {
+        for (attach, _) in DIRECTIONS {
+            // An interface that vanished meanwhile has nothing attached.
+            let Ok((_, programs)) = SchedClassifier::query_tcx(&iface.name, attach) else {
+                continue;
+            };
+            if programs
+                .iter()
+                .any(|p| p.name_as_str().is_some_and(|n| n.starts_with("isolate_")))
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Removes every pin under `pin_dir`: the links detach and the maps go
+/// once no program uses them. The emergency exit when the sensor cannot
+/// run; it does not touch the state file. The kernel releases an unpinned
+/// link a moment later (deferred work), so this waits up to 5 s until no
+/// interface runs the programs any more.
+pub fn detach_all(pin_dir: &Path) -> Result<usize, KernelError> {
+    let removed = remove_pins(pin_dir)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while any_attached()? && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(removed)
+}
+
+fn remove_pins(pin_dir: &Path) -> Result<usize, KernelError> {
+    let mut removed = 0;
+    let links = pin_dir.join("links");
+    if links.exists() {
+        for entry in fs::read_dir(&links).map_err(io_err(&links))? {
+            let path = entry.map_err(io_err(&links))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+        fs::remove_dir(&links).map_err(io_err(&links))?;
+    }
+    for name in [
+        names::ISOLATION_STATE,
+        names::ISOLATION_ALLOW,
+        names::ISOLATION_STATS,
+    ] {
+        let path = pin_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,82 @@
+//! The daemon's isolation task: the only owner of [`Isolation`] in the
+//! daemon. Requests come from the control stream and the detection rules;
+//! every tick it attaches to new interfaces, forwards audit records the
+//! local command spooled, and publishes the current status.
+
+use std::time::Duration;
+
+use proto::{control::v1::IsolationStatus, telemetry::v1::Event};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Change, Isolation, spool};
+
+/// A change to apply; `reply` gets the resulting state or the error text.
+pub struct Request {
+    pub change: Change,
+    pub reply: Option<oneshot::Sender<Result<IsolationStatus, String>>>,
+}
+
+/// Runs until `requests` closes. Audit events go to `audit` (the pipeline);
+/// `status` always holds the latest state.
+pub async fn run(
+    mut isolation: Isolation,
+    poll: Duration,
+    audit: mpsc::Sender<Event>,
+    mut requests: mpsc::Receiver<Request>,
+    status: watch::Sender<IsolationStatus>,
+) {
+    let state_dir = isolation.config.state_dir.clone();
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(Request { change, reply }) = request else { return };
+                let result = match isolation.apply(&change) {
+                    Ok(event) => {
+                        if let Some(event) = event {
+                            tracing::warn!(requester = %change.requester, reason = %change.reason,
+                                action = ?change.action, "network isolation changed");
+                            let _ = audit.send(event).await;
+                        }
+                        isolation.status().map_err(|e| e.to_string())
+                    }
+                    Err(e) => {
+                        tracing::error!(requester = %change.requester, action = ?change.action,
+                            error = %e, "network isolation change refused");
+                        let _ = audit.send(isolation.failure_event(&change, &e)).await;
+                        Err(e.to_string())
+                    }
+                };
+                if let Ok(s) = &result {
+                    status.send_replace(s.clone());
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            _ = tick.tick() => {
+                match isolation.poll_interfaces() {
+                    Ok(new) if !new.is_empty() => {
+                        tracing::info!(interfaces = ?new, "isolation programs attached to new interfaces");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot attach isolation to new interfaces"),
+                }
+                for event in spool::drain(&state_dir) {
+                    let _ = audit.send(event).await;
+                }
+                match isolation.status() {
+                    Ok(s) => {
+                        status.send_if_modified(|old| {
+                            let changed = *old != s;
+                            *old = s;
+                            changed
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the isolation state"),
+                }
+            }
+        }
+    }
+}

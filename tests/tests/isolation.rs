@@ -1,0 +1,724 @@
+//! Network isolation on the real kernel, in network namespaces this test
+//! creates: `term` (the sensor runs inside it, so only that namespace is
+//! ever isolated), `soc` (the collector) and `other` (another host). Every
+//! namespace, veth, bpffs and process is removed on drop, even on failure.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tests::{
+    Collector, Sensor, bin_path, marker,
+    netns::{Bpffs, End, Netns, veth},
+    procs::command_in,
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::Child,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_netprobe");
+const PORT: &str = "7000";
+const COLLECTOR_V4: &str = "10.231.1.2";
+const TERM_V4_OTHER: &str = "10.231.2.1";
+const OTHER_V4: &str = "10.231.2.2";
+const TERM_V6_OTHER: &str = "fd31:2::1";
+const OTHER_V6: &str = "fd31:2::2";
+const TERM_V4_NEW: &str = "10.231.3.1";
+const OTHER_V4_NEW: &str = "10.231.3.2";
+const TOKEN: &str = "alice-token-for-tests";
+
+/// Three namespaces, two veth pairs, a private bpffs and a state dir.
+struct Lab {
+    sfx: String,
+    term: Netns,
+    soc: Netns,
+    other: Netns,
+    bpffs: Bpffs,
+    dir: tempfile::TempDir,
+    /// Echo servers (kept alive until the lab goes).
+    servers: Vec<Child>,
+}
+
+impl Lab {
+    async fn new() -> anyhow::Result<Self> {
+        let sfx = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let term = Netns::new(&format!("rxs-term-{sfx}"))?;
+        let soc = Netns::new(&format!("rxs-soc-{sfx}"))?;
+        let other = Netns::new(&format!("rxs-other-{sfx}"))?;
+        let (ts, st, to, ot) = (
+            format!("rxts{sfx}"),
+            format!("rxst{sfx}"),
+            format!("rxto{sfx}"),
+            format!("rxot{sfx}"),
+        );
+        veth(
+            &End {
+                ns: &term,
+                name: &ts,
+                v4: "10.231.1.1/24",
+                v6: "fd31:1::1/64",
+            },
+            &End {
+                ns: &soc,
+                name: &st,
+                v4: "10.231.1.2/24",
+                v6: "fd31:1::2/64",
+            },
+        )?;
+        veth(
+            &End {
+                ns: &term,
+                name: &to,
+                v4: "10.231.2.1/24",
+                v6: "fd31:2::1/64",
+            },
+            &End {
+                ns: &other,
+                name: &ot,
+                v4: "10.231.2.2/24",
+                v6: "fd31:2::2/64",
+            },
+        )?;
+        let mut lab = Self {
+            sfx,
+            term,
+            soc,
+            other,
+            bpffs: Bpffs::mount()?,
+            dir: tempfile::tempdir()?,
+            servers: Vec::new(),
+        };
+        for ns in [lab.term.name.clone(), lab.other.name.clone()] {
+            lab.serve(&ns).await?;
+        }
+        Ok(lab)
+    }
+
+    /// A dual-stack echo server on PORT in `ns`.
+    async fn serve(&mut self, ns: &str) -> anyhow::Result<()> {
+        let mut child = command_in(Some(ns), PROBE)
+            .args(["serve", "::", PORT])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .context("echo server did not start")??;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    /// The veth pair added while isolated (term <-> other, 10.231.3.0/24).
+    fn add_interface(&self) -> anyhow::Result<String> {
+        let (tn, nt) = (format!("rxtn{}", self.sfx), format!("rxnt{}", self.sfx));
+        veth(
+            &End {
+                ns: &self.term,
+                name: &tn,
+                v4: "10.231.3.1/24",
+                v6: "fd31:3::1/64",
+            },
+            &End {
+                ns: &self.other,
+                name: &nt,
+                v4: "10.231.3.2/24",
+                v6: "fd31:3::2/64",
+            },
+        )?;
+        Ok(tn)
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.bpffs.path.join("rxsentry-isolation")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn host_id(&self) -> String {
+        format!("term-{}", self.sfx)
+    }
+
+    fn sensor_config(&self) -> String {
+        self.sensor_config_with("")
+    }
+
+    /// The lab's sensor config plus `extra` TOML (top-level keys or tables).
+    fn sensor_config_with(&self, extra: &str) -> String {
+        format!(
+            "[host]\nid = \"{}\"\n[collector]\nendpoint = \"http://{COLLECTOR_V4}:50051\"\n\
+             [batching]\nmax_events = 16\nmax_delay_ms = 100\n\
+             [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n{extra}",
+            self.host_id(),
+            self.pin_dir().display(),
+            self.state_dir().display()
+        )
+    }
+
+    fn config_file(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("sensor.toml");
+        std::fs::write(&path, self.sensor_config())?;
+        Ok(path)
+    }
+
+    /// Whether `kind` (tcp, udp, icmp) gets an echo from `to` out of `from`.
+    async fn reaches(&self, from: &Netns, kind: &str, to: &str) -> anyhow::Result<bool> {
+        let mut cmd = command_in(Some(&from.name), PROBE);
+        cmd.arg(kind).arg(to);
+        if kind != "icmp" {
+            cmd.arg(PORT);
+        }
+        let status = cmd.arg("800").stderr(Stdio::null()).status().await?;
+        Ok(status.success())
+    }
+
+    /// Every probe from `from` to each of `to`, as "kind addr" -> reached.
+    async fn survey(&self, from: &Netns, to: &[&str]) -> anyhow::Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        for addr in to {
+            for kind in ["tcp", "udp", "icmp"] {
+                out.push((
+                    format!("{kind} {addr}"),
+                    self.reaches(from, kind, addr).await?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn assert_all(
+        &self,
+        from: &Netns,
+        to: &[&str],
+        want: bool,
+        when: &str,
+    ) -> anyhow::Result<()> {
+        let got = self.survey(from, to).await?;
+        let wrong: Vec<&String> = got
+            .iter()
+            .filter(|(_, ok)| *ok != want)
+            .map(|(w, _)| w)
+            .collect();
+        if !wrong.is_empty() {
+            bail!(
+                "{when}: from {} expected {} but got the opposite for {wrong:?}",
+                from.name,
+                if want { "reachable" } else { "dropped" }
+            );
+        }
+        Ok(())
+    }
+
+    /// `rxsentry-sensor ARGS` inside `term` with the lab's config.
+    async fn local(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(
+            command_in(Some(&self.term.name), bin_path("rxsentry-sensor"))
+                .arg("--config")
+                .arg(self.config_file()?)
+                .args(args)
+                .output()
+                .await?,
+        )
+    }
+}
+
+/// The analyst side: the CLI run inside `soc` against the collector.
+struct Soc<'a> {
+    lab: &'a Lab,
+    token_file: PathBuf,
+    collector: Collector,
+}
+
+impl<'a> Soc<'a> {
+    async fn start(lab: &'a Lab) -> anyhow::Result<Self> {
+        let token_file = lab.dir.path().join("token");
+        std::fs::write(&token_file, TOKEN)?;
+        let ops = lab.dir.path().join("operators.toml");
+        let digest: String = <sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(
+            &ops,
+            format!("[[operator]]\nname = \"alice\"\ntoken_sha256 = \"{digest}\"\n"),
+        )?;
+        let collector = Collector::start_with(
+            Some(&lab.soc.name),
+            &format!("{COLLECTOR_V4}:50051"),
+            &["--operators".as_ref(), ops.as_os_str()],
+        )
+        .await?;
+        Ok(Self {
+            lab,
+            token_file,
+            collector,
+        })
+    }
+
+    async fn cli(&self, args: &[&str], token: Option<&Path>) -> anyhow::Result<Output> {
+        let mut cmd = command_in(Some(&self.lab.soc.name), bin_path("rxsentry"));
+        cmd.args(args).args(["--collector", &self.collector.addr]);
+        cmd.env_remove("RXSENTRY_TOKEN")
+            .env_remove("RXSENTRY_TOKEN_FILE");
+        if let Some(token) = token {
+            cmd.arg("--token-file").arg(token);
+        }
+        Ok(cmd.output().await?)
+    }
+
+    /// `rxsentry hosts --json`, the lab's terminal only.
+    async fn term_host(&self) -> anyhow::Result<Option<Host>> {
+        let out = self
+            .cli(&["hosts", "--json"], Some(&self.token_file))
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "rxsentry hosts failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let (id, host) = Host::parse(line)?;
+            if id == self.lab.host_id() {
+                return Ok(Some(host));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn wait_host(&self, what: &str, ok: impl Fn(&Host) -> bool) -> anyhow::Result<Host> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let host = self.term_host().await?;
+            if let Some(h) = host.as_ref().filter(|h| ok(h)) {
+                return Ok(h.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("rxsentry hosts never showed {what}; last: {host:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `rxsentry tail --json --kind isolation --kind exec`, lines kept.
+    async fn tail(&self) -> anyhow::Result<Tail> {
+        let mut child = command_in(Some(&self.lab.soc.name), bin_path("rxsentry"))
+            .args([
+                "tail",
+                "--json",
+                "--kind",
+                "isolation",
+                "--kind",
+                "exec",
+                "--collector",
+            ])
+            .arg(&self.collector.addr)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let mut reader = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        // Give the subscription a moment to register at the collector.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Tail {
+            _child: child,
+            lines,
+        })
+    }
+}
+
+struct Tail {
+    _child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tail {
+    async fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| ok(l)) {
+                return Ok(line.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {what} in `rxsentry tail` within 15 s; got {:?}",
+                    self.lines.lock().unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One line of `rxsentry hosts --json`.
+#[derive(Clone, Debug)]
+struct Host {
+    isolated: Option<bool>,
+    requester: String,
+    control_connected: bool,
+    instance: String,
+    interfaces: Vec<String>,
+    line: String,
+}
+
+impl Host {
+    fn parse(line: &str) -> anyhow::Result<(String, Self)> {
+        let v: serde_json::Value = serde_json::from_str(line).context("hosts --json line")?;
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Ok((
+            s("host_id"),
+            Self {
+                isolated: v["isolated"].as_bool(),
+                requester: s("isolation_requester"),
+                control_connected: v["control_connected"].as_bool().unwrap_or(false),
+                instance: s("sensor_instance_id"),
+                interfaces: v["isolation_interfaces"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|i| i.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                line: line.to_owned(),
+            },
+        ))
+    }
+}
+
+/// Runs a program named after `marker` in `term`, so its exec event can be
+/// picked out of the stream.
+fn exec_marker(lab: &Lab, marker: &str) -> anyhow::Result<()> {
+    let path = lab.dir.path().join(marker);
+    std::fs::copy("/bin/true", &path)?;
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.term.name])
+        .arg(&path)
+        .status()?;
+    anyhow::ensure!(status.success(), "{marker} failed: {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> anyhow::Result<()> {
+    let lab = Lab::new().await?;
+    let soc = Soc::start(&lab).await?;
+    let others = [OTHER_V4, OTHER_V6];
+    let terms = [TERM_V4_OTHER, TERM_V6_OTHER];
+
+    // Before: everything reachable both ways.
+    lab.assert_all(&lab.term, &others, true, "before isolation")
+        .await?;
+    lab.assert_all(&lab.other, &terms, true, "before isolation")
+        .await?;
+
+    let sensor = Sensor::start_in(&lab.term.name, &lab.sensor_config()).await?;
+    let before = soc
+        .wait_host("the terminal connected", |h| h.control_connected)
+        .await?;
+    assert_eq!(before.isolated, Some(false), "{}", before.line);
+    // Programs attached but not isolated: nothing changes.
+    lab.assert_all(&lab.other, &terms, true, "programs attached, not isolated")
+        .await?;
+
+    // Refused without a valid token, and nothing changes.
+    let host = lab.host_id();
+    let wrong = lab.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-a-token")?;
+    let out = soc
+        .cli(&["isolate", &host, "--reason", "test"], Some(&wrong))
+        .await?;
+    assert!(!out.status.success(), "a wrong token was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("not recognised"),
+        "{err}"
+    );
+    let out = soc
+        .cli(&["isolate", &host, "--reason", "test"], None)
+        .await?;
+    assert!(!out.status.success(), "no token was accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no operator token"));
+    assert!(
+        lab.reaches(&lab.other, "tcp", TERM_V4_OTHER).await?,
+        "refused request changed something"
+    );
+    assert_eq!(soc.term_host().await?.and_then(|h| h.isolated), Some(false));
+
+    // Isolate from the SOC.
+    let tail = soc.tail().await?;
+    let out = soc
+        .cli(
+            &["isolate", &host, "--reason", "ransomware note on screen"],
+            Some(&soc.token_file),
+        )
+        .await?;
+    assert!(
+        out.status.success(),
+        "isolate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ISOLATED (by alice"));
+    lab.assert_all(&lab.term, &others, false, "isolated")
+        .await?;
+    lab.assert_all(&lab.other, &terms, false, "isolated")
+        .await?;
+    let audit = tail
+        .wait_for("the isolate audit event", |l| {
+            l.contains("\"kind\":\"isolation\"") && l.contains("\"action\":\"isolate\"")
+        })
+        .await?;
+    assert!(
+        audit.contains("\"requester\":\"alice\"") && audit.contains("ransomware note on screen"),
+        "{audit}"
+    );
+    // Telemetry still flows: an event made after isolation arrives.
+    let m = marker("rxiso");
+    exec_marker(&lab, &m)?;
+    tail.wait_for("the exec made while isolated", |l| l.contains(&m))
+        .await?;
+
+    // An interface that appears while isolated is isolated too.
+    let new_iface = lab.add_interface()?;
+    soc.wait_host("the new interface covered", |h| {
+        h.interfaces.contains(&new_iface)
+    })
+    .await?;
+    lab.assert_all(
+        &lab.other,
+        &[TERM_V4_NEW],
+        false,
+        "new interface while isolated",
+    )
+    .await?;
+    lab.assert_all(
+        &lab.term,
+        &[OTHER_V4_NEW],
+        false,
+        "new interface while isolated",
+    )
+    .await?;
+
+    // A crash changes nothing.
+    let killed = sensor.kill().await?;
+    assert!(!killed.success());
+    lab.assert_all(&lab.other, &terms, false, "after SIGKILL of the sensor")
+        .await?;
+    lab.assert_all(&lab.term, &others, false, "after SIGKILL of the sensor")
+        .await?;
+
+    // A restarted sensor finds the isolation in force and reports it.
+    let sensor = Sensor::start_in(&lab.term.name, &lab.sensor_config()).await?;
+    exec_marker(&lab, &marker("rxiso-restart"))?;
+    let after = soc
+        .wait_host("the restarted sensor reporting isolation", |h| {
+            h.control_connected && h.isolated == Some(true) && h.instance != before.instance
+        })
+        .await?;
+    assert_eq!(after.requester, "alice", "{}", after.line);
+    lab.assert_all(&lab.other, &terms, false, "after restart")
+        .await?;
+
+    // Release: reachable again, on every interface, both ways.
+    let out = soc
+        .cli(
+            &["release", &host, "--reason", "reimaged"],
+            Some(&soc.token_file),
+        )
+        .await?;
+    assert!(
+        out.status.success(),
+        "release failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.assert_all(
+        &lab.term,
+        &[OTHER_V4, OTHER_V6, OTHER_V4_NEW],
+        true,
+        "released",
+    )
+    .await?;
+    lab.assert_all(
+        &lab.other,
+        &[TERM_V4_OTHER, TERM_V6_OTHER, TERM_V4_NEW],
+        true,
+        "released",
+    )
+    .await?;
+    let audit = tail
+        .wait_for("the release audit event", |l| {
+            l.contains("\"action\":\"release\"")
+        })
+        .await?;
+    assert!(
+        audit.contains("\"requester\":\"alice\"") && audit.contains("reimaged"),
+        "{audit}"
+    );
+    assert!(sensor.stop().await?.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_isolation_works_without_the_daemon_and_is_reapplied_at_boot() -> anyhow::Result<()> {
+    let lab = Lab::new().await?;
+    let terms = [TERM_V4_OTHER, TERM_V6_OTHER];
+
+    let out = lab
+        .local(&["isolate", "--reason", "staff saw ransomware"])
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.assert_all(&lab.other, &terms, false, "locally isolated")
+        .await?;
+    let state = std::fs::read_to_string(lab.state_dir().join("isolation.toml"))?;
+    assert!(
+        state.contains("isolated = true") && state.contains("local:"),
+        "{state}"
+    );
+    // The audit record waits for the daemon.
+    let spooled = std::fs::read_dir(lab.state_dir().join("audit"))?.count();
+    assert_eq!(spooled, 1);
+
+    // Bad input is refused and changes nothing.
+    let out = lab.local(&["release", "--reason", " "]).await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a reason is required"));
+    lab.assert_all(&lab.other, &terms, false, "after a refused release")
+        .await?;
+
+    // A reboot loses the pins but not the state file; the boot unit's
+    // `isolate --reapply` isolates again before the network is up.
+    let out = lab.local(&["isolation", "detach"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.assert_all(&lab.other, &terms, true, "pins removed (as after a reboot)")
+        .await?;
+    let out = lab.local(&["isolate", "--reapply"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("isolated: yes"));
+    lab.assert_all(&lab.other, &terms, false, "re-applied")
+        .await?;
+
+    let out = lab.local(&["release", "--reason", "cleaned"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.assert_all(&lab.other, &terms, true, "released locally")
+        .await?;
+    // Re-applying a released state does nothing.
+    let out = lab.local(&["isolate", "--reapply"]).await?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to re-apply"));
+    lab.assert_all(&lab.other, &terms, true, "reapply after release")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<()> {
+    use std::os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _};
+
+    let lab = Lab::new().await?;
+    let soc = Soc::start(&lab).await?;
+    // Enforce an allowlist (only /usr/bin/touch) in a cgroup of the test's
+    // own, so nothing else on the machine is under it.
+    let cgroup = tests::cgroup::TestCgroup::new(&marker("rxiso-detect"))?;
+    let touch_sha: String =
+        <sha2::Sha256 as sha2::Digest>::digest(std::fs::read("/usr/bin/touch")?)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let policy = lab.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{touch_sha}\"\n",
+            cgroup.path.display()
+        ),
+    )?;
+    let intruder = lab.dir.path().join("intruder");
+    std::fs::copy("/usr/bin/touch", &intruder)?;
+    std::fs::set_permissions(&intruder, std::fs::Permissions::from_mode(0o755))?;
+    let rule = format!(
+        "[policy]\npath = \"{}\"\n[[response]]\nname = \"burst\"\non = \"exec_blocked\"\nthreshold = 3\nwithin_secs = 60\naction = \"isolate\"\n",
+        policy.display()
+    );
+    let sensor =
+        Sensor::start_in_keeping_mounts(&lab.term.name, &lab.sensor_config_with(&rule)).await?;
+    let tail = soc.tail().await?;
+    let terms = [TERM_V4_OTHER, TERM_V6_OTHER];
+
+    // Two blocks: below the threshold, nothing happens.
+    for _ in 0..2 {
+        let status = cgroup
+            .command(&intruder)
+            .arg(lab.dir.path().join("x"))
+            .status()?;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the intruder was not blocked: {status}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lab.assert_all(&lab.other, &terms, true, "two blocks, threshold three")
+        .await?;
+
+    // The third reaches it: the terminal isolates itself.
+    let status = cgroup
+        .command(&intruder)
+        .arg(lab.dir.path().join("x"))
+        .status()?;
+    assert_eq!(status.signal(), Some(9));
+    let audit = tail
+        .wait_for("the detection's isolate event", |l| {
+            l.contains("\"action\":\"isolate\"") && l.contains("detection:burst")
+        })
+        .await?;
+    assert!(audit.contains("3 exec_blocked within 60 s"), "{audit}");
+    lab.assert_all(&lab.other, &terms, false, "after the detection rule fired")
+        .await?;
+    let host = soc
+        .wait_host("isolation by the rule", |h| h.isolated == Some(true))
+        .await?;
+    assert_eq!(host.requester, "detection:burst", "{}", host.line);
+
+    let out = soc
+        .cli(
+            &["release", &lab.host_id(), "--reason", "checked"],
+            Some(&soc.token_file),
+        )
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.assert_all(&lab.other, &terms, true, "released").await?;
+    assert!(sensor.stop().await?.success());
+    Ok(())
+}

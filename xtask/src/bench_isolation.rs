@@ -1,0 +1,368 @@
+//! `cargo xtask bench` (isolation part, alone with `--only-isolation`):
+//! what the isolation TC programs cost normal traffic while NOT isolated,
+//! and how fast an isolation takes effect.
+//!
+//! Two network namespaces joined by a veth pair; the programs are attached
+//! to namespace A's end (`rxsentry-sensor release` attaches without
+//! isolating; `isolation detach` removes them). Rounds alternate "with" and
+//! "without", the order flipping each round; the ratios are of medians:
+//! - TCP bulk throughput A -> B (`netprobe tput`, egress on A plus the ACKs
+//!   on ingress);
+//! - UDP request/response latency A <-> B (`netprobe rr`, p50).
+//!
+//! Time to first drop: B floods A with one UDP datagram every 100 us; the
+//! clock (CLOCK_BOOTTIME) is read just before `rxsentry-sensor isolate`
+//! starts, and the kernel programs record the time of their first drop.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use tests::netns::{Bpffs, End, Netns, veth};
+
+use crate::target_dir;
+
+const PORT: &str = "7100";
+const A_ADDR: &str = "10.232.0.1";
+const B_ADDR: &str = "10.232.0.2";
+
+/// Medians of the alternated rounds and of the isolate runs.
+pub struct IsolationReport {
+    rounds: usize,
+    tput_with: f64,
+    tput_without: f64,
+    p50_with: f64,
+    p50_without: f64,
+    p99_with: f64,
+    p99_without: f64,
+    /// Median over rounds of each round's own without/with throughput
+    /// ratio: less sensitive to drift (other jobs on the box) than the
+    /// ratio of medians.
+    tput_pair_ratio: f64,
+    /// Kernel-measured run time of the programs per packet (not isolated).
+    bpf_ns_per_packet: f64,
+    bpf_runs: u64,
+    first_drop_ms: f64,
+    command_ms: f64,
+    isolate_runs: usize,
+}
+
+/// Two namespaces, their veth, a private bpffs and a config (the test
+/// harness's guards: all removed on drop, server first).
+struct Lab {
+    _server: KillOnDrop,
+    a: Netns,
+    b: Netns,
+    _bpffs: Bpffs,
+    dir: tempfile::TempDir,
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    target_dir().join("release").join(name)
+}
+
+impl Lab {
+    fn new() -> Result<Self> {
+        let sfx = format!("{:x}", std::process::id());
+        let a = Netns::new(&format!("rxb-a-{sfx}"))?;
+        let b = Netns::new(&format!("rxb-b-{sfx}"))?;
+        let (va, vb) = (format!("rxba{sfx}"), format!("rxbb{sfx}"));
+        veth(
+            &End {
+                ns: &a,
+                name: &va,
+                v4: &format!("{A_ADDR}/24"),
+                v6: "fd32::1/64",
+            },
+            &End {
+                ns: &b,
+                name: &vb,
+                v4: &format!("{B_ADDR}/24"),
+                v6: "fd32::2/64",
+            },
+        )?;
+        let bpffs = Bpffs::mount()?;
+        let dir = tempfile::tempdir()?;
+        let config = format!(
+            "[collector]\nendpoint = \"http://{B_ADDR}:50051\"\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            bpffs.path.join("iso").display(),
+            dir.path().join("state").display()
+        );
+        std::fs::write(dir.path().join("sensor.toml"), config)?;
+        let mut server = in_ns(&b.name, &bin("netprobe"))
+            .args(["serve", B_ADDR, PORT])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting netprobe (cargo xtask build builds it)")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
+        Ok(Self {
+            _server: KillOnDrop(server),
+            a,
+            b,
+            _bpffs: bpffs,
+            dir,
+        })
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("sensor.toml")
+    }
+
+    fn sensor(&self, args: &[&str]) -> Result<String> {
+        let out = in_ns(&self.a.name, &bin("rxsentry-sensor"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "rxsentry-sensor {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn probe(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let out = in_ns(ns, &bin("netprobe")).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "netprobe {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (MB/s, p50 us, p99 us) of one measurement.
+    fn measure(&self) -> Result<(f64, f64, f64)> {
+        let tput = self.probe(&self.a.name, &["tput", B_ADDR, PORT, "3"])?;
+        let rr = self.probe(&self.a.name, &["rr", B_ADDR, PORT, "3000"])?;
+        Ok((
+            number_after(&tput, "MBps")?,
+            number_after(&rr, "p50_us")?,
+            number_after(&rr, "p99_us")?,
+        ))
+    }
+}
+
+fn in_ns(ns: &str, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+fn number_after(text: &str, key: &str) -> Result<f64> {
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            return words
+                .next()
+                .context("value missing")?
+                .parse()
+                .context(key.to_owned());
+        }
+    }
+    bail!("no {key} in {text:?}")
+}
+
+fn boottime_ns() -> Result<u64> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+    Ok(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(rounds: usize) -> Result<IsolationReport> {
+    let lab = Lab::new()?;
+    // Kernel-side cost per packet, counted while the programs run.
+    let stats = crate::bench::BpfStats::enable()?;
+    let (mut bpf_runs, mut bpf_ns) = (0u64, 0u64);
+    let (mut tw, mut to, mut pw, mut po, mut qw, mut qo) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for round in 0..rounds {
+        for with in [round % 2 == 0, round % 2 != 0] {
+            if with {
+                lab.sensor(&["release", "--reason", "bench: attach, not isolated"])?;
+            } else {
+                lab.sensor(&["isolation", "detach"])?;
+            }
+            let before = if with {
+                lab.sensor(&["isolation", "status"])?
+            } else {
+                String::new()
+            };
+            let (t, p50, p99) = lab.measure()?;
+            if with {
+                let after = lab.sensor(&["isolation", "status"])?;
+                if !after.contains("isolated: no") {
+                    bail!("the programs were to be attached and not isolated");
+                }
+                let delta = |key: &str| -> Result<u64> {
+                    Ok((number_after(&after, key)? - number_after(&before, key)?) as u64)
+                };
+                bpf_runs += delta("program_runs:")?;
+                bpf_ns += delta("program_run_ns:")?;
+            }
+            let (t_, p_, q_) = if with {
+                (&mut tw, &mut pw, &mut qw)
+            } else {
+                (&mut to, &mut po, &mut qo)
+            };
+            t_.push(t);
+            p_.push(p50);
+            q_.push(p99);
+            println!(
+                "isolation round {round} {}: {t:.0} MB/s, p50 {p50:.1} us, p99 {p99:.1} us",
+                if with { "with programs" } else { "without" }
+            );
+        }
+    }
+
+    // Time to first drop, the programs attached and traffic flowing.
+    let runs = 5;
+    let (mut first, mut command) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        lab.sensor(&["release", "--reason", "bench: before isolate"])?;
+        let mut flood = in_ns(&lab.b.name, &bin("netprobe"))
+            .args(["flood", A_ADDR, PORT, "3"])
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = boottime_ns()?;
+        lab.sensor(&["isolate", "--reason", "bench: time to first drop"])?;
+        let t1 = boottime_ns()?;
+        let status = lab.sensor(&["isolation", "status"])?;
+        let _ = flood.wait();
+        let first_drop = number_after(&status, "first_drop_boottime_ns:")? as u64;
+        if first_drop < t0 {
+            bail!("no drop recorded after the isolate command: {status}");
+        }
+        first.push((first_drop - t0) as f64 / 1e6);
+        command.push((t1 - t0) as f64 / 1e6);
+    }
+    drop(stats);
+    let mut pairs: Vec<f64> = to.iter().zip(&tw).map(|(o, w)| o / w).collect();
+    let tput_pair_ratio = median(&mut pairs);
+    lab.sensor(&["release", "--reason", "bench: done"])?;
+    lab.sensor(&["isolation", "detach"])?;
+    Ok(IsolationReport {
+        rounds,
+        tput_with: median(&mut tw),
+        tput_without: median(&mut to),
+        p50_with: median(&mut pw),
+        p50_without: median(&mut po),
+        p99_with: median(&mut qw),
+        p99_without: median(&mut qo),
+        tput_pair_ratio,
+        bpf_ns_per_packet: bpf_ns as f64 / bpf_runs.max(1) as f64,
+        bpf_runs,
+        first_drop_ms: median(&mut first),
+        command_ms: median(&mut command),
+        isolate_runs: runs,
+    })
+}
+
+/// Heading of the isolation section in docs/bench.md.
+pub const HEADING: &str = "## Network isolation";
+
+impl IsolationReport {
+    pub fn render(&self) -> String {
+        let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
+        // Throughput: how much slower with the programs (>= 1 is slower).
+        let tput_ratio = self.tput_without / self.tput_with;
+        let lat_ratio = self.p50_with / self.p50_without;
+        let mut t = String::new();
+        let _ = writeln!(t, "{HEADING}\n");
+        let _ = writeln!(
+            t,
+            "veth pair between two network namespaces, TC programs on one end attached but not isolated vs none; {} rounds per side, alternated (order flipped each round); medians. Time to first drop: median of {} runs of `rxsentry-sensor isolate` (local command: process start, object load, map writes) while the peer sends a UDP datagram every 100 us.\n",
+            self.rounds, self.isolate_runs
+        );
+        let _ = writeln!(t, "| measure | value | target | verdict |");
+        let _ = writeln!(t, "| --- | --- | --- | --- |");
+        let _ = writeln!(
+            t,
+            "| TCP throughput, without / with programs | {tput_ratio:.3} ({:.0} MB/s / {:.0} MB/s) | <= 1.03 | {} |",
+            self.tput_without,
+            self.tput_with,
+            verdict(tput_ratio <= 1.03)
+        );
+        let _ = writeln!(
+            t,
+            "| TCP throughput, median of each round's without / with | {:.3} | <= 1.03 | {} |",
+            self.tput_pair_ratio,
+            verdict(self.tput_pair_ratio <= 1.03)
+        );
+        let _ = writeln!(
+            t,
+            "| UDP round trip p50, with / without programs | {lat_ratio:.3} ({:.1} us / {:.1} us) | <= 1.03 | {} |",
+            self.p50_with,
+            self.p50_without,
+            verdict(lat_ratio <= 1.03)
+        );
+        let _ = writeln!(
+            t,
+            "| UDP round trip p99, with / without programs | {:.1} us / {:.1} us | - | - |",
+            self.p99_with, self.p99_without
+        );
+        let _ = writeln!(
+            t,
+            "| BPF run time per packet, not isolated (kernel.bpf_stats_enabled, {} runs) | {:.1} ns | - | - |",
+            self.bpf_runs, self.bpf_ns_per_packet
+        );
+        let _ = writeln!(
+            t,
+            "| isolate command start -> first dropped packet | {:.1} ms (command ran {:.1} ms) | - | - |",
+            self.first_drop_ms, self.command_ms
+        );
+        t
+    }
+}
+
+/// Replaces (or appends) the isolation section of `path`.
+pub fn write_section(path: &Path, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let kept = match old.find(HEADING) {
+        Some(at) => {
+            let rest = &old[at + HEADING.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |e| at + HEADING.len() + e + 1);
+            format!("{}{}", &old[..at], &old[end..])
+        }
+        None => old,
+    };
+    let mut text = kept.trim_end().to_owned();
+    text.push_str("\n\n");
+    text.push_str(section);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
