@@ -138,15 +138,12 @@ pub struct Sensor {
 }
 
 impl Sensor {
-    /// A sensor in network namespace `netns` with exactly `config` (TOML).
+    /// A sensor in network namespace `netns` with exactly `config` (TOML),
+    /// entered with `nsenter --net`, which keeps this mount namespace:
+    /// `ip netns exec` remounts /sys, hiding tracefs (the file and network
+    /// hooks read tracepoints there) and the cgroup2 tree an allowlist
+    /// policy's `scope_cgroups` names. A kiosk's sensor sees both.
     pub async fn start_in(netns: &str, config: &str) -> anyhow::Result<Self> {
-        Self::spawn(Some(netns), config).await
-    }
-
-    /// Like [`Sensor::start_in`] but through `nsenter --net`, which keeps
-    /// this mount namespace: `ip netns exec` remounts /sys, hiding the
-    /// cgroup2 tree an allowlist policy's `scope_cgroups` names.
-    pub async fn start_in_keeping_mounts(netns: &str, config: &str) -> anyhow::Result<Self> {
         Self::spawn(Some(&format!("nsenter:{netns}")), config).await
     }
 

@@ -667,8 +667,7 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
         "[policy]\npath = \"{}\"\n[[response]]\nname = \"burst\"\non = \"exec_blocked\"\nthreshold = 3\nwithin_secs = 60\naction = \"isolate\"\n",
         policy.display()
     );
-    let sensor =
-        Sensor::start_in_keeping_mounts(&lab.term.name, &lab.sensor_config_with(&rule)).await?;
+    let sensor = Sensor::start_in(&lab.term.name, &lab.sensor_config_with(&rule)).await?;
     let tail = soc.tail().await?;
     let terms = [TERM_V4_OTHER, TERM_V6_OTHER];
 
