@@ -36,11 +36,12 @@ pub async fn sensor_programs_after_exit() -> anyhow::Result<Vec<String>> {
 /// Names of the sensor's programs as the kernel lists them (truncated to
 /// BPF_OBJ_NAME_LEN - 1 = 15 bytes).
 pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
-    const OURS: [&str; 4] = [
+    const OURS: [&str; 5] = [
         "sched_process_exec",
         "sched_process_fork",
         "sched_process_exit",
         "exec_verdict",
+        "net_sock_state",
     ];
     let mut found = Vec::new();
     for program in aya::programs::loaded_programs() {
