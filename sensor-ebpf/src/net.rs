@@ -205,24 +205,41 @@ fn sock_kind(sk: *const u8, o: &KernelOffsets) -> Result<(u16, u8), ReadFailed> 
 /// Local and connected-peer addresses and ports of a socket.
 #[inline(always)]
 fn sock_endpoints(sk: *const u8, family: u16, o: &KernelOffsets) -> Result<Endpoints, ReadFailed> {
-    let (laddr, raddr) = if family == AF_INET {
-        (
-            v4_mapped(read::<[u8; 4]>(sk, o.sk_rcv_saddr)?),
-            v4_mapped(read::<[u8; 4]>(sk, o.sk_daddr)?),
-        )
-    } else {
-        (
-            read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr)?,
-            read::<[u8; 16]>(sk, o.sk_v6_daddr)?,
-        )
-    };
+    let (lport, laddr) = sock_local(sk, family, o)?;
+    let (rport, raddr) = sock_peer(sk, family, o)?;
     Ok(Endpoints {
         family,
-        lport: read::<u16>(sk, o.sk_num)?,
-        rport: u16::from_be(read::<u16>(sk, o.sk_dport)?),
+        lport,
+        rport,
         laddr,
         raddr,
     })
+}
+
+/// (port, IPv4-mapped address) of a socket's local end.
+#[inline(always)]
+fn sock_local(
+    sk: *const u8,
+    family: u16,
+    o: &KernelOffsets,
+) -> Result<(u16, [u8; 16]), ReadFailed> {
+    let addr = if family == AF_INET {
+        v4_mapped(read::<[u8; 4]>(sk, o.sk_rcv_saddr)?)
+    } else {
+        read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr)?
+    };
+    Ok((read::<u16>(sk, o.sk_num)?, addr))
+}
+
+/// (port, IPv4-mapped address) of a socket's connected peer.
+#[inline(always)]
+fn sock_peer(sk: *const u8, family: u16, o: &KernelOffsets) -> Result<(u16, [u8; 16]), ReadFailed> {
+    let addr = if family == AF_INET {
+        v4_mapped(read::<[u8; 4]>(sk, o.sk_daddr)?)
+    } else {
+        read::<[u8; 16]>(sk, o.sk_v6_daddr)?
+    };
+    Ok((u16::from_be(read::<u16>(sk, o.sk_dport)?), addr))
 }
 
 /// Endpoints from an `inet_sock_set_state` record (ports in host order;
@@ -320,11 +337,19 @@ fn sock_state(
     o: &KernelOffsets,
     s: &NetSettings,
 ) -> Result<(), ReadFailed> {
+    // Most transitions (FIN_WAIT*, TIME_WAIT, SYN_RECV...) are not events:
+    // one read decides.
+    let new = tp::<i32>(ctx, o.tp_sock_newstate)?;
+    if !matches!(
+        new,
+        tcp_state::SYN_SENT | tcp_state::LISTEN | tcp_state::ESTABLISHED | tcp_state::CLOSE
+    ) {
+        return Ok(());
+    }
     if tp::<u16>(ctx, o.tp_sock_protocol)? != u16::from(IPPROTO_TCP) {
         return Ok(());
     }
     let old = tp::<i32>(ctx, o.tp_sock_oldstate)?;
-    let new = tp::<i32>(ctx, o.tp_sock_newstate)?;
     let sk = tp::<u64>(ctx, o.tp_sock_skaddr)?;
     let tcp = Detail {
         protocol: IPPROTO_TCP,
@@ -556,15 +581,16 @@ fn udp_dest(
     if protocol != IPPROTO_UDP {
         return Ok(());
     }
-    let mut e = sock_endpoints(sk, family, o)?;
-    if addr != 0 {
-        (e.rport, e.raddr) = user_sockaddr(addr, o)?;
-    }
-    if e.rport == 0 || excluded(s, &e) {
+    let (rport, raddr) = if addr != 0 {
+        user_sockaddr(addr, o)?
+    } else {
+        sock_peer(sk, family, o)?
+    };
+    if rport == 0 {
         return Ok(());
     }
     // SAFETY: presence check only.
-    let dns = op == net_op::UDP_SEND && unsafe { NET_DNS_PORTS.get(e.rport) }.is_some();
+    let dns = op == net_op::UDP_SEND && unsafe { NET_DNS_PORTS.get(rport) }.is_some();
     let mut d = Detail {
         op,
         protocol: IPPROTO_UDP,
@@ -574,7 +600,19 @@ fn udp_dest(
         // Every query is reported: names differ where destinations do not.
         d.op = net_op::DNS_QUERY;
         (d.payload, d.payload_len) = payload.unwrap_or((0, 0));
-    } else if seen_recently(s, op, &e) {
+    } else if seen_recently(s, op, rport, &raddr) {
+        // First, before the local end is read: a chatty sender costs little.
+        return Ok(());
+    }
+    let (lport, laddr) = sock_local(sk, family, o)?;
+    let e = Endpoints {
+        family,
+        lport,
+        rport,
+        laddr,
+        raddr,
+    };
+    if excluded(s, &e) {
         return Ok(());
     }
     emit(Who::Current(task), &e, &d, None, o);
@@ -601,15 +639,15 @@ fn user_sockaddr(addr: u64, o: &KernelOffsets) -> Result<(u16, [u8; 16]), ReadFa
 /// True when this process reported this UDP destination less than the
 /// window ago; otherwise remembers now.
 #[inline(always)]
-fn seen_recently(s: &NetSettings, op: u8, e: &Endpoints) -> bool {
+fn seen_recently(s: &NetSettings, op: u8, rport: u16, raddr: &[u8; 16]) -> bool {
     if s.udp_window_ns == 0 {
         return false;
     }
     let key = UdpSeenKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        rport: e.rport,
+        rport,
         op: u16::from(op),
-        raddr: e.raddr,
+        raddr: *raddr,
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };

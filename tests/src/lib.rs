@@ -36,7 +36,7 @@ pub async fn sensor_programs_after_exit() -> anyhow::Result<Vec<String>> {
 /// Names of the sensor's programs as the kernel lists them (truncated to
 /// BPF_OBJ_NAME_LEN - 1 = 15 bytes).
 pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
-    const OURS: [&str; 7] = [
+    const OURS: [&str; 8] = [
         "sched_process_exec",
         "sched_process_fork",
         "sched_process_exit",
@@ -44,6 +44,7 @@ pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
         "file_exit_open",
         "file_exit_pending",
         "file_enter_unlinkat",
+        "net_sock_state",
     ];
     let mut found = Vec::new();
     for program in aya::programs::loaded_programs() {

@@ -10,6 +10,8 @@
 //! - the sensor's RSS (current and peak);
 //! - file telemetry: open storms outside and inside the watched set, and a
 //!   paced run of watched opens (see `files`).
+//! - connect storm on loopback (`net`): TCP connections without and with
+//!   the sensor, alternated; ratio of medians.
 //!
 //! The collector runs in-process (the same library as `rxsentry-collector`),
 //! the sensor is the real release binary. The collector's ingest shares this
@@ -40,6 +42,7 @@ use proto::telemetry::v1::{
 use crate::{build, target_dir, workspace_root};
 
 mod files;
+mod net;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -54,6 +57,10 @@ pub struct Options {
     paced_rate: u32,
     #[arg(long, default_value_t = 5)]
     paced_seconds: u32,
+    /// TCP connections per connect-storm round (enough for a few seconds:
+    /// shorter rounds are all noise on a shared box).
+    #[arg(long, default_value_t = 20_000)]
+    connects: usize,
     /// Files in the allowlist of the enforcement round.
     #[arg(long, default_value_t = 10_000)]
     policy_entries: usize,
@@ -63,6 +70,10 @@ pub struct Options {
     /// Only the file telemetry rounds; prints, leaves docs/bench.md alone.
     #[arg(long)]
     files_only: bool,
+    /// Only the connect storm (its rows printed, docs/bench.md untouched):
+    /// for quick iterations on the network hooks' cost.
+    #[arg(long)]
+    connect_only: bool,
     /// Skip `cargo xtask build`.
     #[arg(long)]
     no_build: bool,
@@ -108,6 +119,20 @@ pub fn bench(opts: &Options) -> Result<()> {
         let _ = stop_tx.send(());
         return rt.block_on(server)?.map_err(Into::into);
     }
+    if opts.connect_only {
+        let c = net::connect_storm(&url, &collector, opts.connects, opts.rounds)?;
+        println!(
+            "connect storm: ratio {:.3} ({:.3} s / {:.3} s), {:.1} events/connection, BPF {:.0} ns and sensor CPU {:.1} us per connection",
+            c.ratio(),
+            c.with.as_secs_f64(),
+            c.without.as_secs_f64(),
+            c.events_per_connection,
+            c.bpf_ns_per_connection,
+            c.sensor_cpu_us_per_connection
+        );
+        let _ = stop_tx.send(());
+        return Ok(rt.block_on(server)??);
+    }
 
     // 1. Exec storm, alternated without / with the sensor.
     let mut without = Vec::new();
@@ -126,6 +151,9 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     report.storm_without = median(&without);
     report.storm_with = median(&with);
+
+    // 1b. Connect storm on loopback, alternated the same way.
+    report.connect_storm = net::connect_storm(&url, &collector, opts.connects, opts.rounds)?;
 
     // 2. Allowlisting: a 10,000-entry policy enforced (scoped to a bench
     //    cgroup that the storm runs in) vs no sensor; then a reload.
@@ -624,6 +652,7 @@ struct Report {
     rss_kib: u64,
     peak_rss_kib: u64,
     files: Option<files::FileBench>,
+    connect_storm: net::ConnectStorm,
 }
 
 impl Report {
@@ -715,6 +744,22 @@ impl Report {
             t,
             "| sensor RSS, now / peak | {rss_mib:.1} MiB / {peak_mib:.1} MiB | <= 40 MiB | {} |",
             verdict(peak_mib <= 40.0)
+        );
+        let c = &self.connect_storm;
+        let _ = writeln!(
+            t,
+            "| connect storm on loopback ({} TCP connections, 64 B each way, 4 threads), with / without sensor | {:.3} ({:.3} s / {:.3} s; {:.1} events per connection reached the collector) | <= 1.10 | {} |",
+            c.connections,
+            c.ratio(),
+            c.with.as_secs_f64(),
+            c.without.as_secs_f64(),
+            c.events_per_connection,
+            verdict(c.ratio() <= 1.10)
+        );
+        let _ = writeln!(
+            t,
+            "| connect storm cost per connection (connect, accept, 2 closes): BPF program time / sensor CPU | {:.0} ns / {:.1} us | - | - |",
+            c.bpf_ns_per_connection, c.sensor_cpu_us_per_connection
         );
         let allow_ratio = self.allow_with.as_secs_f64() / self.allow_without.as_secs_f64();
         let _ = writeln!(

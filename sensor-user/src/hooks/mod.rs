@@ -496,5 +496,23 @@ mod tests {
                 "KernelOffsets.{field}"
             );
         }
+        // The network settings global, written by the loader. (Records have
+        // no BTF in the object; sensor-common pins their sizes for both sides.)
+        use sensor_common::NetSettings;
+        let same = |strukt: &str, size: usize, fields: &[(&str, usize)]| {
+            assert_eq!(btf.struct_size(strukt).unwrap() as usize, size, "{strukt}");
+            for &(field, offset) in fields {
+                let got = btf.field_offset(strukt, field).unwrap() as usize;
+                assert_eq!(got, offset, "{strukt}.{field}");
+            }
+        };
+        same(
+            "NetSettings",
+            size_of::<NetSettings>(),
+            &[
+                ("udp_window_ns", offset_of!(NetSettings, udp_window_ns)),
+                ("exclude", offset_of!(NetSettings, exclude)),
+            ],
+        );
     }
 }

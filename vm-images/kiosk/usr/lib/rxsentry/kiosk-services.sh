@@ -21,6 +21,7 @@ wait_for() {
 # prints why and returns 1.
 start_services() {
 	mkdir -p "$RXSENTRY_LOG"
+	: >"$RXSENTRY_LOG/collector.out"
 	rxsentry-collector --listen "$COLLECTOR_ADDR" --stats-interval 0 \
 		>"$RXSENTRY_LOG/collector.out" 2>"$RXSENTRY_LOG/collector.err" &
 	COLLECTOR_PID=$!
@@ -28,6 +29,11 @@ start_services() {
 		echo "collector not listening within ${READY_SECS}s: $(tail -n 3 "$RXSENTRY_LOG/collector.err")"
 		return 1
 	fi
+	# Emptied here, not only by the background job's redirection: that may
+	# run after wait_for's first look, which would then find the previous
+	# test's "ready" line.
+	: >"$RXSENTRY_LOG/sensor.out"
+	: >"$RXSENTRY_LOG/sensor.err"
 	rxsentry-sensor --config "${SENSOR_CONFIG:-/etc/rxsentry/sensor.toml}" \
 		>"$RXSENTRY_LOG/sensor.out" 2>"$RXSENTRY_LOG/sensor.err" &
 	SENSOR_PID=$!
