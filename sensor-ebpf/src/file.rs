@@ -35,7 +35,7 @@ use crate::{
 
 /// File events. The loader resizes it from config (`kernel.file_ringbuf_bytes`).
 #[map]
-static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// Watched roots and excluded subtrees by (device, inode).
 #[map]

@@ -273,7 +273,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             process_ringbuf_bytes: 4 << 20,
-            file_ringbuf_bytes: 8 << 20,
+            file_ringbuf_bytes: 2 << 20,
             net_ringbuf_bytes: 1 << 20,
         }
     }
