@@ -197,7 +197,10 @@ fn isolation_admin(config: &Config, action: IsolationCmd) -> anyhow::Result<()> 
     let iso_config = enabled_isolation(config)?;
     match action {
         IsolationCmd::Status => {
-            let kernel = isolation::kernel::IsolationKernel::open(&iso_config.pin_dir)?;
+            let mode = iso_config
+                .attach_mode()
+                .unwrap_or(isolation::kernel::AttachMode::Auto);
+            let kernel = isolation::kernel::IsolationKernel::open(&iso_config.pin_dir, mode)?;
             let file = isolation::PersistedState::load(&iso_config.state_dir)?;
             let (dropped, allowed, first_drop) = kernel.stats()?;
             print_status(&proto::control::v1::IsolationStatus {

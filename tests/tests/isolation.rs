@@ -42,6 +42,8 @@ struct Lab {
     dir: tempfile::TempDir,
     /// Echo servers (kept alive until the lab goes).
     servers: Vec<Child>,
+    /// Extra `[isolation]` keys of every sensor config.
+    isolation_keys: String,
 }
 
 impl Lab {
@@ -92,6 +94,7 @@ impl Lab {
             bpffs: Bpffs::mount()?,
             dir: tempfile::tempdir()?,
             servers: Vec::new(),
+            isolation_keys: String::new(),
         };
         for ns in [lab.term.name.clone(), lab.other.name.clone()] {
             lab.serve(&ns).await?;
@@ -155,10 +158,11 @@ impl Lab {
         format!(
             "[host]\nid = \"{}\"\n[collector]\nendpoint = \"http://{COLLECTOR_V4}:50051\"\n\
              [batching]\nmax_events = 16\nmax_delay_ms = 100\n\
-             [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n{extra}",
+             [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n{}{extra}",
             self.host_id(),
             self.pin_dir().display(),
-            self.state_dir().display()
+            self.state_dir().display(),
+            self.isolation_keys
         )
     }
 
@@ -573,7 +577,19 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_isolation_works_without_the_daemon_and_is_reapplied_at_boot() -> anyhow::Result<()> {
-    let lab = Lab::new().await?;
+    local_isolation(Lab::new().await?).await
+}
+
+/// The same with clsact filters through netlink, as on kernels before 6.6
+/// (Debian 12's 6.1), where there are no TCX links to pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netlink_attach_mode_isolates_and_releases_like_tcx() -> anyhow::Result<()> {
+    let mut lab = Lab::new().await?;
+    lab.isolation_keys = "tc_attach = \"netlink\"\n".to_owned();
+    local_isolation(lab).await
+}
+
+async fn local_isolation(lab: Lab) -> anyhow::Result<()> {
     let terms = [TERM_V4_OTHER, TERM_V6_OTHER];
 
     let out = lab
@@ -598,7 +614,8 @@ async fn local_isolation_works_without_the_daemon_and_is_reapplied_at_boot() -> 
     // Bad input is refused and changes nothing.
     let out = lab.local(&["release", "--reason", " "]).await?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a reason is required"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a reason is required"), "{err}");
     lab.assert_all(&lab.other, &terms, false, "after a refused release")
         .await?;
 

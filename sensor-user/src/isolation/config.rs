@@ -22,6 +22,9 @@ pub struct IsolationConfig {
     pub state_dir: PathBuf,
     /// How often the daemon looks for new interfaces to attach to.
     pub interface_poll_ms: u64,
+    /// "auto": TCX links on Linux 6.6+, else clsact filters via netlink;
+    /// "netlink": always clsact filters.
+    pub tc_attach: String,
     /// Peers still reachable while isolated; the collector endpoint always is.
     pub allow: Vec<AllowRule>,
 }
@@ -33,6 +36,7 @@ impl Default for IsolationConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/rxsentry/isolation"),
             state_dir: PathBuf::from("/var/lib/rxsentry"),
             interface_poll_ms: 500,
+            tc_attach: "auto".to_owned(),
             allow: Vec::new(),
         }
     }
@@ -94,6 +98,14 @@ impl AllowRule {
 }
 
 impl IsolationConfig {
+    pub fn attach_mode(&self) -> Option<super::kernel::AttachMode> {
+        match self.tc_attach.as_str() {
+            "auto" => Some(super::kernel::AttachMode::Auto),
+            "netlink" => Some(super::kernel::AttachMode::Netlink),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: String| ConfigError::Invalid { key, reason };
         for (key, dir) in [
@@ -111,6 +123,12 @@ impl IsolationConfig {
                     "must be between 50 and 60000, got {}",
                     self.interface_poll_ms
                 ),
+            ));
+        }
+        if self.attach_mode().is_none() {
+            return Err(invalid(
+                "isolation.tc_attach".into(),
+                format!("must be \"auto\" or \"netlink\", got {:?}", self.tc_attach),
             ));
         }
         // Leave room for the collector's own entries.

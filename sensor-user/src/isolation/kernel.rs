@@ -15,11 +15,39 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, SchedClassifier, TcAttachType, links::FdLink},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::FdLink,
+        tc::{NlOptions, TcAttachOptions, TcHandle},
+    },
 };
 use sensor_common::{IsolationAllowKey, IsolationState, isolation_stat, names};
 
 use crate::hooks::EBPF_OBJECT;
+
+/// Priority and handle of our filters when attached through netlink
+/// (clsact): fixed, so attaching twice fails with EEXIST instead of
+/// stacking a second copy.
+const NL_PRIORITY: u16 = 0x5253;
+const NL_HANDLE: TcHandle = TcHandle::new(0, 0x5253);
+
+/// How the programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links (pinned) on Linux 6.6+, else netlink (clsact filters).
+    Auto,
+    /// Always netlink clsact filters, as on kernels before 6.6.
+    Netlink,
+}
+
+impl AttachMode {
+    fn netlink(self) -> bool {
+        use aya::util::KernelVersion;
+        // An unreadable version: assume an old kernel (netlink works on all).
+        self == Self::Netlink
+            || KernelVersion::current().map_or(true, |v| v < KernelVersion::new(6, 6, 0))
+    }
+}
 
 const ARPHRD_ETHER: u32 = 1;
 const ARPHRD_LOOPBACK: u32 = 772;
@@ -45,9 +73,7 @@ pub enum KernelError {
     },
     #[error("pinned map {path}: {source}")]
     Map { path: PathBuf, source: MapError },
-    #[error(
-        "interface {iface}: attaching {name}: {source} (isolation needs TCX links, Linux 6.6 or later)"
-    )]
+    #[error("interface {iface}: attaching {name}: {source}")]
     Attach {
         iface: String,
         name: &'static str,
@@ -150,6 +176,10 @@ fn link_file(iface: &Interface, dir: &str) -> String {
 /// The pinned maps; programs are attached by [`IsolationKernel::attach_missing`].
 pub struct IsolationKernel {
     pin_dir: PathBuf,
+    mode: AttachMode,
+    /// Netlink mode: interfaces (index, name) this process attached to or
+    /// found attached. clsact filters hold the programs without pins.
+    netlink_done: Vec<(u32, String)>,
     state: Array<MapData, IsolationState>,
     allow: HashMap<MapData, IsolationAllowKey, u8>,
     stats: PerCpuArray<MapData, u64>,
@@ -158,7 +188,7 @@ pub struct IsolationKernel {
 impl IsolationKernel {
     /// Opens the pinned maps (creating and pinning them if this is the
     /// first time) and attaches to every interface that lacks its links.
-    pub fn open(pin_dir: &Path) -> Result<Self, KernelError> {
+    pub fn open(pin_dir: &Path, mode: AttachMode) -> Result<Self, KernelError> {
         if EBPF_OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
@@ -168,7 +198,7 @@ impl IsolationKernel {
         let state_pin = pin_dir.join(names::ISOLATION_STATE);
         if !state_pin.exists() {
             // First use: loading the object creates and pins the maps.
-            load_and_attach(pin_dir, &[])?;
+            load_and_attach(pin_dir, &[], false)?;
         }
         let open = |name: &str| -> Result<(PathBuf, MapData), KernelError> {
             let path = pin_dir.join(name);
@@ -187,6 +217,8 @@ impl IsolationKernel {
         let stats = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(wrap(path))?;
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
+            mode,
+            netlink_done: Vec::new(),
             state,
             allow,
             stats,
@@ -199,23 +231,39 @@ impl IsolationKernel {
     pub fn attach_missing(&mut self) -> Result<Vec<String>, KernelError> {
         let ifaces = interfaces()?;
         self.prune(&ifaces)?;
+        let netlink = self.mode.netlink();
         let links = self.pin_dir.join("links");
         let missing: Vec<Interface> = ifaces
             .into_iter()
             .filter(|i| {
+                if netlink {
+                    return !self
+                        .netlink_done
+                        .iter()
+                        .any(|(index, name)| *index == i.index && *name == i.name);
+                }
                 DIRECTIONS
                     .iter()
                     .any(|(_, dir)| !links.join(link_file(i, dir)).exists())
             })
             .collect();
         if !missing.is_empty() {
-            load_and_attach(&self.pin_dir, &missing)?;
+            load_and_attach(&self.pin_dir, &missing, netlink)?;
+        }
+        if netlink {
+            self.netlink_done
+                .extend(missing.iter().map(|i| (i.index, i.name.clone())));
         }
         Ok(missing.into_iter().map(|i| i.name).collect())
     }
 
     /// Interfaces with pinned links, by name.
     pub fn attached(&self) -> Result<Vec<String>, KernelError> {
+        if self.mode.netlink() {
+            let mut names: Vec<String> = self.netlink_done.iter().map(|(_, n)| n.clone()).collect();
+            names.sort();
+            return Ok(names);
+        }
         let links = self.pin_dir.join("links");
         let mut names = Vec::new();
         for entry in fs::read_dir(&links).map_err(io_err(&links))? {
@@ -231,7 +279,9 @@ impl IsolationKernel {
         Ok(names)
     }
 
-    fn prune(&self, present: &[Interface]) -> Result<(), KernelError> {
+    fn prune(&mut self, present: &[Interface]) -> Result<(), KernelError> {
+        self.netlink_done
+            .retain(|(index, name)| present.iter().any(|i| i.index == *index && i.name == *name));
         let links = self.pin_dir.join("links");
         for entry in fs::read_dir(&links).map_err(io_err(&links))? {
             let entry = entry.map_err(io_err(&links))?;
@@ -323,7 +373,7 @@ impl IsolationKernel {
 
 /// Loads the object with the isolation maps pinned in `pin_dir` (reused
 /// when already pinned), attaches to `ifaces` and pins each link.
-fn load_and_attach(pin_dir: &Path, ifaces: &[Interface]) -> Result<(), KernelError> {
+fn load_and_attach(pin_dir: &Path, ifaces: &[Interface], netlink: bool) -> Result<(), KernelError> {
     let mut loader = EbpfLoader::new();
     let pins: Vec<(&str, PathBuf)> = [
         names::ISOLATION_STATE,
@@ -353,7 +403,7 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface]) -> Result<(), KernelErr
     for iface in ifaces {
         for (attach, dir) in DIRECTIONS {
             let path = pin_dir.join("links").join(link_file(iface, dir));
-            if path.exists() {
+            if !netlink && path.exists() {
                 continue;
             }
             let name = program_name(iface.l3, attach);
@@ -375,7 +425,17 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface]) -> Result<(), KernelErr
                 name,
                 source,
             };
-            let id = program.attach(&iface.name, attach).map_err(attach_err)?;
+            if netlink {
+                attach_netlink(program, iface, attach).map_err(attach_err)?;
+                continue;
+            }
+            let id = program
+                .attach_with_options(
+                    &iface.name,
+                    attach,
+                    TcAttachOptions::TcxOrder(Default::default()),
+                )
+                .map_err(attach_err)?;
             let link = program.take_link(id).map_err(attach_err)?;
             let pin_err = |why: String| KernelError::Pin {
                 iface: iface.name.clone(),
@@ -384,6 +444,59 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface]) -> Result<(), KernelErr
             };
             let link: FdLink = link.try_into().map_err(|e| pin_err(format!("{e}")))?;
             link.pin(&path).map_err(|e| pin_err(format!("{e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// A clsact filter with our fixed priority and handle. It stays after this
+/// process exits (filters are not tied to a file descriptor), so the link
+/// aya hands back is forgotten instead of dropped (which would detach it).
+/// A filter already there (EEXIST) is ours from an earlier run.
+fn attach_netlink(
+    program: &mut SchedClassifier,
+    iface: &Interface,
+    attach: TcAttachType,
+) -> Result<(), ProgramError> {
+    // Fails harmlessly when the interface already has one.
+    let _ = aya::programs::tc::qdisc_add_clsact(&iface.name);
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: NL_PRIORITY,
+        handle: NL_HANDLE,
+        classid: None,
+    });
+    match program.attach_with_options(&iface.name, attach, options) {
+        Ok(id) => {
+            std::mem::forget(program.take_link(id)?);
+            Ok(())
+        }
+        Err(e) if already_exists(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an I/O error with kind AlreadyExists is among `e`'s causes.
+fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::AlreadyExists)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Removes our clsact filters (netlink mode) from every interface.
+fn detach_netlink() -> Result<(), KernelError> {
+    for iface in interfaces()? {
+        for (attach, _) in DIRECTIONS {
+            for name in [program_name(false, attach), program_name(true, attach)] {
+                // NotFound: nothing of ours there.
+                let _ = aya::programs::tc::qdisc_detach_program(&iface.name, attach, name);
+            }
         }
     }
     Ok(())
@@ -442,6 +555,7 @@ pub fn any_attached() -> Result<bool, KernelError> {
 /// link a moment later (deferred work), so this waits up to 5 s until no
 /// interface runs the programs any more.
 pub fn detach_all(pin_dir: &Path) -> Result<usize, KernelError> {
+    detach_netlink()?;
     let removed = remove_pins(pin_dir)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while any_attached()? && std::time::Instant::now() < deadline {

@@ -258,7 +258,8 @@ impl Isolation {
         collector_endpoint: &str,
     ) -> Result<Self, IsolationError> {
         fs::create_dir_all(&config.state_dir).map_err(io_err(&config.state_dir))?;
-        let mut kernel = IsolationKernel::open(&config.pin_dir)?;
+        let mode = config.attach_mode().unwrap_or(kernel::AttachMode::Auto);
+        let mut kernel = IsolationKernel::open(&config.pin_dir, mode)?;
         kernel.attach_missing()?;
         Ok(Self {
             kernel,
