@@ -11,8 +11,10 @@
 //! - UDP request/response latency A <-> B (`netprobe rr`, p50).
 //!
 //! Time to first drop: B floods A with one UDP datagram every 100 us; the
-//! clock (CLOCK_BOOTTIME) is read just before `rxsentry-sensor isolate`
-//! starts, and the kernel programs record the time of their first drop.
+//! clock (CLOCK_BOOTTIME) is read just before the isolate command starts,
+//! and the kernel programs record the time of their first drop. Two paths:
+//! the local `rxsentry-sensor isolate`, and the SOC's `rxsentry isolate`
+//! (CLI in B -> collector in B -> the daemon's control stream in A).
 
 use std::{
     fmt::Write as _,
@@ -28,6 +30,11 @@ use tests::netns::{Bpffs, End, Netns, veth};
 use crate::target_dir;
 
 const PORT: &str = "7100";
+const COLLECTOR_PORT: &str = "50051";
+const HOST_ID: &str = "bench-iso";
+/// The SOC's operator token in the SOC-path runs (its SHA-256 goes into the
+/// collector's operator file).
+const TOKEN: &str = "bench-operator-token";
 const A_ADDR: &str = "10.232.0.1";
 const B_ADDR: &str = "10.232.0.2";
 
@@ -44,12 +51,16 @@ pub struct IsolationReport {
     /// ratio: less sensitive to drift (other jobs on the box) than the
     /// ratio of medians.
     tput_pair_ratio: f64,
+    /// The same for the UDP round trip p50 (with / without).
+    p50_pair_ratio: f64,
     /// Kernel-measured run time of the programs per packet (not isolated).
     bpf_ns_per_packet: f64,
     bpf_runs: u64,
     first_drop_ms: f64,
     command_ms: f64,
     isolate_runs: usize,
+    soc_first_drop_ms: f64,
+    soc_command_ms: f64,
 }
 
 /// Two namespaces, their veth, a private bpffs and a config (the test
@@ -98,7 +109,7 @@ impl Lab {
         let bpffs = Bpffs::mount()?;
         let dir = tempfile::tempdir()?;
         let config = format!(
-            "[collector]\nendpoint = \"http://{B_ADDR}:50051\"\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"http://{B_ADDR}:{COLLECTOR_PORT}\"\n[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
             bpffs.path.join("iso").display(),
             dir.path().join("state").display()
         );
@@ -164,6 +175,131 @@ impl Lab {
             number_after(&rr, "p99_us")?,
         ))
     }
+}
+
+/// The SOC side and a running daemon: collector in B (with an operator),
+/// `rxsentry-sensor` in A holding its control stream to it.
+struct Soc {
+    _collector: KillOnDrop,
+    daemon: KillOnDrop,
+    token_file: PathBuf,
+}
+
+impl Soc {
+    fn start(lab: &Lab) -> Result<Self> {
+        let token_file = lab.dir.path().join("token");
+        std::fs::write(&token_file, TOKEN)?;
+        let digest = crate::output_of("sha256sum", &[&token_file.to_string_lossy()])?;
+        let digest = digest.split_whitespace().next().context("sha256sum")?;
+        let operators = lab.dir.path().join("operators.toml");
+        std::fs::write(
+            &operators,
+            format!("[[operator]]\nname = \"bench\"\ntoken_sha256 = \"{digest}\"\n"),
+        )?;
+        let mut collector = in_ns(&lab.b.name, &bin("rxsentry-collector"))
+            .args(["--listen", &format!("{B_ADDR}:{COLLECTOR_PORT}")])
+            .arg("--operators")
+            .arg(&operators)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting rxsentry-collector")?;
+        wait_line(&mut collector, "rxsentry-collector listening on")?;
+        let collector = KillOnDrop(collector);
+        // nsenter keeps this mount namespace (tracefs for the daemon's
+        // telemetry hooks); only the network namespace is A's.
+        let mut daemon = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.a.name))
+            .arg("--")
+            .arg(bin("rxsentry-sensor"))
+            .arg("--config")
+            .arg(lab.config())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting rxsentry-sensor")?;
+        wait_line(&mut daemon, "rxsentry-sensor ready")?;
+        let soc = Self {
+            _collector: collector,
+            daemon: KillOnDrop(daemon),
+            token_file,
+        };
+        // The control stream is up once the collector lists the host.
+        for _ in 0..100 {
+            if soc.cli(lab, &["hosts", "--json"])?.contains(HOST_ID) {
+                return Ok(soc);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("the collector never listed {HOST_ID}")
+    }
+
+    /// `rxsentry ARGS` run in B against the collector, with the token.
+    fn cli(&self, lab: &Lab, args: &[&str]) -> Result<String> {
+        let out = in_ns(&lab.b.name, &bin("rxsentry"))
+            .args(args)
+            .args(["--collector", &format!("http://{B_ADDR}:{COLLECTOR_PORT}")])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "rxsentry {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Stops the daemon cleanly (SIGTERM); the pins keep the state.
+    fn stop(self) -> Result<()> {
+        let Self { daemon, .. } = self;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let mut daemon = daemon;
+        let status = daemon.0.wait()?;
+        if !status.success() {
+            bail!("rxsentry-sensor exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+/// Reads `child`'s stdout until a line starting with `prefix` (then keeps
+/// draining it in a thread so the child never blocks on a full pipe).
+fn wait_line(child: &mut Child, prefix: &str) -> Result<()> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().context("stdout not piped")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line?.starts_with(prefix) {
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok(());
+        }
+    }
+    bail!("exited before printing {prefix:?}")
+}
+
+/// Milliseconds from the isolate command's start to the first drop, and
+/// how long the command ran, `isolate` being the command.
+fn time_to_first_drop(lab: &Lab, isolate: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    let mut flood = in_ns(&lab.b.name, &bin("netprobe"))
+        .args(["flood", A_ADDR, PORT, "3"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = boottime_ns()?;
+    isolate()?;
+    let t1 = boottime_ns()?;
+    let status = lab.sensor(&["isolation", "status"])?;
+    let _ = flood.wait();
+    let first_drop = number_after(&status, "first_drop_boottime_ns:")? as u64;
+    if first_drop < t0 {
+        bail!("no drop recorded after the isolate command: {status}");
+    }
+    Ok(((first_drop - t0) as f64 / 1e6, (t1 - t0) as f64 / 1e6))
 }
 
 fn in_ns(ns: &str, program: &Path) -> Command {
@@ -253,25 +389,42 @@ pub fn run(rounds: usize) -> Result<IsolationReport> {
     let (mut first, mut command) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         lab.sensor(&["release", "--reason", "bench: before isolate"])?;
-        let mut flood = in_ns(&lab.b.name, &bin("netprobe"))
-            .args(["flood", A_ADDR, PORT, "3"])
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(300));
-        let t0 = boottime_ns()?;
-        lab.sensor(&["isolate", "--reason", "bench: time to first drop"])?;
-        let t1 = boottime_ns()?;
-        let status = lab.sensor(&["isolation", "status"])?;
-        let _ = flood.wait();
-        let first_drop = number_after(&status, "first_drop_boottime_ns:")? as u64;
-        if first_drop < t0 {
-            bail!("no drop recorded after the isolate command: {status}");
-        }
-        first.push((first_drop - t0) as f64 / 1e6);
-        command.push((t1 - t0) as f64 / 1e6);
+        let (drop_ms, command_ms) = time_to_first_drop(&lab, || {
+            lab.sensor(&["isolate", "--reason", "bench: time to first drop"])
+                .map(drop)
+        })?;
+        first.push(drop_ms);
+        command.push(command_ms);
     }
     drop(stats);
+    // The same through the SOC: CLI -> collector -> the daemon.
+    lab.sensor(&["release", "--reason", "bench: before the SOC runs"])?;
+    let soc = Soc::start(&lab)?;
+    let (mut soc_first, mut soc_command) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        soc.cli(
+            &lab,
+            &["release", HOST_ID, "--reason", "bench: before isolate"],
+        )?;
+        let (drop_ms, command_ms) = time_to_first_drop(&lab, || {
+            soc.cli(
+                &lab,
+                &["isolate", HOST_ID, "--reason", "bench: time to first drop"],
+            )
+            .map(drop)
+        })?;
+        soc_first.push(drop_ms);
+        soc_command.push(command_ms);
+    }
+    soc.cli(
+        &lab,
+        &["release", HOST_ID, "--reason", "bench: SOC runs done"],
+    )?;
+    soc.stop()?;
     let mut pairs: Vec<f64> = to.iter().zip(&tw).map(|(o, w)| o / w).collect();
     let tput_pair_ratio = median(&mut pairs);
+    let mut pairs: Vec<f64> = pw.iter().zip(&po).map(|(w, o)| w / o).collect();
+    let p50_pair_ratio = median(&mut pairs);
     lab.sensor(&["release", "--reason", "bench: done"])?;
     lab.sensor(&["isolation", "detach"])?;
     Ok(IsolationReport {
@@ -283,11 +436,14 @@ pub fn run(rounds: usize) -> Result<IsolationReport> {
         p99_with: median(&mut qw),
         p99_without: median(&mut qo),
         tput_pair_ratio,
+        p50_pair_ratio,
         bpf_ns_per_packet: bpf_ns as f64 / bpf_runs.max(1) as f64,
         bpf_runs,
         first_drop_ms: median(&mut first),
         command_ms: median(&mut command),
         isolate_runs: runs,
+        soc_first_drop_ms: median(&mut soc_first),
+        soc_command_ms: median(&mut soc_command),
     })
 }
 
@@ -304,7 +460,7 @@ impl IsolationReport {
         let _ = writeln!(t, "{HEADING}\n");
         let _ = writeln!(
             t,
-            "veth pair between two network namespaces, TC programs on one end attached but not isolated vs none; {} rounds per side, alternated (order flipped each round); medians. Time to first drop: median of {} runs of `rxsentry-sensor isolate` (local command: process start, object load, map writes) while the peer sends a UDP datagram every 100 us.\n",
+            "veth pair between two network namespaces, TC programs on one end attached but not isolated vs none; {} rounds per side, alternated (order flipped each round); medians. Time to first drop: median of {} runs each of the local `rxsentry-sensor isolate` (process start, object load, map writes) and of the SOC's `rxsentry isolate` through the collector, while the peer sends a UDP datagram every 100 us.\n",
             self.rounds, self.isolate_runs
         );
         let _ = writeln!(t, "| measure | value | target | verdict |");
@@ -331,6 +487,12 @@ impl IsolationReport {
         );
         let _ = writeln!(
             t,
+            "| UDP round trip p50, median of each round's with / without | {:.3} | <= 1.03 | {} |",
+            self.p50_pair_ratio,
+            verdict(self.p50_pair_ratio <= 1.03)
+        );
+        let _ = writeln!(
+            t,
             "| UDP round trip p99, with / without programs | {:.1} us / {:.1} us | - | - |",
             self.p99_with, self.p99_without
         );
@@ -341,8 +503,13 @@ impl IsolationReport {
         );
         let _ = writeln!(
             t,
-            "| isolate command start -> first dropped packet | {:.1} ms (command ran {:.1} ms) | - | - |",
+            "| local `rxsentry-sensor isolate` start -> first dropped packet | {:.1} ms (command ran {:.1} ms) | - | - |",
             self.first_drop_ms, self.command_ms
+        );
+        let _ = writeln!(
+            t,
+            "| SOC `rxsentry isolate` start (CLI -> collector -> sensor's control stream) -> first dropped packet | {:.1} ms (command ran {:.1} ms) | - | - |",
+            self.soc_first_drop_ms, self.soc_command_ms
         );
         t
     }
