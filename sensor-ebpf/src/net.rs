@@ -289,13 +289,11 @@ fn emit(who: Who, e: &Endpoints, d: &Detail, owner_of: Option<u64>, o: &KernelOf
         (*ev).bytes_received = d.bytes_received;
         (*ev).payload_len = 0;
         if d.payload != 0 {
-            let len = d.payload_len as usize;
-            // A constant size, or one masked below the buffer, for the verifier.
-            let size = if len >= DNS_PAYLOAD_LEN {
-                DNS_PAYLOAD_LEN
-            } else {
-                len & (DNS_PAYLOAD_LEN - 1)
-            };
+            // At most DNS_PAYLOAD_LEN - 1 bytes, masked after a volatile
+            // read: the compiler cannot drop the mask as redundant, so every
+            // verifier (6.1's too) sees the size bounded and non-negative.
+            let clamped = (d.payload_len as usize).min(DNS_PAYLOAD_LEN - 1);
+            let size = core::ptr::read_volatile(&clamped) & (DNS_PAYLOAD_LEN - 1);
             let ret = probe_read_user_raw(
                 (*ev).payload.as_mut_ptr().cast(),
                 size as u32,

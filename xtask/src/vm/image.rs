@@ -29,7 +29,13 @@ pub const BINARIES: &[&str] = &[
     "rxsentry-collector",
     "rxsentry",
     "rxsentry-probe",
+    // The isolation test's traffic (tests crate).
+    "netprobe",
 ];
+/// Host tools the in-guest tests need beyond busybox, copied to the same
+/// path with their libraries: iproute2's `ip` (busybox's applet has no
+/// `netns` and no veth), installed by `cargo xtask setup`.
+const HOST_TOOLS: &[&str] = &["/usr/sbin/ip"];
 /// The static busybox of Debian's busybox-static package.
 const BUSYBOX: &str = "/bin/busybox";
 /// Files copied verbatim into the image's root.
@@ -99,7 +105,7 @@ pub fn build_image(kernel: &'static Kernel) -> Result<Image> {
     let vmlinuz = dir.join("vmlinuz");
     extract_vmlinuz(kernel, &deb, &vmlinuz)?;
     let initramfs = dir.join("initramfs.cpio");
-    build_initramfs(kernel, &dir.join("root"), &initramfs)?;
+    build_initramfs(kernel, &deb, &dir.join("root"), &initramfs)?;
     Ok(Image {
         kernel,
         vmlinuz,
@@ -211,24 +217,9 @@ fn extract_vmlinuz(kernel: &Kernel, deb: &Path, dest: &Path) -> Result<()> {
     let partial = dest.with_extension("partial");
     let out =
         File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut dpkg = Command::new("dpkg-deb");
-    dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
-    let mut dpkg_child = dpkg
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", describe(&dpkg)))?;
-    let tar_status = Command::new("tar")
-        .args(["-xO", "-f", "-", &member])
-        .stdin(dpkg_child.stdout.take().context("dpkg-deb stdout")?)
-        .stdout(out)
-        .status()
-        .context("cannot start tar")?;
-    let dpkg_status = dpkg_child.wait().context("waiting for dpkg-deb")?;
-    if !dpkg_status.success() || !tar_status.success() {
-        bail!(
-            "cannot extract {member} from {} (dpkg-deb: {dpkg_status}, tar: {tar_status})",
-            deb.display()
-        );
-    }
+    let mut tar = Command::new("tar");
+    tar.args(["-xO", "-f", "-", &member]).stdout(out);
+    untar_from_deb(deb, tar)?;
     if fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) == 0 {
         bail!("{member} in {} is empty", deb.display());
     }
@@ -240,7 +231,7 @@ fn extract_vmlinuz(kernel: &Kernel, deb: &Path, dest: &Path) -> Result<()> {
 // ---------------------------------------------------------------- initramfs
 
 /// Fills `root` (emptied first) and packs it into `out` as a newc cpio.
-fn build_initramfs(kernel: &Kernel, root: &Path, out: &Path) -> Result<()> {
+fn build_initramfs(kernel: &Kernel, deb: &Path, root: &Path, out: &Path) -> Result<()> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("cannot empty {}", root.display()))?;
     }
@@ -252,6 +243,7 @@ fn build_initramfs(kernel: &Kernel, root: &Path, out: &Path) -> Result<()> {
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     install_busybox(root)?;
     install_binaries(&target_dir().join("release"), root)?;
+    install_modules(kernel, deb, root)?;
     fs::write(
         root.join("etc/rxsentry/image"),
         format!(
@@ -266,6 +258,50 @@ fn build_initramfs(kernel: &Kernel, root: &Path, out: &Path) -> Result<()> {
         out.display(),
         size as f64 / (1 << 20) as f64
     );
+    Ok(())
+}
+
+/// Kernel modules the in-guest tests load (Debian builds them as modules):
+/// veth for the isolation test's peer, and the clsact qdisc and BPF
+/// classifier that isolation attaches through before Linux 6.6.
+const MODULES: &[&str] = &[
+    "kernel/drivers/net/veth.ko",
+    "kernel/net/sched/sch_ingress.ko",
+    "kernel/net/sched/cls_bpf.ko",
+];
+
+/// Extracts [`MODULES`] from the kernel's .deb into the image's
+/// /lib/modules/<release>/.
+fn install_modules(kernel: &Kernel, deb: &Path, root: &Path) -> Result<()> {
+    let members: Vec<String> = MODULES
+        .iter()
+        .map(|m| format!("./lib/modules/{}/{m}", kernel.release()))
+        .collect();
+    let mut tar = Command::new("tar");
+    tar.args(["-x", "-f", "-", "-C"]).arg(root).args(&members);
+    untar_from_deb(deb, tar)
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | TAR`: `tar` reads the package's files
+/// from stdin.
+fn untar_from_deb(deb: &Path, mut tar: Command) -> Result<()> {
+    let mut dpkg = Command::new("dpkg-deb");
+    dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
+    let mut dpkg_child = dpkg
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", describe(&dpkg)))?;
+    let what = describe(&tar);
+    let tar_status = tar
+        .stdin(dpkg_child.stdout.take().context("dpkg-deb stdout")?)
+        .status()
+        .with_context(|| format!("cannot start `{what}`"))?;
+    let dpkg_status = dpkg_child.wait().context("waiting for dpkg-deb")?;
+    if !dpkg_status.success() || !tar_status.success() {
+        bail!(
+            "`{what}` on {} failed (dpkg-deb: {dpkg_status}, tar: {tar_status})",
+            deb.display()
+        );
+    }
     Ok(())
 }
 
@@ -320,8 +356,9 @@ fn install_busybox(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Our binaries into /usr/bin, and the shared libraries and loader they
-/// need at the same paths as on this machine.
+/// Our binaries into /usr/bin, the host tools at their own paths, and the
+/// shared libraries and loader they need at the same paths as on this
+/// machine.
 fn install_binaries(bin_dir: &Path, root: &Path) -> Result<()> {
     let mut libs = BTreeSet::new();
     for name in BINARIES {
@@ -334,6 +371,14 @@ fn install_binaries(bin_dir: &Path, root: &Path) -> Result<()> {
         }
         copy_file(&bin, &root.join("usr/bin").join(name))?;
         libs.extend(ldd(&bin)?);
+    }
+    for tool in HOST_TOOLS {
+        let tool = Path::new(tool);
+        if !tool.is_file() {
+            bail!("{} not found: run `cargo xtask setup`", tool.display());
+        }
+        copy_file(tool, &root.join(tool.strip_prefix("/").unwrap_or(tool)))?;
+        libs.extend(ldd(tool)?);
     }
     for lib in &libs {
         let rel = lib.strip_prefix("/").unwrap_or(lib);

@@ -36,6 +36,7 @@ pub const EXPECTED_TESTS: &[&str] = &[
     "file-telemetry",
     matrix::LSM_TEST,
     "allowlist-lsm",
+    "isolation",
 ];
 /// After the DONE line, how long the guest may take to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);

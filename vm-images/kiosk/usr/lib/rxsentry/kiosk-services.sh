@@ -38,7 +38,9 @@ start_services() {
 		>"$RXSENTRY_LOG/sensor.out" 2>"$RXSENTRY_LOG/sensor.err" &
 	SENSOR_PID=$!
 	if ! wait_for "$RXSENTRY_LOG/sensor.out" "rxsentry-sensor ready" "$READY_SECS"; then
-		echo "sensor not ready within ${READY_SECS}s: $(tail -n 3 "$RXSENTRY_LOG/sensor.err")"
+		# The error line names the program; a verifier log follows it.
+		echo "sensor not ready within ${READY_SECS}s: $(grep -m 1 'rxsentry-sensor:' "$RXSENTRY_LOG/sensor.err" | cut -c 1-400)"
+		echo "... $(tail -n 12 "$RXSENTRY_LOG/sensor.err")"
 		return 1
 	fi
 }
