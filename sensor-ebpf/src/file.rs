@@ -76,6 +76,8 @@ struct OpenArgs {
 }
 
 const AT_FDCWD: i32 = -100;
+const ENOENT: i64 = 2;
+const ENOTDIR: i64 = 20;
 const O_ACCMODE: u32 = 0o3;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
@@ -822,8 +824,13 @@ pub fn file_exit_open(ctx: TracePointContext) -> u32 {
             }
             Err(ReadFailed) => false,
         }
+    } else if ret == -ENOENT || ret == -ENOTDIR {
+        // The path does not exist: the dynamic loader's library search and
+        // every config probe fail this way, dozens of times per exec, and
+        // nothing was touched. Not an event, and not worth the path walk.
+        return 0;
     } else {
-        // Nothing was opened: decide on the path it named.
+        // Refused (EACCES, EPERM, ...): decide on the path it named.
         match_path(&mut ev.file.path, task, args.dfd as i32, args.path, op, o)
     };
     if !watched || excluded_exe(task, o) {

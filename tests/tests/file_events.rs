@@ -203,6 +203,23 @@ async fn exclusions_failed_opens_writes_and_execs() -> anyhow::Result<()> {
 
     let cached = run("/bin/cat", &[&tree.path("phi/cache/tmp")])?;
     let quiet = run(&quiet_cat, &[&tree.path("phi/rx.db")])?;
+    // A refused open is reported; one of a path that does not exist is not
+    // (the loader's library search fails that way dozens of times per exec).
+    let secret = tree.path("phi/secret.db");
+    std::fs::write(&secret, b"locked")?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let refused = Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/cat",
+            &secret,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let refused_pid = refused.id();
+    refused.wait_with_output()?;
     let missing = Command::new("/bin/cat")
         .arg(tree.path("phi/missing.db"))
         .stderr(std::process::Stdio::null())
@@ -222,10 +239,15 @@ async fn exclusions_failed_opens_writes_and_execs() -> anyhow::Result<()> {
     assert!(by_pid(all.clone(), cached).is_empty(), "excluded subtree");
     assert!(by_pid(all.clone(), quiet).is_empty(), "excluded program");
 
-    let failed = by_pid(all.clone(), missing_pid);
-    assert_eq!(failed.len(), 1, "failed open: {failed:?}");
-    assert_eq!(failed[0].path, tree.path("phi/missing.db"));
-    assert_eq!(failed[0].result, -2, "ENOENT");
+    let failed = by_pid(all.clone(), refused_pid);
+    assert_eq!(failed.len(), 1, "refused open: {failed:?}");
+    assert_eq!(failed[0].path, secret);
+    assert_eq!(failed[0].result, -13, "EACCES");
+    assert_eq!(failed[0].process.as_ref().map(|p| p.uid), Some(65534));
+    assert!(
+        by_pid(all.clone(), missing_pid).is_empty(),
+        "an open of a path that does not exist is not an event"
+    );
 
     let writes = by_pid(all.clone(), writer);
     assert_eq!(writes.len(), 1, "append: {writes:?}");
