@@ -380,7 +380,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let record = "echo $$ > \"$0.pid\"\necho \"$@\" > \"$0.args\"\n";
+        // Written to a temporary name and renamed: a child stopped while
+        // recording leaves no file, never an empty one (read as pid "").
+        let record =
+            "echo $$ > \"$0.pid.tmp\" && mv \"$0.pid.tmp\" \"$0.pid\"\necho \"$@\" > \"$0.args\"\n";
         let scripts = [
             (
                 "rxsentry-collector",
