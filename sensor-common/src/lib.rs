@@ -68,13 +68,9 @@ pub mod names {
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const WATCH_EXCLUDED_EXES: &str = "WATCH_EXCLUDED_EXES";
     pub const FILE_SETTINGS: &str = "FILE_SETTINGS";
-    /// The syscall-entry programs of file operations, with the tracepoint
+    /// The syscall-entry programs of path operations, with the tracepoint
     /// (`syscalls:<name>`) each one attaches to.
     pub const FILE_ENTER_PROGRAMS: &[(&str, &str)] = &[
-        ("file_enter_openat", "sys_enter_openat"),
-        ("file_enter_openat2", "sys_enter_openat2"),
-        ("file_enter_open", "sys_enter_open"),
-        ("file_enter_creat", "sys_enter_creat"),
         ("file_enter_unlink", "sys_enter_unlink"),
         ("file_enter_unlinkat", "sys_enter_unlinkat"),
         ("file_enter_rmdir", "sys_enter_rmdir"),
@@ -90,13 +86,13 @@ pub mod names {
         ("file_enter_fchown", "sys_enter_fchown"),
         ("file_enter_fchownat", "sys_enter_fchownat"),
     ];
-    /// Finishes an open (decides on the file the kernel opened).
-    pub const PROG_FILE_EXIT_OPEN: &str = "file_exit_open";
-    pub const FILE_EXIT_OPEN_TRACEPOINTS: &[&str] = &[
-        "sys_exit_openat",
-        "sys_exit_openat2",
-        "sys_exit_open",
-        "sys_exit_creat",
+    /// Opens, decided at exit alone (on the file the kernel opened), one
+    /// program per argument layout, with its tracepoint.
+    pub const FILE_EXIT_OPEN_PROGRAMS: &[(&str, &str)] = &[
+        ("file_exit_openat", "sys_exit_openat"),
+        ("file_exit_openat2", "sys_exit_openat2"),
+        ("file_exit_open", "sys_exit_open"),
+        ("file_exit_creat", "sys_exit_creat"),
     ];
     /// Finishes a path operation decided at entry (adds the result).
     pub const PROG_FILE_EXIT_PENDING: &str = "file_exit_pending";

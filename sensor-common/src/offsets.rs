@@ -55,6 +55,10 @@ pub struct KernelOffsets {
     pub dentry_name: u32,
     pub dentry_inode: u32,
     pub dentry_sb: u32,
+    /// `struct pt_regs` slots of the first four syscall arguments (x86-64:
+    /// di, si, dx, r10), read at a syscall's exit so no entry program has
+    /// to carry them over.
+    pub regs_args: [u32; 4],
     // network
     /// Offsets in the `sock:inet_sock_set_state` record, from its tracefs
     /// `format` file.

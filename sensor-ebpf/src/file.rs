@@ -4,7 +4,8 @@
 //!
 //! Syscall tracepoints are the hooks every kernel has. Opens are decided at
 //! exit on the file the kernel opened (its dentry, not the string: no
-//! symlink or `..` tricks); path operations (unlink, rename, chmod, chown,
+//! symlink or `..` tricks), by an exit program alone that reads the
+//! arguments from the saved registers; path operations (unlink, rename, chmod, chown,
 //! failed opens) are decided on the base directory's dentry plus the path
 //! string, held in `PENDING` at entry and completed with the result at exit.
 
@@ -28,7 +29,7 @@ use sensor_common::{
 use crate::{
     kernel::{
         ReadFailed, header, read_dentry_id, read_fd_file, read_file_dentry, read_fs_dentry,
-        read_ptr, read_task, read_task_exe,
+        read_ptr, read_syscall_args, read_task, read_task_exe,
     },
     maps::{count_drop, offsets, output_event},
 };
@@ -55,10 +56,6 @@ static WATCH_EXCLUDED_EXES: HashMap<FileId, u8> =
 #[map]
 static FILE_SETTINGS: Array<FileSettings> = Array::with_max_entries(1, 0);
 
-/// What an open was asked for, from entry to exit (keyed by pid_tgid).
-#[map]
-static OPEN_ARGS: HashMap<u64, OpenArgs> = HashMap::with_max_entries(16384, 0);
-
 /// Watched path operations waiting for their syscall's result.
 #[map]
 static PENDING: HashMap<u64, FileRenameEvent> = HashMap::with_max_entries(4096, 0);
@@ -66,14 +63,6 @@ static PENDING: HashMap<u64, FileRenameEvent> = HashMap::with_max_entries(4096, 
 /// Per-CPU room to build a record: too big for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<FileRenameEvent> = PerCpuArray::with_max_entries(1, 0);
-
-#[derive(Clone, Copy)]
-struct OpenArgs {
-    dfd: i64,
-    path: u64,
-    flags: u32,
-    mode: u32,
-}
 
 const AT_FDCWD: i32 = -100;
 const ENOENT: i64 = 2;
@@ -94,14 +83,14 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 }
 
 /// A directory, as the kernel's cache of "outside the watched set" knows it:
-/// its dentry, its parent's and its inode number together, so a recycled
-/// dentry of another directory never matches a stale entry.
+/// its dentry and its inode together, so a recycled dentry of another
+/// directory never matches a stale entry. Both are pointers the open path
+/// already holds or reaches in one read.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct DirKey {
     dentry: u64,
-    parent: u64,
-    ino: u64,
+    inode: u64,
 }
 
 /// Directories whose whole ancestry was walked without meeting a watched
@@ -364,6 +353,17 @@ fn longest_watched_prefix(rec: &mut PathRecord, seed: u64) -> Option<WatchEntry>
 /// Fills `rec` for a file the kernel holds; true when it is watched for `op`.
 #[inline(always)]
 fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
+    match_dentry_with(rec, dentry, || Some(op))
+}
+
+/// [`match_dentry`] with the operation worked out only for a file inside
+/// the watched set (`None`: not reported).
+#[inline(always)]
+fn match_dentry_with(
+    rec: &mut PathRecord,
+    dentry: *const u8,
+    op: impl FnOnce() -> Option<u32>,
+) -> bool {
     rec.anchor = NO_ANCHOR;
     rec.flags = 0;
     rec.chain_len = 0;
@@ -371,8 +371,9 @@ fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
     let Some((levels, entry)) = find_watched_file(rec, dentry) else {
         return false;
     };
-    if entry.ops & (1 << op) == 0 {
-        return false;
+    match op() {
+        Some(op) if entry.ops & (1 << op) != 0 => {}
+        _ => return false,
     }
     rec.anchor = entry.anchor;
     rec.flags = PATH_WATCHED;
@@ -396,8 +397,7 @@ fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, Wa
     }
     let key = DirKey {
         dentry: dir as u64,
-        parent: read_ptr(dir, o.dentry_parent).ok()? as u64,
-        ino: read_dentry_id(dir, o).ok()?.ino,
+        inode: read_ptr(dir, o.dentry_inode).ok()? as u64,
     };
     let generation = cache_generation();
     // SAFETY: the value is copied out at once.
@@ -645,26 +645,6 @@ fn rename_op(old_dfd: i32, old: u64, new_dfd: i32, new: u64, flags: u32) {
     hold(Some(ev));
 }
 
-/// Entry of an open: remembers what was asked until the exit decides.
-#[inline(always)]
-fn open_op(dfd: i32, path: u64, flags: u32, mode: u32) {
-    if active().is_none() {
-        return;
-    }
-    let args = OpenArgs {
-        dfd: dfd as i64,
-        path,
-        flags,
-        mode,
-    };
-    if OPEN_ARGS
-        .insert(bpf_get_current_pid_tgid(), args, 0)
-        .is_err()
-    {
-        count_drop(drop_reason::FILE_RINGBUF_FULL);
-    }
-}
-
 macro_rules! enter_program {
     ($name:ident, |$ctx:ident| $body:expr) => {
         #[tracepoint]
@@ -675,35 +655,6 @@ macro_rules! enter_program {
     };
 }
 
-enter_program!(file_enter_openat, |ctx| open_op(
-    arg(&ctx, 0) as i32,
-    arg(&ctx, 1),
-    arg(&ctx, 2) as u32,
-    arg(&ctx, 3) as u32
-));
-enter_program!(file_enter_openat2, |ctx| {
-    // struct open_how { u64 flags; u64 mode; u64 resolve; } (uapi).
-    // SAFETY: a plain read of user memory that may fail.
-    let how = unsafe { bpf_probe_read_user(arg(&ctx, 2) as *const [u64; 2]) }.unwrap_or([0; 2]);
-    open_op(
-        arg(&ctx, 0) as i32,
-        arg(&ctx, 1),
-        how[0] as u32,
-        how[1] as u32,
-    )
-});
-enter_program!(file_enter_open, |ctx| open_op(
-    AT_FDCWD,
-    arg(&ctx, 0),
-    arg(&ctx, 1) as u32,
-    arg(&ctx, 2) as u32
-));
-enter_program!(file_enter_creat, |ctx| open_op(
-    AT_FDCWD,
-    arg(&ctx, 0),
-    O_CREAT | O_TRUNC | 1,
-    arg(&ctx, 1) as u32
-));
 enter_program!(file_enter_unlink, |ctx| path_op(
     file_op::UNLINK,
     AT_FDCWD,
@@ -796,52 +747,105 @@ enter_program!(file_enter_fchownat, |ctx| path_op(
     )
 ));
 
-/// Exit of open, openat, openat2, creat.
-#[tracepoint]
-pub fn file_exit_open(ctx: TracePointContext) -> u32 {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
-    let Some(args) = (unsafe { OPEN_ARGS.get(key) }).copied() else {
-        return 0;
-    };
-    let _ = OPEN_ARGS.remove(key);
-    let Some(o) = offsets() else { return 0 };
-    let ret = arg(&ctx, 0) as i64;
-    let write = args.flags & O_ACCMODE != 0 || args.flags & (O_CREAT | O_TRUNC) != 0;
-    let op = if write {
+/// How an open syscall lays out its arguments.
+#[derive(Clone, Copy)]
+enum OpenAbi {
+    /// open(path, flags, mode)
+    Open,
+    /// openat(dfd, path, flags, mode)
+    OpenAt,
+    /// openat2(dfd, path, struct open_how *how, size)
+    OpenAt2,
+    /// creat(path, mode)
+    Creat,
+}
+
+/// What an open asked for: (dfd, path, flags, mode).
+#[inline(always)]
+fn open_args(abi: OpenAbi, o: &KernelOffsets) -> Option<(i32, u64, u32, u32)> {
+    let a = read_syscall_args(o).ok()?;
+    Some(match abi {
+        OpenAbi::Open => (AT_FDCWD, a[0], a[1] as u32, a[2] as u32),
+        OpenAbi::OpenAt => (a[0] as i32, a[1], a[2] as u32, a[3] as u32),
+        OpenAbi::OpenAt2 => {
+            // struct open_how { u64 flags; u64 mode; u64 resolve; } (uapi).
+            // SAFETY: a plain read of user memory that may fail.
+            let how = unsafe { bpf_probe_read_user(a[2] as *const [u64; 2]) }.ok()?;
+            (a[0] as i32, a[1], how[0] as u32, how[1] as u32)
+        }
+        OpenAbi::Creat => (AT_FDCWD, a[0], O_CREAT | O_TRUNC | 1, a[1] as u32),
+    })
+}
+
+/// The operation an open with `flags` is.
+#[inline(always)]
+fn open_op(flags: u32) -> u32 {
+    if flags & O_ACCMODE != 0 || flags & (O_CREAT | O_TRUNC) != 0 {
         file_op::OPEN_WRITE
     } else {
         file_op::OPEN_READ
-    };
-    let task = current_task();
-    let Some(ev) = scratch() else { return 0 };
-    let mut target = None;
-    let watched = if ret >= 0 {
-        match read_fd_file(task, ret as u32, o).and_then(|f| read_file_dentry(f, o)) {
-            Ok(dentry) => {
-                target = Some(dentry);
-                match_dentry(&mut ev.file.path, dentry, op)
-            }
-            Err(ReadFailed) => false,
-        }
-    } else if ret == -ENOENT || ret == -ENOTDIR {
+    }
+}
+
+/// Exit of an open: decides on the file the kernel opened, or on the path
+/// for a refused open. There is no entry program: the arguments are read
+/// from the saved registers, and only for an open that may be reported, so
+/// an open outside the watched set costs one program run and no map write.
+#[inline(always)]
+fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
+    if active().is_none() {
+        return;
+    }
+    let ret = arg(ctx, 0) as i64;
+    if ret == -ENOENT || ret == -ENOTDIR {
         // The path does not exist: the dynamic loader's library search and
         // every config probe fail this way, dozens of times per exec, and
         // nothing was touched. Not an event, and not worth the path walk.
-        return 0;
+        return;
+    }
+    let (Some(o), Some(ev)) = (offsets(), scratch()) else {
+        return;
+    };
+    let task = current_task();
+    let mut target = None;
+    let args = if ret >= 0 {
+        let Ok(dentry) = read_fd_file(task, ret as u32, o).and_then(|f| read_file_dentry(f, o))
+        else {
+            return;
+        };
+        target = Some(dentry);
+        let mut args = None;
+        let watched = match_dentry_with(&mut ev.file.path, dentry, || {
+            args = open_args(abi, o);
+            args.map(|(_, _, flags, _)| open_op(flags))
+        });
+        if !watched {
+            return;
+        }
+        args
     } else {
         // Refused (EACCES, EPERM, ...): decide on the path it named.
-        match_path(&mut ev.file.path, task, args.dfd as i32, args.path, op, o)
+        let args = open_args(abi, o);
+        let Some((dfd, path, flags, _)) = args else {
+            return;
+        };
+        if !match_path(&mut ev.file.path, task, dfd, path, open_op(flags), o) {
+            return;
+        }
+        args
     };
-    if !watched || excluded_exe(task, o) {
-        return 0;
+    let Some((_, _, flags, mode)) = args else {
+        return;
+    };
+    if excluded_exe(task, o) {
+        return;
     }
     begin(
         &mut ev.file,
         EventKind::File,
         task,
-        op,
-        &OpArgs::mode(args.flags, args.mode),
+        open_op(flags),
+        &OpArgs::mode(flags, mode),
         o,
     );
     if let Some(dentry) = target {
@@ -849,8 +853,22 @@ pub fn file_exit_open(ctx: TracePointContext) -> u32 {
     }
     ev.file.result = ret;
     output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
-    0
 }
+
+macro_rules! open_exit_program {
+    ($name:ident, $abi:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            open_exit(&ctx, $abi);
+            0
+        }
+    };
+}
+
+open_exit_program!(file_exit_openat, OpenAbi::OpenAt);
+open_exit_program!(file_exit_openat2, OpenAbi::OpenAt2);
+open_exit_program!(file_exit_open, OpenAbi::Open);
+open_exit_program!(file_exit_creat, OpenAbi::Creat);
 
 /// Exit of the path operations held in `PENDING`: adds the result, sends.
 #[tracepoint]

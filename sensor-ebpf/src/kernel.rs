@@ -3,6 +3,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 use sensor_common::{COMM_LEN, EventHeader, FILENAME_LEN, FileId, KernelOffsets, TaskInfo};
 
@@ -24,6 +25,21 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
 #[inline(always)]
 pub fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, ReadFailed> {
     read::<*const u8>(base, offset)
+}
+
+/// The current syscall's first four arguments, from the registers the
+/// kernel saved at entry. An exit program reads them here instead of an
+/// entry program storing them in a map for every call.
+#[inline(always)]
+pub fn read_syscall_args(o: &KernelOffsets) -> Result<[u64; 4], ReadFailed> {
+    // SAFETY: helpers without preconditions; the verifier types the task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    Ok([
+        read::<u64>(regs, o.regs_args[0])?,
+        read::<u64>(regs, o.regs_args[1])?,
+        read::<u64>(regs, o.regs_args[2])?,
+        read::<u64>(regs, o.regs_args[3])?,
+    ])
 }
 
 /// A fresh event header stamped with CLOCK_BOOTTIME.

@@ -182,14 +182,12 @@ fn syscall_tracepoint_exists(tracefs: &std::path::Path, tp: &str) -> bool {
 /// Attaches every file telemetry program. They stay idle until the watch
 /// manager fills their maps and sets `FILE_SETTINGS.enabled`.
 fn attach_file_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
-    for (name, tp) in names::FILE_ENTER_PROGRAMS {
+    for (name, tp) in names::FILE_ENTER_PROGRAMS
+        .iter()
+        .chain(names::FILE_EXIT_OPEN_PROGRAMS)
+    {
         attach_syscall_tracepoints(ebpf, name, &[tp])?;
     }
-    attach_syscall_tracepoints(
-        ebpf,
-        names::PROG_FILE_EXIT_OPEN,
-        names::FILE_EXIT_OPEN_TRACEPOINTS,
-    )?;
     attach_syscall_tracepoints(
         ebpf,
         names::PROG_FILE_EXIT_PENDING,
@@ -451,7 +449,10 @@ mod tests {
         let exit = fields("sys_exit_openat");
         assert_eq!(exit.last(), Some(&("ret".to_owned(), 16)));
         let root = tracefs().expect("tracefs mounted");
-        for (_, tp) in names::FILE_ENTER_PROGRAMS {
+        for (_, tp) in names::FILE_ENTER_PROGRAMS
+            .iter()
+            .chain(names::FILE_EXIT_OPEN_PROGRAMS)
+        {
             assert!(syscall_tracepoint_exists(&root, tp), "{tp} on this kernel");
         }
     }

@@ -54,6 +54,12 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         dentry_name: f("dentry", "d_name")? + f("qstr", "name")?,
         dentry_inode: f("dentry", "d_inode")?,
         dentry_sb: f("dentry", "d_sb")?,
+        regs_args: [
+            f("pt_regs", "di")?,
+            f("pt_regs", "si")?,
+            f("pt_regs", "dx")?,
+            f("pt_regs", "r10")?,
+        ],
         // network: filled by `net::resolve_offsets` when enabled.
         ..KernelOffsets::default()
     })
