@@ -67,30 +67,48 @@ pub fn reserve_event<T: 'static>(ring: &RingBuf, full: u32) -> Option<RingBufEnt
     entry
 }
 
-/// Commits an event without waking the reader unless a quarter of the ring
-/// is (or 64 KiB are) waiting. The daemon also drains on a short timer, so
-/// an event storm costs a few wakeups instead of one per event.
+/// Commits an event without waking the reader unless this event is the one
+/// that makes a quarter of the ring (or 64 KiB) wait. The daemon also
+/// drains on a short timer, so an event storm costs a few wakeups instead
+/// of one per event.
 #[inline(always)]
 pub fn submit_event<T>(ring: &RingBuf, entry: RingBufEntry<T>) {
-    entry.submit(wake_flags(ring));
+    entry.submit(wake_flags(ring, record_bytes::<T>(), true));
 }
 
 /// Copies `event` into `ring` (for records built in map memory), counting
 /// a drop under `reason` when the ring is full.
 #[inline(always)]
 pub fn output_event<T>(ring: &RingBuf, event: &T, reason: u32) {
-    if ring.output::<T>(event, wake_flags(ring)).is_err() {
+    if ring
+        .output::<T>(event, wake_flags(ring, record_bytes::<T>(), false))
+        .is_err()
+    {
         count_drop(reason);
     }
 }
 
-/// Commit flags for `ring`: no wakeup until 64 KiB or a quarter of it waits.
+/// Bytes a `T` record takes in a ring (with its 8-byte header).
 #[inline(always)]
-fn wake_flags(ring: &RingBuf) -> u64 {
-    const WAKE_BYTES: u64 = 64 * 1024;
-    let pending = ring.query(BPF_RB_AVAIL_DATA as u64);
-    let size = ring.query(BPF_RB_RING_SIZE as u64);
-    let flags = if pending >= WAKE_BYTES || pending >= size / 4 {
+const fn record_bytes<T>() -> u64 {
+    size_of::<T>() as u64 + 8
+}
+
+/// Commit flags for a record of `bytes` in `ring` (`reserved`: already
+/// counted as waiting): a wakeup only for the record that takes the bytes
+/// waiting past 64 KiB (or a quarter of the ring). Not for every record
+/// after it: each wakeup is an irq_work, a self-interrupt, which costs
+/// microseconds in a virtual machine, and the reader is already awake.
+#[inline(always)]
+fn wake_flags(ring: &RingBuf, bytes: u64, reserved: bool) -> u64 {
+    let waiting = ring.query(BPF_RB_AVAIL_DATA as u64);
+    let before = if reserved {
+        waiting.saturating_sub(bytes)
+    } else {
+        waiting
+    };
+    let line = (ring.query(BPF_RB_RING_SIZE as u64) / 4).min(64 * 1024);
+    let flags = if before < line && before + bytes >= line {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -45,6 +45,9 @@ pub struct ProcessEntry {
     referenced: bool,
     /// The process exited; the entry waits out its grace period.
     exited: bool,
+    /// "pid:comm" as lineages show it, built once per comm instead of once
+    /// per event ("" until first needed).
+    label: String,
 }
 
 impl ProcessEntry {
@@ -168,6 +171,7 @@ impl ProcessTable {
                 generation: 0,
                 referenced: false,
                 exited: false,
+                label: String::new(),
             });
             added += 1;
         }
@@ -238,7 +242,10 @@ impl ProcessTable {
                 break;
             }
             parent.referenced = true;
-            out.push(format!("{}:{}", parent.tgid, parent.comm));
+            if parent.label.is_empty() {
+                parent.label = format!("{}:{}", parent.tgid, parent.comm);
+            }
+            out.push(parent.label.clone());
             child = pid;
             child_start = parent.start_ns;
             pid = parent.ppid;
@@ -301,7 +308,10 @@ impl ProcessTable {
             && e.is_process(task.start_boottime_ns)
         {
             e.ppid = task.ppid;
-            e.comm.clone_from(&task.comm);
+            if e.comm != task.comm {
+                e.comm.clone_from(&task.comm);
+                e.label.clear();
+            }
             if let Some(exe) = exe {
                 e.exe = exe;
             }
@@ -322,6 +332,7 @@ impl ProcessTable {
             generation: 0,
             referenced: false,
             exited: false,
+            label: String::new(),
         });
     }
 

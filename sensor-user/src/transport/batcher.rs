@@ -101,12 +101,23 @@ impl Accumulator {
 
 /// Numbers and encodes batches. One per sensor instance: the sequence starts
 /// at 1 and only moves forward.
-#[derive(Debug)]
 pub struct Sealer {
     host: HostIdentity,
     next_sequence: u64,
     zstd_level: i32,
+    /// Kept across batches: a zstd context is costly to create per batch.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
     drops: Arc<DropTracker>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("host", &self.host)
+            .field("next_sequence", &self.next_sequence)
+            .field("zstd_level", &self.zstd_level)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sealer {
@@ -115,6 +126,7 @@ impl Sealer {
             host,
             next_sequence: 1,
             zstd_level,
+            compressor: None,
             drops,
         }
     }
@@ -152,12 +164,17 @@ impl Sealer {
         }
     }
 
-    fn encode(&self, events: Vec<Event>) -> Result<(Vec<u8>, u32, u32), SealError> {
+    fn encode(&mut self, events: Vec<Event>) -> Result<(Vec<u8>, u32, u32), SealError> {
         let event_count =
             u32::try_from(events.len()).map_err(|_| SealError::TooLarge(events.len()))?;
         let raw = EventBatch { events }.encode_to_vec();
         let size = u32::try_from(raw.len()).map_err(|_| SealError::TooLarge(raw.len()))?;
-        let payload = zstd::bulk::compress(&raw, self.zstd_level).map_err(SealError::Compress)?;
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            slot => slot
+                .insert(zstd::bulk::Compressor::new(self.zstd_level).map_err(SealError::Compress)?),
+        };
+        let payload = compressor.compress(&raw).map_err(SealError::Compress)?;
         Ok((payload, size, event_count))
     }
 }
