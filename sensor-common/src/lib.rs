@@ -121,9 +121,12 @@ pub mod names {
     pub const NET_EXCLUDE_REMOTE: &str = "NET_EXCLUDE_REMOTE";
     pub const NET_EXCLUDE_LPORT: &str = "NET_EXCLUDE_LPORT";
     pub const NET_EXCLUDE_EXE: &str = "NET_EXCLUDE_EXE";
-    /// Network programs and the tracepoints (category, name) they attach to.
-    pub const NET_TRACEPOINTS: [(&str, &str, &str); 7] = [
-        ("net_sock_state", "sock", "inet_sock_set_state"),
+    /// The TCP state program and its raw tracepoint (arguments: the
+    /// kernel's `sock` and the two states; no record is built).
+    pub const NET_SOCK_STATE: (&str, &str) = ("net_sock_state", "inet_sock_set_state");
+    /// The other network programs and the tracepoints (category, name) they
+    /// attach to.
+    pub const NET_TRACEPOINTS: [(&str, &str, &str); 6] = [
         ("net_accept4", "syscalls", "sys_exit_accept4"),
         ("net_accept", "syscalls", "sys_exit_accept"),
         ("net_connect", "syscalls", "sys_enter_connect"),

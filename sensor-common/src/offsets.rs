@@ -60,17 +60,6 @@ pub struct KernelOffsets {
     /// to carry them over.
     pub regs_args: [u32; 4],
     // network
-    /// Offsets in the `sock:inet_sock_set_state` record, from its tracefs
-    /// `format` file.
-    pub tp_sock_skaddr: u32,
-    pub tp_sock_oldstate: u32,
-    pub tp_sock_newstate: u32,
-    pub tp_sock_sport: u32,
-    pub tp_sock_dport: u32,
-    pub tp_sock_family: u32,
-    pub tp_sock_protocol: u32,
-    pub tp_sock_saddr_v6: u32,
-    pub tp_sock_daddr_v6: u32,
     /// `syscalls:sys_enter_*` records: offset of the first argument and the
     /// distance between arguments; `sys_exit_*`: offset of `ret`. Checked
     /// against every format file the network programs read.
@@ -90,6 +79,10 @@ pub struct KernelOffsets {
     pub sk_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// `inet_sock.inet_sport` (big-endian): the local port as the TCP
+    /// state tracepoint reports it; `skc_num` is already 0 when a socket
+    /// reaches CLOSE (its port was released just before).
+    pub inet_sport: u32,
     /// `struct tcp_sock` byte counters (u64): payload bytes transmitted
     /// (retransmissions included) and received (+1 for a received FIN).
     pub tcp_bytes_sent: u32,

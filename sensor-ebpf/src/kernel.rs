@@ -1,9 +1,10 @@
 //! Reads of kernel objects through offsets taken from BTF at load time.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-    bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
-    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    bpf_probe_read_kernel_str_bytes,
+    generated::{bpf_get_current_comm, bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 use sensor_common::{COMM_LEN, EventHeader, FILENAME_LEN, FileId, KernelOffsets, TaskInfo};
 
@@ -84,6 +85,43 @@ pub fn read_task(
     let cred = read_ptr(task, o.task_cred)?;
     info.uid = read::<u32>(cred, o.cred_uid)?;
     info.gid = read::<u32>(cred, o.cred_gid)?;
+    info.euid = read::<u32>(cred, o.cred_euid)?;
+    info.egid = read::<u32>(cred, o.cred_egid)?;
+    Ok(())
+}
+
+/// [`read_task`] for the current task: ids, comm and real uid/gid come
+/// from helpers instead of kernel reads (each read costs tens of ns, and
+/// hooks on hot paths such as TCP connect/accept fill one per event).
+#[inline(always)]
+pub fn read_current_task(
+    info: &mut TaskInfo,
+    task: *const u8,
+    o: &KernelOffsets,
+) -> Result<(), ReadFailed> {
+    *info = TaskInfo::default();
+    // SAFETY (helpers): no preconditions; comm is written into a
+    // COMM_LEN-byte array.
+    let (pid_tgid, uid_gid) = unsafe {
+        info.cgroup_id = bpf_get_current_cgroup_id();
+        bpf_get_current_comm(info.comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        (bpf_get_current_pid_tgid(), bpf_get_current_uid_gid())
+    };
+    info.tgid = (pid_tgid >> 32) as u32;
+    info.pid = pid_tgid as u32;
+    info.uid = uid_gid as u32;
+    info.gid = (uid_gid >> 32) as u32;
+    // The process's start, not the thread's; the main thread is its own
+    // leader.
+    let leader = if info.pid == info.tgid {
+        task
+    } else {
+        read_ptr(task, o.task_group_leader)?
+    };
+    info.start_boottime_ns = read::<u64>(leader, o.task_start_boottime)?;
+    let parent = read_ptr(task, o.task_real_parent)?;
+    info.ppid = read::<u32>(parent, o.task_tgid)?;
+    let cred = read_ptr(task, o.task_cred)?;
     info.euid = read::<u32>(cred, o.cred_euid)?;
     info.egid = read::<u32>(cred, o.cred_egid)?;
     Ok(())

@@ -1,5 +1,7 @@
 //! Network telemetry from tracepoints (the hooks every kiosk kernel has):
-//! - `sock:inet_sock_set_state`: TCP CLOSE->SYN_SENT (connect, in the
+//! - `inet_sock_set_state` (raw tracepoint: the kernel's `sock` and the two
+//!   states, no record built; most transitions leave after two loads): TCP
+//!   CLOSE->SYN_SENT (connect, in the
 //!   connecting process: its owner is recorded), SYN_SENT->ESTABLISHED
 //!   (connect succeeded, full 5-tuple known), SYN_SENT->CLOSE (connect
 //!   failed), CLOSE->LISTEN (listen), any->CLOSE (close, with byte counts);
@@ -18,9 +20,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     AF_INET, AF_INET6, DNS_PAYLOAD_LEN, DNS_PORTS_MAX, EventKind, FileId, IPPROTO_TCP, IPPROTO_UDP,
@@ -30,7 +32,7 @@ use sensor_common::{
 };
 
 use crate::{
-    kernel::{ReadFailed, header, read, read_fd_file, read_ptr, read_task, read_task_exe},
+    kernel::{ReadFailed, header, read, read_current_task, read_fd_file, read_ptr, read_task_exe},
     maps::{offsets, reserve_event, submit_event},
 };
 
@@ -114,10 +116,14 @@ fn tp<T>(ctx: &TracePointContext, offset: u32) -> Result<T, ReadFailed> {
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| ReadFailed)
 }
 
-/// Syscall argument `i` of a `sys_enter_*` record.
+/// The first `N` syscall arguments of a `sys_enter_*` record, in one read
+/// (the loader checked that they are consecutive 8-byte slots).
 #[inline(always)]
-fn arg(ctx: &TracePointContext, o: &KernelOffsets, i: u32) -> Result<u64, ReadFailed> {
-    tp::<u64>(ctx, o.tp_syscall_arg0 + i * o.tp_syscall_arg_size)
+fn args<const N: usize>(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+) -> Result<[u64; N], ReadFailed> {
+    tp::<[u64; N]>(ctx, o.tp_syscall_arg0)
 }
 
 #[inline(always)]
@@ -135,7 +141,8 @@ fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 }
 
 /// The current task, unless it is the sensor itself or runs an excluded
-/// executable.
+/// executable. Events in process context describe it with
+/// [`read_current_task`].
 #[inline(always)]
 fn current_task(s: &NetSettings, o: &KernelOffsets) -> Option<*const u8> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -152,6 +159,13 @@ fn current_task(s: &NetSettings, o: &KernelOffsets) -> Option<*const u8> {
         return None;
     }
     Some(task)
+}
+
+/// True when endpoint rules exist at all: without them nothing needs the
+/// endpoints before the event is written.
+#[inline(always)]
+fn endpoint_rules(s: &NetSettings) -> bool {
+    s.exclude & (net_exclude::LOCAL_PORT | net_exclude::REMOTE) != 0
 }
 
 /// True when a user rule excludes these endpoints.
@@ -192,25 +206,74 @@ fn fd_sock(task: *const u8, fd: u64, o: &KernelOffsets) -> Result<*const u8, Rea
     read_ptr(socket, o.socket_sk)
 }
 
+/// `task`'s UDP `struct sock *` and its family behind file descriptor
+/// `fd`; `None` for any other socket. The protocol is read before the
+/// socket is proved (`socket->file` points back, family INET): the hooks
+/// that call this run for every TCP connect and send, which leave here
+/// after as few reads as possible (a stray value from a non-socket file is
+/// caught by the proof).
+#[inline(always)]
+fn fd_udp_sock(
+    task: *const u8,
+    fd: u64,
+    o: &KernelOffsets,
+) -> Result<Option<(*const u8, u16)>, ReadFailed> {
+    let file = read_fd_file(task, u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
+    let socket = read_ptr(file, o.file_private_data)?;
+    let sk = read_ptr(socket, o.socket_sk)?;
+    if sock_protocol(sk, o)? != IPPROTO_UDP {
+        return Ok(None);
+    }
+    if read_ptr(socket, o.socket_file)? != file {
+        return Err(ReadFailed);
+    }
+    Ok(Some((sk, sock_family(sk, o)?)))
+}
+
 /// (family, protocol) of an INET socket; Err for other families.
 #[inline(always)]
 fn sock_kind(sk: *const u8, o: &KernelOffsets) -> Result<(u16, u8), ReadFailed> {
+    let family = sock_family(sk, o)?;
+    Ok((family, sock_protocol(sk, o)?))
+}
+
+/// AF_INET or AF_INET6 of a socket; Err for other families.
+#[inline(always)]
+fn sock_family(sk: *const u8, o: &KernelOffsets) -> Result<u16, ReadFailed> {
     let family = read::<u16>(sk, o.sk_family)?;
     if family != AF_INET && family != AF_INET6 {
         return Err(ReadFailed);
     }
-    Ok((family, read::<u16>(sk, o.sk_protocol)? as u8))
+    Ok(family)
 }
 
-/// Local and connected-peer addresses and ports of a socket.
+/// `sk_protocol` (16 bits wide: IPPROTO_MPTCP is 262, which must not pass
+/// for TCP); 0 for anything above 255.
+#[inline(always)]
+fn sock_protocol(sk: *const u8, o: &KernelOffsets) -> Result<u8, ReadFailed> {
+    Ok(u8::try_from(read::<u16>(sk, o.sk_protocol)?).unwrap_or(0))
+}
+
+/// Local and connected-peer addresses and ports of a TCP socket, as the
+/// `inet_sock_set_state` tracepoint reports them (local port from
+/// `inet_sport`, still set at CLOSE). The kernel keeps `skc_daddr` and
+/// `skc_rcv_saddr` side by side (`skc_addrpair`; the loader checks it), so
+/// an IPv4 pair is one read.
 #[inline(always)]
 fn sock_endpoints(sk: *const u8, family: u16, o: &KernelOffsets) -> Result<Endpoints, ReadFailed> {
-    let (lport, laddr) = sock_local(sk, family, o)?;
-    let (rport, raddr) = sock_peer(sk, family, o)?;
+    let (laddr, raddr) = if family == AF_INET {
+        let [d0, d1, d2, d3, l0, l1, l2, l3] = read::<[u8; 8]>(sk, o.sk_daddr)?;
+        (v4_mapped([l0, l1, l2, l3]), v4_mapped([d0, d1, d2, d3]))
+    } else {
+        (
+            read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr)?,
+            read::<[u8; 16]>(sk, o.sk_v6_daddr)?,
+        )
+    };
     Ok(Endpoints {
         family,
-        lport,
-        rport,
+        lport: u16::from_be(read::<u16>(sk, o.inet_sport)?),
+        rport: u16::from_be(read::<u16>(sk, o.sk_dport)?),
         laddr,
         raddr,
     })
@@ -242,19 +305,6 @@ fn sock_peer(sk: *const u8, family: u16, o: &KernelOffsets) -> Result<(u16, [u8;
     Ok((u16::from_be(read::<u16>(sk, o.sk_dport)?), addr))
 }
 
-/// Endpoints from an `inet_sock_set_state` record (ports in host order;
-/// IPv4 addresses are stored IPv4-mapped in its `*_v6` fields).
-#[inline(always)]
-fn tp_endpoints(ctx: &TracePointContext, o: &KernelOffsets) -> Result<Endpoints, ReadFailed> {
-    Ok(Endpoints {
-        family: tp::<u16>(ctx, o.tp_sock_family)?,
-        lport: tp::<u16>(ctx, o.tp_sock_sport)?,
-        rport: tp::<u16>(ctx, o.tp_sock_dport)?,
-        laddr: tp::<[u8; 16]>(ctx, o.tp_sock_saddr_v6)?,
-        raddr: tp::<[u8; 16]>(ctx, o.tp_sock_daddr_v6)?,
-    })
-}
-
 /// Writes one event (a full ring is counted); with `owner_of`, also records
 /// the event's task as the owner of that socket, for its later close.
 #[inline(always)]
@@ -269,7 +319,7 @@ fn emit(who: Who, e: &Endpoints, d: &Detail, owner_of: Option<u64>, o: &KernelOf
         (*ev).header = header(EventKind::Net as u32);
         match who {
             Who::Current(task) => {
-                if read_task(&mut (*ev).task, task, o).is_err() {
+                if read_current_task(&mut (*ev).task, task, o).is_err() {
                     (*ev).header.flags |= sensor_common::EVENT_PARTIAL;
                     crate::maps::count_drop(drop_reason::KERNEL_READ_FAILED);
                 }
@@ -320,47 +370,54 @@ fn record_owner(sk: u64, task: &TaskInfo, op: u8) {
     let _ = NET_OWNERS.insert(sk, owner, 0);
 }
 
-/// `sock:inet_sock_set_state`.
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn net_sock_state(ctx: TracePointContext) -> u32 {
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn net_sock_state(ctx: RawTracePointContext) -> i32 {
+    // It fires on every TCP state change of both ends (about ten per
+    // connection); only four kinds of transition are events, decided from
+    // the arguments alone before any helper or map is touched.
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let wanted = match new {
+        tcp_state::SYN_SENT | tcp_state::LISTEN => old == tcp_state::CLOSE,
+        tcp_state::ESTABLISHED => old == tcp_state::SYN_SENT,
+        tcp_state::CLOSE => true,
+        _ => false,
+    };
+    if !wanted {
+        return 0;
+    }
     if let (Some(o), Some(s)) = (offsets(), settings()) {
-        let _ = sock_state(&ctx, o, &s);
+        let sk: *const u8 = ctx.arg(0);
+        let _ = sock_state(sk, old, new, o, &s);
     }
     0
 }
 
 #[inline(always)]
 fn sock_state(
-    ctx: &TracePointContext,
+    sk: *const u8,
+    old: i32,
+    new: i32,
     o: &KernelOffsets,
     s: &NetSettings,
 ) -> Result<(), ReadFailed> {
-    // Most transitions (FIN_WAIT*, TIME_WAIT, SYN_RECV...) are not events:
-    // one read decides.
-    let new = tp::<i32>(ctx, o.tp_sock_newstate)?;
-    if !matches!(
-        new,
-        tcp_state::SYN_SENT | tcp_state::LISTEN | tcp_state::ESTABLISHED | tcp_state::CLOSE
-    ) {
-        return Ok(());
-    }
-    if tp::<u16>(ctx, o.tp_sock_protocol)? != u16::from(IPPROTO_TCP) {
-        return Ok(());
-    }
-    let old = tp::<i32>(ctx, o.tp_sock_oldstate)?;
-    let sk = tp::<u64>(ctx, o.tp_sock_skaddr)?;
+    let key = sk as u64;
     let tcp = Detail {
         protocol: IPPROTO_TCP,
         ..Detail::default()
     };
-    match (old, new) {
+    match new {
         // In the connecting process; the local port is not chosen yet, so
         // the event waits for the result.
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
+        tcp_state::SYN_SENT => {
             let Some(task) = current_task(s, o) else {
                 return Ok(());
             };
-            if excluded(s, &tp_endpoints(ctx, o)?) {
+            let (family, protocol) = sock_kind(sk, o)?;
+            if protocol != IPPROTO_TCP
+                || (endpoint_rules(s) && excluded(s, &sock_endpoints(sk, family, o)?))
+            {
                 return Ok(());
             }
             let mut owner = NetOwner {
@@ -368,14 +425,18 @@ fn sock_state(
                 ..NetOwner::default()
             };
             // A partial owner is still better than none.
-            let _ = read_task(&mut owner.task, task, o);
-            let _ = NET_OWNERS.insert(sk, owner, 0);
+            let _ = read_current_task(&mut owner.task, task, o);
+            let _ = NET_OWNERS.insert(key, owner, 0);
         }
-        (tcp_state::CLOSE, tcp_state::LISTEN) => {
+        tcp_state::LISTEN => {
             let Some(task) = current_task(s, o) else {
                 return Ok(());
             };
-            let e = tp_endpoints(ctx, o)?;
+            let (family, protocol) = sock_kind(sk, o)?;
+            if protocol != IPPROTO_TCP {
+                return Ok(());
+            }
+            let e = sock_endpoints(sk, family, o)?;
             if excluded(s, &e) {
                 return Ok(());
             }
@@ -383,16 +444,19 @@ fn sock_state(
                 op: net_op::LISTEN,
                 ..tcp
             };
-            emit(Who::Current(task), &e, &d, Some(sk), o);
+            emit(Who::Current(task), &e, &d, Some(key), o);
         }
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
+        // Only sockets with a recorded owner are reported: TCP ones (the
+        // owner was recorded after the protocol check).
+        tcp_state::ESTABLISHED => {
             // SAFETY: the value is copied before any other map operation.
-            let Some(owner) = (unsafe { NET_OWNERS.get(sk) }).copied() else {
+            let Some(owner) = (unsafe { NET_OWNERS.get(key) }).copied() else {
                 return Ok(());
             };
-            let e = tp_endpoints(ctx, o)?;
+            let family = sock_family(sk, o)?;
+            let e = sock_endpoints(sk, family, o)?;
             if excluded(s, &e) {
-                let _ = NET_OWNERS.remove(sk);
+                let _ = NET_OWNERS.remove(key);
                 return Ok(());
             }
             let d = Detail {
@@ -401,13 +465,14 @@ fn sock_state(
             };
             emit(Who::Owner(&owner.task), &e, &d, None, o);
         }
-        (_, tcp_state::CLOSE) => {
+        _ => {
             // SAFETY: as above.
-            let Some(owner) = (unsafe { NET_OWNERS.get(sk) }).copied() else {
+            let Some(owner) = (unsafe { NET_OWNERS.get(key) }).copied() else {
                 return Ok(());
             };
-            let _ = NET_OWNERS.remove(sk);
-            let e = tp_endpoints(ctx, o)?;
+            let _ = NET_OWNERS.remove(key);
+            let family = sock_family(sk, o)?;
+            let e = sock_endpoints(sk, family, o)?;
             let d = if old == tcp_state::SYN_SENT {
                 Detail {
                     op: net_op::CONNECT,
@@ -415,18 +480,16 @@ fn sock_state(
                     ..tcp
                 }
             } else {
-                let sock = sk as *const u8;
                 Detail {
                     op: net_op::CLOSE,
                     result: old as u8,
-                    bytes_sent: read::<u64>(sock, o.tcp_bytes_sent).unwrap_or(0),
-                    bytes_received: read::<u64>(sock, o.tcp_bytes_received).unwrap_or(0),
+                    bytes_sent: read::<u64>(sk, o.tcp_bytes_sent).unwrap_or(0),
+                    bytes_received: read::<u64>(sk, o.tcp_bytes_received).unwrap_or(0),
                     ..tcp
                 }
             };
             emit(Who::Owner(&owner.task), &e, &d, None, o);
         }
-        _ => {}
     }
     Ok(())
 }
@@ -489,9 +552,18 @@ fn try_accepted(
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn net_connect(ctx: TracePointContext) -> u32 {
     if let (Some(o), Some(s)) = (offsets(), settings()) {
-        let _ = udp_out(&ctx, o, &s, net_op::UDP_CONNECT, 1, None);
+        let _ = connect(&ctx, o, &s);
     }
     0
+}
+
+#[inline(always)]
+fn connect(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Result<(), ReadFailed> {
+    let [fd, addr] = args::<2>(ctx, o)?;
+    let Some((task, sk, family)) = udp_socket(s, fd, o)? else {
+        return Ok(());
+    };
+    udp_dest(task, sk, family, s, net_op::UDP_CONNECT, addr, (0, 0), o)
 }
 
 /// `sys_enter_sendto(fd, buff, len, flags, addr, addr_len)`.
@@ -505,8 +577,11 @@ pub fn net_sendto(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn sendto(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Result<(), ReadFailed> {
-    let payload = (arg(ctx, o, 1)?, arg(ctx, o, 2)?);
-    udp_out(ctx, o, s, net_op::UDP_SEND, 4, Some(payload))
+    let [fd, buff, len, _flags, addr] = args::<5>(ctx, o)?;
+    let Some((task, sk, family)) = udp_socket(s, fd, o)? else {
+        return Ok(());
+    };
+    udp_dest(task, sk, family, s, net_op::UDP_SEND, addr, (buff, len), o)
 }
 
 /// `sys_enter_sendmsg(fd, msg, flags)`.
@@ -527,7 +602,8 @@ pub fn net_sendmmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sendmsg/sendmmsg: the `user_msghdr` at `hdr_offset` in argument 1.
+/// sendmsg/sendmmsg: the `user_msghdr` at `hdr_offset` in argument 1, read
+/// only once the socket is known to be UDP.
 #[inline(always)]
 fn msg_out(
     ctx: &TracePointContext,
@@ -535,50 +611,49 @@ fn msg_out(
     s: &NetSettings,
     hdr_offset: u32,
 ) -> Result<(), ReadFailed> {
-    let msg = arg(ctx, o, 1)? + u64::from(hdr_offset);
+    let [fd, msg] = args::<2>(ctx, o)?;
+    let Some((task, sk, family)) = udp_socket(s, fd, o)? else {
+        return Ok(());
+    };
+    let msg = msg + u64::from(hdr_offset);
     let name = user::<u64>(msg + u64::from(o.msghdr_name))?;
     let iov = user::<u64>(msg + u64::from(o.msghdr_iov))?;
     let payload = (
         user::<u64>(iov + u64::from(o.iovec_base)).unwrap_or(0),
         user::<u64>(iov + u64::from(o.iovec_len)).unwrap_or(0),
     );
-    udp_dest(ctx, o, s, net_op::UDP_SEND, name, Some(payload))
+    udp_dest(task, sk, family, s, net_op::UDP_SEND, name, payload, o)
 }
 
-/// Datagram destination from the sockaddr in syscall argument `addr_arg`.
+/// The current task and its UDP socket (sock, family) behind `fd`; `None`
+/// for the sensor, excluded executables and every other kind of file.
 #[inline(always)]
-fn udp_out(
-    ctx: &TracePointContext,
-    o: &KernelOffsets,
+fn udp_socket(
     s: &NetSettings,
-    op: u8,
-    addr_arg: u32,
-    payload: Option<(u64, u64)>,
-) -> Result<(), ReadFailed> {
-    let addr = arg(ctx, o, addr_arg)?;
-    udp_dest(ctx, o, s, op, addr, payload)
+    fd: u64,
+    o: &KernelOffsets,
+) -> Result<Option<(*const u8, *const u8, u16)>, ReadFailed> {
+    let Some(task) = current_task(s, o) else {
+        return Ok(None);
+    };
+    Ok(fd_udp_sock(task, fd, o)?.map(|(sk, family)| (task, sk, family)))
 }
 
-/// Reports a UDP destination of the socket in argument 0: `addr` (a user
-/// sockaddr), or the socket's connected peer when `addr` is NULL.
+/// Reports a UDP destination of socket `sk`: `addr` (a user sockaddr), or
+/// the socket's connected peer when `addr` is NULL. `payload` (user
+/// pointer, length) is copied when the destination is a DNS port.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn udp_dest(
-    ctx: &TracePointContext,
-    o: &KernelOffsets,
+    task: *const u8,
+    sk: *const u8,
+    family: u16,
     s: &NetSettings,
     op: u8,
     addr: u64,
-    payload: Option<(u64, u64)>,
+    payload: (u64, u64),
+    o: &KernelOffsets,
 ) -> Result<(), ReadFailed> {
-    let fd = arg(ctx, o, 0)?;
-    let Some(task) = current_task(s, o) else {
-        return Ok(());
-    };
-    let sk = fd_sock(task, fd, o)?;
-    let (family, protocol) = sock_kind(sk, o)?;
-    if protocol != IPPROTO_UDP {
-        return Ok(());
-    }
     let (rport, raddr) = if addr != 0 {
         user_sockaddr(addr, o)?
     } else {
@@ -597,7 +672,7 @@ fn udp_dest(
     if dns {
         // Every query is reported: names differ where destinations do not.
         d.op = net_op::DNS_QUERY;
-        (d.payload, d.payload_len) = payload.unwrap_or((0, 0));
+        (d.payload, d.payload_len) = payload;
     } else if seen_recently(s, op, rport, &raddr) {
         // First, before the local end is read: a chatty sender costs little.
         return Ok(());

@@ -487,7 +487,10 @@ mod tests {
                 offset_of!(KernelOffsets, inode_mtime_nsec),
             ),
             ("sb_dev", offset_of!(KernelOffsets, sb_dev)),
-            ("tp_sock_skaddr", offset_of!(KernelOffsets, tp_sock_skaddr)),
+            (
+                "tp_syscall_arg0",
+                offset_of!(KernelOffsets, tp_syscall_arg0),
+            ),
             ("sk_v6_daddr", offset_of!(KernelOffsets, sk_v6_daddr)),
             ("sin6_addr", offset_of!(KernelOffsets, sin6_addr)),
         ] {

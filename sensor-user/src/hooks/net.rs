@@ -1,4 +1,4 @@
-//! Network hooks: their offsets (tracepoint record layouts from tracefs,
+//! Network hooks: their offsets (syscall record layouts from tracefs,
 //! kernel structs from BTF), their settings global, exclusion maps, and the
 //! tracepoint attachments.
 
@@ -7,7 +7,7 @@ use std::{collections::HashMap as StdHashMap, os::unix::fs::MetadataExt as _, pa
 use aya::{
     Ebpf,
     maps::{HashMap, LpmTrie, lpm_trie::Key},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use sensor_common::{
     FileId, KernelOffsets, NetSettings, REMOTE_KEY_LEN, REMOTE_KEY_PORT_BITS, names, net_exclude,
@@ -41,6 +41,14 @@ pub enum NetHookError {
         field: &'static str,
         got: u32,
         want: u32,
+    },
+    #[error(
+        "struct sock_common: {first} and {second} are not laid out as the two halves of {pair}"
+    )]
+    Pair {
+        pair: &'static str,
+        first: &'static str,
+        second: &'static str,
     },
     #[error(transparent)]
     Btf(#[from] BtfError),
@@ -144,22 +152,20 @@ impl TraceFormat {
 /// Fills the network part of `o`: record layouts from tracefs, struct
 /// fields from BTF. Every missing piece is an error that names it.
 pub fn resolve_offsets(o: &mut KernelOffsets, btf: &KernelBtf) -> Result<(), NetHookError> {
-    let state = TraceFormat::read("sock", "inet_sock_set_state")?;
-    o.tp_sock_skaddr = state.offset("skaddr")?;
-    o.tp_sock_oldstate = state.offset("oldstate")?;
-    o.tp_sock_newstate = state.offset("newstate")?;
-    o.tp_sock_sport = state.offset("sport")?;
-    o.tp_sock_dport = state.offset("dport")?;
-    o.tp_sock_family = state.offset("family")?;
-    o.tp_sock_protocol = state.offset("protocol")?;
-    o.tp_sock_saddr_v6 = state.offset("saddr_v6")?;
-    o.tp_sock_daddr_v6 = state.offset("daddr_v6")?;
-
     // Syscall records: arguments follow `__syscall_nr` in 8-byte slots. The
     // programs index them, so every argument they read is checked here.
     let connect = TraceFormat::read("syscalls", "sys_enter_connect")?;
     let arg0 = connect.offset("fd")?;
     let size = connect.offset("uservaddr")? - arg0;
+    // The programs read the arguments they need in one 8-byte-slot array.
+    if size != 8 {
+        return Err(NetHookError::Layout {
+            tracepoint: connect.name.clone(),
+            field: "uservaddr",
+            got: arg0 + size,
+            want: arg0 + 8,
+        });
+    }
     o.tp_syscall_arg0 = arg0;
     o.tp_syscall_arg_size = size;
     for (name, args) in [
@@ -192,6 +198,16 @@ pub fn resolve_offsets(o: &mut KernelOffsets, btf: &KernelBtf) -> Result<(), Net
     o.sk_rcv_saddr = c("skc_rcv_saddr")?;
     o.sk_v6_daddr = c("skc_v6_daddr")?;
     o.sk_v6_rcv_saddr = c("skc_v6_rcv_saddr")?;
+    // The programs read both addresses in one go, as the kernel's
+    // `skc_addrpair` union lays them out.
+    if c("skc_addrpair")? != o.sk_daddr || o.sk_rcv_saddr != o.sk_daddr + 4 {
+        return Err(NetHookError::Pair {
+            pair: "skc_addrpair",
+            first: "skc_daddr",
+            second: "skc_rcv_saddr",
+        });
+    }
+    o.inet_sport = f("inet_sock", "inet_sport")?;
     o.sk_protocol = f("sock", "sk_protocol")?;
     o.tcp_bytes_sent = f("tcp_sock", "bytes_sent")?;
     o.tcp_bytes_received = f("tcp_sock", "bytes_received")?;
@@ -325,6 +341,18 @@ pub fn attach(ebpf: &mut Ebpf, c: &NetHookConfig) -> Result<(), NetHookError> {
             .insert(&remote_key(rule), i as u32, 0)
             .map_err(fail(names::NET_EXCLUDE_REMOTE))?;
     }
+    let (name, tracepoint) = names::NET_SOCK_STATE;
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(NetHookError::Missing(name))?
+        .try_into()
+        .map_err(|source| NetHookError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| NetHookError::Program { name, source })?;
+    program
+        .attach(tracepoint)
+        .map_err(|source| NetHookError::Program { name, source })?;
     for (name, category, tracepoint) in names::NET_TRACEPOINTS {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
@@ -384,6 +412,8 @@ mod tests {
         assert_eq!(o.sockaddr_family, 0);
         assert_eq!(o.tcp_bytes_received % 8, 0);
         assert_ne!(o.sk_v6_daddr, o.sk_v6_rcv_saddr);
+        assert_eq!(o.sk_rcv_saddr, o.sk_daddr + 4, "skc_addrpair halves");
+        assert_ne!(o.inet_sport, 0);
     }
 
     #[test]
