@@ -342,31 +342,51 @@ pub fn attach(ebpf: &mut Ebpf, c: &NetHookConfig) -> Result<(), NetHookError> {
             .map_err(fail(names::NET_EXCLUDE_REMOTE))?;
     }
     let (name, tracepoint) = names::NET_SOCK_STATE;
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(NetHookError::Missing(name))?
-        .try_into()
-        .map_err(|source| NetHookError::Program { name, source })?;
-    program
-        .load()
-        .map_err(|source| NetHookError::Program { name, source })?;
+    let program: &mut RawTracePoint = loaded(ebpf, name)?;
     program
         .attach(tracepoint)
         .map_err(|source| NetHookError::Program { name, source })?;
     for (name, category, tracepoint) in names::NET_TRACEPOINTS {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(NetHookError::Missing(name))?
-            .try_into()
-            .map_err(|source| NetHookError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| NetHookError::Program { name, source })?;
+        let program: &mut TracePoint = loaded(ebpf, name)?;
         program
             .attach(category, tracepoint)
             .map_err(|source| NetHookError::Program { name, source })?;
     }
     Ok(())
+}
+
+/// Program `name`, loaded (not yet attached).
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, NetHookError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: LoadNoArgs,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or(NetHookError::Missing(name))?
+        .try_into()
+        .map_err(|source| NetHookError::Program { name, source })?;
+    program
+        .load_program()
+        .map_err(|source| NetHookError::Program { name, source })?;
+    Ok(program)
+}
+
+/// Program types whose `load` takes no arguments.
+trait LoadNoArgs {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl LoadNoArgs for RawTracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadNoArgs for TracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
 }
 
 #[cfg(test)]
