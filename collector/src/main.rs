@@ -10,6 +10,11 @@ use collector::config::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES}
 use collector::{Collector, CollectorConfig};
 use tracing_subscriber::EnvFilter;
 
+/// Batches are decoded into many small allocations that another task frees;
+/// mimalloc handles that cross-thread traffic far better than glibc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives telemetry from rxsentry sensors and streams it to subscribers.
 #[derive(Debug, Parser)]
 #[command(name = "rxsentry-collector", version)]

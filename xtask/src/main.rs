@@ -23,6 +23,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+/// The bench hosts the collector in this process: the same allocator as the
+/// `rxsentry-collector` binary, so it measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rxsentry developer tasks")]
 struct Cli {
