@@ -17,12 +17,6 @@ use sensor_user::{
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-/// Events are allocated on the enrichment thread and freed on the batcher's:
-/// glibc's allocator spends a third of the daemon's time per event on that
-/// cross-thread traffic; mimalloc's per-thread free lists do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How often the kernel's drop counters are copied into the batches' counters.
 const DROP_POLL: Duration = Duration::from_millis(250);
 /// How long SIGTERM may take to deliver what is queued.
