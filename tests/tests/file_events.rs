@@ -330,3 +330,86 @@ async fn a_directory_moved_into_the_watched_tree_is_watched_at_once() -> anyhow:
     sensor.stop().await?;
     Ok(())
 }
+
+/// Opens are decided at exit with their arguments read from the registers
+/// saved at entry: every open syscall (open, openat, openat2, creat) must
+/// report the flags and mode it was given, and a refused open named
+/// relative to a directory fd must be matched through that fd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_open_syscall_reports_its_own_arguments() -> anyhow::Result<()> {
+    const SCRIPT: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+def sc(*a):
+    r = libc.syscall(*a)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), str(a))
+    os.close(r)
+sc(2, (d + "/a").encode(), 0, 0)                           # open: read
+sc(257, -100, (d + "/b").encode(), 0o1 | 0o2000, 0)       # openat: O_WRONLY|O_APPEND
+how = (ctypes.c_uint64 * 3)(0o2 | 0o100, 0o640, 0)
+sc(437, -100, (d + "/c").encode(), ctypes.byref(how), 24) # openat2: O_RDWR|O_CREAT, 0640
+sc(85, (d + "/d").encode(), 0o600)                         # creat
+dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+try:
+    os.open("secret", os.O_RDONLY, dir_fd=dfd)
+    sys.exit("the 0600 file opened")
+except PermissionError:
+    pass
+"#;
+    let tree = Tree::new()?;
+    for name in ["a", "b"] {
+        std::fs::write(tree.path(&format!("phi/{name}")), b"x")?;
+    }
+    let secret = tree.path("phi/secret");
+    std::fs::write(&secret, b"locked")?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+
+    let pid = run(&tests::netns::python(), &["-c", SCRIPT, &tree.path("phi")])?;
+    barrier(&mut sub, &tree).await?;
+
+    let events = by_pid(sub.files_under(&tree.path("phi")), pid);
+    let of = |name: &str| -> Vec<&FileEvent> {
+        let path = tree.path(&format!("phi/{name}"));
+        events.iter().copied().filter(|f| f.path == path).collect()
+    };
+    let open = of("a");
+    assert_eq!(open.len(), 1, "open(2): {events:?}");
+    assert_eq!(open[0].operation(), Operation::OpenRead);
+    assert_eq!(open[0].flags & 0o3, 0, "O_RDONLY");
+    assert!(open[0].result >= 0);
+
+    let openat = of("b");
+    assert_eq!(openat.len(), 1, "openat: {events:?}");
+    assert_eq!(openat[0].operation(), Operation::OpenWrite);
+    assert_eq!(openat[0].flags, 0o2001, "O_WRONLY|O_APPEND as passed");
+
+    let openat2 = of("c");
+    assert_eq!(openat2.len(), 1, "openat2: {events:?}");
+    assert_eq!(openat2[0].operation(), Operation::OpenWrite);
+    assert_eq!(
+        openat2[0].flags, 0o102,
+        "O_RDWR|O_CREAT from struct open_how"
+    );
+    assert_eq!(openat2[0].mode, Some(0o640));
+
+    let creat = of("d");
+    assert_eq!(creat.len(), 1, "creat: {events:?}");
+    assert_eq!(creat[0].operation(), Operation::OpenWrite);
+    assert_eq!(creat[0].mode, Some(0o600));
+
+    let refused = of("secret");
+    assert_eq!(
+        refused.len(),
+        1,
+        "refused openat through a dir fd: {events:?}"
+    );
+    assert_eq!(refused[0].result, -13, "EACCES");
+    assert_eq!(refused[0].process.as_ref().map(|p| p.uid), Some(65534));
+    sensor.stop().await?;
+    Ok(())
+}
