@@ -244,32 +244,52 @@ fn storm(n: usize, marker: &str, rate: Option<u32>) -> Result<Duration> {
 
 /// [`storm`], each child moving itself into `cgroup` before its exec.
 fn storm_in(n: usize, marker: &str, rate: Option<u32>, cgroup: Option<&Path>) -> Result<Duration> {
-    const THREADS: usize = 4;
+    threaded(n, 4, rate.map(f64::from), |_| {
+        let mut cmd = Command::new("/bin/true");
+        cmd.arg(marker);
+        if let Some(cgroup) = cgroup {
+            let procs = cgroup.join("cgroup.procs");
+            // SAFETY: only open/write/close between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+            }
+        }
+        let status = cmd.status()?;
+        if !status.success() {
+            bail!("/bin/true failed: {status}");
+        }
+        Ok(())
+    })
+}
+
+/// The skeleton of every storm: `work(i)` for each i in `0..n`, item i on
+/// thread `i % threads`, paced to `rate` items per second if given; returns
+/// the wall time. A thread sleeps only once it is a millisecond ahead of the
+/// schedule, so items of a few microseconds are paced in small bursts
+/// instead of a timer sleep each.
+pub(crate) fn threaded(
+    n: usize,
+    threads: usize,
+    rate: Option<f64>,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<Duration> {
+    const AHEAD: Duration = Duration::from_millis(1);
     let start = Instant::now();
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
+    let work = &work;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || -> Result<()> {
-                    for i in (t..n).step_by(THREADS) {
+                    for i in (t..n).step_by(threads) {
                         if let Some(rate) = rate {
-                            let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
-                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate);
+                            if let Some(wait) = due.checked_duration_since(Instant::now())
+                                && wait >= AHEAD
+                            {
                                 std::thread::sleep(wait);
                             }
                         }
-                        let mut cmd = Command::new("/bin/true");
-                        cmd.arg(marker);
-                        if let Some(cgroup) = cgroup {
-                            let procs = cgroup.join("cgroup.procs");
-                            // SAFETY: only open/write/close between fork and exec.
-                            unsafe {
-                                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-                            }
-                        }
-                        let status = cmd.status()?;
-                        if !status.success() {
-                            bail!("/bin/true failed: {status}");
-                        }
+                        work(i)?;
                     }
                     Ok(())
                 })
@@ -277,12 +297,8 @@ fn storm_in(n: usize, marker: &str, rate: Option<u32>, cgroup: Option<&Path>) ->
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("storm thread"))
-            .collect()
-    });
-    for r in results {
-        r?;
-    }
+            .try_for_each(|h| h.join().expect("storm thread"))
+    })?;
     Ok(start.elapsed())
 }
 

@@ -71,33 +71,11 @@ impl Tree {
 /// `n` open+close of `files` from two threads, paced to `rate` per second
 /// if given. Returns the wall time.
 fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<Duration> {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                s.spawn(move || -> Result<()> {
-                    for i in (t..n).step_by(THREADS) {
-                        if let Some(rate) = rate
-                            && i % 256 < THREADS
-                        {
-                            let due = start + Duration::from_secs_f64(i as f64 / rate);
-                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                        let path = &files[i % files.len()];
-                        std::fs::File::open(path)
-                            .with_context(|| format!("opening {}", path.display()))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("storm thread"))
-    })?;
-    Ok(start.elapsed())
+    super::threaded(n, THREADS, rate, |i| {
+        let path = &files[i % files.len()];
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(())
+    })
 }
 
 /// Runs the file rounds against the collector at `url`.

@@ -12,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -89,28 +89,14 @@ pub fn connect_storm(
 
 /// `n` connections from four threads; the wall time.
 fn storm(n: usize, addr: SocketAddr) -> Result<Duration> {
-    const THREADS: usize = 4;
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                s.spawn(move || -> Result<()> {
-                    let mut buf = [0u8; 256];
-                    for _ in (t..n).step_by(THREADS) {
-                        let mut c = TcpStream::connect(addr)?;
-                        c.write_all(&[7; 64])?;
-                        c.shutdown(Shutdown::Write)?;
-                        while c.read(&mut buf)? > 0 {}
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("storm thread"))
-    })?;
-    Ok(start.elapsed())
+    super::threaded(n, 4, None, |_| {
+        let mut buf = [0u8; 256];
+        let mut c = TcpStream::connect(addr)?;
+        c.write_all(&[7; 64])?;
+        c.shutdown(Shutdown::Write)?;
+        while c.read(&mut buf)? > 0 {}
+        Ok(())
+    })
 }
 
 /// Four accept threads on one loopback listener: read to EOF, answer 64
