@@ -108,31 +108,31 @@ fn policy_command(action: PolicyCmd) -> anyhow::Result<()> {
             if !dpkg && root.is_empty() {
                 anyhow::bail!("nothing to generate from: give --dpkg and/or --root DIR");
             }
-            let (mut files, mut skipped) = policy::generate::root_executables(&root);
+            let (mut files, mut unreadable) = policy::generate::root_executables(&root);
             if dpkg {
                 files.extend(policy::generate::dpkg_executables(std::path::Path::new(
                     "/var/lib/dpkg/info",
                 ))?);
             }
             let (text, failed) = policy::generate::render(&files, &mode);
-            skipped.extend(failed);
+            unreadable.extend(failed);
             print!("{text}");
-            for s in skipped {
-                eprintln!("skipped: {s}");
+            for s in unreadable {
+                eprintln!("not in the policy: {s}");
             }
             Ok(())
         }
         PolicyCmd::Check { path } => {
             let compiled = policy::manager::load(&path)?;
             println!(
-                "policy {}: mode {}, {} files allowed, {} skipped",
+                "policy {}: mode {}, {} files allowed, {} not allowed",
                 path.display(),
                 compiled.mode.as_str(),
                 compiled.entries.len(),
-                compiled.skipped.len()
+                compiled.not_allowed.len()
             );
-            for s in &compiled.skipped {
-                println!("skipped: {s}");
+            for s in &compiled.not_allowed {
+                println!("not allowed: {s}");
             }
             Ok(())
         }
@@ -296,11 +296,11 @@ fn run_main() -> anyhow::Result<()> {
         if let Some(path) = &config.policy.path {
             let policy = policy::manager::load(path)?;
             println!(
-                "policy {}: mode {}, {} files allowed, {} skipped",
+                "policy {}: mode {}, {} files allowed, {} not allowed",
                 path.display(),
                 policy.mode.as_str(),
                 policy.entries.len(),
-                policy.skipped.len()
+                policy.not_allowed.len()
             );
         }
         println!("configuration is valid");

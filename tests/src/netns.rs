@@ -105,11 +105,12 @@ impl Drop for Bpffs {
     }
 }
 
-/// Two namespaces `a` and `b`, a veth pair between them, `addr_a`/`addr_b`
-/// on it (a /30 of 10.0.0.0/8 picked at random) and loopback up in both.
+/// Two namespaces `a` and `b` (loopback up in both), a veth pair between
+/// them and `addr_a`/`addr_b` on it, a /30 of 10.0.0.0/8 picked at random.
+/// Deleting the namespaces on drop deletes the pair with them.
 pub struct NetnsPair {
-    pub a: String,
-    pub b: String,
+    pub a: Netns,
+    pub b: Netns,
     pub addr_a: String,
     pub addr_b: String,
 }
@@ -120,33 +121,39 @@ impl NetnsPair {
         let suffix = format!("{:06x}", id & 0xff_ffff);
         let net = format!("10.{}.{}", 200 + (id >> 24) % 50, (id >> 16) & 0xff);
         let pair = Self {
-            a: format!("rxs-na-{suffix}"),
-            b: format!("rxs-nb-{suffix}"),
-            // Created before the first command, so a failure still cleans up.
+            a: Netns::new(&format!("rxs-na-{suffix}"))?,
+            b: Netns::new(&format!("rxs-nb-{suffix}"))?,
             addr_a: format!("{net}.1"),
             addr_b: format!("{net}.2"),
         };
         let (va, vb) = (format!("rxsva{suffix}"), format!("rxsvb{suffix}"));
-        ip(&["netns", "add", &pair.a])?;
-        ip(&["netns", "add", &pair.b])?;
-        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
-        ip(&["link", "set", &va, "netns", &pair.a])?;
-        ip(&["link", "set", &vb, "netns", &pair.b])?;
+        ip(&[
+            "link",
+            "add",
+            &va,
+            "netns",
+            &pair.a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &pair.b.name,
+        ])?;
         for (ns, dev, addr) in [(&pair.a, &va, &pair.addr_a), (&pair.b, &vb, &pair.addr_b)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                dev,
+            ])?;
+            ip(&["-n", &ns.name, "link", "set", dev, "up"])?;
         }
         Ok(pair)
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes its end of the veth, and so the pair.
-        for ns in [&self.a, &self.b] {
-            let _ = ip(&["netns", "del", ns]);
-        }
     }
 }
 

@@ -176,8 +176,13 @@ async fn tcp_between_namespaces_connect_accept_close() -> anyhow::Result<()> {
 
     const SEND: usize = 3000;
     const REPLY: usize = 70_000;
-    let (server, client, sport, cport) =
-        tcp_exchange(Some(&netns.b), Some(&netns.a), &netns.addr_b, SEND, REPLY)?;
+    let (server, client, sport, cport) = tcp_exchange(
+        Some(&netns.b.name),
+        Some(&netns.a.name),
+        &netns.addr_b,
+        SEND,
+        REPLY,
+    )?;
     sub.until(Duration::from_secs(20), |s| {
         !of(s, Op::Close, client).is_empty() && of(s, Op::Close, server).len() >= 2
     })

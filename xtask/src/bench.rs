@@ -561,7 +561,8 @@ impl AllowlistBench {
             std::fs::write(&p, format!("#!/bin/sh\n# {i}\n"))?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
         }
-        let cgroup = cgroup2_root()?.join(format!("rxsentry-bench-{}", std::process::id()));
+        let cgroup =
+            tests::cgroup::cgroup2_root()?.join(format!("rxsentry-bench-{}", std::process::id()));
         std::fs::create_dir(&cgroup).with_context(|| format!("mkdir {}", cgroup.display()))?;
         let truth = std::fs::canonicalize("/bin/true")?;
         let sha = sha256_of(&truth)?;
@@ -631,18 +632,6 @@ impl Drop for AllowlistBench {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.cgroup);
     }
-}
-
-fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, point, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .context("no cgroup2 mount in /proc/mounts")
 }
 
 #[derive(Default)]

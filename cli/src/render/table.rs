@@ -27,7 +27,7 @@ fn row(
     comm: &str,
     details: &str,
 ) -> String {
-    format!("{time:>13} {host:<14} {kind:<5} {pid:>7} {ppid:>7} {uid:>6} {comm:<16} {details}")
+    format!("{time:>13} {host:<14} {kind:<9} {pid:>7} {ppid:>7} {uid:>6} {comm:<16} {details}")
         .trim_end()
         .to_owned()
 }
@@ -342,7 +342,7 @@ mod tests {
         let line = render(&fixtures::exec(&["curl", "-s", "http://x"], false));
         assert_eq!(
             line,
-            "    12345.678 store-0042     exec     4242       1   1000 curl             \
+            "    12345.678 store-0042     exec         4242       1   1000 curl             \
              /usr/bin/curl  [curl -s http://x]  sha256:0123456789ab"
         );
     }
@@ -359,7 +359,7 @@ mod tests {
     fn exit_shows_code_or_signal() {
         let line = render(&fixtures::exit(Some(7), None));
         assert!(
-            line.ends_with("exit     4243    4242   1000 bash             exit=7  ran 0.500s"),
+            line.ends_with("exit         4243    4242   1000 bash             exit=7  ran 0.500s"),
             "{line}"
         );
         let line = render(&fixtures::exit(None, Some(9)));
@@ -371,7 +371,7 @@ mod tests {
     fn fork_shows_parent() {
         let line = render(&fixtures::fork());
         assert!(
-            line.starts_with("        1.500 store-0042     fork     4243    4242"),
+            line.starts_with("        1.500 store-0042     fork         4243    4242"),
             "{line}"
         );
         assert!(line.ends_with("parent=4242"), "{line}");
@@ -413,7 +413,7 @@ mod tests {
         let line = render(&fixtures::network(Op::Close, "192.0.2.7", None));
         assert!(
             line.ends_with(
-                "net      4242       1   1000 curl             close tcp 10.0.0.2:40000 -> 192.0.2.7:443 established sent=1200 recv=34000"
+                "net          4242       1   1000 curl             close tcp 10.0.0.2:40000 -> 192.0.2.7:443 established sent=1200 recv=34000"
             ),
             "{line}"
         );

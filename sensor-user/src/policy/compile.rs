@@ -37,7 +37,7 @@ pub struct CompiledPolicy {
     /// Expected SHA-256 by rule (None for trusted roots).
     pub expected: Vec<Option<String>>,
     /// Files that were not allowed and why (missing, hash mismatch, ...).
-    pub skipped: Vec<String>,
+    pub not_allowed: Vec<String>,
 }
 
 /// The dynamic loader run as a program executes any file it is given
@@ -120,13 +120,15 @@ pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, Pol
             Ok(h) if h.sha256.eq_ignore_ascii_case(&rule.sha256) => {
                 out.entries.push((h.id, h.entry))
             }
-            Ok(h) => out.skipped.push(format!(
+            Ok(h) => out.not_allowed.push(format!(
                 "{}: sha256 is {}, policy says {}",
                 rule.path.display(),
                 h.sha256,
                 rule.sha256
             )),
-            Err(e) => out.skipped.push(format!("{}: {e}", rule.path.display())),
+            Err(e) => out
+                .not_allowed
+                .push(format!("{}: {e}", rule.path.display())),
         }
     }
     for root in &policy.trusted_root {
@@ -135,11 +137,11 @@ pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, Pol
             .push(format!("trusted_root {}", root.path.display()));
         out.expected.push(None);
         let mut files = Vec::new();
-        executables_below(&root.path, 0, &mut files, &mut out.skipped);
+        executables_below(&root.path, 0, &mut files, &mut out.not_allowed);
         for path in files {
             match hash_file(&path, index) {
                 Ok(h) => out.entries.push((h.id, h.entry)),
-                Err(e) => out.skipped.push(format!("{}: {e}", path.display())),
+                Err(e) => out.not_allowed.push(format!("{}: {e}", path.display())),
             }
         }
     }
@@ -180,11 +182,11 @@ pub fn executables_below(
     dir: &Path,
     depth: usize,
     out: &mut Vec<PathBuf>,
-    skipped: &mut Vec<String>,
+    unreadable: &mut Vec<String>,
 ) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) => return skipped.push(format!("{}: {e}", dir.display())),
+        Err(e) => return unreadable.push(format!("{}: {e}", dir.display())),
     };
     for entry in entries.flatten() {
         let Ok(kind) = entry.file_type() else {
@@ -192,7 +194,7 @@ pub fn executables_below(
         };
         let path = entry.path();
         if kind.is_dir() && depth < MAX_ROOT_DEPTH {
-            executables_below(&path, depth + 1, out, skipped);
+            executables_below(&path, depth + 1, out, unreadable);
         } else if kind.is_file()
             && entry
                 .metadata()
@@ -236,8 +238,8 @@ mod tests {
         let policy = PolicyFile::parse(&text, Path::new("t")).unwrap();
         let compiled = compile(&policy, Path::new("t")).unwrap();
         // good + a + sub/b; not bad (hash), not missing, not data (no x bit).
-        assert_eq!(compiled.entries.len(), 3, "{:?}", compiled.skipped);
-        assert_eq!(compiled.skipped.len(), 2, "{:?}", compiled.skipped);
+        assert_eq!(compiled.entries.len(), 3, "{:?}", compiled.not_allowed);
+        assert_eq!(compiled.not_allowed.len(), 2, "{:?}", compiled.not_allowed);
         let meta = std::fs::metadata(&good).unwrap();
         let (id, entry) = compiled.entries[0];
         assert_eq!(id.ino, meta.ino());

@@ -86,7 +86,7 @@ mod tests {
         let policy = PolicyFile::parse(&text, Path::new("gen")).unwrap();
         assert_eq!(policy.allow.len(), 1);
         let compiled = compile(&policy, Path::new("gen")).unwrap();
-        assert_eq!(compiled.entries.len(), 1, "{:?}", compiled.skipped);
+        assert_eq!(compiled.entries.len(), 1, "{:?}", compiled.not_allowed);
     }
 
     #[test]

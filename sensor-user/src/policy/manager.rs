@@ -99,12 +99,12 @@ fn log_applied(compiled: &CompiledPolicy, generation: u64) {
         generation,
         mode = compiled.mode.as_str(),
         allowed_files = compiled.entries.len(),
-        skipped = compiled.skipped.len(),
+        not_allowed = compiled.not_allowed.len(),
         scoped_cgroups = compiled.scope.len(),
         "allowlist policy in force"
     );
-    for skipped in &compiled.skipped {
-        tracing::warn!("allowlist: not allowed: {skipped}");
+    for file in &compiled.not_allowed {
+        tracing::warn!("allowlist: not allowed: {file}");
     }
 }
 
