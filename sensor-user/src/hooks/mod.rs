@@ -196,6 +196,23 @@ fn attach_file_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
     attach_raw_tracepoint(ebpf, names::PROG_FILE_EXEC, names::PROG_EXEC)
 }
 
+/// Attaches the network programs: the TCP state raw tracepoint and the
+/// syscall tracepoints (each must attach: no syscall here is optional).
+fn attach_net_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
+    let (name, tracepoint) = names::NET_SOCK_STATE;
+    attach_raw_tracepoint(ebpf, name, tracepoint)?;
+    for (name, category, tracepoint) in names::NET_TRACEPOINTS {
+        let program: &mut TracePoint = program(ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| HookError::Program { name, source })?;
+        program
+            .attach(category, tracepoint)
+            .map_err(|source| HookError::Program { name, source })?;
+    }
+    Ok(())
+}
+
 fn try_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     let program: &mut aya::programs::Lsm = ebpf
@@ -271,7 +288,10 @@ impl ProcessHooks {
         if config.files {
             attach_file_programs(&mut ebpf)?;
         }
-        net::attach(&mut ebpf, &config.network)?;
+        if config.network.enabled {
+            net::fill_maps(&mut ebpf, &config.network)?;
+            attach_net_programs(&mut ebpf)?;
+        }
         let drops = ebpf
             .take_map(names::DROPS)
             .ok_or(HookError::Missing(names::DROPS))?;

@@ -7,7 +7,6 @@ use std::{collections::HashMap as StdHashMap, os::unix::fs::MetadataExt as _, pa
 use aya::{
     Ebpf,
     maps::{HashMap, LpmTrie, lpm_trie::Key},
-    programs::{RawTracePoint, TracePoint},
 };
 use sensor_common::{
     FileId, KernelOffsets, NetSettings, REMOTE_KEY_LEN, REMOTE_KEY_PORT_BITS, names, net_exclude,
@@ -56,11 +55,6 @@ pub enum NetHookError {
     Map {
         name: &'static str,
         source: aya::maps::MapError,
-    },
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
@@ -307,11 +301,9 @@ pub fn remote_key(p: &RemotePrefix) -> Key<[u8; REMOTE_KEY_LEN]> {
     Key::new(REMOTE_KEY_PORT_BITS + p.bits, data)
 }
 
-/// Fills the DNS-port and exclusion maps, then attaches the programs.
-pub fn attach(ebpf: &mut Ebpf, c: &NetHookConfig) -> Result<(), NetHookError> {
-    if !c.enabled {
-        return Ok(());
-    }
+/// Fills the DNS-port and exclusion maps (the loader attaches the
+/// programs, `hooks::attach_net_programs`).
+pub fn fill_maps(ebpf: &mut Ebpf, c: &NetHookConfig) -> Result<(), NetHookError> {
     fn map<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
         ebpf: &'a mut Ebpf,
         name: &'static str,
@@ -341,52 +333,7 @@ pub fn attach(ebpf: &mut Ebpf, c: &NetHookConfig) -> Result<(), NetHookError> {
             .insert(&remote_key(rule), i as u32, 0)
             .map_err(fail(names::NET_EXCLUDE_REMOTE))?;
     }
-    let (name, tracepoint) = names::NET_SOCK_STATE;
-    let program: &mut RawTracePoint = loaded(ebpf, name)?;
-    program
-        .attach(tracepoint)
-        .map_err(|source| NetHookError::Program { name, source })?;
-    for (name, category, tracepoint) in names::NET_TRACEPOINTS {
-        let program: &mut TracePoint = loaded(ebpf, name)?;
-        program
-            .attach(category, tracepoint)
-            .map_err(|source| NetHookError::Program { name, source })?;
-    }
     Ok(())
-}
-
-/// Program `name`, loaded (not yet attached).
-fn loaded<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, NetHookError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-    P: LoadNoArgs,
-{
-    let program: &mut P = ebpf
-        .program_mut(name)
-        .ok_or(NetHookError::Missing(name))?
-        .try_into()
-        .map_err(|source| NetHookError::Program { name, source })?;
-    program
-        .load_program()
-        .map_err(|source| NetHookError::Program { name, source })?;
-    Ok(program)
-}
-
-/// Program types whose `load` takes no arguments.
-trait LoadNoArgs {
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
-}
-
-impl LoadNoArgs for RawTracePoint {
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-}
-
-impl LoadNoArgs for TracePoint {
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
 }
 
 #[cfg(test)]
