@@ -31,6 +31,10 @@ pub const WATCH_ENTRIES: u32 = 4096;
 pub const WATCH_PREFIX_ENTRIES: u32 = 16384;
 /// Excluded executables (`WATCH_EXCLUDED_EXES`).
 pub const EXCLUDED_EXE_ENTRIES: u32 = 1024;
+/// Words of `WATCHED_INO_BITS`: a one-hash Bloom filter of the inode
+/// numbers of `WATCHED` keys (64 Ki bits), so an open of a file that is no
+/// watched root costs an array read instead of a hash lookup.
+pub const WATCHED_INO_WORDS: u32 = 1024;
 /// `PathRecord::anchor` when no anchor applies.
 pub const NO_ANCHOR: u32 = u32::MAX;
 
@@ -68,6 +72,14 @@ pub struct WatchEntry {
     pub anchor: u32,
     /// Mask of `1 << file_op::*` reported below this point; 0 = excluded.
     pub ops: u32,
+}
+
+/// The word of `WATCHED_INO_BITS` and the bit in it that stand for inode
+/// number `ino` (the same on both sides: one definition).
+#[inline(always)]
+pub const fn ino_bit(ino: u64) -> (u32, u64) {
+    let bit = (ino ^ (ino >> 16)) as u32 & (WATCHED_INO_WORDS * 64 - 1);
+    (bit / 64, 1 << (bit % 64))
 }
 
 /// Settings of the file programs (`FILE_SETTINGS[0]`).

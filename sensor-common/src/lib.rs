@@ -68,6 +68,7 @@ pub mod names {
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const WATCH_EXCLUDED_EXES: &str = "WATCH_EXCLUDED_EXES";
     pub const FILE_SETTINGS: &str = "FILE_SETTINGS";
+    pub const WATCHED_INO_BITS: &str = "WATCHED_INO_BITS";
     /// The syscall-entry programs of path operations, with the tracepoint
     /// (`syscalls:<name>`) each one attaches to.
     pub const FILE_ENTER_PROGRAMS: &[(&str, &str)] = &[

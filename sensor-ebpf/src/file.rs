@@ -22,13 +22,14 @@ use aya_ebpf::{
 use sensor_common::{
     EVENT_PARTIAL, EventKind, FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileId,
     FileRenameEvent, FileSettings, KernelOffsets, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
-    PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry, drop_reason, file::prefix_hash,
+    PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry, drop_reason,
+    file::{ino_bit, prefix_hash},
     file_op,
 };
 
 use crate::{
     kernel::{
-        ReadFailed, header, read_dentry_id, read_fd_file, read_file_dentry, read_fs_dentry,
+        ReadFailed, header, read, read_dentry_id, read_fd_file, read_file_dentry, read_fs_dentry,
         read_ptr, read_syscall_args, read_task, read_task_exe,
     },
     maps::{count_drop, offsets, output_event},
@@ -87,7 +88,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// directory never matches a stale entry. Both are pointers the open path
 /// already holds or reaches in one read.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct DirKey {
     dentry: u64,
     inode: u64,
@@ -98,6 +99,46 @@ struct DirKey {
 /// walk for almost every open outside the watched set.
 #[map]
 static UNWATCHED_DIRS: LruHashMap<DirKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// A slot of [`UNWATCHED_DIRS_CPU`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DirSlot {
+    key: DirKey,
+    generation: u64,
+}
+
+/// Slots of [`UNWATCHED_DIRS_CPU`] (a power of two).
+const DIR_SLOTS: u32 = 256;
+
+/// In front of `UNWATCHED_DIRS`: a small direct-mapped cache per CPU, read
+/// by index (no hashing, no shared cache line); a miss falls back to the
+/// LRU map.
+#[map]
+static UNWATCHED_DIRS_CPU: PerCpuArray<DirSlot> = PerCpuArray::with_max_entries(DIR_SLOTS, 0);
+
+/// `UNWATCHED_DIRS_CPU` slot of a directory (dentries are 64-byte aligned).
+#[inline(always)]
+fn dir_slot(key: &DirKey) -> Option<&'static mut DirSlot> {
+    let index = ((key.dentry >> 6) ^ (key.dentry >> 14)) as u32 & (DIR_SLOTS - 1);
+    // SAFETY: this CPU's slot, used by one program at a time.
+    UNWATCHED_DIRS_CPU
+        .get_ptr_mut(index)
+        .map(|slot| unsafe { &mut *slot })
+}
+
+/// The inode numbers of `WATCHED` keys, as a Bloom filter (see
+/// `sensor_common::file::ino_bit`); the daemon keeps it a superset.
+#[map]
+static WATCHED_INO_BITS: Array<u64> =
+    Array::with_max_entries(sensor_common::file::WATCHED_INO_WORDS, 0);
+
+/// False when no `WATCHED` key has inode number `ino`.
+#[inline(always)]
+fn maybe_watched_ino(ino: u64) -> bool {
+    let (word, bit) = ino_bit(ino);
+    WATCHED_INO_BITS.get(word).is_none_or(|w| w & bit != 0)
+}
 
 /// Successful watched renames: a directory moved into or out of a watched
 /// tree changes what its subtree's ancestry is, so it invalidates the cache.
@@ -382,14 +423,19 @@ fn match_dentry_with(
 }
 
 /// [`find_watched`] for a file: the file itself, then its directory's
-/// ancestry unless the cache knows the directory is outside the set.
+/// ancestry unless the caches know the directory is outside the set. An
+/// open outside the watched set usually ends at the first cache, after
+/// five reads and no hash lookup.
 #[inline(always)]
 fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, WatchEntry)> {
     let o = offsets()?;
-    let id = read_dentry_id(dentry, o).ok()?;
-    // SAFETY: the value is copied out at once.
-    if let Some(entry) = unsafe { WATCHED.get(id) } {
-        return Some((0, *entry));
+    let inode = read_ptr(dentry, o.dentry_inode).ok()?;
+    if !inode.is_null() && maybe_watched_ino(read::<u64>(inode, o.inode_ino).ok()?) {
+        let id = read_dentry_id(dentry, o).ok()?;
+        // SAFETY: the value is copied out at once.
+        if let Some(entry) = unsafe { WATCHED.get(id) } {
+            return Some((0, *entry));
+        }
     }
     let dir = read_ptr(dentry, o.dentry_parent).ok()?;
     if dir == dentry {
@@ -400,17 +446,26 @@ fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, Wa
         inode: read_ptr(dir, o.dentry_inode).ok()? as u64,
     };
     let generation = cache_generation();
-    // SAFETY: the value is copied out at once.
-    if unsafe { UNWATCHED_DIRS.get(key) }.copied() == Some(generation) {
+    let slot = dir_slot(&key);
+    if let Some(slot) = &slot
+        && slot.key == key
+        && slot.generation == generation
+    {
         return None;
     }
-    match find_watched(rec, dir) {
-        Some((levels, entry)) => Some((levels + 1, entry)),
-        None => {
-            let _ = UNWATCHED_DIRS.insert(key, generation, 0);
-            None
+    // SAFETY: the value is copied out at once.
+    let cached = unsafe { UNWATCHED_DIRS.get(key) }.copied() == Some(generation);
+    if !cached {
+        if let Some((levels, entry)) = find_watched(rec, dir) {
+            return Some((levels + 1, entry));
         }
+        let _ = UNWATCHED_DIRS.insert(key, generation, 0);
     }
+    if let Some(slot) = slot {
+        slot.key = key;
+        slot.generation = generation;
+    }
+    None
 }
 
 /// Fills `rec` for a path a syscall names (`dfd`, user string at `path`);
@@ -444,7 +499,7 @@ fn match_path(
     } else if dfd == AT_FDCWD {
         read_fs_dentry(task, false, o)
     } else {
-        read_fd_file(task, dfd as u32, o).and_then(|file| read_file_dentry(file, o))
+        read_fd_file(dfd as u32, o).and_then(|file| read_file_dentry(file, o))
     };
     let Ok(base) = base else { return false };
     let Ok(base_id) = read_dentry_id(base, o) else {
@@ -607,7 +662,7 @@ fn fd_op(op: u32, fd: u64, args: OpArgs) {
         return;
     };
     let task = current_task();
-    let Ok(dentry) = read_fd_file(task, fd as u32, o).and_then(|f| read_file_dentry(f, o)) else {
+    let Ok(dentry) = read_fd_file(fd as u32, o).and_then(|f| read_file_dentry(f, o)) else {
         return hold(None);
     };
     if !match_dentry(&mut ev.file.path, dentry, op) || excluded_exe(task, o) {
@@ -809,8 +864,7 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
     let task = current_task();
     let mut target = None;
     let args = if ret >= 0 {
-        let Ok(dentry) = read_fd_file(task, ret as u32, o).and_then(|f| read_file_dentry(f, o))
-        else {
+        let Ok(dentry) = read_fd_file(ret as u32, o).and_then(|f| read_file_dentry(f, o)) else {
             return;
         };
         target = Some(dentry);

@@ -194,11 +194,11 @@ fn excluded(s: &NetSettings, e: &Endpoints) -> bool {
     NET_EXCLUDE_REMOTE.get(Key::new(FULL, data)).is_some()
 }
 
-/// `task`'s `struct sock *` behind file descriptor `fd`, checked to be a
+/// The current task's `struct sock *` behind file descriptor `fd`, checked to be a
 /// socket (`socket->file` points back at the file).
 #[inline(always)]
-fn fd_sock(task: *const u8, fd: u64, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
-    let file = read_fd_file(task, u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
+fn fd_sock(fd: u64, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+    let file = read_fd_file(u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
     let socket = read_ptr(file, o.file_private_data)?;
     if read_ptr(socket, o.socket_file)? != file {
         return Err(ReadFailed);
@@ -206,19 +206,15 @@ fn fd_sock(task: *const u8, fd: u64, o: &KernelOffsets) -> Result<*const u8, Rea
     read_ptr(socket, o.socket_sk)
 }
 
-/// `task`'s UDP `struct sock *` and its family behind file descriptor
+/// The current task's UDP `struct sock *` and its family behind file descriptor
 /// `fd`; `None` for any other socket. The protocol is read before the
 /// socket is proved (`socket->file` points back, family INET): the hooks
 /// that call this run for every TCP connect and send, which leave here
 /// after as few reads as possible (a stray value from a non-socket file is
 /// caught by the proof).
 #[inline(always)]
-fn fd_udp_sock(
-    task: *const u8,
-    fd: u64,
-    o: &KernelOffsets,
-) -> Result<Option<(*const u8, u16)>, ReadFailed> {
-    let file = read_fd_file(task, u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
+fn fd_udp_sock(fd: u64, o: &KernelOffsets) -> Result<Option<(*const u8, u16)>, ReadFailed> {
+    let file = read_fd_file(u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
     let socket = read_ptr(file, o.file_private_data)?;
     let sk = read_ptr(socket, o.socket_sk)?;
     if sock_protocol(sk, o)? != IPPROTO_UDP {
@@ -529,7 +525,7 @@ fn try_accepted(
     let Some(task) = current_task(s, o) else {
         return Ok(());
     };
-    let sk = fd_sock(task, fd as u64, o)?;
+    let sk = fd_sock(fd as u64, o)?;
     let (family, protocol) = sock_kind(sk, o)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
@@ -636,7 +632,7 @@ fn udp_socket(
     let Some(task) = current_task(s, o) else {
         return Ok(None);
     };
-    Ok(fd_udp_sock(task, fd, o)?.map(|(sk, family)| (task, sk, family)))
+    Ok(fd_udp_sock(fd, o)?.map(|(sk, family)| (task, sk, family)))
 }
 
 /// Reports a UDP destination of socket `sk`: `addr` (a user sockaddr), or

@@ -127,6 +127,49 @@ async fn a_watched_read_is_one_event_and_an_unwatched_read_is_none() -> anyhow::
     Ok(())
 }
 
+/// A file watched on its own (like /etc/shadow) in a directory that is not:
+/// the kernel caches that directory as "outside the watched set" after the
+/// first unwatched open there, and the file must still be reported, also
+/// through a hard link in another unwatched directory (same inode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_in_an_unwatched_directory_survives_the_directory_cache()
+-> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let (secret, link) = (tree.path("other/secret"), tree.path("link-to-secret"));
+    std::fs::write(&secret, b"hash\n")?;
+    std::fs::hard_link(&secret, &link)?;
+    let watch = format!("[[files.watch]]\npath = \"{secret}\"\n");
+    let (_collector, mut sub, sensor) = start(&tree, &watch).await?;
+
+    // Warm every cache: many unwatched opens in both directories, from
+    // one process (one CPU's cache) and from many.
+    let notes = tree.path("other/notes.txt");
+    let warm: Vec<&str> = std::iter::repeat_n(notes.as_str(), 200).collect();
+    run("/bin/cat", &warm)?;
+    for _ in 0..4 {
+        run("/bin/cat", &[&notes])?;
+    }
+    let reader = run("/bin/cat", &[&secret])?;
+    let via_link = run("/bin/cat", &[&link])?;
+    barrier(&mut sub, &tree).await?;
+
+    let reads = by_pid(sub.files_under(&secret), reader);
+    assert_eq!(reads.len(), 1, "the watched file, read once: {reads:?}");
+    assert_eq!(reads[0].operation(), Operation::OpenRead);
+    let linked = by_pid(sub.files_under(""), via_link);
+    assert_eq!(
+        linked.len(),
+        1,
+        "its inode, through a hard link: {linked:?}"
+    );
+    assert!(
+        sub.files_under(&notes).is_empty(),
+        "its unwatched neighbour is never reported"
+    );
+    sensor.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renames_unlinks_and_attribute_changes_carry_both_paths() -> anyhow::Result<()> {
     let tree = Tree::new()?;

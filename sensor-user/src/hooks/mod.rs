@@ -334,6 +334,8 @@ impl ProcessHooks {
             prefixes: take(&mut self.ebpf, names::WATCH_PREFIXES)?,
             excluded_exes: take(&mut self.ebpf, names::WATCH_EXCLUDED_EXES)?,
             settings: take(&mut self.ebpf, names::FILE_SETTINGS)?,
+            ino_bits: take(&mut self.ebpf, names::WATCHED_INO_BITS)?,
+            ino_words: vec![0; sensor_common::file::WATCHED_INO_WORDS as usize],
             generation: 0,
         })
     }

@@ -14,6 +14,9 @@ pub struct WatchMaps {
     pub(crate) prefixes: HashMap<MapData, u64, WatchEntry>,
     pub(crate) excluded_exes: HashMap<MapData, FileId, u8>,
     pub(crate) settings: Array<MapData, FileSettings>,
+    /// The kernel's filter of `watched` inode numbers, and what it holds.
+    pub(crate) ino_bits: Array<MapData, u64>,
+    pub(crate) ino_words: Vec<u64>,
     /// Last `FileSettings::generation` written.
     pub(crate) generation: u32,
 }
@@ -53,7 +56,17 @@ impl WatchMaps {
             .collect();
         let exes: Vec<(FileId, u8)> = c.excluded_exes.iter().map(|id| (*id, 1)).collect();
         let prefixes: Vec<(u64, WatchEntry)> = c.prefixes.iter().map(|(k, v)| (*k, *v)).collect();
+        // The filter must cover every key the map holds at any moment: the
+        // old and new keys together while the map changes, then the new.
+        let wanted = ino_words(watched.iter().map(|(id, _)| id.ino));
+        let both: Vec<u64> = wanted
+            .iter()
+            .zip(&self.ino_words)
+            .map(|(new, old)| new | old)
+            .collect();
+        self.write_ino_words(&both)?;
         sync(&mut self.watched, &watched).map_err(map_err(names::WATCHED))?;
+        self.write_ino_words(&wanted)?;
         sync(&mut self.prefixes, &prefixes).map_err(map_err(names::WATCH_PREFIXES))?;
         sync(&mut self.excluded_exes, &exes).map_err(map_err(names::WATCH_EXCLUDED_EXES))?;
         self.generation = self.generation.wrapping_add(1);
@@ -68,12 +81,35 @@ impl WatchMaps {
             .map_err(map_err(names::FILE_SETTINGS))
     }
 
+    /// Writes the filter words that differ from what the kernel holds.
+    fn write_ino_words(&mut self, words: &[u64]) -> Result<(), WatchError> {
+        for (index, (&word, held)) in words.iter().zip(self.ino_words.iter_mut()).enumerate() {
+            if word != *held {
+                self.ino_bits
+                    .set(index as u32, word, 0)
+                    .map_err(map_err(names::WATCHED_INO_BITS))?;
+                *held = word;
+            }
+        }
+        Ok(())
+    }
+
     /// Turns the file programs off (they then return at once).
     pub fn disable(&mut self) -> Result<(), WatchError> {
         self.settings
             .set(0, FileSettings::default(), 0)
             .map_err(map_err(names::FILE_SETTINGS))
     }
+}
+
+/// The `WATCHED_INO_BITS` words that stand for `inos`.
+fn ino_words(inos: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut words = vec![0; file::WATCHED_INO_WORDS as usize];
+    for ino in inos {
+        let (word, bit) = file::ino_bit(ino);
+        words[word as usize] |= bit;
+    }
+    words
 }
 
 /// Inserts every wanted pair, then removes keys no longer wanted.
