@@ -98,6 +98,42 @@ pub struct FileSettings {
     pub _pad: u32,
 }
 
+/// Entries of `OPEN_REPEATS`: (process, file, operation, flags) pairs of
+/// the two live generations together. When it is full, opens are reported
+/// one by one again (nothing is lost, only not coalesced).
+pub const OPEN_REPEAT_ENTRIES: u32 = 16384;
+
+/// Key of `OPEN_REPEATS`: one successful open of a watched file, as it is
+/// coalesced with its repeats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpenRepeatKey {
+    pub tgid: u32,
+    /// `s_dev` (kernel encoding) and inode of the file.
+    pub dev: u32,
+    pub ino: u64,
+    /// open(2) flags as passed.
+    pub flags: u32,
+    /// `file_op::OPEN_READ` or `file_op::OPEN_WRITE`.
+    pub op: u32,
+    /// `OPEN_REPEAT_GEN[0]` when the open was reported: the daemon moves it
+    /// on every window and collects the generation before last, which no
+    /// program can still be writing.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Value of `OPEN_REPEATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenRepeatCount {
+    /// Opens after the reported one (added atomically).
+    pub count: u64,
+    /// CLOCK_BOOTTIME of the reported open and of the last repeat.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
 /// `PathRecord::flags`: the dentry chain did not fit and was cut.
 pub const PATH_CHAIN_TRUNCATED: u32 = 1 << 0;
 /// `PathRecord::flags`: the path string did not fit and was cut.
@@ -211,4 +247,6 @@ mod pod {
     unsafe impl aya::Pod for super::PathRecord {}
     unsafe impl aya::Pod for super::FileEvent {}
     unsafe impl aya::Pod for super::FileRenameEvent {}
+    unsafe impl aya::Pod for super::OpenRepeatKey {}
+    unsafe impl aya::Pod for super::OpenRepeatCount {}
 }

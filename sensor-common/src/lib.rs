@@ -69,6 +69,8 @@ pub mod names {
     pub const WATCH_EXCLUDED_EXES: &str = "WATCH_EXCLUDED_EXES";
     pub const FILE_SETTINGS: &str = "FILE_SETTINGS";
     pub const WATCHED_INO_BITS: &str = "WATCHED_INO_BITS";
+    pub const OPEN_REPEATS: &str = "OPEN_REPEATS";
+    pub const OPEN_REPEAT_GEN: &str = "OPEN_REPEAT_GEN";
     /// The syscall-entry programs of path operations, with the tracepoint
     /// (`syscalls:<name>`) each one attaches to.
     pub const FILE_ENTER_PROGRAMS: &[(&str, &str)] = &[

@@ -9,11 +9,14 @@
 //! failed opens) are decided on the base directory's dentry plus the path
 //! string, held in `PENDING` at entry and completed with the result at exit.
 
-use aya_ebpf::{EbpfContext as _, cty::c_void};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{EbpfContext as _, bindings::BPF_NOEXIST, cty::c_void};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes, generated::bpf_loop,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::bpf_loop,
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -23,6 +26,7 @@ use sensor_common::{
     EVENT_PARTIAL, EventKind, FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileId,
     FileRenameEvent, FileSettings, KernelOffsets, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
     PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry, drop_reason,
+    file::{OpenRepeatCount, OpenRepeatKey},
     file::{ino_bit, prefix_hash},
     file_op,
 };
@@ -842,6 +846,57 @@ fn open_op(flags: u32) -> u32 {
     }
 }
 
+/// Opens already reported in this window, counted instead of reported
+/// again (see `OpenRepeatKey`); the daemon turns each count into one
+/// summary event.
+#[map]
+static OPEN_REPEATS: HashMap<OpenRepeatKey, OpenRepeatCount> =
+    HashMap::with_max_entries(sensor_common::file::OPEN_REPEAT_ENTRIES, 0);
+
+/// The current coalescing generation, moved by the daemon every window;
+/// 0: every open is reported.
+#[map]
+static OPEN_REPEAT_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// True when the current process already had this successful open of this
+/// file (same operation and flags) reported in this window: the open is
+/// only counted. Otherwise the open starts a count and is reported.
+#[inline(always)]
+fn repeated(id: FileId, flags: u32, op: u32) -> bool {
+    let generation = OPEN_REPEAT_GEN.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return false;
+    }
+    let key = OpenRepeatKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        dev: id.dev,
+        ino: id.ino,
+        flags,
+        op,
+        generation,
+        _pad: 0,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(count) = OPEN_REPEATS.get_ptr_mut(key) {
+        // SAFETY: an aligned u64 in map memory that other CPUs add to
+        // atomically too; the daemon reads it only a generation later.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*count).count, 1);
+            (*count).last_ns = now;
+        }
+        return true;
+    }
+    let first = OpenRepeatCount {
+        count: 0,
+        first_ns: now,
+        last_ns: now,
+    };
+    // Full map, or another CPU just won the race: reported one by one.
+    let _ = OPEN_REPEATS.insert(key, first, BPF_NOEXIST as u64);
+    false
+}
+
 /// Exit of an open: decides on the file the kernel opened, or on the path
 /// for a refused open. There is no entry program: the arguments are read
 /// from the saved registers, and only for an open that may be reported, so
@@ -894,6 +949,12 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
     if excluded_exe(task, o) {
         return;
     }
+    let target = target.and_then(|dentry| read_dentry_id(dentry, o).ok());
+    if let Some(id) = target
+        && repeated(id, flags, open_op(flags))
+    {
+        return;
+    }
     begin(
         &mut ev.file,
         EventKind::File,
@@ -902,8 +963,9 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
         &OpArgs::mode(flags, mode),
         o,
     );
-    if let Some(dentry) = target {
-        set_target(&mut ev.file, dentry, o);
+    if let Some(id) = target {
+        ev.file.dev = id.dev;
+        ev.file.ino = id.ino;
     }
     ev.file.result = ret;
     output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);

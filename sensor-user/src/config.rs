@@ -88,6 +88,11 @@ pub struct FilesConfig {
     /// Seconds between re-reads of the watched set (paths that appeared,
     /// files replaced by rename). 0: only at start and SIGHUP.
     pub refresh_seconds: u64,
+    /// Repeats of one successful open (same process, file, operation and
+    /// flags) inside this window are counted in the kernel and reported as
+    /// one summary event per window, instead of one event each. 0: every
+    /// open is its own event.
+    pub open_repeat_window_ms: u64,
 }
 
 /// One `[[files.watch]]` entry.
@@ -148,6 +153,7 @@ impl Default for FilesConfig {
             exclude_paths: Vec::new(),
             exclude_processes: Vec::new(),
             refresh_seconds: 30,
+            open_repeat_window_ms: 1000,
         }
     }
 }
@@ -186,7 +192,13 @@ impl FilesConfig {
         for (i, path) in self.exclude_processes.iter().enumerate() {
             check_absolute(&format!("files.exclude_processes[{i}]"), path)?;
         }
-        in_range("files.refresh_seconds", self.refresh_seconds, 0, 86_400)
+        in_range("files.refresh_seconds", self.refresh_seconds, 0, 86_400)?;
+        in_range(
+            "files.open_repeat_window_ms",
+            self.open_repeat_window_ms,
+            0,
+            60_000,
+        )
     }
 }
 
@@ -635,6 +647,10 @@ mod tests {
             (
                 "[pipeline]\nevent_queue_capacity = 0",
                 "pipeline.event_queue_capacity",
+            ),
+            (
+                "[files]\nopen_repeat_window_ms = 60001",
+                "files.open_repeat_window_ms",
             ),
             ("[log]\nlevel = \"info,foo=notalevel\"", "log.level"),
             ("[host]\nid = \"\"", "host.id"),

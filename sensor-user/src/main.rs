@@ -361,6 +361,15 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     } else {
         (None, None, None)
     };
+    let mut repeats = if config.files.enabled {
+        let window = std::time::Duration::from_millis(config.files.open_repeat_window_ms);
+        Some(
+            watch::repeats::OpenRepeats::start(hooks.take_repeat_maps()?, window)
+                .context("open coalescing")?,
+        )
+    } else {
+        None
+    };
     let net_ring = hooks.take_net_ring()?;
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
@@ -397,39 +406,59 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
             .chain(file_ring)
             .chain(std::iter::once(net_ring))
             .collect(),
-        move |record| match events::decode(record) {
-            Ok(events::KernelEvent::Policy(mut block)) => {
-                block.rule = rules.name(block.rule_index);
-                if block.blocked {
-                    respond(&mut detector, &detection_tx);
+        move |ring_event| {
+            let record = match ring_event {
+                hooks::RingEvent::Record(record) => record,
+                hooks::RingEvent::Drained { last } => {
+                    let Some(repeats) = &mut repeats else { return };
+                    match repeats.collect(std::time::Instant::now(), last) {
+                        Ok(summaries) => {
+                            for file in summaries {
+                                _ = sender.push(events::KernelEvent::File(Box::new(file)));
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot collect repeated opens"),
+                    }
+                    return;
                 }
-                if let (Some(tx), Some(rule), sensor_common::reason::MODIFIED) =
-                    (&retrust_tx, block.rule_index, block.reason)
-                {
-                    let _ = tx.send(PolicyCommand::Retrust {
-                        file: sensor_common::FileId {
-                            dev: events::user_dev_to_kernel(block.device),
-                            _pad: 0,
-                            ino: block.inode,
-                        },
-                        rule,
-                        path: block.filename.clone(),
-                    });
+            };
+            match events::decode(record) {
+                Ok(events::KernelEvent::Policy(mut block)) => {
+                    block.rule = rules.name(block.rule_index);
+                    if block.blocked {
+                        respond(&mut detector, &detection_tx);
+                    }
+                    if let (Some(tx), Some(rule), sensor_common::reason::MODIFIED) =
+                        (&retrust_tx, block.rule_index, block.reason)
+                    {
+                        let _ = tx.send(PolicyCommand::Retrust {
+                            file: sensor_common::FileId {
+                                dev: events::user_dev_to_kernel(block.device),
+                                _pad: 0,
+                                ino: block.inode,
+                            },
+                            rule,
+                            path: block.filename.clone(),
+                        });
+                    }
+                    _ = sender.push(events::KernelEvent::Policy(block));
                 }
-                _ = sender.push(events::KernelEvent::Policy(block));
-            }
-            Ok(events::KernelEvent::File(mut file)) => {
-                anchors.resolve_record(&mut file);
-                if let Some(tx) = &watch_notice {
-                    watch::manager::notice(tx, &file);
+                Ok(events::KernelEvent::File(mut file)) => {
+                    anchors.resolve_record(&mut file);
+                    if let Some(tx) = &watch_notice {
+                        watch::manager::notice(tx, &file);
+                    }
+                    if let Some(repeats) = &mut repeats {
+                        repeats.observe(&file);
+                    }
+                    _ = sender.push(events::KernelEvent::File(file));
                 }
-                _ = sender.push(events::KernelEvent::File(file));
-            }
-            // A refused push is already counted by the pipeline.
-            Ok(event) => _ = sender.push(event),
-            Err(e) => {
-                reader_drops.add_malformed_kernel_records(1);
-                tracing::warn!(error = %e, "undecodable kernel record");
+                // A refused push is already counted by the pipeline.
+                Ok(event) => _ = sender.push(event),
+                Err(e) => {
+                    reader_drops.add_malformed_kernel_records(1);
+                    tracing::warn!(error = %e, "undecodable kernel record");
+                }
             }
         },
         async move {

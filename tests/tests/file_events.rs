@@ -170,6 +170,80 @@ async fn a_watched_file_in_an_unwatched_directory_survives_the_directory_cache()
     Ok(())
 }
 
+/// Opens of one watched file by one process, the same way, from two threads
+/// at once: each window reports the first in full and counts the rest in
+/// the kernel; the reported opens plus the summaries' counts are exactly
+/// the opens made (the count is atomic: both threads add to it), and an
+/// open with other flags is its own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_opens_are_counted_not_lost() -> anyhow::Result<()> {
+    const PER_THREAD: u64 = 20_000;
+    let tree = Tree::new()?;
+    let (_collector, mut sub, sensor) = start(&tree, "open_repeat_window_ms = 200").await?;
+    let path = tree.path("phi/rx.db");
+
+    let storm: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                for _ in 0..PER_THREAD {
+                    std::fs::File::open(&path)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in storm {
+        thread.join().expect("storm thread")?;
+    }
+    std::fs::OpenOptions::new().append(true).open(&path)?;
+    let me = std::process::id();
+    let opens = |s: &Subscription| -> (u64, u64, Vec<FileEvent>) {
+        let mine: Vec<FileEvent> = by_pid(s.files_under(&path), me)
+            .into_iter()
+            .filter(|f| f.operation() == Operation::OpenRead)
+            .cloned()
+            .collect();
+        let reported = mine.iter().filter(|f| f.repeats == 0).count() as u64;
+        let repeats = mine.iter().map(|f| f.repeats).sum();
+        (reported, repeats, mine)
+    };
+    sub.until(Duration::from_secs(20), |s| {
+        let (reported, repeats, _) = opens(s);
+        reported + repeats >= 2 * PER_THREAD
+    })
+    .await?;
+    // Two more windows: a late or double count would show up by then.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    barrier(&mut sub, &tree).await?;
+
+    let (reported, repeats, mine) = opens(&sub);
+    assert_eq!(
+        reported + repeats,
+        2 * PER_THREAD,
+        "every open accounted for"
+    );
+    assert!(
+        reported < 20,
+        "coalesced: {reported} opens reported in full"
+    );
+    for summary in mine.iter().filter(|f| f.repeats > 0) {
+        assert_eq!(summary.path, path);
+        assert_eq!(summary.result, 0);
+        assert_eq!(summary.flags & 0o3, 0, "O_RDONLY, as the reported open");
+        assert!(summary.repeat_first_ns <= summary.repeat_last_ns);
+        let process = summary.process.as_ref().expect("process");
+        assert_eq!(process.pid, me);
+    }
+    let writes: Vec<_> = by_pid(sub.files_under(&path), me)
+        .into_iter()
+        .filter(|f| f.operation() == Operation::OpenWrite)
+        .collect();
+    assert_eq!(writes.len(), 1, "other flags, its own event: {writes:?}");
+    sensor.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renames_unlinks_and_attribute_changes_carry_both_paths() -> anyhow::Result<()> {
     let tree = Tree::new()?;

@@ -114,6 +114,9 @@ fn event_json(e: &HostEvent) -> Value {
             "gid": f.gid,
             "file_device": f.file.map(|f| f.device),
             "file_inode": f.file.map(|f| f.inode),
+            "repeats": f.repeats,
+            "repeat_first_ns": f.repeat_first_ns,
+            "repeat_last_ns": f.repeat_last_ns,
         }),
         Some(event::Kind::Network(n)) => json!({
             "op": match n.op() {

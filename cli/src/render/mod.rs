@@ -130,17 +130,23 @@ pub(crate) mod fixtures {
         wrap(2_000_000_000, e)
     }
 
+    /// An event without its kind yet, and the process it is about.
+    fn event_of(pid: u32, comm: &str) -> (Event, Option<proto::telemetry::v1::Process>) {
+        let mut e = testkit::fork_event(pid, 1, comm);
+        let process = match e.kind.take() {
+            Some(event::Kind::Fork(f)) => f.process,
+            _ => None,
+        };
+        (e, process)
+    }
+
     pub fn network(
         op: proto::telemetry::v1::network_event::Op,
         remote: &str,
         dns: Option<&str>,
     ) -> SubscribeResponse {
         use proto::telemetry::v1::{DnsQuestion, NetworkEvent, network_event};
-        let mut e = testkit::fork_event(4242, 1, "curl");
-        let process = match e.kind.take() {
-            Some(event::Kind::Fork(f)) => f.process,
-            _ => None,
-        };
+        let (mut e, process) = event_of(4242, "curl");
         e.kind = Some(event::Kind::Network(NetworkEvent {
             process,
             op: op as i32,
@@ -164,6 +170,25 @@ pub(crate) mod fixtures {
             dns_error: String::new(),
         }));
         wrap(3_000_000_000, e)
+    }
+
+    /// A read of the PHI database; with `repeats`, the summary of its
+    /// coalesced repeats.
+    pub fn file_read(repeats: u64) -> SubscribeResponse {
+        use proto::telemetry::v1::{FileEvent, file_event};
+        let (mut e, process) = event_of(4242, "pos-app");
+        e.kind = Some(event::Kind::File(FileEvent {
+            process,
+            operation: file_event::Operation::OpenRead as i32,
+            path: "/var/lib/pharmacy/rx.db".into(),
+            flags: 0o2000000,
+            result: if repeats > 0 { 0 } else { 3 },
+            repeats,
+            repeat_first_ns: if repeats > 0 { 4_000_000_000 } else { 0 },
+            repeat_last_ns: if repeats > 0 { 4_900_000_000 } else { 0 },
+            ..FileEvent::default()
+        }));
+        wrap(4_900_000_000, e)
     }
 
     pub fn sequence(kind: sequence_record::Kind, first: u64, last: u64) -> SubscribeResponse {

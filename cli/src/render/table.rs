@@ -112,6 +112,14 @@ fn file_details(f: &FileEvent) -> String {
     if f.result < 0 {
         let _ = write!(out, "  FAILED errno={}", -f.result);
     }
+    if f.repeats > 0 {
+        let _ = write!(
+            out,
+            "  x{} more since {}",
+            f.repeats,
+            boot_seconds(f.repeat_first_ns)
+        );
+    }
     out
 }
 
@@ -427,6 +435,20 @@ mod tests {
         assert!(!line.contains("->"), "{line}");
         let line = render(&fixtures::network(Op::Connect, "x\u{1b}[2J", None));
         assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+
+    #[test]
+    fn coalesced_opens_show_their_count_and_start() {
+        let line = render(&fixtures::file_read(0));
+        assert!(
+            line.ends_with("read /var/lib/pharmacy/rx.db"),
+            "a reported open: {line}"
+        );
+        let line = render(&fixtures::file_read(49_999));
+        assert!(
+            line.ends_with("read /var/lib/pharmacy/rx.db  x49999 more since 4.000"),
+            "its summary: {line}"
+        );
     }
 
     #[test]

@@ -147,6 +147,9 @@ impl Enricher {
                 device: f.device,
                 inode: f.inode,
             }),
+            repeats: f.repeats.map_or(0, |r| r.count),
+            repeat_first_ns: f.repeats.map_or(0, |r| r.first_ns),
+            repeat_last_ns: f.repeats.map_or(0, |r| r.last_ns),
         }
     }
 

@@ -124,6 +124,7 @@ fn file_record(raw: &FileEvent, raw_new_path: Option<RawPath>, partial: bool) ->
         path: String::new(),
         new_path: None,
         partial,
+        repeats: None,
     }
 }
 

@@ -155,6 +155,18 @@ pub struct FileRecord {
     pub path: String,
     pub new_path: Option<String>,
     pub partial: bool,
+    /// Set on a summary of coalesced opens.
+    pub repeats: Option<Repeats>,
+}
+
+/// Opens counted in the kernel after the one reported in full (see
+/// [`crate::watch::repeats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repeats {
+    pub count: u64,
+    /// CLOCK_BOOTTIME of the reported open and of the last repeat.
+    pub first_ns: u64,
+    pub last_ns: u64,
 }
 
 /// A network event (see `sensor_common::net_op` for `op`).

@@ -18,7 +18,7 @@ use sensor_common::{AllowEntry, FileId, drop_reason, names};
 use crate::watch::kernel::WatchMaps;
 
 pub use btf::{BtfError, KernelBtf};
-pub use ringbuf::{read_rings, register_readable};
+pub use ringbuf::{RingEvent, read_rings, register_readable};
 
 /// aya-log's reader of the programs' log ring buffer (forwards to `log`).
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -337,6 +337,14 @@ impl ProcessHooks {
             ino_bits: take(&mut self.ebpf, names::WATCHED_INO_BITS)?,
             ino_words: vec![0; sensor_common::file::WATCHED_INO_WORDS as usize],
             generation: 0,
+        })
+    }
+
+    /// Takes the open-coalescing maps (once).
+    pub fn take_repeat_maps(&mut self) -> Result<crate::watch::repeats::RepeatMaps, HookError> {
+        Ok(crate::watch::repeats::RepeatMaps {
+            counts: take(&mut self.ebpf, names::OPEN_REPEATS)?,
+            generation: take(&mut self.ebpf, names::OPEN_REPEAT_GEN)?,
         })
     }
 

@@ -11,9 +11,18 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// sensor-ebpf `submit_process_event`); this timer bounds their latency.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Calls `on_record` for every record of `rings` until `shutdown`
-/// resolves, then drains what is left so nothing already committed is lost
-/// on a clean stop.
+/// What [`read_rings`] hands its caller.
+pub enum RingEvent<'a> {
+    /// One record, in ring order.
+    Record(&'a [u8]),
+    /// Every ring was just drained (on a wakeup or the timer); `last` on
+    /// the final drain after `shutdown`.
+    Drained { last: bool },
+}
+
+/// Calls `on_event` for every record of `rings` and after each drain until
+/// `shutdown` resolves, then drains what is left so nothing already
+/// committed is lost on a clean stop.
 ///
 /// One task reads every ring and always drains them in the given order: a
 /// task's exec (process ring) is committed before anything it does next, so
@@ -21,7 +30,7 @@ pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// file or socket event of the same process.
 pub async fn read_rings(
     rings: Vec<RingBuf<MapData>>,
-    mut on_record: impl FnMut(&[u8]),
+    mut on_event: impl FnMut(RingEvent<'_>),
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut fds = rings
@@ -43,17 +52,19 @@ pub async fn read_rings(
             _ = tick.tick() => {}
             () = &mut shutdown => break,
         }
-        drain(&mut fds, &mut on_record);
+        drain(&mut fds, &mut on_event);
+        on_event(RingEvent::Drained { last: false });
     }
-    drain(&mut fds, &mut on_record);
+    drain(&mut fds, &mut on_event);
+    on_event(RingEvent::Drained { last: true });
     Ok(())
 }
 
-fn drain(fds: &mut [AsyncFd<RingBuf<MapData>>], on_record: &mut impl FnMut(&[u8])) {
+fn drain(fds: &mut [AsyncFd<RingBuf<MapData>>], on_event: &mut impl FnMut(RingEvent<'_>)) {
     for fd in fds {
         let ring = fd.get_mut();
         while let Some(record) = ring.next() {
-            on_record(&record);
+            on_event(RingEvent::Record(&record));
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod kernel;
 pub mod manager;
+pub mod repeats;
 
 use std::{
     collections::{BTreeMap, HashMap},

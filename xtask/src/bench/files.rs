@@ -1,7 +1,8 @@
 //! File telemetry costs: an open storm (open + close, two threads) on files
-//! outside the watched set and inside it, each against the same storm with
-//! no sensor, alternated round by round; then a paced run of watched opens
-//! that must all arrive with no drop.
+//! outside the watched set and inside it (repeats coalesced, as shipped, and
+//! with coalescing off: one event per open), each against the same storm
+//! with no sensor, alternated round by round; then a paced run of watched
+//! opens, coalescing off, that must all arrive with no drop.
 
 use std::{
     fmt::Write as _,
@@ -27,6 +28,7 @@ pub struct FileBench {
     without: Duration,
     unwatched: Duration,
     watched: Duration,
+    watched_each: Duration,
     bpf_ns_per_unwatched_open: f64,
     bpf_ns_per_watched_open: f64,
     paced_rate: f64,
@@ -60,9 +62,11 @@ impl Tree {
             .collect()
     }
 
-    fn config(&self) -> String {
+    /// The sensor's config; `open_repeat_window_ms` 0: every open is its
+    /// own event.
+    fn config(&self, open_repeat_window_ms: u64) -> String {
         format!(
-            "[log]\nlevel = \"warn\"\n[kernel]\nfile_ringbuf_bytes = 33554432\n[files]\nrefresh_seconds = 0\n[[files.watch]]\npath = \"{}\"\n",
+            "[log]\nlevel = \"warn\"\n[kernel]\nfile_ringbuf_bytes = 33554432\n[files]\nrefresh_seconds = 0\nopen_repeat_window_ms = {open_repeat_window_ms}\n[[files.watch]]\npath = \"{}\"\n",
             self.dir.path().join("phi").display()
         )
     }
@@ -82,29 +86,36 @@ fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<Duration
 pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Result<FileBench> {
     let tree = Tree::new()?;
     let (work, phi) = (tree.files("work"), tree.files("phi"));
-    let config = tree.config();
+    let config = tree.config(1000);
+    let config_each = tree.config(0);
     let mut r = FileBench {
         opens,
         rounds,
         ..FileBench::default()
     };
-    let (mut without, mut unwatched, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut without, mut unwatched, mut watched, mut watched_each) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
         unwatched.push(open_storm(opens, &work, None)?);
         watched.push(open_storm(opens, &phi, None)?);
         sensor.stop()?;
         without.push(open_storm(opens, &work, None)?);
+        let sensor = SensorProcess::start_with(url, &config_each, Stdio::inherit())?;
+        watched_each.push(open_storm(opens, &phi, None)?);
+        sensor.stop()?;
         println!(
-            "files round {round}: without {:.3}s, unwatched {:.3}s, watched {:.3}s",
+            "files round {round}: without {:.3}s, unwatched {:.3}s, watched {:.3}s, watched with coalescing off {:.3}s",
             without[round].as_secs_f64(),
             unwatched[round].as_secs_f64(),
-            watched[round].as_secs_f64()
+            watched[round].as_secs_f64(),
+            watched_each[round].as_secs_f64()
         );
     }
     r.without = median(&without);
     r.unwatched = median(&unwatched);
     r.watched = median(&watched);
+    r.watched_each = median(&watched_each);
     // The kernel's share, outside the timed rounds (stats slow BPF a bit).
     let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
     let stats = BpfStats::enable()?;
@@ -118,11 +129,12 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
     r.bpf_ns_per_unwatched_open = (middle.0 - before.0) as f64 / opens as f64;
     r.bpf_ns_per_watched_open = (after.0 - middle.0) as f64 / opens as f64;
 
-    // Paced watched opens: each one an event; all must arrive, no drops.
-    let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
+    // Paced watched opens, coalescing off: each one an event; all must
+    // arrive, no drops, at 100k/s or more (asked: 110k/s).
+    let sensor = SensorProcess::start_with(url, &config_each, Stdio::inherit())?;
     let before = host_totals(collector);
-    let n = 200_000;
-    let took = open_storm(n, &phi, Some(100_000.0))?;
+    let n = 220_000;
+    let took = open_storm(n, &phi, Some(110_000.0))?;
     r.paced_rate = n as f64 / took.as_secs_f64();
     r.paced_sent = n as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -149,6 +161,7 @@ impl FileBench {
         let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
         let ratio = |d: Duration| d.as_secs_f64() / self.without.as_secs_f64();
         let (unwatched, watched) = (ratio(self.unwatched), ratio(self.watched));
+        let watched_each = ratio(self.watched_each);
         let _ = writeln!(
             t,
             "| open storm ({} open+close, 2 threads, {} rounds), files outside the watched set / no sensor | {unwatched:.3} ({:.3} s / {:.3} s) | <= 1.05 | {} |",
@@ -160,24 +173,29 @@ impl FileBench {
         );
         let _ = writeln!(
             t,
-            "| open storm, every open a watched file (one event each) / no sensor | {watched:.3} ({:.3} s) | <= 1.25 | {} |",
+            "| open storm, every open a watched file, repeats coalesced (default `open_repeat_window_ms = 1000`) / no sensor | {watched:.3} ({:.3} s) | <= 1.25 | {} |",
             self.watched.as_secs_f64(),
             verdict(watched <= 1.25)
         );
         let _ = writeln!(
             t,
-            "| kernel side: BPF time per open (the open's exit program), unwatched / watched | {:.0} ns / {:.0} ns | - | - |",
+            "| the same with coalescing off (`open_repeat_window_ms = 0`: one event per open) / no sensor | {watched_each:.3} ({:.3} s) | - | - |",
+            self.watched_each.as_secs_f64(),
+        );
+        let _ = writeln!(
+            t,
+            "| kernel side: BPF time per open (the open's exit program), unwatched / watched and coalesced | {:.0} ns / {:.0} ns | - | - |",
             self.bpf_ns_per_unwatched_open, self.bpf_ns_per_watched_open
         );
         let all = self.paced_arrived >= self.paced_sent && self.paced_drops == 0;
         let _ = writeln!(
             t,
-            "| watched file events, paced: arrived / sent at {:.0} events/s, drops | {} / {}, {} drops | >= 100,000/s, 0 drops | {} |",
+            "| watched file events, coalescing off, paced: arrived / sent at {:.0} events/s, drops | {} / {}, {} drops | >= 100,000/s, 0 drops | {} |",
             self.paced_rate,
             self.paced_arrived,
             self.paced_sent,
             self.paced_drops,
-            verdict(all && self.paced_rate >= 100_000.0 * 0.95)
+            verdict(all && self.paced_rate >= 100_000.0)
         );
     }
 }
