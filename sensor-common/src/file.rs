@@ -92,10 +92,12 @@ pub struct FileSettings {
     /// The sensor's own process: its reads of watched files (hashing,
     /// config reload) are never events.
     pub self_tgid: u32,
-    /// Changes with every new watch set: invalidates the kernel's cache of
-    /// directories known to be outside the watched set.
+    /// Changes with every new watch set: invalidates the kernel's caches of
+    /// directories' places in the watched set.
     pub generation: u32,
-    pub _pad: u32,
+    /// Entries in `WATCH_EXCLUDED_EXES`: without any, no program reads the
+    /// process's executable to check it.
+    pub excluded_exes: u32,
 }
 
 /// Entries of `OPEN_REPEATS`: (process, file, operation, flags) pairs of

@@ -104,29 +104,35 @@ struct DirKey {
 #[map]
 static UNWATCHED_DIRS: LruHashMap<DirKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// A slot of [`UNWATCHED_DIRS_CPU`].
+/// A slot of [`DIRS_CPU`]: a directory's place in the watched set, as
+/// the walk found it in `generation`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct DirSlot {
     key: DirKey,
     generation: u64,
+    /// Non-zero: `entry` is the nearest watched root or exclusion above
+    /// (or at) the directory, `levels` up; zero: outside the watched set.
+    found: u32,
+    levels: u32,
+    entry: WatchEntry,
 }
 
-/// Slots of [`UNWATCHED_DIRS_CPU`] (a power of two).
+/// Slots of [`DIRS_CPU`] (a power of two).
 const DIR_SLOTS: u32 = 256;
 
-/// In front of `UNWATCHED_DIRS`: a small direct-mapped cache per CPU, read
-/// by index (no hashing, no shared cache line); a miss falls back to the
-/// LRU map.
+/// In front of the walk and `UNWATCHED_DIRS`: a small direct-mapped cache
+/// per CPU of directories' verdicts, inside the watched set or outside,
+/// read by index (no hashing, no shared cache line).
 #[map]
-static UNWATCHED_DIRS_CPU: PerCpuArray<DirSlot> = PerCpuArray::with_max_entries(DIR_SLOTS, 0);
+static DIRS_CPU: PerCpuArray<DirSlot> = PerCpuArray::with_max_entries(DIR_SLOTS, 0);
 
-/// `UNWATCHED_DIRS_CPU` slot of a directory (dentries are 64-byte aligned).
+/// `DIRS_CPU` slot of a directory (dentries are 64-byte aligned).
 #[inline(always)]
 fn dir_slot(key: &DirKey) -> Option<&'static mut DirSlot> {
     let index = ((key.dentry >> 6) ^ (key.dentry >> 14)) as u32 & (DIR_SLOTS - 1);
     // SAFETY: this CPU's slot, used by one program at a time.
-    UNWATCHED_DIRS_CPU
+    DIRS_CPU
         .get_ptr_mut(index)
         .map(|slot| unsafe { &mut *slot })
 }
@@ -427,9 +433,9 @@ fn match_dentry_with(
 }
 
 /// [`find_watched`] for a file: the file itself, then its directory's
-/// ancestry unless the caches know the directory is outside the set. An
-/// open outside the watched set usually ends at the first cache, after
-/// five reads and no hash lookup.
+/// ancestry unless the caches know the directory's place in the set. An
+/// open usually ends at the per-CPU cache, after five reads and no hash
+/// lookup.
 #[inline(always)]
 fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, WatchEntry)> {
     let o = offsets()?;
@@ -455,21 +461,29 @@ fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, Wa
         && slot.key == key
         && slot.generation == generation
     {
-        return None;
+        return (slot.found != 0).then_some((slot.levels + 1, slot.entry));
     }
     // SAFETY: the value is copied out at once.
-    let cached = unsafe { UNWATCHED_DIRS.get(key) }.copied() == Some(generation);
-    if !cached {
-        if let Some((levels, entry)) = find_watched(rec, dir) {
-            return Some((levels + 1, entry));
+    let found = if unsafe { UNWATCHED_DIRS.get(key) }.copied() == Some(generation) {
+        None
+    } else {
+        let found = find_watched(rec, dir);
+        if found.is_none() {
+            let _ = UNWATCHED_DIRS.insert(key, generation, 0);
         }
-        let _ = UNWATCHED_DIRS.insert(key, generation, 0);
-    }
+        found
+    };
     if let Some(slot) = slot {
         slot.key = key;
         slot.generation = generation;
+        slot.found = 0;
+        if let Some((levels, entry)) = found {
+            slot.found = 1;
+            slot.levels = levels;
+            slot.entry = entry;
+        }
     }
-    None
+    found.map(|(levels, entry)| (levels + 1, entry))
 }
 
 /// Fills `rec` for a path a syscall names (`dfd`, user string at `path`);
@@ -607,6 +621,9 @@ impl OpArgs {
 /// True when the current program is excluded by executable.
 #[inline(always)]
 fn excluded_exe(task: *const u8, o: &KernelOffsets) -> bool {
+    if FILE_SETTINGS.get(0).is_none_or(|s| s.excluded_exes == 0) {
+        return false;
+    }
     match read_task_exe(task, o) {
         // SAFETY: presence check only.
         Ok(exe) => unsafe { WATCH_EXCLUDED_EXES.get(exe) }.is_some(),

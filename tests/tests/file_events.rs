@@ -444,6 +444,19 @@ async fn a_directory_moved_into_the_watched_tree_is_watched_at_once() -> anyhow:
     let reads = by_pid(all, after);
     assert_eq!(reads.len(), 1, "watched after the move: {reads:?}");
     assert_eq!(reads[0].path, tree.path("phi/outer/batch/rx-42.csv"));
+
+    // And out again: the kernel now caches "batch is watched, two levels
+    // below phi"; moving it out must invalidate that too.
+    run(
+        "/bin/mv",
+        &[&tree.path("phi/outer"), &tree.path("other/outer")],
+    )?;
+    let moved_out = run("/bin/cat", &[&tree.path("other/outer/batch/rx-42.csv")])?;
+    barrier(&mut sub, &tree).await?;
+    assert!(
+        by_pid(sub.files_under(""), moved_out).is_empty(),
+        "unwatched after moving out"
+    );
     sensor.stop().await?;
     Ok(())
 }

@@ -74,7 +74,7 @@ impl WatchMaps {
             enabled: 1,
             self_tgid: std::process::id(),
             generation: self.generation,
-            _pad: 0,
+            excluded_exes: exes.len() as u32,
         };
         self.settings
             .set(0, settings, 0)
