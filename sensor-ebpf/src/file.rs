@@ -404,32 +404,42 @@ fn longest_watched_prefix(rec: &mut PathRecord, seed: u64) -> Option<WatchEntry>
 /// Fills `rec` for a file the kernel holds; true when it is watched for `op`.
 #[inline(always)]
 fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
-    match_dentry_with(rec, dentry, || Some(op))
+    match watched_file(rec, dentry, || Some(op)) {
+        Some((levels, entry)) => {
+            write_watched(rec, dentry, levels, entry);
+            true
+        }
+        None => false,
+    }
 }
 
-/// [`match_dentry`] with the operation worked out only for a file inside
-/// the watched set (`None`: not reported).
+/// Where a file the kernel holds lies in the watched set (`levels` below
+/// the `entry` that matched), when it is watched for the operation `op`
+/// works out; `op` is only asked for a file inside the set (`None`: not
+/// reported). `rec` is left empty.
 #[inline(always)]
-fn match_dentry_with(
+fn watched_file(
     rec: &mut PathRecord,
     dentry: *const u8,
     op: impl FnOnce() -> Option<u32>,
-) -> bool {
+) -> Option<(u32, WatchEntry)> {
     rec.anchor = NO_ANCHOR;
     rec.flags = 0;
     rec.chain_len = 0;
     rec.name[0] = 0;
-    let Some((levels, entry)) = find_watched_file(rec, dentry) else {
-        return false;
-    };
+    let (levels, entry) = find_watched_file(rec, dentry)?;
     match op() {
-        Some(op) if entry.ops & (1 << op) != 0 => {}
-        _ => return false,
+        Some(op) if entry.ops & (1 << op) != 0 => Some((levels, entry)),
+        _ => None,
     }
+}
+
+/// Fills `rec` with the path of a file [`watched_file`] matched.
+#[inline(always)]
+fn write_watched(rec: &mut PathRecord, dentry: *const u8, levels: u32, entry: WatchEntry) {
     rec.anchor = entry.anchor;
     rec.flags = PATH_WATCHED;
     write_chain(rec, dentry, levels);
-    true
 }
 
 /// [`find_watched`] for a file: the file itself, then its directory's
@@ -839,7 +849,7 @@ enum OpenAbi {
 /// What an open asked for: (dfd, path, flags, mode).
 #[inline(always)]
 fn open_args(abi: OpenAbi, o: &KernelOffsets) -> Option<(i32, u64, u32, u32)> {
-    let a = read_syscall_args(o).ok()?;
+    let a = read_syscall_args(o);
     Some(match abi {
         OpenAbi::Open => (AT_FDCWD, a[0], a[1] as u32, a[2] as u32),
         OpenAbi::OpenAt => (a[0] as i32, a[1], a[2] as u32, a[3] as u32),
@@ -934,20 +944,21 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
         return;
     };
     let task = current_task();
+    // The opened file, and where it lies in the watched set: its path is
+    // written only once the open is known to be reported.
     let mut target = None;
     let args = if ret >= 0 {
         let Ok(dentry) = read_fd_file(ret as u32, o).and_then(|f| read_file_dentry(f, o)) else {
             return;
         };
-        target = Some(dentry);
         let mut args = None;
-        let watched = match_dentry_with(&mut ev.file.path, dentry, || {
+        let Some(place) = watched_file(&mut ev.file.path, dentry, || {
             args = open_args(abi, o);
             args.map(|(_, _, flags, _)| open_op(flags))
-        });
-        if !watched {
+        }) else {
             return;
-        }
+        };
+        target = Some((dentry, place));
         args
     } else {
         // Refused (EACCES, EPERM, ...): decide on the path it named.
@@ -966,11 +977,15 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
     if excluded_exe(task, o) {
         return;
     }
-    let target = target.and_then(|dentry| read_dentry_id(dentry, o).ok());
-    if let Some(id) = target
-        && repeated(id, flags, open_op(flags))
-    {
-        return;
+    let mut id = None;
+    if let Some((dentry, (levels, entry))) = target {
+        id = read_dentry_id(dentry, o).ok();
+        if let Some(id) = id
+            && repeated(id, flags, open_op(flags))
+        {
+            return;
+        }
+        write_watched(&mut ev.file.path, dentry, levels, entry);
     }
     begin(
         &mut ev.file,
@@ -980,7 +995,7 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
         &OpArgs::mode(flags, mode),
         o,
     );
-    if let Some(id) = target {
+    if let Some(id) = id {
         ev.file.dev = id.dev;
         ev.file.ino = id.ino;
     }

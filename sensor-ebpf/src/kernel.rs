@@ -32,15 +32,18 @@ pub fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, ReadFailed> {
 /// kernel saved at entry. An exit program reads them here instead of an
 /// entry program storing them in a map for every call.
 #[inline(always)]
-pub fn read_syscall_args(o: &KernelOffsets) -> Result<[u64; 4], ReadFailed> {
-    // SAFETY: helpers without preconditions; the verifier types the task.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    Ok([
-        read::<u64>(regs, o.regs_args[0])?,
-        read::<u64>(regs, o.regs_args[1])?,
-        read::<u64>(regs, o.regs_args[2])?,
-        read::<u64>(regs, o.regs_args[3])?,
-    ])
+pub fn read_syscall_args(o: &KernelOffsets) -> [u64; 4] {
+    // SAFETY: helpers without preconditions; the verifier types the task,
+    // and the registers (`struct pt_regs`), which are loaded directly.
+    unsafe {
+        let regs = bpf_task_pt_regs(current_task_btf() as *mut _) as *const u8;
+        [
+            load::<u64>(regs, o.regs_args[0]),
+            load::<u64>(regs, o.regs_args[1]),
+            load::<u64>(regs, o.regs_args[2]),
+            load::<u64>(regs, o.regs_args[3]),
+        ]
+    }
 }
 
 /// A fresh event header stamped with CLOCK_BOOTTIME.
