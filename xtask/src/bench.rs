@@ -262,24 +262,49 @@ fn storm_in(n: usize, marker: &str, rate: Option<u32>, cgroup: Option<&Path>) ->
     })
 }
 
-/// The skeleton of every storm: `work(i)` for each i in `0..n`, item i on
-/// thread `i % threads`, paced to `rate` items per second if given; returns
-/// the wall time. A thread sleeps only once it is a millisecond ahead of the
-/// schedule, so items of a few microseconds are paced in small bursts
-/// instead of a timer sleep each.
+/// Wall time of a storm and the CPU time its threads used (user + system:
+/// kernel programs that run in a thread's syscalls count in its system
+/// time). The CPU time is the steadier of the two on a noisy machine, but it
+/// leaves out the sensor's own threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct StormTime {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+/// [`threaded_timed`], returning the wall time only.
 pub(crate) fn threaded(
     n: usize,
     threads: usize,
     rate: Option<f64>,
     work: impl Fn(usize) -> Result<()> + Sync,
 ) -> Result<Duration> {
+    threaded_timed(n, threads, rate, work).map(|t| t.wall)
+}
+
+/// The skeleton of every storm: `work(i)` for each i in `0..n`, item i on
+/// thread `i % threads`, paced to `rate` items per second if given. A
+/// thread sleeps only once it is a millisecond ahead of the schedule, so
+/// items of a few microseconds are paced in small bursts instead of a
+/// timer sleep each.
+pub(crate) fn threaded_timed(
+    n: usize,
+    threads: usize,
+    rate: Option<f64>,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<StormTime> {
     const AHEAD: Duration = Duration::from_millis(1);
+    let thread_cpu = || -> Result<Duration> {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+        Ok(Duration::from(t))
+    };
     let start = Instant::now();
     let work = &work;
-    std::thread::scope(|s| {
+    let cpu = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                s.spawn(move || -> Result<()> {
+                s.spawn(move || -> Result<Duration> {
+                    let cpu_start = thread_cpu()?;
                     for i in (t..n).step_by(threads) {
                         if let Some(rate) = rate {
                             let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -291,15 +316,19 @@ pub(crate) fn threaded(
                         }
                         work(i)?;
                     }
-                    Ok(())
+                    Ok(thread_cpu()? - cpu_start)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .try_for_each(|h| h.join().expect("storm thread"))
+            .map(|h| h.join().expect("storm thread"))
+            .sum::<Result<Duration>>()
     })?;
-    Ok(start.elapsed())
+    Ok(StormTime {
+        wall: start.elapsed(),
+        cpu,
+    })
 }
 
 fn ticks_per_sec() -> f64 {
@@ -309,7 +338,7 @@ fn ticks_per_sec() -> f64 {
         .map_or(100.0, |v| v as f64)
 }
 
-fn median(samples: &[Duration]) -> Duration {
+fn median<T: Ord + Copy>(samples: &[T]) -> T {
     let mut v = samples.to_vec();
     v.sort();
     v[v.len() / 2]

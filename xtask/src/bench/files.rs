@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use collector::Collector;
 
-use super::{BpfStats, SensorProcess, host_totals, median};
+use super::{BpfStats, SensorProcess, StormTime, host_totals, median};
 
 /// Files per directory; the storm cycles through them.
 const FILES: usize = 64;
@@ -25,10 +25,10 @@ const THREADS: usize = 2;
 pub struct FileBench {
     opens: usize,
     rounds: usize,
-    without: Duration,
-    unwatched: Duration,
-    watched: Duration,
-    watched_each: Duration,
+    without: StormTime,
+    unwatched: StormTime,
+    watched: StormTime,
+    watched_each: StormTime,
     bpf_ns_per_unwatched_open: f64,
     bpf_ns_per_watched_open: f64,
     paced_rate: f64,
@@ -73,13 +73,25 @@ impl Tree {
 }
 
 /// `n` open+close of `files` from two threads, paced to `rate` per second
-/// if given. Returns the wall time.
-fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<Duration> {
-    super::threaded(n, THREADS, rate, |i| {
+/// if given.
+fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<StormTime> {
+    super::threaded_timed(n, THREADS, rate, |i| {
         let path = &files[i % files.len()];
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(())
     })
+}
+
+/// Median wall time and median CPU time of `samples`, each on its own.
+fn medians(samples: &[StormTime]) -> StormTime {
+    StormTime {
+        wall: median(&samples.iter().map(|t| t.wall).collect::<Vec<_>>()),
+        cpu: median(&samples.iter().map(|t| t.cpu).collect::<Vec<_>>()),
+    }
+}
+
+fn secs(t: StormTime) -> String {
+    format!("{:.3}s / {:.3}s", t.wall.as_secs_f64(), t.cpu.as_secs_f64())
 }
 
 /// Runs the file rounds against the collector at `url`.
@@ -105,17 +117,17 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
         watched_each.push(open_storm(opens, &phi, None)?);
         sensor.stop()?;
         println!(
-            "files round {round}: without {:.3}s, unwatched {:.3}s, watched {:.3}s, watched with coalescing off {:.3}s",
-            without[round].as_secs_f64(),
-            unwatched[round].as_secs_f64(),
-            watched[round].as_secs_f64(),
-            watched_each[round].as_secs_f64()
+            "files round {round} (wall / storm CPU): without {}, unwatched {}, watched {}, watched with coalescing off {}",
+            secs(without[round]),
+            secs(unwatched[round]),
+            secs(watched[round]),
+            secs(watched_each[round])
         );
     }
-    r.without = median(&without);
-    r.unwatched = median(&unwatched);
-    r.watched = median(&watched);
-    r.watched_each = median(&watched_each);
+    r.without = medians(&without);
+    r.unwatched = medians(&unwatched);
+    r.watched = medians(&watched);
+    r.watched_each = medians(&watched_each);
     // The kernel's share, outside the timed rounds (stats slow BPF a bit).
     let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
     let stats = BpfStats::enable()?;
@@ -134,7 +146,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
     let sensor = SensorProcess::start_with(url, &config_each, Stdio::inherit())?;
     let before = host_totals(collector);
     let n = 220_000;
-    let took = open_storm(n, &phi, Some(110_000.0))?;
+    let took = open_storm(n, &phi, Some(110_000.0))?.wall;
     r.paced_rate = n as f64 / took.as_secs_f64();
     r.paced_sent = n as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -159,7 +171,8 @@ impl FileBench {
     /// Table rows for docs/bench.md.
     pub fn render(&self, t: &mut String) {
         let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
-        let ratio = |d: Duration| d.as_secs_f64() / self.without.as_secs_f64();
+        let ratio = |d: StormTime| d.wall.as_secs_f64() / self.without.wall.as_secs_f64();
+        let cpu_ratio = |d: StormTime| d.cpu.as_secs_f64() / self.without.cpu.as_secs_f64();
         let (unwatched, watched) = (ratio(self.unwatched), ratio(self.watched));
         let watched_each = ratio(self.watched_each);
         let _ = writeln!(
@@ -167,20 +180,28 @@ impl FileBench {
             "| open storm ({} open+close, 2 threads, {} rounds), files outside the watched set / no sensor | {unwatched:.3} ({:.3} s / {:.3} s) | <= 1.05 | {} |",
             self.opens,
             self.rounds,
-            self.unwatched.as_secs_f64(),
-            self.without.as_secs_f64(),
+            self.unwatched.wall.as_secs_f64(),
+            self.without.wall.as_secs_f64(),
             verdict(unwatched <= 1.05)
         );
         let _ = writeln!(
             t,
             "| open storm, every open a watched file, repeats coalesced (default `open_repeat_window_ms = 1000`) / no sensor | {watched:.3} ({:.3} s) | <= 1.25 | {} |",
-            self.watched.as_secs_f64(),
+            self.watched.wall.as_secs_f64(),
             verdict(watched <= 1.25)
         );
         let _ = writeln!(
             t,
             "| the same with coalescing off (`open_repeat_window_ms = 0`: one event per open) / no sensor | {watched_each:.3} ({:.3} s) | - | - |",
-            self.watched_each.as_secs_f64(),
+            self.watched_each.wall.as_secs_f64(),
+        );
+        let _ = writeln!(
+            t,
+            "| the storm threads' own CPU time (user + system, BPF included; not the sensor's), unwatched / watched and coalesced / coalescing off, each / no sensor ({:.3} s) | {:.3} / {:.3} / {:.3} | - | - |",
+            self.without.cpu.as_secs_f64(),
+            cpu_ratio(self.unwatched),
+            cpu_ratio(self.watched),
+            cpu_ratio(self.watched_each),
         );
         let _ = writeln!(
             t,
