@@ -67,6 +67,10 @@ pub struct Options {
     /// Opens per file storm round.
     #[arg(long, default_value_t = 200_000)]
     opens: usize,
+    /// Rounds per side of the file storms: short storms (~0.2 s) whose
+    /// targets are tighter than this machine's noise, so more rounds.
+    #[arg(long, default_value_t = 11)]
+    file_rounds: usize,
     /// Only the file telemetry rounds; prints, leaves docs/bench.md alone.
     #[arg(long)]
     files_only: bool,
@@ -112,7 +116,7 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let mut report = Report::default();
     if opts.files_only {
-        let files = files::run(&url, &collector, opts.opens, opts.rounds)?;
+        let files = files::run(&url, &collector, opts.opens, opts.file_rounds)?;
         let mut t = String::new();
         files.render(&mut t);
         println!("\n{t}");
@@ -222,7 +226,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     sensor.stop()?;
 
     // 7. File telemetry.
-    report.files = Some(files::run(&url, &collector, opts.opens, opts.rounds)?);
+    report.files = Some(files::run(&url, &collector, opts.opens, opts.file_rounds)?);
 
     let _ = stop_tx.send(());
     rt.block_on(server)??;
