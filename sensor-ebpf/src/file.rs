@@ -26,8 +26,7 @@ use sensor_common::{
     EVENT_PARTIAL, EventKind, FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileId,
     FileRenameEvent, FileSettings, KernelOffsets, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
     PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry, drop_reason,
-    file::{OpenRepeatCount, OpenRepeatKey},
-    file::{ino_bit, prefix_hash},
+    file::{OpenRepeatCount, OpenRepeatKey, ino_bit, prefix_hash},
     file_op,
 };
 
