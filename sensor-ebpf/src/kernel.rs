@@ -94,14 +94,11 @@ pub fn read_task(
 }
 
 /// [`read_task`] for the current task: ids, comm and real uid/gid come
-/// from helpers instead of kernel reads (each read costs tens of ns, and
-/// hooks on hot paths such as TCP connect/accept fill one per event).
+/// from helpers, the rest from plain loads of the BTF-typed task (hooks on
+/// hot paths such as TCP connect/accept fill one per event). A field that
+/// cannot be read is zero.
 #[inline(always)]
-pub fn read_current_task(
-    info: &mut TaskInfo,
-    task: *const u8,
-    o: &KernelOffsets,
-) -> Result<(), ReadFailed> {
+pub fn read_current_task(info: &mut TaskInfo, o: &KernelOffsets) {
     *info = TaskInfo::default();
     // SAFETY (helpers): no preconditions; comm is written into a
     // COMM_LEN-byte array.
@@ -114,20 +111,24 @@ pub fn read_current_task(
     info.pid = pid_tgid as u32;
     info.uid = uid_gid as u32;
     info.gid = (uid_gid >> 32) as u32;
-    // The process's start, not the thread's; the main thread is its own
-    // leader.
-    let leader = if info.pid == info.tgid {
-        task
-    } else {
-        read_ptr(task, o.task_group_leader)?
-    };
-    info.start_boottime_ns = read::<u64>(leader, o.task_start_boottime)?;
-    let parent = read_ptr(task, o.task_real_parent)?;
-    info.ppid = read::<u32>(parent, o.task_tgid)?;
-    let cred = read_ptr(task, o.task_cred)?;
-    info.euid = read::<u32>(cred, o.cred_euid)?;
-    info.egid = read::<u32>(cred, o.cred_egid)?;
-    Ok(())
+    let task = current_task_btf();
+    // SAFETY: the BTF-typed task and the task and cred pointers loaded from
+    // it; u64 start time, pid_t and kuid_t/kgid_t fields.
+    unsafe {
+        // The process's start, not the thread's; the main thread is its
+        // own leader.
+        let leader = if info.pid == info.tgid {
+            task
+        } else {
+            load::<*const u8>(task, o.task_group_leader)
+        };
+        info.start_boottime_ns = load::<u64>(leader, o.task_start_boottime);
+        let parent = load::<*const u8>(task, o.task_real_parent);
+        info.ppid = load::<u32>(parent, o.task_tgid);
+        let cred = load::<*const u8>(task, o.task_cred);
+        info.euid = load::<u32>(cred, o.cred_euid);
+        info.egid = load::<u32>(cred, o.cred_egid);
+    }
 }
 
 /// Nanoseconds fit in 30 bits; since 6.13 (multigrain timestamps) the kernel

@@ -17,7 +17,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{map, raw_tracepoint, tracepoint},
@@ -32,7 +32,10 @@ use sensor_common::{
 };
 
 use crate::{
-    kernel::{ReadFailed, header, read, read_current_task, read_fd_file, read_ptr, read_task_exe},
+    kernel::{
+        ReadFailed, current_task_btf, header, read, read_current_task, read_fd_file, read_ptr,
+        read_task_exe,
+    },
     maps::{offsets, reserve_event, submit_event},
 };
 
@@ -92,7 +95,7 @@ struct Endpoints {
 /// Who an event is about.
 enum Who<'a> {
     /// The current task (process context).
-    Current(*const u8),
+    Current,
     /// The owner recorded earlier (softirq).
     Owner(&'a TaskInfo),
 }
@@ -140,25 +143,23 @@ fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// The current task, unless it is the sensor itself or runs an excluded
+/// True unless the current task is the sensor itself or runs an excluded
 /// executable. Events in process context describe it with
 /// [`read_current_task`].
 #[inline(always)]
-fn current_task(s: &NetSettings, o: &KernelOffsets) -> Option<*const u8> {
+fn current_task_reported(s: &NetSettings, o: &KernelOffsets) -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == s.self_tgid {
-        return None;
+        return false;
     }
-    // SAFETY: helper without preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     if s.exclude & net_exclude::EXE != 0
-        && let Ok(exe) = read_task_exe(task, o)
+        && let Ok(exe) = read_task_exe(current_task_btf(), o)
         // SAFETY: presence check only.
         && unsafe { NET_EXCLUDE_EXE.get(exe) }.is_some()
     {
-        return None;
+        return false;
     }
-    Some(task)
+    true
 }
 
 /// True when endpoint rules exist at all: without them nothing needs the
@@ -314,12 +315,7 @@ fn emit(who: Who, e: &Endpoints, d: &Detail, owner_of: Option<u64>, o: &KernelOf
     unsafe {
         (*ev).header = header(EventKind::Net as u32);
         match who {
-            Who::Current(task) => {
-                if read_current_task(&mut (*ev).task, task, o).is_err() {
-                    (*ev).header.flags |= sensor_common::EVENT_PARTIAL;
-                    crate::maps::count_drop(drop_reason::KERNEL_READ_FAILED);
-                }
-            }
+            Who::Current => read_current_task(&mut (*ev).task, o),
             Who::Owner(task) => (*ev).task = *task,
         }
         (*ev).op = d.op;
@@ -407,9 +403,9 @@ fn sock_state(
         // In the connecting process; the local port is not chosen yet, so
         // the event waits for the result.
         tcp_state::SYN_SENT => {
-            let Some(task) = current_task(s, o) else {
+            if !current_task_reported(s, o) {
                 return Ok(());
-            };
+            }
             let (family, protocol) = sock_kind(sk, o)?;
             if protocol != IPPROTO_TCP
                 || (endpoint_rules(s) && excluded(s, &sock_endpoints(sk, family, o)?))
@@ -420,14 +416,13 @@ fn sock_state(
                 op: u32::from(net_op::CONNECT),
                 ..NetOwner::default()
             };
-            // A partial owner is still better than none.
-            let _ = read_current_task(&mut owner.task, task, o);
+            read_current_task(&mut owner.task, o);
             let _ = NET_OWNERS.insert(key, owner, 0);
         }
         tcp_state::LISTEN => {
-            let Some(task) = current_task(s, o) else {
+            if !current_task_reported(s, o) {
                 return Ok(());
-            };
+            }
             let (family, protocol) = sock_kind(sk, o)?;
             if protocol != IPPROTO_TCP {
                 return Ok(());
@@ -440,7 +435,7 @@ fn sock_state(
                 op: net_op::LISTEN,
                 ..tcp
             };
-            emit(Who::Current(task), &e, &d, Some(key), o);
+            emit(Who::Current, &e, &d, Some(key), o);
         }
         // Only sockets with a recorded owner are reported: TCP ones (the
         // owner was recorded after the protocol check).
@@ -522,9 +517,9 @@ fn try_accepted(
     if fd < 0 {
         return Ok(());
     }
-    let Some(task) = current_task(s, o) else {
+    if !current_task_reported(s, o) {
         return Ok(());
-    };
+    }
     let sk = fd_sock(fd as u64, o)?;
     let (family, protocol) = sock_kind(sk, o)?;
     if protocol != IPPROTO_TCP {
@@ -539,7 +534,7 @@ fn try_accepted(
         protocol: IPPROTO_TCP,
         ..Detail::default()
     };
-    emit(Who::Current(task), &e, &d, Some(sk as u64), o);
+    emit(Who::Current, &e, &d, Some(sk as u64), o);
     Ok(())
 }
 
@@ -556,10 +551,10 @@ pub fn net_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn connect(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Result<(), ReadFailed> {
     let [fd, addr] = args::<2>(ctx, o)?;
-    let Some((task, sk, family)) = udp_socket(s, fd, o)? else {
+    let Some((sk, family)) = udp_socket(s, fd, o)? else {
         return Ok(());
     };
-    udp_dest(task, sk, family, s, net_op::UDP_CONNECT, addr, (0, 0), o)
+    udp_dest(sk, family, s, net_op::UDP_CONNECT, addr, (0, 0), o)
 }
 
 /// `sys_enter_sendto(fd, buff, len, flags, addr, addr_len)`.
@@ -574,10 +569,10 @@ pub fn net_sendto(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn sendto(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Result<(), ReadFailed> {
     let [fd, buff, len, _flags, addr] = args::<5>(ctx, o)?;
-    let Some((task, sk, family)) = udp_socket(s, fd, o)? else {
+    let Some((sk, family)) = udp_socket(s, fd, o)? else {
         return Ok(());
     };
-    udp_dest(task, sk, family, s, net_op::UDP_SEND, addr, (buff, len), o)
+    udp_dest(sk, family, s, net_op::UDP_SEND, addr, (buff, len), o)
 }
 
 /// `sys_enter_sendmsg(fd, msg, flags)`.
@@ -608,7 +603,7 @@ fn msg_out(
     hdr_offset: u32,
 ) -> Result<(), ReadFailed> {
     let [fd, msg] = args::<2>(ctx, o)?;
-    let Some((task, sk, family)) = udp_socket(s, fd, o)? else {
+    let Some((sk, family)) = udp_socket(s, fd, o)? else {
         return Ok(());
     };
     let msg = msg + u64::from(hdr_offset);
@@ -618,21 +613,21 @@ fn msg_out(
         user::<u64>(iov + u64::from(o.iovec_base)).unwrap_or(0),
         user::<u64>(iov + u64::from(o.iovec_len)).unwrap_or(0),
     );
-    udp_dest(task, sk, family, s, net_op::UDP_SEND, name, payload, o)
+    udp_dest(sk, family, s, net_op::UDP_SEND, name, payload, o)
 }
 
-/// The current task and its UDP socket (sock, family) behind `fd`; `None`
-/// for the sensor, excluded executables and every other kind of file.
+/// The current task's UDP socket (sock, family) behind `fd`; `None` for
+/// the sensor, excluded executables and every other kind of file.
 #[inline(always)]
 fn udp_socket(
     s: &NetSettings,
     fd: u64,
     o: &KernelOffsets,
-) -> Result<Option<(*const u8, *const u8, u16)>, ReadFailed> {
-    let Some(task) = current_task(s, o) else {
+) -> Result<Option<(*const u8, u16)>, ReadFailed> {
+    if !current_task_reported(s, o) {
         return Ok(None);
-    };
-    Ok(fd_udp_sock(fd, o)?.map(|(sk, family)| (task, sk, family)))
+    }
+    fd_udp_sock(fd, o)
 }
 
 /// Reports a UDP destination of socket `sk`: `addr` (a user sockaddr), or
@@ -641,7 +636,6 @@ fn udp_socket(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn udp_dest(
-    task: *const u8,
     sk: *const u8,
     family: u16,
     s: &NetSettings,
@@ -684,7 +678,7 @@ fn udp_dest(
     if excluded(s, &e) {
         return Ok(());
     }
-    emit(Who::Current(task), &e, &d, None, o);
+    emit(Who::Current, &e, &d, None, o);
     Ok(())
 }
 

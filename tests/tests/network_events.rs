@@ -194,7 +194,11 @@ async fn tcp_between_namespaces_connect_accept_close() -> anyhow::Result<()> {
     let (a_addr, b_addr) = (netns.addr_a.as_str(), netns.addr_b.as_str());
     assert_eq!(flow(c), (a_addr, cport, b_addr, sport));
     assert_eq!(c.result, "established");
-    assert_eq!(c.process.as_ref().unwrap().comm, "python3");
+    let process = c.process.as_ref().unwrap();
+    assert_eq!(process.comm, "python3");
+    // Read from the task by the kernel program (parent, credentials).
+    assert_eq!(process.ppid, std::process::id(), "{process:?}");
+    assert_eq!((process.uid, process.euid), (0, 0), "{process:?}");
 
     let accept = of(&sub, Op::Accept, server);
     assert_eq!(accept.len(), 1, "one accept by the server: {accept:?}");
