@@ -16,7 +16,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use sensor_common::{
-    file::{OpenRepeatCount, OpenRepeatKey},
+    file::{self, OpenRepeatCount, OpenRepeatKey},
     file_op, names,
 };
 
@@ -111,7 +111,12 @@ impl OpenRepeats {
         if self.window.is_none() {
             return;
         }
-        if let Some(key) = OpenKey::of_record(f) {
+        // Bounded like the kernel's map: past that, a summary names its
+        // file by identity only (marked partial).
+        let room = self.reported.len() < file::OPEN_REPEAT_ENTRIES as usize;
+        if let Some(key) = OpenKey::of_record(f)
+            && (room || self.reported.contains_key(&key))
+        {
             self.reported.insert(key, (f.clone(), self.generation));
         }
     }
