@@ -519,11 +519,11 @@ async fn start_isolation(
             reason: "sensor started with a persisted isolation".to_owned(),
         };
         match iso.apply(&startup) {
-            Ok(Some(event)) => _ = audit.send(event).await,
+            Ok(Some(event)) => _ = audit.send((&event).into()).await,
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot re-apply the persisted isolation");
-                _ = audit.send(iso.failure_event(&startup, &e)).await;
+                _ = audit.send((&iso.failure_event(&startup, &e)).into()).await;
             }
         }
         let status = iso.status()?;

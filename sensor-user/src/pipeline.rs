@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use proto::telemetry::v1::{DropCounters, Event, HostIdentity};
+use proto::telemetry::v1::{DropCounters, HostIdentity};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -35,8 +35,8 @@ use crate::{
     enrich::Enricher,
     events::KernelEvent,
     transport::{
-        Accumulator, DropTracker, Sealer, UploadQueue, Uploader, UploaderError, UploaderSettings,
-        batcher,
+        Accumulator, DropTracker, EncodedEvent, Sealer, UploadQueue, Uploader, UploaderError,
+        UploaderSettings, batcher,
     },
 };
 
@@ -194,7 +194,7 @@ pub struct PipelineHandle {
     uploader: Uploader,
     shared: Arc<Shared>,
     /// Into the batcher, past enrichment: for events made in userspace.
-    audit: mpsc::Sender<Event>,
+    audit: mpsc::Sender<EncodedEvent>,
 }
 
 /// Starts the enrichment thread, the batcher and the uploader. Call from
@@ -263,7 +263,7 @@ pub fn spawn(
 fn enrich_loop(
     mut enricher: Enricher,
     mut events: mpsc::Receiver<Item>,
-    out: mpsc::Sender<Event>,
+    out: mpsc::Sender<EncodedEvent>,
     shared: &Shared,
 ) {
     match enricher.seed_from_proc(Path::new("/proc")) {
@@ -284,7 +284,7 @@ fn enrich_loop(
         if shared.abandon.load(Relaxed) {
             return;
         }
-        let enriched = enricher.enrich(event);
+        let enriched = enricher.enrich_encoded(event);
         counters.events_enriched.fetch_add(1, Relaxed);
         publish_stats(&enricher, counters);
         if shared.abandon.load(Relaxed) {
@@ -319,7 +319,7 @@ impl PipelineHandle {
 
     /// For events the daemon makes itself (isolation audit records): they
     /// need no enrichment and go straight to the batcher.
-    pub fn audit_sender(&self) -> mpsc::Sender<Event> {
+    pub fn audit_sender(&self) -> mpsc::Sender<EncodedEvent> {
         self.audit.clone()
     }
 
