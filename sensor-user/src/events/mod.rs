@@ -123,8 +123,9 @@ pub struct PolicyRecord {
 pub struct RawPath {
     /// Index into the anchor table (a watched root or an ancestor of one).
     pub anchor: Option<u32>,
-    /// Directory and file names the kernel walked, leaf first.
-    pub chain: Vec<String>,
+    /// Directory and file names the kernel walked, from the anchor down,
+    /// '/'-separated (a name never holds '/'): one string, not one per name.
+    pub chain: String,
     /// The path string the process gave, relative to the chain's leaf.
     pub name: String,
     /// The kernel cut the chain or the string.

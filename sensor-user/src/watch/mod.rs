@@ -55,31 +55,39 @@ impl Anchors {
         i
     }
 
+    #[cfg(test)]
     fn path(&self, anchor: u32) -> Option<PathBuf> {
         let table = self.0.read().unwrap_or_else(|e| e.into_inner());
         table.paths.get(anchor as usize).cloned()
     }
 
     /// Rebuilds the full path of a kernel path record: anchor, then the
-    /// walked names (leaf first in the record), then the syscall's string.
+    /// walked names, then the syscall's string. Built in place as one
+    /// string (what `PathBuf::push` of each name, then `to_string_lossy`,
+    /// gives: the names are already UTF-8, and a lossy anchor converts
+    /// alone the same as within the path).
     pub fn resolve(&self, raw: &RawPath) -> String {
-        let mut path = match raw.anchor.and_then(|a| self.path(a)) {
-            Some(anchor) => anchor,
+        let table = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let Some(anchor) = raw.anchor.and_then(|a| table.paths.get(a as usize)) else {
             // No anchor: the string is all there is.
-            None => return raw.name.clone(),
+            return raw.name.clone();
         };
-        for name in raw.chain.iter().rev() {
-            path.push(name);
+        let anchor = anchor.to_string_lossy();
+        let mut path = String::with_capacity(anchor.len() + raw.chain.len() + raw.name.len() + 2);
+        path.push_str(&anchor);
+        drop(table);
+        for name in raw.chain.split('/').filter(|n| !n.is_empty()) {
+            push_name(&mut path, name);
         }
         for part in Path::new(raw.name.trim_start_matches('/')).components() {
             match part {
-                Component::Normal(name) => path.push(name),
+                Component::Normal(name) => push_name(&mut path, &name.to_string_lossy()),
                 Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
                 // The kernel never matches a path with `..` in it.
-                Component::ParentDir => path.push(".."),
+                Component::ParentDir => push_name(&mut path, ".."),
             }
         }
-        path.to_string_lossy().into_owned()
+        path
     }
 
     /// Fills `path` / `new_path` of a decoded file record.
@@ -89,6 +97,14 @@ impl Anchors {
             record.new_path = Some(self.resolve(raw));
         }
     }
+}
+
+/// `PathBuf::push` of a relative name, on a string.
+fn push_name(path: &mut String, name: &str) {
+    if !path.is_empty() && !path.ends_with('/') {
+        path.push('/');
+    }
+    path.push_str(name);
 }
 
 /// Why the watched set could not be built.
@@ -346,7 +362,7 @@ mod tests {
         let root = anchors.intern(Path::new("/"));
         let walked = RawPath {
             anchor: Some(a),
-            chain: vec!["rx.db".into(), "2026".into()],
+            chain: "2026/rx.db".into(),
             ..RawPath::default()
         };
         assert_eq!(anchors.resolve(&walked), "/var/lib/pharmacy/2026/rx.db");
@@ -358,7 +374,7 @@ mod tests {
         assert_eq!(anchors.resolve(&named), "/etc/shadow");
         let relative = RawPath {
             anchor: Some(a),
-            chain: vec!["2026".into()],
+            chain: "2026".into(),
             name: "new.db".into(),
             ..RawPath::default()
         };
