@@ -19,7 +19,7 @@ use proto::telemetry::v1::{
 use crate::{
     config::Config,
     events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord, TaskIdentity},
-    transport::EncodedEvent,
+    transport::EncodedEvents,
 };
 pub use hash_cache::{ExecHash, HashCache, HashError, HashStats};
 pub use process_table::{ProcessTable, TableStats};
@@ -29,7 +29,7 @@ pub use process_table::{ProcessTable, TableStats};
 pub struct Enricher {
     table: ProcessTable,
     hashes: HashCache,
-    /// Scratch for [`Self::enrich_encoded`]'s process field, kept to reuse
+    /// Scratch for [`Self::enrich_into`]'s process field, kept to reuse
     /// its allocation.
     process_buf: Vec<u8>,
 }
@@ -76,19 +76,18 @@ impl Enricher {
         }
     }
 
-    /// [`Self::enrich`], prost-encoded: the same bytes as
-    /// `enrich(event).encode_to_vec()`, but the process description comes
-    /// from the table's cache instead of being rebuilt, copied and encoded
-    /// (several times) for every event.
-    pub fn enrich_encoded(&mut self, event: KernelEvent) -> EncodedEvent {
+    /// [`Self::enrich`], prost-encoded and appended to `out`: the same
+    /// bytes as `enrich(event).encode_to_vec()`, but the process
+    /// description comes from the table's cache instead of being rebuilt,
+    /// copied and encoded (several times) for every event.
+    pub fn enrich_into(&mut self, event: KernelEvent, out: &mut EncodedEvents) {
         let mut process = std::mem::take(&mut self.process_buf);
         process.clear();
         let (timestamp_ns, kind, ()) = self.enrich_with(event, |table, task| {
             table.encode_description(task, &mut process)
         });
-        let encoded = EncodedEvent::with_process(timestamp_ns, &kind, &process);
+        out.push_with_process(timestamp_ns, &kind, &process);
         self.process_buf = process;
-        encoded
     }
 
     /// The event's kind with `process` left empty, and what `describe`
@@ -447,11 +446,21 @@ mod tests {
         ];
         let mut old_way = Enricher::new(&Config::default());
         let mut new_way = Enricher::new(&Config::default());
-        let mut lineages = Vec::new();
+        let mut wants = Vec::new();
+        let mut got = EncodedEvents::default();
         for event in events {
-            let want = old_way.enrich(event.clone());
-            let got = new_way.enrich_encoded(event);
-            assert_eq!(got.as_bytes(), want.encode_to_vec(), "{want:?}");
+            wants.push(old_way.enrich(event.clone()));
+            new_way.enrich_into(event, &mut got);
+        }
+        assert_eq!(got.len(), wants.len());
+        for (frame, want) in got.frames().zip(&wants) {
+            let one = EncodedEvents::from_events([want]);
+            assert_eq!(Some(frame), one.frames().next(), "{want:?}");
+        }
+        let batch = proto::telemetry::v1::EventBatch { events: wants };
+        assert_eq!(got.as_bytes(), batch.encode_to_vec());
+        let mut lineages = Vec::new();
+        for want in &batch.events {
             if let Some(Kind::File(f)) = &want.kind
                 && f.process.as_ref().map(|p| p.pid) == Some(pb)
             {

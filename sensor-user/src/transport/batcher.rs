@@ -34,104 +34,112 @@ pub enum SealError {
 /// is never refused for its size whatever `batching.max_events` says.
 pub const MAX_BATCH_BYTES: usize = 3 << 20;
 
-/// One prost-encoded `Event` (without length prefix). Enrichment encodes
-/// each event once, on its own thread: the batcher only appends bytes, and
-/// no large message crosses a channel or is dropped field by field later.
+/// Prost-encoded events, each framed as a field 1 of `EventBatch` (tag,
+/// length, event): the concatenation is the `EventBatch` encoding.
+/// Enrichment encodes each event once, on its own thread, and hands the
+/// batcher a run of them at a time; the batcher only copies bytes, and no
+/// large message crosses a channel or is dropped field by field later.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EncodedEvent(Vec<u8>);
-
-impl From<&Event> for EncodedEvent {
-    fn from(event: &Event) -> Self {
-        Self(event.encode_to_vec())
-    }
-}
-
-impl EncodedEvent {
-    /// The encoding of `Event { timestamp_ns, kind }` with `process` (the
-    /// prost encoding of a `Process`, without tag or length) put into
-    /// `kind`, whose own `process` must be `None`: byte for byte what prost
-    /// writes for the complete event, as `process` is field 1 of every kind
-    /// that has one and prost writes fields in number order.
-    ///
-    /// A kind without a process field (isolation) is encoded as it is.
-    pub fn with_process(timestamp_ns: u64, kind: &Kind, process: &[u8]) -> Self {
-        match kind {
-            Kind::Exec(m) => Self::spliced(timestamp_ns, 10, m, process),
-            Kind::Fork(m) => Self::spliced(timestamp_ns, 11, m, process),
-            Kind::Exit(m) => Self::spliced(timestamp_ns, 12, m, process),
-            Kind::File(m) => Self::spliced(timestamp_ns, 13, m, process),
-            Kind::Network(m) => Self::spliced(timestamp_ns, 14, m, process),
-            Kind::Policy(m) => Self::spliced(timestamp_ns, 15, m, process),
-            Kind::Isolation(_) => Self::from(&Event {
-                timestamp_ns,
-                kind: Some(kind.clone()),
-            }),
-        }
-    }
-
-    /// `Event` field 1 (`timestamp_ns`), then field `tag` holding `process`
-    /// as field 1 followed by the fields of `m`.
-    fn spliced(timestamp_ns: u64, tag: u32, m: &impl Message, process: &[u8]) -> Self {
-        let process_len = key_len(1) + encoded_len_varint(process.len() as u64) + process.len();
-        let inner_len = process_len + m.encoded_len();
-        let mut len = key_len(tag) + encoded_len_varint(inner_len as u64) + inner_len;
-        if timestamp_ns != 0 {
-            len += key_len(1) + encoded_len_varint(timestamp_ns);
-        }
-        let mut out = Vec::with_capacity(len);
-        if timestamp_ns != 0 {
-            prost::encoding::uint64::encode(1, &timestamp_ns, &mut out);
-        }
-        encode_key(tag, WireType::LengthDelimited, &mut out);
-        encode_varint(inner_len as u64, &mut out);
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(process.len() as u64, &mut out);
-        out.extend_from_slice(process);
-        // What `encode` does after its capacity check, which a Vec never
-        // fails and which would measure `m` a second time.
-        m.encode_raw(&mut out);
-        debug_assert_eq!(out.len(), len);
-        Self(out)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// Encoded events forming one `EventBatch` (each a length-delimited field 1).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PendingBatch {
-    /// The prost encoding of the `EventBatch`.
+pub struct EncodedEvents {
     bytes: Vec<u8>,
     events: usize,
 }
 
-impl PendingBatch {
-    /// An empty batch with room for `bytes` of events.
-    fn with_capacity(bytes: usize) -> Self {
+impl EncodedEvents {
+    /// Empty, with room for `bytes` of events.
+    pub fn with_capacity(bytes: usize) -> Self {
         Self {
             bytes: Vec::with_capacity(bytes),
             events: 0,
         }
     }
 
-    /// Appends one event.
-    pub fn push(&mut self, event: &EncodedEvent) {
-        let event = event.as_bytes();
+    /// `events`, encoded (for events made outside enrichment).
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut out = Self::default();
+        for event in events {
+            out.push_frame(event.encoded_len(), |buf| event.encode_raw(buf));
+        }
+        out
+    }
+
+    /// Appends `Event { timestamp_ns, kind }` with `process` (the prost
+    /// encoding of a `Process`, without tag or length) put into `kind`,
+    /// whose own `process` must be `None`: byte for byte what prost writes
+    /// for the complete event, as `process` is field 1 of every kind that
+    /// has one and prost writes fields in number order.
+    ///
+    /// A kind without a process field (isolation) is encoded as it is.
+    pub fn push_with_process(&mut self, timestamp_ns: u64, kind: &Kind, process: &[u8]) {
+        match kind {
+            Kind::Exec(m) => self.push_spliced(timestamp_ns, 10, m, process),
+            Kind::Fork(m) => self.push_spliced(timestamp_ns, 11, m, process),
+            Kind::Exit(m) => self.push_spliced(timestamp_ns, 12, m, process),
+            Kind::File(m) => self.push_spliced(timestamp_ns, 13, m, process),
+            Kind::Network(m) => self.push_spliced(timestamp_ns, 14, m, process),
+            Kind::Policy(m) => self.push_spliced(timestamp_ns, 15, m, process),
+            Kind::Isolation(_) => {
+                let event = Event {
+                    timestamp_ns,
+                    kind: Some(kind.clone()),
+                };
+                self.push_frame(event.encoded_len(), |buf| event.encode_raw(buf));
+            }
+        }
+    }
+
+    /// `Event` field 1 (`timestamp_ns`), then field `tag` holding `process`
+    /// as field 1 followed by the fields of `m`.
+    fn push_spliced(&mut self, timestamp_ns: u64, tag: u32, m: &impl Message, process: &[u8]) {
+        let process_len = key_len(1) + encoded_len_varint(process.len() as u64) + process.len();
+        let inner_len = process_len + m.encoded_len();
+        let mut len = key_len(tag) + encoded_len_varint(inner_len as u64) + inner_len;
+        if timestamp_ns != 0 {
+            len += key_len(1) + encoded_len_varint(timestamp_ns);
+        }
+        self.push_frame(len, |out| {
+            if timestamp_ns != 0 {
+                prost::encoding::uint64::encode(1, &timestamp_ns, out);
+            }
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(inner_len as u64, out);
+            encode_key(1, WireType::LengthDelimited, out);
+            encode_varint(process.len() as u64, out);
+            out.extend_from_slice(process);
+            // What `encode` does after its capacity check, which a Vec
+            // never fails and which would measure `m` a second time.
+            m.encode_raw(out);
+        });
+    }
+
+    /// Appends one event of `len` bytes, written by `encode`.
+    fn push_frame(&mut self, len: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.reserve(1 + encoded_len_varint(len as u64) + len);
         encode_key(1, WireType::LengthDelimited, &mut self.bytes);
-        encode_varint(event.len() as u64, &mut self.bytes);
-        self.bytes.extend_from_slice(event);
+        encode_varint(len as u64, &mut self.bytes);
+        let start = self.bytes.len();
+        encode(&mut self.bytes);
+        debug_assert_eq!(self.bytes.len() - start, len);
         self.events += 1;
     }
 
-    /// A batch of `events`, encoded (for events not coming from enrichment).
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
-        let mut batch = Self::default();
-        for event in events {
-            batch.push(&EncodedEvent::from(event));
-        }
-        batch
+    /// Appends one framed event taken from another `EncodedEvents`.
+    fn push_framed(&mut self, frame: Frame<'_>) {
+        self.bytes.extend_from_slice(frame.0);
+        self.events += 1;
+    }
+
+    /// Each event, framed.
+    pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            let mut body = rest.get(1..)?;
+            let len = prost::encoding::decode_varint(&mut body).ok()? as usize;
+            let framed = rest.len() - body.len() + len;
+            let (frame, tail) = rest.split_at_checked(framed)?;
+            rest = tail;
+            Some(Frame(frame))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -142,16 +150,25 @@ impl PendingBatch {
         self.events == 0
     }
 
-    /// The prost encoding of the `EventBatch`.
+    /// Encoded size of the events as one `EventBatch`.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The prost encoding of the events as one `EventBatch`.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
 }
 
+/// One event of an [`EncodedEvents`], with its framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a>(&'a [u8]);
+
 /// Collects events until a batch is full (count or bytes) or old enough.
 #[derive(Debug)]
 pub struct Accumulator {
-    batch: PendingBatch,
+    batch: EncodedEvents,
     first_at: Option<Instant>,
     max_events: usize,
     max_bytes: usize,
@@ -162,7 +179,7 @@ impl Accumulator {
     /// `max_events` is raised to 1 if 0.
     pub fn new(max_events: usize, max_delay: Duration) -> Self {
         Self {
-            batch: PendingBatch::default(),
+            batch: EncodedEvents::default(),
             first_at: None,
             max_events: max_events.max(1),
             max_bytes: MAX_BATCH_BYTES,
@@ -178,7 +195,7 @@ impl Accumulator {
 
     /// Encoded size of the pending events as one `EventBatch`.
     pub fn encoded_bytes(&self) -> usize {
-        self.batch.bytes.len()
+        self.batch.encoded_len()
     }
 
     pub fn len(&self) -> usize {
@@ -191,9 +208,9 @@ impl Accumulator {
 
     /// Adds an event; returns the batch when it reached `max_events` or
     /// `max_bytes`.
-    pub fn push(&mut self, event: &EncodedEvent, now: Instant) -> Option<PendingBatch> {
+    pub fn push(&mut self, event: Frame<'_>, now: Instant) -> Option<EncodedEvents> {
         self.first_at.get_or_insert(now);
-        self.batch.push(event);
+        self.batch.push_framed(event);
         (self.batch.len() >= self.max_events || self.encoded_bytes() >= self.max_bytes)
             .then(|| self.take())
     }
@@ -205,10 +222,10 @@ impl Accumulator {
 
     /// Everything pending, leaving the accumulator empty (with room for a
     /// batch as large as this one, so the next one grows without copies).
-    pub fn take(&mut self) -> PendingBatch {
+    pub fn take(&mut self) -> EncodedEvents {
         self.first_at = None;
-        let room = self.batch.bytes.len().min(self.max_bytes);
-        std::mem::replace(&mut self.batch, PendingBatch::with_capacity(room))
+        let room = self.batch.encoded_len().min(self.max_bytes);
+        std::mem::replace(&mut self.batch, EncodedEvents::with_capacity(room))
     }
 }
 
@@ -252,7 +269,7 @@ impl Sealer {
     /// Compresses the encoded events and numbers the batch. A failed seal
     /// takes no sequence number (no false gap) and counts its events as
     /// dropped (no silent loss).
-    pub fn seal(&mut self, batch: PendingBatch) -> Result<SensorBatch, SealError> {
+    pub fn seal(&mut self, batch: EncodedEvents) -> Result<SensorBatch, SealError> {
         match self.encode(&batch) {
             Ok((payload, uncompressed_size, event_count)) => {
                 let sequence = self.next_sequence;
@@ -275,7 +292,7 @@ impl Sealer {
         }
     }
 
-    fn encode(&mut self, batch: &PendingBatch) -> Result<(Vec<u8>, u32, u32), SealError> {
+    fn encode(&mut self, batch: &EncodedEvents) -> Result<(Vec<u8>, u32, u32), SealError> {
         let event_count =
             u32::try_from(batch.len()).map_err(|_| SealError::TooLarge(batch.len()))?;
         let raw = batch.as_bytes();
@@ -290,16 +307,16 @@ impl Sealer {
     }
 }
 
-/// Runs until `events` closes or `stop` fires, then seals what is pending
-/// and returns. Every sealed batch goes to `sink`, in sequence order.
+/// Runs until `events` (runs of encoded events) closes or `stop` fires,
+/// then seals what is pending and returns. Every sealed batch goes to `sink`, in sequence order.
 pub async fn run(
-    mut events: mpsc::Receiver<EncodedEvent>,
+    mut events: mpsc::Receiver<EncodedEvents>,
     mut stop: oneshot::Receiver<()>,
     mut acc: Accumulator,
     mut sealer: Sealer,
     mut sink: impl FnMut(SensorBatch),
 ) {
-    let mut seal = |batch: PendingBatch| {
+    let mut seal = |batch: EncodedEvents| {
         if batch.is_empty() {
             return;
         }
@@ -320,10 +337,13 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            event = events.recv() => match event {
-                Some(event) => {
-                    if let Some(full) = acc.push(&event, Instant::now()) {
-                        seal(full);
+            chunk = events.recv() => match chunk {
+                Some(chunk) => {
+                    let now = Instant::now();
+                    for event in chunk.frames() {
+                        if let Some(full) = acc.push(event, now) {
+                            seal(full);
+                        }
                     }
                 }
                 None => break,
@@ -331,9 +351,11 @@ pub async fn run(
             () = expired => seal(acc.take()),
             _ = &mut stop => {
                 // Take what already arrived, then stop.
-                while let Ok(event) = events.try_recv() {
-                    if let Some(full) = acc.push(&event, Instant::now()) {
-                        seal(full);
+                while let Ok(chunk) = events.try_recv() {
+                    for event in chunk.frames() {
+                        if let Some(full) = acc.push(event, Instant::now()) {
+                            seal(full);
+                        }
                     }
                 }
                 break;
@@ -362,11 +384,18 @@ mod tests {
         }
     }
 
-    fn enc(pid: u32) -> EncodedEvent {
-        EncodedEvent::from(&ev(pid))
+    fn enc(pid: u32) -> EncodedEvents {
+        EncodedEvents::from_events(&[ev(pid)])
     }
 
-    fn events_of(batch: &PendingBatch) -> Vec<Event> {
+    /// Pushes event `pid` alone.
+    fn push(acc: &mut Accumulator, pid: u32, now: Instant) -> Option<EncodedEvents> {
+        let one = enc(pid);
+        let frame = one.frames().next().expect("one event");
+        acc.push(frame, now)
+    }
+
+    fn events_of(batch: &EncodedEvents) -> Vec<Event> {
         let events = EventBatch::decode(batch.as_bytes()).expect("prost").events;
         assert_eq!(events.len(), batch.len());
         events
@@ -396,14 +425,14 @@ mod tests {
         let mut sealer = Sealer::new(host(), 3, drops.clone());
         let events: Vec<Event> = (1..=50).map(ev).collect();
         let b1 = sealer
-            .seal(PendingBatch::from_events(&events))
+            .seal(EncodedEvents::from_events(&events))
             .expect("seal");
         drops.add_userspace_queue_full(2);
         let b2 = sealer
-            .seal(PendingBatch::from_events(&[ev(99)]))
+            .seal(EncodedEvents::from_events(&[ev(99)]))
             .expect("seal");
         let b3 = sealer
-            .seal(PendingBatch::from_events(&[ev(100)]))
+            .seal(EncodedEvents::from_events(&[ev(100)]))
             .expect("seal");
         assert_eq!([b1.sequence, b2.sequence, b3.sequence], [1, 2, 3]);
         assert_eq!(sealer.next_sequence(), 4);
@@ -429,18 +458,15 @@ mod tests {
         let start = Instant::now();
         let mut acc = Accumulator::new(3, Duration::from_millis(500));
         assert!(acc.deadline().is_none());
-        assert!(acc.push(&enc(1), start).is_none());
+        assert!(push(&mut acc, 1, start).is_none());
         assert_eq!(acc.deadline(), Some(start + Duration::from_millis(500)));
-        assert!(
-            acc.push(&enc(2), start + Duration::from_millis(400))
-                .is_none()
-        );
+        assert!(push(&mut acc, 2, start + Duration::from_millis(400)).is_none());
         assert_eq!(
             acc.deadline(),
             Some(start + Duration::from_millis(500)),
             "age of the first event"
         );
-        let full = acc.push(&enc(3), start).expect("full at 3");
+        let full = push(&mut acc, 3, start).expect("full at 3");
         assert_eq!(events_of(&full), vec![ev(1), ev(2), ev(3)]);
         assert!(acc.is_empty() && acc.deadline().is_none());
     }
@@ -453,8 +479,8 @@ mod tests {
         }
         .encoded_len();
         let mut acc = Accumulator::new(1000, Duration::from_secs(1)).with_max_bytes(3 * one);
-        assert!(acc.push(&enc(1), now).is_none());
-        assert!(acc.push(&enc(2), now).is_none());
+        assert!(push(&mut acc, 1, now).is_none());
+        assert!(push(&mut acc, 2, now).is_none());
         let two = EventBatch {
             events: vec![ev(1), ev(2)],
         };
@@ -463,9 +489,7 @@ mod tests {
             two.encoded_len(),
             "size is tracked exactly"
         );
-        let full = acc
-            .push(&enc(3), now)
-            .expect("full by bytes, far below max_events");
+        let full = push(&mut acc, 3, now).expect("full by bytes, far below max_events");
         assert_eq!(events_of(&full), vec![ev(1), ev(2), ev(3)]);
         assert_eq!(acc.encoded_bytes(), 0);
     }
@@ -518,7 +542,8 @@ mod tests {
         ];
         for (timestamp_ns, process) in [(0, Process::default()), (1 << 40, process)] {
             for kind in &kinds {
-                let got = EncodedEvent::with_process(timestamp_ns, kind, &process.encode_to_vec());
+                let mut got = EncodedEvents::default();
+                got.push_with_process(timestamp_ns, kind, &process.encode_to_vec());
                 let mut whole = kind.clone();
                 match &mut whole {
                     Kind::Exec(e) => e.process = Some(process.clone()),
@@ -533,21 +558,23 @@ mod tests {
                     timestamp_ns,
                     kind: Some(whole),
                 };
-                assert_eq!(got.as_bytes(), want.encode_to_vec(), "{want:?}");
+                let batch = EventBatch { events: vec![want] };
+                assert_eq!(got.as_bytes(), batch.encode_to_vec(), "{batch:?}");
             }
         }
         let isolation = Kind::Isolation(IsolationEvent {
             requester: "cli".into(),
             ..Default::default()
         });
-        let want = Event {
-            timestamp_ns: 7,
-            kind: Some(isolation.clone()),
+        let want = EventBatch {
+            events: vec![Event {
+                timestamp_ns: 7,
+                kind: Some(isolation.clone()),
+            }],
         };
-        assert_eq!(
-            EncodedEvent::with_process(7, &isolation, b"").as_bytes(),
-            want.encode_to_vec()
-        );
+        let mut got = EncodedEvents::default();
+        got.push_with_process(7, &isolation, b"");
+        assert_eq!(got.as_bytes(), want.encode_to_vec());
     }
 
     type Sealed = Arc<std::sync::Mutex<Vec<SensorBatch>>>;
@@ -555,7 +582,7 @@ mod tests {
     fn start(
         max_events: usize,
     ) -> (
-        mpsc::Sender<EncodedEvent>,
+        mpsc::Sender<EncodedEvents>,
         oneshot::Sender<()>,
         Sealed,
         tokio::task::JoinHandle<()>,
@@ -608,6 +635,32 @@ mod tests {
         let got = out.lock().expect("lock");
         assert_eq!(got.len(), 4, "the pending event is flushed at close");
         assert_eq!((got[3].sequence, decode(&got[3])), (4, vec![ev(10)]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_events_is_split_across_batches() {
+        let (tx, _stop, out, task) = start(4);
+        // Events of more than 127 bytes: two-byte frame lengths.
+        let big = |pid: u32| Event {
+            timestamp_ns: u64::from(pid),
+            kind: Some(Kind::Fork(ForkEvent {
+                process: Some(Process {
+                    pid,
+                    exe: "/x".repeat(100),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let run: Vec<Event> = (1..=6).map(big).collect();
+        let chunk = EncodedEvents::from_events(&run);
+        assert_eq!(chunk.frames().count(), 6);
+        tx.send(chunk).await.expect("send");
+        drop(tx);
+        task.await.expect("batcher ends when its input closes");
+        let got = out.lock().expect("lock");
+        assert_eq!(got.len(), 2);
+        assert_eq!(decode(&got[0]), run[..4]);
+        assert_eq!(decode(&got[1]), run[4..]);
     }
 
     #[tokio::test(start_paused = true)]
