@@ -16,6 +16,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     path::Path,
 };
 
@@ -121,7 +122,7 @@ pub struct ExitedProcess {
 /// Live processes keyed by tgid, each checked against its start time.
 #[derive(Debug)]
 pub struct ProcessTable {
-    entries: HashMap<u32, ProcessEntry>,
+    entries: HashMap<u32, ProcessEntry, BuildHasherDefault<PidHasher>>,
     /// Eviction order: (tgid, generation), oldest first; may hold stale slots.
     clock: VecDeque<(u32, u64)>,
     /// Exited entries in exit order: (exit timestamp, tgid, generation).
@@ -139,7 +140,7 @@ impl ProcessTable {
     /// `max_entries` is raised to 1 if 0.
     pub fn new(max_entries: usize, lineage_depth: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             clock: VecDeque::new(),
             exited: VecDeque::new(),
             next_generation: 0,
@@ -322,7 +323,7 @@ impl ProcessTable {
             gid: task.gid,
             euid: task.euid,
             egid: task.egid,
-            comm: task.comm.clone(),
+            comm: task.comm.to_string(),
             cgroup_id: task.cgroup_id,
             exe,
             lineage: self.lineage(task),
@@ -397,8 +398,9 @@ impl ProcessTable {
             && e.is_process(task.start_boottime_ns)
         {
             e.ppid = task.ppid;
-            if e.comm != task.comm {
-                e.comm.clone_from(&task.comm);
+            if e.comm != *task.comm {
+                e.comm.clear();
+                e.comm.push_str(&task.comm);
                 e.label.clear();
             }
             if let Some(exe) = exe {
@@ -414,7 +416,7 @@ impl ProcessTable {
         self.insert(ProcessEntry {
             tgid: task.tgid,
             ppid: task.ppid,
-            comm: task.comm.clone(),
+            comm: task.comm.to_string(),
             exe: exe.unwrap_or_default(),
             start_ns: task.start_boottime_ns,
             start_slack_ns: 0,
@@ -471,6 +473,31 @@ impl ProcessTable {
             self.clock
                 .retain(|(tgid, g)| entries.get(tgid).is_some_and(|e| e.generation == *g));
         }
+    }
+}
+
+/// Hashes a pid with one multiply (Fibonacci hashing) instead of SipHash,
+/// which was a visible share of each event's cost (the table is looked up
+/// once per ancestor per event). Collision flooding is not a concern: the
+/// kernel picks pids, and the multiply maps distinct low bits to distinct
+/// buckets.
+#[derive(Clone, Copy, Debug, Default)]
+struct PidHasher(u64);
+
+impl Hasher for PidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u32 keys; any other key still hashes correctly.
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(26) ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

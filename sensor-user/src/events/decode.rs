@@ -9,8 +9,8 @@ use sensor_common::{
 };
 
 use super::{
-    ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, NetRecord, PolicyRecord, RawPath,
-    TaskIdentity, dns,
+    Comm, ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, NetRecord, PolicyRecord,
+    RawPath, TaskIdentity, dns,
 };
 
 /// A record that does not match any layout we know. Counted, never fatal.
@@ -220,7 +220,7 @@ fn task_identity(t: &TaskInfo) -> TaskIdentity {
         gid: t.gid,
         euid: t.euid,
         egid: t.egid,
-        comm: c_string(&t.comm),
+        comm: Comm::from_kernel(&t.comm),
         cgroup_id: t.cgroup_id,
         start_boottime_ns: t.start_boottime_ns,
     }
