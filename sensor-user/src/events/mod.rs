@@ -208,6 +208,14 @@ pub struct RawPath {
     pub truncated: bool,
 }
 
+impl RawPath {
+    /// Frees `chain` and `name` once the path is resolved.
+    pub fn drop_names(&mut self) {
+        self.chain = String::new();
+        self.name = String::new();
+    }
+}
+
 /// A file operation on a watched path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileRecord {
@@ -226,6 +234,7 @@ pub struct FileRecord {
     /// Device (userspace encoding) and inode, when the kernel held the file.
     pub device: u64,
     pub inode: u64,
+    /// As decoded; their names are dropped by `Anchors::resolve_record`.
     pub raw_path: RawPath,
     pub raw_new_path: Option<RawPath>,
     /// Full paths, filled by `Anchors::resolve_record` before enrichment.
