@@ -4,8 +4,9 @@
 //! ```text
 //! EventSender::push (never blocks; full = counted drop)
 //!   -> bounded queue (pipeline.event_queue_capacity)
-//!   -> "rxsentry-enrich" thread: process table, file hashes (blocking I/O)
-//!   -> batcher task (tokio timers): seal by count or age, prost + zstd
+//!   -> "rxsentry-enrich" thread: process table, file hashes (blocking I/O),
+//!      prost encoding (each event once), runs of encoded events
+//!   -> batcher task (tokio timers): seal by count or age, zstd
 //!   -> upload queue (drop-oldest, counted) -> gRPC uploader task
 //! ```
 //!

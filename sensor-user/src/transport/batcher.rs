@@ -1,4 +1,7 @@
-//! Events -> sealed, numbered, compressed `SensorBatch`es.
+//! Encoded events -> sealed, numbered, compressed `SensorBatch`es.
+//!
+//! Events arrive already prost-encoded ([`EncodedEvents`]), so a batch is
+//! built by copying bytes and sealed by compressing them.
 //!
 //! Split in three so the rules are testable without timers: [`Accumulator`]
 //! decides *when* a batch is complete (count or age), [`Sealer`] decides
