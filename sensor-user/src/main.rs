@@ -11,7 +11,7 @@ use sensor_user::{
     hooks::{self, HookConfig, KernelDrops, ProcessHooks},
     identity, isolation, pipeline,
     policy::{self, manager::Command as PolicyCommand},
-    transport::DropTracker,
+    transport::{DropTracker, EncodedEvents},
     watch::{self, manager::Command as WatchCommand},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -548,11 +548,15 @@ async fn start_isolation(
             reason: "sensor started with a persisted isolation".to_owned(),
         };
         match iso.apply(&startup) {
-            Ok(Some(event)) => _ = audit.send(event).await,
+            Ok(Some(event)) => _ = audit.send(EncodedEvents::from_events([&event])).await,
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot re-apply the persisted isolation");
-                _ = audit.send(iso.failure_event(&startup, &e)).await;
+                _ = audit
+                    .send(EncodedEvents::from_events([
+                        &iso.failure_event(&startup, &e)
+                    ]))
+                    .await;
             }
         }
         let status = iso.status()?;

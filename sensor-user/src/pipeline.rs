@@ -4,8 +4,9 @@
 //! ```text
 //! EventSender::push (never blocks; full = counted drop)
 //!   -> bounded queue (pipeline.event_queue_capacity)
-//!   -> "rxsentry-enrich" thread: process table, file hashes (blocking I/O)
-//!   -> batcher task (tokio timers): seal by count or age, prost + zstd
+//!   -> "rxsentry-enrich" thread: process table, file hashes (blocking I/O),
+//!      prost encoding (each event once), runs of encoded events
+//!   -> batcher task (tokio timers): seal by count or age, zstd
 //!   -> upload queue (drop-oldest, counted) -> gRPC uploader task
 //! ```
 //!
@@ -23,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use proto::telemetry::v1::{DropCounters, Event, HostIdentity};
+use proto::telemetry::v1::{DropCounters, HostIdentity};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -35,14 +36,21 @@ use crate::{
     enrich::Enricher,
     events::KernelEvent,
     transport::{
-        Accumulator, DropTracker, Sealer, UploadQueue, Uploader, UploaderError, UploaderSettings,
-        batcher,
+        Accumulator, DropTracker, EncodedEvents, Sealer, UploadQueue, Uploader, UploaderError,
+        UploaderSettings, batcher,
     },
 };
 
-/// Events between the enrichment thread and the batcher: enough for a few
-/// batches, so enrichment rarely waits on sealing.
-const ENRICHED_QUEUE: usize = 4096;
+/// Runs of events between the enrichment thread and the batcher: up to
+/// [`RUN_EVENTS`] * this many events, a few batches, so enrichment rarely
+/// waits on sealing.
+const ENRICHED_QUEUE: usize = 64;
+
+/// Most events the enrichment thread passes on in one message. It passes on
+/// what it has whenever its input is empty, so a run never waits for more
+/// events; under load, one message (and one batcher wakeup) per run instead
+/// of per event.
+const RUN_EVENTS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -194,7 +202,7 @@ pub struct PipelineHandle {
     uploader: Uploader,
     shared: Arc<Shared>,
     /// Into the batcher, past enrichment: for events made in userspace.
-    audit: mpsc::Sender<Event>,
+    audit: mpsc::Sender<EncodedEvents>,
 }
 
 /// Starts the enrichment thread, the batcher and the uploader. Call from
@@ -263,7 +271,7 @@ pub fn spawn(
 fn enrich_loop(
     mut enricher: Enricher,
     mut events: mpsc::Receiver<Item>,
-    out: mpsc::Sender<Event>,
+    out: mpsc::Sender<EncodedEvents>,
     shared: &Shared,
 ) {
     match enricher.seed_from_proc(Path::new("/proc")) {
@@ -272,7 +280,34 @@ fn enrich_loop(
     }
     let counters = &shared.counters;
     publish_stats(&enricher, counters);
-    while let Some(item) = events.blocking_recv() {
+    let mut run = EncodedEvents::default();
+    // Events in `run` are not done yet: shutdown counts them if abandoned.
+    let pass_on = |run: &mut EncodedEvents| {
+        if run.is_empty() {
+            return;
+        }
+        let n = run.len() as u64;
+        // The next run likely is as large: room for it up front.
+        let next = EncodedEvents::with_capacity(run.encoded_len());
+        if out.blocking_send(std::mem::replace(run, next)).is_err() && !shared.abandon.load(Relaxed)
+        {
+            // The batcher died without a shutdown (a bug): still count it.
+            shared.drops.add_userspace_queue_full(n);
+        }
+        counters.events_done.fetch_add(n, Relaxed);
+    };
+    loop {
+        let item = match events.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                pass_on(&mut run);
+                match events.blocking_recv() {
+                    Some(item) => item,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
         let event = match item {
             Item::Event(event) => event,
             // Refuse further pushes, then drain what is queued.
@@ -284,18 +319,17 @@ fn enrich_loop(
         if shared.abandon.load(Relaxed) {
             return;
         }
-        let enriched = enricher.enrich(event);
+        enricher.enrich_into(event, &mut run);
         counters.events_enriched.fetch_add(1, Relaxed);
         publish_stats(&enricher, counters);
         if shared.abandon.load(Relaxed) {
             return;
         }
-        if out.blocking_send(enriched).is_err() && !shared.abandon.load(Relaxed) {
-            // The batcher died without a shutdown (a bug): still count it.
-            shared.drops.add_userspace_queue_full(1);
+        if run.len() >= RUN_EVENTS {
+            pass_on(&mut run);
         }
-        counters.events_done.fetch_add(1, Relaxed);
     }
+    pass_on(&mut run);
     shared.drained.store(true, Relaxed);
 }
 
@@ -319,7 +353,7 @@ impl PipelineHandle {
 
     /// For events the daemon makes itself (isolation audit records): they
     /// need no enrichment and go straight to the batcher.
-    pub fn audit_sender(&self) -> mpsc::Sender<Event> {
+    pub fn audit_sender(&self) -> mpsc::Sender<EncodedEvents> {
         self.audit.clone()
     }
 

@@ -10,7 +10,7 @@ pub mod process_table;
 use std::path::Path;
 
 use proto::telemetry::v1::{
-    Event, ExecEvent, ExitEvent, FileEvent, FileIdentity, ForkEvent, PolicyEvent,
+    Event, ExecEvent, ExitEvent, FileEvent, FileIdentity, ForkEvent, PolicyEvent, Process,
     event::Kind,
     file_event::Operation,
     policy_event::{Action, Reason},
@@ -18,7 +18,8 @@ use proto::telemetry::v1::{
 
 use crate::{
     config::Config,
-    events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord},
+    events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord, TaskIdentity},
+    transport::EncodedEvents,
 };
 pub use hash_cache::{ExecHash, HashCache, HashError, HashStats};
 pub use process_table::{ProcessTable, TableStats};
@@ -28,6 +29,9 @@ pub use process_table::{ProcessTable, TableStats};
 pub struct Enricher {
     table: ProcessTable,
     hashes: HashCache,
+    /// Scratch for [`Self::enrich_into`]'s process field, kept to reuse
+    /// its allocation.
+    process_buf: Vec<u8>,
 }
 
 impl Enricher {
@@ -38,6 +42,7 @@ impl Enricher {
                 config.process_table.lineage_depth,
             ),
             hashes: HashCache::new(config.hashing.cache_entries, config.hashing.max_file_bytes),
+            process_buf: Vec::new(),
         }
     }
 
@@ -61,14 +66,46 @@ impl Enricher {
 
     /// One kernel event -> one telemetry event. Blocking (may hash a file).
     pub fn enrich(&mut self, event: KernelEvent) -> Event {
+        let (timestamp_ns, mut kind, process) = self.enrich_with(event, ProcessTable::describe);
+        if let Some(slot) = process_slot(&mut kind) {
+            *slot = Some(process);
+        }
+        Event {
+            timestamp_ns,
+            kind: Some(kind),
+        }
+    }
+
+    /// [`Self::enrich`], prost-encoded and appended to `out`: the same
+    /// bytes as `enrich(event).encode_to_vec()`, but the process
+    /// description comes from the table's cache instead of being rebuilt,
+    /// copied and encoded (several times) for every event.
+    pub fn enrich_into(&mut self, event: KernelEvent, out: &mut EncodedEvents) {
+        let mut process = std::mem::take(&mut self.process_buf);
+        process.clear();
+        let (timestamp_ns, kind, ()) = self.enrich_with(event, |table, task| {
+            table.encode_description(task, &mut process)
+        });
+        out.push_with_process(timestamp_ns, &kind, &process);
+        self.process_buf = process;
+    }
+
+    /// The event's kind with `process` left empty, and what `describe`
+    /// made of its task, called at the point where the process table
+    /// describes it (after an exec or fork is applied, before an exit).
+    fn enrich_with<P>(
+        &mut self,
+        event: KernelEvent,
+        mut describe: impl FnMut(&mut ProcessTable, &TaskIdentity) -> P,
+    ) -> (u64, Kind, P) {
         let timestamp_ns = event.timestamp_ns();
-        let kind = match event {
+        let (kind, process) = match event {
             KernelEvent::Exec(exec) => {
                 let hash = self.hashes.hash_exec(&exec);
                 self.table.on_exec(&exec);
-                let process = self.table.describe(&exec.task);
-                Kind::Exec(ExecEvent {
-                    process: Some(process),
+                let process = describe(&mut self.table, &exec.task);
+                let kind = Kind::Exec(ExecEvent {
+                    process: None,
                     filename: exec.filename,
                     argv: exec.argv,
                     argv_truncated: exec.argv_truncated,
@@ -78,81 +115,100 @@ impl Enricher {
                         device: exec.device,
                         inode: exec.inode,
                     }),
-                })
+                });
+                (kind, process)
             }
             KernelEvent::Fork(fork) => {
                 self.table.on_fork(&fork);
-                Kind::Fork(ForkEvent {
-                    process: Some(self.table.describe(&fork.task)),
-                })
+                let process = describe(&mut self.table, &fork.task);
+                (Kind::Fork(ForkEvent { process: None }), process)
             }
             KernelEvent::Exit(exit) => {
-                let process = self.table.describe(&exit.task);
+                let process = describe(&mut self.table, &exit.task);
                 let gone = self.table.on_exit(&exit);
-                Kind::Exit(ExitEvent {
-                    process: Some(process),
+                let kind = Kind::Exit(ExitEvent {
+                    process: None,
                     exit_code: exit.exit_code(),
                     signal: exit.signal(),
                     core_dumped: exit.core_dumped(),
                     duration_ns: gone.duration_ns,
-                })
+                });
+                (kind, process)
             }
-            KernelEvent::Policy(block) => Kind::Policy(self.policy_event(block)),
-            KernelEvent::File(file) => Kind::File(self.file_event(*file)),
+            KernelEvent::Policy(block) => {
+                let process = describe(&mut self.table, &block.task);
+                (Kind::Policy(self.policy_event(block)), process)
+            }
+            KernelEvent::File(file) => {
+                let process = describe(&mut self.table, &file.task);
+                (Kind::File(file_event(*file)), process)
+            }
             KernelEvent::Net(net) => {
-                let process = self.table.describe(&net.task);
-                Kind::Network(network::network_event(*net, process))
+                let process = describe(&mut self.table, &net.task);
+                (Kind::Network(network::network_event(*net)), process)
             }
         };
-        Event {
-            timestamp_ns,
-            kind: Some(kind),
-        }
+        (timestamp_ns, kind, process)
+    }
+}
+
+/// Where an enriched event's process description goes.
+fn process_slot(kind: &mut Kind) -> Option<&mut Option<Process>> {
+    match kind {
+        Kind::Exec(e) => Some(&mut e.process),
+        Kind::Fork(e) => Some(&mut e.process),
+        Kind::Exit(e) => Some(&mut e.process),
+        Kind::File(e) => Some(&mut e.process),
+        Kind::Policy(e) => Some(&mut e.process),
+        Kind::Network(e) => Some(&mut e.process),
+        Kind::Isolation(_) => None,
+    }
+}
+
+/// A file record as a `FileEvent`, without its process.
+fn file_event(f: FileRecord) -> FileEvent {
+    use sensor_common::file_op;
+    let operation = match f.op {
+        file_op::OPEN_READ => Operation::OpenRead,
+        file_op::OPEN_WRITE => Operation::OpenWrite,
+        file_op::UNLINK => Operation::Unlink,
+        file_op::RENAME => Operation::Rename,
+        file_op::CHMOD => Operation::Chmod,
+        file_op::CHOWN => Operation::Chown,
+        file_op::EXEC => Operation::Exec,
+        _ => Operation::Unspecified,
+    };
+    let creates = f.flags & 0o100 != 0;
+    let mode = match operation {
+        Operation::Chmod => Some(f.mode),
+        Operation::OpenWrite if creates => Some(f.mode),
+        _ => None,
+    };
+    let id = |v: u32| (operation == Operation::Chown && v != u32::MAX).then_some(v);
+    FileEvent {
+        process: None,
+        operation: operation as i32,
+        path_truncated: f.raw_path.truncated
+            || f.raw_new_path.as_ref().is_some_and(|p| p.truncated),
+        path: f.path,
+        new_path: f.new_path.unwrap_or_default(),
+        flags: f.flags,
+        result: f.result,
+        mode,
+        uid: id(f.uid),
+        gid: id(f.gid),
+        file: (f.inode != 0).then_some(FileIdentity {
+            device: f.device,
+            inode: f.inode,
+        }),
+        repeats: f.repeats.map_or(0, |r| r.count),
+        repeat_first_ns: f.repeats.map_or(0, |r| r.first_ns),
+        repeat_last_ns: f.repeats.map_or(0, |r| r.last_ns),
     }
 }
 
 impl Enricher {
-    fn file_event(&mut self, f: FileRecord) -> FileEvent {
-        use sensor_common::file_op;
-        let operation = match f.op {
-            file_op::OPEN_READ => Operation::OpenRead,
-            file_op::OPEN_WRITE => Operation::OpenWrite,
-            file_op::UNLINK => Operation::Unlink,
-            file_op::RENAME => Operation::Rename,
-            file_op::CHMOD => Operation::Chmod,
-            file_op::CHOWN => Operation::Chown,
-            file_op::EXEC => Operation::Exec,
-            _ => Operation::Unspecified,
-        };
-        let creates = f.flags & 0o100 != 0;
-        let mode = match operation {
-            Operation::Chmod => Some(f.mode),
-            Operation::OpenWrite if creates => Some(f.mode),
-            _ => None,
-        };
-        let id = |v: u32| (operation == Operation::Chown && v != u32::MAX).then_some(v);
-        FileEvent {
-            process: Some(self.table.describe(&f.task)),
-            operation: operation as i32,
-            path_truncated: f.raw_path.truncated
-                || f.raw_new_path.as_ref().is_some_and(|p| p.truncated),
-            path: f.path,
-            new_path: f.new_path.unwrap_or_default(),
-            flags: f.flags,
-            result: f.result,
-            mode,
-            uid: id(f.uid),
-            gid: id(f.gid),
-            file: (f.inode != 0).then_some(FileIdentity {
-                device: f.device,
-                inode: f.inode,
-            }),
-            repeats: f.repeats.map_or(0, |r| r.count),
-            repeat_first_ns: f.repeats.map_or(0, |r| r.first_ns),
-            repeat_last_ns: f.repeats.map_or(0, |r| r.last_ns),
-        }
-    }
-
+    /// A policy record as a `PolicyEvent`, without its process.
     fn policy_event(&mut self, block: PolicyRecord) -> PolicyEvent {
         // Hash what was stopped, for the analyst: same cache as execs.
         let as_exec = ExecRecord {
@@ -172,7 +228,7 @@ impl Enricher {
             _ => Reason::Unspecified,
         };
         PolicyEvent {
-            process: Some(self.table.describe(&block.task)),
+            process: None,
             path: block.filename,
             sha256: hash.sha256,
             hash_error: hash.error,
@@ -281,6 +337,142 @@ mod tests {
         );
         assert_eq!(x.process.expect("process").exe, prog.to_string_lossy());
         assert!(e.table().get(0x7fff_ff01).is_none());
+    }
+
+    /// The pipeline's encoded events (cached process descriptions) must be
+    /// the very bytes of the prost events built the old way, whatever
+    /// happens to the process and its ancestors in between.
+    #[test]
+    fn encoded_events_are_byte_identical_to_prost_events() {
+        use crate::events::{FileRecord, NetRecord, PolicyRecord};
+        use prost::Message as _;
+        let (pa, pb) = (0x7fff_ff10, 0x7fff_ff11);
+        let parent = task(pa, 1, "sh", 10);
+        let child = task(pb, pa, "worker", 100);
+        let thread = TaskIdentity {
+            tid: pb + 5,
+            ..child.clone()
+        };
+        let file = |t: &TaskIdentity, ts: u64| {
+            KernelEvent::File(Box::new(FileRecord {
+                timestamp_ns: ts,
+                task: t.clone(),
+                op: sensor_common::file_op::OPEN_READ,
+                path: format!("/srv/phi/f{ts}"),
+                inode: ts,
+                ..Default::default()
+            }))
+        };
+        let net = |t: &TaskIdentity, ts: u64| {
+            KernelEvent::Net(Box::new(NetRecord {
+                timestamp_ns: ts,
+                task: t.clone(),
+                op: sensor_common::net_op::CONNECT,
+                protocol: sensor_common::IPPROTO_TCP,
+                family: sensor_common::AF_INET,
+                local: "127.0.0.1:4000".parse().expect("addr"),
+                remote: "127.0.0.1:80".parse().expect("addr"),
+                result: 0,
+                bytes_sent: 0,
+                bytes_received: 0,
+                dns_questions: vec![],
+                dns_error: None,
+                partial: false,
+            }))
+        };
+        let mut parent_execd = parent.clone();
+        parent_execd.comm = "bash".into();
+        let mut child_setuid = child.clone();
+        child_setuid.euid = 0;
+        let mut child_execd = child.clone();
+        child_execd.comm = "prog".into();
+        // A stale event of an older process that had the child's pid.
+        let older = task(pb, pa, "old", 50);
+        let events = vec![
+            KernelEvent::Fork(ForkRecord {
+                timestamp_ns: 10,
+                task: parent.clone(),
+                partial: false,
+            }),
+            KernelEvent::Fork(ForkRecord {
+                timestamp_ns: 100,
+                task: child.clone(),
+                partial: false,
+            }),
+            file(&child, 200),
+            file(&thread, 201),
+            file(&child, 202),
+            net(&thread, 203),
+            // The parent execs: the child's lineage changes.
+            KernelEvent::Exec(ExecRecord {
+                timestamp_ns: 300,
+                task: parent_execd.clone(),
+                filename: "/bin/bash".into(),
+                ..Default::default()
+            }),
+            file(&child, 301),
+            file(&thread, 302),
+            file(&child_setuid, 303),
+            file(&older, 304),
+            file(&task(0x7fff_ff20, 0x7fff_ff1f, "stranger", 7), 305),
+            KernelEvent::Policy(PolicyRecord {
+                timestamp_ns: 306,
+                task: child.clone(),
+                filename: "/nonexistent/rxsentry-test".into(),
+                device: 1,
+                inode: 2,
+                blocked: true,
+                reason: sensor_common::reason::NOT_ALLOWED,
+                backend: sensor_common::backend::LSM,
+                rule_index: None,
+                rule: String::new(),
+                generation: 3,
+                partial: false,
+            }),
+            KernelEvent::Exec(ExecRecord {
+                timestamp_ns: 400,
+                task: child_execd.clone(),
+                filename: "/nonexistent/prog".into(),
+                argv: vec!["prog".into()],
+                ..Default::default()
+            }),
+            file(&child_execd, 401),
+            KernelEvent::Exit(ExitRecord {
+                timestamp_ns: 500,
+                task: child_execd.clone(),
+                status: 0,
+                partial: false,
+            }),
+            // Read after the exit, within the grace period.
+            file(&child_execd, 501),
+            net(&child_execd, 502),
+        ];
+        let mut old_way = Enricher::new(&Config::default());
+        let mut new_way = Enricher::new(&Config::default());
+        let mut wants = Vec::new();
+        let mut got = EncodedEvents::default();
+        for event in events {
+            wants.push(old_way.enrich(event.clone()));
+            new_way.enrich_into(event, &mut got);
+        }
+        assert_eq!(got.len(), wants.len());
+        for (frame, want) in got.frames().zip(&wants) {
+            let one = EncodedEvents::from_events([want]);
+            assert_eq!(Some(frame), one.frames().next(), "{want:?}");
+        }
+        let batch = proto::telemetry::v1::EventBatch { events: wants };
+        assert_eq!(got.as_bytes(), batch.encode_to_vec());
+        let mut lineages = Vec::new();
+        for want in &batch.events {
+            if let Some(Kind::File(f)) = &want.kind
+                && f.process.as_ref().map(|p| p.pid) == Some(pb)
+            {
+                lineages.push(f.process.clone().expect("process").lineage);
+            }
+        }
+        let (sh, bash) = (format!("{pa}:sh"), format!("{pa}:bash"));
+        assert_eq!(lineages[0], vec![sh], "before the parent's exec");
+        assert_eq!(lineages[3], vec![bash], "after the parent's exec");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! kernel's numbers, DNS questions with type names.
 
 use proto::telemetry::v1::{
-    DnsQuestion, NetworkEvent, Process,
+    DnsQuestion, NetworkEvent,
     network_event::{Family, Op, Protocol},
 };
 use sensor_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_CONNECT_FAILED, net_op};
@@ -29,7 +29,8 @@ fn tcp_state_name(state: u8) -> String {
     name.to_owned()
 }
 
-pub fn network_event(n: NetRecord, process: Process) -> NetworkEvent {
+/// A network record as a `NetworkEvent`, without its process.
+pub fn network_event(n: NetRecord) -> NetworkEvent {
     let op = match n.op {
         net_op::CONNECT => Op::Connect,
         net_op::ACCEPT => Op::Accept,
@@ -47,7 +48,7 @@ pub fn network_event(n: NetRecord, process: Process) -> NetworkEvent {
         _ => String::new(),
     };
     NetworkEvent {
-        process: Some(process),
+        process: None,
         op: op as i32,
         protocol: match n.protocol {
             IPPROTO_TCP => Protocol::Tcp,
@@ -101,7 +102,7 @@ mod tests {
             dns_error: None,
             partial: false,
         };
-        let e = network_event(record.clone(), Process::default());
+        let e = network_event(record.clone());
         assert_eq!(e.op(), Op::Connect);
         assert_eq!(e.result, "failed");
         assert_eq!(
@@ -113,9 +114,6 @@ mod tests {
             result: 8,
             ..record
         };
-        assert_eq!(
-            network_event(close, Process::default()).result,
-            "close_wait"
-        );
+        assert_eq!(network_event(close).result, "close_wait");
     }
 }

@@ -16,9 +16,11 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     path::Path,
 };
 
+use prost::Message;
 use proto::telemetry::v1::Process;
 
 use crate::events::{ExecRecord, ExitRecord, ForkRecord, TaskIdentity};
@@ -48,6 +50,34 @@ pub struct ProcessEntry {
     /// "pid:comm" as lineages show it, built once per comm instead of once
     /// per event ("" until first needed).
     label: String,
+    /// This process's last description, encoded: most events come in runs
+    /// from the same process, so it is built once per run, not per event.
+    description: Option<Box<CachedDescription>>,
+}
+
+/// An encoded `Process` and what it was built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CachedDescription {
+    /// [`ProcessTable::epoch`] when it was built.
+    epoch: u64,
+    /// The task it describes; `tid` is ignored (encoded per event).
+    task: TaskIdentity,
+    /// The prost encoding of the `Process` with `pid` and `tid` zero, i.e.
+    /// its fields 3 and up.
+    fields: Box<[u8]>,
+}
+
+impl CachedDescription {
+    /// Whether it describes `task` (any thread of it).
+    fn describes(&self, task: &TaskIdentity) -> bool {
+        let t = &self.task;
+        (t.tgid, t.ppid, t.uid, t.gid, t.euid, t.egid)
+            == (
+                task.tgid, task.ppid, task.uid, task.gid, task.euid, task.egid,
+            )
+            && (t.cgroup_id, t.start_boottime_ns) == (task.cgroup_id, task.start_boottime_ns)
+            && t.comm == task.comm
+    }
 }
 
 impl ProcessEntry {
@@ -92,7 +122,7 @@ pub struct ExitedProcess {
 /// Live processes keyed by tgid, each checked against its start time.
 #[derive(Debug)]
 pub struct ProcessTable {
-    entries: HashMap<u32, ProcessEntry>,
+    entries: HashMap<u32, ProcessEntry, BuildHasherDefault<PidHasher>>,
     /// Eviction order: (tgid, generation), oldest first; may hold stale slots.
     clock: VecDeque<(u32, u64)>,
     /// Exited entries in exit order: (exit timestamp, tgid, generation).
@@ -101,19 +131,23 @@ pub struct ProcessTable {
     max_entries: usize,
     lineage_depth: usize,
     stats: TableStats,
+    /// Bumped by every change to the entries (insert, update, removal): a
+    /// cached description from an older epoch may be stale.
+    epoch: u64,
 }
 
 impl ProcessTable {
     /// `max_entries` is raised to 1 if 0.
     pub fn new(max_entries: usize, lineage_depth: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             clock: VecDeque::new(),
             exited: VecDeque::new(),
             next_generation: 0,
             max_entries: max_entries.max(1),
             lineage_depth,
             stats: TableStats::default(),
+            epoch: 0,
         }
     }
 
@@ -172,6 +206,7 @@ impl ProcessTable {
                 referenced: false,
                 exited: false,
                 label: String::new(),
+                description: None,
             });
             added += 1;
         }
@@ -205,6 +240,8 @@ impl ProcessTable {
         let entry = match self.entries.get_mut(&task.tgid) {
             Some(e) if !e.exited && e.not_newer_than(task.start_boottime_ns) => {
                 e.exited = true;
+                // Rarely used again: late events rebuild it.
+                e.description = None;
                 self.exited
                     .push_back((exit.timestamp_ns, e.tgid, e.generation));
                 Some(e.clone())
@@ -231,10 +268,23 @@ impl ProcessTable {
     /// entry under the parent pid is younger than the child (pid reused).
     pub fn lineage(&mut self, task: &TaskIdentity) -> Vec<String> {
         let mut out = Vec::new();
+        self.walk_ancestors(task, |parent| {
+            if parent.label.is_empty() {
+                parent.label = format!("{}:{}", parent.tgid, parent.comm);
+            }
+            out.push(parent.label.clone());
+        });
+        out
+    }
+
+    /// Calls `visit` on each ancestor [`Self::lineage`] lists, in order,
+    /// marking each as referenced (hot for eviction).
+    fn walk_ancestors(&mut self, task: &TaskIdentity, mut visit: impl FnMut(&mut ProcessEntry)) {
+        let mut depth = 0;
         let mut pid = task.ppid;
         let mut child_start = task.start_boottime_ns;
         let mut child = task.tgid;
-        while out.len() < self.lineage_depth && pid != 0 && pid != child {
+        while depth < self.lineage_depth && pid != 0 && pid != child {
             let Some(parent) = self.entries.get_mut(&pid) else {
                 break;
             };
@@ -242,15 +292,12 @@ impl ProcessTable {
                 break;
             }
             parent.referenced = true;
-            if parent.label.is_empty() {
-                parent.label = format!("{}:{}", parent.tgid, parent.comm);
-            }
-            out.push(parent.label.clone());
+            visit(parent);
+            depth += 1;
             child = pid;
             child_start = parent.start_ns;
             pid = parent.ppid;
         }
-        out
     }
 
     /// The protobuf `Process` for an event's task, with exe, lineage and
@@ -276,11 +323,52 @@ impl ProcessTable {
             gid: task.gid,
             euid: task.euid,
             egid: task.egid,
-            comm: task.comm.clone(),
+            comm: task.comm.to_string(),
             cgroup_id: task.cgroup_id,
             exe,
             lineage: self.lineage(task),
             start_time_ns,
+        }
+    }
+
+    /// Appends the prost encoding of [`Self::describe`]`(task)` to `out`
+    /// (the message's fields, without tag or length), with the same effect
+    /// on the table. The fields after `pid` and `tid` are cached in the
+    /// entry until the table or the task changes, so a run of events from
+    /// one process builds its description once.
+    pub fn encode_description(&mut self, task: &TaskIdentity, out: &mut Vec<u8>) {
+        let epoch = self.epoch;
+        let (known, hit) = match self.entries.get_mut(&task.tgid) {
+            Some(e) if e.not_newer_than(task.start_boottime_ns) => match &e.description {
+                Some(d) if d.epoch == epoch && d.describes(task) => {
+                    e.referenced = true;
+                    encode_ids(task, out);
+                    out.extend_from_slice(&d.fields);
+                    (true, true)
+                }
+                _ => (true, false),
+            },
+            _ => (false, false),
+        };
+        if hit {
+            // The same eviction hints as describe's lineage walk.
+            self.walk_ancestors(task, |_| {});
+            return;
+        }
+        let process = Process {
+            pid: 0,
+            tid: 0,
+            ..self.describe(task)
+        };
+        let fields = process.encode_to_vec().into_boxed_slice();
+        encode_ids(task, out);
+        out.extend_from_slice(&fields);
+        if known && let Some(e) = self.entries.get_mut(&task.tgid) {
+            e.description = Some(Box::new(CachedDescription {
+                epoch,
+                task: task.clone(),
+                fields,
+            }));
         }
     }
 
@@ -297,19 +385,22 @@ impl ProcessTable {
                 .is_some_and(|e| e.generation == generation && e.exited)
             {
                 self.entries.remove(&tgid);
+                self.epoch += 1;
             }
         }
     }
 
     /// Adds or refreshes the process of `task`; `exe` None keeps the old one.
     fn upsert(&mut self, task: &TaskIdentity, exe: Option<String>) {
+        self.epoch += 1;
         if let Some(e) = self.entries.get_mut(&task.tgid)
             && !e.exited
             && e.is_process(task.start_boottime_ns)
         {
             e.ppid = task.ppid;
-            if e.comm != task.comm {
-                e.comm.clone_from(&task.comm);
+            if e.comm != *task.comm {
+                e.comm.clear();
+                e.comm.push_str(&task.comm);
                 e.label.clear();
             }
             if let Some(exe) = exe {
@@ -325,7 +416,7 @@ impl ProcessTable {
         self.insert(ProcessEntry {
             tgid: task.tgid,
             ppid: task.ppid,
-            comm: task.comm.clone(),
+            comm: task.comm.to_string(),
             exe: exe.unwrap_or_default(),
             start_ns: task.start_boottime_ns,
             start_slack_ns: 0,
@@ -333,10 +424,12 @@ impl ProcessTable {
             referenced: false,
             exited: false,
             label: String::new(),
+            description: None,
         });
     }
 
     fn insert(&mut self, mut entry: ProcessEntry) {
+        self.epoch += 1;
         match self.entries.get(&entry.tgid) {
             Some(e) if !e.exited => self.stats.replaced_stale += 1,
             // A pid reused during the old process's grace period.
@@ -380,6 +473,42 @@ impl ProcessTable {
             self.clock
                 .retain(|(tgid, g)| entries.get(tgid).is_some_and(|e| e.generation == *g));
         }
+    }
+}
+
+/// Hashes a pid with one multiply (Fibonacci hashing) instead of SipHash,
+/// which was a visible share of each event's cost (the table is looked up
+/// once per ancestor per event). Collision flooding is not a concern: the
+/// kernel picks pids, and the multiply maps distinct low bits to distinct
+/// buckets.
+#[derive(Clone, Copy, Debug, Default)]
+struct PidHasher(u64);
+
+impl Hasher for PidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u32 keys; any other key still hashes correctly.
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(26) ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `Process.pid` and `Process.tid` as prost encodes them (proto3: zero is
+/// left out).
+fn encode_ids(task: &TaskIdentity, out: &mut Vec<u8>) {
+    if task.tgid != 0 {
+        prost::encoding::uint32::encode(1, &task.tgid, out);
+    }
+    if task.tid != 0 {
+        prost::encoding::uint32::encode(2, &task.tid, out);
     }
 }
 
@@ -488,6 +617,50 @@ pub(crate) mod tests {
         t.on_exit(&exit(task(77, 1, "x", 2_000), 6_000 + EXIT_GRACE_NS));
         assert_eq!(t.describe(&task(50, 1, "bash", 1_000)).exe, "");
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn encoded_description_is_cached_until_the_table_changes() {
+        let mut t = ProcessTable::new(16, 8);
+        t.on_fork(&fork(task(1, 0, "init", 1)));
+        t.on_fork(&fork(task(5, 1, "app", 100)));
+        let app = task(5, 1, "app", 100);
+        let encode = |t: &mut ProcessTable, task: &TaskIdentity| {
+            let mut out = Vec::new();
+            t.encode_description(task, &mut out);
+            out
+        };
+        assert_eq!(encode(&mut t, &app), t.describe(&app).encode_to_vec());
+        let cached = t.entries[&5].description.clone().expect("cached");
+        let other_thread = TaskIdentity {
+            tid: 6,
+            ..app.clone()
+        };
+        assert_eq!(
+            encode(&mut t, &other_thread),
+            t.describe(&other_thread).encode_to_vec()
+        );
+        assert_eq!(
+            t.entries[&5].description.as_ref(),
+            Some(&cached),
+            "another thread reuses the description"
+        );
+        let setuid = TaskIdentity {
+            euid: 0,
+            uid: 7,
+            ..app.clone()
+        };
+        assert_eq!(encode(&mut t, &setuid), t.describe(&setuid).encode_to_vec());
+        assert_eq!(encode(&mut t, &app), t.describe(&app).encode_to_vec());
+        // The parent execs: the cached lineage is stale.
+        t.on_exec(&exec(task(1, 0, "systemd", 1), "/sbin/init"));
+        let after = encode(&mut t, &app);
+        assert_eq!(after, t.describe(&app).encode_to_vec());
+        assert_eq!(
+            Process::decode(after.as_slice()).expect("prost").lineage,
+            vec!["1:systemd"]
+        );
+        assert_ne!(t.entries[&5].description.as_ref(), Some(&cached));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Bytes from the ring buffer -> [`KernelEvent`].
 
-use std::mem::size_of;
+use std::{borrow::Cow, mem::size_of};
 
 use sensor_common::{
     EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent,
@@ -9,8 +9,8 @@ use sensor_common::{
 };
 
 use super::{
-    ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, NetRecord, PolicyRecord, RawPath,
-    TaskIdentity, dns,
+    Comm, ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, NetRecord, PolicyRecord,
+    RawPath, TaskIdentity, dns,
 };
 
 /// A record that does not match any layout we know. Counted, never fatal.
@@ -35,7 +35,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let partial = header.flags & EVENT_PARTIAL != 0;
     match kind {
         EventKind::Exec => {
-            let raw: ExecEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<ExecEvent>(bytes, kind)?;
             let argv_len = (raw.argv_len as usize).min(raw.argv.len());
             Ok(KernelEvent::Exec(ExecRecord {
                 timestamp_ns: header.timestamp_ns,
@@ -53,7 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             }))
         }
         EventKind::Fork => {
-            let raw: ForkEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<ForkEvent>(bytes, kind)?;
             Ok(KernelEvent::Fork(ForkRecord {
                 timestamp_ns: header.timestamp_ns,
                 task: task_identity(&raw.task),
@@ -61,7 +61,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             }))
         }
         EventKind::Exit => {
-            let raw: ExitEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<ExitEvent>(bytes, kind)?;
             Ok(KernelEvent::Exit(ExitRecord {
                 timestamp_ns: header.timestamp_ns,
                 task: task_identity(&raw.task),
@@ -70,7 +70,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             }))
         }
         EventKind::Policy => {
-            let raw: PolicyEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<PolicyEvent>(bytes, kind)?;
             Ok(KernelEvent::Policy(PolicyRecord {
                 timestamp_ns: header.timestamp_ns,
                 task: task_identity(&raw.task),
@@ -87,13 +87,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             }))
         }
         EventKind::File => {
-            let raw: FileEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<FileEvent>(bytes, kind)?;
             Ok(KernelEvent::File(Box::new(file_record(
                 &raw, None, partial,
             ))))
         }
         EventKind::FileRename => {
-            let raw: FileRenameEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<FileRenameEvent>(bytes, kind)?;
             Ok(KernelEvent::File(Box::new(file_record(
                 &raw.file,
                 Some(raw_path(&raw.new_path)),
@@ -101,7 +101,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             ))))
         }
         EventKind::Net => {
-            let raw: sensor_common::NetEvent = read_exact(bytes, kind)?;
+            let raw = read_exact::<sensor_common::NetEvent>(bytes, kind)?;
             Ok(KernelEvent::Net(Box::new(net_record(&raw, partial))))
         }
     }
@@ -132,13 +132,19 @@ fn file_record(raw: &FileEvent, raw_new_path: Option<RawPath>, partial: bool) ->
 /// a hostile or stale byte after it is never read.
 fn raw_path(p: &PathRecord) -> RawPath {
     let chain_len = (p.chain_len as usize).min(p.chain.len());
+    // Leaf first in the record: from the anchor down is back to front.
+    let mut chain = String::with_capacity(chain_len);
+    for name in p.chain[..chain_len].rsplit(|&b| b == 0) {
+        if !name.is_empty() {
+            if !chain.is_empty() {
+                chain.push('/');
+            }
+            chain.push_str(&String::from_utf8_lossy(name));
+        }
+    }
     RawPath {
         anchor: (p.anchor != NO_ANCHOR).then_some(p.anchor),
-        chain: p.chain[..chain_len]
-            .split(|&b| b == 0)
-            .filter(|name| !name.is_empty())
-            .map(|name| String::from_utf8_lossy(name).into_owned())
-            .collect(),
+        chain,
         name: c_string(&p.name),
         truncated: p.flags & (PATH_CHAIN_TRUNCATED | PATH_NAME_TRUNCATED) != 0,
     }
@@ -176,7 +182,10 @@ fn net_record(raw: &sensor_common::NetEvent, partial: bool) -> NetRecord {
     }
 }
 
-fn read_exact<T: aya::Pod>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+/// The record as a `T`: viewed in place when aligned (ring buffer records
+/// are 8-byte aligned), copied otherwise. A file record is about 1 KiB, an
+/// exec record more: copying them cost more than decoding them.
+fn read_exact<T: aya::Pod>(bytes: &[u8], kind: EventKind) -> Result<Cow<'_, T>, DecodeError> {
     if bytes.len() != size_of::<T>() {
         return Err(DecodeError::SizeMismatch {
             kind,
@@ -184,7 +193,13 @@ fn read_exact<T: aya::Pod>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeErr
             want: size_of::<T>(),
         });
     }
-    Ok(read_pod(bytes).expect("length checked"))
+    if bytes.as_ptr().cast::<T>().is_aligned() {
+        // SAFETY: T is Pod (any bit pattern valid), the slice holds exactly
+        // one T and is aligned for it, and the borrow keeps `bytes` alive.
+        Ok(Cow::Borrowed(unsafe { &*bytes.as_ptr().cast::<T>() }))
+    } else {
+        Ok(Cow::Owned(read_pod(bytes).expect("length checked")))
+    }
 }
 
 /// Copies a Pod value out of a possibly unaligned byte slice.
@@ -206,7 +221,7 @@ fn task_identity(t: &TaskInfo) -> TaskIdentity {
         gid: t.gid,
         euid: t.euid,
         egid: t.egid,
-        comm: c_string(&t.comm),
+        comm: Comm::from_kernel(&t.comm),
         cgroup_id: t.cgroup_id,
         start_boottime_ns: t.start_boottime_ns,
     }
@@ -312,6 +327,54 @@ mod tests {
         assert_eq!(e.device, 0x801);
         assert_eq!(e.inode, 1234);
         assert_eq!((e.size, e.mtime_sec, e.mtime_nsec), (77, 1_700_000_000, 5));
+    }
+
+    #[test]
+    fn decodes_file_paths_aligned_or_not() {
+        use sensor_common::{FILE_CHAIN_LEN, FILE_NAME_LEN};
+        let mut chain = [0u8; FILE_CHAIN_LEN];
+        // Leaf first, each name NUL-terminated; one name is not UTF-8.
+        let names = b"rx.db\0d\xffir\0\0" as &[u8];
+        chain[..names.len()].copy_from_slice(names);
+        let mut name = [0u8; FILE_NAME_LEN];
+        name[..6].copy_from_slice(b"a/b.db");
+        let raw = FileEvent {
+            header: EventHeader {
+                kind: EventKind::File as u32,
+                flags: EVENT_PARTIAL,
+                timestamp_ns: 3,
+            },
+            task: task(),
+            op: sensor_common::file_op::OPEN_WRITE,
+            flags: 0o101,
+            result: 4,
+            mode: 0o600,
+            uid: u32::MAX,
+            gid: u32::MAX,
+            dev: (8 << 20) | 1,
+            ino: 77,
+            path: PathRecord {
+                anchor: 2,
+                flags: PATH_NAME_TRUNCATED,
+                chain_len: names.len() as u32,
+                _pad: 0,
+                chain,
+                name,
+            },
+        };
+        let KernelEvent::File(f) = decode(as_bytes(&raw)).unwrap() else {
+            panic!("not a file event")
+        };
+        assert_eq!(f.raw_path.chain, "d\u{fffd}ir/rx.db");
+        assert_eq!(f.raw_path.name, "a/b.db");
+        assert_eq!(f.raw_path.anchor, Some(2));
+        assert!(f.raw_path.truncated && f.partial);
+        assert_eq!((f.op, f.flags, f.result, f.inode), (2, 0o101, 4, 77));
+        assert_eq!(f.task.comm, "sh");
+        // The same record at an odd address is copied, not viewed.
+        let mut shifted = vec![0u8; size_of::<FileEvent>() + 1];
+        shifted[1..].copy_from_slice(as_bytes(&raw));
+        assert_eq!(decode(&shifted[1..]), Ok(KernelEvent::File(f)));
     }
 
     #[test]

@@ -20,6 +20,82 @@ pub fn file_id(path: &std::path::Path) -> std::io::Result<sensor_common::FileId>
     })
 }
 
+/// Most bytes a comm takes as UTF-8: the kernel's 16 bytes, each possibly
+/// replaced by U+FFFD (3 bytes) when not UTF-8.
+const COMM_MAX: usize = 3 * sensor_common::COMM_LEN;
+
+/// A task's comm, kept inline: every event carries one, and a `String`
+/// would cost an allocation and a free per event.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm {
+    len: u8,
+    bytes: [u8; COMM_MAX],
+}
+
+impl Comm {
+    /// `text`, cut at a character boundary if longer than any kernel comm.
+    pub fn new(text: &str) -> Self {
+        let mut len = text.len().min(COMM_MAX);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; COMM_MAX];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Self {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    /// The kernel's NUL-terminated comm bytes, lossily as UTF-8.
+    pub fn from_kernel(raw: &[u8]) -> Self {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Self::new(&String::from_utf8_lossy(&raw[..end]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // `new` copies whole characters of a str.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl Default for Comm {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Identity and credentials of a task as the kernel reported them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskIdentity {
@@ -32,7 +108,7 @@ pub struct TaskIdentity {
     pub gid: u32,
     pub euid: u32,
     pub egid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
     /// CLOCK_BOOTTIME ns at which the process started.
     pub start_boottime_ns: u64,
@@ -123,12 +199,21 @@ pub struct PolicyRecord {
 pub struct RawPath {
     /// Index into the anchor table (a watched root or an ancestor of one).
     pub anchor: Option<u32>,
-    /// Directory and file names the kernel walked, leaf first.
-    pub chain: Vec<String>,
+    /// Directory and file names the kernel walked, from the anchor down,
+    /// '/'-separated (a name never holds '/'): one string, not one per name.
+    pub chain: String,
     /// The path string the process gave, relative to the chain's leaf.
     pub name: String,
     /// The kernel cut the chain or the string.
     pub truncated: bool,
+}
+
+impl RawPath {
+    /// Frees `chain` and `name` once the path is resolved.
+    pub fn drop_names(&mut self) {
+        self.chain = String::new();
+        self.name = String::new();
+    }
 }
 
 /// A file operation on a watched path.
@@ -149,6 +234,7 @@ pub struct FileRecord {
     /// Device (userspace encoding) and inode, when the kernel held the file.
     pub device: u64,
     pub inode: u64,
+    /// As decoded; their names are dropped by `Anchors::resolve_record`.
     pub raw_path: RawPath,
     pub raw_new_path: Option<RawPath>,
     /// Full paths, filled by `Anchors::resolve_record` before enrichment.
@@ -227,5 +313,24 @@ impl KernelEvent {
             Self::File(e) => &e.task,
             Self::Net(e) => &e.task,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_holds_any_kernel_comm() {
+        assert_eq!(Comm::from_kernel(b"sh\0garbage"), "sh");
+        assert_eq!(Comm::from_kernel(b"kworker/u8:3"), "kworker/u8:3");
+        // 16 bytes, none UTF-8: 16 replacement characters, nothing lost.
+        let odd = Comm::from_kernel(&[0xff; 16]);
+        assert_eq!(odd.as_str(), "\u{fffd}".repeat(16));
+        assert_eq!(odd.to_string().len(), COMM_MAX);
+        // Longer text is cut at a character boundary.
+        let long = Comm::new(&"é".repeat(40));
+        assert_eq!(long.as_str(), "é".repeat(COMM_MAX / 2));
+        assert_eq!(Comm::default(), "");
     }
 }

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use proto::{control::v1::IsolationStatus, telemetry::v1::Event};
+use proto::control::v1::IsolationStatus;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Change, Isolation, spool};
+use crate::transport::EncodedEvents;
 
 /// A change to apply; `reply` gets the resulting state or the error text.
 pub struct Request {
@@ -21,7 +22,7 @@ pub struct Request {
 pub async fn run(
     mut isolation: Isolation,
     poll: Duration,
-    audit: mpsc::Sender<Event>,
+    audit: mpsc::Sender<EncodedEvents>,
     mut requests: mpsc::Receiver<Request>,
     status: watch::Sender<IsolationStatus>,
 ) {
@@ -37,14 +38,14 @@ pub async fn run(
                         if let Some(event) = event {
                             tracing::warn!(requester = %change.requester, reason = %change.reason,
                                 action = ?change.action, "network isolation changed");
-                            let _ = audit.send(event).await;
+                            let _ = audit.send(EncodedEvents::from_events([&event])).await;
                         }
                         isolation.status().map_err(|e| e.to_string())
                     }
                     Err(e) => {
                         tracing::error!(requester = %change.requester, action = ?change.action,
                             error = %e, "network isolation change refused");
-                        let _ = audit.send(isolation.failure_event(&change, &e)).await;
+                        let _ = audit.send(EncodedEvents::from_events([&isolation.failure_event(&change, &e)])).await;
                         Err(e.to_string())
                     }
                 };
@@ -64,7 +65,7 @@ pub async fn run(
                     Err(e) => tracing::error!(error = %e, "cannot attach isolation to new interfaces"),
                 }
                 for event in spool::drain(&state_dir) {
-                    let _ = audit.send(event).await;
+                    let _ = audit.send(EncodedEvents::from_events([&event])).await;
                 }
                 match isolation.status() {
                     Ok(s) => {

@@ -1,4 +1,7 @@
-//! Events -> sealed, numbered, compressed `SensorBatch`es.
+//! Encoded events -> sealed, numbered, compressed `SensorBatch`es.
+//!
+//! Events arrive already prost-encoded ([`EncodedEvents`]), so a batch is
+//! built by copying bytes and sealed by compressing them.
 //!
 //! Split in three so the rules are testable without timers: [`Accumulator`]
 //! decides *when* a batch is complete (count or age), [`Sealer`] decides
@@ -7,8 +10,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use prost::Message;
-use proto::telemetry::v1::{Compression, Event, EventBatch, HostIdentity, SensorBatch};
+use prost::{
+    Message,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
+};
+use proto::telemetry::v1::{Compression, Event, HostIdentity, SensorBatch, event::Kind};
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -31,12 +37,141 @@ pub enum SealError {
 /// is never refused for its size whatever `batching.max_events` says.
 pub const MAX_BATCH_BYTES: usize = 3 << 20;
 
+/// Prost-encoded events, each framed as a field 1 of `EventBatch` (tag,
+/// length, event): the concatenation is the `EventBatch` encoding.
+/// Enrichment encodes each event once, on its own thread, and hands the
+/// batcher a run of them at a time; the batcher only copies bytes, and no
+/// large message crosses a channel or is dropped field by field later.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedEvents {
+    bytes: Vec<u8>,
+    events: usize,
+}
+
+impl EncodedEvents {
+    /// Empty, with room for `bytes` of events.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            events: 0,
+        }
+    }
+
+    /// `events`, encoded (for events made outside enrichment).
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut out = Self::default();
+        for event in events {
+            out.push_frame(event.encoded_len(), |buf| event.encode_raw(buf));
+        }
+        out
+    }
+
+    /// Appends `Event { timestamp_ns, kind }` with `process` (the prost
+    /// encoding of a `Process`, without tag or length) put into `kind`,
+    /// whose own `process` must be `None`: byte for byte what prost writes
+    /// for the complete event, as `process` is field 1 of every kind that
+    /// has one and prost writes fields in number order.
+    ///
+    /// A kind without a process field (isolation) is encoded as it is.
+    pub fn push_with_process(&mut self, timestamp_ns: u64, kind: &Kind, process: &[u8]) {
+        match kind {
+            Kind::Exec(m) => self.push_spliced(timestamp_ns, 10, m, process),
+            Kind::Fork(m) => self.push_spliced(timestamp_ns, 11, m, process),
+            Kind::Exit(m) => self.push_spliced(timestamp_ns, 12, m, process),
+            Kind::File(m) => self.push_spliced(timestamp_ns, 13, m, process),
+            Kind::Network(m) => self.push_spliced(timestamp_ns, 14, m, process),
+            Kind::Policy(m) => self.push_spliced(timestamp_ns, 15, m, process),
+            Kind::Isolation(_) => {
+                let event = Event {
+                    timestamp_ns,
+                    kind: Some(kind.clone()),
+                };
+                self.push_frame(event.encoded_len(), |buf| event.encode_raw(buf));
+            }
+        }
+    }
+
+    /// `Event` field 1 (`timestamp_ns`), then field `tag` holding `process`
+    /// as field 1 followed by the fields of `m`.
+    fn push_spliced(&mut self, timestamp_ns: u64, tag: u32, m: &impl Message, process: &[u8]) {
+        let process_len = key_len(1) + encoded_len_varint(process.len() as u64) + process.len();
+        let inner_len = process_len + m.encoded_len();
+        let mut len = key_len(tag) + encoded_len_varint(inner_len as u64) + inner_len;
+        if timestamp_ns != 0 {
+            len += key_len(1) + encoded_len_varint(timestamp_ns);
+        }
+        self.push_frame(len, |out| {
+            if timestamp_ns != 0 {
+                prost::encoding::uint64::encode(1, &timestamp_ns, out);
+            }
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(inner_len as u64, out);
+            encode_key(1, WireType::LengthDelimited, out);
+            encode_varint(process.len() as u64, out);
+            out.extend_from_slice(process);
+            // What `encode` does after its capacity check, which a Vec
+            // never fails and which would measure `m` a second time.
+            m.encode_raw(out);
+        });
+    }
+
+    /// Appends one event of `len` bytes, written by `encode`.
+    fn push_frame(&mut self, len: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.reserve(1 + encoded_len_varint(len as u64) + len);
+        encode_key(1, WireType::LengthDelimited, &mut self.bytes);
+        encode_varint(len as u64, &mut self.bytes);
+        let start = self.bytes.len();
+        encode(&mut self.bytes);
+        debug_assert_eq!(self.bytes.len() - start, len);
+        self.events += 1;
+    }
+
+    /// Appends one framed event taken from another `EncodedEvents`.
+    fn push_framed(&mut self, frame: Frame<'_>) {
+        self.bytes.extend_from_slice(frame.0);
+        self.events += 1;
+    }
+
+    /// Each event, framed.
+    pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            let mut body = rest.get(1..)?;
+            let len = prost::encoding::decode_varint(&mut body).ok()? as usize;
+            let framed = rest.len() - body.len() + len;
+            let (frame, tail) = rest.split_at_checked(framed)?;
+            rest = tail;
+            Some(Frame(frame))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// Encoded size of the events as one `EventBatch`.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The prost encoding of the events as one `EventBatch`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// One event of an [`EncodedEvents`], with its framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a>(&'a [u8]);
+
 /// Collects events until a batch is full (count or bytes) or old enough.
 #[derive(Debug)]
 pub struct Accumulator {
-    events: Vec<Event>,
-    /// Encoded size of `EventBatch { events }`, kept exactly.
-    bytes: usize,
+    batch: EncodedEvents,
     first_at: Option<Instant>,
     max_events: usize,
     max_bytes: usize,
@@ -47,8 +182,7 @@ impl Accumulator {
     /// `max_events` is raised to 1 if 0.
     pub fn new(max_events: usize, max_delay: Duration) -> Self {
         Self {
-            events: Vec::new(),
-            bytes: 0,
+            batch: EncodedEvents::default(),
             first_at: None,
             max_events: max_events.max(1),
             max_bytes: MAX_BATCH_BYTES,
@@ -64,26 +198,24 @@ impl Accumulator {
 
     /// Encoded size of the pending events as one `EventBatch`.
     pub fn encoded_bytes(&self) -> usize {
-        self.bytes
+        self.batch.encoded_len()
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.batch.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.batch.is_empty()
     }
 
     /// Adds an event; returns the batch when it reached `max_events` or
     /// `max_bytes`.
-    pub fn push(&mut self, event: Event, now: Instant) -> Option<Vec<Event>> {
+    pub fn push(&mut self, event: Frame<'_>, now: Instant) -> Option<EncodedEvents> {
         self.first_at.get_or_insert(now);
-        let len = event.encoded_len();
-        // Field 1, length-delimited: one tag byte, the length, the message.
-        self.bytes += 1 + prost::length_delimiter_len(len) + len;
-        self.events.push(event);
-        (self.events.len() >= self.max_events || self.bytes >= self.max_bytes).then(|| self.take())
+        self.batch.push_framed(event);
+        (self.batch.len() >= self.max_events || self.encoded_bytes() >= self.max_bytes)
+            .then(|| self.take())
     }
 
     /// When the pending events must be sealed at the latest.
@@ -91,11 +223,12 @@ impl Accumulator {
         self.first_at.map(|t| t + self.max_delay)
     }
 
-    /// Everything pending, leaving the accumulator empty.
-    pub fn take(&mut self) -> Vec<Event> {
+    /// Everything pending, leaving the accumulator empty (with room for a
+    /// batch as large as this one, so the next one grows without copies).
+    pub fn take(&mut self) -> EncodedEvents {
         self.first_at = None;
-        self.bytes = 0;
-        std::mem::take(&mut self.events)
+        let room = self.batch.encoded_len().min(self.max_bytes);
+        std::mem::replace(&mut self.batch, EncodedEvents::with_capacity(room))
     }
 }
 
@@ -136,13 +269,11 @@ impl Sealer {
         self.next_sequence
     }
 
-    /// prost-encodes the events, compresses them and numbers the batch. A
-    /// failed seal takes no sequence number (no false gap) and counts its
-    /// events as dropped (no silent loss).
-    pub fn seal(&mut self, events: Vec<Event>) -> Result<SensorBatch, SealError> {
-        let count = events.len();
-        let result = self.encode(events);
-        match result {
+    /// Compresses the encoded events and numbers the batch. A failed seal
+    /// takes no sequence number (no false gap) and counts its events as
+    /// dropped (no silent loss).
+    pub fn seal(&mut self, batch: EncodedEvents) -> Result<SensorBatch, SealError> {
+        match self.encode(&batch) {
             Ok((payload, uncompressed_size, event_count)) => {
                 let sequence = self.next_sequence;
                 self.next_sequence += 1;
@@ -158,37 +289,37 @@ impl Sealer {
                 })
             }
             Err(e) => {
-                self.drops.add_batches_dropped(1, count as u64);
+                self.drops.add_batches_dropped(1, batch.len() as u64);
                 Err(e)
             }
         }
     }
 
-    fn encode(&mut self, events: Vec<Event>) -> Result<(Vec<u8>, u32, u32), SealError> {
+    fn encode(&mut self, batch: &EncodedEvents) -> Result<(Vec<u8>, u32, u32), SealError> {
         let event_count =
-            u32::try_from(events.len()).map_err(|_| SealError::TooLarge(events.len()))?;
-        let raw = EventBatch { events }.encode_to_vec();
+            u32::try_from(batch.len()).map_err(|_| SealError::TooLarge(batch.len()))?;
+        let raw = batch.as_bytes();
         let size = u32::try_from(raw.len()).map_err(|_| SealError::TooLarge(raw.len()))?;
         let compressor = match &mut self.compressor {
             Some(c) => c,
             slot => slot
                 .insert(zstd::bulk::Compressor::new(self.zstd_level).map_err(SealError::Compress)?),
         };
-        let payload = compressor.compress(&raw).map_err(SealError::Compress)?;
+        let payload = compressor.compress(raw).map_err(SealError::Compress)?;
         Ok((payload, size, event_count))
     }
 }
 
-/// Runs until `events` closes or `stop` fires, then seals what is pending
-/// and returns. Every sealed batch goes to `sink`, in sequence order.
+/// Runs until `events` (runs of encoded events) closes or `stop` fires,
+/// then seals what is pending and returns. Every sealed batch goes to `sink`, in sequence order.
 pub async fn run(
-    mut events: mpsc::Receiver<Event>,
+    mut events: mpsc::Receiver<EncodedEvents>,
     mut stop: oneshot::Receiver<()>,
     mut acc: Accumulator,
     mut sealer: Sealer,
     mut sink: impl FnMut(SensorBatch),
 ) {
-    let mut seal = |batch: Vec<Event>| {
+    let mut seal = |batch: EncodedEvents| {
         if batch.is_empty() {
             return;
         }
@@ -209,10 +340,13 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            event = events.recv() => match event {
-                Some(event) => {
-                    if let Some(full) = acc.push(event, Instant::now()) {
-                        seal(full);
+            chunk = events.recv() => match chunk {
+                Some(chunk) => {
+                    let now = Instant::now();
+                    for event in chunk.frames() {
+                        if let Some(full) = acc.push(event, now) {
+                            seal(full);
+                        }
                     }
                 }
                 None => break,
@@ -220,9 +354,11 @@ pub async fn run(
             () = expired => seal(acc.take()),
             _ = &mut stop => {
                 // Take what already arrived, then stop.
-                while let Ok(event) = events.try_recv() {
-                    if let Some(full) = acc.push(event, Instant::now()) {
-                        seal(full);
+                while let Ok(chunk) = events.try_recv() {
+                    for event in chunk.frames() {
+                        if let Some(full) = acc.push(event, Instant::now()) {
+                            seal(full);
+                        }
                     }
                 }
                 break;
@@ -234,7 +370,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use proto::telemetry::v1::{ForkEvent, Process, event::Kind};
+    use proto::telemetry::v1::{EventBatch, ForkEvent, Process};
 
     use super::*;
 
@@ -249,6 +385,23 @@ mod tests {
                 }),
             })),
         }
+    }
+
+    fn enc(pid: u32) -> EncodedEvents {
+        EncodedEvents::from_events(&[ev(pid)])
+    }
+
+    /// Pushes event `pid` alone.
+    fn push(acc: &mut Accumulator, pid: u32, now: Instant) -> Option<EncodedEvents> {
+        let one = enc(pid);
+        let frame = one.frames().next().expect("one event");
+        acc.push(frame, now)
+    }
+
+    fn events_of(batch: &EncodedEvents) -> Vec<Event> {
+        let events = EventBatch::decode(batch.as_bytes()).expect("prost").events;
+        assert_eq!(events.len(), batch.len());
+        events
     }
 
     fn host() -> HostIdentity {
@@ -274,10 +427,16 @@ mod tests {
         drops.set_kernel_ringbuf_full(5);
         let mut sealer = Sealer::new(host(), 3, drops.clone());
         let events: Vec<Event> = (1..=50).map(ev).collect();
-        let b1 = sealer.seal(events.clone()).expect("seal");
+        let b1 = sealer
+            .seal(EncodedEvents::from_events(&events))
+            .expect("seal");
         drops.add_userspace_queue_full(2);
-        let b2 = sealer.seal(vec![ev(99)]).expect("seal");
-        let b3 = sealer.seal(vec![ev(100)]).expect("seal");
+        let b2 = sealer
+            .seal(EncodedEvents::from_events(&[ev(99)]))
+            .expect("seal");
+        let b3 = sealer
+            .seal(EncodedEvents::from_events(&[ev(100)]))
+            .expect("seal");
         assert_eq!([b1.sequence, b2.sequence, b3.sequence], [1, 2, 3]);
         assert_eq!(sealer.next_sequence(), 4);
         assert_eq!(decode(&b1), events);
@@ -302,19 +461,16 @@ mod tests {
         let start = Instant::now();
         let mut acc = Accumulator::new(3, Duration::from_millis(500));
         assert!(acc.deadline().is_none());
-        assert!(acc.push(ev(1), start).is_none());
+        assert!(push(&mut acc, 1, start).is_none());
         assert_eq!(acc.deadline(), Some(start + Duration::from_millis(500)));
-        assert!(
-            acc.push(ev(2), start + Duration::from_millis(400))
-                .is_none()
-        );
+        assert!(push(&mut acc, 2, start + Duration::from_millis(400)).is_none());
         assert_eq!(
             acc.deadline(),
             Some(start + Duration::from_millis(500)),
             "age of the first event"
         );
-        let full = acc.push(ev(3), start).expect("full at 3");
-        assert_eq!(full, vec![ev(1), ev(2), ev(3)]);
+        let full = push(&mut acc, 3, start).expect("full at 3");
+        assert_eq!(events_of(&full), vec![ev(1), ev(2), ev(3)]);
         assert!(acc.is_empty() && acc.deadline().is_none());
     }
 
@@ -326,8 +482,8 @@ mod tests {
         }
         .encoded_len();
         let mut acc = Accumulator::new(1000, Duration::from_secs(1)).with_max_bytes(3 * one);
-        assert!(acc.push(ev(1), now).is_none());
-        assert!(acc.push(ev(2), now).is_none());
+        assert!(push(&mut acc, 1, now).is_none());
+        assert!(push(&mut acc, 2, now).is_none());
         let two = EventBatch {
             events: vec![ev(1), ev(2)],
         };
@@ -336,11 +492,92 @@ mod tests {
             two.encoded_len(),
             "size is tracked exactly"
         );
-        let full = acc
-            .push(ev(3), now)
-            .expect("full by bytes, far below max_events");
-        assert_eq!(full.len(), 3);
+        let full = push(&mut acc, 3, now).expect("full by bytes, far below max_events");
+        assert_eq!(events_of(&full), vec![ev(1), ev(2), ev(3)]);
         assert_eq!(acc.encoded_bytes(), 0);
+    }
+
+    #[test]
+    fn spliced_process_encodes_like_prost() {
+        use proto::telemetry::v1::{
+            ExecEvent, ExitEvent, FileEvent, IsolationEvent, NetworkEvent, PolicyEvent,
+        };
+        let process = Process {
+            pid: 300,
+            tid: 301,
+            ppid: 1,
+            uid: 1000,
+            comm: "sh".into(),
+            exe: "/bin/sh".into(),
+            lineage: vec!["1:init".into()],
+            start_time_ns: 5,
+            ..Default::default()
+        };
+        let kinds = [
+            Kind::Exec(ExecEvent {
+                filename: "/bin/sh".into(),
+                argv: vec!["sh".into(), "-c".into()],
+                sha256: "ab".repeat(32),
+                ..Default::default()
+            }),
+            Kind::Fork(ForkEvent::default()),
+            Kind::Exit(ExitEvent {
+                exit_code: Some(0),
+                duration_ns: 9,
+                ..Default::default()
+            }),
+            Kind::File(FileEvent {
+                operation: 1,
+                path: "/x/".repeat(100),
+                result: -2,
+                ..Default::default()
+            }),
+            Kind::Network(NetworkEvent {
+                op: 1,
+                remote_address: "::1".into(),
+                ..Default::default()
+            }),
+            Kind::Policy(PolicyEvent {
+                path: "/tmp/evil".into(),
+                rule: "r".into(),
+                ..Default::default()
+            }),
+        ];
+        for (timestamp_ns, process) in [(0, Process::default()), (1 << 40, process)] {
+            for kind in &kinds {
+                let mut got = EncodedEvents::default();
+                got.push_with_process(timestamp_ns, kind, &process.encode_to_vec());
+                let mut whole = kind.clone();
+                match &mut whole {
+                    Kind::Exec(e) => e.process = Some(process.clone()),
+                    Kind::Fork(e) => e.process = Some(process.clone()),
+                    Kind::Exit(e) => e.process = Some(process.clone()),
+                    Kind::File(e) => e.process = Some(process.clone()),
+                    Kind::Network(e) => e.process = Some(process.clone()),
+                    Kind::Policy(e) => e.process = Some(process.clone()),
+                    Kind::Isolation(_) => unreachable!(),
+                }
+                let want = Event {
+                    timestamp_ns,
+                    kind: Some(whole),
+                };
+                let batch = EventBatch { events: vec![want] };
+                assert_eq!(got.as_bytes(), batch.encode_to_vec(), "{batch:?}");
+            }
+        }
+        let isolation = Kind::Isolation(IsolationEvent {
+            requester: "cli".into(),
+            ..Default::default()
+        });
+        let want = EventBatch {
+            events: vec![Event {
+                timestamp_ns: 7,
+                kind: Some(isolation.clone()),
+            }],
+        };
+        let mut got = EncodedEvents::default();
+        got.push_with_process(7, &isolation, b"");
+        assert_eq!(got.as_bytes(), want.encode_to_vec());
     }
 
     type Sealed = Arc<std::sync::Mutex<Vec<SensorBatch>>>;
@@ -348,7 +585,7 @@ mod tests {
     fn start(
         max_events: usize,
     ) -> (
-        mpsc::Sender<Event>,
+        mpsc::Sender<EncodedEvents>,
         oneshot::Sender<()>,
         Sealed,
         tokio::task::JoinHandle<()>,
@@ -369,7 +606,7 @@ mod tests {
     async fn seals_by_count_then_by_time() {
         let (tx, _stop, out, task) = start(4);
         for pid in 1..=9 {
-            tx.send(ev(pid)).await.expect("send");
+            tx.send(enc(pid)).await.expect("send");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
         {
@@ -395,7 +632,7 @@ mod tests {
         // Nothing pending: no empty batch is ever sealed, however long we wait.
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(out.lock().expect("lock").len(), 3);
-        tx.send(ev(10)).await.expect("send");
+        tx.send(enc(10)).await.expect("send");
         drop(tx);
         task.await.expect("batcher ends when its input closes");
         let got = out.lock().expect("lock");
@@ -404,10 +641,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_run_of_events_is_split_across_batches() {
+        let (tx, _stop, out, task) = start(4);
+        // Events of more than 127 bytes: two-byte frame lengths.
+        let big = |pid: u32| Event {
+            timestamp_ns: u64::from(pid),
+            kind: Some(Kind::Fork(ForkEvent {
+                process: Some(Process {
+                    pid,
+                    exe: "/x".repeat(100),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let run: Vec<Event> = (1..=6).map(big).collect();
+        let chunk = EncodedEvents::from_events(&run);
+        assert_eq!(chunk.frames().count(), 6);
+        tx.send(chunk).await.expect("send");
+        drop(tx);
+        task.await.expect("batcher ends when its input closes");
+        let got = out.lock().expect("lock");
+        assert_eq!(got.len(), 2);
+        assert_eq!(decode(&got[0]), run[..4]);
+        assert_eq!(decode(&got[1]), run[4..]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn stop_flushes_what_arrived() {
         let (tx, stop, out, task) = start(100);
-        tx.send(ev(1)).await.expect("send");
-        tx.send(ev(2)).await.expect("send");
+        tx.send(enc(1)).await.expect("send");
+        tx.send(enc(2)).await.expect("send");
         stop.send(()).expect("stop");
         task.await.expect("stopped");
         let got = out.lock().expect("lock");

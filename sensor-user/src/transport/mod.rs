@@ -5,7 +5,7 @@ pub mod batcher;
 pub mod drops;
 pub mod uploader;
 
-pub use batcher::{Accumulator, SealError, Sealer};
+pub use batcher::{Accumulator, EncodedEvents, Frame, SealError, Sealer};
 pub use drops::DropTracker;
 pub use uploader::{
     UploadQueue, UploadReport, Uploader, UploaderError, UploaderSettings, UploaderStats,
