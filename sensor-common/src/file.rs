@@ -125,15 +125,34 @@ pub struct OpenRepeatKey {
     pub _pad: u32,
 }
 
-/// Value of `OPEN_REPEATS`.
+/// Value of `OPEN_REPEATS`, one per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenRepeatCount {
-    /// Opens after the reported one (added atomically).
+    /// Opens after the reported one, on this CPU.
     pub count: u64,
-    /// CLOCK_BOOTTIME of the reported open and of the last repeat.
+    /// CLOCK_BOOTTIME of the first open this CPU saw (the reported one, on
+    /// its CPU) and of its last repeat; 0: none on this CPU.
     pub first_ns: u64,
     pub last_ns: u64,
+}
+
+impl OpenRepeatCount {
+    /// The counts of all CPUs as one: opens added up, the earliest first
+    /// and the latest last.
+    pub fn sum(per_cpu: impl IntoIterator<Item = Self>) -> Self {
+        per_cpu
+            .into_iter()
+            .fold(Self::default(), |total, cpu| Self {
+                count: total.count + cpu.count,
+                first_ns: match (total.first_ns, cpu.first_ns) {
+                    (0, b) => b,
+                    (a, 0) => a,
+                    (a, b) => a.min(b),
+                },
+                last_ns: total.last_ns.max(cpu.last_ns),
+            })
+    }
 }
 
 /// `PathRecord::flags`: the dentry chain did not fit and was cut.

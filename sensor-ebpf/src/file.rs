@@ -9,8 +9,6 @@
 //! failed opens) are decided on the base directory's dentry plus the path
 //! string, held in `PENDING` at entry and completed with the result at exit.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{EbpfContext as _, bindings::BPF_NOEXIST, cty::c_void};
 use aya_ebpf::{
     helpers::{
@@ -19,7 +17,7 @@ use aya_ebpf::{
         generated::bpf_loop,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
@@ -873,11 +871,12 @@ fn open_op(flags: u32) -> u32 {
 }
 
 /// Opens already reported in this window, counted instead of reported
-/// again (see `OpenRepeatKey`); the daemon turns each count into one
-/// summary event.
+/// again (see `OpenRepeatKey`); the daemon adds up each key's per-CPU
+/// counts into one summary event. Per CPU: threads of one process opening
+/// one file on two CPUs never fight over a cache line.
 #[map]
-static OPEN_REPEATS: HashMap<OpenRepeatKey, OpenRepeatCount> =
-    HashMap::with_max_entries(sensor_common::file::OPEN_REPEAT_ENTRIES, 0);
+static OPEN_REPEATS: PerCpuHashMap<OpenRepeatKey, OpenRepeatCount> =
+    PerCpuHashMap::with_max_entries(sensor_common::file::OPEN_REPEAT_ENTRIES, 0);
 
 /// The current coalescing generation, moved by the daemon every window;
 /// 0: every open is reported.
@@ -905,10 +904,14 @@ fn repeated(id: FileId, flags: u32, op: u32) -> bool {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if let Some(count) = OPEN_REPEATS.get_ptr_mut(key) {
-        // SAFETY: an aligned u64 in map memory that other CPUs add to
-        // atomically too; the daemon reads it only a generation later.
+        // SAFETY: this CPU's value, written by one program at a time; the
+        // daemon reads it only a generation later. A CPU that has not
+        // counted yet starts from zeros (the insert zeroes other CPUs).
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*count).count, 1);
+            if (*count).first_ns == 0 {
+                (*count).first_ns = now;
+            }
+            (*count).count += 1;
             (*count).last_ns = now;
         }
         return true;

@@ -6,10 +6,6 @@
 //! on the host a stub binary keeps `cargo build --workspace` working.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add`, but its
-// instruction set has the atomic add (BPF_ATOMIC) that this lowers to.
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod file;

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, MapData, MapError};
+use aya::maps::{Array, MapData, MapError, PerCpuHashMap};
 use sensor_common::{
     file::{self, OpenRepeatCount, OpenRepeatKey},
     file_op, names,
@@ -36,7 +36,7 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> RepeatsError {
 
 /// The open-coalescing maps, owned by the ring buffer reader.
 pub struct RepeatMaps {
-    pub(crate) counts: HashMap<MapData, OpenRepeatKey, OpenRepeatCount>,
+    pub(crate) counts: PerCpuHashMap<MapData, OpenRepeatKey, OpenRepeatCount>,
     pub(crate) generation: Array<MapData, u32>,
 }
 
@@ -149,11 +149,12 @@ impl OpenRepeats {
             .collect();
         let mut summaries = Vec::new();
         for key in done {
-            let count = self
+            let per_cpu = self
                 .maps
                 .counts
                 .get(&key, 0)
                 .map_err(map_err(names::OPEN_REPEATS))?;
+            let count = OpenRepeatCount::sum(per_cpu.iter().copied());
             self.maps
                 .counts
                 .remove(&key)
@@ -262,6 +263,18 @@ mod tests {
             OpenKey::of_record(&summary).is_none(),
             "a summary is no head"
         );
+    }
+
+    #[test]
+    fn per_cpu_counts_add_up_and_span_every_cpu() {
+        let cpu = |count, first_ns, last_ns| OpenRepeatCount {
+            count,
+            first_ns,
+            last_ns,
+        };
+        let total = OpenRepeatCount::sum([cpu(5, 100, 900), cpu(0, 0, 0), cpu(7, 50, 400)]);
+        assert_eq!(total, cpu(12, 50, 900));
+        assert_eq!(OpenRepeatCount::sum([]), cpu(0, 0, 0));
     }
 
     #[test]
