@@ -124,6 +124,7 @@ impl OpenRepeats {
     /// Once a window is over: moves the generation and returns the
     /// summaries of the generation before last. With `all` (the hooks are
     /// detached, nothing writes any more), returns every count at once.
+    /// Fails only when the generation cannot be moved (nothing collected).
     pub fn collect(&mut self, now: Instant, all: bool) -> Result<Vec<FileRecord>, RepeatsError> {
         let Some(window) = self.window else {
             return Ok(Vec::new());
@@ -149,16 +150,20 @@ impl OpenRepeats {
             .collect();
         let mut summaries = Vec::new();
         for key in done {
-            let per_cpu = self
-                .maps
-                .counts
-                .get(&key, 0)
-                .map_err(map_err(names::OPEN_REPEATS))?;
+            // A count that cannot be read stays in the map for the next
+            // round; one that was read is reported even if its removal
+            // failed: a failure here never drops the summaries already made.
+            let per_cpu = match self.maps.counts.get(&key, 0) {
+                Ok(per_cpu) => per_cpu,
+                Err(e) => {
+                    tracing::warn!(error = %map_err(names::OPEN_REPEATS)(e), "repeated opens left for the next window");
+                    continue;
+                }
+            };
             let count = OpenRepeatCount::sum(per_cpu.iter().copied());
-            self.maps
-                .counts
-                .remove(&key)
-                .map_err(map_err(names::OPEN_REPEATS))?;
+            if let Err(e) = self.maps.counts.remove(&key) {
+                tracing::warn!(error = %map_err(names::OPEN_REPEATS)(e), "cannot remove a collected count");
+            }
             if count.count > 0 {
                 summaries.push(self.summary(&key, &count));
             }
