@@ -410,14 +410,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
             let record = match ring_event {
                 hooks::RingEvent::Record(record) => record,
                 hooks::RingEvent::Drained { last } => {
-                    let Some(repeats) = &mut repeats else { return };
-                    match repeats.collect(std::time::Instant::now(), last) {
-                        Ok(summaries) => {
-                            for file in summaries {
-                                _ = sender.push(events::KernelEvent::File(Box::new(file)));
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot collect repeated opens"),
+                    if let Some(repeats) = &mut repeats {
+                        push_repeat_summaries(repeats, &sender, last);
                     }
                     return;
                 }
@@ -520,6 +514,24 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Hands the summaries of the coalescing windows that are over to the
+/// pipeline (all of them with `last`, once the hooks are detached).
+fn push_repeat_summaries(
+    repeats: &mut watch::repeats::OpenRepeats,
+    sender: &pipeline::EventSender,
+    last: bool,
+) {
+    match repeats.collect(std::time::Instant::now(), last) {
+        Ok(summaries) => {
+            for file in summaries {
+                // A refused push is already counted by the pipeline.
+                _ = sender.push(events::KernelEvent::File(Box::new(file)));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot collect repeated opens"),
+    }
 }
 
 /// Starts the control stream and, when enabled, opens the isolation state
