@@ -29,6 +29,11 @@ pub use policy::{
     PolicyState, action, backend, mode, reason,
 };
 
+/// The `imm` of a kfunc call instruction to `bpf_rdonly_cast` as built:
+/// aya does not resolve kfuncs, so the loader replaces it with the kernel's
+/// BTF id of the function (or loads the programs that make no such call).
+pub const KFUNC_PLACEHOLDER_RDONLY_CAST: u32 = 0x7ff0_cafe;
+
 /// Indexes of the per-CPU `DROPS` counter array.
 pub mod drop_reason {
     /// `bpf_ringbuf_reserve` on `PROCESS_EVENTS` failed (ring buffer full).
@@ -96,6 +101,14 @@ pub mod names {
         ("file_exit_openat2", "sys_exit_openat2"),
         ("file_exit_open", "sys_exit_open"),
         ("file_exit_creat", "sys_exit_creat"),
+    ];
+    /// The same open programs reading file fields by plain loads, for
+    /// kernels with `bpf_rdonly_cast` (same order and tracepoints).
+    pub const FILE_EXIT_OPEN_TYPED_PROGRAMS: &[(&str, &str)] = &[
+        ("file_exit_openat_typed", "sys_exit_openat"),
+        ("file_exit_openat2_typed", "sys_exit_openat2"),
+        ("file_exit_open_typed", "sys_exit_open"),
+        ("file_exit_creat_typed", "sys_exit_creat"),
     ];
     /// Finishes a path operation decided at entry (adds the result).
     pub const PROG_FILE_EXIT_PENDING: &str = "file_exit_pending";

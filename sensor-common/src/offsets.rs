@@ -99,7 +99,10 @@ pub struct KernelOffsets {
     pub sin_addr: u32,
     pub sin6_port: u32,
     pub sin6_addr: u32,
-    pub _pad: [u32; 1],
+    /// BTF id of `struct file` in the running kernel when it has the
+    /// `bpf_rdonly_cast` kfunc (Linux 6.2+), else 0: the open programs then
+    /// read file fields by plain loads (see `sensor-ebpf`'s `Fields`).
+    pub btf_struct_file: u32,
 }
 
 #[cfg(feature = "user")]

@@ -30,8 +30,8 @@ use sensor_common::{
 
 use crate::{
     kernel::{
-        ReadFailed, header, read, read_dentry_id, read_fd_file, read_file_dentry, read_fs_dentry,
-        read_ptr, read_syscall_args, read_task, read_task_exe,
+        Fields, Probe, ReadFailed, Typed, header, read_dentry_id, read_fd_file, read_file_dentry,
+        read_fs_dentry, read_ptr, read_syscall_args, read_task, read_task_exe,
     },
     maps::{count_drop, offsets, output_event},
 };
@@ -124,10 +124,12 @@ const DIR_SLOTS: u32 = 256;
 #[map]
 static DIRS_CPU: PerCpuArray<DirSlot> = PerCpuArray::with_max_entries(DIR_SLOTS, 0);
 
-/// `DIRS_CPU` slot of a directory (dentries are 64-byte aligned).
+/// `DIRS_CPU` slot of the directory with inode number `ino` (a number, not
+/// the dentry's address: the verifier allows no arithmetic on a typed
+/// pointer).
 #[inline(always)]
-fn dir_slot(key: &DirKey) -> Option<&'static mut DirSlot> {
-    let index = ((key.dentry >> 6) ^ (key.dentry >> 14)) as u32 & (DIR_SLOTS - 1);
+fn dir_slot(ino: u64) -> Option<&'static mut DirSlot> {
+    let index = (ino ^ (ino >> 8)) as u32 & (DIR_SLOTS - 1);
     // SAFETY: this CPU's slot, used by one program at a time.
     DIRS_CPU
         .get_ptr_mut(index)
@@ -266,7 +268,7 @@ unsafe extern "C" fn watched_step(_index: u64, ctx: *mut c_void) -> i64 {
         return LOOP_STOP;
     };
     let cur = walk.cur as *const u8;
-    let Ok(id) = read_dentry_id(cur, o) else {
+    let Ok(id) = read_dentry_id::<Probe>(cur, o) else {
         return LOOP_STOP;
     };
     // SAFETY: the value is copied out at once.
@@ -401,7 +403,7 @@ fn longest_watched_prefix(rec: &mut PathRecord, seed: u64) -> Option<WatchEntry>
 /// Fills `rec` for a file the kernel holds; true when it is watched for `op`.
 #[inline(always)]
 fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
-    match watched_file(rec, dentry, || Some(op)) {
+    match watched_file::<Probe>(rec, dentry, || Some(op)) {
         Some((levels, entry)) => {
             write_watched(rec, dentry, levels, entry);
             true
@@ -415,7 +417,7 @@ fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
 /// works out; `op` is only asked for a file inside the set (`None`: not
 /// reported). `rec` is left empty.
 #[inline(always)]
-fn watched_file(
+fn watched_file<F: Fields>(
     rec: &mut PathRecord,
     dentry: *const u8,
     op: impl FnOnce() -> Option<u32>,
@@ -424,7 +426,7 @@ fn watched_file(
     rec.flags = 0;
     rec.chain_len = 0;
     rec.name[0] = 0;
-    let (levels, entry) = find_watched_file(rec, dentry)?;
+    let (levels, entry) = find_watched_file::<F>(rec, dentry)?;
     match op() {
         Some(op) if entry.ops & (1 << op) != 0 => Some((levels, entry)),
         _ => None,
@@ -441,29 +443,33 @@ fn write_watched(rec: &mut PathRecord, dentry: *const u8, levels: u32, entry: Wa
 
 /// [`find_watched`] for a file: the file itself, then its directory's
 /// ancestry unless the caches know the directory's place in the set. An
-/// open usually ends at the per-CPU cache, after five reads and no hash
-/// lookup.
+/// open usually ends at the per-CPU cache, after six field reads and no
+/// hash lookup.
 #[inline(always)]
-fn find_watched_file(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, WatchEntry)> {
+fn find_watched_file<F: Fields>(
+    rec: &mut PathRecord,
+    dentry: *const u8,
+) -> Option<(u32, WatchEntry)> {
     let o = offsets()?;
-    let inode = read_ptr(dentry, o.dentry_inode).ok()?;
-    if !inode.is_null() && maybe_watched_ino(read::<u64>(inode, o.inode_ino).ok()?) {
-        let id = read_dentry_id(dentry, o).ok()?;
+    let inode = F::ptr(dentry, o.dentry_inode).ok()?;
+    if !inode.is_null() && maybe_watched_ino(F::get::<u64>(inode, o.inode_ino).ok()?) {
+        let id = read_dentry_id::<F>(dentry, o).ok()?;
         // SAFETY: the value is copied out at once.
         if let Some(entry) = unsafe { WATCHED.get(id) } {
             return Some((0, *entry));
         }
     }
-    let dir = read_ptr(dentry, o.dentry_parent).ok()?;
+    let dir = F::ptr(dentry, o.dentry_parent).ok()?;
     if dir == dentry {
         return None;
     }
+    let dir_inode = F::ptr(dir, o.dentry_inode).ok()?;
     let key = DirKey {
         dentry: dir as u64,
-        inode: read_ptr(dir, o.dentry_inode).ok()? as u64,
+        inode: dir_inode as u64,
     };
     let generation = cache_generation();
-    let slot = dir_slot(&key);
+    let slot = dir_slot(F::get::<u64>(dir_inode, o.inode_ino).unwrap_or(0));
     if let Some(slot) = &slot
         && slot.key == key
         && slot.generation == generation
@@ -524,10 +530,10 @@ fn match_path(
     } else if dfd == AT_FDCWD {
         read_fs_dentry(task, false, o)
     } else {
-        read_fd_file(dfd as u32, o).and_then(|file| read_file_dentry(file, o))
+        read_fd_file::<Probe>(dfd as u32, o).and_then(|file| read_file_dentry::<Probe>(file, o))
     };
     let Ok(base) = base else { return false };
-    let Ok(base_id) = read_dentry_id(base, o) else {
+    let Ok(base_id) = read_dentry_id::<Probe>(base, o) else {
         return false;
     };
     let seed = prefix_hash::seed(base_id.dev, base_id.ino);
@@ -641,7 +647,7 @@ fn excluded_exe(task: *const u8, o: &KernelOffsets) -> bool {
 /// Records the inode identity of the file `dentry` names.
 #[inline(always)]
 fn set_target(ev: &mut FileEvent, dentry: *const u8, o: &KernelOffsets) {
-    if let Ok(id) = read_dentry_id(dentry, o) {
+    if let Ok(id) = read_dentry_id::<Probe>(dentry, o) {
         ev.dev = id.dev;
         ev.ino = id.ino;
     }
@@ -690,7 +696,9 @@ fn fd_op(op: u32, fd: u64, args: OpArgs) {
         return;
     };
     let task = current_task();
-    let Ok(dentry) = read_fd_file(fd as u32, o).and_then(|f| read_file_dentry(f, o)) else {
+    let Ok(dentry) =
+        read_fd_file::<Probe>(fd as u32, o).and_then(|f| read_file_dentry::<Probe>(f, o))
+    else {
         return hold(None);
     };
     if !match_dentry(&mut ev.file.path, dentry, op) || excluded_exe(task, o) {
@@ -930,8 +938,9 @@ fn repeated(id: FileId, flags: u32, op: u32) -> bool {
 /// for a refused open. There is no entry program: the arguments are read
 /// from the saved registers, and only for an open that may be reported, so
 /// an open outside the watched set costs one program run and no map write.
+/// `F`: how the opened file's fields are read (one program per reader).
 #[inline(always)]
-fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
+fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     if active().is_none() {
         return;
     }
@@ -945,16 +954,16 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
     let (Some(o), Some(ev)) = (offsets(), scratch()) else {
         return;
     };
-    let task = current_task();
     // The opened file, and where it lies in the watched set: its path is
     // written only once the open is known to be reported.
     let mut target = None;
     let args = if ret >= 0 {
-        let Ok(dentry) = read_fd_file(ret as u32, o).and_then(|f| read_file_dentry(f, o)) else {
+        let Ok(dentry) = read_fd_file::<F>(ret as u32, o).and_then(|f| read_file_dentry::<F>(f, o))
+        else {
             return;
         };
         let mut args = None;
-        let Some(place) = watched_file(&mut ev.file.path, dentry, || {
+        let Some(place) = watched_file::<F>(&mut ev.file.path, dentry, || {
             args = open_args(abi, o);
             args.map(|(_, _, flags, _)| open_op(flags))
         }) else {
@@ -968,7 +977,14 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
         let Some((dfd, path, flags, _)) = args else {
             return;
         };
-        if !match_path(&mut ev.file.path, task, dfd, path, open_op(flags), o) {
+        if !match_path(
+            &mut ev.file.path,
+            current_task(),
+            dfd,
+            path,
+            open_op(flags),
+            o,
+        ) {
             return;
         }
         args
@@ -976,12 +992,13 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
     let Some((_, _, flags, mode)) = args else {
         return;
     };
+    let task = current_task();
     if excluded_exe(task, o) {
         return;
     }
     let mut id = None;
     if let Some((dentry, (levels, entry))) = target {
-        id = read_dentry_id(dentry, o).ok();
+        id = read_dentry_id::<F>(dentry, o).ok();
         if let Some(id) = id
             && repeated(id, flags, open_op(flags))
         {
@@ -1005,20 +1022,29 @@ fn open_exit(ctx: &TracePointContext, abi: OpenAbi) {
     output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
 }
 
+/// An open exit program for each argument layout, in two builds: reading
+/// the file by helper calls (every kernel) and by typed loads (`_typed`,
+/// for kernels with `bpf_rdonly_cast`); the loader attaches one set.
 macro_rules! open_exit_program {
-    ($name:ident, $abi:expr) => {
+    ($name:ident, $typed:ident, $abi:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            open_exit(&ctx, $abi);
+            open_exit::<Probe>(&ctx, $abi);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $typed(ctx: TracePointContext) -> u32 {
+            open_exit::<Typed>(&ctx, $abi);
             0
         }
     };
 }
 
-open_exit_program!(file_exit_openat, OpenAbi::OpenAt);
-open_exit_program!(file_exit_openat2, OpenAbi::OpenAt2);
-open_exit_program!(file_exit_open, OpenAbi::Open);
-open_exit_program!(file_exit_creat, OpenAbi::Creat);
+open_exit_program!(file_exit_openat, file_exit_openat_typed, OpenAbi::OpenAt);
+open_exit_program!(file_exit_openat2, file_exit_openat2_typed, OpenAbi::OpenAt2);
+open_exit_program!(file_exit_open, file_exit_open_typed, OpenAbi::Open);
+open_exit_program!(file_exit_creat, file_exit_creat_typed, OpenAbi::Creat);
 
 /// Exit of the path operations held in `PENDING`: adds the result, sends.
 #[tracepoint]
@@ -1056,7 +1082,8 @@ pub fn file_exec(ctx: RawTracePointContext) -> u32 {
     let Some(o) = offsets() else { return 0 };
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
-    let Ok(dentry) = read_ptr(bprm, o.bprm_file).and_then(|f| read_file_dentry(f, o)) else {
+    let Ok(dentry) = read_ptr(bprm, o.bprm_file).and_then(|f| read_file_dentry::<Probe>(f, o))
+    else {
         return 0;
     };
     let Some(ev) = scratch() else { return 0 };

@@ -199,12 +199,101 @@ pub unsafe fn load<T>(base: *const u8, offset: u32) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
 }
 
+/// How a program reads the objects it reaches from a file (`struct file`,
+/// its dentries, inodes and super block).
+///
+/// [`Probe`] calls `bpf_probe_read_kernel` per field and works on every
+/// kernel. [`Typed`] casts the file pointer to the kernel's `struct file`
+/// (`bpf_rdonly_cast`, Linux 6.2+) and then reads each field with a plain
+/// load the verifier makes fault-safe: a few nanoseconds instead of a
+/// helper call, which is most of what an open outside the watched set
+/// costs. The loader picks the open programs built for the kernel it runs
+/// on; the rest use [`Probe`].
+pub trait Fields {
+    /// A `struct file *` read from the fd table, ready for [`Fields::get`].
+    fn file(raw: *const u8, o: &KernelOffsets) -> *const u8;
+    /// The `T` at `base + offset`; an error for a NULL `base`.
+    fn get<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed>;
+    /// A pointer field.
+    #[inline(always)]
+    fn ptr(base: *const u8, offset: u32) -> Result<*const u8, ReadFailed> {
+        Self::get::<*const u8>(base, offset)
+    }
+}
+
+/// Field reads by helper call (every kernel).
+pub struct Probe;
+
+impl Fields for Probe {
+    #[inline(always)]
+    fn file(raw: *const u8, _: &KernelOffsets) -> *const u8 {
+        raw
+    }
+    #[inline(always)]
+    fn get<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
+        read(base, offset)
+    }
+}
+
+/// Field reads by plain loads from BTF-typed pointers (kernels with
+/// `bpf_rdonly_cast`; the loader fills `KernelOffsets::btf_struct_file`).
+pub struct Typed;
+
+impl Fields for Typed {
+    #[inline(always)]
+    fn file(raw: *const u8, o: &KernelOffsets) -> *const u8 {
+        rdonly_cast(raw, o.btf_struct_file)
+    }
+    #[inline(always)]
+    fn get<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
+        if base.is_null() {
+            return Err(ReadFailed);
+        }
+        // SAFETY: `base` came from `Typed::file` or a pointer field loaded
+        // from it, so the verifier knows its type and checks each load (a
+        // fault reads zero); `T` is the field's size, or it refuses.
+        Ok(unsafe { load(base, offset) })
+    }
+}
+
+/// The kfunc call instruction of [`rdonly_cast`] as the compiler emits it:
+/// `call` (0x85) with `src_reg` = `BPF_PSEUDO_KFUNC_CALL` (2) and the
+/// placeholder id the loader replaces with the kernel's BTF id of
+/// `bpf_rdonly_cast` (aya 0.14 does not resolve kfuncs itself).
+const RDONLY_CAST_CALL: u64 =
+    ((sensor_common::KFUNC_PLACEHOLDER_RDONLY_CAST as u64) << 32) | 0x2085;
+
+/// `bpf_rdonly_cast(obj, btf_id)`: `obj` typed as the kernel's BTF type
+/// `btf_id` (read-only, untrusted: loads only, each fault-safe). The
+/// verifier turns the call into a register move; `btf_id` must be a
+/// constant to it, which a field of the frozen `OFFSETS` global is.
+#[inline(always)]
+fn rdonly_cast(obj: *const u8, btf_id: u32) -> *const u8 {
+    let cast: *const u8;
+    // SAFETY: a kfunc call that only types a pointer; r1-r5 are clobbered
+    // as for any call.
+    unsafe {
+        core::arch::asm!(
+            ".8byte {call}",
+            call = const RDONLY_CAST_CALL,
+            inlateout("r1") obj => _,
+            inlateout("r2") u64::from(btf_id) => _,
+            lateout("r0") cast,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(nostack, pure, nomem),
+        );
+    }
+    cast
+}
+
 /// The current task's `files->fdt->fd[fd]`, or an error for a closed or
 /// out-of-range fd. The fd table is reached by direct loads; only the
 /// indexed slot needs a helper read (the verifier allows constant offsets
 /// only).
 #[inline(always)]
-pub fn read_fd_file(fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+pub fn read_fd_file<F: Fields>(fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
     let task = current_task_btf();
     // SAFETY: BTF-typed task; pointer and `unsigned int` fields.
     let (array, max_fds) = unsafe {
@@ -222,13 +311,16 @@ pub fn read_fd_file(fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed>
     if file.is_null() {
         return Err(ReadFailed);
     }
-    Ok(file)
+    Ok(F::file(file, o))
 }
 
 /// `file->f_path.dentry`.
 #[inline(always)]
-pub fn read_file_dentry(file: *const u8, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
-    read_ptr(file, o.file_f_path + o.path_dentry)
+pub fn read_file_dentry<F: Fields>(
+    file: *const u8,
+    o: &KernelOffsets,
+) -> Result<*const u8, ReadFailed> {
+    F::ptr(file, o.file_f_path + o.path_dentry)
 }
 
 /// The dentry of `task`'s root (`true`) or working directory (`false`).
@@ -245,16 +337,19 @@ pub fn read_fs_dentry(
 
 /// (device, inode) of a dentry; inode 0 for a negative dentry.
 #[inline(always)]
-pub fn read_dentry_id(dentry: *const u8, o: &KernelOffsets) -> Result<FileId, ReadFailed> {
-    let sb = read_ptr(dentry, o.dentry_sb)?;
-    let inode = read_ptr(dentry, o.dentry_inode)?;
+pub fn read_dentry_id<F: Fields>(
+    dentry: *const u8,
+    o: &KernelOffsets,
+) -> Result<FileId, ReadFailed> {
+    let sb = F::ptr(dentry, o.dentry_sb)?;
+    let inode = F::ptr(dentry, o.dentry_inode)?;
     let ino = if inode.is_null() {
         0
     } else {
-        read::<u64>(inode, o.inode_ino)?
+        F::get::<u64>(inode, o.inode_ino)?
     };
     Ok(FileId {
-        dev: read::<u32>(sb, o.sb_dev)?,
+        dev: F::get::<u32>(sb, o.sb_dev)?,
         _pad: 0,
         ino,
     })

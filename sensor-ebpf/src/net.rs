@@ -33,8 +33,8 @@ use sensor_common::{
 
 use crate::{
     kernel::{
-        ReadFailed, current_task_btf, header, read, read_current_task, read_fd_file, read_ptr,
-        read_task_exe,
+        Probe, ReadFailed, current_task_btf, header, read, read_current_task, read_fd_file,
+        read_ptr, read_task_exe,
     },
     maps::{offsets, reserve_event, submit_event},
 };
@@ -199,7 +199,7 @@ fn excluded(s: &NetSettings, e: &Endpoints) -> bool {
 /// socket (`socket->file` points back at the file).
 #[inline(always)]
 fn fd_sock(fd: u64, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
-    let file = read_fd_file(u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
+    let file = read_fd_file::<Probe>(u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
     let socket = read_ptr(file, o.file_private_data)?;
     if read_ptr(socket, o.socket_file)? != file {
         return Err(ReadFailed);
@@ -215,7 +215,7 @@ fn fd_sock(fd: u64, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
 /// caught by the proof).
 #[inline(always)]
 fn fd_udp_sock(fd: u64, o: &KernelOffsets) -> Result<Option<(*const u8, u16)>, ReadFailed> {
-    let file = read_fd_file(u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
+    let file = read_fd_file::<Probe>(u32::try_from(fd).map_err(|_| ReadFailed)?, o)?;
     let socket = read_ptr(file, o.file_private_data)?;
     let sk = read_ptr(socket, o.socket_sk)?;
     if sock_protocol(sk, o)? != IPPROTO_UDP {

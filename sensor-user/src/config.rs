@@ -279,6 +279,10 @@ pub struct KernelConfig {
     pub process_ringbuf_bytes: u32,
     pub file_ringbuf_bytes: u32,
     pub net_ringbuf_bytes: u32,
+    /// Let the open programs read file fields by plain typed loads where
+    /// the kernel allows it (`bpf_rdonly_cast`, Linux 6.2+); false: helper
+    /// reads on every kernel (slower; an escape hatch and an A/B switch).
+    pub typed_file_reads: bool,
 }
 
 impl Default for KernelConfig {
@@ -287,6 +291,7 @@ impl Default for KernelConfig {
             process_ringbuf_bytes: 4 << 20,
             file_ringbuf_bytes: 2 << 20,
             net_ringbuf_bytes: 1 << 20,
+            typed_file_reads: true,
         }
     }
 }
@@ -563,6 +568,7 @@ mod tests {
         assert_eq!(c.batching.queue_capacity_batches, 1024);
         assert_eq!(c.kernel.process_ringbuf_bytes, 4 * 1024 * 1024);
         assert_eq!(c.kernel.net_ringbuf_bytes, 1024 * 1024);
+        assert!(c.kernel.typed_file_reads);
         assert!(c.network.enabled);
         assert_eq!(c.network.dns_ports, [53]);
         assert_eq!(c.network.udp_dedup_window_ms, 60_000);

@@ -185,6 +185,8 @@ fn probe_process() -> anyhow::Result<String> {
         file_ringbuf_bytes: 1 << 20,
         // Proves the file programs pass this kernel's verifier too.
         files: true,
+        // The open programs this kernel would run (typed where it can).
+        typed_file_reads: true,
         net_ringbuf_bytes: 1 << 20,
         // Disabled: the probe asks about process telemetry only.
         network: Default::default(),
@@ -199,8 +201,9 @@ fn probe_process() -> anyhow::Result<String> {
                 && exec.task.tgid == pid
             {
                 return Ok(format!(
-                    "exec of pid {pid} ({}) seen through the raw tracepoints",
-                    exec.filename
+                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}",
+                    exec.filename,
+                    hooks.file_reads()
                 ));
             }
         }

@@ -19,6 +19,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -69,6 +70,8 @@ pub struct KernelBtf {
     /// Index = type id; id 0 is void.
     types: Vec<Type>,
     structs_by_name: HashMap<String, u32>,
+    /// Kernel functions BTF describes (kfuncs among them), by name.
+    funcs_by_name: HashMap<String, u32>,
 }
 
 impl KernelBtf {
@@ -115,6 +118,7 @@ impl KernelBtf {
 
         let mut types = vec![Type::Other];
         let mut structs_by_name = HashMap::new();
+        let mut funcs_by_name = HashMap::new();
         let mut pos = types_start;
         let end = types_start + type_len;
         if end > data.len() {
@@ -163,6 +167,9 @@ impl KernelBtf {
                     Type::Alias(size_or_type)
                 }
                 other => {
+                    if other == KIND_FUNC {
+                        funcs_by_name.entry(name(name_off)).or_insert(id);
+                    }
                     pos += match other {
                         KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                         KIND_ARRAY => 12,
@@ -179,7 +186,18 @@ impl KernelBtf {
         Ok(Self {
             types,
             structs_by_name,
+            funcs_by_name,
         })
+    }
+
+    /// Type id of `struct strukt`.
+    pub fn struct_id(&self, strukt: &str) -> Option<u32> {
+        self.structs_by_name.get(strukt).copied()
+    }
+
+    /// Type id of the kernel function `name` (a kfunc a program may call).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs_by_name.get(name).copied()
     }
 
     /// Size in bytes of `struct strukt`.

@@ -4,6 +4,7 @@
 //! Dropping [`ProcessHooks`] detaches every program (the links belong to it).
 
 mod btf;
+mod kfunc;
 pub mod net;
 mod offsets;
 mod ringbuf;
@@ -62,6 +63,9 @@ pub struct HookConfig {
     pub file_ringbuf_bytes: u32,
     /// Attach the file telemetry programs.
     pub files: bool,
+    /// Attach the open programs that read by typed loads when the kernel
+    /// can run them (`[kernel] typed_file_reads`).
+    pub typed_file_reads: bool,
     /// Size of `NET_EVENTS`; same rules.
     pub net_ringbuf_bytes: u32,
     pub network: net::NetHookConfig,
@@ -74,6 +78,28 @@ pub struct ProcessHooks {
     logger: Option<KernelLogger>,
     drops: PerCpuArray<MapData, u64>,
     allowlist_backend: AllowlistBackend,
+    file_reads: FileReads,
+}
+
+/// How the attached open programs read the opened file's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileReads {
+    /// No file programs attached.
+    Off,
+    /// `bpf_probe_read_kernel` per field (every kernel).
+    Helper,
+    /// Plain loads from a `bpf_rdonly_cast`-typed `struct file`.
+    Typed,
+}
+
+impl std::fmt::Display for FileReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Helper => "helper reads",
+            Self::Typed => "typed loads (bpf_rdonly_cast)",
+        })
+    }
 }
 
 /// Where the exec allowlist verdict is enforced on this kernel.
@@ -181,11 +207,12 @@ fn syscall_tracepoint_exists(tracefs: &std::path::Path, tp: &str) -> bool {
 
 /// Attaches every file telemetry program. They stay idle until the watch
 /// manager fills their maps and sets `FILE_SETTINGS.enabled`.
-fn attach_file_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
-    for (name, tp) in names::FILE_ENTER_PROGRAMS
-        .iter()
-        .chain(names::FILE_EXIT_OPEN_PROGRAMS)
-    {
+fn attach_file_programs(ebpf: &mut Ebpf, reads: FileReads) -> Result<(), HookError> {
+    let opens = match reads {
+        FileReads::Typed => names::FILE_EXIT_OPEN_TYPED_PROGRAMS,
+        _ => names::FILE_EXIT_OPEN_PROGRAMS,
+    };
+    for (name, tp) in names::FILE_ENTER_PROGRAMS.iter().chain(opens) {
         attach_syscall_tracepoints(ebpf, name, &[tp])?;
     }
     attach_syscall_tracepoints(
@@ -256,13 +283,28 @@ impl ProcessHooks {
             return Err(HookError::NoObject);
         }
         // The parsed BTF is large: freed before aya parses its own copy.
-        let offsets = {
+        let (offsets, typed) = {
             let btf = KernelBtf::from_sys_fs()?;
             let mut offsets = offsets::resolve(&btf)?;
             if config.network.enabled {
                 net::resolve_offsets(&mut offsets, &btf)?;
             }
-            offsets
+            let typed = kfunc::TypedReads::resolve(&btf)
+                .filter(|_| config.files && config.typed_file_reads);
+            offsets.btf_struct_file = typed.map_or(0, |t| t.struct_file);
+            (offsets, typed)
+        };
+        // The typed open programs call a kfunc: their calls get this
+        // kernel's id (the other programs never reach the kernel).
+        let patched = typed.map(|t| kfunc::patch_rdonly_cast(EBPF_OBJECT, t.rdonly_cast));
+        if let Some((_, 0)) = patched {
+            return Err(HookError::Missing("bpf_rdonly_cast call"));
+        }
+        let object = patched.as_ref().map_or(EBPF_OBJECT, |(o, _)| o.bytes());
+        let file_reads = match (config.files, typed) {
+            (false, _) => FileReads::Off,
+            (true, None) => FileReads::Helper,
+            (true, Some(_)) => FileReads::Typed,
         };
         let net_settings = config.network.settings();
         let mut ebpf = EbpfLoader::new()
@@ -271,7 +313,7 @@ impl ProcessHooks {
             .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
             .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
             .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes)
-            .load(EBPF_OBJECT)?;
+            .load(object)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -286,7 +328,7 @@ impl ProcessHooks {
         // writes a policy (PolicyMaps::apply).
         let allowlist_backend = attach_exec_verdict(&mut ebpf)?;
         if config.files {
-            attach_file_programs(&mut ebpf)?;
+            attach_file_programs(&mut ebpf, file_reads)?;
         }
         if config.network.enabled {
             net::fill_maps(&mut ebpf, &config.network)?;
@@ -304,7 +346,13 @@ impl ProcessHooks {
             logger,
             drops,
             allowlist_backend,
+            file_reads,
         })
+    }
+
+    /// How the open programs read file fields on this kernel.
+    pub fn file_reads(&self) -> FileReads {
+        self.file_reads
     }
 
     /// Takes the process event ring buffer (once).
@@ -386,6 +434,7 @@ impl ProcessHooks {
             logger,
             drops,
             allowlist_backend: _,
+            file_reads: _,
         } = self;
         drop(ebpf);
         drop(logger);
