@@ -64,11 +64,11 @@ pub struct Options {
     /// Files in the allowlist of the enforcement round.
     #[arg(long, default_value_t = 10_000)]
     policy_entries: usize,
-    /// Opens per file storm round.
-    #[arg(long, default_value_t = 200_000)]
+    /// Opens per file storm (about half a second each).
+    #[arg(long, default_value_t = 500_000)]
     opens: usize,
-    /// Rounds per side of the file storms: short storms (~0.2 s) whose
-    /// targets are tighter than this machine's noise, so more rounds.
+    /// Rounds per side of the file storms: targets tighter than this
+    /// machine's noise, so more rounds.
     #[arg(long, default_value_t = 11)]
     file_rounds: usize,
     /// Only the file telemetry rounds; prints, leaves docs/bench.md alone.
@@ -504,6 +504,24 @@ impl SensorProcess {
             }
         }
         Ok(total)
+    }
+
+    /// Waits (up to 3 s) until the sensor's start-up work is done: its CPU
+    /// time stops growing for 200 ms. A storm measured while it still
+    /// seeds its process table and builds the watch set would charge that
+    /// one-off work to every open.
+    fn settle(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut last = self.cpu_ticks()?;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.cpu_ticks()?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(())
     }
 
     /// User + system CPU time of the sensor so far, in clock ticks.
