@@ -99,10 +99,11 @@ pub struct KernelOffsets {
     pub sin_addr: u32,
     pub sin6_port: u32,
     pub sin6_addr: u32,
-    /// BTF id of `struct file` in the running kernel when it has the
-    /// `bpf_rdonly_cast` kfunc (Linux 6.2+), else 0: the open programs then
-    /// read file fields by plain loads (see `sensor-ebpf`'s `Fields`).
-    pub btf_struct_file: u32,
+    /// BTF id of a struct whose first field is a `struct file *` (so one
+    /// fd table slot can be cast to it) in the running kernel when it has
+    /// the `bpf_rdonly_cast` kfunc (Linux 6.2+), else 0: the open programs
+    /// then read file fields by plain loads (see `sensor-ebpf`'s `Fields`).
+    pub btf_fd_slot: u32,
 }
 
 #[cfg(feature = "user")]

@@ -165,9 +165,19 @@ fn cache_generation() -> u64 {
 /// The settings when the file programs should look at this task.
 #[inline(always)]
 fn active() -> Option<FileSettings> {
-    let settings = *FILE_SETTINGS.get(0)?;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    (settings.enabled != 0 && tgid != settings.self_tgid).then_some(settings)
+    enabled().filter(|settings| !is_sensor(settings))
+}
+
+/// The settings when the file programs are on.
+#[inline(always)]
+fn enabled() -> Option<FileSettings> {
+    FILE_SETTINGS.get(0).copied().filter(|s| s.enabled != 0)
+}
+
+/// True in the sensor's own process, which is never reported.
+#[inline(always)]
+fn is_sensor(settings: &FileSettings) -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == settings.self_tgid
 }
 
 #[inline(always)]
@@ -941,9 +951,10 @@ fn repeated(id: FileId, flags: u32, op: u32) -> bool {
 /// `F`: how the opened file's fields are read (one program per reader).
 #[inline(always)]
 fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
-    if active().is_none() {
+    // Whether this is the sensor is asked only of a reported open.
+    let Some(settings) = enabled() else {
         return;
-    }
+    };
     let ret = arg(ctx, 0) as i64;
     if ret == -ENOENT || ret == -ENOTDIR {
         // The path does not exist: the dynamic loader's library search and
@@ -993,7 +1004,7 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
         return;
     };
     let task = current_task();
-    if excluded_exe(task, o) {
+    if is_sensor(&settings) || excluded_exe(task, o) {
         return;
     }
     let mut id = None;

@@ -203,15 +203,16 @@ pub unsafe fn load<T>(base: *const u8, offset: u32) -> T {
 /// its dentries, inodes and super block).
 ///
 /// [`Probe`] calls `bpf_probe_read_kernel` per field and works on every
-/// kernel. [`Typed`] casts the file pointer to the kernel's `struct file`
-/// (`bpf_rdonly_cast`, Linux 6.2+) and then reads each field with a plain
+/// kernel. [`Typed`] gets a typed `struct file` from the fd table with
+/// `bpf_rdonly_cast` (Linux 6.2+) and then reads each field with a plain
 /// load the verifier makes fault-safe: a few nanoseconds instead of a
-/// helper call, which is most of what an open outside the watched set
-/// costs. The loader picks the open programs built for the kernel it runs
+/// helper call, which was most of what an open outside the watched set
+/// cost. The loader picks the open programs built for the kernel it runs
 /// on; the rest use [`Probe`].
 pub trait Fields {
-    /// A `struct file *` read from the fd table, ready for [`Fields::get`].
-    fn file(raw: *const u8, o: &KernelOffsets) -> *const u8;
+    /// Slot `fd` of the fd table at `array` (a `struct file *`, maybe NULL),
+    /// ready for [`Fields::get`].
+    fn fd_slot(array: *const u8, fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed>;
     /// The `T` at `base + offset`; an error for a NULL `base`.
     fn get<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed>;
     /// A pointer field.
@@ -226,8 +227,8 @@ pub struct Probe;
 
 impl Fields for Probe {
     #[inline(always)]
-    fn file(raw: *const u8, _: &KernelOffsets) -> *const u8 {
-        raw
+    fn fd_slot(array: *const u8, fd: u32, _: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+        read::<*const u8>(array, fd * 8)
     }
     #[inline(always)]
     fn get<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
@@ -236,13 +237,19 @@ impl Fields for Probe {
 }
 
 /// Field reads by plain loads from BTF-typed pointers (kernels with
-/// `bpf_rdonly_cast`; the loader fills `KernelOffsets::btf_struct_file`).
+/// `bpf_rdonly_cast`; the loader fills `KernelOffsets::btf_fd_slot`).
 pub struct Typed;
 
 impl Fields for Typed {
+    /// The verifier allows typed loads at constant offsets only, so the
+    /// slot's own address is cast to a struct whose first field is a
+    /// `struct file *` (the loader checks which) and that field is loaded:
+    /// no helper call, and the result is a typed `struct file`.
     #[inline(always)]
-    fn file(raw: *const u8, o: &KernelOffsets) -> *const u8 {
-        rdonly_cast(raw, o.btf_struct_file)
+    fn fd_slot(array: *const u8, fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+        let slot = rdonly_cast(array.wrapping_add(fd as usize * 8), o.btf_fd_slot);
+        // SAFETY: typed by the cast; offset 0 is a `struct file *` field.
+        Ok(unsafe { load::<*const u8>(slot, 0) })
     }
     #[inline(always)]
     fn get<T>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
@@ -289,9 +296,8 @@ fn rdonly_cast(obj: *const u8, btf_id: u32) -> *const u8 {
 }
 
 /// The current task's `files->fdt->fd[fd]`, or an error for a closed or
-/// out-of-range fd. The fd table is reached by direct loads; only the
-/// indexed slot needs a helper read (the verifier allows constant offsets
-/// only).
+/// out-of-range fd. The fd table is reached by direct loads; the indexed
+/// slot as `F` reads it.
 #[inline(always)]
 pub fn read_fd_file<F: Fields>(fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
     let task = current_task_btf();
@@ -307,11 +313,11 @@ pub fn read_fd_file<F: Fields>(fd: u32, o: &KernelOffsets) -> Result<*const u8, 
     if fd >= max_fds {
         return Err(ReadFailed);
     }
-    let file = read::<*const u8>(array, fd * 8)?;
+    let file = F::fd_slot(array, fd, o)?;
     if file.is_null() {
         return Err(ReadFailed);
     }
-    Ok(F::file(file, o))
+    Ok(file)
 }
 
 /// `file->f_path.dentry`.

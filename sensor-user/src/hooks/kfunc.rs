@@ -15,16 +15,25 @@ const KFUNC_CALL_OPCODE: [u8; 4] = [0x85, 0x20, 0x00, 0x00];
 pub struct TypedReads {
     /// BTF id of the `bpf_rdonly_cast` kfunc.
     pub rdonly_cast: u32,
-    /// BTF id of `struct file`, the type the programs cast to.
-    pub struct_file: u32,
+    /// BTF id of the struct a slot of the fd table is cast to: one whose
+    /// first field is a `struct file *`.
+    pub fd_slot: u32,
 }
 
+/// The struct the programs read an fd table slot as, and its field at
+/// offset 0: `struct kiocb` has begun with `struct file *ki_filp` since
+/// Linux 2.6; checked, not assumed.
+const FD_SLOT_STRUCT: (&str, &str) = ("kiocb", "ki_filp");
+
 impl TypedReads {
-    /// The ids, when this kernel has `bpf_rdonly_cast` (Linux 6.2+).
+    /// The ids, when this kernel has `bpf_rdonly_cast` (Linux 6.2+) and a
+    /// slot struct as the programs expect it.
     pub fn resolve(btf: &KernelBtf) -> Option<Self> {
+        let (strukt, field) = FD_SLOT_STRUCT;
+        (btf.field_offset(strukt, field).ok()? == 0).then_some(())?;
         Some(Self {
             rdonly_cast: btf.func_id("bpf_rdonly_cast")?,
-            struct_file: btf.struct_id("file")?,
+            fd_slot: btf.struct_id(strukt)?,
         })
     }
 }
@@ -104,6 +113,6 @@ mod tests {
         assert!(n >= 4, "{n} kfunc calls in the object");
         let btf = KernelBtf::from_sys_fs().expect("kernel BTF");
         let ids = TypedReads::resolve(&btf).expect("bpf_rdonly_cast on this kernel");
-        assert!(ids.rdonly_cast > 0 && ids.struct_file > 0);
+        assert!(ids.rdonly_cast > 0 && ids.fd_slot > 0);
     }
 }

@@ -291,7 +291,7 @@ impl ProcessHooks {
             }
             let typed = kfunc::TypedReads::resolve(&btf)
                 .filter(|_| config.files && config.typed_file_reads);
-            offsets.btf_struct_file = typed.map_or(0, |t| t.struct_file);
+            offsets.btf_fd_slot = typed.map_or(0, |t| t.fd_slot);
             (offsets, typed)
         };
         // The typed open programs call a kfunc: their calls get this
