@@ -50,6 +50,8 @@ pub enum HookError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("copying the eBPF object to patch its kfunc calls: {0}")]
+    ObjectCopy(nix::Error),
     #[error("network hooks: {0}")]
     Net(#[from] net::NetHookError),
 }
@@ -296,7 +298,10 @@ impl ProcessHooks {
         };
         // The typed open programs call a kfunc: their calls get this
         // kernel's id (the other programs never reach the kernel).
-        let patched = typed.map(|t| kfunc::patch_rdonly_cast(EBPF_OBJECT, t.rdonly_cast));
+        let patched = typed
+            .map(|t| kfunc::patch_rdonly_cast(EBPF_OBJECT, t.rdonly_cast))
+            .transpose()
+            .map_err(HookError::ObjectCopy)?;
         if let Some((_, 0)) = patched {
             return Err(HookError::Missing("bpf_rdonly_cast call"));
         }
