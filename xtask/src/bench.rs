@@ -67,9 +67,9 @@ pub struct Options {
     /// Opens per file storm (about half a second each).
     #[arg(long, default_value_t = 500_000)]
     opens: usize,
-    /// Rounds per side of the file storms: targets tighter than this
-    /// machine's noise, so more rounds.
-    #[arg(long, default_value_t = 11)]
+    /// Rounds of the file storms: targets tighter than this machine's
+    /// noise, so more rounds (each round's ratio varies by +-15% here).
+    #[arg(long, default_value_t = 15)]
     file_rounds: usize,
     /// Only the file telemetry rounds; prints, leaves docs/bench.md alone.
     #[arg(long)]
