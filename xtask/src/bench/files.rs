@@ -110,13 +110,51 @@ impl Tree {
 }
 
 /// `n` open+close of `files` from two threads, paced to `rate` per second
-/// if given.
+/// if given. An unpaced storm first waits for a quiet machine.
 fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<StormTime> {
+    if rate.is_none() {
+        wait_for_quiet()?;
+    }
     super::threaded_timed(n, THREADS, rate, |i| {
         let path = &files[i % files.len()];
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(())
     })
+}
+
+/// Waits (up to 3 s) until the whole machine has been idle for 100 ms (at
+/// most one clock tick busy): work left over from the previous step, such
+/// as the kernel freeing a stopped sensor's maps or the collector in this
+/// process fanning out the last flood of events, must not land in a storm.
+fn wait_for_quiet() -> Result<()> {
+    let busy = || -> Result<u64> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let cpu = stat.lines().next().context("/proc/stat is empty")?;
+        // user nice system idle iowait irq softirq steal guest guest_nice:
+        // the busy ones (guest time is already in user).
+        let ticks: Vec<u64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        Ok(ticks
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+            .map(|(_, v)| v)
+            .sum())
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = busy()?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = busy()?;
+        if now - last <= 1 {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
 }
 
 /// Median wall time and median CPU time of `samples`, each on its own.
