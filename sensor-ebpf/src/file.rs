@@ -30,7 +30,7 @@ use sensor_common::{
 
 use crate::{
     kernel::{
-        Fields, Probe, ReadFailed, Typed, header, read_dentry_id, read_fd_file, read_file_dentry,
+        Fields, Probe, ReadFailed, Typed, header, read_dentry_id, read_fd_dentry, read_file_dentry,
         read_fs_dentry, read_ptr, read_syscall_args, read_task, read_task_exe,
     },
     maps::{count_drop, offsets, output_event},
@@ -540,7 +540,7 @@ fn match_path(
     } else if dfd == AT_FDCWD {
         read_fs_dentry(task, false, o)
     } else {
-        read_fd_file::<Probe>(dfd as u32, o).and_then(|file| read_file_dentry::<Probe>(file, o))
+        read_fd_dentry::<Probe>(dfd as u32, o)
     };
     let Ok(base) = base else { return false };
     let Ok(base_id) = read_dentry_id::<Probe>(base, o) else {
@@ -706,9 +706,7 @@ fn fd_op(op: u32, fd: u64, args: OpArgs) {
         return;
     };
     let task = current_task();
-    let Ok(dentry) =
-        read_fd_file::<Probe>(fd as u32, o).and_then(|f| read_file_dentry::<Probe>(f, o))
-    else {
+    let Ok(dentry) = read_fd_dentry::<Probe>(fd as u32, o) else {
         return hold(None);
     };
     if !match_dentry(&mut ev.file.path, dentry, op) || excluded_exe(task, o) {
@@ -969,8 +967,7 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     // written only once the open is known to be reported.
     let mut target = None;
     let args = if ret >= 0 {
-        let Ok(dentry) = read_fd_file::<F>(ret as u32, o).and_then(|f| read_file_dentry::<F>(f, o))
-        else {
+        let Ok(dentry) = read_fd_dentry::<F>(ret as u32, o) else {
             return;
         };
         let mut args = None;

@@ -256,8 +256,8 @@ impl Fields for Typed {
         if base.is_null() {
             return Err(ReadFailed);
         }
-        // SAFETY: `base` came from `Typed::file` or a pointer field loaded
-        // from it, so the verifier knows its type and checks each load (a
+        // SAFETY: `base` came from `Typed::fd_slot` or a pointer field
+        // loaded from it, so the verifier knows its type and checks each load (a
         // fault reads zero); `T` is the field's size, or it refuses.
         Ok(unsafe { load(base, offset) })
     }
@@ -327,6 +327,12 @@ pub fn read_file_dentry<F: Fields>(
     o: &KernelOffsets,
 ) -> Result<*const u8, ReadFailed> {
     F::ptr(file, o.file_f_path + o.path_dentry)
+}
+
+/// The dentry of the file the current task has open at `fd`.
+#[inline(always)]
+pub fn read_fd_dentry<F: Fields>(fd: u32, o: &KernelOffsets) -> Result<*const u8, ReadFailed> {
+    read_fd_file::<F>(fd, o).and_then(|file| read_file_dentry::<F>(file, o))
 }
 
 /// The dentry of `task`'s root (`true`) or working directory (`false`).
