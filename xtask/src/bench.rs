@@ -335,6 +335,26 @@ pub(crate) fn threaded_timed(
     })
 }
 
+/// Waits (up to 3 s) until `ticks` grows by at most `slack` over one
+/// `period`.
+pub(crate) fn wait_until_still(
+    period: Duration,
+    slack: u64,
+    ticks: impl Fn() -> Result<u64>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = ticks()?;
+    while Instant::now() < deadline {
+        std::thread::sleep(period);
+        let now = ticks()?;
+        if now.saturating_sub(last) <= slack {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
 fn ticks_per_sec() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -511,17 +531,7 @@ impl SensorProcess {
     /// seeds its process table and builds the watch set would charge that
     /// one-off work to every open.
     fn settle(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let mut last = self.cpu_ticks()?;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = self.cpu_ticks()?;
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        Ok(())
+        wait_until_still(Duration::from_millis(200), 0, || self.cpu_ticks())
     }
 
     /// User + system CPU time of the sensor so far, in clock ticks.

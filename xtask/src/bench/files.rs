@@ -144,17 +144,7 @@ fn wait_for_quiet() -> Result<()> {
             .map(|(_, v)| v)
             .sum())
     };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut last = busy()?;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = busy()?;
-        if now - last <= 1 {
-            break;
-        }
-        last = now;
-    }
-    Ok(())
+    super::wait_until_still(Duration::from_millis(100), 1, busy)
 }
 
 /// Median wall time and median CPU time of `samples`, each on its own.
