@@ -11,6 +11,8 @@
 #[cfg(target_arch = "bpf")]
 mod file;
 #[cfg(target_arch = "bpf")]
+mod hook_floor;
+#[cfg(target_arch = "bpf")]
 mod isolation;
 #[cfg(target_arch = "bpf")]
 mod kernel;

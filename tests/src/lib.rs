@@ -36,7 +36,7 @@ pub async fn sensor_programs_after_exit() -> anyhow::Result<Vec<String>> {
 /// Names of the sensor's programs as the kernel lists them (truncated to
 /// BPF_OBJ_NAME_LEN - 1 = 15 bytes).
 pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
-    const OURS: [&str; 8] = [
+    const OURS: [&str; 9] = [
         "sched_process_exec",
         "sched_process_fork",
         "sched_process_exit",
@@ -45,6 +45,7 @@ pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
         "file_exit_pending",
         "file_enter_unlinkat",
         "net_sock_state",
+        "hook_floor_open_exit",
     ];
     let mut found = Vec::new();
     for program in aya::programs::loaded_programs() {

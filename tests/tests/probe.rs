@@ -6,7 +6,10 @@
 //! binary reports BPF-LSM available in the Debian 6.1 guest of
 //! `cargo xtask vm-test`.
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+};
 
 use tests::{bin_path, sensor_programs_after_exit};
 
@@ -56,6 +59,51 @@ async fn full_probe_picks_the_tracepoint_backend_and_leaves_nothing_loaded() -> 
             .any(|l| l == "exec-allowlist-backend: tracepoint+SIGKILL"),
         "{out}"
     );
+    assert_eq!(sensor_programs_after_exit().await?, Vec::<String>::new());
+    Ok(())
+}
+
+/// `--hold-open-hook` keeps its counting program on the open exit until
+/// told to stop, counts every open made meanwhile, and unloads it.
+#[tokio::test]
+async fn held_open_hook_counts_every_open_and_goes_away() -> anyhow::Result<()> {
+    const OPENS: u64 = 500;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"x")?;
+    let mut child = Command::new(bin_path("rxsentry-probe"))
+        .arg("--hold-open-hook")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    // Killed if an assertion below fails first.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut child = Reap(child);
+    let first = lines.next().expect("a first line")?;
+    assert!(
+        first.starts_with("open-hook: attached (hook_floor_open_exit on syscalls/sys_exit_openat)"),
+        "{first}"
+    );
+    for _ in 0..OPENS {
+        std::fs::File::open(&file)?;
+    }
+    writeln!(stdin)?;
+    let last = lines.next().expect("a run count")?;
+    let runs: u64 = last
+        .strip_prefix("open-hook: ran ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line: {last}"));
+    assert!(runs >= OPENS, "{OPENS} opens, the hook counted {runs}");
+    assert!(child.0.wait()?.success());
     assert_eq!(sensor_programs_after_exit().await?, Vec::<String>::new());
     Ok(())
 }

@@ -12,17 +12,24 @@
 //!
 //! Exit status 0 when every probed capability is available, 1 otherwise
 //! (`--lsm` alone: 0 = BPF-LSM usable). Needs root, like the sensor.
+//!
+//! `--hold-open-hook` is a measuring aid, not a probe: it keeps a program
+//! that only counts its runs on the open exit tracepoint until a line (or
+//! EOF) arrives on stdin, so a workload can be timed under the hook alone.
+//! The difference to no hook is what this kernel charges for the hook
+//! itself, a floor under the sensor's own file programs.
 
 use std::{
+    io::BufRead as _,
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Btf, EbpfLoader,
-    maps::{Array, MapData},
-    programs::Lsm,
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{Lsm, Program, TracePoint},
 };
 use clap::Parser;
 use sensor_user::{
@@ -38,6 +45,11 @@ const LSM_PROBE_PROGRAM: &str = "lsm_probe_bprm";
 const LSM_PROBE_HOOK: &str = "bprm_check_security";
 /// Its run counter (slot 0).
 const LSM_PROBE_HITS: &str = "LSM_PROBE_HITS";
+/// sensor-ebpf/src/hook_floor.rs: counts its runs on the open exit.
+const HOOK_FLOOR_PROGRAM: &str = "hook_floor_open_exit";
+const HOOK_FLOOR_RUNS: &str = "HOOK_FLOOR_RUNS";
+/// The tracepoint the sensor decides `openat` on.
+const OPEN_EXIT_TRACEPOINT: (&str, &str) = ("syscalls", "sys_exit_openat");
 /// How long the process probe waits for its own exec to come through.
 const EXEC_WAIT: Duration = Duration::from_secs(10);
 /// Longest error detail printed (verifier logs can be long).
@@ -57,6 +69,11 @@ struct Args {
     /// see one exec come through the ring buffer.
     #[arg(long)]
     process: bool,
+    /// Attach only a program that counts its runs on the open exit
+    /// tracepoint, print one line, hold it until a line or EOF on stdin,
+    /// then print how often it ran (for timing a workload under the hook).
+    #[arg(long, conflicts_with_all = ["lsm", "process"])]
+    hold_open_hook: bool,
 }
 
 /// The exec-allowlist backend the sensor would pick (ARCHITECTURE.md:
@@ -86,6 +103,15 @@ impl ExecAllowlistBackend {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.hold_open_hook {
+        return match hold_open_hook() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("open-hook: failed: {}", one_line(&format!("{e:#}")));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let both = !args.lsm && !args.process;
     let mut all_ok = true;
     if args.process || both {
@@ -136,32 +162,48 @@ fn require_object() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The embedded object, loaded against this kernel's BTF (no program loaded yet).
+fn load_object(btf: &Btf) -> anyhow::Result<Ebpf> {
+    require_object()?;
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")
+}
+
+/// The object's program `name` as the program type `T`.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no {name}"))?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{name} is not a {}", std::any::type_name::<T>()))
+}
+
+/// The object's map `name`, taken out as the map type `T`.
+fn take_map<T: TryFrom<Map>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
+    ebpf.take_map(name)
+        .with_context(|| format!("the eBPF object has no {name}"))?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{name} is not a {}", std::any::type_name::<T>()))
+}
+
 /// Loads and attaches the allow-all LSM program, runs one exec, and checks
 /// that the exec still ran AND the program ran for it: a kernel without
 /// `bpf` among its active LSMs attaches the program but never calls it.
 fn probe_lsm() -> anyhow::Result<String> {
-    require_object()?;
     let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")?;
-    let program: &mut Lsm = ebpf
-        .program_mut(LSM_PROBE_PROGRAM)
-        .with_context(|| format!("the eBPF object has no {LSM_PROBE_PROGRAM}"))?
-        .try_into()
-        .with_context(|| format!("{LSM_PROBE_PROGRAM} is not an LSM program"))?;
+    let mut ebpf = load_object(&btf)?;
+    let program: &mut Lsm = program_mut(&mut ebpf, LSM_PROBE_PROGRAM)?;
     program
         .load(LSM_PROBE_HOOK, &btf)
         .with_context(|| format!("loading {LSM_PROBE_PROGRAM}"))?;
     program
         .attach()
         .with_context(|| format!("attaching {LSM_PROBE_PROGRAM} to {LSM_PROBE_HOOK}"))?;
-    let hits: Array<MapData, u64> = ebpf
-        .take_map(LSM_PROBE_HITS)
-        .with_context(|| format!("the eBPF object has no {LSM_PROBE_HITS}"))?
-        .try_into()
-        .with_context(|| format!("{LSM_PROBE_HITS} is not an array"))?;
+    let hits: Array<MapData, u64> = take_map(&mut ebpf, LSM_PROBE_HITS)?;
     let pid = run_child().context("an exec under the attached LSM program")?;
     let runs = hits.get(&0, 0).context("reading the probe's run counter")?;
     if runs == 0 {
@@ -174,6 +216,37 @@ fn probe_lsm() -> anyhow::Result<String> {
     Ok(format!(
         "{LSM_PROBE_PROGRAM} attached to {LSM_PROBE_HOOK} ran {runs} time(s); pid {pid} still executed"
     ))
+    // `ebpf` drops here: the program is detached and unloaded.
+}
+
+/// Holds [`HOOK_FLOOR_PROGRAM`] on the open exit until stdin says stop.
+fn hold_open_hook() -> anyhow::Result<()> {
+    let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
+    let mut ebpf = load_object(&btf)?;
+    let program: &mut TracePoint = program_mut(&mut ebpf, HOOK_FLOOR_PROGRAM)?;
+    program
+        .load()
+        .with_context(|| format!("loading {HOOK_FLOOR_PROGRAM}"))?;
+    let (category, name) = OPEN_EXIT_TRACEPOINT;
+    program
+        .attach(category, name)
+        .with_context(|| format!("attaching {HOOK_FLOOR_PROGRAM} to {category}/{name}"))?;
+    let runs: PerCpuArray<MapData, u64> = take_map(&mut ebpf, HOOK_FLOOR_RUNS)?;
+    println!(
+        "open-hook: attached ({HOOK_FLOOR_PROGRAM} on {category}/{name}); a line on stdin detaches it"
+    );
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading stdin")?;
+    let total: u64 = runs
+        .get(&0, 0)
+        .context("reading the run counters")?
+        .iter()
+        .sum();
+    println!("open-hook: ran {total} time(s)");
+    Ok(())
     // `ebpf` drops here: the program is detached and unloaded.
 }
 

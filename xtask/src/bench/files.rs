@@ -4,6 +4,11 @@
 //! with no sensor; then a paced run of watched opens, coalescing off, that
 //! must all arrive with no drop.
 //!
+//! The same rounds time the storm under the hook alone (`rxsentry-probe
+//! --hold-open-hook`: a program that only counts its runs on the open exit
+//! tracepoint), so the report separates what the kernel charges for the
+//! hook from what the sensor's programs add on top.
+//!
 //! This machine's speed drifts by tens of percent over seconds (shared
 //! host), more than the 5% being measured. So each storm with the sensor
 //! sits between two storms without it, and its ratio is taken against the
@@ -12,15 +17,17 @@
 
 use std::{
     fmt::Write as _,
+    io::{BufRead as _, BufReader, Lines, Write as _},
     path::PathBuf,
-    process::Stdio,
+    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use collector::Collector;
 
 use super::{BpfStats, SensorProcess, StormTime, host_totals, median};
+use crate::target_dir;
 
 /// Files per directory; the storm cycles through them.
 const FILES: usize = 64;
@@ -36,18 +43,28 @@ struct Case {
     cpu_ratio: f64,
 }
 
+/// A round: (storm, the no-sensor storms before and after).
+type Round = (StormTime, StormTime, StormTime);
+
+/// A round's ratio of `f` (wall or CPU) to the mean of its neighbours.
+fn round_ratio(&(t, a, b): &Round, f: fn(StormTime) -> Duration) -> f64 {
+    f(t).as_secs_f64() / ((f(a).as_secs_f64() + f(b).as_secs_f64()) / 2.0)
+}
+
+fn wall_ratio(round: &Round) -> f64 {
+    round_ratio(round, |t| t.wall)
+}
+
+/// The middle of `values` (the upper one of an even count).
+fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 impl Case {
-    /// From each round's (storm, the no-sensor storms before and after).
-    fn new(rounds: &[(StormTime, StormTime, StormTime)]) -> Self {
+    fn new(rounds: &[Round]) -> Self {
         let ratio = |f: fn(StormTime) -> Duration| {
-            let mut r: Vec<f64> = rounds
-                .iter()
-                .map(|&(t, a, b)| {
-                    f(t).as_secs_f64() / ((f(a).as_secs_f64() + f(b).as_secs_f64()) / 2.0)
-                })
-                .collect();
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
+            median_f64(rounds.iter().map(|r| round_ratio(r, f)).collect())
         };
         Self {
             time: medians(&rounds.iter().map(|r| r.0).collect::<Vec<_>>()),
@@ -63,6 +80,10 @@ pub struct FileBench {
     opens: usize,
     rounds: usize,
     without: StormTime,
+    /// Unwatched files under the hook alone (no sensor).
+    hook_floor: Case,
+    /// Median of each round's unwatched ratio minus its hook floor ratio.
+    over_hook_floor: f64,
     unwatched: Case,
     watched: Case,
     watched_each: Case,
@@ -107,6 +128,64 @@ impl Tree {
             self.dir.path().join("phi").display()
         )
     }
+}
+
+/// `rxsentry-probe --hold-open-hook`: the open exit tracepoint with a
+/// program that only counts its runs, held while it lives.
+struct OpenHookFloor {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl OpenHookFloor {
+    fn start() -> Result<Self> {
+        let mut child = Command::new(target_dir().join("release/rxsentry-probe"))
+            .arg("--hold-open-hook")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting rxsentry-probe --hold-open-hook")?;
+        let mut lines = BufReader::new(child.stdout.take().context("probe stdout")?).lines();
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("open-hook: attached") => {}
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("rxsentry-probe did not attach the open hook: {other:?}");
+            }
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// Detaches the hook; how often it ran.
+    fn stop(mut self) -> Result<u64> {
+        let mut stdin = self.child.stdin.take().context("probe stdin")?;
+        writeln!(stdin)?;
+        let line = self.lines.next().context("probe output ended")??;
+        let runs = line
+            .strip_prefix("open-hook: ran ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unexpected probe output: {line}"))?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("rxsentry-probe --hold-open-hook exited with {status}");
+        }
+        Ok(runs)
+    }
+}
+
+impl Drop for OpenHookFloor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a storm runs under: the open hook alone, or the sensor with a config.
+enum Under<'a> {
+    HookFloor,
+    Sensor(&'a str),
 }
 
 /// `n` open+close of `files` from two threads, paced to `rate` per second
@@ -170,20 +249,45 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
         rounds,
         ..FileBench::default()
     };
-    // Per case: (config, files); each round's (storm, before, after).
-    let cases = [(&config, &work), (&config, &phi), (&config_each, &phi)];
-    let mut measured: [Vec<(StormTime, StormTime, StormTime)>; 3] = Default::default();
+    // Per case: (what runs, files); each round's (storm, before, after).
+    let cases = [
+        (Under::HookFloor, &work),
+        (Under::Sensor(&config), &work),
+        (Under::Sensor(&config), &phi),
+        (Under::Sensor(&config_each), &phi),
+    ];
+    let names = [
+        "hook floor",
+        "unwatched",
+        "watched",
+        "watched with coalescing off",
+    ];
+    let mut measured: [Vec<Round>; 4] = Default::default();
     let mut without = vec![open_storm(opens, &work, None)?];
     for round in 0..rounds {
         let mut line = format!(
             "files round {round} (wall / storm CPU): without {}",
             secs(without[without.len() - 1])
         );
-        for (i, (config, files)) in cases.iter().enumerate() {
-            let sensor = SensorProcess::start_with(url, config, Stdio::inherit())?;
-            sensor.settle()?;
-            let storm = open_storm(opens, files, None)?;
-            sensor.stop()?;
+        for (i, (under, files)) in cases.iter().enumerate() {
+            let storm = match under {
+                Under::HookFloor => {
+                    let hook = OpenHookFloor::start()?;
+                    let storm = open_storm(opens, files, None)?;
+                    let runs = hook.stop()?;
+                    if runs < opens as u64 {
+                        bail!("the open hook ran {runs} times for a storm of {opens} opens");
+                    }
+                    storm
+                }
+                Under::Sensor(config) => {
+                    let sensor = SensorProcess::start_with(url, config, Stdio::inherit())?;
+                    sensor.settle()?;
+                    let storm = open_storm(opens, files, None)?;
+                    sensor.stop()?;
+                    storm
+                }
+            };
             let before = without[without.len() - 1];
             let after = open_storm(opens, &work, None)?;
             without.push(after);
@@ -191,7 +295,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
             let _ = write!(
                 line,
                 ", {} {}, without {}",
-                ["unwatched", "watched", "watched with coalescing off"][i],
+                names[i],
                 secs(storm),
                 secs(after)
             );
@@ -199,7 +303,15 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
         println!("{line}");
     }
     r.without = medians(&without);
-    let [unwatched, watched, watched_each] = measured.map(|m| Case::new(&m));
+    r.over_hook_floor = median_f64(
+        measured[0]
+            .iter()
+            .zip(&measured[1])
+            .map(|(floor, sensor)| wall_ratio(sensor) - wall_ratio(floor))
+            .collect(),
+    );
+    let [hook_floor, unwatched, watched, watched_each] = measured.map(|m| Case::new(&m));
+    r.hook_floor = hook_floor;
     r.unwatched = unwatched;
     r.watched = watched;
     r.watched_each = watched_each;
@@ -259,6 +371,17 @@ impl FileBench {
         );
         let _ = writeln!(
             t,
+            "| the same storm under the open exit hook alone (`rxsentry-probe --hold-open-hook`: a program that only counts its runs on `sys_exit_openat`; no sensor) / no sensor: what this kernel charges for the hook itself, a floor under any design on this tracepoint | {:.3} ({:.3} s) | - | - |",
+            self.hook_floor.wall_ratio,
+            self.hook_floor.time.wall.as_secs_f64(),
+        );
+        let _ = writeln!(
+            t,
+            "| what the sensor adds to the hook floor, files outside the watched set (median of each round's unwatched ratio minus its hook floor ratio) | {:+.3} | - | - |",
+            self.over_hook_floor,
+        );
+        let _ = writeln!(
+            t,
             "| open storm, every open a watched file, repeats coalesced (default `open_repeat_window_ms = 1000`) / no sensor | {watched:.3} ({:.3} s) | <= 1.25 | {} |",
             self.watched.time.wall.as_secs_f64(),
             verdict(watched <= 1.25)
@@ -270,8 +393,9 @@ impl FileBench {
         );
         let _ = writeln!(
             t,
-            "| the storm threads' own CPU time (user + system, BPF included; not the sensor's), unwatched / watched and coalesced / coalescing off, each / no sensor ({:.3} s) | {:.3} / {:.3} / {:.3} | - | - |",
+            "| the storm threads' own CPU time (user + system, BPF included; not the sensor's), hook floor / unwatched / watched and coalesced / coalescing off, each / no sensor ({:.3} s) | {:.3} / {:.3} / {:.3} / {:.3} | - | - |",
             self.without.cpu.as_secs_f64(),
+            self.hook_floor.cpu_ratio,
             self.unwatched.cpu_ratio,
             self.watched.cpu_ratio,
             self.watched_each.cpu_ratio,
