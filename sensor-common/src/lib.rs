@@ -110,6 +110,10 @@ pub mod names {
         ("file_exit_open_typed", "sys_exit_open"),
         ("file_exit_creat_typed", "sys_exit_creat"),
     ];
+    /// Opens decided by `fexit` on this kernel function instead of the open
+    /// syscalls' exit tracepoints, where trampolines are allowed.
+    pub const PROG_FILE_FILP_OPEN: &str = "file_filp_open";
+    pub const FILP_OPEN_FUNCTION: &str = "do_filp_open";
     /// Finishes a path operation decided at entry (adds the result).
     pub const PROG_FILE_EXIT_PENDING: &str = "file_exit_pending";
     pub const FILE_EXIT_PENDING_TRACEPOINTS: &[&str] = &[

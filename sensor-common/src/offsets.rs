@@ -104,6 +104,13 @@ pub struct KernelOffsets {
     /// the `bpf_rdonly_cast` kfunc (Linux 6.2+), else 0: the open programs
     /// then read file fields by plain loads (see `sensor-ebpf`'s `Fields`).
     pub btf_fd_slot: u32,
+    /// `struct filename.uptr` and `struct open_flags` (`open_flag`, `mode`):
+    /// what `do_filp_open` was asked, for the `fexit` open program; 0 when
+    /// this kernel's BTF lacks them (that program is then not used).
+    pub filename_uptr: u32,
+    pub open_flags_open_flag: u32,
+    pub open_flags_mode: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

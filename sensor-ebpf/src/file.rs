@@ -16,9 +16,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::bpf_loop,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{fexit, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     EVENT_PARTIAL, EventKind, FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileId,
@@ -859,9 +859,9 @@ enum OpenAbi {
     Creat,
 }
 
-/// What an open asked for: (dfd, path, flags, mode).
+/// What an open syscall asked for, from the registers saved at entry.
 #[inline(always)]
-fn open_args(abi: OpenAbi, o: &KernelOffsets) -> Option<(i32, u64, u32, u32)> {
+fn open_args(abi: OpenAbi, o: &KernelOffsets) -> Option<OpenArgs> {
     let a = read_syscall_args(o);
     Some(match abi {
         OpenAbi::Open => (AT_FDCWD, a[0], a[1] as u32, a[2] as u32),
@@ -942,47 +942,124 @@ fn repeated(id: FileId, flags: u32, op: u32) -> bool {
     false
 }
 
-/// Exit of an open: decides on the file the kernel opened, or on the path
-/// for a refused open. There is no entry program: the arguments are read
-/// from the saved registers, and only for an open that may be reported, so
-/// an open outside the watched set costs one program run and no map write.
-/// `F`: how the opened file's fields are read (one program per reader).
+/// What an open asked for: (dfd, user path, flags, mode).
+type OpenArgs = (i32, u64, u32, u32);
+
+/// Exit of an open syscall: decides on the file the kernel opened, or on
+/// the path for a refused open. There is no entry program: the arguments
+/// are read from the saved registers, and only for an open that may be
+/// reported, so an open outside the watched set costs one program run and
+/// no map write. `F`: how the opened file's fields are read (one program
+/// per reader).
 #[inline(always)]
 fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
+    let Some(o) = offsets() else { return };
+    let ret = arg(ctx, 0) as i64;
+    let opened = if ret >= 0 {
+        match read_fd_dentry::<F>(ret as u32, o) {
+            Ok(dentry) => Some(dentry),
+            Err(_) => return,
+        }
+    } else {
+        None
+    };
+    report_open::<F>(o, ret, opened, || open_args(abi, o));
+}
+
+/// `open_flags.open_flag` bits that are the kernel's, not the caller's:
+/// `O_LARGEFILE` (forced on 64-bit), `__FMODE_EXEC`, `__FMODE_NONOTIFY`.
+const KERNEL_OPEN_FLAGS: u32 = 0o100000 | 0x20 | 0x0400_0000;
+/// `__FMODE_EXEC`: the open of a program being exec'd (`file_exec`'s).
+const FMODE_EXEC: u32 = 0x20;
+/// The largest errno an `ERR_PTR` holds.
+const MAX_ERRNO: i64 = 4095;
+
+/// `fexit/do_filp_open`, on kernels that allow trampolines: every open by
+/// path (open, openat, openat2, creat, and io_uring's openat) returns through
+/// here with the opened `struct file *` (or an error) and the request,
+/// all typed, so no syscall tracepoint sits on the open path at all.
+/// The fd is not assigned yet: a successful open reports result 0.
+#[inline(always)]
+fn filp_open_exit(ctx: &FExitContext) {
+    let Some(o) = offsets() else { return };
+    let dfd: i64 = ctx.arg(0);
+    let name: *const u8 = ctx.arg(1);
+    let how: *const u8 = ctx.arg(2);
+    let file: *const u8 = ctx.arg(3);
+    let Ok(open_flag) = Typed::get::<u32>(how, o.open_flags_open_flag) else {
+        return;
+    };
+    if open_flag & FMODE_EXEC != 0 {
+        return;
+    }
+    let args = || {
+        // A kernel-internal open names no user string (`uptr` NULL):
+        // `match_path` then finds nothing.
+        let path = Typed::get::<u64>(name, o.filename_uptr).ok()?;
+        let mode = Typed::get::<u16>(how, o.open_flags_mode).ok()?;
+        Some((
+            dfd as i32,
+            path,
+            open_flag & !KERNEL_OPEN_FLAGS,
+            u32::from(mode),
+        ))
+    };
+    // One `report_open` per outcome, each with its `opened` fixed: merged,
+    // the compiler would test "opened?" again later on the pointer (or on
+    // a number derived from it), which the verifier cannot relate to the
+    // first test, and it would walk a refused open down the opened-file
+    // path. The result comes as a plain number (the helper is inlined).
+    let Ok(ret) = ctx.ret::<i64>() else {
+        return;
+    };
+    if (-MAX_ERRNO..0).contains(&ret) {
+        report_open::<Typed>(o, ret, None, args);
+    } else if let Ok(dentry) = read_file_dentry::<Typed>(file, o) {
+        report_open::<Typed>(o, 0, Some(dentry), args);
+    }
+}
+
+/// Decides and reports one open, whichever hook saw it: `result` is the
+/// syscall's (fd or -errno), `opened` the opened file's dentry (`None`
+/// when refused), `args` what was asked, read only for an open that may
+/// be reported.
+#[inline(always)]
+fn report_open<F: Fields>(
+    o: &KernelOffsets,
+    result: i64,
+    opened: Option<*const u8>,
+    args: impl FnOnce() -> Option<OpenArgs>,
+) {
     // Whether this is the sensor is asked only of a reported open.
     let Some(settings) = enabled() else {
         return;
     };
-    let ret = arg(ctx, 0) as i64;
-    if ret == -ENOENT || ret == -ENOTDIR {
+    if result == -ENOENT || result == -ENOTDIR {
         // The path does not exist: the dynamic loader's library search and
         // every config probe fail this way, dozens of times per exec, and
         // nothing was touched. Not an event, and not worth the path walk.
         return;
     }
-    let (Some(o), Some(ev)) = (offsets(), scratch()) else {
+    let Some(ev) = scratch() else {
         return;
     };
-    // The opened file, and where it lies in the watched set: its path is
-    // written only once the open is known to be reported.
+    // Where the opened file lies in the watched set: its path is written
+    // only once the open is known to be reported.
     let mut target = None;
-    let args = if ret >= 0 {
-        let Ok(dentry) = read_fd_dentry::<F>(ret as u32, o) else {
-            return;
-        };
-        let mut args = None;
+    let args = if let Some(dentry) = opened {
+        let mut asked = None;
         let Some(place) = watched_file::<F>(&mut ev.file.path, dentry, || {
-            args = open_args(abi, o);
-            args.map(|(_, _, flags, _)| open_op(flags))
+            asked = args();
+            asked.map(|(_, _, flags, _)| open_op(flags))
         }) else {
             return;
         };
         target = Some((dentry, place));
-        args
+        asked
     } else {
         // Refused (EACCES, EPERM, ...): decide on the path it named.
-        let args = open_args(abi, o);
-        let Some((dfd, path, flags, _)) = args else {
+        let asked = args();
+        let Some((dfd, path, flags, _)) = asked else {
             return;
         };
         if !match_path(
@@ -995,7 +1072,7 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
         ) {
             return;
         }
-        args
+        asked
     };
     let Some((_, _, flags, mode)) = args else {
         return;
@@ -1026,7 +1103,7 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
         ev.file.dev = id.dev;
         ev.file.ino = id.ino;
     }
-    ev.file.result = ret;
+    ev.file.result = result;
     output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
 }
 
@@ -1053,6 +1130,12 @@ open_exit_program!(file_exit_openat, file_exit_openat_typed, OpenAbi::OpenAt);
 open_exit_program!(file_exit_openat2, file_exit_openat2_typed, OpenAbi::OpenAt2);
 open_exit_program!(file_exit_open, file_exit_open_typed, OpenAbi::Open);
 open_exit_program!(file_exit_creat, file_exit_creat_typed, OpenAbi::Creat);
+
+#[fexit(function = "do_filp_open")]
+pub fn file_filp_open(ctx: FExitContext) -> i32 {
+    filp_open_exit(&ctx);
+    0
+}
 
 /// Exit of the path operations held in `PENDING`: adds the result, sends.
 #[tracepoint]

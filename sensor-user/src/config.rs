@@ -283,6 +283,11 @@ pub struct KernelConfig {
     /// the kernel allows it (`bpf_rdonly_cast`, Linux 6.2+); false: helper
     /// reads on every kernel (slower; an escape hatch and an A/B switch).
     pub typed_file_reads: bool,
+    /// Decide opens with `fexit` on `do_filp_open` where the kernel allows
+    /// trampolines (no syscall tracepoint on the open path; io_uring's
+    /// opens go through it too); false: the open syscalls' exit
+    /// tracepoints always.
+    pub fexit_file_opens: bool,
 }
 
 impl Default for KernelConfig {
@@ -292,6 +297,7 @@ impl Default for KernelConfig {
             file_ringbuf_bytes: 2 << 20,
             net_ringbuf_bytes: 1 << 20,
             typed_file_reads: true,
+            fexit_file_opens: true,
         }
     }
 }
@@ -569,6 +575,7 @@ mod tests {
         assert_eq!(c.kernel.process_ringbuf_bytes, 4 * 1024 * 1024);
         assert_eq!(c.kernel.net_ringbuf_bytes, 1024 * 1024);
         assert!(c.kernel.typed_file_reads);
+        assert!(c.kernel.fexit_file_opens);
         assert!(c.network.enabled);
         assert_eq!(c.network.dns_ports, [53]);
         assert_eq!(c.network.udp_dedup_window_ms, 60_000);

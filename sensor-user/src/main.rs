@@ -340,12 +340,14 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         file_ringbuf_bytes: config.kernel.file_ringbuf_bytes,
         files: config.files.enabled,
         typed_file_reads: config.kernel.typed_file_reads,
+        fexit_file_opens: config.kernel.fexit_file_opens,
         net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
         network: hooks::net::NetHookConfig::from_config(&config.network),
     })
     .context("attaching the kernel hooks")?;
     tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
     tracing::info!("file field reads: {}", hooks.file_reads());
+    tracing::info!("file open hook: {}", hooks.file_open_hook());
     let ring = hooks.take_process_ring()?;
     let anchors = watch::Anchors::default();
     let (watch_tx, watch_thread, file_ring) = if config.files.enabled {

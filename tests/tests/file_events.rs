@@ -107,6 +107,16 @@ async fn one_event_per_watched_read(config: &str, reads_log: &str) -> anyhow::Re
     let tree = Tree::new()?;
     let (_collector, mut sub, sensor) = start(&tree, config).await?;
     assert!(sensor.log().contains(reads_log), "{}", sensor.log());
+    // This host refuses trampolines (shared/PLATFORM.md): the sensor says
+    // so and falls back to the syscall exit tracepoints, never silently.
+    // (fexit on do_filp_open is tested in the Debian guest of vm-test.)
+    assert!(
+        sensor
+            .log()
+            .contains("file open hook: syscall exit tracepoints (fexit unavailable: load: "),
+        "{}",
+        sensor.log()
+    );
 
     let reader = run("/bin/cat", &[&tree.path("phi/rx.db")])?;
     let outsider = run("/bin/cat", &[&tree.path("other/notes.txt")])?;

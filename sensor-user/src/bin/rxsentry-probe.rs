@@ -260,6 +260,7 @@ fn probe_process() -> anyhow::Result<String> {
         files: true,
         // The open programs this kernel would run (typed where it can).
         typed_file_reads: true,
+        fexit_file_opens: true,
         net_ringbuf_bytes: 1 << 20,
         // Disabled: the probe asks about process telemetry only.
         network: Default::default(),
@@ -274,9 +275,10 @@ fn probe_process() -> anyhow::Result<String> {
                 && exec.task.tgid == pid
             {
                 return Ok(format!(
-                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}",
+                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}; file open hook: {}",
                     exec.filename,
-                    hooks.file_reads()
+                    hooks.file_reads(),
+                    hooks.file_open_hook()
                 ));
             }
         }

@@ -68,6 +68,9 @@ pub struct HookConfig {
     /// Attach the open programs that read by typed loads when the kernel
     /// can run them (`[kernel] typed_file_reads`).
     pub typed_file_reads: bool,
+    /// Decide opens with `fexit/do_filp_open` where the kernel allows it
+    /// (`[kernel] fexit_file_opens`).
+    pub fexit_file_opens: bool,
     /// Size of `NET_EVENTS`; same rules.
     pub net_ringbuf_bytes: u32,
     pub network: net::NetHookConfig,
@@ -81,6 +84,7 @@ pub struct ProcessHooks {
     drops: PerCpuArray<MapData, u64>,
     allowlist_backend: AllowlistBackend,
     file_reads: FileReads,
+    file_open_hook: FileOpenHook,
 }
 
 /// How the attached open programs read the opened file's fields.
@@ -101,6 +105,31 @@ impl std::fmt::Display for FileReads {
             Self::Helper => "helper reads",
             Self::Typed => "typed loads (bpf_rdonly_cast)",
         })
+    }
+}
+
+/// Which hook decides opens on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileOpenHook {
+    /// No file programs attached.
+    Off,
+    /// `fexit/do_filp_open`: a trampoline, no syscall tracepoint on the
+    /// open path (io_uring's opens go through it too).
+    Fexit,
+    /// The open syscalls' exit tracepoints; why `fexit` is not used.
+    Tracepoints { fexit_unavailable: String },
+}
+
+impl std::fmt::Display for FileOpenHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::Fexit => write!(f, "fexit {}", names::FILP_OPEN_FUNCTION),
+            Self::Tracepoints { fexit_unavailable } => write!(
+                f,
+                "syscall exit tracepoints (fexit unavailable: {fexit_unavailable})"
+            ),
+        }
     }
 }
 
@@ -131,8 +160,11 @@ impl std::fmt::Display for AllowlistBackend {
 /// `bprm_check_security` loads, attaches AND is seen running (a kernel can
 /// accept the attach yet never call BPF-LSM when `bpf` is not an active
 /// LSM), else the tracepoint.
-fn attach_exec_verdict(ebpf: &mut Ebpf) -> Result<AllowlistBackend, HookError> {
-    let lsm_unavailable = match try_lsm(ebpf) {
+fn attach_exec_verdict(
+    ebpf: &mut Ebpf,
+    btf: &Result<aya::Btf, String>,
+) -> Result<AllowlistBackend, HookError> {
+    let lsm_unavailable = match try_lsm(ebpf, btf) {
         Ok(()) => return Ok(AllowlistBackend::Lsm),
         Err(why) => why,
     };
@@ -208,10 +240,21 @@ fn syscall_tracepoint_exists(tracefs: &std::path::Path, tp: &str) -> bool {
 }
 
 /// Attaches every file telemetry program. They stay idle until the watch
-/// manager fills their maps and sets `FILE_SETTINGS.enabled`.
-fn attach_file_programs(ebpf: &mut Ebpf, reads: FileReads) -> Result<(), HookError> {
-    let opens = match reads {
-        FileReads::Typed => names::FILE_EXIT_OPEN_TYPED_PROGRAMS,
+/// manager fills their maps and sets `FILE_SETTINGS.enabled`. Opens go to
+/// `fexit/do_filp_open` when `fexit` is `Ok` and the kernel takes it, else
+/// to the open syscalls' exit tracepoints (programs reading by `reads`).
+fn attach_file_programs(
+    ebpf: &mut Ebpf,
+    reads: FileReads,
+    fexit: Result<&aya::Btf, String>,
+) -> Result<FileOpenHook, HookError> {
+    let hook = match fexit.and_then(|btf| try_fexit_open(ebpf, btf)) {
+        Ok(()) => FileOpenHook::Fexit,
+        Err(fexit_unavailable) => FileOpenHook::Tracepoints { fexit_unavailable },
+    };
+    let opens = match (&hook, reads) {
+        (FileOpenHook::Fexit, _) => &[][..],
+        (_, FileReads::Typed) => names::FILE_EXIT_OPEN_TYPED_PROGRAMS,
         _ => names::FILE_EXIT_OPEN_PROGRAMS,
     };
     for (name, tp) in names::FILE_ENTER_PROGRAMS.iter().chain(opens) {
@@ -222,7 +265,41 @@ fn attach_file_programs(ebpf: &mut Ebpf, reads: FileReads) -> Result<(), HookErr
         names::PROG_FILE_EXIT_PENDING,
         names::FILE_EXIT_PENDING_TRACEPOINTS,
     )?;
-    attach_raw_tracepoint(ebpf, names::PROG_FILE_EXEC, names::PROG_EXEC)
+    attach_raw_tracepoint(ebpf, names::PROG_FILE_EXEC, names::PROG_EXEC)?;
+    Ok(hook)
+}
+
+/// The first line of `text`, at most `max` characters (a verifier log can
+/// run to thousands of lines; the reason for a fallback needs one).
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
+/// Program `name` as its concrete type, for a program the sensor can do
+/// without (a kernel feature it may lack): the error is the reason, as text.
+fn optional_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    program(ebpf, name).map_err(|e| e.to_string())
+}
+
+/// Loads and attaches the `fexit/do_filp_open` open program; why not, as
+/// text, when this kernel refuses (no trampolines, no such function).
+fn try_fexit_open(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
+    let program: &mut aya::programs::FExit = optional_program(ebpf, names::PROG_FILE_FILP_OPEN)?;
+    program
+        .load(names::FILP_OPEN_FUNCTION, btf)
+        .map_err(|e| format!("load: {}", first_line(&e.to_string(), 300)))?;
+    if let Err(e) = program.attach() {
+        let _ = program.unload();
+        return Err(format!("attach: {e}"));
+    }
+    Ok(())
 }
 
 /// Attaches the network programs: the TCP state raw tracepoint and the
@@ -242,15 +319,11 @@ fn attach_net_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
     Ok(())
 }
 
-fn try_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
-    let program: &mut aya::programs::Lsm = ebpf
-        .program_mut(names::PROG_EXEC_VERDICT_LSM)
-        .ok_or("no LSM program in the object")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+fn try_lsm(ebpf: &mut Ebpf, btf: &Result<aya::Btf, String>) -> Result<(), String> {
+    let btf = btf.as_ref().map_err(Clone::clone)?;
+    let program: &mut aya::programs::Lsm = optional_program(ebpf, names::PROG_EXEC_VERDICT_LSM)?;
     program
-        .load("bprm_check_security", &btf)
+        .load("bprm_check_security", btf)
         .map_err(|e| format!("load: {e}"))?;
     let link = program.attach().map_err(|e| format!("attach: {e}"))?;
     let runs: aya::maps::Array<&MapData, u64> = ebpf
@@ -268,11 +341,7 @@ fn try_lsm(ebpf: &mut Ebpf) -> Result<(), String> {
     if ran {
         return Ok(());
     }
-    let program: &mut aya::programs::Lsm = ebpf
-        .program_mut(names::PROG_EXEC_VERDICT_LSM)
-        .ok_or("no LSM program in the object")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let program: &mut aya::programs::Lsm = optional_program(ebpf, names::PROG_EXEC_VERDICT_LSM)?;
     let _ = program.detach(link);
     Err("attached, but the kernel never ran it (is `bpf` in the lsm= list?)".to_owned())
 }
@@ -285,7 +354,7 @@ impl ProcessHooks {
             return Err(HookError::NoObject);
         }
         // The parsed BTF is large: freed before aya parses its own copy.
-        let (offsets, typed) = {
+        let (offsets, typed, filp_open) = {
             let btf = KernelBtf::from_sys_fs()?;
             let mut offsets = offsets::resolve(&btf)?;
             if config.network.enabled {
@@ -294,7 +363,13 @@ impl ProcessHooks {
             let typed = kfunc::TypedReads::resolve(&btf)
                 .filter(|_| config.files && config.typed_file_reads);
             offsets.btf_fd_slot = typed.map_or(0, |t| t.fd_slot);
-            (offsets, typed)
+            let filp_open = if config.fexit_file_opens {
+                offsets::resolve_filp_open(&mut offsets, &btf)
+                    .map_err(|e| format!("kernel BTF: {e}"))
+            } else {
+                Err("off in the config (kernel.fexit_file_opens)".to_owned())
+            };
+            (offsets, typed, filp_open)
         };
         // The typed open programs call a kfunc: their calls get this
         // kernel's id (the other programs never reach the kernel).
@@ -331,10 +406,17 @@ impl ProcessHooks {
         }
         // Attached with the policy off; enforcement starts when the daemon
         // writes a policy (PolicyMaps::apply).
-        let allowlist_backend = attach_exec_verdict(&mut ebpf)?;
-        if config.files {
-            attach_file_programs(&mut ebpf, file_reads)?;
-        }
+        // aya's own parse of the BTF (LSM and fexit programs need it),
+        // once, and freed once they are attached.
+        let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
+        let allowlist_backend = attach_exec_verdict(&mut ebpf, &btf)?;
+        let file_open_hook = if config.files {
+            let fexit = filp_open.and_then(|()| btf.as_ref().map_err(Clone::clone));
+            attach_file_programs(&mut ebpf, file_reads, fexit)?
+        } else {
+            FileOpenHook::Off
+        };
+        drop(btf);
         if config.network.enabled {
             net::fill_maps(&mut ebpf, &config.network)?;
             attach_net_programs(&mut ebpf)?;
@@ -352,7 +434,13 @@ impl ProcessHooks {
             drops,
             allowlist_backend,
             file_reads,
+            file_open_hook,
         })
+    }
+
+    /// Which hook decides opens on this kernel.
+    pub fn file_open_hook(&self) -> &FileOpenHook {
+        &self.file_open_hook
     }
 
     /// How the open programs read file fields on this kernel.
@@ -440,6 +528,7 @@ impl ProcessHooks {
             drops,
             allowlist_backend: _,
             file_reads: _,
+            file_open_hook: _,
         } = self;
         drop(ebpf);
         drop(logger);
@@ -493,6 +582,17 @@ pub struct KernelDrops {
 #[cfg(test)]
 mod tests {
     use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn a_fallback_reason_is_one_bounded_line() {
+        use super::first_line;
+        assert_eq!(
+            first_line("load: EPERM\nverifier: 1\n2", 300),
+            "load: EPERM"
+        );
+        assert_eq!(first_line("abcdef", 3), "abc...");
+        assert_eq!(first_line("", 3), "");
+    }
 
     /// The file programs read syscall tracepoint records at fixed places:
     /// `__syscall_nr` at 8, argument n at 16 + 8n, `ret` at 16. That is the

@@ -4,6 +4,16 @@ use sensor_common::KernelOffsets;
 
 use super::btf::{BtfError, KernelBtf};
 
+/// Fills the fields the `fexit/do_filp_open` program reads (`struct
+/// filename`, `struct open_flags`); an error leaves them 0 and that program
+/// unused.
+pub fn resolve_filp_open(offsets: &mut KernelOffsets, btf: &KernelBtf) -> Result<(), BtfError> {
+    offsets.filename_uptr = btf.field_offset("filename", "uptr")?;
+    offsets.open_flags_open_flag = btf.field_offset("open_flags", "open_flag")?;
+    offsets.open_flags_mode = btf.field_offset("open_flags", "mode")?;
+    Ok(())
+}
+
 /// Resolves every offset the programs use; any missing field is an error that
 /// names it, so the sensor refuses to start rather than read garbage.
 pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
