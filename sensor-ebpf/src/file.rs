@@ -971,6 +971,8 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
 const KERNEL_OPEN_FLAGS: u32 = 0o100000 | 0x20 | 0x0400_0000;
 /// `__FMODE_EXEC`: the open of a program being exec'd (`file_exec`'s).
 const FMODE_EXEC: u32 = 0x20;
+/// Permission bits of a mode (`S_IALLUGO`).
+const S_IALLUGO: u32 = 0o7777;
 /// The largest errno an `ERR_PTR` holds.
 const MAX_ERRNO: i64 = 4095;
 
@@ -1001,7 +1003,9 @@ fn filp_open_exit(ctx: &FExitContext) {
             dfd as i32,
             path,
             open_flag & !KERNEL_OPEN_FLAGS,
-            u32::from(mode),
+            // The kernel adds the file type (S_IFREG) to a creating open's
+            // mode; the caller asked for the permission bits.
+            u32::from(mode) & S_IALLUGO,
         ))
     };
     // One `report_open` per outcome, each with its `opened` fixed: merged,

@@ -96,6 +96,9 @@ pub enum FileReads {
     Helper,
     /// Plain loads from a `bpf_rdonly_cast`-typed `struct file`.
     Typed,
+    /// Plain loads from the typed `struct file *` that `fexit` hands in
+    /// (opens decided at `do_filp_open`).
+    FexitArgs,
 }
 
 impl std::fmt::Display for FileReads {
@@ -104,6 +107,7 @@ impl std::fmt::Display for FileReads {
             Self::Off => "off",
             Self::Helper => "helper reads",
             Self::Typed => "typed loads (bpf_rdonly_cast)",
+            Self::FexitArgs => "typed loads (fexit arguments)",
         })
     }
 }
@@ -415,6 +419,10 @@ impl ProcessHooks {
             attach_file_programs(&mut ebpf, file_reads, fexit)?
         } else {
             FileOpenHook::Off
+        };
+        let file_reads = match file_open_hook {
+            FileOpenHook::Fexit => FileReads::FexitArgs,
+            _ => file_reads,
         };
         drop(btf);
         if config.network.enabled {

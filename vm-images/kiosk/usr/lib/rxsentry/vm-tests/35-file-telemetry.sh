@@ -1,57 +1,93 @@
-# File telemetry on this kernel: the dispensing app reads the PHI record and
-# the read (path, operation, process) reaches the collector; a file outside
-# the watched set read right after it produces no event; a refused open in
-# the PHI tree is reported with its error. Debian's kernels allow
-# trampolines, so here opens must be decided by fexit on do_filp_open (the
-# host runs the syscall tracepoint programs).
+# File telemetry on this kernel, with each open hook in turn:
+# - as shipped: Debian's kernels allow trampolines, so opens must be decided
+#   by fexit on do_filp_open (the host cannot run it);
+# - with `kernel.fexit_file_opens = false`: the syscall exit tracepoint
+#   programs (helper reads on 6.1), as on kernels without trampolines.
+# Each time: the dispensing app's read of the PHI record reaches the
+# collector (path, operation, process); a file outside the watched set read
+# right after it produces no event; a creating open in the PHI tree is
+# reported with the mode asked for, and an open refused there with its error.
 . /usr/lib/rxsentry/vm-tests/lib.sh
 
-start_services || fail "the kiosk services did not start (see above)"
-hook=$(grep -o 'file open hook: .*' "$RXSENTRY_LOG/sensor.err" | head -n 1 | cut -c 1-300)
-case "$hook" in
-'file open hook: fexit do_filp_open'*) ;;
-*) fail "opens are not decided by fexit/do_filp_open on this kernel: ${hook:-no 'file open hook' log line}" ;;
-esac
 tail_out=$RXSENTRY_LOG/tail-files.out
-rxsentry tail --collector "$COLLECTOR_ADDR" --json --kind file >"$tail_out" 2>"$RXSENTRY_LOG/tail-files.err" &
-tail_pid=$!
-record='"path":"/var/lib/pharmacy/phi/patient-0001.json"'
-seen=
-# The subscription may not be in place yet: dispense again until one arrives.
-for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
-	/opt/pharmacy/bin/dispense --rx RX-FILES >/dev/null || fail "dispense failed"
-	cat /usr/lib/rxsentry/vm-tests/lib.sh >/dev/null
-	for _ in 1 2 3 4 5 6 7 8 9 10; do
-		seen=$(grep -F -- "$record" "$tail_out" | grep -F '"operation":"read"' | head -n 1)
-		[ -n "$seen" ] && break 2
-		sleep 0.2
+
+# Starts a subscriber writing to $tail_out (pid in $tail_pid).
+subscribe() {
+	rxsentry tail --collector "$COLLECTOR_ADDR" --json --kind file >"$tail_out" 2>>"$RXSENTRY_LOG/tail-files.err" &
+	tail_pid=$!
+}
+
+# check_hook <expected start of the 'file open hook' log line> <fd result>:
+# runs the checks against the started services; prints what it saw.
+check_hook() {
+	hook=$(grep -o 'file open hook: .*' "$RXSENTRY_LOG/sensor.err" | head -n 1 | cut -c 1-300)
+	case "$hook" in
+	"$1"*) ;;
+	*) fail "expected '$1', got: ${hook:-no 'file open hook' log line}" ;;
+	esac
+	subscribe
+	record='"path":"/var/lib/pharmacy/phi/patient-0001.json"'
+	seen=
+	# The subscription may not be in place yet: dispense again until one arrives.
+	for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+		/opt/pharmacy/bin/dispense --rx RX-FILES >/dev/null || fail "dispense failed"
+		cat /usr/lib/rxsentry/vm-tests/lib.sh >/dev/null
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			seen=$(grep -F -- "$record" "$tail_out" | grep -F '"operation":"read"' | head -n 1)
+			[ -n "$seen" ] && break 2
+			sleep 0.2
+		done
 	done
-done
-kill "$tail_pid" 2>/dev/null
-[ -n "$seen" ] || fail "no read of the PHI record reached the collector in 30s" \
-	"(tail: $(tail -n 1 "$RXSENTRY_LOG/tail-files.err"))"
-echo "collector saw: $seen"
-case "$seen" in
-*'"comm":"sed"'*) ;;
-*) fail "the PHI read is not attributed to dispense's sed: $seen" ;;
-esac
-if grep -F "\"/usr/lib/rxsentry/vm-tests/lib.sh\"" "$tail_out"; then
-	fail "a file outside the watched set was reported"
-fi
-# Refused inside do_filp_open (a directory opened for writing: EISDIR).
-rxsentry tail --collector "$COLLECTOR_ADDR" --json --kind file >"$tail_out" 2>>"$RXSENTRY_LOG/tail-files.err" &
-tail_pid=$!
-refused=
-for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
-	(: >/var/lib/pharmacy/phi) 2>/dev/null && fail "opening a directory for writing succeeded"
-	for _ in 1 2 3 4 5 6 7 8 9 10; do
-		refused=$(grep -F '"path":"/var/lib/pharmacy/phi"' "$tail_out" | grep -F '"result":-21' | head -n 1)
-		[ -n "$refused" ] && break 2
-		sleep 0.2
+	kill "$tail_pid" 2>/dev/null
+	[ -n "$seen" ] || fail "$hook: no read of the PHI record reached the collector in 30s" \
+		"(tail: $(tail -n 1 "$RXSENTRY_LOG/tail-files.err"))"
+	echo "collector saw: $seen"
+	case "$seen" in
+	*'"comm":"sed"'*) ;;
+	*) fail "$hook: the PHI read is not attributed to dispense's sed: $seen" ;;
+	esac
+	if grep -F "\"/usr/lib/rxsentry/vm-tests/lib.sh\"" "$tail_out"; then
+		fail "$hook: a file outside the watched set was reported"
+	fi
+	# A creating open (mode 0666 = 438 asked for) and an open refused in
+	# the kernel (a directory opened for writing: EISDIR).
+	created=/var/lib/pharmacy/phi/vm-created-$$
+	subscribe
+	write= refused=
+	for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+		: >"$created" || fail "cannot create $created"
+		(: >/var/lib/pharmacy/phi) 2>/dev/null && fail "opening a directory for writing succeeded"
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			write=$(grep -F "\"path\":\"$created\"" "$tail_out" | grep -F '"operation":"write"' | head -n 1)
+			refused=$(grep -F '"path":"/var/lib/pharmacy/phi"' "$tail_out" | grep -F '"result":-21' | head -n 1)
+			[ -n "$write" ] && [ -n "$refused" ] && break 2
+			sleep 0.2
+		done
 	done
-done
-kill "$tail_pid" 2>/dev/null
-[ -n "$refused" ] || fail "the refused open (EISDIR) of the PHI directory did not reach the collector in 30s"
-echo "collector saw: $refused"
-stop_services || fail "sensor did not exit 0 on SIGTERM: $(tail -n 2 "$RXSENTRY_LOG/sensor.err")"
-pass "$hook: PHI read by dispense reached the collector; a refused open too (EISDIR); nothing outside the watched set"
+	kill "$tail_pid" 2>/dev/null
+	rm -f "$created"
+	[ -n "$write" ] || fail "$hook: the creating open of $created did not reach the collector in 30s"
+	echo "collector saw: $write"
+	case "$write" in
+	*'"mode":438'*) ;;
+	*) fail "$hook: the creating open is not reported with mode 0666: $write" ;;
+	esac
+	case "$2" in
+	0) case "$write" in *'"result":0'*) ;; *) fail "$hook: a create decided before its fd exists must report result 0: $write" ;; esac ;;
+	fd) case "$write" in *'"result":0'* | *'"result":-'*) fail "$hook: the create must report its fd: $write" ;; esac ;;
+	esac
+	[ -n "$refused" ] || fail "$hook: the refused open (EISDIR) of the PHI directory did not reach the collector in 30s"
+	echo "collector saw: $refused"
+	stop_services || fail "$hook: sensor did not exit 0 on SIGTERM: $(tail -n 2 "$RXSENTRY_LOG/sensor.err")"
+}
+
+start_services || fail "the kiosk services did not start (see above)"
+check_hook 'file open hook: fexit do_filp_open' 0
+
+tracepoints=/tmp/sensor-tracepoint-opens.toml
+sed 's/^\[kernel\]$/[kernel]\nfexit_file_opens = false/' /etc/rxsentry/sensor.toml >"$tracepoints"
+grep -q '^fexit_file_opens = false$' "$tracepoints" || fail "no [kernel] table in /etc/rxsentry/sensor.toml to turn fexit off in"
+SENSOR_CONFIG=$tracepoints start_services || fail "the kiosk services did not start with fexit off (see above)"
+check_hook 'file open hook: syscall exit tracepoints (fexit unavailable: off in the config' fd
+
+pass "fexit do_filp_open, then the syscall exit tracepoints: PHI read by dispense reached the collector; a create (mode 0666) and a refused open (EISDIR) too; nothing outside the watched set"
