@@ -966,11 +966,14 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     report_open::<F>(o, ret, opened, || open_args(abi, o));
 }
 
-/// `open_flags.open_flag` bits that are the kernel's, not the caller's:
-/// `O_LARGEFILE` (forced on 64-bit), `__FMODE_EXEC`, `__FMODE_NONOTIFY`.
-const KERNEL_OPEN_FLAGS: u32 = 0o100000 | 0x20 | 0x0400_0000;
 /// `__FMODE_EXEC`: the open of a program being exec'd (`file_exec`'s).
 const FMODE_EXEC: u32 = 0x20;
+/// `__FMODE_NONOTIFY`: an open fanotify makes for itself.
+const FMODE_NONOTIFY: u32 = 0x0400_0000;
+/// Added by the kernel on 64-bit.
+const O_LARGEFILE: u32 = 0o100000;
+/// `open_flags.open_flag` bits that are the kernel's, not the caller's.
+const KERNEL_OPEN_FLAGS: u32 = O_LARGEFILE | FMODE_EXEC | FMODE_NONOTIFY;
 /// Permission bits of a mode (`S_IALLUGO`).
 const S_IALLUGO: u32 = 0o7777;
 /// The largest errno an `ERR_PTR` holds.
