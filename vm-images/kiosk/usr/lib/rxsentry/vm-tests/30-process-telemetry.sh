@@ -13,15 +13,12 @@ marker="RX-$(cut -c1-8 /proc/sys/kernel/random/uuid)"
 # their argv too, but never that filename field.
 dispense_exec='"filename":"/opt/pharmacy/bin/dispense"'
 seen=
-# The subscription may not be in place yet: exec again until one arrives.
-for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
-	/opt/pharmacy/bin/dispense --rx "$marker" >/dev/null || fail "dispense --rx $marker failed"
-	for _ in 1 2 3 4 5 6 7 8 9 10; do
-		seen=$(grep -F -- "$dispense_exec" "$tail_out" | grep -F -- "$marker" | head -n 1)
-		[ -n "$seen" ] && break 2
-		sleep 0.2
-	done
-done
+dispense() { /opt/pharmacy/bin/dispense --rx "$marker" >/dev/null || fail "dispense --rx $marker failed"; }
+exec_seen() {
+	seen=$(grep -F -- "$dispense_exec" "$tail_out" | grep -F -- "$marker" | head -n 1)
+	[ -n "$seen" ]
+}
+act_until dispense exec_seen
 kill "$tail_pid" 2>/dev/null
 [ -n "$seen" ] || fail "no exec of dispense --rx $marker reached the collector in 30s" \
 	"(tail: $(tail -n 1 "$RXSENTRY_LOG/tail.err"))"

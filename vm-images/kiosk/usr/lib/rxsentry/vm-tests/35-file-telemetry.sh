@@ -17,6 +17,26 @@ subscribe() {
 	tail_pid=$!
 }
 
+# The acts and checks of `act_until` below (they read $tail_out, $record
+# and $created, and set $seen, $write and $refused).
+dispense_and_read_outside() {
+	/opt/pharmacy/bin/dispense --rx RX-FILES >/dev/null || fail "dispense failed"
+	cat /usr/lib/rxsentry/vm-tests/lib.sh >/dev/null
+}
+read_seen() {
+	seen=$(grep -F -- "$record" "$tail_out" | grep -F '"operation":"read"' | head -n 1)
+	[ -n "$seen" ]
+}
+create_and_refuse() {
+	: >"$created" || fail "cannot create $created"
+	(: >/var/lib/pharmacy/phi) 2>/dev/null && fail "opening a directory for writing succeeded"
+}
+create_and_refusal_seen() {
+	write=$(grep -F "\"path\":\"$created\"" "$tail_out" | grep -F '"operation":"write"' | head -n 1)
+	refused=$(grep -F '"path":"/var/lib/pharmacy/phi"' "$tail_out" | grep -F '"result":-21' | head -n 1)
+	[ -n "$write" ] && [ -n "$refused" ]
+}
+
 # check_hook <expected start of the 'file open hook' log line> <fd result>:
 # runs the checks against the started services; prints what it saw.
 check_hook() {
@@ -28,16 +48,7 @@ check_hook() {
 	subscribe
 	record='"path":"/var/lib/pharmacy/phi/patient-0001.json"'
 	seen=
-	# The subscription may not be in place yet: dispense again until one arrives.
-	for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
-		/opt/pharmacy/bin/dispense --rx RX-FILES >/dev/null || fail "dispense failed"
-		cat /usr/lib/rxsentry/vm-tests/lib.sh >/dev/null
-		for _ in 1 2 3 4 5 6 7 8 9 10; do
-			seen=$(grep -F -- "$record" "$tail_out" | grep -F '"operation":"read"' | head -n 1)
-			[ -n "$seen" ] && break 2
-			sleep 0.2
-		done
-	done
+	act_until dispense_and_read_outside read_seen
 	kill "$tail_pid" 2>/dev/null
 	[ -n "$seen" ] || fail "$hook: no read of the PHI record reached the collector in 30s" \
 		"(tail: $(tail -n 1 "$RXSENTRY_LOG/tail-files.err"))"
@@ -54,16 +65,7 @@ check_hook() {
 	created=/var/lib/pharmacy/phi/vm-created-$$
 	subscribe
 	write= refused=
-	for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
-		: >"$created" || fail "cannot create $created"
-		(: >/var/lib/pharmacy/phi) 2>/dev/null && fail "opening a directory for writing succeeded"
-		for _ in 1 2 3 4 5 6 7 8 9 10; do
-			write=$(grep -F "\"path\":\"$created\"" "$tail_out" | grep -F '"operation":"write"' | head -n 1)
-			refused=$(grep -F '"path":"/var/lib/pharmacy/phi"' "$tail_out" | grep -F '"result":-21' | head -n 1)
-			[ -n "$write" ] && [ -n "$refused" ] && break 2
-			sleep 0.2
-		done
-	done
+	act_until create_and_refuse create_and_refusal_seen
 	kill "$tail_pid" 2>/dev/null
 	rm -f "$created"
 	[ -n "$write" ] || fail "$hook: the creating open of $created did not reach the collector in 30s"
