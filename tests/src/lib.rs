@@ -8,9 +8,11 @@
 
 pub mod cgroup;
 pub mod netns;
+pub mod open_hook;
 pub mod procs;
 pub mod stream;
 
+pub use open_hook::HeldOpenHook;
 pub use procs::{Collector, Sensor, SensorOptions, bin_path, sensor_with_config};
 pub use stream::Subscription;
 

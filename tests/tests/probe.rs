@@ -6,12 +6,9 @@
 //! binary reports BPF-LSM available in the Debian 6.1 guest of
 //! `cargo xtask vm-test`.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
-use tests::{bin_path, sensor_programs_after_exit};
+use tests::{HeldOpenHook, bin_path, sensor_programs_after_exit};
 
 /// Runs the probe: (exit status 0?, stdout).
 fn probe(args: &[&str]) -> (bool, String) {
@@ -71,39 +68,19 @@ async fn held_open_hook_counts_every_open_and_goes_away() -> anyhow::Result<()> 
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("f");
     std::fs::write(&file, b"x")?;
-    let mut child = Command::new(bin_path("rxsentry-probe"))
-        .arg("--hold-open-hook")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    // Killed if an assertion below fails first.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut child = Reap(child);
-    let first = lines.next().expect("a first line")?;
+    let hook = HeldOpenHook::start(&bin_path("rxsentry-probe"))?;
     assert!(
-        first.starts_with("open-hook: attached (hook_floor_open_exit on syscalls/sys_exit_openat)"),
-        "{first}"
+        hook.attached()
+            .starts_with("open-hook: attached (hook_floor_open_exit on syscalls/sys_exit_openat)"),
+        "{}",
+        hook.attached()
     );
     for _ in 0..OPENS {
         std::fs::File::open(&file)?;
     }
-    writeln!(stdin)?;
-    let last = lines.next().expect("a run count")?;
-    let runs: u64 = last
-        .strip_prefix("open-hook: ran ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected line: {last}"));
+    // An error unless the probe prints its count and exits 0.
+    let runs = hook.stop()?;
     assert!(runs >= OPENS, "{OPENS} opens, the hook counted {runs}");
-    assert!(child.0.wait()?.success());
     assert_eq!(sensor_programs_after_exit().await?, Vec::<String>::new());
     Ok(())
 }

@@ -17,14 +17,14 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Lines, Write as _},
     path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use collector::Collector;
+use tests::HeldOpenHook;
 
 use super::{BpfStats, SensorProcess, StormTime, host_totals, median};
 use crate::target_dir;
@@ -130,58 +130,6 @@ impl Tree {
     }
 }
 
-/// `rxsentry-probe --hold-open-hook`: the open exit tracepoint with a
-/// program that only counts its runs, held while it lives.
-struct OpenHookFloor {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl OpenHookFloor {
-    fn start() -> Result<Self> {
-        let mut child = Command::new(target_dir().join("release/rxsentry-probe"))
-            .arg("--hold-open-hook")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting rxsentry-probe --hold-open-hook")?;
-        let mut lines = BufReader::new(child.stdout.take().context("probe stdout")?).lines();
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with("open-hook: attached") => {}
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("rxsentry-probe did not attach the open hook: {other:?}");
-            }
-        }
-        Ok(Self { child, lines })
-    }
-
-    /// Detaches the hook; how often it ran.
-    fn stop(mut self) -> Result<u64> {
-        let mut stdin = self.child.stdin.take().context("probe stdin")?;
-        writeln!(stdin)?;
-        let line = self.lines.next().context("probe output ended")??;
-        let runs = line
-            .strip_prefix("open-hook: ran ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("unexpected probe output: {line}"))?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("rxsentry-probe --hold-open-hook exited with {status}");
-        }
-        Ok(runs)
-    }
-}
-
-impl Drop for OpenHookFloor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What a storm runs under: the open hook alone, or the sensor with a config.
 enum Under<'a> {
     HookFloor,
@@ -272,7 +220,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
         for (i, (under, files)) in cases.iter().enumerate() {
             let storm = match under {
                 Under::HookFloor => {
-                    let hook = OpenHookFloor::start()?;
+                    let hook = HeldOpenHook::start(&target_dir().join("release/rxsentry-probe"))?;
                     let storm = open_storm(opens, files, None)?;
                     let runs = hook.stop()?;
                     if runs < opens as u64 {
