@@ -1,6 +1,9 @@
 //! `rxsentry tail` end to end: a real collector in this process, the real
 //! binary as a child, real zstd batches from a sensor-side client.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Stdio;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! Builders for valid telemetry and a minimal sensor-side client, so tests
 //! (here and in other crates) publish exactly what a sensor would without
 //! each re-implementing the batch encoding. Not used by the server itself.
+//! Test support: a failure to build a test batch panics.
+#![allow(clippy::expect_used)]
 
 use prost::Message;
 use proto::telemetry::v1::{

@@ -1,5 +1,8 @@
 //! The `rxsentry-collector` process: startup line, serving, SIGTERM.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

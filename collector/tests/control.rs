@@ -2,6 +2,9 @@
 //! on `SensorControl/Open`, an analyst on `AnalystApi`, the real collector
 //! between them.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Refusals: every bad batch ends only its own stream with a clear status.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use collector::CollectorConfig;

@@ -1,5 +1,8 @@
 //! Fan-out, filters and sequence records as a subscriber sees them.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use collector::CollectorConfig;

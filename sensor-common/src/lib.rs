@@ -161,4 +161,10 @@ pub mod names {
     pub const PROG_ISOLATE_EGRESS: &str = "isolate_egress";
     pub const PROG_ISOLATE_INGRESS_L3: &str = "isolate_ingress_l3";
     pub const PROG_ISOLATE_EGRESS_L3: &str = "isolate_egress_l3";
+    /// `rxsentry-probe --hold-open-hook`: a program that only counts its
+    /// runs (per CPU, in `HOOK_FLOOR_RUNS`), on the tracepoint the sensor
+    /// decides `openat` on.
+    pub const HOOK_FLOOR: (&str, &str, &str) =
+        ("hook_floor_open_exit", "syscalls", "sys_exit_openat");
+    pub const HOOK_FLOOR_RUNS: &str = "HOOK_FLOOR_RUNS";
 }

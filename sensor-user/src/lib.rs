@@ -6,13 +6,16 @@
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod detect;
 pub mod enrich;
 pub mod events;
 pub mod hooks;
 pub mod identity;
 pub mod isolation;
+pub mod object;
 pub mod pipeline;
 pub mod policy;
+pub mod router;
 pub mod transport;
 pub mod watch;

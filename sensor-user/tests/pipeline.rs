@@ -2,6 +2,9 @@
 //! collector as numbered, compressed, enriched batches; nothing is lost
 //! without being counted.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::{sync::Arc, time::Duration};

@@ -1,5 +1,8 @@
 //! The gRPC uploader against an in-test collector on loopback.
 
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::{sync::Arc, time::Duration};

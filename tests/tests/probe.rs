@@ -33,8 +33,8 @@ fn bpf_lsm_is_reported_unavailable_on_this_host() {
         "this host forbids BPF-LSM programs, yet: {out}"
     );
     assert!(
-        lines[0].contains("lsm_probe_bprm"),
-        "the reason names the probe program: {out}"
+        lines[0].contains("exec_verdict_lsm"),
+        "the reason names the sensor's LSM program: {out}"
     );
 }
 

@@ -1,12 +1,14 @@
 //! `rxsentry-probe`: which kernel capabilities the sensor can use on this
-//! machine, found by loading tiny programs (never by reading config files:
+//! machine, found by loading its programs (never by reading config files:
 //! a kernel can list `bpf` among its LSMs and still refuse BPF-LSM programs).
+//! The backend it reports is chosen by the sensor's own selection code
+//! (`hooks::attach_exec_verdict`), not predicted.
 //!
 //! One line per capability, for people and for `cargo xtask vm-test`:
 //!
 //! ```text
 //! process-telemetry: available (exec of pid 1234 seen through the raw tracepoints)
-//! bpf-lsm: unavailable: loading lsm_probe_bprm: ...
+//! bpf-lsm: unavailable: exec_verdict_lsm: load: ...
 //! exec-allowlist-backend: tracepoint+SIGKILL
 //! ```
 //!
@@ -27,29 +29,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray},
-    programs::{Lsm, Program, TracePoint},
+    Btf, EbpfLoader,
+    maps::{MapData, PerCpuArray},
 };
 use clap::Parser;
+use sensor_common::names;
 use sensor_user::{
     events::{self, KernelEvent},
-    hooks::{HookConfig, ProcessHooks},
+    hooks::{AllowlistBackend, HookConfig, ProcessHooks, attach_exec_verdict},
+    object::SensorObject,
 };
 
-/// The same eBPF object the sensor embeds (built by this crate's build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
-
-/// sensor-ebpf/src/lsm_probe.rs: allows everything on `bprm_check_security`.
-const LSM_PROBE_PROGRAM: &str = "lsm_probe_bprm";
-const LSM_PROBE_HOOK: &str = "bprm_check_security";
-/// Its run counter (slot 0).
-const LSM_PROBE_HITS: &str = "LSM_PROBE_HITS";
-/// sensor-ebpf/src/hook_floor.rs: counts its runs on the open exit.
-const HOOK_FLOOR_PROGRAM: &str = "hook_floor_open_exit";
-const HOOK_FLOOR_RUNS: &str = "HOOK_FLOOR_RUNS";
-/// The tracepoint the sensor decides `openat` on.
-const OPEN_EXIT_TRACEPOINT: (&str, &str) = ("syscalls", "sys_exit_openat");
 /// How long the process probe waits for its own exec to come through.
 const EXEC_WAIT: Duration = Duration::from_secs(10);
 /// Longest error detail printed (verifier logs can be long).
@@ -76,28 +66,11 @@ struct Args {
     hold_open_hook: bool,
 }
 
-/// The exec-allowlist backend the sensor would pick (ARCHITECTURE.md:
-/// the LSM hook when it works, else a tracepoint at exec + SIGKILL).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ExecAllowlistBackend {
-    Lsm,
-    TracepointSigkill,
-}
-
-impl ExecAllowlistBackend {
-    fn choose(bpf_lsm_available: bool) -> Self {
-        if bpf_lsm_available {
-            Self::Lsm
-        } else {
-            Self::TracepointSigkill
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Lsm => "lsm",
-            Self::TracepointSigkill => "tracepoint+SIGKILL",
-        }
+/// The backend's name in the probe's output.
+fn backend_name(backend: &AllowlistBackend) -> &'static str {
+    match backend {
+        AllowlistBackend::Lsm => "lsm",
+        AllowlistBackend::TracepointSigkill { .. } => "tracepoint+SIGKILL",
     }
 }
 
@@ -118,11 +91,10 @@ fn main() -> ExitCode {
         all_ok &= report("process-telemetry", probe_process());
     }
     if args.lsm || both {
-        let lsm_ok = report("bpf-lsm", probe_lsm());
-        all_ok &= lsm_ok;
-        if both {
-            let backend = ExecAllowlistBackend::choose(lsm_ok);
-            println!("exec-allowlist-backend: {}", backend.name());
+        let backend = choose_backend();
+        all_ok &= report("bpf-lsm", lsm_result(&backend));
+        if both && let Ok(backend) = &backend {
+            println!("exec-allowlist-backend: {}", backend_name(backend));
         }
     }
     if all_ok {
@@ -155,85 +127,47 @@ fn one_line(text: &str) -> String {
     }
 }
 
-fn require_object() -> anyhow::Result<()> {
-    if EBPF_OBJECT.is_empty() {
-        bail!("built without the eBPF object (bpf-linker missing at build time)");
-    }
-    Ok(())
-}
-
 /// The embedded object, loaded against this kernel's BTF (no program loaded yet).
-fn load_object(btf: &Btf) -> anyhow::Result<Ebpf> {
-    require_object()?;
-    EbpfLoader::new()
-        .btf(Some(btf))
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")
+fn load_object(btf: &Btf) -> anyhow::Result<SensorObject> {
+    Ok(SensorObject::load(EbpfLoader::new().btf(Some(btf)))?)
 }
 
-/// The object's program `name` as the program type `T`.
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut Program>,
-{
-    ebpf.program_mut(name)
-        .with_context(|| format!("the eBPF object has no {name}"))?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{name} is not a {}", std::any::type_name::<T>()))
+/// Runs the sensor's own choice of the exec allowlist backend (BPF-LSM,
+/// proven by seeing it run for an exec, else the tracepoint), then
+/// unloads what it attached.
+fn choose_backend() -> anyhow::Result<AllowlistBackend> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
+    let mut object = match &btf {
+        Ok(btf) => load_object(btf)?,
+        Err(_) => SensorObject::load(&mut EbpfLoader::new())?,
+    };
+    Ok(attach_exec_verdict(&mut object, &btf)?)
+    // `object` drops here: its programs are detached and unloaded.
 }
 
-/// The object's map `name`, taken out as the map type `T`.
-fn take_map<T: TryFrom<Map>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
-    ebpf.take_map(name)
-        .with_context(|| format!("the eBPF object has no {name}"))?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{name} is not a {}", std::any::type_name::<T>()))
-}
-
-/// Loads and attaches the allow-all LSM program, runs one exec, and checks
-/// that the exec still ran AND the program ran for it: a kernel without
-/// `bpf` among its active LSMs attaches the program but never calls it.
-fn probe_lsm() -> anyhow::Result<String> {
-    let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
-    let mut ebpf = load_object(&btf)?;
-    let program: &mut Lsm = program_mut(&mut ebpf, LSM_PROBE_PROGRAM)?;
-    program
-        .load(LSM_PROBE_HOOK, &btf)
-        .with_context(|| format!("loading {LSM_PROBE_PROGRAM}"))?;
-    program
-        .attach()
-        .with_context(|| format!("attaching {LSM_PROBE_PROGRAM} to {LSM_PROBE_HOOK}"))?;
-    let hits: Array<MapData, u64> = take_map(&mut ebpf, LSM_PROBE_HITS)?;
-    let pid = run_child().context("an exec under the attached LSM program")?;
-    let runs = hits.get(&0, 0).context("reading the probe's run counter")?;
-    if runs == 0 {
-        bail!(
-            "{LSM_PROBE_PROGRAM} attached to {LSM_PROBE_HOOK} but never ran for the exec of \
-             pid {pid}: bpf is not an active LSM (see /sys/kernel/security/lsm and the lsm= \
-             boot parameter)"
-        );
+/// The `bpf-lsm` line: available when the sensor chose BPF-LSM.
+fn lsm_result(backend: &anyhow::Result<AllowlistBackend>) -> anyhow::Result<String> {
+    match backend {
+        Ok(AllowlistBackend::Lsm) => Ok(format!(
+            "{} attached to bprm_check_security and seen running for an exec",
+            names::PROG_EXEC_VERDICT_LSM
+        )),
+        Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable }) => {
+            bail!("{}: {lsm_unavailable}", names::PROG_EXEC_VERDICT_LSM)
+        }
+        Err(e) => bail!("{e:#}"),
     }
-    Ok(format!(
-        "{LSM_PROBE_PROGRAM} attached to {LSM_PROBE_HOOK} ran {runs} time(s); pid {pid} still executed"
-    ))
-    // `ebpf` drops here: the program is detached and unloaded.
 }
 
-/// Holds [`HOOK_FLOOR_PROGRAM`] on the open exit until stdin says stop.
+/// Holds the hook-floor program on the open exit until stdin says stop.
 fn hold_open_hook() -> anyhow::Result<()> {
     let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
-    let mut ebpf = load_object(&btf)?;
-    let program: &mut TracePoint = program_mut(&mut ebpf, HOOK_FLOOR_PROGRAM)?;
-    program
-        .load()
-        .with_context(|| format!("loading {HOOK_FLOOR_PROGRAM}"))?;
-    let (category, name) = OPEN_EXIT_TRACEPOINT;
-    program
-        .attach(category, name)
-        .with_context(|| format!("attaching {HOOK_FLOOR_PROGRAM} to {category}/{name}"))?;
-    let runs: PerCpuArray<MapData, u64> = take_map(&mut ebpf, HOOK_FLOOR_RUNS)?;
+    let mut object = load_object(&btf)?;
+    let (program, category, tracepoint) = names::HOOK_FLOOR;
+    object.attach_tracepoint(program, category, tracepoint)?;
+    let runs: PerCpuArray<MapData, u64> = object.take_map(names::HOOK_FLOOR_RUNS)?;
     println!(
-        "open-hook: attached ({HOOK_FLOOR_PROGRAM} on {category}/{name}); a line on stdin detaches it"
+        "open-hook: attached ({program} on {category}/{tracepoint}); a line on stdin detaches it"
     );
     let mut line = String::new();
     std::io::stdin()
@@ -247,12 +181,11 @@ fn hold_open_hook() -> anyhow::Result<()> {
         .sum();
     println!("open-hook: ran {total} time(s)");
     Ok(())
-    // `ebpf` drops here: the program is detached and unloaded.
+    // `object` drops here: the program is detached and unloaded.
 }
 
 /// Attaches the sensor's process hooks and waits for the exec of a child.
 fn probe_process() -> anyhow::Result<String> {
-    require_object()?;
     let mut hooks = ProcessHooks::load_and_attach(&HookConfig {
         process_ringbuf_bytes: 1 << 20,
         file_ringbuf_bytes: 1 << 20,
@@ -306,12 +239,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backend_follows_bpf_lsm() {
-        assert_eq!(ExecAllowlistBackend::choose(true).name(), "lsm");
-        assert_eq!(
-            ExecAllowlistBackend::choose(false).name(),
-            "tracepoint+SIGKILL"
-        );
+    fn backend_names() {
+        assert_eq!(backend_name(&AllowlistBackend::Lsm), "lsm");
+        let fallback = AllowlistBackend::TracepointSigkill {
+            lsm_unavailable: "load: EPERM".into(),
+        };
+        assert_eq!(backend_name(&fallback), "tracepoint+SIGKILL");
+        let line = lsm_result(&Ok(fallback)).expect_err("unavailable");
+        assert_eq!(line.to_string(), "exec_verdict_lsm: load: EPERM");
     }
 
     #[test]

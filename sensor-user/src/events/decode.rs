@@ -198,7 +198,13 @@ fn read_exact<T: aya::Pod>(bytes: &[u8], kind: EventKind) -> Result<Cow<'_, T>, 
         // one T and is aligned for it, and the borrow keeps `bytes` alive.
         Ok(Cow::Borrowed(unsafe { &*bytes.as_ptr().cast::<T>() }))
     } else {
-        Ok(Cow::Owned(read_pod(bytes).expect("length checked")))
+        read_pod(bytes)
+            .map(Cow::Owned)
+            .ok_or(DecodeError::SizeMismatch {
+                kind,
+                got: bytes.len(),
+                want: size_of::<T>(),
+            })
     }
 }
 

@@ -171,7 +171,7 @@ mod tests {
     /// programs, and this kernel (6.18) has it.
     #[test]
     fn the_built_object_and_this_kernel_have_the_cast() {
-        let object = super::super::EBPF_OBJECT;
+        let object = crate::object::EBPF_OBJECT;
         let (copy, n) = patch_rdonly_cast(object, 1).expect("mapping");
         assert!(n >= 4, "{n} kfunc calls in the object");
         let debug = debug_sections(object);

@@ -3,6 +3,7 @@
 //!
 //! Dropping [`ProcessHooks`] detaches every program (the links belong to it).
 
+mod backend;
 mod btf;
 mod kfunc;
 pub mod net;
@@ -10,46 +11,29 @@ mod offsets;
 mod ringbuf;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
 };
 use sensor_common::{AllowEntry, FileId, drop_reason, names};
 
-use crate::watch::kernel::WatchMaps;
+use crate::{
+    object::{self, ObjectError, SensorObject},
+    watch::kernel::WatchMaps,
+};
 
+pub use backend::{AllowlistBackend, FileOpenHook, FileReads, attach_exec_verdict};
 pub use btf::{BtfError, KernelBtf};
 pub use ringbuf::{RingEvent, read_rings, register_readable};
 
 /// aya-log's reader of the programs' log ring buffer (forwards to `log`).
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// The eBPF object built by build.rs (empty when the toolchain was missing).
-pub(crate) static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
-
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error(
-        "this sensor was built without its eBPF object (bpf-linker missing at build time); run `cargo xtask setup` and rebuild"
-    )]
-    NoObject,
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     #[error("kernel BTF: {0}")]
     Btf(#[from] BtfError),
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
     #[error("copying the eBPF object to patch its kfunc calls: {0}")]
     ObjectCopy(nix::Error),
     #[error("network hooks: {0}")]
@@ -76,9 +60,24 @@ pub struct HookConfig {
     pub network: net::NetHookConfig,
 }
 
+impl HookConfig {
+    /// The kernel-side settings of `config`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            process_ringbuf_bytes: config.kernel.process_ringbuf_bytes,
+            file_ringbuf_bytes: config.kernel.file_ringbuf_bytes,
+            files: config.files.enabled,
+            typed_file_reads: config.kernel.typed_file_reads,
+            fexit_file_opens: config.kernel.fexit_file_opens,
+            net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
+            network: net::NetHookConfig::from_config(&config.network),
+        }
+    }
+}
+
 /// The loaded and attached process programs.
 pub struct ProcessHooks {
-    ebpf: Ebpf,
+    object: SensorObject,
     /// aya-log's reader; dropping it closes the log map, so it lives here.
     logger: Option<KernelLogger>,
     drops: PerCpuArray<MapData, u64>,
@@ -87,134 +86,15 @@ pub struct ProcessHooks {
     file_open_hook: FileOpenHook,
 }
 
-/// How the attached open programs read the opened file's fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileReads {
-    /// No file programs attached.
-    Off,
-    /// `bpf_probe_read_kernel` per field (every kernel).
-    Helper,
-    /// Plain loads from a `bpf_rdonly_cast`-typed `struct file`.
-    Typed,
-    /// Plain loads from the typed `struct file *` that `fexit` hands in
-    /// (opens decided at `do_filp_open`).
-    FexitArgs,
-}
-
-impl std::fmt::Display for FileReads {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Off => "off",
-            Self::Helper => "helper reads",
-            Self::Typed => "typed loads (bpf_rdonly_cast)",
-            Self::FexitArgs => "typed loads (fexit arguments)",
-        })
-    }
-}
-
-/// Which hook decides opens on this kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FileOpenHook {
-    /// No file programs attached.
-    Off,
-    /// `fexit/do_filp_open`: a trampoline, no syscall tracepoint on the
-    /// open path (io_uring's opens go through it too).
-    Fexit,
-    /// The open syscalls' exit tracepoints; why `fexit` is not used.
-    Tracepoints { fexit_unavailable: String },
-}
-
-impl std::fmt::Display for FileOpenHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Off => f.write_str("off"),
-            Self::Fexit => write!(f, "fexit {}", names::FILP_OPEN_FUNCTION),
-            Self::Tracepoints { fexit_unavailable } => write!(
-                f,
-                "syscall exit tracepoints (fexit unavailable: {fexit_unavailable})"
-            ),
-        }
-    }
-}
-
-/// Where the exec allowlist verdict is enforced on this kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AllowlistBackend {
-    /// BPF-LSM `bprm_check_security`: the exec fails with EPERM.
-    Lsm,
-    /// Raw tracepoint at exec + SIGKILL; why BPF-LSM could not be used.
-    TracepointSigkill { lsm_unavailable: String },
-}
-
-impl std::fmt::Display for AllowlistBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Lsm => f.write_str("lsm"),
-            Self::TracepointSigkill { lsm_unavailable } => {
-                write!(
-                    f,
-                    "tracepoint+sigkill (BPF-LSM unavailable: {lsm_unavailable})"
-                )
-            }
-        }
-    }
-}
-
-/// Attaches the preferred backend that works here: BPF-LSM if a program on
-/// `bprm_check_security` loads, attaches AND is seen running (a kernel can
-/// accept the attach yet never call BPF-LSM when `bpf` is not an active
-/// LSM), else the tracepoint.
-fn attach_exec_verdict(
-    ebpf: &mut Ebpf,
-    btf: &Result<aya::Btf, String>,
-) -> Result<AllowlistBackend, HookError> {
-    let lsm_unavailable = match try_lsm(ebpf, btf) {
-        Ok(()) => return Ok(AllowlistBackend::Lsm),
-        Err(why) => why,
-    };
-    attach_raw_tracepoint(ebpf, names::PROG_EXEC_VERDICT, names::PROG_EXEC)?;
-    Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable })
-}
-
-/// Program `name` of the object as its concrete type.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, HookError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(HookError::Missing(name))?
-        .try_into()
-        .map_err(|source| HookError::Program { name, source })
-}
-
-/// Loads program `name` and attaches it to raw tracepoint `tracepoint`.
-fn attach_raw_tracepoint(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    tracepoint: &str,
-) -> Result<(), HookError> {
-    let program: &mut RawTracePoint = program(ebpf, name)?;
-    program
-        .load()
-        .map_err(|source| HookError::Program { name, source })?;
-    program
-        .attach(tracepoint)
-        .map_err(|source| HookError::Program { name, source })?;
-    Ok(())
-}
-
 /// Loads the syscall tracepoint program `name` and attaches it to each of
 /// `tracepoints` (`syscalls:<tp>`). A syscall this architecture does not
 /// have (no tracepoint in tracefs) is skipped; any other failure is an error.
 fn attach_syscall_tracepoints(
-    ebpf: &mut Ebpf,
+    object: &mut SensorObject,
     name: &'static str,
     tracepoints: &[&str],
-) -> Result<usize, HookError> {
-    let program: &mut TracePoint = program(ebpf, name)?;
-    program
-        .load()
-        .map_err(|source| HookError::Program { name, source })?;
+) -> Result<usize, ObjectError> {
+    let program = object.loaded_tracepoint(name)?;
     let mut attached = 0;
     for tp in tracepoints {
         match program.attach("syscalls", tp) {
@@ -225,7 +105,7 @@ fn attach_syscall_tracepoints(
             Err(_) if tracefs().is_some_and(|root| !syscall_tracepoint_exists(&root, tp)) => {
                 tracing::debug!("no tracepoint syscalls:{tp} on this kernel; skipped");
             }
-            Err(source) => return Err(HookError::Program { name, source }),
+            Err(source) => return Err(ObjectError::Program { name, source }),
         }
     }
     Ok(attached)
@@ -248,11 +128,11 @@ fn syscall_tracepoint_exists(tracefs: &std::path::Path, tp: &str) -> bool {
 /// `fexit/do_filp_open` when `fexit` is `Ok` and the kernel takes it, else
 /// to the open syscalls' exit tracepoints (programs reading by `reads`).
 fn attach_file_programs(
-    ebpf: &mut Ebpf,
+    object: &mut SensorObject,
     reads: FileReads,
     fexit: Result<&aya::Btf, String>,
-) -> Result<FileOpenHook, HookError> {
-    let hook = match fexit.and_then(|btf| try_fexit_open(ebpf, btf)) {
+) -> Result<FileOpenHook, ObjectError> {
+    let hook = match fexit.and_then(|btf| backend::try_fexit_open(object, btf)) {
         Ok(()) => FileOpenHook::Fexit,
         Err(fexit_unavailable) => FileOpenHook::Tracepoints { fexit_unavailable },
     };
@@ -262,101 +142,33 @@ fn attach_file_programs(
         _ => names::FILE_EXIT_OPEN_PROGRAMS,
     };
     for (name, tp) in names::FILE_ENTER_PROGRAMS.iter().chain(opens) {
-        attach_syscall_tracepoints(ebpf, name, &[tp])?;
+        attach_syscall_tracepoints(object, name, &[tp])?;
     }
     attach_syscall_tracepoints(
-        ebpf,
+        object,
         names::PROG_FILE_EXIT_PENDING,
         names::FILE_EXIT_PENDING_TRACEPOINTS,
     )?;
-    attach_raw_tracepoint(ebpf, names::PROG_FILE_EXEC, names::PROG_EXEC)?;
+    object.attach_raw_tracepoint(names::PROG_FILE_EXEC, names::PROG_EXEC)?;
     Ok(hook)
-}
-
-/// The first line of `text`, at most `max` characters (a verifier log can
-/// run to thousands of lines; the reason for a fallback needs one).
-fn first_line(text: &str, max: usize) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    match line.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &line[..cut]),
-        None => line.to_owned(),
-    }
-}
-
-/// Program `name` as its concrete type, for a program the sensor can do
-/// without (a kernel feature it may lack): the error is the reason, as text.
-fn optional_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, String>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    program(ebpf, name).map_err(|e| e.to_string())
-}
-
-/// Loads and attaches the `fexit/do_filp_open` open program; why not, as
-/// text, when this kernel refuses (no trampolines, no such function).
-fn try_fexit_open(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
-    let program: &mut aya::programs::FExit = optional_program(ebpf, names::PROG_FILE_FILP_OPEN)?;
-    program
-        .load(names::FILP_OPEN_FUNCTION, btf)
-        .map_err(|e| format!("load: {}", first_line(&e.to_string(), 300)))?;
-    if let Err(e) = program.attach() {
-        let _ = program.unload();
-        return Err(format!("attach: {e}"));
-    }
-    Ok(())
 }
 
 /// Attaches the network programs: the TCP state raw tracepoint and the
 /// syscall tracepoints (each must attach: no syscall here is optional).
-fn attach_net_programs(ebpf: &mut Ebpf) -> Result<(), HookError> {
+fn attach_net_programs(object: &mut SensorObject) -> Result<(), ObjectError> {
     let (name, tracepoint) = names::NET_SOCK_STATE;
-    attach_raw_tracepoint(ebpf, name, tracepoint)?;
+    object.attach_raw_tracepoint(name, tracepoint)?;
     for (name, category, tracepoint) in names::NET_TRACEPOINTS {
-        let program: &mut TracePoint = program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| HookError::Program { name, source })?;
-        program
-            .attach(category, tracepoint)
-            .map_err(|source| HookError::Program { name, source })?;
+        object.attach_tracepoint(name, category, tracepoint)?;
     }
     Ok(())
-}
-
-fn try_lsm(ebpf: &mut Ebpf, btf: &Result<aya::Btf, String>) -> Result<(), String> {
-    let btf = btf.as_ref().map_err(Clone::clone)?;
-    let program: &mut aya::programs::Lsm = optional_program(ebpf, names::PROG_EXEC_VERDICT_LSM)?;
-    program
-        .load("bprm_check_security", btf)
-        .map_err(|e| format!("load: {e}"))?;
-    let link = program.attach().map_err(|e| format!("attach: {e}"))?;
-    let runs: aya::maps::Array<&MapData, u64> = ebpf
-        .map(names::LSM_VERDICT_RUNS)
-        .ok_or("no run counter")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    // One exec of ourselves must go through the hook.
-    let ran = std::process::Command::new("/proc/self/exe")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok()
-        && runs.get(&0, 0).is_ok_and(|n| n > 0);
-    if ran {
-        return Ok(());
-    }
-    let program: &mut aya::programs::Lsm = optional_program(ebpf, names::PROG_EXEC_VERDICT_LSM)?;
-    let _ = program.detach(link);
-    Err("attached, but the kernel never ran it (is `bpf` in the lsm= list?)".to_owned())
 }
 
 impl ProcessHooks {
     /// Loads the programs with offsets from the running kernel's BTF and
     /// attaches them. Nothing stays attached if any step fails.
     pub fn load_and_attach(config: &HookConfig) -> Result<Self, HookError> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(HookError::NoObject);
-        }
+        let embedded = object::embedded()?;
         // The parsed BTF is large: freed before aya parses its own copy.
         let (offsets, typed, filp_open) = {
             let btf = KernelBtf::from_sys_fs()?;
@@ -378,27 +190,29 @@ impl ProcessHooks {
         // The typed open programs call a kfunc: their calls get this
         // kernel's id (the other programs never reach the kernel).
         let patched = typed
-            .map(|t| kfunc::patch_rdonly_cast(EBPF_OBJECT, t.rdonly_cast))
+            .map(|t| kfunc::patch_rdonly_cast(embedded, t.rdonly_cast))
             .transpose()
             .map_err(HookError::ObjectCopy)?;
         if let Some((_, 0)) = patched {
-            return Err(HookError::Missing("bpf_rdonly_cast call"));
+            return Err(ObjectError::Missing("bpf_rdonly_cast call").into());
         }
-        let object = patched.as_ref().map_or(EBPF_OBJECT, |(o, _)| o.bytes());
+        let bytes = patched.as_ref().map_or(embedded, |(o, _)| o.bytes());
         let file_reads = match (config.files, typed) {
             (false, _) => FileReads::Off,
             (true, None) => FileReads::Helper,
             (true, Some(_)) => FileReads::Typed,
         };
         let net_settings = config.network.settings();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::OFFSETS, &offsets, true)
-            .override_global(names::NET_SETTINGS, &net_settings, true)
-            .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
-            .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
-            .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes)
-            .load(object)?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        let mut object = SensorObject::load_bytes(
+            EbpfLoader::new()
+                .override_global(names::OFFSETS, &offsets, true)
+                .override_global(names::NET_SETTINGS, &net_settings, true)
+                .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
+                .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
+                .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes),
+            bytes,
+        )?;
+        let logger = match aya_log::EbpfLogger::init(object.ebpf_mut()) {
             Ok(logger) => Some(logger),
             Err(e) => {
                 tracing::warn!("eBPF log channel unavailable: {e}");
@@ -406,17 +220,17 @@ impl ProcessHooks {
             }
         };
         for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
-            attach_raw_tracepoint(&mut ebpf, name, name)?;
+            object.attach_raw_tracepoint(name, name)?;
         }
         // Attached with the policy off; enforcement starts when the daemon
         // writes a policy (PolicyMaps::apply).
         // aya's own parse of the BTF (LSM and fexit programs need it),
         // once, and freed once they are attached.
         let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
-        let allowlist_backend = attach_exec_verdict(&mut ebpf, &btf)?;
+        let allowlist_backend = attach_exec_verdict(&mut object, &btf)?;
         let file_open_hook = if config.files {
             let fexit = filp_open.and_then(|()| btf.as_ref().map_err(Clone::clone));
-            attach_file_programs(&mut ebpf, file_reads, fexit)?
+            attach_file_programs(&mut object, file_reads, fexit)?
         } else {
             FileOpenHook::Off
         };
@@ -426,18 +240,12 @@ impl ProcessHooks {
         };
         drop(btf);
         if config.network.enabled {
-            net::fill_maps(&mut ebpf, &config.network)?;
-            attach_net_programs(&mut ebpf)?;
+            net::fill_maps(&mut object, &config.network)?;
+            attach_net_programs(&mut object)?;
         }
-        let drops = ebpf
-            .take_map(names::DROPS)
-            .ok_or(HookError::Missing(names::DROPS))?;
-        let drops = PerCpuArray::try_from(drops).map_err(|source| HookError::Map {
-            name: names::DROPS,
-            source,
-        })?;
+        let drops = object.take_map(names::DROPS)?;
         Ok(Self {
-            ebpf,
+            object,
             logger,
             drops,
             allowlist_backend,
@@ -467,8 +275,7 @@ impl ProcessHooks {
     }
 
     fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, HookError> {
-        let map = self.ebpf.take_map(name).ok_or(HookError::Missing(name))?;
-        RingBuf::try_from(map).map_err(|source| HookError::Map { name, source })
+        Ok(self.object.take_map(name)?)
     }
 
     /// Takes the file event ring buffer (once).
@@ -479,11 +286,11 @@ impl ProcessHooks {
     /// Takes the file watch maps (once).
     pub fn take_watch_maps(&mut self) -> Result<WatchMaps, HookError> {
         Ok(WatchMaps {
-            watched: take(&mut self.ebpf, names::WATCHED)?,
-            prefixes: take(&mut self.ebpf, names::WATCH_PREFIXES)?,
-            excluded_exes: take(&mut self.ebpf, names::WATCH_EXCLUDED_EXES)?,
-            settings: take(&mut self.ebpf, names::FILE_SETTINGS)?,
-            ino_bits: take(&mut self.ebpf, names::WATCHED_INO_BITS)?,
+            watched: self.object.take_map(names::WATCHED)?,
+            prefixes: self.object.take_map(names::WATCH_PREFIXES)?,
+            excluded_exes: self.object.take_map(names::WATCH_EXCLUDED_EXES)?,
+            settings: self.object.take_map(names::FILE_SETTINGS)?,
+            ino_bits: self.object.take_map(names::WATCHED_INO_BITS)?,
             ino_words: vec![0; sensor_common::file::WATCHED_INO_WORDS as usize],
             generation: 0,
         })
@@ -492,8 +299,8 @@ impl ProcessHooks {
     /// Takes the open-coalescing maps (once).
     pub fn take_repeat_maps(&mut self) -> Result<crate::watch::repeats::RepeatMaps, HookError> {
         Ok(crate::watch::repeats::RepeatMaps {
-            counts: take(&mut self.ebpf, names::OPEN_REPEATS)?,
-            generation: take(&mut self.ebpf, names::OPEN_REPEAT_GEN)?,
+            counts: self.object.take_map(names::OPEN_REPEATS)?,
+            generation: self.object.take_map(names::OPEN_REPEAT_GEN)?,
         })
     }
 
@@ -504,20 +311,20 @@ impl ProcessHooks {
 
     /// Takes the allowlist maps (once).
     pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps, HookError> {
-        let a: HashMap<MapData, FileId, AllowEntry> = take(&mut self.ebpf, names::ALLOW_A)?;
-        let b = take(&mut self.ebpf, names::ALLOW_B)?;
+        let a: HashMap<MapData, FileId, AllowEntry> = self.object.take_map(names::ALLOW_A)?;
+        let b = self.object.take_map(names::ALLOW_B)?;
         Ok(crate::policy::PolicyMaps::new(
             [a, b],
             [
-                take(&mut self.ebpf, names::DENY_PARENT_A)?,
-                take(&mut self.ebpf, names::DENY_PARENT_B)?,
+                self.object.take_map(names::DENY_PARENT_A)?,
+                self.object.take_map(names::DENY_PARENT_B)?,
             ],
             [
-                take(&mut self.ebpf, names::DENY_UID_A)?,
-                take(&mut self.ebpf, names::DENY_UID_B)?,
+                self.object.take_map(names::DENY_UID_A)?,
+                self.object.take_map(names::DENY_UID_B)?,
             ],
-            take(&mut self.ebpf, names::POLICY_STATE)?,
-            take(&mut self.ebpf, names::POLICY_SCOPE)?,
+            self.object.take_map(names::POLICY_STATE)?,
+            self.object.take_map(names::POLICY_SCOPE)?,
             sensor_common::ALLOW_ENTRIES,
         ))
     }
@@ -531,14 +338,14 @@ impl ProcessHooks {
     /// program can count a drop after this).
     pub fn detach(self) -> Result<KernelDrops, HookError> {
         let Self {
-            ebpf,
+            object,
             logger,
             drops,
             allowlist_backend: _,
             file_reads: _,
             file_open_hook: _,
         } = self;
-        drop(ebpf);
+        drop(object);
         drop(logger);
         Self::sum_drops(&drops)
     }
@@ -550,7 +357,7 @@ impl ProcessHooks {
 
     fn sum_drops(drops: &PerCpuArray<MapData, u64>) -> Result<KernelDrops, HookError> {
         let sum = |reason: u32| -> Result<u64, HookError> {
-            let values = drops.get(&reason, 0).map_err(|source| HookError::Map {
+            let values = drops.get(&reason, 0).map_err(|source| ObjectError::Map {
                 name: names::DROPS,
                 source,
             })?;
@@ -563,15 +370,6 @@ impl ProcessHooks {
             net_ringbuf_full: sum(drop_reason::NET_RINGBUF_FULL)?,
         })
     }
-}
-
-/// Takes map `name` out of the object as a typed map.
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, HookError> {
-    let map = ebpf.take_map(name).ok_or(HookError::Missing(name))?;
-    T::try_from(map).map_err(|source| HookError::Map { name, source })
 }
 
 /// Totals of the kernel's per-CPU `DROPS` counters.
@@ -590,17 +388,6 @@ pub struct KernelDrops {
 #[cfg(test)]
 mod tests {
     use std::mem::{offset_of, size_of};
-
-    #[test]
-    fn a_fallback_reason_is_one_bounded_line() {
-        use super::first_line;
-        assert_eq!(
-            first_line("load: EPERM\nverifier: 1\n2", 300),
-            "load: EPERM"
-        );
-        assert_eq!(first_line("abcdef", 3), "abc...");
-        assert_eq!(first_line("", 3), "");
-    }
 
     /// The file programs read syscall tracepoint records at fixed places:
     /// `__syscall_nr` at 8, argument n at 16 + 8n, `ret` at 16. That is the
@@ -658,8 +445,11 @@ mod tests {
     /// be the one this side was compiled with.
     #[test]
     fn offsets_global_layout_matches_the_ebpf_object() {
-        assert!(!EBPF_OBJECT.is_empty(), "built without the eBPF object");
-        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parse eBPF object");
+        assert!(
+            !crate::object::EBPF_OBJECT.is_empty(),
+            "built without the eBPF object"
+        );
+        let object = aya_obj::Object::parse(crate::object::EBPF_OBJECT).expect("parse eBPF object");
         let btf = object.btf.expect("eBPF object carries BTF").to_bytes();
         let btf = KernelBtf::parse(&btf).expect("parse object BTF");
         assert_eq!(

@@ -4,16 +4,16 @@
 
 use std::{collections::HashMap as StdHashMap, os::unix::fs::MetadataExt as _, path::Path};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
-};
+use aya::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use sensor_common::{
     FileId, KernelOffsets, NetSettings, REMOTE_KEY_LEN, REMOTE_KEY_PORT_BITS, names, net_exclude,
 };
 
 use super::btf::{BtfError, KernelBtf};
-use crate::config::{NetworkConfig, RemotePrefix};
+use crate::{
+    config::{NetworkConfig, RemotePrefix},
+    object::{ObjectError, SensorObject},
+};
 
 /// Where tracefs is usually mounted, newest first.
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -51,13 +51,6 @@ pub enum NetHookError {
     },
     #[error(transparent)]
     Btf(#[from] BtfError),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
 }
 
 /// Field name -> (offset, size) of one tracepoint record, from its
@@ -303,31 +296,25 @@ pub fn remote_key(p: &RemotePrefix) -> Key<[u8; REMOTE_KEY_LEN]> {
 
 /// Fills the DNS-port and exclusion maps (the loader attaches the
 /// programs, `hooks::attach_net_programs`).
-pub fn fill_maps(ebpf: &mut Ebpf, c: &NetHookConfig) -> Result<(), NetHookError> {
-    fn map<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
-        ebpf: &'a mut Ebpf,
-        name: &'static str,
-    ) -> Result<T, NetHookError> {
-        let map = ebpf.map_mut(name).ok_or(NetHookError::Missing(name))?;
-        T::try_from(map).map_err(|source| NetHookError::Map { name, source })
-    }
-    let fail = |name| move |source| NetHookError::Map { name, source };
-    let mut dns: HashMap<_, u16, u8> = map(ebpf, names::NET_DNS_PORTS)?;
+pub fn fill_maps(object: &mut SensorObject, c: &NetHookConfig) -> Result<(), ObjectError> {
+    let fail = |name| move |source| ObjectError::Map { name, source };
+    let mut dns: HashMap<_, u16, u8> = object.map_mut(names::NET_DNS_PORTS)?;
     for port in &c.dns_ports {
         dns.insert(port, 1, 0).map_err(fail(names::NET_DNS_PORTS))?;
     }
-    let mut lports: HashMap<_, u16, u32> = map(ebpf, names::NET_EXCLUDE_LPORT)?;
+    let mut lports: HashMap<_, u16, u32> = object.map_mut(names::NET_EXCLUDE_LPORT)?;
     for (i, port) in c.exclude_local_ports.iter().enumerate() {
         lports
             .insert(port, i as u32, 0)
             .map_err(fail(names::NET_EXCLUDE_LPORT))?;
     }
-    let mut exes: HashMap<_, FileId, u32> = map(ebpf, names::NET_EXCLUDE_EXE)?;
+    let mut exes: HashMap<_, FileId, u32> = object.map_mut(names::NET_EXCLUDE_EXE)?;
     for (i, exe) in c.exclude_exes.iter().enumerate() {
         exes.insert(exe, i as u32, 0)
             .map_err(fail(names::NET_EXCLUDE_EXE))?;
     }
-    let mut remote: LpmTrie<_, [u8; REMOTE_KEY_LEN], u32> = map(ebpf, names::NET_EXCLUDE_REMOTE)?;
+    let mut remote: LpmTrie<_, [u8; REMOTE_KEY_LEN], u32> =
+        object.map_mut(names::NET_EXCLUDE_REMOTE)?;
     for (i, rule) in c.exclude_remote.iter().enumerate() {
         remote
             .insert(&remote_key(rule), i as u32, 0)

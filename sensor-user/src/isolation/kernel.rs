@@ -23,7 +23,10 @@ use aya::{
 };
 use sensor_common::{IsolationAllowKey, IsolationState, isolation_stat, names};
 
-use crate::hooks::EBPF_OBJECT;
+use crate::{
+    config::TcAttach,
+    object::{self, ObjectError, SensorObject},
+};
 
 /// Priority and handle of our filters when attached through netlink
 /// (clsact): fixed, so attaching twice fails with EEXIST instead of
@@ -31,22 +34,12 @@ use crate::hooks::EBPF_OBJECT;
 const NL_PRIORITY: u16 = 0x5253;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 0x5253);
 
-/// How the programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// TCX links (pinned) on Linux 6.6+, else netlink (clsact filters).
-    Auto,
-    /// Always netlink clsact filters, as on kernels before 6.6.
-    Netlink,
-}
-
-impl AttachMode {
-    fn netlink(self) -> bool {
-        use aya::util::KernelVersion;
-        // An unreadable version: assume an old kernel (netlink works on all).
-        self == Self::Netlink
-            || KernelVersion::current().map_or(true, |v| v < KernelVersion::new(6, 6, 0))
-    }
+/// Whether `mode` attaches through netlink (clsact filters) on this kernel.
+fn netlink(mode: TcAttach) -> bool {
+    use aya::util::KernelVersion;
+    // An unreadable version: assume an old kernel (netlink works on all).
+    mode == TcAttach::Netlink
+        || KernelVersion::current().map_or(true, |v| v < KernelVersion::new(6, 6, 0))
 }
 
 const ARPHRD_ETHER: u32 = 1;
@@ -55,22 +48,13 @@ const ARPHRD_LOOPBACK: u32 = 772;
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(
-        "this sensor was built without its eBPF object (bpf-linker missing at build time); run `cargo xtask setup` and rebuild"
-    )]
-    NoObject,
-    #[error(
         "{0} is not on a bpf filesystem, so isolation could not outlive the sensor (mount one: `mount -t bpf bpf /sys/fs/bpf`, or set isolation.pin_dir)"
     )]
     NotBpffs(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("loading the isolation programs: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    #[error("isolation programs: {0}")]
+    Object(#[from] ObjectError),
     #[error("pinned map {path}: {source}")]
     Map { path: PathBuf, source: MapError },
     #[error("interface {iface}: attaching {name}: {source}")]
@@ -176,7 +160,7 @@ fn link_file(iface: &Interface, dir: &str) -> String {
 /// The pinned maps; programs are attached by [`IsolationKernel::attach_missing`].
 pub struct IsolationKernel {
     pin_dir: PathBuf,
-    mode: AttachMode,
+    mode: TcAttach,
     /// Netlink mode: interfaces (index, name) this process attached to or
     /// found attached. clsact filters hold the programs without pins.
     netlink_done: Vec<(u32, String)>,
@@ -188,10 +172,8 @@ pub struct IsolationKernel {
 impl IsolationKernel {
     /// Opens the pinned maps (creating and pinning them if this is the
     /// first time) and attaches to every interface that lacks its links.
-    pub fn open(pin_dir: &Path, mode: AttachMode) -> Result<Self, KernelError> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(KernelError::NoObject);
-        }
+    pub fn open(pin_dir: &Path, mode: TcAttach) -> Result<Self, KernelError> {
+        object::embedded()?;
         check_bpffs(pin_dir)?;
         let links = pin_dir.join("links");
         fs::create_dir_all(&links).map_err(io_err(&links))?;
@@ -231,7 +213,7 @@ impl IsolationKernel {
     pub fn attach_missing(&mut self) -> Result<Vec<String>, KernelError> {
         let ifaces = interfaces()?;
         self.prune(&ifaces)?;
-        let netlink = self.mode.netlink();
+        let netlink = netlink(self.mode);
         let links = self.pin_dir.join("links");
         let missing: Vec<Interface> = ifaces
             .into_iter()
@@ -259,7 +241,7 @@ impl IsolationKernel {
 
     /// Interfaces with pinned links, by name.
     pub fn attached(&self) -> Result<Vec<String>, KernelError> {
-        if self.mode.netlink() {
+        if netlink(self.mode) {
             let mut names: Vec<String> = self.netlink_done.iter().map(|(_, n)| n.clone()).collect();
             names.sort();
             return Ok(names);
@@ -399,7 +381,7 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface], netlink: bool) -> Resul
     ] {
         loader.map_max_entries(name, 1);
     }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut object = SensorObject::load(&mut loader)?;
     for iface in ifaces {
         for (attach, dir) in DIRECTIONS {
             let path = pin_dir.join("links").join(link_file(iface, dir));
@@ -407,18 +389,11 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface], netlink: bool) -> Resul
                 continue;
             }
             let name = program_name(iface.l3, attach);
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::Program {
-                    name,
-                    source: ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| KernelError::Program { name, source })?;
+            let program: &mut SchedClassifier = object.program(name)?;
             if program.fd().is_err() {
                 program
                     .load()
-                    .map_err(|source| KernelError::Program { name, source })?;
+                    .map_err(|source| ObjectError::Program { name, source })?;
             }
             let attach_err = |source| KernelError::Attach {
                 iface: iface.name.clone(),

@@ -5,7 +5,6 @@
 //! resolved allow list for a re-apply at boot without DNS, and survives a
 //! reboot, which the pins do not. See docs/isolation.md.
 
-mod config;
 pub mod kernel;
 pub mod service;
 
@@ -17,7 +16,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-pub use config::{AllowRule, IsolationConfig, proto_number};
 use kernel::{IsolationKernel, KernelError};
 use prost::Message as _;
 use proto::{
@@ -27,7 +25,10 @@ use proto::{
 use sensor_common::{IsolationAllowKey, IsolationState};
 use serde::{Deserialize, Serialize};
 
-use crate::transport::boottime_ns;
+use crate::{
+    config::{IsolationConfig, proto_number},
+    transport::boottime_ns,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IsolationError {
@@ -258,8 +259,7 @@ impl Isolation {
         collector_endpoint: &str,
     ) -> Result<Self, IsolationError> {
         fs::create_dir_all(&config.state_dir).map_err(io_err(&config.state_dir))?;
-        let mode = config.attach_mode().unwrap_or(kernel::AttachMode::Auto);
-        let mut kernel = IsolationKernel::open(&config.pin_dir, mode)?;
+        let mut kernel = IsolationKernel::open(&config.pin_dir, config.tc_attach)?;
         kernel.attach_missing()?;
         Ok(Self {
             kernel,
@@ -550,23 +550,5 @@ mod tests {
             .collect();
         assert_eq!(got, [1, 2, 3]);
         assert!(spool::drain(dir.path()).is_empty());
-    }
-
-    #[test]
-    fn allow_rules_are_checked() {
-        let rule = |address: &str, port, protocol: &str| AllowRule {
-            address: address.into(),
-            port,
-            protocol: protocol.into(),
-        };
-        assert_eq!(rule("any", 67, "udp").parse().unwrap(), (None, 17));
-        assert!(rule("any", 0, "udp").parse().is_err());
-        assert!(rule("10.0.0.1", 53, "any").parse().is_err());
-        assert!(rule("10.0.0.x", 53, "udp").parse().is_err());
-        assert!(rule("10.0.0.1", 53, "sctp").parse().is_err());
-        assert_eq!(
-            rule("fd00::1", 0, "any").parse().unwrap(),
-            (Some("fd00::1".parse().unwrap()), 0)
-        );
     }
 }

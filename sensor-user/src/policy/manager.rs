@@ -74,8 +74,7 @@ pub fn start(
 > {
     let generation = maps.apply(&compiled, &path)?;
     log_applied(&compiled, generation);
-    let rules = RuleNames::default();
-    *rules.0.write().expect("fresh lock") = compiled.rules.clone();
+    let rules = RuleNames(Arc::new(RwLock::new(compiled.rules.clone())));
     let (tx, rx) = mpsc::channel();
     let manager = Manager {
         maps,

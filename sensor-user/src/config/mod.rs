@@ -1,4 +1,6 @@
-//! The sensor's configuration file (TOML).
+//! The sensor's configuration file (TOML). Every section is declared here
+//! (one file per larger section) and this module imports no other part of
+//! the daemon: the parts read their settings from it, never the reverse.
 //!
 //! Every table refuses unknown keys, so a typo is an error instead of a
 //! silently ignored setting. Every key has a default; the documented example
@@ -14,11 +16,15 @@ use std::{
 
 use serde::Deserialize;
 
+mod isolation;
 mod network;
+mod response;
+pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
+pub use response::{ResponseAction, ResponseRule, Signal};
 
 /// The documented example file, identical in meaning to [`Config::default`].
-pub const EXAMPLE_TOML: &str = include_str!("../config/rxsentry-sensor.example.toml");
+pub const EXAMPLE_TOML: &str = include_str!("../../config/rxsentry-sensor.example.toml");
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +75,9 @@ pub struct Config {
     pub log: LogConfig,
     pub network: NetworkConfig,
     /// `[isolation]`: network containment (see docs/isolation.md).
-    pub isolation: crate::isolation::IsolationConfig,
+    pub isolation: IsolationConfig,
     /// `[[response]]`: detection rules and the action each triggers.
-    pub response: Vec<crate::detect::ResponseRule>,
+    pub response: Vec<ResponseRule>,
 }
 
 /// `[files]`: file telemetry on watched paths, filtered in the kernel.
@@ -437,7 +443,7 @@ impl Config {
         self.isolation.validate()?;
         for (i, rule) in self.response.iter().enumerate() {
             rule.validate(i)?;
-            if rule.action == "isolate" && !self.isolation.enabled {
+            if rule.action == ResponseAction::Isolate && !self.isolation.enabled {
                 return Err(invalid(
                     &format!("response[{i}]"),
                     "action \"isolate\" needs isolation.enabled = true",

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// `[isolation]` of the sensor config.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -22,9 +22,8 @@ pub struct IsolationConfig {
     pub state_dir: PathBuf,
     /// How often the daemon looks for new interfaces to attach to.
     pub interface_poll_ms: u64,
-    /// "auto": TCX links on Linux 6.6+, else clsact filters via netlink;
-    /// "netlink": always clsact filters.
-    pub tc_attach: String,
+    /// How the TC programs are attached.
+    pub tc_attach: TcAttach,
     /// Peers still reachable while isolated; the collector endpoint always is.
     pub allow: Vec<AllowRule>,
 }
@@ -36,10 +35,21 @@ impl Default for IsolationConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/rxsentry/isolation"),
             state_dir: PathBuf::from("/var/lib/rxsentry"),
             interface_poll_ms: 500,
-            tc_attach: "auto".to_owned(),
+            tc_attach: TcAttach::Auto,
             allow: Vec::new(),
         }
     }
+}
+
+/// `isolation.tc_attach`: how the TC programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX links (pinned) on Linux 6.6+, else clsact filters via netlink.
+    #[default]
+    Auto,
+    /// Always clsact filters via netlink, as on kernels before 6.6.
+    Netlink,
 }
 
 /// One `[[isolation.allow]]` entry.
@@ -51,13 +61,30 @@ pub struct AllowRule {
     /// The peer's port; 0 or absent: any port.
     #[serde(default)]
     pub port: u16,
-    /// "tcp", "udp" or "any" (absent: any).
-    #[serde(default = "any")]
-    pub protocol: String,
+    /// Absent: any.
+    #[serde(default)]
+    pub protocol: AllowProtocol,
 }
 
-fn any() -> String {
-    "any".to_owned()
+/// `protocol` of an `[[isolation.allow]]` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowProtocol {
+    Tcp,
+    Udp,
+    #[default]
+    Any,
+}
+
+impl AllowProtocol {
+    /// The IP protocol number the kernel programs compare (0: any).
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => proto_number::TCP,
+            Self::Udp => proto_number::UDP,
+            Self::Any => proto_number::ANY,
+        }
+    }
 }
 
 /// IP protocol numbers as the kernel programs compare them.
@@ -77,16 +104,7 @@ impl AllowRule {
                     .map_err(|_| format!("address {a:?} is neither an IP address nor \"any\""))?,
             ),
         };
-        let proto = match self.protocol.as_str() {
-            "tcp" => proto_number::TCP,
-            "udp" => proto_number::UDP,
-            "any" => proto_number::ANY,
-            p => {
-                return Err(format!(
-                    "protocol {p:?} must be \"tcp\", \"udp\" or \"any\""
-                ));
-            }
-        };
+        let proto = self.protocol.number();
         if address.is_none() && self.port == 0 {
             return Err("address \"any\" needs a port: it would allow everything".to_owned());
         }
@@ -98,14 +116,6 @@ impl AllowRule {
 }
 
 impl IsolationConfig {
-    pub fn attach_mode(&self) -> Option<super::kernel::AttachMode> {
-        match self.tc_attach.as_str() {
-            "auto" => Some(super::kernel::AttachMode::Auto),
-            "netlink" => Some(super::kernel::AttachMode::Netlink),
-            _ => None,
-        }
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: String| ConfigError::Invalid { key, reason };
         for (key, dir) in [
@@ -125,12 +135,6 @@ impl IsolationConfig {
                 ),
             ));
         }
-        if self.attach_mode().is_none() {
-            return Err(invalid(
-                "isolation.tc_attach".into(),
-                format!("must be \"auto\" or \"netlink\", got {:?}", self.tc_attach),
-            ));
-        }
         // Leave room for the collector's own entries.
         if self.allow.len() > 200 {
             return Err(invalid(
@@ -148,6 +152,7 @@ impl IsolationConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Config;
 
     #[test]
@@ -175,7 +180,7 @@ mod tests {
         assert!(c.isolation.enabled);
         assert_eq!(c.isolation.interface_poll_ms, 100);
         assert_eq!(c.isolation.allow.len(), 3);
-        assert_eq!(c.isolation.allow[2].protocol, "any");
+        assert_eq!(c.isolation.allow[2].protocol, AllowProtocol::Any);
         assert_eq!(c.response.len(), 1);
         assert_eq!(c.response[0].threshold, 3);
         let defaults = Config::default();
@@ -215,5 +220,37 @@ mod tests {
         let e = Config::from_toml_str("[isolation]\nallow = [{ adress = \"1.2.3.4\" }]")
             .expect_err("typo");
         assert!(e.to_string().contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn allow_rules_are_checked() {
+        let rule = |address: &str, port, protocol| AllowRule {
+            address: address.into(),
+            port,
+            protocol,
+        };
+        use AllowProtocol::{Any, Udp};
+        assert_eq!(rule("any", 67, Udp).parse().unwrap(), (None, 17));
+        assert!(rule("any", 0, Udp).parse().is_err());
+        assert!(rule("10.0.0.1", 53, Any).parse().is_err());
+        assert!(rule("10.0.0.x", 53, Udp).parse().is_err());
+        let e = Config::from_toml_str(
+            "[isolation]\nallow = [{ address = \"10.0.0.1\", port = 53, protocol = \"sctp\" }]",
+        )
+        .expect_err("sctp");
+        assert!(e.to_string().contains("sctp"), "{e}");
+        assert_eq!(
+            rule("fd00::1", 0, Any).parse().unwrap(),
+            (Some("fd00::1".parse().unwrap()), 0)
+        );
+    }
+
+    #[test]
+    fn tc_attach_is_auto_or_netlink() {
+        let c = Config::from_toml_str("[isolation]\ntc_attach = \"netlink\"").expect("valid");
+        assert_eq!(c.isolation.tc_attach, TcAttach::Netlink);
+        assert_eq!(Config::default().isolation.tc_attach, TcAttach::Auto);
+        let e = Config::from_toml_str("[isolation]\ntc_attach = \"tcx\"").expect_err("tcx");
+        assert!(e.to_string().contains("tc_attach"), "{e}");
     }
 }

@@ -1,0 +1,192 @@
+//! `rxsentry-sensor`: loads the kernel hooks and streams enriched events to
+//! the collector until SIGTERM/SIGINT, then detaches and flushes. This file
+//! parses the command line and dispatches: the daemon is
+//! `sensor_user::daemon`, the other subcommands are in `commands`.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sensor_user::{config::Config, daemon::Daemon, isolation};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rxsentry-sensor",
+    version,
+    about = "rxsentry kernel sensor daemon"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Configuration file (TOML); every key is documented in
+    /// config/rxsentry-sensor.example.toml. Without it, the built-in defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override `collector.endpoint`.
+    #[arg(long)]
+    collector: Option<String>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Application allowlist tools.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCmd,
+    },
+    /// Isolate this terminal from the network now, acting on the pinned
+    /// state directly (works while the daemon is down).
+    Isolate {
+        /// Why (recorded in the audit event). Required unless --reapply.
+        #[arg(long, required_unless_present = "reapply")]
+        reason: Option<String>,
+        /// Re-apply the persisted state (boot, rxsentry-isolation.service):
+        /// isolates again only if the state file says isolated.
+        #[arg(long)]
+        reapply: bool,
+    },
+    /// Release this terminal's network isolation.
+    Release {
+        /// Why (recorded in the audit event).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Isolation state and emergency tools.
+    Isolation {
+        #[command(subcommand)]
+        action: IsolationCmd,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum IsolationCmd {
+    /// Print the isolation state, the interfaces covered and the counters.
+    Status,
+    /// Emergency: remove every pin, so the programs detach and nothing is
+    /// filtered. The state file is left alone: a sensor that starts again
+    /// re-applies it (use `release` when the sensor works).
+    Detach,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PolicyCmd {
+    /// Print a starting policy (paths + SHA-256) for what is installed.
+    Generate {
+        /// Include every executable dpkg installed (/var/lib/dpkg/info/*.list).
+        #[arg(long)]
+        dpkg: bool,
+        /// Include every executable below this directory (repeatable).
+        #[arg(long)]
+        root: Vec<PathBuf>,
+        /// Mode written into the policy: start with monitor, then enforce.
+        #[arg(long, default_value = "monitor", value_parser = ["monitor", "enforce"])]
+        mode: String,
+    },
+    /// Validate and hash a policy file, print what it allows.
+    Check { path: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    match run_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rxsentry-sensor: {}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line for an operator: each cause once, even when an error's own
+/// message already quotes its source.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run_main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Cmd::Policy { action }) = args.command {
+        return match action {
+            PolicyCmd::Generate { dpkg, root, mode } => {
+                commands::policy_generate(dpkg, &root, &mode)
+            }
+            PolicyCmd::Check { path } => commands::policy_check(&path),
+        };
+    }
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(endpoint) = args.collector {
+        config.collector.endpoint = endpoint;
+        config.validate()?;
+    }
+    let local_change = |action, reason| isolation::Change {
+        action,
+        requester: commands::local_requester(),
+        reason,
+    };
+    match args.command {
+        Some(Cmd::Isolate { reason, reapply }) => {
+            let (action, reason) = match reapply {
+                true => (
+                    isolation::Action::Reapply,
+                    reason.unwrap_or_else(|| "re-applied at boot".to_owned()),
+                ),
+                false => (isolation::Action::Isolate, reason.unwrap_or_default()),
+            };
+            return commands::isolation_change(&config, local_change(action, reason));
+        }
+        Some(Cmd::Release { reason }) => {
+            let change = local_change(isolation::Action::Release, reason);
+            return commands::isolation_change(&config, change);
+        }
+        Some(Cmd::Isolation {
+            action: IsolationCmd::Status,
+        }) => return commands::isolation_status(&config),
+        Some(Cmd::Isolation {
+            action: IsolationCmd::Detach,
+        }) => return commands::isolation_detach(&config),
+        Some(Cmd::Policy { .. }) | None => {}
+    }
+    if args.check_config {
+        return commands::check_config(&config);
+    }
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .context("log.level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // journald and log files get plain text; a terminal gets colour.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rxsentry-sensor")
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut daemon = Daemon::start(config, args.config).await?;
+            println!("rxsentry-sensor ready");
+            daemon.run_until_signal().await;
+            daemon.shutdown().await?;
+            Ok(())
+        })
+}

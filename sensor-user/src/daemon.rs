@@ -1,0 +1,372 @@
+//! The sensor daemon's life: [`Daemon::start`] starts the parts in
+//! dependency order (kernel hooks, the managers that keep their maps, the
+//! pipeline, isolation and the control stream, then the ring reader and its
+//! [`Router`]), [`Daemon::run_until_signal`] serves until SIGTERM/SIGINT,
+//! and [`Daemon::shutdown`] stops them in reverse so that every event the
+//! kernel committed is delivered or counted.
+
+use std::{path::PathBuf, sync::Arc, thread::JoinHandle, time::Duration};
+
+use proto::{control::v1::IsolationStatus, telemetry::v1::HostIdentity};
+use tokio::{
+    signal::unix::{Signal as UnixSignal, SignalKind, signal},
+    sync::{mpsc, oneshot, watch as status_watch},
+    task::JoinHandle as TaskHandle,
+};
+
+use crate::{
+    config::Config,
+    control,
+    detect::Detector,
+    hooks::{self, HookConfig, HookError, KernelDrops, ProcessHooks},
+    identity::{self, IdentityError},
+    isolation::{self, IsolationError, service::Request as IsolationRequest},
+    pipeline::{self, PipelineError, PipelineHandle, ShutdownReport},
+    policy::{
+        self,
+        file::PolicyError,
+        manager::{Command as PolicyCommand, RuleNames},
+    },
+    router::Router,
+    transport::{DropTracker, EncodedEvents},
+    watch::{
+        self, WatchError,
+        manager::Command as WatchCommand,
+        repeats::{OpenRepeats, RepeatsError},
+    },
+};
+
+/// How often the kernel's drop counters are copied into the batches' counters.
+const DROP_POLL: Duration = Duration::from_millis(250);
+/// How long SIGTERM may take to deliver what is queued.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// Isolation requests waiting for the isolation task.
+const ISOLATION_QUEUE: usize = 16;
+
+/// Why the daemon could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("attaching the kernel hooks")]
+    Attach(#[source] HookError),
+    #[error(transparent)]
+    Hooks(#[from] HookError),
+    #[error("file watch set")]
+    Watch(#[source] WatchError),
+    #[error("open coalescing")]
+    Repeats(#[source] RepeatsError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("network isolation")]
+    Isolation(#[source] IsolationError),
+    #[error("ring buffer reader")]
+    Reader(#[source] std::io::Error),
+    #[error("ring buffer reader stopped abnormally")]
+    ReaderTask(#[source] tokio::task::JoinError),
+    #[error(
+        "collector did not take everything before the deadline: {batches} batches ({events} events) unsent"
+    )]
+    Unsent { batches: u64, events: u64 },
+}
+
+/// A manager thread and how to talk to it.
+struct Manager<C> {
+    tx: std::sync::mpsc::Sender<C>,
+    thread: JoinHandle<()>,
+}
+
+impl<C> Manager<C> {
+    fn stop(self, stop: C) {
+        let _ = self.tx.send(stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// The signals the daemon acts on.
+struct Signals {
+    term: UnixSignal,
+    int: UnixSignal,
+    hup: UnixSignal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The running daemon.
+pub struct Daemon {
+    signals: Signals,
+    hooks: ProcessHooks,
+    drops: Arc<DropTracker>,
+    policy: Option<Manager<PolicyCommand>>,
+    watch: Option<Manager<WatchCommand>>,
+    pipeline: PipelineHandle,
+    /// Where isolation requests go; dropped first at shutdown.
+    isolation: mpsc::Sender<IsolationRequest>,
+    /// The isolation task and the control stream.
+    tasks: Vec<TaskHandle<()>>,
+    stop_reader: oneshot::Sender<()>,
+    reader: TaskHandle<std::io::Result<()>>,
+}
+
+impl Daemon {
+    /// Starts every part; on error, what was started is stopped again by
+    /// drop (hooks detach, threads see their channels close).
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Self, DaemonError> {
+        let host = identity::host_identity(&config.host)?;
+        tracing::info!(host_id = %host.host_id, instance = %host.sensor_instance_id, "starting");
+        let signals = Signals::install().map_err(DaemonError::Signals)?;
+        // A bad policy stops start-up here, before anything is attached.
+        let policy = match &config.policy.path {
+            Some(path) => Some((path.clone(), policy::manager::load(path)?)),
+            None => None,
+        };
+
+        let mut hooks = ProcessHooks::load_and_attach(&HookConfig::from_config(&config))
+            .map_err(DaemonError::Attach)?;
+        tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
+        tracing::info!("file field reads: {}", hooks.file_reads());
+        tracing::info!("file open hook: {}", hooks.file_open_hook());
+        // Process ring first (see read_rings), then files, then network.
+        let mut rings = vec![hooks.take_process_ring()?];
+        let anchors = watch::Anchors::default();
+        let (watch, repeats) = if config.files.enabled {
+            // The sensor's own binary, config and policy: tamper evidence.
+            let self_files: Vec<PathBuf> = std::env::current_exe()
+                .into_iter()
+                .chain(config_path)
+                .chain(config.policy.path.clone())
+                .collect();
+            let maps = hooks.take_watch_maps()?;
+            let (tx, thread) =
+                watch::manager::start(maps, config.files.clone(), self_files, anchors.clone())
+                    .map_err(DaemonError::Watch)?;
+            rings.push(hooks.take_file_ring()?);
+            let window = Duration::from_millis(config.files.open_repeat_window_ms);
+            let repeats = OpenRepeats::start(hooks.take_repeat_maps()?, window)
+                .map_err(DaemonError::Repeats)?;
+            (Some(Manager { tx, thread }), Some(repeats))
+        } else {
+            (None, None)
+        };
+        rings.push(hooks.take_net_ring()?);
+        if let Some(logger) = hooks.take_logger() {
+            tokio::spawn(forward_kernel_logs(logger));
+        }
+
+        let (policy, rules) = match policy {
+            Some((path, compiled)) => {
+                let maps = hooks.take_policy_maps()?;
+                let (tx, rules, thread) = policy::manager::start(maps, path, compiled)?;
+                (Some(Manager { tx, thread }), rules)
+            }
+            None => (None, RuleNames::default()),
+        };
+
+        let drops = Arc::new(DropTracker::new());
+        let pipeline = pipeline::spawn(&config, host.clone(), drops.clone())?;
+        let (isolation, tasks) = start_isolation(
+            &config,
+            &pipeline,
+            host,
+            hooks.allowlist_backend().to_string(),
+        )
+        .await?;
+
+        let mut router = Router::new(pipeline.sender(), drops.clone())
+            .with_policy(rules, policy.as_ref().map(|m| m.tx.clone()))
+            .with_watch(anchors, watch.as_ref().map(|m| m.tx.clone()))
+            .with_repeats(repeats)
+            .with_detection(Detector::new(&config.response), isolation.clone());
+        let (stop_reader, reader_stopped) = oneshot::channel::<()>();
+        let reader = tokio::spawn(hooks::read_rings(
+            rings,
+            move |ring_event| router.on_ring_event(ring_event),
+            async move {
+                let _ = reader_stopped.await;
+            },
+        ));
+        tracing::info!(
+            "kernel hooks attached; streaming to {}",
+            config.collector.endpoint
+        );
+        Ok(Self {
+            signals,
+            hooks,
+            drops,
+            policy,
+            watch,
+            pipeline,
+            isolation,
+            tasks,
+            stop_reader,
+            reader,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT. SIGHUP re-reads the watched set and
+    /// the policy; the kernel's drop counters are copied meanwhile.
+    pub async fn run_until_signal(&mut self) {
+        let mut poll = tokio::time::interval(DROP_POLL);
+        loop {
+            tokio::select! {
+                _ = self.signals.term.recv() => return,
+                _ = self.signals.int.recv() => return,
+                _ = self.signals.hup.recv() => self.reload(),
+                _ = poll.tick() => match self.hooks.kernel_drops() {
+                    Ok(k) => record_kernel_drops(&self.drops, k),
+                    Err(e) => tracing::warn!(error = %e, "cannot read kernel drop counters"),
+                },
+            }
+        }
+    }
+
+    fn reload(&self) {
+        if let Some(watch) = &self.watch {
+            _ = watch.tx.send(WatchCommand::Refresh("SIGHUP"));
+        }
+        match &self.policy {
+            Some(policy) => _ = policy.tx.send(PolicyCommand::Reload),
+            None => tracing::info!("SIGHUP: no policy configured"),
+        }
+    }
+
+    /// Stops in reverse order: responses and managers, then the hooks (the
+    /// final drop counts), then the reader's last drain, then the pipeline's
+    /// flush within [`FLUSH_DEADLINE`].
+    pub async fn shutdown(self) -> Result<ShutdownReport, DaemonError> {
+        tracing::info!("stopping: detaching hooks, draining, flushing");
+        // The isolation links and maps are pinned: they stay in force.
+        drop(self.isolation);
+        for task in self.tasks {
+            task.abort();
+        }
+        if let Some(policy) = self.policy {
+            policy.stop(PolicyCommand::Stop);
+        }
+        if let Some(watch) = self.watch {
+            watch.stop(WatchCommand::Stop);
+        }
+        let final_drops = self.hooks.detach()?;
+        record_kernel_drops(&self.drops, final_drops);
+        let _ = self.stop_reader.send(());
+        self.reader
+            .await
+            .map_err(DaemonError::ReaderTask)?
+            .map_err(DaemonError::Reader)?;
+        let report = self.pipeline.shutdown(FLUSH_DEADLINE).await;
+        tracing::info!(?report, "stopped");
+        if report.deadline_exceeded {
+            return Err(DaemonError::Unsent {
+                batches: report.unsent_batches,
+                events: report.unsent_events,
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// Starts the control stream and, when enabled, opens the isolation state
+/// (re-applying a persisted isolation) and the task that owns it. Returns
+/// where isolation requests go and the tasks to stop at exit.
+async fn start_isolation(
+    config: &Config,
+    pipeline: &PipelineHandle,
+    host: HostIdentity,
+    allowlist_backend: String,
+) -> Result<(mpsc::Sender<IsolationRequest>, Vec<TaskHandle<()>>), DaemonError> {
+    let (tx, mut rx) = mpsc::channel::<IsolationRequest>(ISOLATION_QUEUE);
+    let audit = pipeline.audit_sender();
+    let mut tasks = Vec::new();
+    let (status_tx, status_rx) = status_watch::channel(IsolationStatus::default());
+    if config.isolation.enabled {
+        let mut iso = isolation::Isolation::open(&config.isolation, &config.collector.endpoint)
+            .map_err(DaemonError::Isolation)?;
+        let startup = isolation::Change {
+            action: isolation::Action::Reapply,
+            requester: "sensor:startup".to_owned(),
+            reason: "sensor started with a persisted isolation".to_owned(),
+        };
+        match iso.apply(&startup) {
+            Ok(Some(event)) => _ = audit.send(EncodedEvents::from_events([&event])).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-apply the persisted isolation");
+                _ = audit
+                    .send(EncodedEvents::from_events([
+                        &iso.failure_event(&startup, &e)
+                    ]))
+                    .await;
+            }
+        }
+        let status = iso.status().map_err(DaemonError::Isolation)?;
+        if status.isolated {
+            tracing::warn!(by = %status.requester, reason = %status.reason,
+                "this terminal is network-isolated");
+            // On stdout with the readiness line, for the supervisor.
+            println!("rxsentry-sensor: network isolated");
+        }
+        tracing::info!(interfaces = ?status.interfaces, "isolation programs attached");
+        status_tx.send_replace(status);
+        let poll = Duration::from_millis(config.isolation.interface_poll_ms);
+        tasks.push(tokio::spawn(isolation::service::run(
+            iso, poll, audit, rx, status_tx,
+        )));
+    } else {
+        // Commands still get an answer, and the status channel stays open.
+        tasks.push(tokio::spawn(async move {
+            let _status_tx = status_tx;
+            while let Some(request) = rx.recv().await {
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(Err(
+                        "network isolation is disabled on this sensor (isolation.enabled = false)"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(control::run(
+        config.collector.endpoint.clone(),
+        control::Hello {
+            host,
+            allowlist_backend,
+        },
+        tx.clone(),
+        status_rx,
+    )));
+    Ok((tx, tasks))
+}
+
+fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {
+    drops
+        .set_kernel_ringbuf_full(k.process_ringbuf_full + k.file_ringbuf_full + k.net_ringbuf_full);
+    drops.set_kernel_file_ringbuf_full(k.file_ringbuf_full);
+    drops.set_kernel_net_ringbuf_full(k.net_ringbuf_full);
+}
+
+/// Copies aya-log records from the programs into `log` (and so `tracing`).
+async fn forward_kernel_logs(logger: hooks::KernelLogger) {
+    let mut fd = match hooks::register_readable(logger) {
+        Ok(fd) => fd,
+        Err(e) => return tracing::warn!(error = %e, "kernel log channel"),
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
