@@ -66,6 +66,11 @@ impl SensorObject {
         })
     }
 
+    /// The name of every program in the object, loaded or not.
+    pub fn program_names(&self) -> impl Iterator<Item = &str> {
+        self.ebpf.programs().map(|(name, _)| name)
+    }
+
     /// aya's object, for what needs it whole (aya-log's reader).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

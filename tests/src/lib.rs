@@ -6,6 +6,8 @@
 //! The tests need root (they load eBPF programs) and share kernel state, so
 //! they run with `--test-threads=1` (`cargo xtask test` does this).
 
+use anyhow::Context as _;
+
 pub mod cgroup;
 pub mod netns;
 pub mod open_hook;
@@ -35,30 +37,46 @@ pub async fn sensor_programs_after_exit() -> anyhow::Result<Vec<String>> {
     sensor_programs_loaded()
 }
 
-/// Names of the sensor's programs as the kernel lists them (truncated to
-/// BPF_OBJ_NAME_LEN - 1 = 15 bytes).
+/// Names of the sensor's programs the kernel has loaded now. Every program
+/// of the sensor's eBPF object counts (as `rxsentry-probe --programs` lists
+/// them, from the object itself), isolation's included, compared as the
+/// kernel stores names: cut to BPF_OBJ_NAME_LEN - 1 = 15 bytes.
 pub fn sensor_programs_loaded() -> anyhow::Result<Vec<String>> {
-    const OURS: [&str; 9] = [
-        "sched_process_exec",
-        "sched_process_fork",
-        "sched_process_exit",
-        "exec_verdict",
-        "file_exit_open",
-        "file_exit_pending",
-        "file_enter_unlinkat",
-        "net_sock_state",
-        "hook_floor_open_exit",
-    ];
+    let ours = object_program_names()?;
     let mut found = Vec::new();
     for program in aya::programs::loaded_programs() {
         let program = program?;
-        let name = program.name_as_str().unwrap_or_default().to_owned();
-        if OURS
-            .iter()
-            .any(|ours| ours.starts_with(name.as_str()) && name.len() >= 12)
-        {
-            found.push(name);
+        let name = program.name_as_str().unwrap_or_default();
+        if ours.iter().any(|ours| ours == name) {
+            found.push(name.to_owned());
         }
     }
     Ok(found)
+}
+
+/// Every program name of the sensor's eBPF object, cut as the kernel cuts
+/// them; read once from the probe binary.
+fn object_program_names() -> anyhow::Result<&'static [String]> {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if let Some(names) = NAMES.get() {
+        return Ok(names);
+    }
+    let probe = bin_path("rxsentry-probe");
+    let out = std::process::Command::new(&probe)
+        .arg("--programs")
+        .output()
+        .with_context(|| format!("running {} --programs", probe.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} --programs: {}",
+        probe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|name| name.chars().take(15).collect())
+        .collect();
+    // Far more than a handful: the list comes from the object, not a hand list.
+    anyhow::ensure!(names.len() > 20, "too few programs listed: {names:?}");
+    Ok(NAMES.get_or_init(|| names))
 }

@@ -78,6 +78,12 @@ async fn held_open_hook_counts_every_open_and_goes_away() -> anyhow::Result<()> 
     for _ in 0..OPENS {
         std::fs::File::open(&file)?;
     }
+    // The leak check sees a program of ours while it is loaded.
+    assert_eq!(
+        tests::sensor_programs_loaded()?,
+        ["hook_floor_open"],
+        "the held program, as the kernel names it"
+    );
     // An error unless the probe prints its count and exits 0.
     let runs = hook.stop()?;
     assert!(runs >= OPENS, "{OPENS} opens, the hook counted {runs}");

@@ -64,6 +64,10 @@ struct Args {
     /// then print how often it ran (for timing a workload under the hook).
     #[arg(long, conflicts_with_all = ["lsm", "process"])]
     hold_open_hook: bool,
+    /// Print the name of every program in the sensor's eBPF object, one a
+    /// line, and exit (what a leak check must find unloaded).
+    #[arg(long, conflicts_with_all = ["lsm", "process", "hold_open_hook"])]
+    programs: bool,
 }
 
 /// The backend's name in the probe's output.
@@ -76,6 +80,18 @@ fn backend_name(backend: &AllowlistBackend) -> &'static str {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.programs {
+        return match SensorObject::load(&mut EbpfLoader::new()) {
+            Ok(object) => {
+                object.program_names().for_each(|name| println!("{name}"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rxsentry-probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.hold_open_hook {
         return match hold_open_hook() {
             Ok(()) => ExitCode::SUCCESS,
