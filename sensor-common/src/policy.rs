@@ -78,10 +78,18 @@ pub struct PolicyState {
     pub mode: u32,
     /// Incremented by the daemon at each policy swap; copied into events.
     pub generation: u64,
-    /// Non-zero: only tasks whose cgroup id is in `POLICY_SCOPE` are checked.
+    /// Non-zero: only tasks whose cgroup, or one of its ancestors, is in
+    /// `POLICY_SCOPE` are checked (see [`SCOPE_MAX_LEVELS`]).
     pub scoped: u32,
     pub _pad: u32,
 }
+
+/// The depth the scope check walks: a task whose cgroup is this many levels
+/// below the cgroup v2 root or more (the root is level 0,
+/// `/kiosk.slice/pos.service` level 2) is checked as in scope whatever its
+/// ancestors: a scoped policy fails closed, never open, for a deep
+/// sub-cgroup made to escape it.
+pub const SCOPE_MAX_LEVELS: u32 = 32;
 
 /// `PolicyEvent::action`.
 pub mod action {

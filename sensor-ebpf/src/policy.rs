@@ -9,7 +9,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_uid_gid, bpf_send_signal,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_send_signal,
     },
     macros::{lsm, map, raw_tracepoint},
     maps::{Array, HashMap},
@@ -17,7 +18,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, EVENT_PARTIAL, EventKind,
-    FileId, KernelOffsets, PolicyEvent, PolicyState, action, backend, mode, reason,
+    FileId, KernelOffsets, PolicyEvent, PolicyState, SCOPE_MAX_LEVELS, action, backend, mode,
+    reason,
 };
 
 use crate::{
@@ -50,9 +52,30 @@ static DENY_UID_A: HashMap<DenyUidKey, u32> = HashMap::with_max_entries(DENY_ENT
 #[map]
 static DENY_UID_B: HashMap<DenyUidKey, u32> = HashMap::with_max_entries(DENY_ENTRIES, 0);
 
-/// cgroup v2 ids under enforcement when `PolicyState::scoped` is set.
+/// cgroup v2 ids under enforcement, with their subtrees, when
+/// `PolicyState::scoped` is set.
 #[map]
 static POLICY_SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Whether the current task is under a scoped cgroup: its own cgroup or an
+/// ancestor is in `POLICY_SCOPE`. Walks from the root (level 0) down; a
+/// task [`SCOPE_MAX_LEVELS`] or more levels below the root is in scope
+/// (fail closed), so a sub-cgroup made to escape a scoped policy never does.
+#[inline(always)]
+fn in_scope() -> bool {
+    for level in 0..=SCOPE_MAX_LEVELS as i32 {
+        // SAFETY: helper without preconditions; 0 below the task's own level.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: only presence is read.
+        if unsafe { POLICY_SCOPE.get(id) }.is_some() {
+            return true;
+        }
+    }
+    true
+}
 
 /// Why an exec is not allowed, decided from the maps alone.
 struct Verdict {
@@ -72,8 +95,7 @@ fn decide(task: *const u8, bprm: *const u8, o: &KernelOffsets) -> Option<Verdict
     if state.mode == mode::OFF {
         return None;
     }
-    // SAFETY: helper without preconditions.
-    if state.scoped != 0 && unsafe { POLICY_SCOPE.get(bpf_get_current_cgroup_id()) }.is_none() {
+    if state.scoped != 0 && !in_scope() {
         return None;
     }
     // An unreadable inode cannot be proven allowlisted: it is not allowed.

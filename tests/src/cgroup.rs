@@ -34,6 +34,19 @@ impl TestCgroup {
         Ok(Self { path })
     }
 
+    /// A child cgroup `name` of this one (drop it before its parent).
+    pub fn child(&self, name: &str) -> anyhow::Result<Self> {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Takes over the removal of `path`, a cgroup a process under test may
+    /// create (nothing happens on drop if it never did).
+    pub fn adopt(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     /// `program args...` started inside this cgroup (it moves itself in
     /// between fork and exec, so the exec is the cgroup's).
     pub fn command(&self, program: impl AsRef<Path>) -> Command {
@@ -50,6 +63,9 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        if !self.path.exists() {
+            return;
+        }
         // Children have exited by now; rmdir fails only if one lingers.
         for _ in 0..50 {
             if std::fs::remove_dir(&self.path).is_ok() {

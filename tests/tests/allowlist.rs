@@ -484,3 +484,91 @@ async fn deny_rules_forbid_a_program_by_parent_or_user() -> anyhow::Result<()> {
     sensor.stop().await?;
     Ok(())
 }
+
+/// A policy scoped to a cgroup covers its whole subtree: systemd puts each
+/// service in a child (`kiosk.slice/pos.service`), and anyone who can write
+/// `cgroup.procs` can move into a fresh sub-cgroup. Neither escapes; a
+/// cgroup deeper than the kernel walks (`SCOPE_MAX_LEVELS`) is checked even
+/// outside the scope (fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_policy_covers_every_cgroup_below_its_scope() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-subtree")?;
+    let intruder = setup.copy_of_touch("intruder")?;
+    let sh = std::fs::canonicalize("/bin/sh")?;
+    let mkdir = std::fs::canonicalize("/usr/bin/mkdir")?;
+    let touch = Path::new("/usr/bin/touch");
+    setup.write_policy("enforce", &[touch, &sh, &mkdir], "")?;
+    let slice = setup.cgroup.child("kiosk.slice")?;
+    let service = slice.child("pos.service")?;
+    // Made by the escaping shell below; removed on drop if it was.
+    let escape = TestCgroup::adopt(setup.cgroup.path.join("escape"));
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    // A service two levels below the scope: blocked, and allowed programs run.
+    let marker_file = setup.dir.path().join("marker-service");
+    let status = service.command(&intruder).arg(&marker_file).status()?;
+    assert_eq!(status.signal(), Some(9), "killed in pos.service: {status}");
+    assert!(!marker_file.exists(), "the blocked program never ran");
+    let marker_file = setup.dir.path().join("marker-service-touch");
+    let status = service.command(touch).arg(&marker_file).status()?;
+    assert!(
+        status.success() && marker_file.exists(),
+        "touch runs: {status}"
+    );
+
+    // A shell in the scope makes a sub-cgroup, moves itself in, and execs.
+    let marker_file = setup.dir.path().join("marker-escape");
+    let script = format!(
+        "mkdir {escape} && echo $$ > {escape}/cgroup.procs && exec {intruder} {marker}",
+        escape = escape.path.display(),
+        intruder = intruder.display(),
+        marker = marker_file.display()
+    );
+    let status = setup.cgroup.command(&sh).arg("-c").arg(&script).status()?;
+    assert!(escape.path.is_dir(), "the shell made its sub-cgroup");
+    assert_eq!(status.signal(), Some(9), "killed after moving: {status}");
+    assert!(!marker_file.exists(), "the escaped exec never ran");
+
+    // As deep as the walk goes, outside the scope: checked all the same.
+    // (The first cgroup is level 1, below the root; the last one is level
+    // SCOPE_MAX_LEVELS.)
+    let mut deep = vec![TestCgroup::new(&marker("allow-deep"))?];
+    for level in 1..sensor_common::SCOPE_MAX_LEVELS {
+        let next = deep[deep.len() - 1].child(&format!("l{level}"))?;
+        deep.push(next);
+    }
+    let marker_file = setup.dir.path().join("marker-deep");
+    let status = deep[deep.len() - 1]
+        .command(&intruder)
+        .arg(&marker_file)
+        .status()?;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "fail closed when too deep: {status}"
+    );
+    assert!(!marker_file.exists());
+    // One level less is walked in full: out of scope, it runs.
+    let marker_file = setup.dir.path().join("marker-shallower");
+    let status = deep[deep.len() - 2]
+        .command(&intruder)
+        .arg(&marker_file)
+        .status()?;
+    assert!(status.success() && marker_file.exists(), "{status}");
+    while let Some(cgroup) = deep.pop() {
+        drop(cgroup);
+    }
+
+    sub.until(Duration::from_secs(20), |s| policy_events(s).len() >= 3)
+        .await?;
+    let blocked: Vec<&str> = policy_events(&sub)
+        .iter()
+        .map(|p| p.path.as_str())
+        .collect();
+    let intruder = intruder.display().to_string();
+    assert_eq!(blocked, [intruder.as_str(); 3], "{blocked:?}");
+    sensor.stop().await?;
+    Ok(())
+}

@@ -55,3 +55,27 @@ async fn bad_policy_stops_start_up_by_key() -> anyhow::Result<()> {
     )
     .await
 }
+
+/// A scope that names no cgroup v2 directory would enforce nothing: the
+/// policy is refused, naming the entry (a plain directory, and one on the
+/// cgroup v2 mount point's parent file system).
+#[tokio::test]
+async fn a_scope_that_is_not_a_cgroup_is_refused_by_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let policy = dir.path().join("policy.toml");
+    for scope in [dir.path().to_path_buf(), dir.path().join("missing")] {
+        std::fs::write(
+            &policy,
+            format!(
+                "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n",
+                scope.display()
+            ),
+        )?;
+        refused(
+            &format!("[policy]\npath = \"{}\"\n", policy.display()),
+            "scope_cgroups[0]",
+        )
+        .await?;
+    }
+    Ok(())
+}

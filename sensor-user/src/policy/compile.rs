@@ -98,19 +98,34 @@ pub fn hash_file(path: &Path, rule: u32) -> std::io::Result<Hashed> {
     })
 }
 
+/// The id the kernel gives the cgroup v2 directory `path` (its inode
+/// number), or why `path` is not one.
+fn cgroup_id(path: &Path) -> Result<u64, String> {
+    let fs = nix::sys::statfs::statfs(path).map_err(|e| e.desc().to_owned())?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Err("not a cgroup v2 directory (see the cgroup2 line of /proc/mounts)".to_owned());
+    }
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("not a cgroup v2 directory".to_owned());
+    }
+    Ok(meta.ino())
+}
+
 /// Resolves and hashes everything `policy` allows. Blocking I/O.
 pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, PolicyError> {
     let mut out = CompiledPolicy {
         mode: policy.mode,
         ..Default::default()
     };
-    for cgroup in &policy.scope_cgroups {
-        let meta = std::fs::metadata(cgroup).map_err(|source| PolicyError::Cgroup {
+    for (i, cgroup) in policy.scope_cgroups.iter().enumerate() {
+        let id = cgroup_id(cgroup).map_err(|reason| PolicyError::Cgroup {
             path: origin.to_owned(),
+            key: format!("scope_cgroups[{i}]"),
             cgroup: cgroup.clone(),
-            source,
+            reason,
         })?;
-        out.scope.push(meta.ino());
+        out.scope.push(id);
     }
     for rule in &policy.allow {
         let index = out.rules.len() as u32;
@@ -208,6 +223,33 @@ pub fn executables_below(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scope must be a cgroup v2 directory: the mount point itself is one;
+    /// a plain directory, a file in the cgroup file system and a missing
+    /// path are not.
+    #[test]
+    fn scope_paths_must_be_cgroup2_directories() {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .expect("a cgroup2 mount");
+        assert_eq!(
+            cgroup_id(&root).unwrap(),
+            std::fs::metadata(&root).unwrap().ino()
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        for bad in [
+            tmp.path().to_path_buf(),
+            tmp.path().join("missing"),
+            root.join("cgroup.procs"),
+        ] {
+            assert!(cgroup_id(&bad).is_err(), "{} accepted", bad.display());
+        }
+    }
     use crate::policy::file::PolicyFile;
 
     #[test]

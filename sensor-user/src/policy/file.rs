@@ -92,11 +92,14 @@ pub enum PolicyError {
         entries: usize,
         max: u32,
     },
-    #[error("policy {path}: cgroup {cgroup}: {source}")]
+    /// A `scope_cgroups` entry that is not a cgroup v2 directory: a scope
+    /// that names nothing would enforce nothing.
+    #[error("policy {path}: {key}: {cgroup}: {reason}")]
     Cgroup {
         path: PathBuf,
+        key: String,
         cgroup: PathBuf,
-        source: std::io::Error,
+        reason: String,
     },
     #[error("writing the policy to the kernel: {0}")]
     Kernel(#[from] aya::maps::MapError),

@@ -52,6 +52,14 @@ case "$out" in
 *"not permitted"*) ;;
 *) fail "the exec did not fail with EPERM: $out" ;;
 esac
+# A shell that makes a sub-cgroup of the scope and moves in is still under
+# the policy (the scope is a subtree).
+sub_out=$(sh -c "mkdir -p $scope/escape/deeper && echo \$\$ >$scope/escape/deeper/cgroup.procs && /tmp/intruder true; echo rc=\$?" 2>&1)
+echo "in a sub-cgroup: $sub_out"
+case "$sub_out" in
+*"not permitted"*) ;;
+*) fail "the exec in a sub-cgroup of the scope was not refused with EPERM: $sub_out" ;;
+esac
 stop_services || fail "sensor did not exit 0 on SIGTERM: $(tail -n 2 "$RXSENTRY_LOG/sensor.err")"
-rmdir "$scope" 2>/dev/null
-pass "backend lsm: exec of a non-allowlisted copy failed with EPERM, busybox ran, block event (backend lsm) reached the collector"
+rmdir "$scope/escape/deeper" "$scope/escape" "$scope" 2>/dev/null
+pass "backend lsm: exec of a non-allowlisted copy failed with EPERM (in the scope and two levels below it), busybox ran, block event (backend lsm) reached the collector"
