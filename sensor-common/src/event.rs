@@ -92,13 +92,17 @@ pub struct ExecEvent {
     pub argv_len: u32,
     /// `inode->i_ino` of the executed file.
     pub ino: u64,
-    /// `inode->i_size`: with dev, ino and mtime, the hash cache key, so a
+    /// `inode->i_size`: with dev, ino, mtime and ctime, the hash cache key, so a
     /// cached binary needs no syscall in userspace.
     pub size: u64,
     /// `inode` modification time (seconds, nanoseconds).
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
-    pub _pad: u32,
+    /// `inode` change time (nanoseconds, then seconds): a write with the
+    /// mtime and size put back still moves it, so it is in the hash cache
+    /// key too.
+    pub ctime_nsec: u32,
+    pub ctime_sec: i64,
     /// NUL-terminated bprm->filename.
     pub filename: [u8; FILENAME_LEN],
     /// NUL-separated arguments, `argv_len` bytes valid.
@@ -126,7 +130,7 @@ pub struct ExitEvent {
 // Pinned sizes: a change here must be made on purpose, on both sides.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<TaskInfo>() == 64);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 64 + 40 + FILENAME_LEN + ARGV_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 64 + 48 + FILENAME_LEN + ARGV_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
 

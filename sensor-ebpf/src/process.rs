@@ -37,7 +37,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
         (*ev).size = 0;
         (*ev).mtime_sec = 0;
         (*ev).mtime_nsec = 0;
-        (*ev)._pad = 0;
+        (*ev).ctime_nsec = 0;
+        (*ev).ctime_sec = 0;
         (*ev).argv_len = 0;
         partial |= read_exec_file(&mut *ev, bprm, o).is_err();
         match read_argv(&mut *ev, task, o) {
@@ -75,6 +76,8 @@ fn read_exec_file(
     ev.size = inode.size;
     ev.mtime_sec = inode.mtime_sec;
     ev.mtime_nsec = inode.mtime_nsec;
+    ev.ctime_sec = inode.ctime_sec;
+    ev.ctime_nsec = inode.ctime_nsec;
     Ok(())
 }
 

@@ -153,3 +153,69 @@ async fn sigterm_flushes_pending_events() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// A binary changed in place with its size and mtime put back (`touch -d`)
+/// is reported with the SHA-256 of its new content, never the cached hash
+/// of the old one: ctime, which user space cannot set, is in the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_changed_in_place_with_its_mtime_restored_is_hashed_again() -> anyhow::Result<()> {
+    use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir()?;
+    let tool = dir.path().join("tool");
+    std::fs::copy("/usr/bin/true", &tool)?;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755))?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), SubscribeRequest::default()).await?;
+    let sensor = Sensor::start(&collector, SensorOptions::default()).await?;
+
+    let before = marker("hash-before");
+    assert!(
+        std::process::Command::new(&tool)
+            .arg(&before)
+            .status()?
+            .success()
+    );
+    sub.until(Duration::from_secs(20), |s| {
+        !s.execs_with(&before).is_empty()
+    })
+    .await?;
+    let tool_path = tool.to_str().expect("utf-8 path");
+    let old_sha = sha256_hex(tool_path);
+    assert_eq!(sub.execs_with(&before)[0].sha256, old_sha);
+
+    // One byte of the last section header (not used to run the program),
+    // then mtime put back; the size never changed.
+    let meta = std::fs::metadata(&tool)?;
+    {
+        let file = std::fs::OpenOptions::new().write(true).open(&tool)?;
+        let last = meta.len() - 1;
+        let mut byte = [0u8; 1];
+        std::fs::File::open(&tool)?.read_exact_at(&mut byte, last)?;
+        file.write_all_at(&[byte[0] ^ 0x01], last)?;
+        file.set_modified(meta.modified()?)?;
+    }
+    let after_meta = std::fs::metadata(&tool)?;
+    assert_eq!(after_meta.modified()?, meta.modified()?, "mtime put back");
+    assert_eq!(after_meta.len(), meta.len());
+    let new_sha = sha256_hex(tool_path);
+    assert_ne!(new_sha, old_sha);
+
+    let after = marker("hash-after");
+    assert!(
+        std::process::Command::new(&tool)
+            .arg(&after)
+            .status()?
+            .success()
+    );
+    sub.until(Duration::from_secs(20), |s| {
+        !s.execs_with(&after).is_empty()
+    })
+    .await?;
+    assert_eq!(
+        sub.execs_with(&after)[0].sha256,
+        new_sha,
+        "the new content's hash, not the cached one"
+    );
+    sensor.stop().await?;
+    Ok(())
+}

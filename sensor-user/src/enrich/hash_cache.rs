@@ -1,6 +1,6 @@
 //! SHA-256 of executed files, read once per file version.
 //!
-//! The cache key is (device, inode, mtime, size) taken with fstat on the
+//! The cache key is (device, inode, mtime, ctime, size) taken with fstat on the
 //! descriptor that is then read, so key and content come from the same open
 //! file: a path swapped between the two cannot poison the cache. For an exec,
 //! `/proc/<tgid>/exe` is opened first because it is the very file the kernel
@@ -28,6 +28,10 @@ pub struct FileKey {
     pub inode: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
+    /// A write moves ctime even when mtime and size are put back
+    /// (`touch -d`), and ctime cannot be set from user space.
+    pub ctime_sec: i64,
+    pub ctime_nsec: i64,
     pub size: u64,
 }
 
@@ -38,6 +42,8 @@ impl FileKey {
             inode: meta.ino(),
             mtime_sec: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime_sec: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
             size: meta.size(),
         }
     }
@@ -143,6 +149,8 @@ impl HashCache {
                 inode: exec.inode,
                 mtime_sec: exec.mtime_sec,
                 mtime_nsec: i64::from(exec.mtime_nsec),
+                ctime_sec: exec.ctime_sec,
+                ctime_nsec: i64::from(exec.ctime_nsec),
                 size: exec.size,
             };
             if let Some(hex) = self.map.get(&key) {
@@ -339,6 +347,8 @@ mod tests {
             size: 0,
             mtime_sec: 0,
             mtime_nsec: 0,
+            ctime_sec: 0,
+            ctime_nsec: 0,
             partial: false,
         }
     }
@@ -358,11 +368,18 @@ mod tests {
         exec.size = meta.size();
         exec.mtime_sec = meta.mtime();
         exec.mtime_nsec = meta.mtime_nsec() as u32;
+        exec.ctime_sec = meta.ctime();
+        exec.ctime_nsec = meta.ctime_nsec() as u32;
         let second = cache.hash_exec(&exec);
         assert_eq!(second.sha256, first.sha256);
         assert_eq!(cache.stats().hits, 1);
         // A different mtime is a different key: no stale hit.
         exec.mtime_nsec += 1;
+        assert!(cache.hash_exec(&exec).sha256.is_empty());
+        // So is a different ctime with mtime and size as they were (a write
+        // followed by `touch -d`).
+        exec.mtime_nsec -= 1;
+        exec.ctime_nsec += 1;
         assert!(cache.hash_exec(&exec).sha256.is_empty());
     }
 

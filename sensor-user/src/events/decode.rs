@@ -49,6 +49,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 size: raw.size,
                 mtime_sec: raw.mtime_sec,
                 mtime_nsec: raw.mtime_nsec,
+                ctime_sec: raw.ctime_sec,
+                ctime_nsec: raw.ctime_nsec,
                 partial,
             }))
         }
@@ -317,7 +319,8 @@ mod tests {
             size: 77,
             mtime_sec: 1_700_000_000,
             mtime_nsec: 5,
-            _pad: 0,
+            ctime_nsec: 6,
+            ctime_sec: 1_700_000_001,
             filename,
             argv,
         };
@@ -333,6 +336,7 @@ mod tests {
         assert_eq!(e.device, 0x801);
         assert_eq!(e.inode, 1234);
         assert_eq!((e.size, e.mtime_sec, e.mtime_nsec), (77, 1_700_000_000, 5));
+        assert_eq!((e.ctime_sec, e.ctime_nsec), (1_700_000_001, 6));
     }
 
     #[test]

@@ -127,10 +127,12 @@ pub struct ExecRecord {
     /// Device of the executed file, userspace `st_dev` encoding.
     pub device: u64,
     pub inode: u64,
-    /// Size and mtime of the executed inode, as the kernel saw them.
+    /// Size, mtime and ctime of the executed inode, as the kernel saw them.
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
     /// Some kernel read failed: fields may be zero.
     pub partial: bool,
 }
