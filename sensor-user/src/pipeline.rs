@@ -128,6 +128,9 @@ struct Counters {
     seeded: AtomicU64,
 }
 
+// Nearly every item is an event, and `Stop` is sent once: boxing the event
+// would cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Event(KernelEvent),
     /// Sent by `shutdown` after the input was closed: drain and stop.
