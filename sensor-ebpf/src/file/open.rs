@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     EventKind, FileId, KernelOffsets, drop_reason,
-    file::{OpenRepeatCount, OpenRepeatKey},
+    file::{O_ACCMODE, O_CREAT, O_TRUNC, O_WRONLY, OpenRepeatCount, OpenRepeatKey},
     file_op,
 };
 
@@ -30,9 +30,6 @@ use crate::{
 
 const ENOENT: i64 = 2;
 const ENOTDIR: i64 = 20;
-const O_ACCMODE: u32 = 0o3;
-const O_CREAT: u32 = 0o100;
-const O_TRUNC: u32 = 0o1000;
 
 /// How an open syscall lays out its arguments.
 #[derive(Clone, Copy)]
@@ -60,7 +57,7 @@ fn open_args(abi: OpenAbi, o: &KernelOffsets) -> Option<OpenArgs> {
             let how = unsafe { bpf_probe_read_user(a[2] as *const [u64; 2]) }.ok()?;
             (a[0] as i32, a[1], how[0] as u32, how[1] as u32)
         }
-        OpenAbi::Creat => (AT_FDCWD, a[0], O_CREAT | O_TRUNC | 1, a[1] as u32),
+        OpenAbi::Creat => (AT_FDCWD, a[0], O_CREAT | O_TRUNC | O_WRONLY, a[1] as u32),
     })
 }
 
