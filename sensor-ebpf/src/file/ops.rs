@@ -21,6 +21,10 @@ use crate::{
 };
 
 const UNCHANGED: u32 = u32::MAX;
+/// unlinkat(2)'s flag for a directory.
+const AT_REMOVEDIR: u32 = 0x200;
+/// fchownat(2)'s flag for a symbolic link itself.
+const AT_SYMLINK_NOFOLLOW: u32 = 0x100;
 
 /// Fills the header, the task and the operation's arguments of a record
 /// whose path already matched.
@@ -204,7 +208,7 @@ enter_program!(file_enter_rmdir, |ctx| path_op(
     file_op::UNLINK,
     AT_FDCWD,
     arg(&ctx, 0),
-    OpArgs::flags(0x200)
+    OpArgs::flags(AT_REMOVEDIR)
 ));
 enter_program!(file_enter_rename, |ctx| rename_op(
     AT_FDCWD,
@@ -261,7 +265,11 @@ enter_program!(file_enter_lchown, |ctx| path_op(
     file_op::CHOWN,
     AT_FDCWD,
     arg(&ctx, 0),
-    OpArgs::owner(0x100, arg(&ctx, 1) as u32, arg(&ctx, 2) as u32)
+    OpArgs::owner(
+        AT_SYMLINK_NOFOLLOW,
+        arg(&ctx, 1) as u32,
+        arg(&ctx, 2) as u32
+    )
 ));
 enter_program!(file_enter_fchown, |ctx| fd_op(
     file_op::CHOWN,
