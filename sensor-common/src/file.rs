@@ -62,6 +62,19 @@ pub mod file_op {
         | (1 << EXEC);
 }
 
+// open(2) flags, as `FileEvent::flags` of an open carries them: the values
+// of the kernel's uapi `asm-generic/fcntl.h` (x86-64's). The kernel programs
+// test them to tell a read from a write, the daemon to tell a creating open.
+
+/// The access mode bits: 0 read-only, [`O_WRONLY`], 2 read-write.
+pub const O_ACCMODE: u32 = 0o3;
+/// Write-only access.
+pub const O_WRONLY: u32 = 0o1;
+/// Create the file if it does not exist.
+pub const O_CREAT: u32 = 0o100;
+/// Truncate the file to length 0.
+pub const O_TRUNC: u32 = 0o1000;
+
 /// Value of `WATCHED` and `WATCH_PREFIXES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -178,7 +178,7 @@ fn file_event(f: FileRecord) -> FileEvent {
         file_op::EXEC => Operation::Exec,
         _ => Operation::Unspecified,
     };
-    let creates = f.flags & 0o100 != 0;
+    let creates = f.flags & sensor_common::file::O_CREAT != 0;
     let mode = match operation {
         Operation::Chmod => Some(f.mode),
         Operation::OpenWrite if creates => Some(f.mode),
