@@ -141,10 +141,11 @@ impl Chain {
 /// Why a directory could not be checked, or did not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read the audit directory {path}: {source}")]
+    #[error("cannot read the audit directory {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not a `source`: the message already says it, once.
+        error: std::io::Error,
     },
     #[error("audit chain in {dir} is broken at {brk}")]
     Broken { dir: PathBuf, brk: Break },
@@ -167,7 +168,7 @@ pub fn verify(dir: &Path) -> Result<Chain, VerifyError> {
 pub fn read_chain(dir: &Path, mut visit: impl FnMut(&Located)) -> Result<Chain, VerifyError> {
     let io = |source| VerifyError::Io {
         path: dir.to_owned(),
-        source,
+        error: source,
     };
     let mut files: Vec<(u32, String)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -203,7 +204,7 @@ pub fn read_chain(dir: &Path, mut visit: impl FnMut(&Located)) -> Result<Chain, 
             return Ok(chain);
         }
         let path = dir.join(&name);
-        let bytes = std::fs::read(&path).map_err(|source| VerifyError::Io { path, source })?;
+        let bytes = std::fs::read(&path).map_err(|error| VerifyError::Io { path, error })?;
         chain.files.push(name.clone());
         chain.last_file = Some((index, bytes.len() as u64));
         if bytes.is_empty() && n + 1 < count {

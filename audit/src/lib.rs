@@ -30,6 +30,8 @@ pub use writer::{Appended, AuditConfig, AuditError, AuditLog};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/rxsentry-collector";
 /// The audit directory below the state directory.
 pub const AUDIT_SUBDIR: &str = "audit";
+/// `DEFAULT_STATE_DIR/AUDIT_SUBDIR`, where `rxsentry audit` looks by default.
+pub const DEFAULT_DIR: &str = "/var/lib/rxsentry-collector/audit";
 /// Default size at which a file is closed and the next one started.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -45,4 +47,15 @@ pub fn file_index(name: &str) -> Option<u32> {
         return None;
     }
     digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_dir_is_state_dir_audit() {
+        let joined = std::path::Path::new(super::DEFAULT_STATE_DIR).join(super::AUDIT_SUBDIR);
+        assert_eq!(joined, std::path::Path::new(super::DEFAULT_DIR));
+        assert_eq!(super::file_index(&super::file_name(42)), Some(42));
+        assert_eq!(super::file_index("audit-1.jsonl"), None);
+    }
 }

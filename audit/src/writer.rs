@@ -34,10 +34,11 @@ impl AuditConfig {
 /// Why the log could not be opened or a record not written.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log {path}: {source}")]
+    #[error("audit log {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not a `source`: the message already says it, once.
+        error: std::io::Error,
     },
     #[error(
         "audit log {0} is in use by another process (a second collector with the same --audit-dir?)"
@@ -92,7 +93,7 @@ impl AuditLog {
         let dir = config.dir.clone();
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| AuditError::Io { path, source }
+            move |error| AuditError::Io { path, error }
         };
         DirBuilder::new()
             .recursive(true)
@@ -114,7 +115,7 @@ impl AuditLog {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
         let chain = read_chain(&dir, |_| {}).map_err(|e| match e {
-            VerifyError::Io { path, source } => AuditError::Io { path, source },
+            VerifyError::Io { path, error } => AuditError::Io { path, error },
             VerifyError::Broken { dir, brk } => AuditError::Broken { dir, brk },
         })?;
         if let Some(brk) = chain.broken {
@@ -169,9 +170,9 @@ impl AuditLog {
         if state.file.is_none() || full {
             let index = state.index + 1;
             let path = self.dir.join(file_name(index));
-            let io = |source| AuditError::Io {
+            let io = |error| AuditError::Io {
                 path: path.clone(),
-                source,
+                error,
             };
             let file = open_append(&path, true).map_err(io)?;
             File::open(&self.dir)
@@ -190,7 +191,10 @@ impl AuditLog {
             if let Err(undo) = file.set_len(len).and_then(|()| file.sync_data()) {
                 state.poisoned = Some(format!("{}: {source}, then {undo}", path.display()));
             }
-            return Err(AuditError::Io { path, source });
+            return Err(AuditError::Io {
+                path,
+                error: source,
+            });
         }
         state.len += line.len() as u64;
         state.next_seq += 1;
