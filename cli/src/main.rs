@@ -1,6 +1,7 @@
 //! `rxsentry`: the analyst's command line for an rxsentry collector.
 
 mod admin;
+mod audit;
 mod client;
 mod render;
 mod tail;
@@ -30,6 +31,9 @@ enum Command {
     Release(admin::ChangeArgs),
     /// Each host's isolation state, sensor health and last-seen time.
     Hosts(admin::HostsArgs),
+    /// The collector's audit log of analyst actions: `verify` its hash
+    /// chain, `show` its records (reads the directory, not the network).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
             Command::Isolate(args) => admin::change(args, true).await,
             Command::Release(args) => admin::change(args, false).await,
             Command::Hosts(args) => admin::hosts(args).await,
+            Command::Audit(args) => audit::run(args),
         }
     });
     match result {

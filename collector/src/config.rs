@@ -42,6 +42,10 @@ pub struct CollectorConfig {
     pub shutdown_grace: Duration,
     /// Who may use the analyst API (isolate, release, hosts); empty: nobody.
     pub operators: Vec<crate::auth::Operator>,
+    /// The hash-chained audit log of analyst actions (crate `audit`);
+    /// `None` records nothing (embedded collectors in tests). The
+    /// `rxsentry-collector` binary always has one.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 impl Default for CollectorConfig {
@@ -55,6 +59,7 @@ impl Default for CollectorConfig {
             stats_log_interval: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(5),
             operators: Vec::new(),
+            audit: None,
         }
     }
 }
@@ -83,6 +88,9 @@ impl CollectorConfig {
         }
         if self.stats_log_interval.is_some_and(|d| d.is_zero()) {
             return bad("stats_log_interval must not be zero");
+        }
+        if self.audit.as_ref().is_some_and(|a| a.max_file_bytes == 0) {
+            return bad("audit max_file_bytes must be at least 1");
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ use tracing::{info, warn};
 
 use crate::auth::{Operator, authorize};
 use crate::hosts::HostStats;
+use crate::trail::{Trail, clip};
+use audit::{ArgValue, Entry, Outcome};
 
 /// How long an analyst waits for the sensor to apply a command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -247,11 +249,32 @@ impl sensor_control_server::SensorControl for SensorControlService {
     }
 }
 
-/// The analysts' side: isolate, release, hosts; every call authorized.
+/// The analysts' side: isolate, release, hosts; every call authorized,
+/// every change and every refusal recorded in the audit log.
 pub struct AnalystService {
     pub hub: Arc<ControlHub>,
     pub operators: Arc<Vec<Operator>>,
     pub host_stats: Box<dyn Fn() -> std::collections::BTreeMap<String, HostStats> + Send + Sync>,
+    pub trail: Trail,
+}
+
+/// Checks an isolate/release request's fields; the reason, trimmed.
+fn valid_reason(req: &IsolationRequest) -> Result<&str, Status> {
+    if req.host_id.trim().is_empty() {
+        return Err(Status::invalid_argument("host_id is empty"));
+    }
+    let reason = req.reason.trim();
+    if reason.is_empty() {
+        return Err(Status::invalid_argument(
+            "a reason is required (it goes into the audit record)",
+        ));
+    }
+    if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "reason must be at most {MAX_REASON} bytes without control characters"
+        )));
+    }
+    Ok(reason)
 }
 
 impl AnalystService {
@@ -261,27 +284,33 @@ impl AnalystService {
         isolate: bool,
     ) -> Result<Response<IsolationResponse>, Status> {
         let what = if isolate { "isolate" } else { "release" };
-        let operator = authorize(&self.operators, request.metadata()).inspect_err(|e| {
-            warn!(peer = ?request.remote_addr(), code = ?e.code(), "refused {what} request: {}", e.message());
-        })?;
+        let peer = request.remote_addr();
+        let authorized = authorize(&self.operators, request.metadata());
         let req = request.into_inner();
-        if req.host_id.trim().is_empty() {
-            return Err(Status::invalid_argument("host_id is empty"));
-        }
-        let reason = req.reason.trim();
-        if reason.is_empty() {
-            return Err(Status::invalid_argument(
-                "a reason is required (it goes into the audit record)",
-            ));
-        }
-        if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(Status::invalid_argument(format!(
-                "reason must be at most {MAX_REASON} bytes without control characters"
-            )));
-        }
+        let mut entry = Entry::new(what, Outcome::Requested);
+        entry.peer = peer.map(|p| p.to_string());
+        entry.host = Some(clip(&req.host_id));
+        entry
+            .args
+            .insert("reason".into(), ArgValue::One(clip(&req.reason)));
+        let operator = match authorized {
+            Ok(operator) => operator,
+            Err(e) => {
+                warn!(?peer, code = ?e.code(), "refused {what} request: {}", e.message());
+                return Err(self.trail.refused(entry, e).await);
+            }
+        };
+        entry.operator = Some(operator.clone());
+        let reason = match valid_reason(&req) {
+            Ok(reason) => reason.to_owned(),
+            Err(e) => return Err(self.trail.refused(entry, e).await),
+        };
+        entry
+            .args
+            .insert("reason".into(), ArgValue::One(reason.clone()));
         let change = ChangeIsolation {
             requester: operator.clone(),
-            reason: reason.to_owned(),
+            reason: reason.clone(),
         };
         let action = if isolate {
             command::Action::Isolate(change)
@@ -289,16 +318,34 @@ impl AnalystService {
             command::Action::Release(change)
         };
         info!(host_id = req.host_id, operator, reason, "{what} requested");
-        let result = self.hub.command(&req.host_id, action).await?;
-        if !result.ok {
-            return Err(Status::failed_precondition(format!(
+        // Nothing reaches the sensor unless its record is on disk.
+        self.trail.record(entry.clone()).await.map_err(|e| {
+            Status::unavailable(format!(
+                "the audit log cannot record the request, so nothing was sent: {e}"
+            ))
+        })?;
+        let answer = match self.hub.command(&req.host_id, action).await {
+            Ok(result) if result.ok => Ok(result.isolation),
+            Ok(result) => Err(Status::failed_precondition(format!(
                 "the sensor on {:?} refused to {what}: {}",
                 req.host_id, result.error
-            )));
-        }
+            ))),
+            Err(status) => Err(status),
+        };
+        (entry.outcome, entry.detail) = match &answer {
+            Ok(_) => (Outcome::Ok, String::new()),
+            Err(status) => (Outcome::Failed, clip(status.message())),
+        };
+        self.trail.record(entry).await.map_err(|e| {
+            Status::internal(format!(
+                "{what} of {:?} ended ({}), but its audit record could not be written: {e}",
+                req.host_id,
+                answer.as_ref().map_or("failed", |_| "done")
+            ))
+        })?;
         Ok(Response::new(IsolationResponse {
             host_id: req.host_id,
-            isolation: result.isolation,
+            isolation: answer?,
             operator,
         }))
     }
@@ -324,7 +371,12 @@ impl analyst_api_server::AnalystApi for AnalystService {
         &self,
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        authorize(&self.operators, request.metadata())?;
+        let peer = request.remote_addr();
+        if let Err(e) = authorize(&self.operators, request.metadata()) {
+            let mut entry = Entry::new("list_hosts", Outcome::Refused);
+            entry.peer = peer.map(|p| p.to_string());
+            return Err(self.trail.refused(entry, e).await);
+        }
         let stats = (self.host_stats)();
         Ok(Response::new(ListHostsResponse {
             hosts: self.hub.host_infos(&stats),

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod sequence;
 mod server;
 pub mod testkit;
+pub mod trail;
 
 use std::future::Future;
 
@@ -30,6 +31,8 @@ pub enum CollectorError {
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
 }
 
 /// Serves on `listener` with `config` until `shutdown` completes.

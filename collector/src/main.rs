@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -38,7 +39,18 @@ struct Args {
     /// a TOML file of `[[operator]] name = "..." token_sha256 = "<hex>"`.
     /// Without it the analyst API refuses every call.
     #[arg(long, value_name = "FILE")]
-    operators: Option<std::path::PathBuf>,
+    operators: Option<PathBuf>,
+    /// The collector's state directory.
+    #[arg(long, value_name = "DIR", default_value = audit::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The hash-chained audit log of analyst actions (created 0700, files
+    /// 0600); default STATE_DIR/audit. The collector refuses to start if
+    /// the chain there does not verify (`rxsentry audit verify DIR`).
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Size at which an audit file is closed and the next one started.
+    #[arg(long, value_name = "BYTES", default_value_t = audit::DEFAULT_MAX_FILE_BYTES)]
+    audit_max_file_bytes: u64,
 }
 
 #[tokio::main]
@@ -55,8 +67,16 @@ async fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
     tracing::info!(operators = operators.len(), "analyst API operators loaded");
+    let audit = audit::AuditConfig {
+        dir: args
+            .audit_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join(audit::AUDIT_SUBDIR)),
+        max_file_bytes: args.audit_max_file_bytes,
+    };
     let config = CollectorConfig {
         operators,
+        audit: Some(audit),
         max_batch_bytes: args.max_batch_bytes,
         max_decompressed_bytes: args.max_decompressed_bytes,
         max_hosts: args.max_hosts,

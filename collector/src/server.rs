@@ -28,6 +28,7 @@ use crate::fanout::{Fanout, FanoutItem, SubscriberStream, SubscriptionFilter};
 use crate::hosts::{BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
+use crate::trail::{self, OnDrop, Trail};
 use proto::control::v1::{
     analyst_api_server::AnalystApiServer, sensor_control_server::SensorControlServer,
 };
@@ -60,6 +61,7 @@ struct Shared {
     rejected_batches: AtomicU64,
     publish_streams: AtomicU64,
     control: Arc<ControlHub>,
+    trail: Trail,
 }
 
 /// A running or ready-to-run collector. Cheap to clone: clones share state,
@@ -70,9 +72,20 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Checks the configuration and sets up empty state.
+    /// Checks the configuration, opens the audit log (which must verify)
+    /// and sets up empty state.
     pub fn new(config: CollectorConfig) -> Result<Self, CollectorError> {
         config.validate()?;
+        let trail = match &config.audit {
+            Some(audit) => {
+                let log = audit::AuditLog::open(audit)?;
+                let (seq, hash) = log.head();
+                info!(dir = %audit.dir.display(), last_record = seq,
+                    sha256 = %audit::hex(&hash), "audit log verified, continuing its chain");
+                Trail::new(Some(log))
+            }
+            None => Trail::default(),
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: IngestLimits::from(&config),
@@ -83,6 +96,7 @@ impl Collector {
                 rejected_batches: AtomicU64::new(0),
                 publish_streams: AtomicU64::new(0),
                 control: Arc::default(),
+                trail,
             }),
         })
     }
@@ -127,6 +141,7 @@ impl Collector {
         let analyst = AnalystApiServer::new(AnalystService {
             hub: self.shared.control.clone(),
             operators: Arc::new(config.operators.clone()),
+            trail: self.shared.trail.clone(),
             host_stats: Box::new(move || stats_source.hosts().snapshot()),
         })
         .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
@@ -446,15 +461,58 @@ impl TelemetrySubscribe for SubscribeService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
+        // Subscribing needs no token; one that names an operator is
+        // recorded with the subscription.
+        let operator = crate::auth::authorize(&self.shared.config.operators, request.metadata());
         let req = request.into_inner();
-        let filter = SubscriptionFilter::from_request(&req)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let trail = self.shared.trail.clone();
+        let mut entry = subscribe_entry(&req, peer);
+        match &operator {
+            Ok(name) => entry.operator = Some(name.clone()),
+            Err(e) => entry.detail = trail::clip(&format!("no operator: {}", e.message())),
+        }
+        let filter = match SubscriptionFilter::from_request(&req) {
+            Ok(filter) => filter,
+            Err(e) => {
+                let status = Status::invalid_argument(e.to_string());
+                return Err(trail.refused(entry, status).await);
+            }
+        };
         info!(?peer, hosts = ?req.host_ids, kinds = ?req.kinds,
             process_names = ?req.process_names, "subscriber connected");
+        trail.record(entry.clone()).await.map_err(|e| {
+            Status::unavailable(format!(
+                "the audit log cannot record the subscription, so it is refused: {e}"
+            ))
+        })?;
         let stream = self
             .shared
             .fanout
             .subscribe(filter, stopped(self.stop.clone()));
-        Ok(Response::new(stream))
+        let stream = OnDrop::new(stream, move || {
+            entry.action = "unsubscribe".into();
+            entry.detail.clear();
+            // Logged by the trail when it fails; the subscriber is gone.
+            let _ = trail.record_now(entry);
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The audit entry of a subscription: its filter as given (bounded).
+fn subscribe_entry(req: &SubscribeRequest, peer: Option<std::net::SocketAddr>) -> audit::Entry {
+    let mut entry = audit::Entry::new("subscribe", audit::Outcome::Ok);
+    entry.peer = peer.map(|p| p.to_string());
+    let kinds = req.kinds.iter().map(|&k| {
+        proto::telemetry::v1::EventKind::try_from(k)
+            .map_or_else(|_| k.to_string(), |k| k.as_str_name().to_owned())
+    });
+    for (name, items) in [
+        ("hosts", trail::list(req.host_ids.iter().cloned())),
+        ("kinds", trail::list(kinds)),
+        ("processes", trail::list(req.process_names.iter().cloned())),
+    ] {
+        entry.args.insert(name.to_owned(), items);
+    }
+    entry
 }

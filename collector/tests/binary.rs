@@ -3,30 +3,26 @@
 // A test crate: its helpers may unwrap (a panic is a failed test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use collector::testkit::{self, SensorStream};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 #[tokio::test]
 async fn prints_address_serves_and_stops_on_sigterm() {
+    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
         .args(["--listen", "127.0.0.1:0", "--max-batch-bytes", "1000"])
+        .arg("--state-dir")
+        .arg(state.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim_end()
-        .strip_prefix("rxsentry-collector listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let addr = common::listening_line(&mut child)
+        .unwrap_or_else(|line| panic!("unexpected first line {line:?}"));
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     assert!(addr.ip().is_loopback());
     assert_ne!(addr.port(), 0);
@@ -48,16 +44,14 @@ async fn prints_address_serves_and_stops_on_sigterm() {
     let status = s.publish(big).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "collector ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = common::terminate(&mut child).await;
     assert!(status.success(), "{status:?}");
+    // The audit log went under --state-dir, closed to others.
+    let mode = std::fs::metadata(state.path().join("audit"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
 }
 
 #[test]

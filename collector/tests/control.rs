@@ -10,16 +10,11 @@ mod common;
 use std::time::Duration;
 
 use collector::{CollectorConfig, auth::Operator};
-use common::TestCollector;
-use proto::control::v1::{
-    CommandResult, IsolationRequest, IsolationStatus, ListHostsRequest, SensorHello, SensorMessage,
-    analyst_api_client::AnalystApiClient, command, sensor_control_client::SensorControlClient,
-    sensor_message,
-};
+use common::{Api, TestCollector, hosts, isolate, request, sensor, wait_connected};
+use proto::control::v1::{ListHostsRequest, analyst_api_client::AnalystApiClient, command};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request};
+use tonic::Code;
 
 const TOKEN: &str = "op-token";
 
@@ -37,101 +32,6 @@ async fn collector() -> TestCollector {
     .await
 }
 
-/// A stand-in sensor: says hello as `host_id`, answers each command with
-/// `ok` (isolated = the command was isolate), and reports how many
-/// commands it saw.
-async fn sensor(url: &str, host_id: &str, ok: bool) -> mpsc::UnboundedReceiver<command::Action> {
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(SensorMessage {
-        kind: Some(sensor_message::Kind::Hello(SensorHello {
-            host: Some(collector::testkit::host(host_id, "i1")),
-            isolation: Some(IsolationStatus::default()),
-            allowlist_backend: "tracepoint+sigkill".into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut commands = SensorControlClient::connect(url.to_owned())
-        .await
-        .unwrap()
-        .open(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let (seen_tx, seen) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(cmd)) = commands.message().await {
-            let action = cmd.action.clone().unwrap();
-            let isolated = matches!(action, command::Action::Isolate(_));
-            let requester = match &action {
-                command::Action::Isolate(c) | command::Action::Release(c) => c.requester.clone(),
-            };
-            let _ = seen_tx.send(action);
-            let result = CommandResult {
-                command_id: cmd.command_id,
-                ok,
-                error: if ok {
-                    String::new()
-                } else {
-                    "isolation disabled".into()
-                },
-                isolation: ok.then(|| IsolationStatus {
-                    isolated,
-                    requester,
-                    ..Default::default()
-                }),
-            };
-            let reply = SensorMessage {
-                kind: Some(sensor_message::Kind::Result(result)),
-            };
-            if tx.send(reply).await.is_err() {
-                break;
-            }
-        }
-    });
-    seen
-}
-
-fn request<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut r = Request::new(message);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    r
-}
-
-fn isolate(host: &str, reason: &str) -> IsolationRequest {
-    IsolationRequest {
-        host_id: host.into(),
-        reason: reason.into(),
-    }
-}
-
-async fn hosts(api: &mut Api) -> Vec<proto::control::v1::HostInfo> {
-    api.list_hosts(request(ListHostsRequest {}, Some(TOKEN)))
-        .await
-        .unwrap()
-        .into_inner()
-        .hosts
-}
-
-async fn wait_connected(api: &mut Api, host: &str) {
-    for _ in 0..100 {
-        let hosts = hosts(api).await;
-        if hosts
-            .iter()
-            .any(|h| h.host_id == host && h.control_connected)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{host} never showed as connected");
-}
-
-type Api = AnalystApiClient<tonic::transport::Channel>;
-
 /// A collector, a stand-in sensor for `host` (answering `ok`) connected
 /// to it, and an analyst client.
 async fn setup(
@@ -141,7 +41,7 @@ async fn setup(
     let c = collector().await;
     let seen = sensor(&c.url, host, ok).await;
     let mut api = AnalystApiClient::connect(c.url.clone()).await.unwrap();
-    wait_connected(&mut api, host).await;
+    wait_connected(&mut api, host, TOKEN).await;
     (c, seen, api)
 }
 
@@ -195,7 +95,7 @@ async fn isolate_goes_to_the_sensor_and_returns_its_state() {
         ),
         other => panic!("sent {other:?}"),
     }
-    let hosts = hosts(&mut api).await;
+    let hosts = hosts(&mut api, TOKEN).await;
     let h = hosts.iter().find(|h| h.host_id == "kiosk-2").unwrap();
     assert!(h.isolation.as_ref().unwrap().isolated && h.control_connected);
     assert_eq!(h.allowlist_backend, "tracepoint+sigkill");

@@ -48,6 +48,8 @@ pub struct Collector {
     child: Child,
     pub addr: String,
     _log: ChildLog,
+    /// Its --state-dir (the audit log): one per collector, removed after.
+    _state: tempfile::TempDir,
 }
 
 /// `program`, inside network namespace `netns` when given (`ip netns exec`
@@ -84,8 +86,11 @@ impl Collector {
         args: &[&std::ffi::OsStr],
     ) -> anyhow::Result<Self> {
         let log = ChildLog::new("rxsentry-collector")?;
+        let state = tempfile::tempdir()?;
         let mut child = command_in(netns, bin_path("rxsentry-collector"))
             .args(["--listen", listen])
+            .arg("--state-dir")
+            .arg(state.path())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log.stdio()?)
@@ -102,6 +107,7 @@ impl Collector {
             child,
             addr,
             _log: log,
+            _state: state,
         })
     }
 

@@ -4,12 +4,19 @@
 use std::time::Duration;
 
 use collector::{Collector, CollectorConfig};
+use proto::control::v1::{
+    CommandResult, IsolationRequest, IsolationStatus, ListHostsRequest, SensorHello, SensorMessage,
+    analyst_api_client::AnalystApiClient, command, sensor_control_client::SensorControlClient,
+    sensor_message,
+};
 use proto::telemetry::v1::{
     HostEvent, HostRecord, SubscribeRequest, SubscribeResponse, subscribe_response,
     telemetry_subscribe_client::TelemetrySubscribeClient,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
 use tonic::Streaming;
 
 /// Generous bound for anything that should happen "at once".
@@ -127,4 +134,136 @@ pub fn pids(items: &[Got]) -> Vec<u32> {
             _ => None,
         })
         .collect()
+}
+
+/// A stand-in sensor: says hello as `host_id`, answers each command with
+/// `ok` (isolated = the command was isolate), and reports how many
+/// commands it saw.
+pub async fn sensor(
+    url: &str,
+    host_id: &str,
+    ok: bool,
+) -> mpsc::UnboundedReceiver<command::Action> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(SensorMessage {
+        kind: Some(sensor_message::Kind::Hello(SensorHello {
+            host: Some(collector::testkit::host(host_id, "i1")),
+            isolation: Some(IsolationStatus::default()),
+            allowlist_backend: "tracepoint+sigkill".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut commands = SensorControlClient::connect(url.to_owned())
+        .await
+        .unwrap()
+        .open(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(cmd)) = commands.message().await {
+            let action = cmd.action.clone().unwrap();
+            let isolated = matches!(action, command::Action::Isolate(_));
+            let requester = match &action {
+                command::Action::Isolate(c) | command::Action::Release(c) => c.requester.clone(),
+            };
+            let _ = seen_tx.send(action);
+            let result = CommandResult {
+                command_id: cmd.command_id,
+                ok,
+                error: if ok {
+                    String::new()
+                } else {
+                    "isolation disabled".into()
+                },
+                isolation: ok.then(|| IsolationStatus {
+                    isolated,
+                    requester,
+                    ..Default::default()
+                }),
+            };
+            let reply = SensorMessage {
+                kind: Some(sensor_message::Kind::Result(result)),
+            };
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    seen
+}
+
+pub fn request<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+pub fn isolate(host: &str, reason: &str) -> IsolationRequest {
+    IsolationRequest {
+        host_id: host.into(),
+        reason: reason.into(),
+    }
+}
+
+pub async fn hosts(api: &mut Api, token: &str) -> Vec<proto::control::v1::HostInfo> {
+    api.list_hosts(request(ListHostsRequest {}, Some(token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts
+}
+
+/// Polls `ListHosts` until `host`'s control stream shows as connected.
+pub async fn wait_connected(api: &mut Api, host: &str, token: &str) {
+    for _ in 0..100 {
+        let hosts = hosts(api, token).await;
+        if hosts
+            .iter()
+            .any(|h| h.host_id == host && h.control_connected)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{host} never showed as connected");
+}
+
+pub type Api = AnalystApiClient<tonic::transport::Channel>;
+
+/// The `rxsentry-collector` binary's first stdout line: its address
+/// (`host:port`), or the whole line when it is not the listening line.
+pub fn listening_line(child: &mut std::process::Child) -> Result<String, String> {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim_end()
+        .strip_prefix("rxsentry-collector listening on ")
+        .map(str::to_owned)
+        .ok_or(line)
+}
+
+/// SIGTERM to the collector process, then its exit status (within 10 s).
+pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collector ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
