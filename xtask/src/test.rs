@@ -243,7 +243,10 @@ fn render_expected(ran: &[(String, Counts)]) -> String {
 }
 
 /// Every expected suite ran its count of tests, none ignored or filtered
-/// out, and nothing ran that is not expected.
+/// out, and nothing ran that is not expected. Two crates can have a test
+/// file of the same name (cargo's `Running` line does not name the crate),
+/// so a suite may be listed more than once: its counts are compared as a
+/// set.
 pub fn gate(expected: &[(String, u64)], ran: &[(String, Counts)]) -> Vec<String> {
     let mut problems = Vec::new();
     for (suite, c) in ran {
@@ -253,21 +256,35 @@ pub fn gate(expected: &[(String, u64)], ran: &[(String, Counts)]) -> Vec<String>
         if c.filtered_out > 0 {
             problems.push(format!("{suite}: {} test(s) filtered out", c.filtered_out));
         }
-        match expected.iter().find(|(s, _)| s == suite) {
-            None => problems.push(format!(
-                "{suite}: not in {EXPECTED_FILE} (a new suite: add it)"
-            )),
-            Some((_, want)) if c.total() != *want => problems.push(format!(
-                "{suite}: {} test(s), {EXPECTED_FILE} expects {want}",
-                c.total()
-            )),
-            Some(_) => {}
-        }
     }
-    for (suite, want) in expected {
-        if !ran.iter().any(|(s, _)| s == suite) {
-            problems.push(format!("{suite}: did not run ({want} test(s) expected)"));
+    let mut suites: Vec<&str> = ran
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .chain(expected.iter().map(|(s, _)| s.as_str()))
+        .collect();
+    suites.sort_unstable();
+    suites.dedup();
+    for suite in suites {
+        let counts = |of: &mut dyn Iterator<Item = u64>| {
+            let mut v: Vec<u64> = of.collect();
+            v.sort_unstable();
+            v
+        };
+        let got = counts(
+            &mut ran
+                .iter()
+                .filter(|(s, _)| s == suite)
+                .map(|(_, c)| c.total()),
+        );
+        let want = counts(&mut expected.iter().filter(|(s, _)| s == suite).map(|(_, n)| *n));
+        if got == want {
+            continue;
         }
+        problems.push(match (got.is_empty(), want.is_empty()) {
+            (_, true) => format!("{suite}: not in {EXPECTED_FILE} (a new suite: add it)"),
+            (true, _) => format!("{suite}: did not run ({want:?} test(s) expected)"),
+            _ => format!("{suite}: {got:?} test(s), {EXPECTED_FILE} expects {want:?}"),
+        });
     }
     problems
 }
@@ -408,7 +425,7 @@ mod tests {
         let cases: [(Vec<(String, Counts)>, &str); 5] = [
             (
                 vec![ran[0].clone(), ("b tests/b.rs".into(), ok(1))],
-                "expects 2",
+                "expects [2]",
             ),
             (
                 vec![
@@ -454,5 +471,17 @@ mod tests {
             );
         }
         assert!(parse_expected("x tests/a.rs").is_err());
+        // Two crates' tests/a.rs: both counts must be there.
+        let twice = parse_expected("3 a tests/a.rs\n5 a tests/a.rs\n").unwrap();
+        let both = vec![
+            ("a tests/a.rs".to_owned(), ok(5)),
+            ("a tests/a.rs".to_owned(), ok(3)),
+        ];
+        assert!(gate(&twice, &both).is_empty());
+        let one_short = vec![
+            ("a tests/a.rs".to_owned(), ok(5)),
+            ("a tests/a.rs".to_owned(), ok(2)),
+        ];
+        assert!(!gate(&twice, &one_short).is_empty());
     }
 }
