@@ -102,6 +102,7 @@ pub(crate) mod fixtures {
                 host: Some(host()),
                 batch_sequence: 3,
                 event: Some(event),
+                received_unix_ns: 0,
             })),
         }
     }
