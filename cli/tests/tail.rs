@@ -97,6 +97,7 @@ async fn json_output_with_filters_and_count() {
     let h1 = testkit::host("store-1", "a");
     let h2 = testkit::host("store-2", "b");
     let mut s = SensorStream::connect(&c.url).await.unwrap();
+    let before = testkit::now_unix_ns();
     s.publish(testkit::zstd_batch(
         &h2,
         1,
@@ -129,6 +130,19 @@ async fn json_output_with_filters_and_count() {
     assert_eq!(v[0]["process"]["pid"], 2);
     assert_eq!(v[0]["argv"], serde_json::json!(["curl", "-s", "http://x"]));
     assert_eq!(v[1]["filename"], "/usr/bin/id");
+    // The sensor's times as sent, the collector's receive time as set.
+    assert_eq!(v[0]["timestamp_ns"], 1_000_000_002u64);
+    assert_eq!(
+        v[0]["wall_time_unix_ns"],
+        testkit::BOOTED_AT_UNIX_NS + 1_000_000_002
+    );
+    assert_eq!(v[0]["time"], "2026-12-04T12:00:01.000Z");
+    let received = v[0]["received_unix_ns"].as_u64().unwrap();
+    assert!(
+        (before..=testkit::now_unix_ns()).contains(&received),
+        "received {received}"
+    );
+    assert!(v[0]["received_time"].as_str().unwrap().ends_with('Z'));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,13 +171,18 @@ async fn table_shows_events_and_gap_records() {
     let lines = finish(child).await;
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert!(
-        lines[0].trim_start().starts_with("TIME HOST"),
+        lines[0].starts_with(&format!("TIME{}HOST", " ".repeat(21))),
         "{}",
         lines[0]
     );
     assert!(
         lines[1].contains(" exec ") && lines[1].contains("/usr/bin/curl  [curl]"),
         "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].starts_with("2026-12-04T12:00:01.000Z store-0042.local exec "),
+        "UTC time and hostname: {}",
         lines[1]
     );
     assert_eq!(lines[2], "!! store-0042 GAP: batches 2..4 never arrived");

@@ -26,6 +26,9 @@ pub enum FanoutItem {
         host: Arc<HostIdentity>,
         batch_sequence: u64,
         event: Arc<Event>,
+        /// When this collector received the batch (UTC ns since the
+        /// epoch, its own clock): `HostEvent.received_unix_ns`.
+        received_unix_ns: u64,
     },
     Record(Arc<HostRecord>),
 }
@@ -45,10 +48,12 @@ impl FanoutItem {
                 host,
                 batch_sequence,
                 event,
+                received_unix_ns,
             } => subscribe_response::Item::Event(HostEvent {
                 host: Some(HostIdentity::clone(host)),
                 batch_sequence: *batch_sequence,
                 event: Some(Event::clone(event)),
+                received_unix_ns: *received_unix_ns,
             }),
             Self::Record(r) => subscribe_response::Item::Record(HostRecord::clone(r)),
         };
@@ -237,6 +242,7 @@ mod tests {
             host: Arc::new(testkit::host(host_id, "i")),
             batch_sequence: 1,
             event: Arc::new(event),
+            received_unix_ns: 1,
         }
     }
 

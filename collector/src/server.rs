@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use proto::telemetry::v1::{
@@ -256,6 +256,8 @@ impl Shared {
 
     /// Validates, decodes, checks continuity, fans out and acks one batch.
     async fn ingest(&self, batch: SensorBatch) -> Result<BatchAck, Status> {
+        // The collector's own clock, whatever the batch says about time.
+        let received = SystemTime::now();
         let host_id = batch
             .host
             .as_ref()
@@ -298,7 +300,7 @@ impl Shared {
                     event_count: decoded.events.len() as u64,
                     payload_bytes: batch.payload.len() as u64,
                 },
-                SystemTime::now(),
+                received,
             )
             .map_err(|e| self.reject(&e, &host_id, sequence))?;
         if let Some(restart) = &outcome.observation.restart {
@@ -316,16 +318,24 @@ impl Shared {
                 "batch accepted"
             );
             let host = Arc::new(host);
+            let received_unix_ns = unix_ns(received);
             for event in decoded.events {
                 self.fanout.publish(FanoutItem::Event {
                     host: host.clone(),
                     batch_sequence: sequence,
                     event: Arc::new(event),
+                    received_unix_ns,
                 });
             }
         }
         Ok(BatchAck { sequence })
     }
+}
+
+/// UTC ns since the Unix epoch; 0 for a clock set before it.
+pub(crate) fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn log_restart(host_id: &str, instance: &str, restart: &Restart) {

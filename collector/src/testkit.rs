@@ -13,6 +13,28 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+/// CLOCK_REALTIME - CLOCK_BOOTTIME of the test events' sensor: their
+/// `wall_time_unix_ns` is this plus their `timestamp_ns` (the kiosk booted
+/// 2026-12-04T12:00:00Z).
+pub const BOOTED_AT_UNIX_NS: u64 = 1_796_385_600_000_000_000;
+
+/// `timestamp_ns` and `wall_time_unix_ns` of test event number `n`.
+fn event_at(n: u32, kind: event::Kind) -> Event {
+    let timestamp_ns = 1_000_000_000 + u64::from(n);
+    Event {
+        timestamp_ns,
+        wall_time_unix_ns: BOOTED_AT_UNIX_NS + timestamp_ns,
+        kind: Some(kind),
+    }
+}
+
+/// This process's clock as the collector reads it for
+/// `HostEvent.received_unix_ns` (UTC ns since the epoch): an in-process
+/// collector's receive times fall between two calls around a publish.
+pub fn now_unix_ns() -> u64 {
+    crate::server::unix_ns(std::time::SystemTime::now())
+}
+
 /// A host identity with the two fields the collector requires.
 pub fn host(host_id: &str, sensor_instance_id: &str) -> HostIdentity {
     HostIdentity {
@@ -40,39 +62,39 @@ fn process(pid: u32, ppid: u32, comm: &str) -> Process {
 
 /// An exec of `filename` with `argv`, by a process now called `comm`.
 pub fn exec_event(pid: u32, comm: &str, filename: &str, argv: &[&str]) -> Event {
-    Event {
-        timestamp_ns: 1_000_000_000 + u64::from(pid),
-        kind: Some(event::Kind::Exec(ExecEvent {
+    event_at(
+        pid,
+        event::Kind::Exec(ExecEvent {
             process: Some(process(pid, 1, comm)),
             filename: filename.to_owned(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             sha256: "ab".repeat(32),
             ..Default::default()
-        })),
-    }
+        }),
+    )
 }
 
 /// A fork that created `pid` from `ppid`.
 pub fn fork_event(pid: u32, ppid: u32, comm: &str) -> Event {
-    Event {
-        timestamp_ns: 1_000_000_000 + u64::from(pid),
-        kind: Some(event::Kind::Fork(ForkEvent {
+    event_at(
+        pid,
+        event::Kind::Fork(ForkEvent {
             process: Some(process(pid, ppid, comm)),
-        })),
-    }
+        }),
+    )
 }
 
 /// An exit with a status code or a signal.
 pub fn exit_event(pid: u32, comm: &str, exit_code: Option<i32>, signal: Option<i32>) -> Event {
-    Event {
-        timestamp_ns: 1_000_000_000 + u64::from(pid),
-        kind: Some(event::Kind::Exit(ExitEvent {
+    event_at(
+        pid,
+        event::Kind::Exit(ExitEvent {
             process: Some(process(pid, 1, comm)),
             exit_code,
             signal,
             ..Default::default()
-        })),
-    }
+        }),
+    )
 }
 
 fn batch(

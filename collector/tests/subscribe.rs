@@ -199,6 +199,68 @@ async fn gaps_duplicates_restarts_and_drops_are_reported() {
     c.shutdown().await.unwrap();
 }
 
+/// `received_unix_ns` is the collector's clock at the batch's arrival,
+/// whatever times the sensor put in the batch; the sensor's own wall time
+/// passes through untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_time_is_set_by_the_collector() {
+    let c = TestCollector::start_default().await;
+    let mut sub = c.subscribe(SubscribeRequest::default()).await;
+    let host = testkit::host("store-5", "i");
+    let mut s = SensorStream::connect(&c.url).await.unwrap();
+    // A spooled event from 1970, one from 2100, one without wall time.
+    let mut old = testkit::fork_event(1, 1, "old");
+    old.wall_time_unix_ns = 1;
+    let mut future = testkit::fork_event(2, 1, "future");
+    future.wall_time_unix_ns = 4_102_444_800_000_000_000;
+    let mut unknown = testkit::fork_event(3, 1, "unknown");
+    unknown.wall_time_unix_ns = 0;
+    let mut batch = testkit::zstd_batch(&host, 1, vec![old, future, unknown]);
+    batch.sealed_at_ns = u64::MAX;
+
+    let before = testkit::now_unix_ns();
+    s.publish(batch).await.unwrap();
+    let after = testkit::now_unix_ns();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    s.publish(testkit::zstd_batch(
+        &host,
+        2,
+        vec![testkit::fork_event(4, 1, "next")],
+    ))
+    .await
+    .unwrap();
+    let after_second = testkit::now_unix_ns();
+
+    let got = sub.until_pid(4).await;
+    let events: Vec<_> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 4, "{got:?}");
+    let walls: Vec<u64> = events
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().wall_time_unix_ns)
+        .collect();
+    assert_eq!(walls[..3], [1, 4_102_444_800_000_000_000, 0]);
+    for e in &events[..3] {
+        assert!(
+            (before..=after).contains(&e.received_unix_ns),
+            "received {} not within the publish [{before}, {after}]",
+            e.received_unix_ns
+        );
+        assert_eq!(e.received_unix_ns, events[0].received_unix_ns, "one batch");
+    }
+    let second = events[3].received_unix_ns;
+    assert!(
+        second >= after + 50_000_000 && second <= after_second,
+        "{second}"
+    );
+    c.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_told_and_ingest_goes_on() {
     let c = TestCollector::start(CollectorConfig {

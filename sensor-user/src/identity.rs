@@ -79,7 +79,7 @@ pub fn new_instance_id() -> String {
     }
     let mut h = Sha256::new();
     h.update(std::process::id().to_le_bytes());
-    h.update(crate::transport::boottime_ns().to_le_bytes());
+    h.update(crate::clock::boottime_ns().to_le_bytes());
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -2,8 +2,10 @@
 //! `hooks` (kernel programs, ring buffers) -> `events` (decode) -> `enrich`
 //! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
 //! `policy` (exec allowlist) and `watch` (watched files) keep the kernel's
-//! decision maps in sync with their configuration.
+//! decision maps in sync with their configuration. `clock` turns the
+//! kernel's CLOCK_BOOTTIME stamps into UTC wall time.
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -5,6 +5,7 @@
 //! EventSender::push (never blocks; full = counted drop)
 //!   -> bounded queue (pipeline.event_queue_capacity)
 //!   -> "rxsentry-enrich" thread: process table, file hashes (blocking I/O),
+//!      UTC wall time of each event (`clock`; the offset read per run),
 //!      prost encoding (each event once), runs of encoded events
 //!   -> batcher task (tokio timers): seal by count or age, zstd
 //!   -> upload queue (drop-oldest, counted) -> gRPC uploader task
@@ -321,6 +322,10 @@ fn enrich_loop(
         };
         if shared.abandon.load(Relaxed) {
             return;
+        }
+        if run.is_empty() {
+            // A new run: the wall-clock offset is read again (NTP steps).
+            enricher.refresh_clock();
         }
         enricher.enrich_into(event, &mut run);
         counters.events_enriched.fetch_add(1, Relaxed);

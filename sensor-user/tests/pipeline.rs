@@ -134,6 +134,22 @@ async fn events_reach_the_collector_enriched_and_in_order() {
         events.iter().map(|e| e.timestamp_ns).collect::<Vec<_>>(),
         vec![u64::from(PID), u64::from(child), 5_000, 9_000]
     );
+    // Each event's UTC time is its stamp on this host's REALTIME - BOOTTIME
+    // offset (within 1 s: the test reads the offset itself, later).
+    let realtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    let offset = realtime - i128::from(sensor_user::clock::boottime_ns());
+    for e in &events {
+        let expected = i128::from(e.timestamp_ns) + offset;
+        assert!(
+            (i128::from(e.wall_time_unix_ns) - expected).abs() < 1_000_000_000,
+            "wall time {} for stamp {}, expected about {expected}",
+            e.wall_time_unix_ns,
+            e.timestamp_ns
+        );
+    }
     let Some(Kind::Exec(exec)) = &events[2].kind else {
         panic!("exec: {:?}", events[2])
     };

@@ -11,6 +11,14 @@ use proto::telemetry::v1::{
 };
 use tokio::sync::mpsc;
 
+/// The exec in `kind`, if it is one whose argv contains `marker`.
+fn exec_with<'a>(kind: &'a event::Kind, marker: &str) -> Option<&'a ExecEvent> {
+    match kind {
+        event::Kind::Exec(x) if x.argv.iter().any(|a| a == marker) => Some(x),
+        _ => None,
+    }
+}
+
 /// Items received by a subscription, in order.
 pub struct Subscription {
     rx: mpsc::UnboundedReceiver<SubscribeResponse>,
@@ -71,10 +79,21 @@ impl Subscription {
 
     /// Exec events whose argv contains `marker`.
     pub fn execs_with(&self, marker: &str) -> Vec<&ExecEvent> {
-        self.pick(|k| match k {
-            event::Kind::Exec(x) if x.argv.iter().any(|a| a == marker) => Some(x),
-            _ => None,
-        })
+        self.pick(|k| exec_with(k, marker))
+    }
+
+    /// [`Self::execs_with`], as received: with host, batch and times.
+    pub fn exec_host_events_with(&self, marker: &str) -> Vec<&HostEvent> {
+        self.events
+            .iter()
+            .filter(|e| {
+                e.event
+                    .as_ref()
+                    .and_then(|e| e.kind.as_ref())
+                    .and_then(|k| exec_with(k, marker))
+                    .is_some()
+            })
+            .collect()
     }
 
     /// Exit events of process `pid`.

@@ -15,6 +15,16 @@ fn sha256_hex(path: &str) -> String {
         .collect()
 }
 
+/// What "within a few seconds" of the test's own clock means.
+const SLACK_NS: u64 = 3_000_000_000;
+
+/// This process's CLOCK_REALTIME, UTC ns since the epoch.
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_fork_and_exit_reach_a_subscriber() -> anyhow::Result<()> {
     let collector = Collector::start().await?;
@@ -22,18 +32,21 @@ async fn exec_fork_and_exit_reach_a_subscriber() -> anyhow::Result<()> {
     let sensor = Sensor::start(&collector, SensorOptions::default()).await?;
 
     let marker = marker("exec-marker");
+    let spawned_at = unix_ns();
     let status = std::process::Command::new("/bin/sh")
         .args(["-c", "exit 7", &marker])
         .spawn()?;
     let mut child = status;
     let child_pid = child.id();
     let exit = child.wait()?;
+    let exited_at = unix_ns();
     assert_eq!(exit.code(), Some(7));
 
     sub.until(Duration::from_secs(20), |s| {
         !s.execs_with(&marker).is_empty() && !s.exits_of(child_pid).is_empty()
     })
     .await?;
+    let seen_at = unix_ns();
 
     let execs = sub.execs_with(&marker);
     assert_eq!(execs.len(), 1, "exactly one exec of the marked command");
@@ -63,6 +76,21 @@ async fn exec_fork_and_exit_reach_a_subscriber() -> anyhow::Result<()> {
             .any(|a| a.starts_with(&format!("{}:", std::process::id()))),
         "lineage {:?} names the test process",
         process.lineage
+    );
+
+    // The exec's UTC time, made by the sensor from the kernel's stamp, is
+    // when the test ran it (a few seconds' slack for the offset and NTP);
+    // the collector's receive time comes after it.
+    let received = sub.exec_host_events_with(&marker)[0];
+    let wall = received.event.as_ref().expect("event").wall_time_unix_ns;
+    assert!(
+        wall + SLACK_NS >= spawned_at && wall <= exited_at + SLACK_NS,
+        "exec wall time {wall} not within [{spawned_at}, {exited_at}] +- {SLACK_NS} ns"
+    );
+    assert!(
+        received.received_unix_ns + SLACK_NS >= wall && received.received_unix_ns <= seen_at,
+        "received at {} (exec at {wall}, seen by the test at {seen_at})",
+        received.received_unix_ns
     );
 
     let exits = sub.exits_of(child_pid);

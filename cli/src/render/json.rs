@@ -8,7 +8,7 @@ use proto::telemetry::v1::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{file_operation, kind_and_process};
+use super::{file_operation, kind_and_process, time};
 
 pub fn render(response: &SubscribeResponse) -> Value {
     match &response.item {
@@ -56,12 +56,22 @@ fn process_json(p: &Process) -> Value {
 fn event_json(e: &HostEvent) -> Value {
     let mut m = with_host("event", e.host.as_ref());
     m.insert("batch_sequence".into(), e.batch_sequence.into());
+    m.insert("received_unix_ns".into(), e.received_unix_ns.into());
+    m.insert(
+        "received_time".into(),
+        time::utc_if_known(e.received_unix_ns).into(),
+    );
     let Some(event) = &e.event else {
         m.insert("kind".into(), "unknown".into());
         return m.into();
     };
     let (kind, process) = kind_and_process(event);
     m.insert("timestamp_ns".into(), event.timestamp_ns.into());
+    m.insert("wall_time_unix_ns".into(), event.wall_time_unix_ns.into());
+    m.insert(
+        "time".into(),
+        time::utc_if_known(event.wall_time_unix_ns).into(),
+    );
     m.insert("kind".into(), kind.into());
     m.insert("process".into(), process.map_or(Value::Null, process_json));
     let extra = match &event.kind {
@@ -217,6 +227,7 @@ fn record_json(r: &HostRecord) -> Value {
 mod tests {
     use super::super::fixtures;
     use super::*;
+    use collector::testkit;
     use sequence_record::Kind;
 
     #[test]
@@ -228,6 +239,13 @@ mod tests {
         assert_eq!(v["hostname"], "kiosk-42");
         assert_eq!(v["batch_sequence"], 3);
         assert_eq!(v["timestamp_ns"], 12_345_678_901_234u64);
+        assert_eq!(
+            v["wall_time_unix_ns"],
+            testkit::BOOTED_AT_UNIX_NS + 12_345_678_901_234
+        );
+        assert_eq!(v["time"], "2026-12-04T15:25:45.678Z");
+        assert_eq!(v["received_unix_ns"], fixtures::RECEIVED_UNIX_NS);
+        assert_eq!(v["received_time"], "2026-12-04T13:00:30.000Z");
         assert_eq!(v["process"]["pid"], 4242);
         assert_eq!(v["process"]["comm"], "curl");
         assert_eq!(v["filename"], "/usr/bin/curl");
@@ -294,6 +312,17 @@ mod tests {
             json!([{"name": "pos.example", "qtype": 1, "type": "A"}])
         );
         assert_eq!(v["bytes_received"], 34000);
+    }
+
+    #[test]
+    fn unknown_times_are_null_and_raw_stamps_stay() {
+        let v = render(&fixtures::exec_without_wall_time());
+        assert_eq!(v["wall_time_unix_ns"], 0);
+        assert_eq!(v["time"], Value::Null);
+        assert_eq!(v["timestamp_ns"], 12_345_678_901_234u64);
+        let v = render(&fixtures::file_read(3));
+        assert_eq!(v["repeat_first_ns"], 4_000_000_000u64);
+        assert_eq!(v["repeat_last_ns"], 4_900_000_000u64);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod json;
 mod table;
+mod time;
 
 use proto::telemetry::v1::{
     Event, FileEvent, HostIdentity, Process, SubscribeResponse, event, file_event,
@@ -74,6 +75,14 @@ fn host_id(host: Option<&HostIdentity>) -> &str {
     host.map_or("?", |h| h.host_id.as_str())
 }
 
+/// The host as an analyst knows it: its hostname, else its id.
+fn host_name(host: Option<&HostIdentity>) -> &str {
+    match host {
+        Some(h) if !h.hostname.is_empty() => &h.hostname,
+        _ => host_id(host),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Responses as the collector sends them, built on the collector's
@@ -95,15 +104,44 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// When the fixtures' collector received their batch:
+    /// 2026-12-04T12:00:00Z plus 1 h 30 s (the sensor's wall times are
+    /// [`testkit::BOOTED_AT_UNIX_NS`] plus their boot stamps).
+    pub const RECEIVED_UNIX_NS: u64 = testkit::BOOTED_AT_UNIX_NS + 3_630_000_000_000;
+
     fn wrap(timestamp_ns: u64, mut event: Event) -> SubscribeResponse {
         event.timestamp_ns = timestamp_ns;
+        event.wall_time_unix_ns = testkit::BOOTED_AT_UNIX_NS + timestamp_ns;
         SubscribeResponse {
             item: Some(subscribe_response::Item::Event(HostEvent {
                 host: Some(host()),
                 batch_sequence: 3,
                 event: Some(event),
+                received_unix_ns: RECEIVED_UNIX_NS,
             })),
         }
+    }
+
+    /// An exec from a sensor older than `wall_time_unix_ns`.
+    pub fn exec_without_wall_time() -> SubscribeResponse {
+        let mut response = exec(&["curl"], false);
+        if let Some(subscribe_response::Item::Event(e)) = &mut response.item
+            && let Some(event) = &mut e.event
+        {
+            event.wall_time_unix_ns = 0;
+        }
+        response
+    }
+
+    /// An event of a host that reported no hostname.
+    pub fn fork_of_unnamed_host() -> SubscribeResponse {
+        let mut response = fork();
+        if let Some(subscribe_response::Item::Event(e)) = &mut response.item
+            && let Some(host) = &mut e.host
+        {
+            host.hostname.clear();
+        }
+        response
     }
 
     pub fn exec(argv: &[&str], truncated: bool) -> SubscribeResponse {

@@ -5,12 +5,12 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, IsolationEvent,
+    DropCounters, Event, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, IsolationEvent,
     NetworkEvent, PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record,
     isolation_event, network_event, policy_event, sequence_record, subscribe_response,
 };
 
-use super::{file_operation, host_id, kind_and_process};
+use super::{file_operation, host_id, host_name, kind_and_process, time};
 
 /// Hex digits of the SHA-256 shown (enough to tell files apart at a glance).
 const SHORT_HASH: usize = 12;
@@ -27,7 +27,7 @@ fn row(
     comm: &str,
     details: &str,
 ) -> String {
-    format!("{time:>13} {host:<14} {kind:<9} {pid:>7} {ppid:>7} {uid:>6} {comm:<16} {details}")
+    format!("{time:<24} {host:<14} {kind:<9} {pid:>7} {ppid:>7} {uid:>6} {comm:<16} {details}")
         .trim_end()
         .to_owned()
 }
@@ -49,16 +49,6 @@ pub fn render(response: &SubscribeResponse) -> String {
     }
 }
 
-/// Boot-relative seconds with milliseconds: the sensor's clock is
-/// CLOCK_BOOTTIME, which has no wall-clock meaning off the host.
-fn boot_seconds(ns: u64) -> String {
-    format!(
-        "{}.{:03}",
-        ns / 1_000_000_000,
-        ns % 1_000_000_000 / 1_000_000
-    )
-}
-
 fn event_line(e: &HostEvent) -> String {
     let Some(event) = &e.event else {
         return format!(
@@ -75,14 +65,14 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Fork(_)) => format!("parent={}", num(|p| p.ppid)),
         Some(event::Kind::Exit(x)) => exit_details(x),
         Some(event::Kind::Policy(p)) => policy_details(p),
-        Some(event::Kind::File(f)) => file_details(f),
+        Some(event::Kind::File(f)) => file_details(event, f),
         Some(event::Kind::Network(n)) => network_details(n),
         Some(event::Kind::Isolation(i)) => isolation_details(i),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
-        &boot_seconds(event.timestamp_ns),
-        &clean(host_id(e.host.as_ref())),
+        &time::event_time(event),
+        &clean(host_name(e.host.as_ref())),
         kind,
         &num(|p| p.pid),
         &num(|p| p.ppid),
@@ -92,7 +82,7 @@ fn event_line(e: &HostEvent) -> String {
     )
 }
 
-fn file_details(f: &FileEvent) -> String {
+fn file_details(event: &Event, f: &FileEvent) -> String {
     let mut out = format!("{} {}", file_operation(f), clean(&f.path));
     if !f.new_path.is_empty() {
         let _ = write!(out, " -> {}", clean(&f.new_path));
@@ -117,7 +107,7 @@ fn file_details(f: &FileEvent) -> String {
             out,
             "  x{} more since {}",
             f.repeats,
-            boot_seconds(f.repeat_first_ns)
+            time::related_time(event, f.repeat_first_ns)
         );
     }
     out
@@ -335,7 +325,7 @@ mod tests {
     fn header_and_rows_line_up() {
         let h = header();
         let line = render(&fixtures::exec(&["curl", "-s"], false));
-        assert!(h.starts_with("         TIME HOST"), "{h}");
+        assert!(h.starts_with(&format!("TIME{}HOST", " ".repeat(21))), "{h}");
         let details_at = h.find("DETAILS").unwrap();
         assert_eq!(
             &line[details_at..details_at + 13],
@@ -350,7 +340,7 @@ mod tests {
         let line = render(&fixtures::exec(&["curl", "-s", "http://x"], false));
         assert_eq!(
             line,
-            "    12345.678 store-0042     exec         4242       1   1000 curl             \
+            "2026-12-04T15:25:45.678Z kiosk-42       exec         4242       1   1000 curl             \
              /usr/bin/curl  [curl -s http://x]  sha256:0123456789ab"
         );
     }
@@ -379,7 +369,7 @@ mod tests {
     fn fork_shows_parent() {
         let line = render(&fixtures::fork());
         assert!(
-            line.starts_with("        1.500 store-0042     fork         4243    4242"),
+            line.starts_with("2026-12-04T12:00:01.500Z kiosk-42       fork         4243    4242"),
             "{line}"
         );
         assert!(line.ends_with("parent=4242"), "{line}");
@@ -446,9 +436,32 @@ mod tests {
         );
         let line = render(&fixtures::file_read(49_999));
         assert!(
-            line.ends_with("read /var/lib/pharmacy/rx.db  x49999 more since 4.000"),
+            line.ends_with(
+                "read /var/lib/pharmacy/rx.db  x49999 more since 2026-12-04T12:00:04.000Z"
+            ),
             "its summary: {line}"
         );
+    }
+
+    #[test]
+    fn time_is_utc_and_host_is_the_hostname() {
+        let line = render(&fixtures::exec(&["curl"], false));
+        assert!(
+            line.starts_with("2026-12-04T15:25:45.678Z kiosk-42 "),
+            "the sensor's wall time, not boot seconds; the hostname, not the id: {line}"
+        );
+        assert!(!line.contains("store-0042"), "{line}");
+        let line = render(&fixtures::exec_without_wall_time());
+        assert!(
+            line.starts_with("boot+12345.678           kiosk-42 "),
+            "an older sensor's event keeps its boot time, marked: {line}"
+        );
+        let line = render(&fixtures::fork_of_unnamed_host());
+        assert!(
+            line.starts_with("2026-12-04T12:00:01.500Z store-0042 "),
+            "no hostname: the id: {line}"
+        );
+        assert_eq!(header().find("HOST"), line.find("store-0042"));
     }
 
     #[test]
@@ -462,11 +475,5 @@ mod tests {
         let line = render(&fixtures::exec(&["x\u{1b}[2J", "a\rb"], false));
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.contains(r"x\u{1b}[2J"), "{line}");
-    }
-
-    #[test]
-    fn boot_time_has_milliseconds() {
-        assert_eq!(boot_seconds(0), "0.000");
-        assert_eq!(boot_seconds(1_002_999_999), "1.002");
     }
 }

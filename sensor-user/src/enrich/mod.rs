@@ -17,6 +17,7 @@ use proto::telemetry::v1::{
 };
 
 use crate::{
+    clock::{EventTime, WallClock},
     config::Config,
     events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord, TaskIdentity},
     transport::EncodedEvents,
@@ -32,10 +33,17 @@ pub struct Enricher {
     /// Scratch for [`Self::enrich_into`]'s process field, kept to reuse
     /// its allocation.
     process_buf: Vec<u8>,
+    /// Kernel stamps -> UTC, fixed here where each event is encoded once.
+    clock: WallClock,
 }
 
 impl Enricher {
     pub fn new(config: &Config) -> Self {
+        Self::with_clock(config, WallClock::default())
+    }
+
+    /// [`Self::new`] with the given wall clock (tests step it).
+    pub fn with_clock(config: &Config, clock: WallClock) -> Self {
         Self {
             table: ProcessTable::new(
                 config.process_table.max_entries,
@@ -43,7 +51,15 @@ impl Enricher {
             ),
             hashes: HashCache::new(config.hashing.cache_entries, config.hashing.max_file_bytes),
             process_buf: Vec::new(),
+            clock,
         }
+    }
+
+    /// Reads the CLOCK_REALTIME - CLOCK_BOOTTIME offset again: the
+    /// pipeline calls it at the start of every run of events, so an NTP
+    /// step is followed within one run (see `clock`).
+    pub fn refresh_clock(&mut self) {
+        self.clock.refresh();
     }
 
     /// Fills the process table with what already runs (normally `/proc`),
@@ -66,12 +82,13 @@ impl Enricher {
 
     /// One kernel event -> one telemetry event. Blocking (may hash a file).
     pub fn enrich(&mut self, event: KernelEvent) -> Event {
-        let (timestamp_ns, mut kind, process) = self.enrich_with(event, ProcessTable::describe);
+        let (time, mut kind, process) = self.enrich_with(event, ProcessTable::describe);
         if let Some(slot) = process_slot(&mut kind) {
             *slot = Some(process);
         }
         Event {
-            timestamp_ns,
+            timestamp_ns: time.timestamp_ns,
+            wall_time_unix_ns: time.wall_time_unix_ns,
             kind: Some(kind),
         }
     }
@@ -83,10 +100,10 @@ impl Enricher {
     pub fn enrich_into(&mut self, event: KernelEvent, out: &mut EncodedEvents) {
         let mut process = std::mem::take(&mut self.process_buf);
         process.clear();
-        let (timestamp_ns, kind, ()) = self.enrich_with(event, |table, task| {
+        let (time, kind, ()) = self.enrich_with(event, |table, task| {
             table.encode_description(task, &mut process)
         });
-        out.push_with_process(timestamp_ns, &kind, &process);
+        out.push_with_process(time, &kind, &process);
         self.process_buf = process;
     }
 
@@ -97,8 +114,12 @@ impl Enricher {
         &mut self,
         event: KernelEvent,
         mut describe: impl FnMut(&mut ProcessTable, &TaskIdentity) -> P,
-    ) -> (u64, Kind, P) {
+    ) -> (EventTime, Kind, P) {
         let timestamp_ns = event.timestamp_ns();
+        let time = EventTime {
+            timestamp_ns,
+            wall_time_unix_ns: self.clock.wall_ns(timestamp_ns),
+        };
         let (kind, process) = match event {
             KernelEvent::Exec(exec) => {
                 let hash = self.hashes.hash_exec(&exec);
@@ -148,7 +169,7 @@ impl Enricher {
                 (Kind::Network(network::network_event(*net)), process)
             }
         };
-        (timestamp_ns, kind, process)
+        (time, kind, process)
     }
 }
 
@@ -257,7 +278,20 @@ impl Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::tests::FakeClocks;
     use crate::events::{ExecRecord, ExitRecord, ForkRecord, TaskIdentity};
+
+    /// 2026-12-04T12:00:00Z in ns since the epoch, as CLOCK_REALTIME -
+    /// CLOCK_BOOTTIME (the kiosk booted then).
+    const BOOTED_AT: i64 = 1_796_385_600_000_000_000;
+
+    /// An enricher whose clocks read CLOCK_BOOTTIME 1 ms and the offset
+    /// [`BOOTED_AT`], returned to be stepped.
+    fn enricher_at_noon() -> (Enricher, std::sync::Arc<FakeClocks>) {
+        let clocks = FakeClocks::new(1_000_000, BOOTED_AT);
+        let clock = WallClock::new(clocks.clone());
+        (Enricher::with_clock(&Config::default(), clock), clocks)
+    }
 
     fn task(tgid: u32, ppid: u32, comm: &str, start: u64) -> TaskIdentity {
         TaskIdentity {
@@ -273,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let prog = dir.path().join("prog");
         std::fs::write(&prog, b"abc").expect("write");
-        let mut e = Enricher::new(&Config::default());
+        let (mut e, _) = enricher_at_noon();
         let parent = task(0x7fff_ff00, 1, "sh", 10);
         let child = task(0x7fff_ff01, 0x7fff_ff00, "sh", 100);
         e.enrich(KernelEvent::Fork(ForkRecord {
@@ -287,6 +321,7 @@ mod tests {
             partial: false,
         }));
         assert_eq!(fork.timestamp_ns, 100);
+        assert_eq!(fork.wall_time_unix_ns, BOOTED_AT as u64 + 100);
         let Some(Kind::Fork(f)) = fork.kind else {
             panic!("fork kind")
         };
@@ -447,8 +482,8 @@ mod tests {
             file(&child_execd, 501),
             net(&child_execd, 502),
         ];
-        let mut old_way = Enricher::new(&Config::default());
-        let mut new_way = Enricher::new(&Config::default());
+        let (mut old_way, _) = enricher_at_noon();
+        let (mut new_way, _) = enricher_at_noon();
         let mut wants = Vec::new();
         let mut got = EncodedEvents::default();
         for event in events {
@@ -492,5 +527,42 @@ mod tests {
         assert!(x.sha256.is_empty());
         assert!(!x.hash_error.is_empty());
         assert_eq!(e.hash_stats().errors, 1);
+    }
+
+    /// The wall time is fixed as each event is enriched (encoded), from
+    /// its kernel stamp; a clock step shows from the next run on.
+    #[test]
+    fn wall_time_follows_a_clock_step_from_the_next_run() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mut e, clocks) = enricher_at_noon();
+        let fork = |ts: u64| {
+            KernelEvent::Fork(ForkRecord {
+                timestamp_ns: ts,
+                task: task(0x7fff_ff30, 1, "sh", 5),
+                partial: false,
+            })
+        };
+        let mut run = EncodedEvents::default();
+        e.enrich_into(fork(2_000_000), &mut run);
+        // NTP steps the clock back 2 s; the run goes on with the old offset.
+        let stepped = BOOTED_AT - 2_000_000_000;
+        clocks.offset.store(stepped, SeqCst);
+        e.enrich_into(fork(3_000_000), &mut run);
+        e.refresh_clock();
+        e.enrich_into(fork(4_000_000), &mut run);
+        // A zero stamp has no wall time either.
+        e.enrich_into(fork(0), &mut run);
+        let batch = <proto::telemetry::v1::EventBatch as prost::Message>::decode(run.as_bytes())
+            .expect("decodes");
+        let walls: Vec<u64> = batch.events.iter().map(|e| e.wall_time_unix_ns).collect();
+        assert_eq!(
+            walls,
+            [
+                BOOTED_AT as u64 + 2_000_000,
+                BOOTED_AT as u64 + 3_000_000,
+                stepped as u64 + 4_000_000,
+                0
+            ]
+        );
     }
 }

@@ -26,8 +26,8 @@ use sensor_common::{IsolationAllowKey, IsolationState};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    clock,
     config::{IsolationConfig, proto_number},
-    transport::boottime_ns,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -380,8 +380,10 @@ impl Isolation {
             Action::Release => isolation_event::Action::Release,
             Action::Reapply => isolation_event::Action::Reapply,
         };
+        let now = clock::now();
         Event {
-            timestamp_ns: boottime_ns(),
+            timestamp_ns: now.timestamp_ns,
+            wall_time_unix_ns: now.wall_time_unix_ns,
             kind: Some(event::Kind::Isolation(IsolationEvent {
                 action: action as i32,
                 requester: change.requester.clone(),
@@ -539,7 +541,7 @@ mod tests {
         for n in 1..=3 {
             let e = Event {
                 timestamp_ns: n,
-                kind: None,
+                ..Default::default()
             };
             spool::write(dir.path(), &e).unwrap();
         }

@@ -20,7 +20,8 @@ use tokio::{
     time::Instant,
 };
 
-use super::{DropTracker, boottime_ns};
+use super::DropTracker;
+use crate::clock::{EventTime, boottime_ns};
 
 /// Why a batch could not be sealed (its events are counted as dropped).
 #[derive(Debug, thiserror::Error)]
@@ -66,24 +67,26 @@ impl EncodedEvents {
         out
     }
 
-    /// Appends `Event { timestamp_ns, kind }` with `process` (the prost
-    /// encoding of a `Process`, without tag or length) put into `kind`,
-    /// whose own `process` must be `None`: byte for byte what prost writes
-    /// for the complete event, as `process` is field 1 of every kind that
-    /// has one and prost writes fields in number order.
+    /// Appends `Event { timestamp_ns, wall_time_unix_ns, kind }` with
+    /// `process` (the prost encoding of a `Process`, without tag or length)
+    /// put into `kind`, whose own `process` must be `None`: byte for byte
+    /// what prost writes for the complete event, as `process` is field 1 of
+    /// every kind that has one and prost writes fields in number order
+    /// (the times are fields 1 and 2 of `Event`, the kinds 10 and up).
     ///
     /// A kind without a process field (isolation) is encoded as it is.
-    pub fn push_with_process(&mut self, timestamp_ns: u64, kind: &Kind, process: &[u8]) {
+    pub fn push_with_process(&mut self, time: EventTime, kind: &Kind, process: &[u8]) {
         match kind {
-            Kind::Exec(m) => self.push_spliced(timestamp_ns, 10, m, process),
-            Kind::Fork(m) => self.push_spliced(timestamp_ns, 11, m, process),
-            Kind::Exit(m) => self.push_spliced(timestamp_ns, 12, m, process),
-            Kind::File(m) => self.push_spliced(timestamp_ns, 13, m, process),
-            Kind::Network(m) => self.push_spliced(timestamp_ns, 14, m, process),
-            Kind::Policy(m) => self.push_spliced(timestamp_ns, 15, m, process),
+            Kind::Exec(m) => self.push_spliced(time, 10, m, process),
+            Kind::Fork(m) => self.push_spliced(time, 11, m, process),
+            Kind::Exit(m) => self.push_spliced(time, 12, m, process),
+            Kind::File(m) => self.push_spliced(time, 13, m, process),
+            Kind::Network(m) => self.push_spliced(time, 14, m, process),
+            Kind::Policy(m) => self.push_spliced(time, 15, m, process),
             Kind::Isolation(_) => {
                 let event = Event {
-                    timestamp_ns,
+                    timestamp_ns: time.timestamp_ns,
+                    wall_time_unix_ns: time.wall_time_unix_ns,
                     kind: Some(kind.clone()),
                 };
                 self.push_frame(event.encoded_len(), |buf| event.encode_raw(buf));
@@ -91,18 +94,24 @@ impl EncodedEvents {
         }
     }
 
-    /// `Event` field 1 (`timestamp_ns`), then field `tag` holding `process`
-    /// as field 1 followed by the fields of `m`.
-    fn push_spliced(&mut self, timestamp_ns: u64, tag: u32, m: &impl Message, process: &[u8]) {
+    /// `Event` fields 1 and 2 (the times, each only when non-zero, as
+    /// prost leaves out proto3 defaults), then field `tag` holding
+    /// `process` as field 1 followed by the fields of `m`.
+    fn push_spliced(&mut self, time: EventTime, tag: u32, m: &impl Message, process: &[u8]) {
         let process_len = key_len(1) + encoded_len_varint(process.len() as u64) + process.len();
         let inner_len = process_len + m.encoded_len();
         let mut len = key_len(tag) + encoded_len_varint(inner_len as u64) + inner_len;
-        if timestamp_ns != 0 {
-            len += key_len(1) + encoded_len_varint(timestamp_ns);
+        let times = [(1, time.timestamp_ns), (2, time.wall_time_unix_ns)];
+        for (field, value) in times {
+            if value != 0 {
+                len += key_len(field) + encoded_len_varint(value);
+            }
         }
         self.push_frame(len, |out| {
-            if timestamp_ns != 0 {
-                prost::encoding::uint64::encode(1, &timestamp_ns, out);
+            for (field, value) in times {
+                if value != 0 {
+                    prost::encoding::uint64::encode(field, &value, out);
+                }
             }
             encode_key(tag, WireType::LengthDelimited, out);
             encode_varint(inner_len as u64, out);
@@ -377,6 +386,7 @@ mod tests {
     fn ev(pid: u32) -> Event {
         Event {
             timestamp_ns: u64::from(pid) * 1000,
+            wall_time_unix_ns: 0,
             kind: Some(Kind::Fork(ForkEvent {
                 process: Some(Process {
                     pid,
@@ -543,10 +553,27 @@ mod tests {
                 ..Default::default()
             }),
         ];
-        for (timestamp_ns, process) in [(0, Process::default()), (1 << 40, process)] {
+        let times = [
+            (EventTime::default(), Process::default()),
+            (
+                EventTime {
+                    timestamp_ns: 1 << 40,
+                    wall_time_unix_ns: 0,
+                },
+                process.clone(),
+            ),
+            (
+                EventTime {
+                    timestamp_ns: 1 << 40,
+                    wall_time_unix_ns: 1_796_385_600_123_456_789,
+                },
+                process,
+            ),
+        ];
+        for (time, process) in times {
             for kind in &kinds {
                 let mut got = EncodedEvents::default();
-                got.push_with_process(timestamp_ns, kind, &process.encode_to_vec());
+                got.push_with_process(time, kind, &process.encode_to_vec());
                 let mut whole = kind.clone();
                 match &mut whole {
                     Kind::Exec(e) => e.process = Some(process.clone()),
@@ -558,7 +585,8 @@ mod tests {
                     Kind::Isolation(_) => unreachable!(),
                 }
                 let want = Event {
-                    timestamp_ns,
+                    timestamp_ns: time.timestamp_ns,
+                    wall_time_unix_ns: time.wall_time_unix_ns,
                     kind: Some(whole),
                 };
                 let batch = EventBatch { events: vec![want] };
@@ -572,11 +600,16 @@ mod tests {
         let want = EventBatch {
             events: vec![Event {
                 timestamp_ns: 7,
+                wall_time_unix_ns: 8,
                 kind: Some(isolation.clone()),
             }],
         };
         let mut got = EncodedEvents::default();
-        got.push_with_process(7, &isolation, b"");
+        let time = EventTime {
+            timestamp_ns: 7,
+            wall_time_unix_ns: 8,
+        };
+        got.push_with_process(time, &isolation, b"");
         assert_eq!(got.as_bytes(), want.encode_to_vec());
     }
 
@@ -646,6 +679,7 @@ mod tests {
         // Events of more than 127 bytes: two-byte frame lengths.
         let big = |pid: u32| Event {
             timestamp_ns: u64::from(pid),
+            wall_time_unix_ns: 0,
             kind: Some(Kind::Fork(ForkEvent {
                 process: Some(Process {
                     pid,
