@@ -7,6 +7,7 @@
 //! they run with `--test-threads=1` (`cargo xtask test` does this).
 
 pub mod cgroup;
+pub mod exe;
 pub mod netns;
 pub mod open_hook;
 pub mod procs;

@@ -407,7 +407,7 @@ impl Host {
 /// picked out of the stream.
 fn exec_marker(lab: &Lab, marker: &str) -> anyhow::Result<()> {
     let path = lab.dir.path().join(marker);
-    std::fs::copy("/bin/true", &path)?;
+    tests::exe::copy_executable(Path::new("/bin/true"), &path)?;
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.term.name])
         .arg(&path)
@@ -657,7 +657,7 @@ async fn local_isolation(lab: Lab) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<()> {
-    use std::os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _};
+    use std::os::unix::process::ExitStatusExt as _;
 
     let lab = Lab::new().await?;
     let soc = Soc::start(&lab).await?;
@@ -678,8 +678,7 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
         ),
     )?;
     let intruder = lab.dir.path().join("intruder");
-    std::fs::copy("/usr/bin/touch", &intruder)?;
-    std::fs::set_permissions(&intruder, std::fs::Permissions::from_mode(0o755))?;
+    tests::exe::copy_executable(Path::new("/usr/bin/touch"), &intruder)?;
     let rule = format!(
         "[policy]\npath = \"{}\"\n[[response]]\nname = \"burst\"\non = \"exec_blocked\"\nthreshold = 3\nwithin_secs = 60\naction = \"isolate\"\n",
         policy.display()

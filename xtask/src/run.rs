@@ -394,11 +394,11 @@ mod tests {
             ("rxsentry-sensor", format!("{record}{sensor_body}")),
             ("rxsentry", format!("{record}exec sleep 60\n")),
         ];
+        // Not fs::write + chmod: other test threads fork meanwhile, and a
+        // child that inherited the writable fd makes the exec fail with
+        // ETXTBSY until it execs itself (see ::tests::exe).
         for (name, body) in scripts {
-            let path = dir.join(name);
-            fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
+            ::tests::exe::write_executable(&dir.join(name), format!("#!/bin/sh\n{body}")).unwrap();
         }
         let config = dir.join("sensor.toml");
         fs::write(
