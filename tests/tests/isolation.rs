@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tests::{
-    Collector, Sensor, bin_path, marker,
+    Collector, InNetns, Process, Sensor, Stderr, bin_path, marker,
     netns::{Bpffs, End, Netns, veth},
     procs::command_in,
 };
@@ -41,7 +41,7 @@ struct Lab {
     bpffs: Bpffs,
     dir: tempfile::TempDir,
     /// Echo servers (kept alive until the lab goes).
-    servers: Vec<Child>,
+    servers: Vec<Process>,
     /// Extra `[isolation]` keys of every sensor config.
     isolation_keys: String,
 }
@@ -104,16 +104,15 @@ impl Lab {
 
     /// A dual-stack echo server on PORT in `ns`.
     async fn serve(&mut self, ns: &str) -> anyhow::Result<()> {
-        let mut child = command_in(Some(ns), PROBE)
-            .args(["serve", "::", PORT])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        tokio::time::timeout(Duration::from_secs(5), lines.next_line())
-            .await
-            .context("echo server did not start")??;
-        self.servers.push(child);
+        let (server, _) = Process::start(
+            "echo server",
+            command_in(Some(ns), PROBE).args(["serve", "::", PORT]),
+            "",
+            Duration::from_secs(5),
+            Stderr::Inherit,
+        )
+        .await?;
+        self.servers.push(server);
         Ok(())
     }
 
@@ -222,14 +221,11 @@ impl Lab {
 
     /// `rxsentry-sensor ARGS` inside `term` with the lab's config.
     async fn local(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(
-            command_in(Some(&self.term.name), bin_path("rxsentry-sensor"))
-                .arg("--config")
-                .arg(self.config_file()?)
-                .args(args)
-                .output()
-                .await?,
-        )
+        Sensor::with_config_file(self.config_file()?)
+            .netns(InNetns::IpExec(self.term.name.clone()))
+            .args(args)
+            .output()
+            .await
     }
 }
 
