@@ -39,7 +39,10 @@ use proto::telemetry::v1::{
     telemetry_subscribe_client::TelemetrySubscribeClient,
 };
 
-use crate::{build, target_dir, workspace_root};
+use crate::{
+    build,
+    cmd::{target_dir, workspace_root},
+};
 
 mod files;
 mod net;
@@ -850,7 +853,7 @@ impl Report {
 
 /// Hex SHA-256 of a file (the bench policy names what it allows by hash).
 fn sha256_of(path: &Path) -> Result<String> {
-    let out = crate::output_of("sha256sum", &[&path.to_string_lossy()])?;
+    let out = crate::cmd::output_of("sha256sum", &[&path.to_string_lossy()])?;
     out.split_whitespace()
         .next()
         .map(str::to_owned)

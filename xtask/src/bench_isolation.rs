@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 
 use tests::netns::{Bpffs, End, Netns, veth};
 
-use crate::target_dir;
+use crate::cmd::target_dir;
 
 const PORT: &str = "7100";
 const COLLECTOR_PORT: &str = "50051";
@@ -189,7 +189,7 @@ impl Soc {
     fn start(lab: &Lab) -> Result<Self> {
         let token_file = lab.dir.path().join("token");
         std::fs::write(&token_file, TOKEN)?;
-        let digest = crate::output_of("sha256sum", &[&token_file.to_string_lossy()])?;
+        let digest = crate::cmd::output_of("sha256sum", &[&token_file.to_string_lossy()])?;
         let digest = digest.split_whitespace().next().context("sha256sum")?;
         let operators = lab.dir.path().join("operators.toml");
         std::fs::write(

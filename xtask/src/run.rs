@@ -30,7 +30,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{build, describe, setup, target_dir, workspace_root};
+use crate::{
+    build,
+    cmd::{describe, target_dir, workspace_root},
+    setup,
+};
 
 const LISTEN: &str = "127.0.0.1:50051";
 const DEFAULT_CONFIG: &str = "sensor-user/config/rxsentry-sensor.example.toml";

@@ -20,7 +20,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cargo, describe, setup, target_dir, vm};
+use crate::{
+    build,
+    cmd::{cargo, describe, target_dir},
+    setup, vm,
+};
 
 /// Counts from libtest's `test result:` lines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

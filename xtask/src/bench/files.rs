@@ -27,7 +27,7 @@ use collector::Collector;
 use tests::HeldOpenHook;
 
 use super::{BpfStats, SensorProcess, StormTime, host_totals, median};
-use crate::target_dir;
+use crate::cmd::target_dir;
 
 /// Files per directory; the storm cycles through them.
 const FILES: usize = 64;
