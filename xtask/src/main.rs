@@ -7,7 +7,6 @@
 //! it.
 
 mod bench;
-mod bench_isolation;
 mod build;
 mod cmd;
 mod run;
