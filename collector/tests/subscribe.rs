@@ -332,7 +332,7 @@ async fn shutdown_ends_open_streams() {
         .await
         .unwrap();
     c.shutdown().await.unwrap();
-    let end = tokio::time::timeout(common::WAIT, sub.0.message())
+    let end = tokio::time::timeout(common::WAIT, sub.0.next())
         .await
         .unwrap();
     assert!(

@@ -1,7 +1,7 @@
-//! Harness for the integration tests: starts the real `rxsentry-collector`
-//! and `rxsentry-sensor` binaries (built by `cargo xtask build`), subscribes
-//! to the collector over gRPC on loopback, and cleans everything up on drop,
-//! even when a test fails.
+//! Harness for the integration tests and `cargo xtask bench`: starts the
+//! real `rxsentry-collector` and `rxsentry-sensor` binaries (built by `cargo
+//! xtask build`), subscribes to the collector over gRPC, and cleans
+//! everything up on drop, even when a test fails.
 //!
 //! The tests need root (they load eBPF programs) and share kernel state, so
 //! they run with `--test-threads=1` (`cargo xtask test` does this).
@@ -9,13 +9,17 @@
 use anyhow::Context as _;
 
 pub mod cgroup;
+pub mod exe;
 pub mod netns;
 pub mod open_hook;
 pub mod procs;
 pub mod stream;
 
 pub use open_hook::HeldOpenHook;
-pub use procs::{Collector, Sensor, SensorOptions, bin_path, sensor_with_config};
+pub use procs::{
+    Collector, InNetns, Process, Sensor, SensorCommand, SensorOptions, Stderr, bin_path,
+    sensor_with_config,
+};
 pub use stream::Subscription;
 
 /// A marker unique to one test run, to find the test's own events among the

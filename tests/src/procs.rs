@@ -1,6 +1,16 @@
-//! Child processes under test, killed on drop.
+//! The processes under test: `rxsentry-sensor`, `rxsentry-collector` and
+//! helper servers, started the same way by the integration tests and by
+//! `cargo xtask bench`. Each waits for its readiness line on stdout, keeps
+//! its stderr for the failure report and is SIGKILLed on drop if still
+//! running.
 
-use std::{io::Write as _, path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    ffi::{OsStr, OsString},
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Output, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -9,15 +19,167 @@ use tokio::{
     process::{Child, Command},
 };
 
+/// The sensor's line on stdout once its programs are attached.
+pub const SENSOR_READY: &str = "rxsentry-sensor ready";
+/// The collector's line on stdout, followed by its address.
+pub const COLLECTOR_LISTENING: &str = "rxsentry-collector listening on";
+
 /// Where the release binaries are: `RXSENTRY_BIN_DIR` (set by `cargo xtask
-/// test`), else `target/release` of this workspace.
+/// test`), else `release` in cargo's target directory of this workspace
+/// (`CARGO_TARGET_DIR` honoured, as `cargo xtask build` does).
 pub fn bin_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("RXSENTRY_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release"))
+            let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+            match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+                Some(dir) => root.join(dir).join("release"), // an absolute one is kept as is
+                None => root.join("target/release"),
+            }
         });
     dir.join(name)
+}
+
+/// Which network namespace a child runs in.
+#[derive(Clone, Debug, Default)]
+pub enum InNetns {
+    /// This process's.
+    #[default]
+    No,
+    /// `ip netns exec NAME`, which also mounts a /sys of the namespace's own
+    /// (hiding tracefs and the cgroup2 tree).
+    IpExec(String),
+    /// `nsenter --net=/run/netns/NAME`: the network namespace only, this
+    /// mount namespace kept.
+    NetOnly(String),
+}
+
+impl InNetns {
+    /// `program` run this way (both tools exec it, so the child's pid is the
+    /// program's).
+    pub fn std_command(&self, program: impl AsRef<OsStr>) -> std::process::Command {
+        match self {
+            Self::No => std::process::Command::new(program),
+            Self::IpExec(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            Self::NetOnly(ns) => {
+                let mut c = std::process::Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+        }
+    }
+
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        Command::from(self.std_command(program))
+    }
+}
+
+/// `program`, inside network namespace `netns` (`ip netns exec`) when given.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    netns
+        .map_or(InNetns::No, |ns| InNetns::IpExec(ns.to_owned()))
+        .command(program)
+}
+
+/// Where a child's stderr goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stderr {
+    /// A temporary file: [`Process::log`] reads it, and it is printed if the
+    /// thread panics.
+    #[default]
+    Keep,
+    /// This process's stderr (the bench shows the sensor's warnings live).
+    Inherit,
+}
+
+/// A running child, SIGKILLed on drop if still alive.
+pub struct Process {
+    child: Child,
+    name: String,
+    log: Option<ChildLog>,
+}
+
+impl Process {
+    /// Spawns `cmd` (stdout piped, stderr as asked) and waits up to
+    /// `timeout` for a stdout line that starts with `ready` (any line if
+    /// empty). Returns the process and the rest of that line; the remaining
+    /// stdout keeps being drained.
+    pub async fn start(
+        name: &str,
+        cmd: &mut Command,
+        ready: &str,
+        timeout: Duration,
+        stderr: Stderr,
+    ) -> anyhow::Result<(Self, String)> {
+        let log = match stderr {
+            Stderr::Keep => Some(ChildLog::new(name)?),
+            Stderr::Inherit => None,
+        };
+        let stderr = match &log {
+            Some(log) => log.stdio()?,
+            None => Stdio::inherit(),
+        };
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name} (run `cargo xtask build`)"))?;
+        let mut process = Self {
+            child,
+            name: name.to_owned(),
+            log,
+        };
+        match wait_for_line(&mut process.child, ready, timeout).await {
+            Ok(rest) => Ok((process, rest)),
+            Err(e) if process.log.is_some() => Err(e.context(format!(
+                "{name} did not start; its stderr:\n{}",
+                process.log()
+            ))),
+            Err(e) => Err(e.context(format!("{name} did not start"))),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// What it wrote to stderr so far (nothing if inherited).
+    pub fn log(&self) -> String {
+        self.log.as_ref().map(ChildLog::read).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), signal)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then its exit status (within 20 s).
+    pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within 20 s of SIGTERM", self.name))??;
+        Ok(status)
+    }
+
+    /// SIGKILL, no chance to clean up: what a crash looks like.
+    pub async fn kill(mut self) -> anyhow::Result<ExitStatus> {
+        self.child.start_kill()?;
+        Ok(
+            tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .with_context(|| format!("{} did not die within 10 s of SIGKILL", self.name))??,
+        )
+    }
 }
 
 /// Waits for a line on the child's stdout that starts with `prefix`, and
@@ -43,37 +205,16 @@ async fn wait_for_line(
     Ok(found)
 }
 
-/// A running `rxsentry-collector` on an ephemeral loopback port.
+/// A running `rxsentry-collector`.
 pub struct Collector {
-    child: Child,
+    process: Process,
     pub addr: String,
-    _log: ChildLog,
     /// Its --state-dir (the audit log): one per collector, removed after.
     _state: tempfile::TempDir,
 }
 
-/// `program`, inside network namespace `netns` when given (`ip netns exec`
-/// execs it, so the child's pid is the program's).
-pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    match netns {
-        // `nsenter:<name>`: the network namespace only, mounts kept.
-        Some(ns) if ns.starts_with("nsenter:") => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{}", &ns["nsenter:".len()..]))
-                .arg("--")
-                .arg(program);
-            c
-        }
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
 impl Collector {
+    /// On an ephemeral loopback port.
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(None, "127.0.0.1:0", &[]).await
     }
@@ -83,30 +224,25 @@ impl Collector {
     pub async fn start_with(
         netns: Option<&str>,
         listen: &str,
-        args: &[&std::ffi::OsStr],
+        args: &[&OsStr],
     ) -> anyhow::Result<Self> {
-        let log = ChildLog::new("rxsentry-collector")?;
         let state = tempfile::tempdir()?;
-        let mut child = command_in(netns, bin_path("rxsentry-collector"))
-            .args(["--listen", listen])
+        let mut cmd = command_in(netns, bin_path("rxsentry-collector"));
+        cmd.args(["--listen", listen])
             .arg("--state-dir")
             .arg(state.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(log.stdio()?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting rxsentry-collector (run `cargo xtask build`)")?;
-        let addr = wait_for_line(
-            &mut child,
-            "rxsentry-collector listening on",
+            .args(args);
+        let (process, addr) = Process::start(
+            "rxsentry-collector",
+            &mut cmd,
+            COLLECTOR_LISTENING,
             Duration::from_secs(20),
+            Stderr::Keep,
         )
         .await?;
         Ok(Self {
-            child,
+            process,
             addr,
-            _log: log,
             _state: state,
         })
     }
@@ -115,12 +251,12 @@ impl Collector {
         format!("http://{}", self.addr)
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 
-/// How to start a sensor.
+/// How to start a sensor with [`Sensor::start`].
 pub struct SensorOptions {
     /// Extra TOML appended to a config that points at the collector.
     pub extra_config: String,
@@ -135,60 +271,113 @@ impl Default for SensorOptions {
     }
 }
 
-/// A running `rxsentry-sensor`, SIGKILLed on drop if still alive (its
-/// programs detach when its fds close).
-pub struct Sensor {
-    child: Child,
-    _config: tempfile::NamedTempFile,
-    _log: ChildLog,
+/// The config a [`SensorCommand`] passes with `--config`.
+enum Config {
+    /// Written to a temporary file first.
+    Text(String),
+    File(PathBuf),
 }
 
-impl Sensor {
-    /// A sensor in network namespace `netns` with exactly `config` (TOML),
-    /// entered with `nsenter --net`, which keeps this mount namespace:
-    /// `ip netns exec` remounts /sys, hiding tracefs (the file and network
-    /// hooks read tracepoints there) and the cgroup2 tree an allowlist
-    /// policy's `scope_cgroups` names. A kiosk's sensor sees both.
-    pub async fn start_in(netns: &str, config: &str) -> anyhow::Result<Self> {
-        Self::spawn(Some(&format!("nsenter:{netns}")), config).await
+/// `rxsentry-sensor --config CONFIG [ARGS]`: started as the daemon
+/// ([`SensorCommand::start`]) or run to its end ([`SensorCommand::output`]).
+pub struct SensorCommand {
+    config: Config,
+    netns: InNetns,
+    args: Vec<OsString>,
+    stderr: Stderr,
+}
+
+impl SensorCommand {
+    /// In a network namespace (see [`InNetns`]).
+    pub fn netns(mut self, netns: InNetns) -> Self {
+        self.netns = netns;
+        self
     }
 
-    async fn spawn(netns: Option<&str>, config: &str) -> anyhow::Result<Self> {
-        let mut file = tempfile::NamedTempFile::new()?;
-        file.write_all(config.as_bytes())?;
-        file.flush()?;
-        let log = ChildLog::new("rxsentry-sensor")?;
-        let mut child = command_in(netns, bin_path("rxsentry-sensor"))
-            .arg("--config")
-            .arg(file.path())
-            .stdout(Stdio::piped())
-            .stderr(log.stdio()?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting rxsentry-sensor (run `cargo xtask build`)")?;
-        if let Err(e) =
-            wait_for_line(&mut child, "rxsentry-sensor ready", Duration::from_secs(30)).await
-        {
-            let text = std::fs::read_to_string(log.file.path()).unwrap_or_default();
-            return Err(e.context(format!("the sensor did not start; its stderr:\n{text}")));
-        }
-        Ok(Self {
-            child,
-            _config: file,
-            _log: log,
+    /// Extra command-line arguments after `--config PATH`.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Where its stderr goes (kept in a temporary file by default).
+    pub fn stderr(mut self, stderr: Stderr) -> Self {
+        self.stderr = stderr;
+        self
+    }
+
+    /// The command, and the temporary config file it reads (if any).
+    fn command(&self) -> anyhow::Result<(Command, Option<tempfile::NamedTempFile>)> {
+        let (path, file) = match &self.config {
+            Config::Text(text) => {
+                let mut file = tempfile::NamedTempFile::new()?;
+                file.write_all(text.as_bytes())?;
+                file.flush()?;
+                (file.path().to_owned(), Some(file))
+            }
+            Config::File(path) => (path.clone(), None),
+        };
+        let mut cmd = self.netns.command(bin_path("rxsentry-sensor"));
+        cmd.arg("--config").arg(path).args(&self.args);
+        Ok((cmd, file))
+    }
+
+    /// Starts the daemon and waits (up to 30 s) until it prints
+    /// [`SENSOR_READY`].
+    pub async fn start(self) -> anyhow::Result<Sensor> {
+        let (mut cmd, config) = self.command()?;
+        let (process, _) = Process::start(
+            "rxsentry-sensor",
+            &mut cmd,
+            SENSOR_READY,
+            Duration::from_secs(30),
+            self.stderr,
+        )
+        .await?;
+        Ok(Sensor {
+            process,
+            _config: config,
         })
     }
 
-    /// SIGKILL, no chance to clean up: what a crash looks like.
-    pub async fn kill(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        self.child.start_kill()?;
-        Ok(
-            tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-                .await
-                .context("sensor did not die within 10 s of SIGKILL")??,
-        )
+    /// Runs it to its end (a subcommand, or a config it refuses); its
+    /// status, stdout and stderr.
+    pub async fn output(self) -> anyhow::Result<Output> {
+        let (mut cmd, _config) = self.command()?;
+        Ok(cmd.kill_on_drop(true).output().await?)
+    }
+}
+
+/// A running `rxsentry-sensor`, SIGKILLed on drop if still alive (its
+/// programs detach when its fds close).
+pub struct Sensor {
+    process: Process,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+impl Sensor {
+    /// `rxsentry-sensor` with exactly `config` (TOML).
+    pub fn with_config(config: impl Into<String>) -> SensorCommand {
+        Self::command(Config::Text(config.into()))
     }
 
+    /// `rxsentry-sensor` with the config file at `path`.
+    pub fn with_config_file(path: impl Into<PathBuf>) -> SensorCommand {
+        Self::command(Config::File(path.into()))
+    }
+
+    fn command(config: Config) -> SensorCommand {
+        SensorCommand {
+            config,
+            netns: InNetns::No,
+            args: Vec::new(),
+            stderr: Stderr::Keep,
+        }
+    }
+
+    /// A sensor pointed at `collector`, with a test host id and label and
+    /// `options.extra_config`.
     pub async fn start(collector: &Collector, options: SensorOptions) -> anyhow::Result<Self> {
         let config = format!(
             "[host]\nid = \"test-{}\"\n[host.labels]\nstore = \"test\"\n[collector]\nendpoint = \"{}\"\n{}",
@@ -196,46 +385,56 @@ impl Sensor {
             collector.url(),
             options.extra_config
         );
-        Self::spawn(None, &config).await
+        Self::with_config(config).start().await
+    }
+
+    /// A sensor in network namespace `netns` with exactly `config` (TOML),
+    /// entered with `nsenter --net`, which keeps this mount namespace:
+    /// `ip netns exec` remounts /sys, hiding tracefs (the file and network
+    /// hooks read tracepoints there) and the cgroup2 tree an allowlist
+    /// policy's `scope_cgroups` names. A kiosk's sensor sees both.
+    pub async fn start_in(netns: &str, config: &str) -> anyhow::Result<Self> {
+        Self::with_config(config)
+            .netns(InNetns::NetOnly(netns.to_owned()))
+            .start()
+            .await
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        self.process.pid()
     }
 
     /// Sends SIGHUP (policy reload).
     pub fn hangup(&self) -> anyhow::Result<()> {
-        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), Signal::SIGHUP)?;
-        Ok(())
+        self.process.signal(Signal::SIGHUP)
     }
 
-    /// What the sensor logged so far.
+    /// What the sensor logged so far (nothing if its stderr is inherited).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._log.file.path()).unwrap_or_default()
+        self.process.log()
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        if let Some(pid) = self.child.id() {
-            nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
-        }
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .context("sensor did not exit within 20 s of SIGTERM")??;
-        Ok(status)
+    /// SIGKILL, no chance to clean up: what a crash looks like.
+    pub async fn kill(self) -> anyhow::Result<ExitStatus> {
+        self.process.kill().await
+    }
+
+    /// SIGTERM, then wait (up to 20 s) for its exit status.
+    pub async fn stop(self) -> anyhow::Result<ExitStatus> {
+        self.process.stop().await
     }
 }
 
 /// A child's stderr, kept in a temporary file and printed if the test fails.
 struct ChildLog {
-    name: &'static str,
+    name: String,
     file: tempfile::NamedTempFile,
 }
 
 impl ChildLog {
-    fn new(name: &'static str) -> anyhow::Result<Self> {
+    fn new(name: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            name,
+            name: name.to_owned(),
             file: tempfile::NamedTempFile::new()?,
         })
     }
@@ -243,15 +442,20 @@ impl ChildLog {
     fn stdio(&self) -> anyhow::Result<Stdio> {
         Ok(Stdio::from(self.file.reopen()?))
     }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(self.file.path()).unwrap_or_default()
+    }
 }
 
 impl Drop for ChildLog {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let text = std::fs::read_to_string(self.file.path()).unwrap_or_default();
             eprintln!(
-                "----- {} stderr -----\n{text}----- end {} -----",
-                self.name, self.name
+                "----- {} stderr -----\n{}----- end {} -----",
+                self.name,
+                self.read(),
+                self.name
             );
         }
     }
@@ -259,20 +463,10 @@ impl Drop for ChildLog {
 
 /// Runs `rxsentry-sensor --config <text>` expecting it to refuse to start;
 /// returns its exit status and stderr.
-pub async fn sensor_with_config(text: &str) -> anyhow::Result<(std::process::ExitStatus, String)> {
-    let mut config = tempfile::NamedTempFile::new()?;
-    config.write_all(text.as_bytes())?;
-    config.flush()?;
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        Command::new(bin_path("rxsentry-sensor"))
-            .arg("--config")
-            .arg(config.path())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("sensor neither started nor failed within 20 s")??;
+pub async fn sensor_with_config(text: &str) -> anyhow::Result<(ExitStatus, String)> {
+    let out = tokio::time::timeout(Duration::from_secs(20), Sensor::with_config(text).output())
+        .await
+        .context("sensor neither started nor failed within 20 s")??;
     Ok((
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -1,5 +1,6 @@
-//! A subscriber on the collector that keeps everything it receives, so a test
-//! can wait for the events it caused.
+//! A subscriber on the collector: the integration tests keep everything it
+//! receives so a test can wait for the events it caused; the bench counts
+//! them as they arrive; the collector's own tests read one item at a time.
 
 use std::time::Duration;
 
@@ -10,6 +11,17 @@ use proto::telemetry::v1::{
     telemetry_subscribe_client::TelemetrySubscribeClient,
 };
 use tokio::sync::mpsc;
+use tonic::Streaming;
+
+/// Where a subscription's items come from.
+enum Source {
+    /// A task reads ahead into a queue: the collector never sees this
+    /// subscriber fall behind, however long the test leaves it unread.
+    ReadAhead(mpsc::UnboundedReceiver<SubscribeResponse>),
+    /// The stream itself, read only when asked: a subscriber that does not
+    /// read falls behind at the collector (and is told it lagged).
+    OnDemand(Box<Streaming<SubscribeResponse>>),
+}
 
 /// The exec in `kind`, if it is one whose argv contains `marker`.
 fn exec_with<'a>(kind: &'a event::Kind, marker: &str) -> Option<&'a ExecEvent> {
@@ -21,17 +33,15 @@ fn exec_with<'a>(kind: &'a event::Kind, marker: &str) -> Option<&'a ExecEvent> {
 
 /// Items received by a subscription, in order.
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<SubscribeResponse>,
+    source: Source,
     pub events: Vec<HostEvent>,
     pub records: Vec<HostRecord>,
 }
 
 impl Subscription {
+    /// Subscribes with a task that reads ahead (see [`Subscription::until`]).
     pub async fn open(url: &str, request: SubscribeRequest) -> anyhow::Result<Self> {
-        let mut client = TelemetrySubscribeClient::connect(url.to_owned())
-            .await
-            .context("connecting to the collector")?;
-        let mut stream = client.subscribe(request).await?.into_inner();
+        let mut stream = Self::stream(url, request).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(Some(item)) = stream.message().await {
@@ -40,11 +50,42 @@ impl Subscription {
                 }
             }
         });
-        Ok(Self {
-            rx,
+        Ok(Self::new(Source::ReadAhead(rx)))
+    }
+
+    /// Subscribes without reading ahead: items are read from the collector
+    /// by [`Subscription::next`] only.
+    pub async fn open_on_demand(url: &str, request: SubscribeRequest) -> anyhow::Result<Self> {
+        Ok(Self::new(Source::OnDemand(Box::new(
+            Self::stream(url, request).await?,
+        ))))
+    }
+
+    async fn stream(
+        url: &str,
+        request: SubscribeRequest,
+    ) -> anyhow::Result<Streaming<SubscribeResponse>> {
+        let mut client = TelemetrySubscribeClient::connect(url.to_owned())
+            .await
+            .context("connecting to the collector")?;
+        Ok(client.subscribe(request).await?.into_inner())
+    }
+
+    fn new(source: Source) -> Self {
+        Self {
+            source,
             events: Vec::new(),
             records: Vec::new(),
-        })
+        }
+    }
+
+    /// The next response as the collector sent it; `None` once the stream
+    /// ended (a read-ahead subscription ends on an error too).
+    pub async fn next(&mut self) -> anyhow::Result<Option<SubscribeResponse>> {
+        match &mut self.source {
+            Source::ReadAhead(rx) => Ok(rx.recv().await),
+            Source::OnDemand(stream) => Ok(stream.message().await?),
+        }
     }
 
     /// Receives until `done(self)` holds or the timeout passes.
@@ -55,9 +96,9 @@ impl Subscription {
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         while !done(self) {
-            let item = tokio::time::timeout_at(deadline, self.rx.recv())
+            let item = tokio::time::timeout_at(deadline, self.next())
                 .await
-                .context("timed out waiting for events")?
+                .context("timed out waiting for events")??
                 .context("subscription closed")?;
             match item.item {
                 Some(Item::Event(e)) => self.events.push(e),

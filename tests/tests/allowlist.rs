@@ -42,8 +42,7 @@ impl Setup {
     /// Copy of /usr/bin/touch under a new name: same code, new inode.
     fn copy_of_touch(&self, name: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(name);
-        std::fs::copy("/usr/bin/touch", &path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        tests::exe::copy_executable(Path::new("/usr/bin/touch"), &path)?;
         Ok(path)
     }
 
@@ -204,10 +203,7 @@ async fn modified_allowlisted_binary_loses_trust() -> anyhow::Result<()> {
     sub.events.clear();
 
     // Append one byte: same inode, new size and ctime, new hash.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&tool)?
-        .write_all(b"\0")?;
+    tests::exe::append_to_executable(&tool, b"\0")?;
     let (status, created) = setup.run(&tool, "after")?;
     assert_eq!(status.signal(), Some(9), "{status}");
     assert!(!created);
@@ -253,13 +249,12 @@ async fn monitor_mode_reports_but_does_not_block() -> anyhow::Result<()> {
     // A script run through its interpreter is reported with the script's
     // path (the verdict is on the interpreter the kernel executes).
     let script = setup.dir.path().join("restock.sh");
-    std::fs::write(
+    tests::exe::write_executable(
         &script,
         "#!/bin/sh
 exit 0
 ",
     )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     assert!(setup.cgroup.command(&script).status()?.success());
     let script_path = script.display().to_string();
     sub.until(Duration::from_secs(20), |s| {
@@ -405,7 +400,7 @@ async fn fileless_and_loader_tricks_are_blocked() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let swapped = setup.dir.path().join("swapped");
-    std::fs::copy(&intruder, &swapped)?;
+    tests::exe::copy_executable(&intruder, &swapped)?;
     std::fs::rename(&swapped, &tool)?;
     let (status, created) = setup.run(&tool, "tool-swapped")?;
     assert_eq!(status.signal(), Some(9), "renamed-over binary: {status}");

@@ -354,7 +354,7 @@ async fn exclusions_failed_opens_writes_and_execs() -> anyhow::Result<()> {
     std::fs::write(tree.dir.path().join("phi/cache/tmp"), b"cached")?;
     // An excluded program: a copy of cat only this test runs.
     let quiet_cat = tree.path("other/quiet-cat");
-    std::fs::copy("/bin/cat", &quiet_cat)?;
+    tests::exe::copy_executable(Path::new("/bin/cat"), Path::new(&quiet_cat))?;
     let files = format!(
         "exclude_paths = [\"{}\"]\nexclude_processes = [\"{quiet_cat}\"]",
         tree.path("phi/cache")
@@ -391,7 +391,7 @@ async fn exclusions_failed_opens_writes_and_execs() -> anyhow::Result<()> {
         &["-c", &format!("echo more >> {}", tree.path("phi/rx.db"))],
     )?;
     let tool = tree.path("phi/tool");
-    std::fs::copy("/bin/true", &tool)?;
+    tests::exe::copy_executable(Path::new("/bin/true"), Path::new(&tool))?;
     let executed = run(&tool, &[])?;
     barrier(&mut sub, &tree).await?;
 

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tests::{
-    Collector, Sensor, bin_path, marker,
+    Collector, InNetns, Process, Sensor, Stderr, bin_path, marker,
     netns::{Bpffs, End, Netns, veth},
     procs::command_in,
 };
@@ -41,7 +41,7 @@ struct Lab {
     bpffs: Bpffs,
     dir: tempfile::TempDir,
     /// Echo servers (kept alive until the lab goes).
-    servers: Vec<Child>,
+    servers: Vec<Process>,
     /// Extra `[isolation]` keys of every sensor config.
     isolation_keys: String,
 }
@@ -104,16 +104,15 @@ impl Lab {
 
     /// A dual-stack echo server on PORT in `ns`.
     async fn serve(&mut self, ns: &str) -> anyhow::Result<()> {
-        let mut child = command_in(Some(ns), PROBE)
-            .args(["serve", "::", PORT])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        tokio::time::timeout(Duration::from_secs(5), lines.next_line())
-            .await
-            .context("echo server did not start")??;
-        self.servers.push(child);
+        let (server, _) = Process::start(
+            "echo server",
+            command_in(Some(ns), PROBE).args(["serve", "::", PORT]),
+            "",
+            Duration::from_secs(5),
+            Stderr::Inherit,
+        )
+        .await?;
+        self.servers.push(server);
         Ok(())
     }
 
@@ -222,14 +221,11 @@ impl Lab {
 
     /// `rxsentry-sensor ARGS` inside `term` with the lab's config.
     async fn local(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(
-            command_in(Some(&self.term.name), bin_path("rxsentry-sensor"))
-                .arg("--config")
-                .arg(self.config_file()?)
-                .args(args)
-                .output()
-                .await?,
-        )
+        Sensor::with_config_file(self.config_file()?)
+            .netns(InNetns::IpExec(self.term.name.clone()))
+            .args(args)
+            .output()
+            .await
     }
 }
 
@@ -407,7 +403,7 @@ impl Host {
 /// picked out of the stream.
 fn exec_marker(lab: &Lab, marker: &str) -> anyhow::Result<()> {
     let path = lab.dir.path().join(marker);
-    std::fs::copy("/bin/true", &path)?;
+    tests::exe::copy_executable(Path::new("/bin/true"), &path)?;
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.term.name])
         .arg(&path)
@@ -657,7 +653,7 @@ async fn local_isolation(lab: Lab) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<()> {
-    use std::os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _};
+    use std::os::unix::process::ExitStatusExt as _;
 
     let lab = Lab::new().await?;
     let soc = Soc::start(&lab).await?;
@@ -678,8 +674,7 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
         ),
     )?;
     let intruder = lab.dir.path().join("intruder");
-    std::fs::copy("/usr/bin/touch", &intruder)?;
-    std::fs::set_permissions(&intruder, std::fs::Permissions::from_mode(0o755))?;
+    tests::exe::copy_executable(Path::new("/usr/bin/touch"), &intruder)?;
     let rule = format!(
         "[policy]\npath = \"{}\"\n[[response]]\nname = \"burst\"\non = \"exec_blocked\"\nthreshold = 3\nwithin_secs = 60\naction = \"isolate\"\n",
         policy.display()

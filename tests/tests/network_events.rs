@@ -369,7 +369,7 @@ async fn excluded_ports_and_programs_yield_no_event() -> anyhow::Result<()> {
     // An excluded program: a copy of the interpreter (its own inode).
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("excluded-python");
-    std::fs::copy(std::fs::canonicalize(tests::netns::python())?, &copy)?;
+    tests::exe::copy_executable(&std::fs::canonicalize(tests::netns::python())?, &copy)?;
     let copy = copy.to_str().expect("utf-8 temp path").to_owned();
     let collector = Collector::start().await?;
     let mut sub = subscribe(&collector).await?;

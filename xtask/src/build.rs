@@ -5,7 +5,10 @@
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::{cargo, run_cmd, setup::bpf_linker_version};
+use crate::{
+    cmd::{cargo, run_cmd},
+    setup::bpf_linker_version,
+};
 
 #[derive(Args, Default)]
 pub struct Options {

@@ -30,7 +30,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{build, describe, setup, target_dir, workspace_root};
+use crate::{
+    build,
+    cmd::{describe, target_dir, workspace_root},
+    setup,
+};
 
 const LISTEN: &str = "127.0.0.1:50051";
 const DEFAULT_CONFIG: &str = "sensor-user/config/rxsentry-sensor.example.toml";
@@ -394,11 +398,11 @@ mod tests {
             ("rxsentry-sensor", format!("{record}{sensor_body}")),
             ("rxsentry", format!("{record}exec sleep 60\n")),
         ];
+        // Not fs::write + chmod: other test threads fork meanwhile, and a
+        // child that inherited the writable fd makes the exec fail with
+        // ETXTBSY until it execs itself (see ::tests::exe).
         for (name, body) in scripts {
-            let path = dir.join(name);
-            fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
+            ::tests::exe::write_executable(&dir.join(name), format!("#!/bin/sh\n{body}")).unwrap();
         }
         let config = dir.join("sensor.toml");
         fs::write(

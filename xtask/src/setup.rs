@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{output_of, run_cmd};
+use crate::cmd::{output_of, run_cmd};
 
 /// Debian packages: protoc for `proto`, iproute2 for the network-namespace
 /// tests, and QEMU + busybox + cpio for the VM tests.

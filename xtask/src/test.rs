@@ -25,7 +25,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cargo, describe, setup, target_dir, vm};
+use crate::{
+    build,
+    cmd::{cargo, describe, target_dir},
+    setup, vm,
+};
 
 /// Counts from libtest's `test result:` lines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +104,7 @@ pub fn test() -> Result<()> {
         run_step("integration tests (root, real kernel)", &mut integration)?,
         vm_step(),
     ];
-    let expected_path = crate::workspace_root().join(EXPECTED_FILE);
+    let expected_path = crate::cmd::workspace_root().join(EXPECTED_FILE);
     let expected = std::fs::read_to_string(&expected_path)
         .with_context(|| format!("cannot read {}", expected_path.display()))?;
     let ran: Vec<(String, Counts)> = results

@@ -1,4 +1,5 @@
-//! Starts a real collector on 127.0.0.1:0 inside the test process.
+//! Starts a real collector on 127.0.0.1:0 inside the test process, and
+//! subscribes to it with the integration tests' harness.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::time::Duration;
@@ -9,15 +10,11 @@ use proto::control::v1::{
     analyst_api_client::AnalystApiClient, command, sensor_control_client::SensorControlClient,
     sensor_message,
 };
-use proto::telemetry::v1::{
-    HostEvent, HostRecord, SubscribeRequest, SubscribeResponse, subscribe_response,
-    telemetry_subscribe_client::TelemetrySubscribeClient,
-};
+use proto::telemetry::v1::{HostEvent, HostRecord, SubscribeRequest, subscribe_response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
-use tonic::Streaming;
 
 /// Generous bound for anything that should happen "at once".
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -63,11 +60,14 @@ impl TestCollector {
             .expect("serve task panicked")
     }
 
+    /// A subscriber that reads only when the test asks (so it can fall
+    /// behind).
     pub async fn subscribe(&self, req: SubscribeRequest) -> Subscription {
-        let mut client = TelemetrySubscribeClient::connect(self.url.clone())
-            .await
-            .unwrap();
-        Subscription(client.subscribe(req).await.unwrap().into_inner())
+        Subscription(
+            tests::Subscription::open_on_demand(&self.url, req)
+                .await
+                .unwrap(),
+        )
     }
 }
 
@@ -80,11 +80,11 @@ pub enum Got {
     Lagged(u64),
 }
 
-pub struct Subscription(pub Streaming<SubscribeResponse>);
+pub struct Subscription(pub tests::Subscription);
 
 impl Subscription {
     pub async fn next(&mut self) -> Got {
-        let msg = tokio::time::timeout(WAIT, self.0.message())
+        let msg = tokio::time::timeout(WAIT, self.0.next())
             .await
             .expect("nothing arrived in time")
             .expect("subscribe stream failed")

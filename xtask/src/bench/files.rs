@@ -18,16 +18,17 @@
 use std::{
     fmt::Write as _,
     path::PathBuf,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use collector::Collector;
-use tests::HeldOpenHook;
+use tests::{HeldOpenHook, Stderr, bin_path};
 
-use super::{BpfStats, SensorProcess, StormTime, host_totals, median};
-use crate::target_dir;
+use super::common::{
+    BenchSensor, BpfStats, StormTime, host_totals, median, median_f64, threaded_timed,
+    wait_until_still,
+};
 
 /// Files per directory; the storm cycles through them.
 const FILES: usize = 64;
@@ -55,16 +56,10 @@ fn wall_ratio(round: &Round) -> f64 {
     round_ratio(round, |t| t.wall)
 }
 
-/// The middle of `values` (the upper one of an even count).
-fn median_f64(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 impl Case {
     fn new(rounds: &[Round]) -> Self {
         let ratio = |f: fn(StormTime) -> Duration| {
-            median_f64(rounds.iter().map(|r| round_ratio(r, f)).collect())
+            median_f64(&rounds.iter().map(|r| round_ratio(r, f)).collect::<Vec<_>>())
         };
         Self {
             time: medians(&rounds.iter().map(|r| r.0).collect::<Vec<_>>()),
@@ -142,7 +137,7 @@ fn open_storm(n: usize, files: &[PathBuf], rate: Option<f64>) -> Result<StormTim
     if rate.is_none() {
         wait_for_quiet()?;
     }
-    super::threaded_timed(n, THREADS, rate, |i| {
+    threaded_timed(n, THREADS, rate, |i| {
         let path = &files[i % files.len()];
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(())
@@ -171,7 +166,7 @@ fn wait_for_quiet() -> Result<()> {
             .map(|(_, v)| v)
             .sum())
     };
-    super::wait_until_still(Duration::from_millis(100), 1, busy)
+    wait_until_still(Duration::from_millis(100), 1, busy)
 }
 
 /// Median wall time and median CPU time of `samples`, each on its own.
@@ -220,7 +215,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
         for (i, (under, files)) in cases.iter().enumerate() {
             let storm = match under {
                 Under::HookFloor => {
-                    let hook = HeldOpenHook::start(&target_dir().join("release/rxsentry-probe"))?;
+                    let hook = HeldOpenHook::start(&bin_path("rxsentry-probe"))?;
                     let storm = open_storm(opens, files, None)?;
                     let runs = hook.stop()?;
                     if runs < opens as u64 {
@@ -229,7 +224,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
                     storm
                 }
                 Under::Sensor(config) => {
-                    let sensor = SensorProcess::start_with(url, config, Stdio::inherit())?;
+                    let sensor = BenchSensor::start_with(url, config, Stderr::Inherit)?;
                     sensor.settle()?;
                     let storm = open_storm(opens, files, None)?;
                     sensor.stop()?;
@@ -252,11 +247,11 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
     }
     r.without = medians(&without);
     r.over_hook_floor = median_f64(
-        measured[0]
+        &measured[0]
             .iter()
             .zip(&measured[1])
             .map(|(floor, sensor)| wall_ratio(sensor) - wall_ratio(floor))
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     let [hook_floor, unwatched, watched, watched_each] = measured.map(|m| Case::new(&m));
     r.hook_floor = hook_floor;
@@ -264,7 +259,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
     r.watched = watched;
     r.watched_each = watched_each;
     // The kernel's share, outside the timed rounds (stats slow BPF a bit).
-    let sensor = SensorProcess::start_with(url, &config, Stdio::inherit())?;
+    let sensor = BenchSensor::start_with(url, &config, Stderr::Inherit)?;
     let stats = BpfStats::enable()?;
     let before = sensor.bpf_run_time()?;
     open_storm(opens, &work, None)?;
@@ -278,7 +273,7 @@ pub fn run(url: &str, collector: &Collector, opens: usize, rounds: usize) -> Res
 
     // Paced watched opens, coalescing off: each one an event; all must
     // arrive, no drops, at 100k/s or more (asked: 110k/s).
-    let sensor = SensorProcess::start_with(url, &config_each, Stdio::inherit())?;
+    let sensor = BenchSensor::start_with(url, &config_each, Stderr::Inherit)?;
     let before = host_totals(collector);
     let n = 220_000;
     let took = open_storm(n, &phi, Some(110_000.0))?.wall;

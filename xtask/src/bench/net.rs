@@ -18,7 +18,7 @@ use std::{
 use anyhow::Result;
 use collector::Collector;
 
-use super::{BpfStats, SensorProcess, host_totals, median, ticks_per_sec};
+use super::common::{BenchSensor, BpfStats, host_totals, median, threaded, ticks_per_sec};
 
 /// Medians of the storm rounds, and what reached the collector.
 #[derive(Default)]
@@ -53,7 +53,7 @@ pub fn connect_storm(
     let mut with = Vec::new();
     let mut events = 0;
     for round in 0..rounds {
-        let sensor = SensorProcess::start(url)?;
+        let sensor = BenchSensor::start(url)?;
         let before = host_totals(collector).events;
         with.push(storm(n, server.addr)?);
         // The last batch leaves within the batching delay.
@@ -68,7 +68,7 @@ pub fn connect_storm(
         );
     }
     // The cost breakdown, outside the timed rounds (stats slow BPF a bit).
-    let sensor = SensorProcess::start(url)?;
+    let sensor = BenchSensor::start(url)?;
     let stats = BpfStats::enable()?;
     let (bpf_before, cpu_before) = (sensor.bpf_run_time()?, sensor.cpu_ticks()?);
     storm(n, server.addr)?;
@@ -89,7 +89,7 @@ pub fn connect_storm(
 
 /// `n` connections from four threads; the wall time.
 fn storm(n: usize, addr: SocketAddr) -> Result<Duration> {
-    super::threaded(n, 4, None, |_| {
+    threaded(n, 4, None, |_| {
         let mut buf = [0u8; 256];
         let mut c = TcpStream::connect(addr)?;
         c.write_all(&[7; 64])?;

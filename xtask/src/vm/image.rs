@@ -21,7 +21,11 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::{Kernel, deb_cache_dir, image_dir, qemu_args, select_kernels};
-use crate::{build, describe, output_of, run_cmd, setup, target_dir, workspace_root};
+use crate::{
+    build,
+    cmd::{describe, output_of, run_cmd, target_dir, workspace_root},
+    setup,
+};
 
 /// Our binaries in the image, from target/release, installed in /usr/bin.
 pub const BINARIES: &[&str] = &[

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::target_dir;
+use crate::cmd::target_dir;
 
 /// One guest kernel, pinned by its exact Debian package name.
 #[derive(Debug, PartialEq, Eq)]

@@ -24,7 +24,11 @@ use super::{
     matrix::{self, Capabilities, Row},
     select_kernels,
 };
-use crate::{build, describe, setup, target_dir};
+use crate::{
+    build,
+    cmd::{describe, target_dir},
+    setup,
+};
 
 /// The in-guest tests every image must report as passed (the scripts in
 /// vm-images/kiosk/usr/lib/rxsentry/vm-tests/NN-<name>.sh). One missing
@@ -275,7 +279,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::workspace_root;
+    use crate::cmd::workspace_root;
 
     /// EXPECTED_TESTS and the image's test scripts name the same tests.
     #[test]

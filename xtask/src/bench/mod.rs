@@ -14,17 +14,20 @@
 //!   the sensor, alternated; ratio of medians.
 //!
 //! The collector runs in-process (the same library as `rxsentry-collector`),
-//! the sensor is the real release binary. The collector's ingest shares this
-//! box's two cores during the storm rounds, so the ratio is pessimistic for a
-//! kiosk whose collector runs at headquarters. Results go to stdout and to
+//! the sensor is the real release binary, started by the test harness
+//! (`tests::Sensor`). The collector's ingest shares this box's two cores
+//! during the storm rounds, so the ratio is pessimistic for a kiosk whose
+//! collector runs at headquarters. Results go to stdout and to
 //! docs/bench.md.
+//!
+//! Modules: `files`, `net` and `isolation` are the parts; `common` (a leaf)
+//! holds what they and this one share.
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Write as _},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -34,14 +37,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use collector::{Collector, CollectorConfig};
-use proto::telemetry::v1::{
-    SubscribeRequest, event, subscribe_response::Item,
-    telemetry_subscribe_client::TelemetrySubscribeClient,
+use proto::telemetry::v1::{SubscribeRequest, event, subscribe_response::Item};
+use tests::{Stderr, Subscription};
+
+use crate::{build, cmd::workspace_root};
+use common::{
+    BenchSensor, BpfStats, HOST_ID, host_totals, median, sha256_of, threaded, ticks_per_sec,
 };
 
-use crate::{build, target_dir, workspace_root};
-
+mod common;
 mod files;
+mod isolation;
 mod net;
 
 #[derive(clap::Args)]
@@ -90,21 +96,21 @@ pub struct Options {
     only_isolation: bool,
 }
 
-const HOST_ID: &str = "bench";
-
 pub fn bench(opts: &Options) -> Result<()> {
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
     }
+    // For the harness's processes (`common::block_on`) and the collector.
+    let rt = tokio::runtime::Runtime::new()?;
+    let _rt = rt.enter();
     let path = workspace_root().join("docs/bench.md");
     if opts.only_isolation {
-        let section = crate::bench_isolation::run(opts.isolation_rounds)?.render();
+        let section = isolation::run(opts.isolation_rounds)?.render();
         println!("\n{section}");
-        crate::bench_isolation::write_section(&path, &section)?;
+        isolation::write_section(&path, &section)?;
         println!("written to {}", path.display());
         return Ok(());
     }
-    let rt = tokio::runtime::Runtime::new()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     let collector = Collector::new(CollectorConfig::default())?;
@@ -143,7 +149,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     let mut with = Vec::new();
     for round in 0..opts.rounds {
         let marker = format!("bench-storm-{round}");
-        let sensor = SensorProcess::start(&url)?;
+        let sensor = BenchSensor::start(&url)?;
         with.push(storm(opts.execs, &marker, None)?);
         sensor.stop()?;
         without.push(storm(opts.execs, &marker, None)?);
@@ -166,7 +172,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     let mut with = Vec::new();
     for round in 0..opts.rounds {
         let marker = format!("bench-allow-{round}");
-        let sensor = SensorProcess::start_with(&url, &allow.config(), Stdio::null())?;
+        let sensor = BenchSensor::start_with(&url, &allow.config(), Stderr::Keep)?;
         with.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
         sensor.stop()?;
         without.push(storm_in(opts.execs, &marker, None, Some(&allow.cgroup))?);
@@ -180,7 +186,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     // 3..6 with one long-lived sensor, and now a subscriber (kept out of the
     // storm rounds: on a kiosk the SOC side runs elsewhere).
     let counter = rt.block_on(Counter::subscribe(&url))?;
-    let sensor = SensorProcess::start(&url)?;
+    let sensor = BenchSensor::start(&url)?;
     let before = host_totals(&collector);
 
     // Paced execs: all must arrive, no drops.
@@ -232,7 +238,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     rt.block_on(server)??;
 
     // 7. Network isolation: programs attached (not isolated) vs none.
-    let isolation = crate::bench_isolation::run(opts.isolation_rounds)?;
+    let isolation = isolation::run(opts.isolation_rounds)?;
     let table = format!("{}\n{}", report.render(opts), isolation.render());
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
@@ -266,128 +272,6 @@ fn storm_in(n: usize, marker: &str, rate: Option<u32>, cgroup: Option<&Path>) ->
     })
 }
 
-/// Wall time of a storm and the CPU time its threads used (user + system:
-/// kernel programs that run in a thread's syscalls count in its system
-/// time). The CPU time is the steadier of the two on a noisy machine, but it
-/// leaves out the sensor's own threads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct StormTime {
-    pub wall: Duration,
-    pub cpu: Duration,
-}
-
-/// [`threaded_timed`], returning the wall time only.
-pub(crate) fn threaded(
-    n: usize,
-    threads: usize,
-    rate: Option<f64>,
-    work: impl Fn(usize) -> Result<()> + Sync,
-) -> Result<Duration> {
-    threaded_timed(n, threads, rate, work).map(|t| t.wall)
-}
-
-/// The skeleton of every storm: `work(i)` for each i in `0..n`, item i on
-/// thread `i % threads`, paced to `rate` items per second if given. A
-/// thread sleeps only once it is a millisecond ahead of the schedule, so
-/// items of a few microseconds are paced in small bursts instead of a
-/// timer sleep each.
-pub(crate) fn threaded_timed(
-    n: usize,
-    threads: usize,
-    rate: Option<f64>,
-    work: impl Fn(usize) -> Result<()> + Sync,
-) -> Result<StormTime> {
-    const AHEAD: Duration = Duration::from_millis(1);
-    let thread_cpu = || -> Result<Duration> {
-        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
-        Ok(Duration::from(t))
-    };
-    let start = Instant::now();
-    let work = &work;
-    let cpu = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || -> Result<Duration> {
-                    let cpu_start = thread_cpu()?;
-                    for i in (t..n).step_by(threads) {
-                        if let Some(rate) = rate {
-                            let due = start + Duration::from_secs_f64(i as f64 / rate);
-                            if let Some(wait) = due.checked_duration_since(Instant::now())
-                                && wait >= AHEAD
-                            {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                        work(i)?;
-                    }
-                    Ok(thread_cpu()? - cpu_start)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("storm thread"))
-            .sum::<Result<Duration>>()
-    })?;
-    Ok(StormTime {
-        wall: start.elapsed(),
-        cpu,
-    })
-}
-
-/// Waits (up to 3 s) until `ticks` grows by at most `slack` over one
-/// `period`.
-pub(crate) fn wait_until_still(
-    period: Duration,
-    slack: u64,
-    ticks: impl Fn() -> Result<u64>,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut last = ticks()?;
-    while Instant::now() < deadline {
-        std::thread::sleep(period);
-        let now = ticks()?;
-        if now.saturating_sub(last) <= slack {
-            break;
-        }
-        last = now;
-    }
-    Ok(())
-}
-
-fn ticks_per_sec() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100.0, |v| v as f64)
-}
-
-fn median<T: Ord + Copy>(samples: &[T]) -> T {
-    let mut v = samples.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-#[derive(Clone, Default)]
-struct Totals {
-    events: u64,
-    bytes: u64,
-    drops: proto::telemetry::v1::DropCounters,
-}
-
-fn host_totals(collector: &Collector) -> Totals {
-    collector
-        .stats()
-        .hosts
-        .get(HOST_ID)
-        .map(|h| Totals {
-            events: h.events,
-            bytes: h.bytes_received,
-            drops: h.drops,
-        })
-        .unwrap_or_default()
-}
-
 /// Counts, from a live subscription, the exec events per marker and every
 /// event of the bench host.
 struct Counter {
@@ -400,12 +284,12 @@ struct Counter {
 
 impl Counter {
     async fn subscribe(url: &str) -> Result<Self> {
-        let mut client = TelemetrySubscribeClient::connect(url.to_owned()).await?;
         let request = SubscribeRequest {
             host_ids: vec![HOST_ID.to_owned()],
             ..Default::default()
         };
-        let mut stream = client.subscribe(request).await?.into_inner();
+        // Read as it arrives, in a task of its own (no queue in between).
+        let mut sub = Subscription::open_on_demand(url, request).await?;
         let counter = Self {
             by_marker: Default::default(),
             host_events: Default::default(),
@@ -419,7 +303,7 @@ impl Counter {
             counter.epoch,
         );
         tokio::spawn(async move {
-            while let Ok(Some(item)) = stream.message().await {
+            while let Ok(Some(item)) = sub.next().await {
                 match item.item {
                     Some(Item::Event(e)) => {
                         host_events.fetch_add(1, Relaxed);
@@ -467,147 +351,10 @@ impl Counter {
     }
 }
 
-/// The real `rxsentry-sensor`, with a bench config.
-struct SensorProcess {
-    child: Child,
-    _config: tempfile::NamedTempFile,
-}
-
-impl SensorProcess {
-    fn start(url: &str) -> Result<Self> {
-        Self::start_with(url, "[log]\nlevel = \"warn\"\n", Stdio::inherit())
-    }
-
-    /// With extra config (TOML appended) and stderr sent to `stderr`.
-    fn start_with(url: &str, extra: &str, stderr: Stdio) -> Result<Self> {
-        let mut config = tempfile::NamedTempFile::new()?;
-        write!(
-            config,
-            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"{url}\"\n{extra}"
-        )?;
-        let mut child = Command::new(target_dir().join("release/rxsentry-sensor"))
-            .arg("--config")
-            .arg(config.path())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("starting rxsentry-sensor")?;
-        let stdout = child.stdout.take().context("sensor stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with("rxsentry-sensor ready") => {}
-            other => {
-                let _ = child.kill();
-                bail!("sensor did not get ready: {other:?}");
-            }
-        }
-        Ok(Self {
-            child,
-            _config: config,
-        })
-    }
-
-    /// Total run time (ns) and runs of every BPF program the sensor holds,
-    /// from /proc/<pid>/fdinfo (counted while `BpfStats` is alive).
-    fn bpf_run_time(&self) -> Result<(u64, u64)> {
-        let mut total = (0, 0);
-        for fd in std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id()))? {
-            let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            if let (Some(ns), Some(runs)) = (field("run_time_ns:"), field("run_cnt:")) {
-                total.0 += ns;
-                total.1 += runs;
-            }
-        }
-        Ok(total)
-    }
-
-    /// Waits (up to 3 s) until the sensor's start-up work is done: its CPU
-    /// time stops growing for 200 ms. A storm measured while it still
-    /// seeds its process table and builds the watch set would charge that
-    /// one-off work to every open.
-    fn settle(&self) -> Result<()> {
-        wait_until_still(Duration::from_millis(200), 0, || self.cpu_ticks())
-    }
-
-    /// User + system CPU time of the sensor so far, in clock ticks.
-    fn cpu_ticks(&self) -> Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the `(comm)`, which may contain spaces.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime and stime are fields 14 and 15 of the line: 11 and 12 here.
-        Ok(field(11) + field(12))
-    }
-
-    /// (VmRSS, VmHWM) in KiB.
-    fn rss_kib(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("VmRSS:"), field("VmHWM:")))
-    }
-
-    fn stop(mut self) -> Result<()> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("sensor exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for SensorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `kernel.bpf_stats_enabled` on for its lifetime (restored on drop): the
-/// kernel then times every BPF program run.
-pub(crate) struct BpfStats {
-    before: String,
-}
-
-impl BpfStats {
-    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    pub(crate) fn enable() -> Result<Self> {
-        let before = std::fs::read_to_string(Self::SYSCTL)?;
-        std::fs::write(Self::SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(Self { before })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::SYSCTL, self.before.trim());
-    }
-}
-
 /// A bench cgroup, a policy with `entries` trusted files plus /bin/true.
 struct AllowlistBench {
-    dir: tempfile::TempDir,
+    /// The trusted files and the policy.
+    _dir: tempfile::TempDir,
     cgroup: PathBuf,
     policy: PathBuf,
 }
@@ -638,7 +385,7 @@ impl AllowlistBench {
             ),
         )?;
         Ok(Self {
-            dir,
+            _dir: dir,
             cgroup,
             policy,
         })
@@ -653,19 +400,11 @@ impl AllowlistBench {
 
     /// Milliseconds the sensor reports for a SIGHUP reload of the policy.
     fn reload_ms(&self, url: &str) -> Result<u64> {
-        let log = self.dir.path().join("sensor.log");
-        let sensor = SensorProcess::start_with(
-            url,
-            &self.config(),
-            Stdio::from(std::fs::File::create(&log)?),
-        )?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(sensor.child.id() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )?;
+        let sensor = BenchSensor::start_with(url, &self.config(), Stderr::Keep)?;
+        sensor.sensor().hangup()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = sensor.sensor().log();
             if let Some(ms) = text
                 .lines()
                 .filter(|l| l.contains("allowlist reloaded"))
@@ -846,13 +585,4 @@ impl Report {
         }
         t
     }
-}
-
-/// Hex SHA-256 of a file (the bench policy names what it allows by hash).
-fn sha256_of(path: &Path) -> Result<String> {
-    let out = crate::output_of("sha256sum", &[&path.to_string_lossy()])?;
-    out.split_whitespace()
-        .next()
-        .map(str::to_owned)
-        .context("sha256sum printed nothing")
 }

@@ -19,15 +19,18 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use tests::{
+    Collector, InNetns, Process, Sensor, Stderr, bin_path,
+    netns::{Bpffs, End, Netns, veth},
+    procs::command_in,
+};
 
-use tests::netns::{Bpffs, End, Netns, veth};
-
-use crate::target_dir;
+use super::common::{BpfStats, block_on, median_f64, sha256_of, stop};
 
 const PORT: &str = "7100";
 const COLLECTOR_PORT: &str = "50051";
@@ -66,24 +69,16 @@ pub struct IsolationReport {
 /// Two namespaces, their veth, a private bpffs and a config (the test
 /// harness's guards: all removed on drop, server first).
 struct Lab {
-    _server: KillOnDrop,
+    _server: Process,
     a: Netns,
     b: Netns,
     _bpffs: Bpffs,
     dir: tempfile::TempDir,
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    target_dir().join("release").join(name)
+/// `program` (a binary of this workspace) run in `ns` by `ip netns exec`.
+fn in_ns(ns: &str, program: &str) -> Command {
+    InNetns::IpExec(ns.to_owned()).std_command(bin_path(program))
 }
 
 impl Lab {
@@ -114,18 +109,15 @@ impl Lab {
             dir.path().join("state").display()
         );
         std::fs::write(dir.path().join("sensor.toml"), config)?;
-        let mut server = in_ns(&b.name, &bin("netprobe"))
-            .args(["serve", B_ADDR, PORT])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting netprobe (cargo xtask build builds it)")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(server.stdout.take().context("stdout")?),
-            &mut line,
-        )?;
+        let (server, _) = block_on(Process::start(
+            "netprobe",
+            command_in(Some(&b.name), bin_path("netprobe")).args(["serve", B_ADDR, PORT]),
+            "",
+            Duration::from_secs(5),
+            Stderr::Inherit,
+        ))?;
         Ok(Self {
-            _server: KillOnDrop(server),
+            _server: server,
             a,
             b,
             _bpffs: bpffs,
@@ -138,11 +130,12 @@ impl Lab {
     }
 
     fn sensor(&self, args: &[&str]) -> Result<String> {
-        let out = in_ns(&self.a.name, &bin("rxsentry-sensor"))
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .output()?;
+        let out = block_on(
+            Sensor::with_config_file(self.config())
+                .netns(InNetns::IpExec(self.a.name.clone()))
+                .args(args)
+                .output(),
+        )?;
         if !out.status.success() {
             bail!(
                 "rxsentry-sensor {}: {}",
@@ -154,7 +147,7 @@ impl Lab {
     }
 
     fn probe(&self, ns: &str, args: &[&str]) -> Result<String> {
-        let out = in_ns(ns, &bin("netprobe")).args(args).output()?;
+        let out = in_ns(ns, "netprobe").args(args).output()?;
         if !out.status.success() {
             bail!(
                 "netprobe {}: {}",
@@ -180,8 +173,8 @@ impl Lab {
 /// The SOC side and a running daemon: collector in B (with an operator),
 /// `rxsentry-sensor` in A holding its control stream to it.
 struct Soc {
-    _collector: KillOnDrop,
-    daemon: KillOnDrop,
+    _collector: Collector,
+    daemon: Sensor,
     token_file: PathBuf,
 }
 
@@ -189,39 +182,27 @@ impl Soc {
     fn start(lab: &Lab) -> Result<Self> {
         let token_file = lab.dir.path().join("token");
         std::fs::write(&token_file, TOKEN)?;
-        let digest = crate::output_of("sha256sum", &[&token_file.to_string_lossy()])?;
-        let digest = digest.split_whitespace().next().context("sha256sum")?;
+        let digest = sha256_of(&token_file)?;
         let operators = lab.dir.path().join("operators.toml");
         std::fs::write(
             &operators,
             format!("[[operator]]\nname = \"bench\"\ntoken_sha256 = \"{digest}\"\n"),
         )?;
-        let mut collector = in_ns(&lab.b.name, &bin("rxsentry-collector"))
-            .args(["--listen", &format!("{B_ADDR}:{COLLECTOR_PORT}")])
-            .arg("--operators")
-            .arg(&operators)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting rxsentry-collector")?;
-        wait_line(&mut collector, "rxsentry-collector listening on")?;
-        let collector = KillOnDrop(collector);
+        let collector = block_on(Collector::start_with(
+            Some(&lab.b.name),
+            &format!("{B_ADDR}:{COLLECTOR_PORT}"),
+            &["--operators".as_ref(), operators.as_os_str()],
+        ))?;
         // nsenter keeps this mount namespace (tracefs for the daemon's
         // telemetry hooks); only the network namespace is A's.
-        let mut daemon = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", lab.a.name))
-            .arg("--")
-            .arg(bin("rxsentry-sensor"))
-            .arg("--config")
-            .arg(lab.config())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting rxsentry-sensor")?;
-        wait_line(&mut daemon, "rxsentry-sensor ready")?;
+        let daemon = block_on(
+            Sensor::with_config_file(lab.config())
+                .netns(InNetns::NetOnly(lab.a.name.clone()))
+                .start(),
+        )?;
         let soc = Self {
             _collector: collector,
-            daemon: KillOnDrop(daemon),
+            daemon,
             token_file,
         };
         // The control stream is up once the collector lists the host.
@@ -236,7 +217,7 @@ impl Soc {
 
     /// `rxsentry ARGS` run in B against the collector, with the token.
     fn cli(&self, lab: &Lab, args: &[&str]) -> Result<String> {
-        let out = in_ns(&lab.b.name, &bin("rxsentry"))
+        let out = in_ns(&lab.b.name, "rxsentry")
             .args(args)
             .args(["--collector", &format!("http://{B_ADDR}:{COLLECTOR_PORT}")])
             .arg("--token-file")
@@ -255,38 +236,14 @@ impl Soc {
     /// Stops the daemon cleanly (SIGTERM); the pins keep the state.
     fn stop(self) -> Result<()> {
         let Self { daemon, .. } = self;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(daemon.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let mut daemon = daemon;
-        let status = daemon.0.wait()?;
-        if !status.success() {
-            bail!("rxsentry-sensor exited with {status}");
-        }
-        Ok(())
+        stop(daemon)
     }
-}
-
-/// Reads `child`'s stdout until a line starting with `prefix` (then keeps
-/// draining it in a thread so the child never blocks on a full pipe).
-fn wait_line(child: &mut Child, prefix: &str) -> Result<()> {
-    use std::io::BufRead as _;
-    let stdout = child.stdout.take().context("stdout not piped")?;
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        if line?.starts_with(prefix) {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(());
-        }
-    }
-    bail!("exited before printing {prefix:?}")
 }
 
 /// Milliseconds from the isolate command's start to the first drop, and
 /// how long the command ran, `isolate` being the command.
 fn time_to_first_drop(lab: &Lab, isolate: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
-    let mut flood = in_ns(&lab.b.name, &bin("netprobe"))
+    let mut flood = in_ns(&lab.b.name, "netprobe")
         .args(["flood", A_ADDR, PORT, "3"])
         .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -300,12 +257,6 @@ fn time_to_first_drop(lab: &Lab, isolate: impl FnOnce() -> Result<()>) -> Result
         bail!("no drop recorded after the isolate command: {status}");
     }
     Ok(((first_drop - t0) as f64 / 1e6, (t1 - t0) as f64 / 1e6))
-}
-
-fn in_ns(ns: &str, program: &Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(program);
-    c
 }
 
 fn number_after(text: &str, key: &str) -> Result<f64> {
@@ -327,15 +278,10 @@ fn boottime_ns() -> Result<u64> {
     Ok(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn run(rounds: usize) -> Result<IsolationReport> {
     let lab = Lab::new()?;
     // Kernel-side cost per packet, counted while the programs run.
-    let stats = crate::bench::BpfStats::enable()?;
+    let stats = BpfStats::enable()?;
     let (mut bpf_runs, mut bpf_ns) = (0u64, 0u64);
     let (mut tw, mut to, mut pw, mut po, mut qw, mut qo) = (
         Vec::new(),
@@ -421,29 +367,29 @@ pub fn run(rounds: usize) -> Result<IsolationReport> {
         &["release", HOST_ID, "--reason", "bench: SOC runs done"],
     )?;
     soc.stop()?;
-    let mut pairs: Vec<f64> = to.iter().zip(&tw).map(|(o, w)| o / w).collect();
-    let tput_pair_ratio = median(&mut pairs);
-    let mut pairs: Vec<f64> = pw.iter().zip(&po).map(|(w, o)| w / o).collect();
-    let p50_pair_ratio = median(&mut pairs);
+    let pairs: Vec<f64> = to.iter().zip(&tw).map(|(o, w)| o / w).collect();
+    let tput_pair_ratio = median_f64(&pairs);
+    let pairs: Vec<f64> = pw.iter().zip(&po).map(|(w, o)| w / o).collect();
+    let p50_pair_ratio = median_f64(&pairs);
     lab.sensor(&["release", "--reason", "bench: done"])?;
     lab.sensor(&["isolation", "detach"])?;
     Ok(IsolationReport {
         rounds,
-        tput_with: median(&mut tw),
-        tput_without: median(&mut to),
-        p50_with: median(&mut pw),
-        p50_without: median(&mut po),
-        p99_with: median(&mut qw),
-        p99_without: median(&mut qo),
+        tput_with: median_f64(&tw),
+        tput_without: median_f64(&to),
+        p50_with: median_f64(&pw),
+        p50_without: median_f64(&po),
+        p99_with: median_f64(&qw),
+        p99_without: median_f64(&qo),
         tput_pair_ratio,
         p50_pair_ratio,
         bpf_ns_per_packet: bpf_ns as f64 / bpf_runs.max(1) as f64,
         bpf_runs,
-        first_drop_ms: median(&mut first),
-        command_ms: median(&mut command),
+        first_drop_ms: median_f64(&first),
+        command_ms: median_f64(&command),
         isolate_runs: runs,
-        soc_first_drop_ms: median(&mut soc_first),
-        soc_command_ms: median(&mut soc_command),
+        soc_first_drop_ms: median_f64(&soc_first),
+        soc_command_ms: median_f64(&soc_command),
     })
 }
 
