@@ -156,7 +156,9 @@ impl Process {
     }
 
     pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
-        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), signal)?;
+        // Never pid 0 (this process group) for a child already reaped.
+        let pid = self.child.id().context("the process was already reaped")?;
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)?;
         Ok(())
     }
 
