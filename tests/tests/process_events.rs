@@ -187,11 +187,10 @@ async fn sigterm_flushes_pending_events() -> anyhow::Result<()> {
 /// of the old one: ctime, which user space cannot set, is in the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_changed_in_place_with_its_mtime_restored_is_hashed_again() -> anyhow::Result<()> {
-    use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
+    use std::os::unix::fs::FileExt as _;
     let dir = tempfile::tempdir()?;
     let tool = dir.path().join("tool");
-    std::fs::copy("/usr/bin/true", &tool)?;
-    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755))?;
+    tests::exe::copy_executable(std::path::Path::new("/usr/bin/true"), &tool)?;
     let collector = Collector::start().await?;
     let mut sub = Subscription::open(&collector.url(), SubscribeRequest::default()).await?;
     let sensor = Sensor::start(&collector, SensorOptions::default()).await?;
@@ -212,7 +211,8 @@ async fn a_binary_changed_in_place_with_its_mtime_restored_is_hashed_again() -> 
     assert_eq!(sub.execs_with(&before)[0].sha256, old_sha);
 
     // One byte of the last section header (not used to run the program),
-    // then mtime put back; the size never changed.
+    // then mtime put back; the size never changed. (Written here, with no
+    // other thread forking: nothing can hold the fd into the exec below.)
     let meta = std::fs::metadata(&tool)?;
     {
         let file = std::fs::OpenOptions::new().write(true).open(&tool)?;
