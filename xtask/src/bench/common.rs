@@ -198,7 +198,10 @@ pub fn threaded_timed(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("storm thread"))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a storm thread panicked")))
+            })
             .sum::<Result<Duration>>()
     })?;
     Ok(StormTime {

@@ -312,9 +312,10 @@ impl Counter {
                             && let Some(marker) = x.argv.get(1)
                             && marker.starts_with("bench-")
                         {
+                            // A poisoned lock still holds the counts.
                             *by_marker
                                 .lock()
-                                .expect("lock")
+                                .unwrap_or_else(|e| e.into_inner())
                                 .entry(marker.clone())
                                 .or_default() += 1;
                         }
@@ -330,7 +331,7 @@ impl Counter {
     fn seen(&self, marker: &str) -> u64 {
         self.by_marker
             .lock()
-            .expect("lock")
+            .unwrap_or_else(|e| e.into_inner())
             .get(marker)
             .copied()
             .unwrap_or(0)
