@@ -13,17 +13,17 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-/// CLOCK_REALTIME - CLOCK_BOOTTIME of the test events' sensor: their
-/// `wall_time_unix_ns` is this plus their `timestamp_ns` (the kiosk booted
-/// 2026-12-04T12:00:00Z).
+/// CLOCK_REALTIME - CLOCK_BOOTTIME of the test events' sensor, their
+/// `boot_time_unix_ns`: their UTC time is this plus their `timestamp_ns`
+/// (the kiosk booted 2026-12-04T12:00:00Z).
 pub const BOOTED_AT_UNIX_NS: u64 = 1_796_385_600_000_000_000;
 
-/// `timestamp_ns` and `wall_time_unix_ns` of test event number `n`.
+/// `timestamp_ns` and `boot_time_unix_ns` of test event number `n`.
 fn event_at(n: u32, kind: event::Kind) -> Event {
     let timestamp_ns = 1_000_000_000 + u64::from(n);
     Event {
         timestamp_ns,
-        wall_time_unix_ns: BOOTED_AT_UNIX_NS + timestamp_ns,
+        boot_time_unix_ns: BOOTED_AT_UNIX_NS,
         kind: Some(kind),
     }
 }

@@ -208,13 +208,14 @@ async fn receive_time_is_set_by_the_collector() {
     let mut sub = c.subscribe(SubscribeRequest::default()).await;
     let host = testkit::host("store-5", "i");
     let mut s = SensorStream::connect(&c.url).await.unwrap();
-    // A spooled event from 1970, one from 2100, one without wall time.
+    // A spooled event from a kiosk booted in 1970, one booted in 2100, one
+    // without a boot time.
     let mut old = testkit::fork_event(1, 1, "old");
-    old.wall_time_unix_ns = 1;
+    old.boot_time_unix_ns = 1;
     let mut future = testkit::fork_event(2, 1, "future");
-    future.wall_time_unix_ns = 4_102_444_800_000_000_000;
+    future.boot_time_unix_ns = 4_102_444_800_000_000_000;
     let mut unknown = testkit::fork_event(3, 1, "unknown");
-    unknown.wall_time_unix_ns = 0;
+    unknown.boot_time_unix_ns = 0;
     let mut batch = testkit::zstd_batch(&host, 1, vec![old, future, unknown]);
     batch.sealed_at_ns = u64::MAX;
 
@@ -242,7 +243,7 @@ async fn receive_time_is_set_by_the_collector() {
     assert_eq!(events.len(), 4, "{got:?}");
     let walls: Vec<u64> = events
         .iter()
-        .map(|e| e.event.as_ref().unwrap().wall_time_unix_ns)
+        .map(|e| e.event.as_ref().unwrap().boot_time_unix_ns)
         .collect();
     assert_eq!(walls[..3], [1, 4_102_444_800_000_000_000, 0]);
     for e in &events[..3] {

@@ -16,6 +16,15 @@ pub mod telemetry {
     }
 }
 
+impl telemetry::v1::Event {
+    /// When the event happened, UTC ns since the Unix epoch: its boot time
+    /// plus its boot-relative stamp; None when the sensor did not know.
+    pub fn wall_time_unix_ns(&self) -> Option<u64> {
+        (self.boot_time_unix_ns != 0 && self.timestamp_ns != 0)
+            .then(|| self.boot_time_unix_ns.saturating_add(self.timestamp_ns))
+    }
+}
+
 /// `rxsentry.control.v1`: collector -> sensor commands (isolate, release)
 /// and the operator-authenticated analyst API.
 pub mod control {

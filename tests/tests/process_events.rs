@@ -82,7 +82,11 @@ async fn exec_fork_and_exit_reach_a_subscriber() -> anyhow::Result<()> {
     // when the test ran it (a few seconds' slack for the offset and NTP);
     // the collector's receive time comes after it.
     let received = sub.exec_host_events_with(&marker)[0];
-    let wall = received.event.as_ref().expect("event").wall_time_unix_ns;
+    let wall = received
+        .event
+        .as_ref()
+        .and_then(|e| e.wall_time_unix_ns())
+        .expect("an exec with its UTC time");
     assert!(
         wall + SLACK_NS >= spawned_at && wall <= exited_at + SLACK_NS,
         "exec wall time {wall} not within [{spawned_at}, {exited_at}] +- {SLACK_NS} ns"

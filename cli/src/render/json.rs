@@ -67,11 +67,10 @@ fn event_json(e: &HostEvent) -> Value {
     };
     let (kind, process) = kind_and_process(event);
     m.insert("timestamp_ns".into(), event.timestamp_ns.into());
-    m.insert("wall_time_unix_ns".into(), event.wall_time_unix_ns.into());
-    m.insert(
-        "time".into(),
-        time::utc_if_known(event.wall_time_unix_ns).into(),
-    );
+    m.insert("boot_time_unix_ns".into(), event.boot_time_unix_ns.into());
+    let wall = event.wall_time_unix_ns();
+    m.insert("wall_time_unix_ns".into(), wall.unwrap_or(0).into());
+    m.insert("time".into(), wall.and_then(time::utc_if_known).into());
     m.insert("kind".into(), kind.into());
     m.insert("process".into(), process.map_or(Value::Null, process_json));
     let extra = match &event.kind {
@@ -239,6 +238,7 @@ mod tests {
         assert_eq!(v["hostname"], "kiosk-42");
         assert_eq!(v["batch_sequence"], 3);
         assert_eq!(v["timestamp_ns"], 12_345_678_901_234u64);
+        assert_eq!(v["boot_time_unix_ns"], testkit::BOOTED_AT_UNIX_NS);
         assert_eq!(
             v["wall_time_unix_ns"],
             testkit::BOOTED_AT_UNIX_NS + 12_345_678_901_234

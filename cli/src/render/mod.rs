@@ -111,7 +111,7 @@ pub(crate) mod fixtures {
 
     fn wrap(timestamp_ns: u64, mut event: Event) -> SubscribeResponse {
         event.timestamp_ns = timestamp_ns;
-        event.wall_time_unix_ns = testkit::BOOTED_AT_UNIX_NS + timestamp_ns;
+        event.boot_time_unix_ns = testkit::BOOTED_AT_UNIX_NS;
         SubscribeResponse {
             item: Some(subscribe_response::Item::Event(HostEvent {
                 host: Some(host()),
@@ -122,13 +122,13 @@ pub(crate) mod fixtures {
         }
     }
 
-    /// An exec from a sensor older than `wall_time_unix_ns`.
+    /// An exec from a sensor older than `boot_time_unix_ns`.
     pub fn exec_without_wall_time() -> SubscribeResponse {
         let mut response = exec(&["curl"], false);
         if let Some(subscribe_response::Item::Event(e)) = &mut response.item
             && let Some(event) = &mut e.event
         {
-            event.wall_time_unix_ns = 0;
+            event.boot_time_unix_ns = 0;
         }
         response
     }

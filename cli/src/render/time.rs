@@ -37,21 +37,20 @@ pub fn boot_seconds(ns: u64) -> String {
 
 /// When `event` happened: its UTC time, else its boot-relative stamp.
 pub fn event_time(event: &Event) -> String {
-    utc_if_known(event.wall_time_unix_ns).unwrap_or_else(|| boot_seconds(event.timestamp_ns))
+    event
+        .wall_time_unix_ns()
+        .and_then(utc_if_known)
+        .unwrap_or_else(|| boot_seconds(event.timestamp_ns))
 }
 
 /// Another CLOCK_BOOTTIME stamp of the same event's host (a repeat's
 /// first open), shown like [`event_time`]: its UTC time on the offset the
 /// sensor used for the event itself.
 pub fn related_time(event: &Event, boot_ns: u64) -> String {
-    if event.wall_time_unix_ns == 0 || event.timestamp_ns == 0 {
+    if event.boot_time_unix_ns == 0 || boot_ns == 0 {
         return boot_seconds(boot_ns);
     }
-    let offset = i128::from(event.wall_time_unix_ns) - i128::from(event.timestamp_ns);
-    match u64::try_from(i128::from(boot_ns) + offset) {
-        Ok(wall) if wall != 0 => utc(wall),
-        _ => boot_seconds(boot_ns),
-    }
+    utc(event.boot_time_unix_ns.saturating_add(boot_ns))
 }
 
 /// (year, month, day) of a day count since 1970-01-01 in the proleptic
@@ -129,13 +128,13 @@ mod tests {
     fn event_time_prefers_the_wall_time() {
         let mut e = Event {
             timestamp_ns: 5_000_000_000,
-            wall_time_unix_ns: 1_796_385_600_000_000_000,
+            boot_time_unix_ns: 1_796_385_600_000_000_000 - 5_000_000_000,
             kind: None,
         };
         assert_eq!(event_time(&e), "2026-12-04T12:00:00.000Z");
         // 900 ms before the event, on the same offset.
         assert_eq!(related_time(&e, 4_100_000_000), "2026-12-04T11:59:59.100Z");
-        e.wall_time_unix_ns = 0;
+        e.boot_time_unix_ns = 0;
         assert_eq!(event_time(&e), "boot+5.000");
         assert_eq!(related_time(&e, 4_100_000_000), "boot+4.100");
     }

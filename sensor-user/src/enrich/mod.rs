@@ -88,7 +88,7 @@ impl Enricher {
         }
         Event {
             timestamp_ns: time.timestamp_ns,
-            wall_time_unix_ns: time.wall_time_unix_ns,
+            boot_time_unix_ns: time.boot_time_unix_ns,
             kind: Some(kind),
         }
     }
@@ -118,7 +118,7 @@ impl Enricher {
         let timestamp_ns = event.timestamp_ns();
         let time = EventTime {
             timestamp_ns,
-            wall_time_unix_ns: self.clock.wall_ns(timestamp_ns),
+            boot_time_unix_ns: self.clock.boot_time_ns(timestamp_ns),
         };
         let (kind, process) = match event {
             KernelEvent::Exec(exec) => {
@@ -321,7 +321,8 @@ mod tests {
             partial: false,
         }));
         assert_eq!(fork.timestamp_ns, 100);
-        assert_eq!(fork.wall_time_unix_ns, BOOTED_AT as u64 + 100);
+        assert_eq!(fork.wall_time_unix_ns(), Some(BOOTED_AT as u64 + 100));
+        assert_eq!(fork.boot_time_unix_ns, BOOTED_AT as u64);
         let Some(Kind::Fork(f)) = fork.kind else {
             panic!("fork kind")
         };
@@ -554,7 +555,11 @@ mod tests {
         e.enrich_into(fork(0), &mut run);
         let batch = <proto::telemetry::v1::EventBatch as prost::Message>::decode(run.as_bytes())
             .expect("decodes");
-        let walls: Vec<u64> = batch.events.iter().map(|e| e.wall_time_unix_ns).collect();
+        let walls: Vec<u64> = batch
+            .events
+            .iter()
+            .map(|e| e.wall_time_unix_ns().unwrap_or(0))
+            .collect();
         assert_eq!(
             walls,
             [

@@ -383,7 +383,7 @@ impl Isolation {
         let now = clock::now();
         Event {
             timestamp_ns: now.timestamp_ns,
-            wall_time_unix_ns: now.wall_time_unix_ns,
+            boot_time_unix_ns: now.boot_time_unix_ns,
             kind: Some(event::Kind::Isolation(IsolationEvent {
                 action: action as i32,
                 requester: change.requester.clone(),

@@ -67,12 +67,12 @@ impl EncodedEvents {
         out
     }
 
-    /// Appends `Event { timestamp_ns, wall_time_unix_ns, kind }` with
+    /// Appends `Event { timestamp_ns, boot_time_unix_ns, kind }` with
     /// `process` (the prost encoding of a `Process`, without tag or length)
     /// put into `kind`, whose own `process` must be `None`: byte for byte
     /// what prost writes for the complete event, as `process` is field 1 of
     /// every kind that has one and prost writes fields in number order
-    /// (the times are fields 1 and 2 of `Event`, the kinds 10 and up).
+    /// (the times are fields 1 and 3 of `Event`, the kinds 10 and up).
     ///
     /// A kind without a process field (isolation) is encoded as it is.
     pub fn push_with_process(&mut self, time: EventTime, kind: &Kind, process: &[u8]) {
@@ -86,7 +86,7 @@ impl EncodedEvents {
             Kind::Isolation(_) => {
                 let event = Event {
                     timestamp_ns: time.timestamp_ns,
-                    wall_time_unix_ns: time.wall_time_unix_ns,
+                    boot_time_unix_ns: time.boot_time_unix_ns,
                     kind: Some(kind.clone()),
                 };
                 self.push_frame(event.encoded_len(), |buf| event.encode_raw(buf));
@@ -94,14 +94,14 @@ impl EncodedEvents {
         }
     }
 
-    /// `Event` fields 1 and 2 (the times, each only when non-zero, as
+    /// `Event` fields 1 and 3 (the times, each only when non-zero, as
     /// prost leaves out proto3 defaults), then field `tag` holding
     /// `process` as field 1 followed by the fields of `m`.
     fn push_spliced(&mut self, time: EventTime, tag: u32, m: &impl Message, process: &[u8]) {
         let process_len = key_len(1) + encoded_len_varint(process.len() as u64) + process.len();
         let inner_len = process_len + m.encoded_len();
         let mut len = key_len(tag) + encoded_len_varint(inner_len as u64) + inner_len;
-        let times = [(1, time.timestamp_ns), (2, time.wall_time_unix_ns)];
+        let times = [(1, time.timestamp_ns), (3, time.boot_time_unix_ns)];
         for (field, value) in times {
             if value != 0 {
                 len += key_len(field) + encoded_len_varint(value);
@@ -386,7 +386,7 @@ mod tests {
     fn ev(pid: u32) -> Event {
         Event {
             timestamp_ns: u64::from(pid) * 1000,
-            wall_time_unix_ns: 0,
+            boot_time_unix_ns: 0,
             kind: Some(Kind::Fork(ForkEvent {
                 process: Some(Process {
                     pid,
@@ -558,14 +558,14 @@ mod tests {
             (
                 EventTime {
                     timestamp_ns: 1 << 40,
-                    wall_time_unix_ns: 0,
+                    boot_time_unix_ns: 0,
                 },
                 process.clone(),
             ),
             (
                 EventTime {
                     timestamp_ns: 1 << 40,
-                    wall_time_unix_ns: 1_796_385_600_123_456_789,
+                    boot_time_unix_ns: 1_796_385_600_123_456_789,
                 },
                 process,
             ),
@@ -586,7 +586,7 @@ mod tests {
                 }
                 let want = Event {
                     timestamp_ns: time.timestamp_ns,
-                    wall_time_unix_ns: time.wall_time_unix_ns,
+                    boot_time_unix_ns: time.boot_time_unix_ns,
                     kind: Some(whole),
                 };
                 let batch = EventBatch { events: vec![want] };
@@ -600,14 +600,14 @@ mod tests {
         let want = EventBatch {
             events: vec![Event {
                 timestamp_ns: 7,
-                wall_time_unix_ns: 8,
+                boot_time_unix_ns: 8,
                 kind: Some(isolation.clone()),
             }],
         };
         let mut got = EncodedEvents::default();
         let time = EventTime {
             timestamp_ns: 7,
-            wall_time_unix_ns: 8,
+            boot_time_unix_ns: 8,
         };
         got.push_with_process(time, &isolation, b"");
         assert_eq!(got.as_bytes(), want.encode_to_vec());
@@ -679,7 +679,7 @@ mod tests {
         // Events of more than 127 bytes: two-byte frame lengths.
         let big = |pid: u32| Event {
             timestamp_ns: u64::from(pid),
-            wall_time_unix_ns: 0,
+            boot_time_unix_ns: 0,
             kind: Some(Kind::Fork(ForkEvent {
                 process: Some(Process {
                     pid,
