@@ -21,15 +21,18 @@ pub struct IsolationState {
 ///
 /// `addr` is the peer's IPv6 address, or an IPv4 address mapped into IPv6
 /// (`::ffff:a.b.c.d`); all-zero means any address. `port` (host byte order)
-/// is the peer's port, 0 for any; `proto` is an IP protocol number
-/// (6 TCP, 17 UDP), 0 for any.
+/// is the peer's port, 0 for any; `local_port` (host byte order) is this
+/// terminal's port (egress: source, ingress: destination), 0 for any, and
+/// only set with TCP or UDP; `proto` is an IP protocol number (6 TCP,
+/// 17 UDP), 0 for any. `_pad` is always zero (the key is hashed as bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IsolationAllowKey {
     pub addr: [u8; 16],
     pub port: u16,
+    pub local_port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Indexes of the per-CPU `ISOLATION_STATS` array.
@@ -45,7 +48,9 @@ pub mod isolation_stat {
 }
 
 const _: () = assert!(core::mem::size_of::<IsolationState>() == 16);
-const _: () = assert!(core::mem::size_of::<IsolationAllowKey>() == 20);
+const _: () = assert!(core::mem::size_of::<IsolationAllowKey>() == 24);
+const _: () = assert!(core::mem::offset_of!(IsolationAllowKey, local_port) == 18);
+const _: () = assert!(core::mem::offset_of!(IsolationAllowKey, proto) == 20);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -127,12 +127,12 @@ fn ipv4_allowed(ctx: &TcContext, dir: Dir, l3: usize) -> Option<bool> {
     addr[11] = 0xff;
     addr[12..].copy_from_slice(&peer4);
     // Only a first fragment carries the ports.
-    let port = if fragment == 0 && ihl >= 20 {
-        peer_port(ctx, dir, l3 + ihl, proto)?
+    let (port, local_port) = if fragment == 0 && ihl >= 20 {
+        ports(ctx, dir, l3 + ihl, proto)?
     } else {
-        0
+        (0, 0)
     };
-    Some(peer_allowed(addr, port, proto))
+    Some(peer_allowed(addr, port, local_port, proto))
 }
 
 /// Extension headers are not walked: such packets match only rules without
@@ -149,49 +149,70 @@ fn ipv6_allowed(ctx: &TcContext, dir: Dir, l3: usize) -> Option<bool> {
     let addr = ctx
         .load::<[u8; 16]>(l3 + if dir == Dir::Egress { 24 } else { 8 })
         .ok()?;
-    let port = peer_port(ctx, dir, l3 + 40, next)?;
-    Some(peer_allowed(addr, port, next))
+    let (port, local_port) = ports(ctx, dir, l3 + 40, next)?;
+    Some(peer_allowed(addr, port, local_port, next))
 }
 
-/// The peer's TCP/UDP port (egress: destination, ingress: source); 0 for
-/// other protocols.
+/// The peer's and this terminal's TCP/UDP ports (egress: destination and
+/// source, ingress: source and destination); (0, 0) for other protocols.
 #[inline(always)]
-fn peer_port(ctx: &TcContext, dir: Dir, l4: usize, proto: u8) -> Option<u16> {
+fn ports(ctx: &TcContext, dir: Dir, l4: usize, proto: u8) -> Option<(u16, u16)> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Some(0);
+        return Some((0, 0));
     }
-    let offset = if dir == Dir::Egress { l4 + 2 } else { l4 };
-    Some(u16::from_be(ctx.load::<u16>(offset).ok()?))
+    let source = u16::from_be(ctx.load::<u16>(l4).ok()?);
+    let destination = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+    Some(match dir {
+        Dir::Egress => (destination, source),
+        Dir::Ingress => (source, destination),
+    })
 }
 
-/// Exact rule, then any port, then any protocol, then any address.
+/// At most seven lookups, narrowest first: (address, port, protocol), then
+/// (address, any port, protocol), each with this terminal's port and then
+/// any local port; then (address, any protocol); then (any address, port,
+/// protocol), with the local port and then without. Rules with a local
+/// port always name TCP or UDP, so the any-protocol key has none.
 #[inline(always)]
-fn peer_allowed(addr: [u8; 16], port: u16, proto: u8) -> bool {
-    let mut key = IsolationAllowKey {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    };
+fn peer_allowed(addr: [u8; 16], port: u16, local_port: u16, proto: u8) -> bool {
     let hit = |key: &IsolationAllowKey| {
         // SAFETY: only presence is checked; the value is not kept.
         unsafe { ISOLATION_ALLOW.get(key) }.is_some()
     };
-    if hit(&key) {
+    // The key with this terminal's port, then with any local port.
+    let hit_local = |mut key: IsolationAllowKey| {
+        if local_port != 0 {
+            key.local_port = local_port;
+            if hit(&key) {
+                return true;
+            }
+            key.local_port = 0;
+        }
+        hit(&key)
+    };
+    let mut key = IsolationAllowKey {
+        addr,
+        port,
+        local_port: 0,
+        proto,
+        _pad: [0; 3],
+    };
+    if hit_local(key) {
         return true;
     }
     key.port = 0;
-    if hit(&key) {
+    if hit_local(key) {
         return true;
     }
     key.proto = 0;
     if hit(&key) {
         return true;
     }
-    hit(&IsolationAllowKey {
+    hit_local(IsolationAllowKey {
         addr: [0; 16],
         port,
+        local_port: 0,
         proto,
-        _pad: 0,
+        _pad: [0; 3],
     })
 }

@@ -104,9 +104,14 @@ impl Lab {
 
     /// A dual-stack echo server on PORT in `ns`.
     async fn serve(&mut self, ns: &str) -> anyhow::Result<()> {
+        self.serve_on(ns, PORT).await
+    }
+
+    /// A dual-stack echo server on `port` (TCP and UDP) in `ns`.
+    async fn serve_on(&mut self, ns: &str, port: &str) -> anyhow::Result<()> {
         let (server, _) = Process::start(
             "echo server",
-            command_in(Some(ns), PROBE).args(["serve", "::", PORT]),
+            command_in(Some(ns), PROBE).args(["serve", "::", port]),
             "",
             Duration::from_secs(5),
             Stderr::Inherit,
@@ -179,6 +184,23 @@ impl Lab {
             cmd.arg(PORT);
         }
         let status = cmd.arg("800").stderr(Stdio::null()).status().await?;
+        Ok(status.success())
+    }
+
+    /// Whether a UDP echo from `from`'s local port `sport` to `to`:`port`
+    /// comes back.
+    async fn udp_from(
+        &self,
+        from: &Netns,
+        sport: u16,
+        to: &str,
+        port: &str,
+    ) -> anyhow::Result<bool> {
+        let status = command_in(Some(&from.name), PROBE)
+            .args(["udp", to, port, "800", &sport.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .await?;
         Ok(status.success())
     }
 
@@ -583,6 +605,107 @@ async fn netlink_attach_mode_isolates_and_releases_like_tcx() -> anyhow::Result<
     let mut lab = Lab::new().await?;
     lab.isolation_keys = "tc_attach = \"netlink\"\n".to_owned();
     local_isolation(lab).await
+}
+
+/// `local_port` narrows an allow rule to this terminal's port, on egress
+/// (source port) and ingress (destination port): the narrow DHCP form
+/// `{ address = "any", port = 67, local_port = 68, protocol = "udp" }` with
+/// the lab's ports. Software on the kiosk that picks another source port,
+/// the allowed local port towards another peer port, or a peer that sends
+/// from another port, is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_rule_with_a_local_port_lets_only_that_local_port_through() -> anyhow::Result<()> {
+    // term's client port towards any peer's PORT; other's client port
+    // towards term's PORT, for OTHER_V6 only.
+    const CLIENT: u16 = 40068;
+    const OTHER_CLIENT: u16 = 40067;
+    const SECOND_PORT: &str = "7010";
+    let mut lab = Lab::new().await?;
+    lab.isolation_keys = format!(
+        "allow = [\n  {{ address = \"any\", port = {PORT}, local_port = {CLIENT}, protocol = \"udp\" }},\n  \
+         {{ address = \"{OTHER_V6}\", port = {OTHER_CLIENT}, local_port = {PORT}, protocol = \"udp\" }},\n]\n"
+    );
+    let other_ns = lab.other.name.clone();
+    lab.serve_on(&other_ns, SECOND_PORT).await?;
+
+    // (from term?, local port, to, port): reached while isolated?
+    let probes: [(bool, u16, &str, &str, bool); 10] = [
+        (true, CLIENT, OTHER_V4, PORT, true),
+        (true, CLIENT, OTHER_V6, PORT, true),
+        (true, CLIENT + 1, OTHER_V4, PORT, false),
+        (true, CLIENT + 1, OTHER_V6, PORT, false),
+        (true, 0, OTHER_V4, PORT, false),
+        (true, CLIENT, OTHER_V4, SECOND_PORT, false),
+        (true, CLIENT, OTHER_V6, SECOND_PORT, false),
+        (false, OTHER_CLIENT, TERM_V6_OTHER, PORT, true),
+        (false, OTHER_CLIENT + 1, TERM_V6_OTHER, PORT, false),
+        (false, OTHER_CLIENT, TERM_V4_OTHER, PORT, false),
+    ];
+    let check = |isolated: bool, when: &'static str| {
+        let lab = &lab;
+        async move {
+            let mut wrong = Vec::new();
+            for (from_term, sport, to, port, allowed) in probes {
+                let from = if from_term { &lab.term } else { &lab.other };
+                let want = !isolated || allowed;
+                if lab.udp_from(from, sport, to, port).await? != want {
+                    wrong.push(format!(
+                        "udp {} :{sport} -> {to}:{port} (want {})",
+                        if from_term { "term" } else { "other" },
+                        if want { "reached" } else { "dropped" }
+                    ));
+                }
+            }
+            if !wrong.is_empty() {
+                bail!("{when}: {wrong:?}");
+            }
+            anyhow::Ok(())
+        }
+    };
+    check(false, "before isolating").await?;
+
+    let out = lab
+        .local(&["isolate", "--reason", "local port test"])
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(true, "isolated").await?;
+    // The rules widen nothing else: TCP and ICMP (and UDP from an
+    // ephemeral port) are still dropped both ways.
+    lab.assert_all(
+        &lab.other,
+        &[TERM_V4_OTHER, TERM_V6_OTHER],
+        false,
+        "isolated",
+    )
+    .await?;
+    lab.assert_all(&lab.term, &[OTHER_V4, OTHER_V6], false, "isolated")
+        .await?;
+    let state = std::fs::read_to_string(lab.state_dir().join("isolation.toml"))?;
+    assert!(
+        state.contains(&format!("local_port = {CLIENT}"))
+            && state.contains(&format!("local_port = {PORT}")),
+        "{state}"
+    );
+
+    // Re-applied from the state file (as at boot), the local ports hold.
+    let out = lab.local(&["isolation", "detach"]).await?;
+    assert!(out.status.success());
+    let out = lab.local(&["isolate", "--reapply"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(true, "re-applied").await?;
+
+    let out = lab.local(&["release", "--reason", "done"]).await?;
+    assert!(out.status.success());
+    check(false, "released").await?;
+    Ok(())
 }
 
 async fn local_isolation(lab: Lab) -> anyhow::Result<()> {

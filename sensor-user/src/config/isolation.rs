@@ -61,6 +61,10 @@ pub struct AllowRule {
     /// The peer's port; 0 or absent: any port.
     #[serde(default)]
     pub port: u16,
+    /// This terminal's port (egress: source, ingress: destination); 0 or
+    /// absent: any local port. Needs protocol tcp or udp.
+    #[serde(default)]
+    pub local_port: u16,
     /// Absent: any.
     #[serde(default)]
     pub protocol: AllowProtocol,
@@ -110,6 +114,9 @@ impl AllowRule {
         }
         if proto == proto_number::ANY && self.port != 0 {
             return Err("a port needs protocol \"tcp\" or \"udp\"".to_owned());
+        }
+        if proto == proto_number::ANY && self.local_port != 0 {
+            return Err("local_port needs protocol \"tcp\" or \"udp\"".to_owned());
         }
         Ok((address, proto))
     }
@@ -227,6 +234,7 @@ mod tests {
         let rule = |address: &str, port, protocol| AllowRule {
             address: address.into(),
             port,
+            local_port: 0,
             protocol,
         };
         use AllowProtocol::{Any, Udp};
@@ -243,6 +251,69 @@ mod tests {
             rule("fd00::1", 0, Any).parse().unwrap(),
             (Some("fd00::1".parse().unwrap()), 0)
         );
+    }
+
+    #[test]
+    fn local_port_narrows_a_rule_and_needs_tcp_or_udp() {
+        let c = Config::from_toml_str(
+            r#"
+            [isolation]
+            allow = [
+              { address = "any", port = 67, local_port = 68, protocol = "udp" },
+              { address = "fd00::53", port = 53, protocol = "tcp" },
+              { address = "10.0.0.9", local_port = 8443, protocol = "tcp" },
+            ]
+            "#,
+        )
+        .expect("valid");
+        let allow = &c.isolation.allow;
+        assert_eq!((allow[0].port, allow[0].local_port), (67, 68));
+        assert_eq!(allow[0].parse().unwrap(), (None, 17));
+        // Absent: any local port, as before the key existed.
+        assert_eq!(allow[1].local_port, 0);
+        assert_eq!((allow[2].port, allow[2].local_port), (0, 8443));
+
+        // A local port without tcp/udp would be meaningless for ICMP and
+        // fragments; refused rather than silently widened or ignored.
+        for (text, why) in [
+            (
+                r#"{ address = "10.0.0.1", port = 53, protocol = "udp" },
+                   { address = "10.0.0.1", local_port = 68 }"#,
+                "local_port needs protocol",
+            ),
+            (
+                r#"{ address = "10.0.0.1", port = 53, protocol = "udp" },
+                   { address = "10.0.0.1", local_port = 68, protocol = "any" }"#,
+                "local_port needs protocol",
+            ),
+            // A local port alone does not make "any address" narrow.
+            (
+                r#"{ address = "10.0.0.1", port = 53, protocol = "udp" },
+                   { address = "any", local_port = 68, protocol = "udp" }"#,
+                "needs a port",
+            ),
+        ] {
+            let text = format!("[isolation]\nallow = [{text}]");
+            let e = Config::from_toml_str(&text).expect_err(&text);
+            assert_eq!(e.key(), Some("isolation.allow[1]"), "{text}: {e}");
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+        for bad in [
+            "local_port = 65536",
+            "local_port = -1",
+            "local_port = \"68\"",
+        ] {
+            let text = format!(
+                "[isolation]\nallow = [{{ address = \"any\", port = 67, {bad}, protocol = \"udp\" }}]"
+            );
+            let e = Config::from_toml_str(&text).expect_err(&text);
+            assert!(e.to_string().contains("local_port"), "{text}: {e}");
+        }
+        let e = Config::from_toml_str(
+            "[isolation]\nallow = [{ address = \"any\", port = 67, localport = 68, protocol = \"udp\" }]",
+        )
+        .expect_err("typo");
+        assert!(e.to_string().contains("localport"), "{e}");
     }
 
     #[test]

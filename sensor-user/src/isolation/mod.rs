@@ -76,8 +76,16 @@ pub struct Peer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
     pub port: u16,
+    /// This terminal's port, 0 for any. Absent in state files written
+    /// before it existed (and omitted when 0): any local port.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub local_port: u16,
     /// IP protocol number, 0 for any.
     pub protocol: u8,
+}
+
+fn is_zero(port: &u16) -> bool {
+    *port == 0
 }
 
 impl Peer {
@@ -91,8 +99,9 @@ impl Peer {
         IsolationAllowKey {
             addr,
             port: self.port,
+            local_port: self.local_port,
             proto: self.protocol,
-            _pad: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -110,6 +119,9 @@ impl fmt::Display for Peer {
         }
         if self.port != 0 {
             write!(f, " port {}", self.port)?;
+        }
+        if self.local_port != 0 {
+            write!(f, " local port {}", self.local_port)?;
         }
         Ok(())
     }
@@ -195,6 +207,7 @@ pub fn collector_peers(endpoint: &str) -> Result<Vec<Peer>, IsolationError> {
         .map(|a| Peer {
             address: Some(a.ip()),
             port,
+            local_port: 0,
             protocol: proto_number::TCP,
         })
         .collect();
@@ -220,6 +233,7 @@ pub fn allowed_peers(
         peers.push(Peer {
             address,
             port: rule.port,
+            local_port: rule.local_port,
             protocol,
         });
     }
@@ -477,6 +491,7 @@ mod tests {
         let p = Peer {
             address: Some("10.1.2.3".parse().unwrap()),
             port: 50051,
+            local_port: 0,
             protocol: proto_number::TCP,
         };
         let k = p.key();
@@ -487,10 +502,22 @@ mod tests {
         let any = Peer {
             address: None,
             port: 67,
+            local_port: 0,
             protocol: proto_number::UDP,
         };
         assert_eq!(any.key().addr, [0; 16]);
+        assert_eq!(any.key().local_port, 0);
         assert_eq!(any.to_string(), "udp any address port 67");
+        let dhcp = Peer {
+            local_port: 68,
+            ..any
+        };
+        let k = dhcp.key();
+        assert_eq!(
+            (k.port, k.local_port, k.proto, k._pad),
+            (67, 68, 17, [0; 3])
+        );
+        assert_eq!(dhcp.to_string(), "udp any address port 67 local port 68");
     }
 
     #[test]
@@ -501,6 +528,7 @@ mod tests {
             [Peer {
                 address: Some("127.0.0.1".parse().unwrap()),
                 port: 50051,
+                local_port: 0,
                 protocol: proto_number::TCP
             }]
         );
@@ -522,14 +550,34 @@ mod tests {
             requester: "alice".into(),
             reason: "ransomware".into(),
             changed_at_unix_ms: 5,
-            allowed: vec![Peer {
-                address: None,
-                port: 67,
-                protocol: 17,
-            }],
+            allowed: vec![
+                Peer {
+                    address: None,
+                    port: 67,
+                    local_port: 68,
+                    protocol: 17,
+                },
+                Peer {
+                    address: Some("10.0.0.1".parse().unwrap()),
+                    port: 53,
+                    local_port: 0,
+                    protocol: 17,
+                },
+            ],
         };
         s.store(dir.path()).unwrap();
         assert_eq!(PersistedState::load(dir.path()).unwrap(), s);
+        // A file written before local ports existed still loads: any.
+        fs::write(
+            PersistedState::path(dir.path()),
+            "isolated = true\nrequester = \"alice\"\nreason = \"r\"\nchanged_at_unix_ms = 5\n\
+             [[allowed]]\nport = 67\nprotocol = 17\n",
+        )
+        .unwrap();
+        let old = PersistedState::load(dir.path()).unwrap();
+        assert_eq!(old.allowed.len(), 1);
+        assert_eq!((old.allowed[0].port, old.allowed[0].local_port), (67, 0));
+        assert_eq!(old.allowed[0].key().local_port, 0);
         fs::write(PersistedState::path(dir.path()), "isolated = \"yes\"").unwrap();
         let e = PersistedState::load(dir.path()).unwrap_err();
         assert!(e.to_string().contains("isolation.toml"), "{e}");

@@ -5,7 +5,7 @@
 //! ```text
 //! netprobe serve ADDR PORT          TCP echo on PORT, TCP discard on PORT+1, UDP echo on PORT
 //! netprobe tcp ADDR PORT [MS]       exit 0 if a TCP echo round trip works within MS
-//! netprobe udp ADDR PORT [MS]       the same over UDP
+//! netprobe udp ADDR PORT [MS] [SPORT]  the same over UDP, from local port SPORT (0: any)
 //! netprobe icmp ADDR [MS]           the same with an ICMP/ICMPv6 echo (raw socket)
 //! netprobe tput ADDR PORT SECS      TCP bulk send to PORT+1, prints "MBps <n>"
 //! netprobe rr ADDR PORT COUNT       UDP round trips, prints "p50_us <n> p99_us <n>"
@@ -30,7 +30,14 @@ fn main() -> ExitCode {
     let ok = match arg(0) {
         "serve" => serve(SocketAddr::new(addr(), port())),
         "tcp" => tcp(SocketAddr::new(addr(), port()), ms(3)),
-        "udp" => udp(SocketAddr::new(addr(), port()), ms(3)),
+        "udp" => udp(
+            SocketAddr::new(addr(), port()),
+            ms(3),
+            match arg(4) {
+                "" => 0,
+                sport => sport.parse().expect("SPORT must be a port number"),
+            },
+        ),
         "icmp" => icmp(addr(), ms(2)),
         "tput" => tput(
             SocketAddr::new(addr(), port() + 1),
@@ -101,8 +108,8 @@ fn tcp(to: SocketAddr, timeout: Duration) -> Result {
     Ok(())
 }
 
-fn udp(to: SocketAddr, timeout: Duration) -> Result {
-    let s = UdpSocket::bind(SocketAddr::new(unspecified(to.ip()), 0))?;
+fn udp(to: SocketAddr, timeout: Duration, source_port: u16) -> Result {
+    let s = UdpSocket::bind(SocketAddr::new(unspecified(to.ip()), source_port))?;
     s.set_read_timeout(Some(timeout))?;
     s.send_to(b"netprobe", to)?;
     let mut buf = [0u8; 64];
