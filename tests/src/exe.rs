@@ -44,9 +44,21 @@ pub fn write_executable(dest: &Path, content: impl AsRef<[u8]>) -> anyhow::Resul
 /// Appends `bytes` to `path` in place (same inode: new size, mtime and
 /// ctime), through `dd`.
 pub fn append_to_executable(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    dd_into(path, &["oflag=append", "conv=notrunc"], bytes)
+}
+
+/// Replaces the content of `path` with `bytes` in place (same inode:
+/// truncated and rewritten, new ctime), through `dd`.
+pub fn overwrite_executable(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    dd_into(path, &[], bytes)
+}
+
+/// Writes `bytes` to `path` through `dd` with `flags`.
+fn dd_into(path: &Path, flags: &[&str], bytes: &[u8]) -> anyhow::Result<()> {
     let mut child = Command::new("dd")
         .arg(of_arg(path))
-        .args(["oflag=append", "conv=notrunc", "status=none"])
+        .args(flags)
+        .arg("status=none")
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

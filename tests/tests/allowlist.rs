@@ -46,6 +46,18 @@ impl Setup {
         Ok(path)
     }
 
+    /// A folder for a `[[trusted_root]]`: under the target dir, whose
+    /// directories up to `/` only root may write (a trusted root under /tmp,
+    /// 1777, is refused). Deleted with the returned guard.
+    fn trusted_dir(&self) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let root = dir.path().join("bin");
+        std::fs::create_dir(&root)?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        Ok((dir, root))
+    }
+
     /// Writes a policy in `mode` allowing `allowed` (path, sha256 now).
     fn write_policy(&self, mode: &str, allowed: &[&Path], extra: &str) -> anyhow::Result<()> {
         let mut text = format!(
@@ -204,16 +216,8 @@ async fn modified_allowlisted_binary_loses_trust() -> anyhow::Result<()> {
 
     // Append one byte: same inode, new size and ctime, new hash.
     tests::exe::append_to_executable(&tool, b"\0")?;
-    let (status, created) = setup.run(&tool, "after")?;
-    assert_eq!(status.signal(), Some(9), "{status}");
-    assert!(!created);
-
-    sub.until(Duration::from_secs(20), |s| !policy_events(s).is_empty())
-        .await?;
-    let block = policy_events(&sub)[0];
-    assert_eq!(block.reason(), policy_event::Reason::Modified);
     assert_eq!(
-        block.rule,
+        stopped_as_modified(&setup, &mut sub, &tool, "after").await?,
         tool.display().to_string(),
         "names the rule that had allowed it"
     );
@@ -221,6 +225,105 @@ async fn modified_allowlisted_binary_loses_trust() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _) = setup.run(&tool, "again")?;
     assert_eq!(status.signal(), Some(9), "{status}");
+    sensor.stop().await?;
+    Ok(())
+}
+
+/// Runs `program`, which must be stopped (SIGKILL, no marker file) and
+/// reported as modified; returns the rule named in the report.
+async fn stopped_as_modified(
+    setup: &Setup,
+    sub: &mut Subscription,
+    program: &Path,
+    tag: &str,
+) -> anyhow::Result<String> {
+    let (status, created) = setup.run(program, tag)?;
+    assert_eq!(status.signal(), Some(9), "{status}");
+    assert!(!created);
+    sub.until(Duration::from_secs(20), |s| !policy_events(s).is_empty())
+        .await?;
+    let block = policy_events(sub)[0];
+    assert_eq!(block.reason(), policy_event::Reason::Modified);
+    Ok(block.rule.clone())
+}
+
+/// Waits until the sensor log contains `text` (10 s at most).
+async fn log_shows(sensor: &Sensor, text: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sensor.log().contains(text) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the sensor never logged {text:?}:\n{}",
+            sensor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A file under a trusted root is trusted for the content it had when the
+/// policy was compiled, not for its path: changed in place it is blocked
+/// and stays blocked; with its original bytes back (new ctime) it is
+/// trusted again; made world-writable it is blocked and stays blocked even
+/// though its content is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modified_file_under_a_trusted_root_is_retrusted_only_with_its_compiled_content()
+-> anyhow::Result<()> {
+    let setup = Setup::new("allow-root-modified")?;
+    let (_trusted, root) = setup.trusted_dir()?;
+    let tool = root.join("tool");
+    tests::exe::copy_executable(Path::new("/usr/bin/touch"), &tool)?;
+    let original = std::fs::read(&tool)?;
+    setup.write_policy(
+        "enforce",
+        &[],
+        &format!("[[trusted_root]]\npath = \"{}\"\n", root.display()),
+    )?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+    let (status, created) = setup.run(&tool, "before")?;
+    assert!(
+        status.success() && created,
+        "trusted-root file runs: {status}"
+    );
+
+    // The attacker's change: same inode, same path under the root, new
+    // content. Blocked, and the re-hash does not give trust back.
+    tests::exe::append_to_executable(&tool, b"\0")?;
+    assert_eq!(
+        stopped_as_modified(&setup, &mut sub, &tool, "modified").await?,
+        format!("trusted_root {}", root.display())
+    );
+    log_shows(
+        &sensor,
+        "stays untrusted: content is not the one hashed at compile",
+    )
+    .await?;
+    let (status, created) = setup.run(&tool, "modified-again")?;
+    assert_eq!(status.signal(), Some(9), "not re-trusted: {status}");
+    assert!(!created);
+
+    // The original bytes back in place (new ctime): re-hashed, trusted.
+    tests::exe::overwrite_executable(&tool, &original)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !setup.run(&tool, "restored")?.0.success() {
+        assert!(
+            Instant::now() < deadline,
+            "trust never came back with the original content:\n{}",
+            sensor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Right content, but now anyone may rewrite it: stays untrusted.
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o757))?;
+    let (status, created) = setup.run(&tool, "world-writable")?;
+    assert_eq!(status.signal(), Some(9), "world-writable stopped: {status}");
+    assert!(!created);
+    log_shows(&sensor, "stays untrusted: group/world-writable").await?;
+    let (status, _) = setup.run(&tool, "world-writable-again")?;
+    assert_eq!(status.signal(), Some(9), "not re-trusted: {status}");
     sensor.stop().await?;
     Ok(())
 }
@@ -319,8 +422,7 @@ async fn bad_reload_keeps_the_last_good_policy_and_good_reload_swaps() -> anyhow
 async fn ten_thousand_entry_policy_loads_and_enforces() -> anyhow::Result<()> {
     const N: usize = 10_000;
     let setup = Setup::new("allow-10k")?;
-    let root = setup.dir.path().join("root");
-    std::fs::create_dir(&root)?;
+    let (_trusted, root) = setup.trusted_dir()?;
     for i in 0..N {
         let p = root.join(format!("tool-{i}"));
         std::fs::write(&p, format!("#!/bin/sh\n# {i}\n"))?;

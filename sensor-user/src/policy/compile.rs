@@ -4,6 +4,7 @@
 //! names is NOT allowed (and reported).
 
 use std::{
+    collections::HashMap,
     fs::File,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -36,6 +37,11 @@ pub struct CompiledPolicy {
     pub rules: Vec<String>,
     /// Expected SHA-256 by rule (None for trusted roots).
     pub expected: Vec<Option<String>>,
+    /// Canonical directory of each `trusted_root` rule, by rule index.
+    pub root_dirs: HashMap<u32, PathBuf>,
+    /// SHA-256 of each file a trusted root allowed, as hashed at compile:
+    /// a changed file gets trust back only with this content.
+    pub root_hashes: HashMap<FileId, String>,
     /// Files that were not allowed and why (missing, hash mismatch, ...).
     pub not_allowed: Vec<String>,
 }
@@ -54,6 +60,9 @@ pub struct Hashed {
     pub id: FileId,
     pub entry: AllowEntry,
     pub sha256: String,
+    /// Owner and mode of the opened file (fstat), for trusted roots.
+    pub uid: u32,
+    pub mode: u32,
 }
 
 /// Opens and hashes `path`, identifying the opened file.
@@ -95,7 +104,37 @@ pub fn hash_file(path: &Path, rule: u32) -> std::io::Result<Hashed> {
             _pad: 0,
         },
         sha256,
+        uid: before.uid(),
+        mode: before.mode(),
     })
+}
+
+/// Why a file's owner or mode lets someone other than root change it.
+pub fn root_only_file(uid: u32, mode: u32) -> Result<(), String> {
+    if uid != 0 {
+        return Err(format!("owned by uid {uid}, not root"));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!("group/world-writable (mode {:o})", mode & 0o7777));
+    }
+    Ok(())
+}
+
+/// Canonicalizes `dir` and checks it and every directory above it up to
+/// `/`: each must be owned by root and not group/world-writable (a sticky
+/// bit is no exception). On failure: the offending path and why.
+pub fn root_only_chain(dir: &Path) -> Result<PathBuf, String> {
+    let canonical = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for ancestor in canonical.ancestors() {
+        let meta = std::fs::symlink_metadata(ancestor)
+            .map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{}: not a directory", ancestor.display()));
+        }
+        root_only_file(meta.uid(), meta.mode())
+            .map_err(|why| format!("{}: {why}", ancestor.display()))?;
+    }
+    Ok(canonical)
 }
 
 /// The id the kernel gives the cgroup v2 directory `path` (its inode
@@ -146,19 +185,41 @@ pub fn compile(policy: &PolicyFile, origin: &Path) -> Result<CompiledPolicy, Pol
                 .push(format!("{}: {e}", rule.path.display())),
         }
     }
-    for root in &policy.trusted_root {
+    for (i, root) in policy.trusted_root.iter().enumerate() {
         let index = out.rules.len() as u32;
         out.rules
             .push(format!("trusted_root {}", root.path.display()));
         out.expected.push(None);
+        let dir = root_only_chain(&root.path).map_err(|reason| PolicyError::Invalid {
+            path: origin.to_owned(),
+            key: format!("trusted_root[{i}].path"),
+            reason: format!("only root may write it and every directory above it: {reason}"),
+        })?;
         let mut files = Vec::new();
-        executables_below(&root.path, 0, &mut files, &mut out.not_allowed);
+        executables_below(&dir, 0, &mut files, &mut out.not_allowed);
+        // Directories between the root and its files, checked once each.
+        let mut dirs: HashMap<PathBuf, Result<(), String>> = HashMap::new();
         for path in files {
+            let parent = path.parent().unwrap_or(&dir).to_owned();
+            let chain = dirs
+                .entry(parent)
+                .or_insert_with_key(|parent| root_only_chain(parent).map(drop));
+            if let Err(why) = chain {
+                out.not_allowed.push(format!("{}: {why}", path.display()));
+                continue;
+            }
             match hash_file(&path, index) {
-                Ok(h) => out.entries.push((h.id, h.entry)),
+                Ok(h) => match root_only_file(h.uid, h.mode) {
+                    Ok(()) => {
+                        out.root_hashes.insert(h.id, h.sha256);
+                        out.entries.push((h.id, h.entry));
+                    }
+                    Err(why) => out.not_allowed.push(format!("{}: {why}", path.display())),
+                },
                 Err(e) => out.not_allowed.push(format!("{}: {e}", path.display())),
             }
         }
+        out.root_dirs.insert(index, dir);
     }
     for (i, deny) in policy.deny.iter().enumerate() {
         let index = out.rules.len() as u32;
@@ -254,13 +315,16 @@ mod tests {
 
     #[test]
     fn allows_matching_hashes_only_and_walks_trusted_roots() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         let good = dir.path().join("good");
         let bad = dir.path().join("bad");
         std::fs::write(&good, b"abc").unwrap();
         std::fs::write(&bad, b"xyz").unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("sub")).unwrap();
+        for d in [root.clone(), root.join("sub")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         for (name, mode) in [("a", 0o755), ("sub/b", 0o700), ("data", 0o644)] {
             let p = root.join(name);
             std::fs::write(&p, name).unwrap();
@@ -290,6 +354,164 @@ mod tests {
         assert_eq!(
             compiled.rules[3],
             format!("trusted_root {}", root.display())
+        );
+    }
+
+    /// A scratch directory only root can write, whose chain up to `/` is
+    /// root-owned and 0755 (/run here; /tmp is 1777 and would be refused).
+    fn scratch() -> tempfile::TempDir {
+        let dir = tempfile::tempdir_in("/run").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn mkdir(path: &Path, mode: u32) {
+        std::fs::create_dir_all(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn executable(path: &Path, content: &str, mode: u32) {
+        std::fs::write(path, content).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn compile_root(root: &Path) -> Result<CompiledPolicy, PolicyError> {
+        let text = format!("[[trusted_root]]\npath = \"{}\"\n", root.display());
+        compile(
+            &PolicyFile::parse(&text, Path::new("t")).unwrap(),
+            Path::new("t"),
+        )
+    }
+
+    /// A group-writable directory anywhere between the root and `/` lets a
+    /// non-root user swap the files: the policy is refused, naming the entry
+    /// and that directory.
+    #[test]
+    fn group_writable_directory_in_the_chain_refuses_the_policy() {
+        let dir = scratch();
+        let shared = dir.path().join("shared");
+        mkdir(&shared, 0o775);
+        let root = shared.join("pos/bin");
+        mkdir(&shared.join("pos"), 0o755);
+        mkdir(&root, 0o755);
+        executable(&root.join("tool"), "#!/bin/sh\n", 0o755);
+        let err = compile_root(&root).unwrap_err().to_string();
+        assert!(err.contains("trusted_root[0].path"), "{err}");
+        assert!(
+            err.contains(&format!("{}: group/world-writable", shared.display())),
+            "{err}"
+        );
+        // Owned by someone else: refused too.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&shared, Some(65534), None).unwrap();
+        let err = compile_root(&root).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{}: owned by uid 65534", shared.display())),
+            "{err}"
+        );
+        std::os::unix::fs::chown(&shared, Some(0), None).unwrap();
+        assert!(compile_root(&root).is_ok());
+    }
+
+    /// The sticky bit keeps others from renaming files, not from creating
+    /// them: a root under /tmp (1777) is refused, naming /tmp.
+    #[test]
+    fn sticky_tmp_is_no_exception() {
+        let tmp = Path::new("/tmp");
+        if std::fs::metadata(tmp).unwrap().mode() & 0o022 == 0 {
+            return; // /tmp is not world-writable here: nothing to show.
+        }
+        let dir = tempfile::tempdir_in(tmp).unwrap();
+        executable(&dir.path().join("tool"), "#!/bin/sh\n", 0o755);
+        let err = compile_root(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("trusted_root[0].path"), "{err}");
+        assert!(
+            err.contains(&format!("{}: group/world-writable", tmp.display())),
+            "{err}"
+        );
+    }
+
+    /// A world-writable executable (or one in a group-writable directory
+    /// below the root) is not allowlisted, and is listed with the reason.
+    #[test]
+    fn world_writable_file_is_not_allowlisted() {
+        let dir = scratch();
+        let root = dir.path().join("bin");
+        mkdir(&root, 0o755);
+        executable(&root.join("open"), "#!/bin/sh\n# open\n", 0o757);
+        mkdir(&root.join("drop"), 0o775);
+        executable(&root.join("drop/tool"), "#!/bin/sh\n# drop\n", 0o755);
+        let compiled = compile_root(&root).unwrap();
+        assert!(compiled.entries.is_empty(), "{:?}", compiled.entries);
+        assert!(compiled.root_hashes.is_empty());
+        assert_eq!(compiled.not_allowed.len(), 2, "{:?}", compiled.not_allowed);
+        let open = format!(
+            "{}: group/world-writable (mode 757)",
+            root.join("open").display()
+        );
+        assert!(
+            compiled.not_allowed.contains(&open),
+            "{:?}",
+            compiled.not_allowed
+        );
+        let drop = format!(
+            "{}: {}: group/world-writable",
+            root.join("drop/tool").display(),
+            root.join("drop").display()
+        );
+        assert!(
+            compiled.not_allowed.iter().any(|n| n.starts_with(&drop)),
+            "{:?}",
+            compiled.not_allowed
+        );
+    }
+
+    /// An executable owned by another user can be rewritten by that user:
+    /// not allowlisted, listed with the reason.
+    #[test]
+    fn non_root_owned_file_is_not_allowlisted() {
+        let dir = scratch();
+        let root = dir.path().join("bin");
+        mkdir(&root, 0o755);
+        let theirs = root.join("theirs");
+        executable(&theirs, "#!/bin/sh\n", 0o755);
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let compiled = compile_root(&root).unwrap();
+        assert!(compiled.entries.is_empty(), "{:?}", compiled.entries);
+        assert_eq!(
+            compiled.not_allowed,
+            [format!(
+                "{}: owned by uid 65534, not root",
+                theirs.display()
+            )]
+        );
+    }
+
+    /// Root-owned 0755 files in root-owned 0755 directories are allowed,
+    /// with their SHA-256 recorded by identity for re-trust.
+    #[test]
+    fn root_owned_0755_is_allowlisted_with_its_hash_recorded() {
+        let dir = scratch();
+        let root = dir.path().join("bin");
+        mkdir(&root, 0o755);
+        let tool = root.join("tool");
+        executable(&tool, "abc", 0o755);
+        let compiled = compile_root(&root).unwrap();
+        assert!(
+            compiled.not_allowed.is_empty(),
+            "{:?}",
+            compiled.not_allowed
+        );
+        assert_eq!(compiled.entries.len(), 1);
+        let id = compiled.entries[0].0;
+        assert_eq!(id.ino, std::fs::metadata(&tool).unwrap().ino());
+        assert_eq!(
+            compiled.root_hashes.get(&id).map(String::as_str),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(
+            compiled.root_dirs.get(&0),
+            Some(&std::fs::canonicalize(&root).unwrap())
         );
     }
 }

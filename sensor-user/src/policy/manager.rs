@@ -14,7 +14,7 @@ use std::{
 use sensor_common::FileId;
 
 use super::{
-    compile::{CompiledPolicy, compile, hash_file},
+    compile::{CompiledPolicy, Hashed, compile, hash_file, root_only_chain, root_only_file},
     file::{PolicyError, PolicyFile},
     kernel::PolicyMaps,
 };
@@ -177,27 +177,76 @@ impl Manager {
     }
 
     /// Trust comes back only if the file's new content is what the rule
-    /// allows (for a trusted root: the file is still below it).
+    /// allows: for an `[[allow]]` rule, the policy's SHA-256; for a trusted
+    /// root, the SHA-256 recorded when the policy was compiled, with the
+    /// file still below the root, owned by root, not group/world-writable,
+    /// in directories only root can write.
     fn retrust(&mut self, file: FileId, rule: u32, path: &str) {
         let Some(expected) = self.compiled.expected.get(rule as usize) else {
             return;
         };
-        let Ok(hashed) = hash_file(Path::new(path), rule) else {
-            return;
+        let hashed = match hash_file(Path::new(path), rule) {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                tracing::warn!(
+                    path,
+                    "allowlisted file changed, cannot re-hash it: stays untrusted: {e}"
+                );
+                return;
+            }
         };
         if hashed.id != file {
             return;
         }
-        let allowed = match expected {
-            Some(sha256) => hashed.sha256.eq_ignore_ascii_case(sha256),
-            None => self.compiled.rules[rule as usize]
-                .strip_prefix("trusted_root ")
-                .is_some_and(|root| Path::new(path).starts_with(root)),
+        let verdict = match expected {
+            Some(sha256) if hashed.sha256.eq_ignore_ascii_case(sha256) => Ok(()),
+            Some(_) => Err("content is not the policy's".to_owned()),
+            None => self.root_verdict(file, rule, path, &hashed),
         };
-        if allowed && self.maps.update_live(hashed.id, hashed.entry).is_ok() {
-            tracing::info!(path, "allowlisted file re-hashed: trusted again");
-        } else if !allowed {
-            tracing::warn!(path, sha256 = %hashed.sha256, "allowlisted file changed: stays untrusted");
+        match verdict {
+            Ok(()) => {
+                if self.maps.update_live(hashed.id, hashed.entry).is_ok() {
+                    tracing::info!(path, "allowlisted file re-hashed: trusted again");
+                }
+            }
+            Err(why) => tracing::warn!(
+                path,
+                sha256 = %hashed.sha256,
+                "allowlisted file changed: stays untrusted: {why}"
+            ),
         }
+    }
+
+    /// Whether a changed file of trusted root `rule` may be trusted again.
+    fn root_verdict(
+        &self,
+        file: FileId,
+        rule: u32,
+        path: &str,
+        hashed: &Hashed,
+    ) -> Result<(), String> {
+        let root = self
+            .compiled
+            .root_dirs
+            .get(&rule)
+            .ok_or("not a trusted root rule")?;
+        let recorded = self
+            .compiled
+            .root_hashes
+            .get(&file)
+            .ok_or("no hash recorded for this file when the policy was compiled")?;
+        if !hashed.sha256.eq_ignore_ascii_case(recorded) {
+            return Err(format!(
+                "content is not the one hashed at compile ({recorded})"
+            ));
+        }
+        root_only_file(hashed.uid, hashed.mode)?;
+        let canonical = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+        let parent = canonical.parent().ok_or("no parent directory")?;
+        if !canonical.starts_with(root) {
+            return Err(format!("no longer below {}", root.display()));
+        }
+        root_only_chain(parent)?;
+        Ok(())
     }
 }
