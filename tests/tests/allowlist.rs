@@ -94,8 +94,18 @@ impl Setup {
     /// Runs `program <marker file>` in the cgroup; returns its status and
     /// whether the marker file exists afterwards.
     fn run(&self, program: &Path, tag: &str) -> anyhow::Result<(std::process::ExitStatus, bool)> {
+        self.run_in(&self.cgroup, program, tag)
+    }
+
+    /// [`Self::run`] in another cgroup.
+    fn run_in(
+        &self,
+        cgroup: &TestCgroup,
+        program: &Path,
+        tag: &str,
+    ) -> anyhow::Result<(std::process::ExitStatus, bool)> {
         let marker_file = self.dir.path().join(format!("marker-{tag}"));
-        let status = self.cgroup.command(program).arg(&marker_file).status()?;
+        let status = cgroup.command(program).arg(&marker_file).status()?;
         Ok((status, marker_file.exists()))
     }
 }
@@ -604,16 +614,11 @@ async fn a_scoped_policy_covers_every_cgroup_below_its_scope() -> anyhow::Result
     let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
 
     // A service two levels below the scope: blocked, and allowed programs run.
-    let marker_file = setup.dir.path().join("marker-service");
-    let status = service.command(&intruder).arg(&marker_file).status()?;
+    let (status, ran) = setup.run_in(&service, &intruder, "service")?;
     assert_eq!(status.signal(), Some(9), "killed in pos.service: {status}");
-    assert!(!marker_file.exists(), "the blocked program never ran");
-    let marker_file = setup.dir.path().join("marker-service-touch");
-    let status = service.command(touch).arg(&marker_file).status()?;
-    assert!(
-        status.success() && marker_file.exists(),
-        "touch runs: {status}"
-    );
+    assert!(!ran, "the blocked program never ran");
+    let (status, ran) = setup.run_in(&service, touch, "service-touch")?;
+    assert!(status.success() && ran, "touch runs: {status}");
 
     // A shell in the scope makes a sub-cgroup, moves itself in, and execs.
     let marker_file = setup.dir.path().join("marker-escape");
@@ -636,24 +641,16 @@ async fn a_scoped_policy_covers_every_cgroup_below_its_scope() -> anyhow::Result
         let next = deep[deep.len() - 1].child(&format!("l{level}"))?;
         deep.push(next);
     }
-    let marker_file = setup.dir.path().join("marker-deep");
-    let status = deep[deep.len() - 1]
-        .command(&intruder)
-        .arg(&marker_file)
-        .status()?;
+    let (status, ran) = setup.run_in(&deep[deep.len() - 1], &intruder, "deep")?;
     assert_eq!(
         status.signal(),
         Some(9),
         "fail closed when too deep: {status}"
     );
-    assert!(!marker_file.exists());
+    assert!(!ran);
     // One level less is walked in full: out of scope, it runs.
-    let marker_file = setup.dir.path().join("marker-shallower");
-    let status = deep[deep.len() - 2]
-        .command(&intruder)
-        .arg(&marker_file)
-        .status()?;
-    assert!(status.success() && marker_file.exists(), "{status}");
+    let (status, ran) = setup.run_in(&deep[deep.len() - 2], &intruder, "shallower")?;
+    assert!(status.success() && ran, "{status}");
     while let Some(cgroup) = deep.pop() {
         drop(cgroup);
     }
