@@ -13,6 +13,7 @@ pub mod exe;
 pub mod netns;
 pub mod open_hook;
 pub mod procs;
+pub mod root_only;
 pub mod stream;
 
 pub use open_hook::HeldOpenHook;

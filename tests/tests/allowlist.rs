@@ -46,12 +46,11 @@ impl Setup {
         Ok(path)
     }
 
-    /// A folder for a `[[trusted_root]]`: under the target dir, whose
-    /// directories up to `/` only root may write (a trusted root under /tmp,
-    /// 1777, is refused). Deleted with the returned guard.
+    /// A folder for a `[[trusted_root]]`, in a folder whose directories up
+    /// to `/` only root may write (a trusted root under /tmp, 1777, is
+    /// refused). Deleted with the returned guard.
     fn trusted_dir(&self) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let dir = tests::root_only::root_only_tempdir()?;
         let root = dir.path().join("bin");
         std::fs::create_dir(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;

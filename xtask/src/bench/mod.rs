@@ -362,18 +362,13 @@ struct AllowlistBench {
 
 impl AllowlistBench {
     fn prepare(entries: usize) -> Result<Self> {
-        // Under the target dir, not /tmp: a trusted root needs every
-        // directory up to / owned by root and not group/world-writable
-        // (the sensor refuses the policy otherwise, naming the directory).
-        let scratch = crate::cmd::target_dir().join("tmp");
-        std::fs::create_dir_all(&scratch)
-            .with_context(|| format!("mkdir {}", scratch.display()))?;
-        let dir = tempfile::tempdir_in(&scratch)?;
+        // Not /tmp, nor the checkout (which may be under /tmp): a trusted
+        // root needs every directory up to / owned by root and not
+        // group/world-writable (the sensor refuses the policy otherwise).
+        let dir = tests::root_only::root_only_tempdir()?;
         let root = dir.path().join("trusted");
         std::fs::create_dir(&root)?;
-        for d in [dir.path(), root.as_path()] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
         for i in 0..entries.saturating_sub(1) {
             let p = root.join(format!("tool-{i}"));
             std::fs::write(&p, format!("#!/bin/sh\n# {i}\n"))?;
