@@ -1,10 +1,9 @@
 //! `rxsentry isolate | release | hosts`: the collector's analyst API, which
 //! needs an operator token (sent as `authorization: Bearer <token>`).
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use proto::control::v1::{
     HostInfo, IsolationRequest, IsolationStatus, ListHostsRequest,
@@ -12,19 +11,7 @@ use proto::control::v1::{
 };
 use serde_json::json;
 
-use crate::client::{self, DEFAULT_COLLECTOR};
-
-/// Where the collector is and who is asking.
-#[derive(Debug, Args)]
-pub struct Access {
-    /// Collector gRPC address, `http://host:port` or `host:port`.
-    #[arg(long, default_value = DEFAULT_COLLECTOR)]
-    collector: String,
-    /// File holding the operator token; else $RXSENTRY_TOKEN_FILE, else
-    /// $RXSENTRY_TOKEN.
-    #[arg(long, value_name = "PATH")]
-    token_file: Option<PathBuf>,
-}
+use crate::client::{self, Access};
 
 #[derive(Debug, Args)]
 pub struct ChangeArgs {
@@ -46,42 +33,12 @@ pub struct HostsArgs {
     access: Access,
 }
 
-impl Access {
-    fn token(&self) -> anyhow::Result<String> {
-        let file = self
-            .token_file
-            .clone()
-            .or_else(|| std::env::var_os("RXSENTRY_TOKEN_FILE").map(PathBuf::from));
-        let token = match file {
-            Some(path) => std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?,
-            None => std::env::var("RXSENTRY_TOKEN").unwrap_or_default(),
-        };
-        let token = token.trim().to_owned();
-        if token.is_empty() {
-            bail!(
-                "no operator token: give --token-file PATH or set RXSENTRY_TOKEN_FILE or RXSENTRY_TOKEN"
-            );
-        }
-        Ok(token)
-    }
-
-    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut request = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token()?)
-            .parse()
-            .context("the operator token must be printable ASCII")?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
-    }
-
-    async fn client(
-        &self,
-    ) -> anyhow::Result<(String, AnalystApiClient<tonic::transport::Channel>)> {
-        let url = client::normalize_url(&self.collector);
-        let channel = client::connect(&url).await?;
-        Ok((url, AnalystApiClient::new(channel)))
-    }
+/// The analyst API's client.
+async fn api(
+    access: &Access,
+) -> anyhow::Result<(String, AnalystApiClient<tonic::transport::Channel>)> {
+    let channel = access.connect().await?;
+    Ok((access.url(), AnalystApiClient::new(channel)))
 }
 
 /// `rxsentry isolate` (`isolate = true`) or `rxsentry release`.
@@ -91,7 +48,7 @@ pub async fn change(args: ChangeArgs, isolate: bool) -> anyhow::Result<()> {
         host_id: args.host.clone(),
         reason: args.reason.clone(),
     })?;
-    let (url, mut api) = args.access.client().await?;
+    let (url, mut api) = api(&args.access).await?;
     let call = if isolate {
         api.isolate(request).await
     } else {
@@ -127,7 +84,7 @@ pub async fn change(args: ChangeArgs, isolate: bool) -> anyhow::Result<()> {
 
 pub async fn hosts(args: HostsArgs) -> anyhow::Result<()> {
     let request = args.access.request(ListHostsRequest {})?;
-    let (url, mut api) = args.access.client().await?;
+    let (url, mut api) = api(&args.access).await?;
     let hosts = api
         .list_hosts(request)
         .await
@@ -280,8 +237,11 @@ mod tests {
     #[test]
     fn missing_token_is_a_clear_error() {
         let access = Access {
-            collector: DEFAULT_COLLECTOR.into(),
-            token_file: Some(PathBuf::from("/nonexistent/token")),
+            collector: crate::client::DEFAULT_COLLECTOR.into(),
+            ca: None,
+            server_name: None,
+            insecure_plaintext: false,
+            token_file: Some(std::path::PathBuf::from("/nonexistent/token")),
         };
         let e = access.token().unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/token"), "{e:#}");

@@ -10,16 +10,15 @@ use proto::telemetry::v1::{
     telemetry_subscribe_client::TelemetrySubscribeClient,
 };
 
-use crate::client::{self, DEFAULT_COLLECTOR};
+use crate::client;
 use crate::render::{Format, Renderer};
 
 /// Options of `rxsentry tail`. Repeated filters of one kind are OR-ed;
 /// different kinds of filter are AND-ed (the collector does the filtering).
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// Collector gRPC address, `http://host:port` or `host:port`.
-    #[arg(long, default_value = DEFAULT_COLLECTOR)]
-    collector: String,
+    #[command(flatten)]
+    access: client::Access,
     /// Only this host_id (repeatable).
     #[arg(long = "host", value_name = "HOST_ID")]
     hosts: Vec<String>,
@@ -82,10 +81,11 @@ impl TailArgs {
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
-    let url = client::normalize_url(&args.collector);
-    let channel = client::connect(&url).await?;
+    let url = args.access.url();
+    let request = args.access.request(args.request())?;
+    let channel = args.access.connect().await?;
     let mut stream = TelemetrySubscribeClient::new(channel)
-        .subscribe(args.request())
+        .subscribe(request)
         .await
         .map_err(|s| {
             anyhow::anyhow!(
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(r.host_ids, ["s1", "s2"]);
         assert_eq!(r.kinds, [EventKind::Exec as i32, EventKind::Exit as i32]);
         assert_eq!(r.process_names, ["curl"]);
-        assert_eq!(a.collector, DEFAULT_COLLECTOR);
+        assert_eq!(a.access.collector, client::DEFAULT_COLLECTOR);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use collector::auth::{Operator, Role};
 use collector::testkit::{self, SensorStream};
 use collector::{Collector, CollectorConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -14,6 +15,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The in-process collector's viewer token (tail needs the viewer role).
+const TOKEN: &str = "tail-test-viewer";
 
 struct Running {
     url: String,
@@ -26,6 +29,7 @@ async fn start_collector() -> Running {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let collector = Collector::new(CollectorConfig {
         stats_log_interval: None,
+        operators: vec![Operator::with_token("viewer", Role::Viewer, TOKEN)],
         ..CollectorConfig::default()
     })
     .unwrap();
@@ -43,6 +47,9 @@ async fn start_collector() -> Running {
 fn tail(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_rxsentry"))
         .arg("tail")
+        .arg("--insecure-plaintext")
+        .env("RXSENTRY_TOKEN", TOKEN)
+        .env_remove("RXSENTRY_TOKEN_FILE")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -223,7 +230,11 @@ async fn unreachable_collector_is_a_clear_error() {
 async fn stream_end_before_count_is_an_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let collector = Collector::new(CollectorConfig::default()).unwrap();
+    let collector = Collector::new(CollectorConfig {
+        operators: vec![Operator::with_token("viewer", Role::Viewer, TOKEN)],
+        ..CollectorConfig::default()
+    })
+    .unwrap();
     let handle = collector.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(collector.serve(listener, async move {

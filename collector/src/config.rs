@@ -42,6 +42,14 @@ pub struct CollectorConfig {
     pub shutdown_grace: Duration,
     /// Who may use the analyst API (isolate, release, hosts); empty: nobody.
     pub operators: Vec<crate::auth::Operator>,
+    /// Where the operators came from, re-read at [`crate::Collector::reload_trust`].
+    pub operators_file: Option<std::path::PathBuf>,
+    /// The collector's certificate, key and the CA that sensors' client
+    /// certificates must chain to. `None` serves plaintext, which is
+    /// refused on any address but loopback.
+    pub tls: Option<pki::tls::ServerFiles>,
+    /// Serials of revoked certificates (`pki revoke`), polled for changes.
+    pub deny_list: Option<std::path::PathBuf>,
     /// The hash-chained audit log of analyst actions (crate `audit`);
     /// `None` records nothing (embedded collectors in tests). The
     /// `rxsentry-collector` binary always has one.
@@ -59,6 +67,9 @@ impl Default for CollectorConfig {
             stats_log_interval: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(5),
             operators: Vec::new(),
+            operators_file: None,
+            tls: None,
+            deny_list: None,
             audit: None,
         }
     }

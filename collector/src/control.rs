@@ -19,15 +19,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::auth::{Operator, authorize};
+use crate::auth::Role;
 use crate::hosts::HostStats;
 use crate::trail::{Trail, clip};
+use crate::trust::Trust;
 use audit::{ArgValue, Entry, Outcome};
 
 /// How long an analyst waits for the sensor to apply a command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest accepted reason, in bytes.
 const MAX_REASON: usize = 1024;
+/// A control stream must say hello within this long, or it is closed.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One sensor's open control stream.
 #[derive(Debug)]
@@ -35,6 +38,17 @@ struct Connection {
     /// Tells a replaced stream's cleanup from the current one's.
     id: u64,
     tx: mpsc::Sender<Result<Command, Status>>,
+    /// SHA-256 of the sensor's certificate (empty in plaintext mode): only
+    /// the same certificate may take the host's stream over.
+    fingerprint: String,
+}
+
+/// A command on its way: the stream it went down, and who waits for it.
+#[derive(Debug)]
+struct Pending {
+    connection: u64,
+    host_id: String,
+    done: oneshot::Sender<CommandResult>,
 }
 
 #[derive(Debug, Default)]
@@ -50,8 +64,10 @@ struct HostControl {
 #[derive(Debug, Default)]
 pub struct ControlHub {
     hosts: Mutex<HashMap<String, HostControl>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
+    /// Results that named a command not sent on their stream, or unknown.
+    stray_results: AtomicU64,
 }
 
 impl ControlHub {
@@ -59,8 +75,36 @@ impl ControlHub {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<CommandResult>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Results refused because they did not answer a command sent on
+    /// their own stream.
+    pub fn stray_results(&self) -> u64 {
+        self.stray_results.load(Ordering::Relaxed)
+    }
+
+    /// Hands a result to whoever waits for it, if it was sent on
+    /// `connection`; anything else is counted and dropped.
+    fn answer(&self, connection: u64, host_id: &str, result: CommandResult) {
+        let mut pending = self.pending();
+        match pending.get(&result.command_id) {
+            Some(p) if p.connection == connection && p.host_id == host_id => {
+                if let Some(p) = pending.remove(&result.command_id) {
+                    let _ = p.done.send(result);
+                }
+            }
+            _ => {
+                drop(pending);
+                self.stray_results.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    host_id,
+                    command_id = result.command_id,
+                    "result for a command not sent on this stream dropped"
+                );
+            }
+        }
     }
 
     /// Sends `command` to `host_id`'s sensor and waits for its result.
@@ -69,18 +113,26 @@ impl ControlHub {
         host_id: &str,
         action: command::Action,
     ) -> Result<CommandResult, Status> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let tx = self
+        // Unguessable: a result must name a command it saw.
+        let id = rand::random::<u64>() | 1;
+        let (connection, tx) = self
             .hosts()
             .get(host_id)
-            .and_then(|h| h.connection.as_ref().map(|c| c.tx.clone()))
+            .and_then(|h| h.connection.as_ref().map(|c| (c.id, c.tx.clone())))
             .ok_or_else(|| {
                 Status::unavailable(format!(
                     "host {host_id:?} has no open control stream (sensor down, unknown host, or no route to the collector); nothing was sent"
                 ))
             })?;
         let (done, result) = oneshot::channel();
-        self.pending().insert(id, done);
+        self.pending().insert(
+            id,
+            Pending {
+                connection,
+                host_id: host_id.to_owned(),
+                done,
+            },
+        );
         let sent = tx
             .send(Ok(Command {
                 command_id: id,
@@ -161,6 +213,8 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub struct SensorControlService {
     pub hub: Arc<ControlHub>,
     pub max_hosts: usize,
+    pub trust: Arc<Trust>,
+    pub trail: Trail,
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<Command, Status>> + Send + 'static>>;
@@ -174,10 +228,11 @@ impl sensor_control_server::SensorControl for SensorControlService {
         request: Request<Streaming<SensorMessage>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
         let peer = request.remote_addr();
+        let identity = self.trust.sensor(&request)?;
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("no hello within {HELLO_TIMEOUT:?}")))??
             .ok_or_else(|| Status::invalid_argument("control stream closed before its hello"))?;
         let Some(sensor_message::Kind::Hello(hello)) = first.kind else {
             return Err(Status::invalid_argument(
@@ -189,8 +244,14 @@ impl sensor_control_server::SensorControl for SensorControlService {
             .filter(|h| !h.host_id.is_empty())
             .ok_or_else(|| Status::invalid_argument("hello without host.host_id"))?;
         let host_id = host.host_id.clone();
+        self.trust
+            .same_host(identity.as_ref(), &host_id, "control hello")?;
+        let fingerprint = identity
+            .as_ref()
+            .map(|i| i.fingerprint.clone())
+            .unwrap_or_default();
         let hub = self.hub.clone();
-        {
+        let takeover = {
             let hosts = hub.hosts();
             if hosts.len() >= self.max_hosts && !hosts.contains_key(&host_id) {
                 return Err(Status::resource_exhausted(format!(
@@ -198,11 +259,45 @@ impl sensor_control_server::SensorControl for SensorControlService {
                     self.max_hosts
                 )));
             }
+            match hosts.get(&host_id).and_then(|h| h.connection.as_ref()) {
+                Some(open) if !open.tx.is_closed() && open.fingerprint != fingerprint => {
+                    Some(false)
+                }
+                Some(open) if !open.tx.is_closed() => Some(true),
+                _ => None,
+            }
+        };
+        if let Some(allowed) = takeover {
+            let mut entry = Entry::new(
+                "control_takeover",
+                if allowed {
+                    Outcome::Ok
+                } else {
+                    Outcome::Refused
+                },
+            );
+            entry.peer = peer.map(|p| p.to_string());
+            entry.host = Some(clip(&host_id));
+            if !allowed {
+                let status = Status::already_exists(format!(
+                    "host {host_id:?} already has a control stream from another certificate; \
+                     it is kept (a takeover needs the same certificate)"
+                ));
+                return Err(self.trail.refused(entry, status).await);
+            }
+            entry.detail = "same certificate: the newer stream replaces the older".into();
+            // Logged by the trail when it fails; the takeover goes ahead.
+            let _ = self.trail.record(entry).await;
         }
         let (tx, rx) = mpsc::channel(16);
         let conn_id = hub.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let trust = self.trust.clone();
         hub.seen(&host_id, |h| {
-            h.connection = Some(Connection { id: conn_id, tx });
+            h.connection = Some(Connection {
+                id: conn_id,
+                tx,
+                fingerprint,
+            });
             h.isolation = hello.isolation.clone();
             h.allowlist_backend = hello.allowlist_backend.clone();
             h.kernel_release = host.kernel_release.clone();
@@ -215,6 +310,12 @@ impl sensor_control_server::SensorControl for SensorControlService {
         );
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
+                // A revoked or expired certificate loses its stream.
+                if let Some(identity) = &identity
+                    && trust.still_valid(identity).is_err()
+                {
+                    break;
+                }
                 match message.kind {
                     Some(sensor_message::Kind::Result(result)) => {
                         let isolation = result.isolation.clone();
@@ -223,9 +324,7 @@ impl sensor_control_server::SensorControl for SensorControlService {
                                 h.isolation = isolation;
                             }
                         });
-                        if let Some(done) = hub.pending().remove(&result.command_id) {
-                            let _ = done.send(result);
-                        }
+                        hub.answer(conn_id, &host_id, result);
                     }
                     Some(sensor_message::Kind::Status(status)) => {
                         info!(host_id, isolated = status.isolated, by = %status.requester,
@@ -237,6 +336,8 @@ impl sensor_control_server::SensorControl for SensorControlService {
                     }
                 }
             }
+            // Commands sent down this stream will get no answer on it.
+            hub.pending().retain(|_, p| p.connection != conn_id);
             let mut hosts = hub.hosts();
             if let Some(h) = hosts.get_mut(&host_id)
                 && h.connection.as_ref().is_some_and(|c| c.id == conn_id)
@@ -253,7 +354,7 @@ impl sensor_control_server::SensorControl for SensorControlService {
 /// every change and every refusal recorded in the audit log.
 pub struct AnalystService {
     pub hub: Arc<ControlHub>,
-    pub operators: Arc<Vec<Operator>>,
+    pub trust: Arc<Trust>,
     pub host_stats: Box<dyn Fn() -> std::collections::BTreeMap<String, HostStats> + Send + Sync>,
     pub trail: Trail,
 }
@@ -285,7 +386,9 @@ impl AnalystService {
     ) -> Result<Response<IsolationResponse>, Status> {
         let what = if isolate { "isolate" } else { "release" };
         let peer = request.remote_addr();
-        let authorized = authorize(&self.operators, request.metadata());
+        let authorized = self
+            .trust
+            .operator(request.metadata(), Role::Responder, what);
         let req = request.into_inner();
         let mut entry = Entry::new(what, Outcome::Requested);
         entry.peer = peer.map(|p| p.to_string());
@@ -294,7 +397,7 @@ impl AnalystService {
             .args
             .insert("reason".into(), ArgValue::One(clip(&req.reason)));
         let operator = match authorized {
-            Ok(operator) => operator,
+            Ok(operator) => operator.name,
             Err(e) => {
                 warn!(?peer, code = ?e.code(), "refused {what} request: {}", e.message());
                 return Err(self.trail.refused(entry, e).await);
@@ -372,7 +475,10 @@ impl analyst_api_server::AnalystApi for AnalystService {
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
         let peer = request.remote_addr();
-        if let Err(e) = authorize(&self.operators, request.metadata()) {
+        if let Err(e) = self
+            .trust
+            .operator(request.metadata(), Role::Viewer, "list_hosts")
+        {
             let mut entry = Entry::new("list_hosts", Outcome::Refused);
             entry.peer = peer.map(|p| p.to_string());
             return Err(self.trail.refused(entry, e).await);

@@ -15,6 +15,7 @@ pub mod sequence;
 mod server;
 pub mod testkit;
 pub mod trail;
+pub mod trust;
 
 use std::future::Future;
 
@@ -33,6 +34,12 @@ pub enum CollectorError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(
+        "{0} is not a loopback address: plaintext is refused off loopback (give the collector its TLS files)"
+    )]
+    PlaintextOffLoopback(std::net::SocketAddr),
 }
 
 /// Serves on `listener` with `config` until `shutdown` completes.

@@ -11,6 +11,8 @@ use collector::config::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES}
 use collector::{Collector, CollectorConfig};
 use tracing_subscriber::EnvFilter;
 
+mod pki_cmd;
+
 /// Batches are decoded into many small allocations that another task frees;
 /// mimalloc handles that cross-thread traffic far better than glibc.
 #[global_allocator]
@@ -20,6 +22,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "rxsentry-collector", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on; port 0 picks a free port (printed at start).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -51,6 +55,31 @@ struct Args {
     /// Size at which an audit file is closed and the next one started.
     #[arg(long, value_name = "BYTES", default_value_t = audit::DEFAULT_MAX_FILE_BYTES)]
     audit_max_file_bytes: u64,
+    /// The collector's certificate; default STATE_DIR/tls/collector.pem
+    /// (`rxsentry-collector pki init` creates it).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (0600); default STATE_DIR/tls/collector.key.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The CA that sensors' certificates must chain to; default STATE_DIR/pki/ca.pem.
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Serials of revoked certificates; default STATE_DIR/pki/revoked.txt.
+    #[arg(long, value_name = "FILE")]
+    deny_list: Option<PathBuf>,
+    /// Serve plaintext gRPC, without certificates: for a loopback address
+    /// only (refused on any other); sensors' host ids are then unchecked.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The deployment's CA: init, issue-sensor, issue-collector, revoke,
+    /// list, add-operator.
+    #[command(subcommand)]
+    Pki(pki_cmd::PkiCommand),
 }
 
 #[tokio::main]
@@ -62,7 +91,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let operators = match &args.operators {
+    if let Some(Command::Pki(command)) = args.command {
+        return pki_cmd::run(&args.state_dir, command);
+    }
+    // `pki add-operator` writes STATE_DIR/operators.toml by default.
+    let operators_file = args.operators.clone().or_else(|| {
+        let default = args.state_dir.join("operators.toml");
+        default.exists().then_some(default)
+    });
+    let operators = match &operators_file {
         Some(path) => collector::auth::load_operators(path)?,
         None => Vec::new(),
     };
@@ -74,8 +111,44 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| args.state_dir.join(audit::AUDIT_SUBDIR)),
         max_file_bytes: args.audit_max_file_bytes,
     };
+    let tls = (!args.insecure_plaintext).then(|| pki::tls::ServerFiles {
+        cert: args.tls_cert.clone().unwrap_or_else(|| {
+            pki_cmd::tls_dir(&args.state_dir).join(format!("{}.pem", pki_cmd::COLLECTOR_STEM))
+        }),
+        key: args.tls_key.clone().unwrap_or_else(|| {
+            pki_cmd::tls_dir(&args.state_dir).join(format!("{}.key", pki_cmd::COLLECTOR_STEM))
+        }),
+        client_ca: args
+            .client_ca
+            .clone()
+            .unwrap_or_else(|| pki_cmd::pki_dir(&args.state_dir).join(pki::issue::CA_CERT)),
+    });
+    if let Some(files) = &tls {
+        anyhow::ensure!(
+            files.cert.exists(),
+            "no TLS certificate at {} (run `rxsentry-collector --state-dir {} pki init`, \
+             or give --tls-cert/--tls-key/--client-ca; --insecure-plaintext serves loopback only)",
+            files.cert.display(),
+            args.state_dir.display()
+        );
+    } else {
+        anyhow::ensure!(
+            args.listen.ip().is_loopback(),
+            "--insecure-plaintext refuses {}: plaintext is for loopback only",
+            args.listen
+        );
+        tracing::warn!("serving PLAINTEXT on loopback: sensors' host ids are not checked");
+    }
+    let deny_list = tls.as_ref().map(|_| {
+        args.deny_list
+            .clone()
+            .unwrap_or_else(|| pki_cmd::pki_dir(&args.state_dir).join(pki::issue::DENY_LIST))
+    });
     let config = CollectorConfig {
         operators,
+        operators_file,
+        tls,
+        deny_list,
         audit: Some(audit),
         max_batch_bytes: args.max_batch_bytes,
         max_decompressed_bytes: args.max_decompressed_bytes,
@@ -86,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let collector = Collector::new(config)?;
     let shutdown = shutdown_signal()?;
+    reload_on_hangup(collector.clone())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -96,6 +170,25 @@ async fn main() -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     collector.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// SIGHUP re-reads the operators file and the deny list.
+fn reload_on_hangup(collector: Collector) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match collector.reload_trust() {
+                Ok(r) => tracing::info!(
+                    operators = r.operators,
+                    revoked = r.revoked,
+                    "trust reloaded"
+                ),
+                Err(e) => tracing::error!("reload refused, the last good lists stay in force: {e}"),
+            }
+        }
+    });
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use crate::hosts::{BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
 use crate::trail::{self, OnDrop, Trail};
+use crate::trust::{ReloadReport, Trust};
 use proto::control::v1::{
     analyst_api_server::AnalystApiServer, sensor_control_server::SensorControlServer,
 };
@@ -36,6 +37,12 @@ use proto::control::v1::{
 /// Payloads up to this size are decoded inline; larger ones on the blocking
 /// pool so that a 16 MiB decompression does not stall other streams.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// HTTP/2 pings on idle connections, and how long a ping may go unanswered.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How often the deny list's file is checked for changes.
+const DENY_LIST_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything the collector counts, for tests, tools and logs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +55,9 @@ pub struct CollectorStats {
     pub publish_streams: u64,
     /// Open `Subscribe` streams.
     pub subscribers: usize,
+    /// Calls and messages refused for who sent them (certificate missing,
+    /// revoked, expired, or naming another host).
+    pub identity_refusals: u64,
 }
 
 #[derive(Debug)]
@@ -62,6 +72,7 @@ struct Shared {
     publish_streams: AtomicU64,
     control: Arc<ControlHub>,
     trail: Trail,
+    trust: Arc<Trust>,
 }
 
 /// A running or ready-to-run collector. Cheap to clone: clones share state,
@@ -86,6 +97,16 @@ impl Collector {
             }
             None => Trail::default(),
         };
+        let deny = match &config.deny_list {
+            Some(path) => pki::DenyList::load(path)?,
+            None => pki::DenyList::empty(),
+        };
+        let trust = Arc::new(Trust::new(
+            config.tls.is_some(),
+            deny,
+            config.operators.clone(),
+            config.operators_file.clone(),
+        ));
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: IngestLimits::from(&config),
@@ -97,6 +118,7 @@ impl Collector {
                 publish_streams: AtomicU64::new(0),
                 control: Arc::default(),
                 trail,
+                trust,
             }),
         })
     }
@@ -108,7 +130,14 @@ impl Collector {
             rejected_batches: self.shared.rejected_batches.load(Ordering::Relaxed),
             publish_streams: self.shared.publish_streams.load(Ordering::Relaxed),
             subscribers: self.shared.fanout.subscribers(),
+            identity_refusals: self.shared.trust.refused(),
         }
+    }
+
+    /// Re-reads the operators file and the deny list (SIGHUP); a file that
+    /// does not parse keeps its last good contents.
+    pub fn reload_trust(&self) -> Result<ReloadReport, String> {
+        self.shared.trust.reload()
     }
 
     /// Serves both gRPC services on `listener` until `shutdown` completes,
@@ -121,6 +150,11 @@ impl Collector {
     ) -> Result<(), CollectorError> {
         let addr = listener.local_addr()?;
         let config = self.shared.config.clone();
+        let tls = match &config.tls {
+            Some(files) => Some(files.server_config()?),
+            None if addr.ip().is_loopback() => None,
+            None => return Err(CollectorError::PlaintextOffLoopback(addr)),
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let ingest = TelemetryIngestServer::new(IngestService {
             shared: self.shared.clone(),
@@ -135,12 +169,14 @@ impl Collector {
         let control = SensorControlServer::new(SensorControlService {
             hub: self.shared.control.clone(),
             max_hosts: config.max_hosts,
+            trust: self.shared.trust.clone(),
+            trail: self.shared.trail.clone(),
         })
         .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
         let stats_source = self.shared.clone();
         let analyst = AnalystApiServer::new(AnalystService {
             hub: self.shared.control.clone(),
-            operators: Arc::new(config.operators.clone()),
+            trust: self.shared.trust.clone(),
             trail: self.shared.trail.clone(),
             host_stats: Box::new(move || stats_source.hosts().snapshot()),
         })
@@ -153,9 +189,21 @@ impl Collector {
             ))
         });
 
-        info!(%addr, max_batch_bytes = config.max_batch_bytes,
+        let deny_task = tokio::spawn(poll_deny_list(
+            self.shared.trust.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        info!(%addr, tls = tls.is_some(), max_batch_bytes = config.max_batch_bytes,
             max_decompressed_bytes = config.max_decompressed_bytes, "collector serving");
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
+            // A sensor whose link died is noticed, so its reconnection
+            // (same certificate) is not mistaken for a second stream.
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(KEEPALIVE));
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .add_service(ingest)
             .add_service(subscribe)
             .add_service(control)
@@ -182,6 +230,7 @@ impl Collector {
         if let Some(task) = stats_task {
             task.abort();
         }
+        deny_task.abort();
         self.log_stats();
         result
     }
@@ -230,6 +279,22 @@ async fn log_stats_every(
     loop {
         tokio::select! {
             _ = ticker.tick() => collector.log_stats(),
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Picks up `pki revoke` within [`DENY_LIST_POLL`] without a signal.
+async fn poll_deny_list(trust: Arc<Trust>, stop: impl Future<Output = ()>) {
+    let mut ticker = tokio::time::interval(DENY_LIST_POLL);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => match trust.reload_deny_list_if_changed() {
+                Ok(true) => info!("deny list reloaded"),
+                Ok(false) => {}
+                Err(e) => warn!("deny list not reloaded, the last good one stays: {e}"),
+            },
             () = &mut stop => return,
         }
     }
@@ -417,6 +482,7 @@ impl TelemetryIngest for IngestService {
         request: Request<Streaming<SensorBatch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
         let peer = request.remote_addr();
+        let identity = self.shared.trust.sensor(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(32);
         let guard = StreamGuard::new(self.shared.clone());
@@ -432,7 +498,13 @@ impl TelemetryIngest for IngestService {
                     next = inbound.message() => next,
                 };
                 let reply = match next {
-                    Ok(Some(batch)) => shared.ingest(batch).await,
+                    Ok(Some(batch)) => {
+                        let claimed = batch.host.as_ref().map_or("", |h| h.host_id.as_str());
+                        match shared.trust.same_host(identity.as_ref(), claimed, "batch") {
+                            Ok(()) => shared.ingest(batch).await,
+                            Err(status) => Err(status),
+                        }
+                    }
                     Ok(None) => break,
                     Err(status) if status.code() == Code::OutOfRange => {
                         shared.rejected_batches.fetch_add(1, Ordering::Relaxed);
@@ -471,15 +543,19 @@ impl TelemetrySubscribe for SubscribeService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
-        // Subscribing needs no token; one that names an operator is
-        // recorded with the subscription.
-        let operator = crate::auth::authorize(&self.shared.config.operators, request.metadata());
+        let operator =
+            self.shared
+                .trust
+                .operator(request.metadata(), crate::auth::Role::Viewer, "subscribe");
         let req = request.into_inner();
         let trail = self.shared.trail.clone();
         let mut entry = subscribe_entry(&req, peer);
-        match &operator {
-            Ok(name) => entry.operator = Some(name.clone()),
-            Err(e) => entry.detail = trail::clip(&format!("no operator: {}", e.message())),
+        match operator {
+            Ok(op) => entry.operator = Some(op.name),
+            Err(status) => {
+                entry.outcome = audit::Outcome::Refused;
+                return Err(trail.refused(entry, status).await);
+            }
         }
         let filter = match SubscriptionFilter::from_request(&req) {
             Ok(filter) => filter,

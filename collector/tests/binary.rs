@@ -14,7 +14,13 @@ use collector::testkit::{self, SensorStream};
 async fn prints_address_serves_and_stops_on_sigterm() {
     let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
-        .args(["--listen", "127.0.0.1:0", "--max-batch-bytes", "1000"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--max-batch-bytes",
+            "1000",
+        ])
         .arg("--state-dir")
         .arg(state.path())
         .stdout(Stdio::piped())
@@ -57,7 +63,13 @@ async fn prints_address_serves_and_stops_on_sigterm() {
 #[test]
 fn bad_limit_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
-        .args(["--listen", "127.0.0.1:0", "--max-batch-bytes", "0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--max-batch-bytes",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

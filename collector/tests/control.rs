@@ -9,10 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use collector::{CollectorConfig, auth::Operator};
+use collector::{
+    CollectorConfig,
+    auth::{Operator, Role},
+};
 use common::{Api, TestCollector, hosts, isolate, request, sensor, wait_connected};
 use proto::control::v1::{ListHostsRequest, analyst_api_client::AnalystApiClient, command};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -23,10 +25,7 @@ async fn collector() -> TestCollector {
         stats_log_interval: None,
         // The stand-in sensors keep their streams open to the end.
         shutdown_grace: Duration::from_millis(200),
-        operators: vec![Operator {
-            name: "alice".into(),
-            token_sha256: Sha256::digest(TOKEN).into(),
-        }],
+        operators: vec![Operator::with_token("alice", Role::Responder, TOKEN)],
         ..CollectorConfig::default()
     })
     .await

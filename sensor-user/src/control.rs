@@ -14,7 +14,6 @@ use proto::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::isolation::{Action, Change, service::Request};
 
@@ -30,14 +29,14 @@ pub struct Hello {
 
 /// Keeps the control stream open until the task is aborted.
 pub async fn run(
-    endpoint: String,
+    link: crate::transport::CollectorLink,
     hello: Hello,
     requests: mpsc::Sender<Request>,
     mut status: watch::Receiver<IsolationStatus>,
 ) {
     let mut backoff = BACKOFF_INITIAL;
     loop {
-        match session(&endpoint, &hello, &requests, &mut status).await {
+        match session(&link, &hello, &requests, &mut status).await {
             Ok(()) => backoff = BACKOFF_INITIAL,
             Err(e) => tracing::debug!(error = %e, "control stream down"),
         }
@@ -47,16 +46,14 @@ pub async fn run(
 }
 
 async fn session(
-    endpoint: &str,
+    link: &crate::transport::CollectorLink,
     hello: &Hello,
     requests: &mpsc::Sender<Request>,
     status: &mut watch::Receiver<IsolationStatus>,
 ) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+    let channel = link
+        .endpoint()
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;

@@ -124,7 +124,14 @@ impl Daemon {
     /// Starts every part; on error, what was started is stopped again by
     /// drop (hooks detach, threads see their channels close).
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Self, DaemonError> {
-        let host = identity::host_identity(&config.host)?;
+        let mut host = identity::host_identity(&config.host)?;
+        if !config.collector.insecure_plaintext {
+            identity::bind_to_certificate(
+                &mut host,
+                config.host.id.as_deref(),
+                &config.collector.cert_file,
+            )?;
+        }
         tracing::info!(host_id = %host.host_id, instance = %host.sensor_instance_id, "starting");
         let signals = Signals::install().map_err(DaemonError::Signals)?;
         // A bad policy stops start-up here, before anything is attached.
@@ -338,7 +345,7 @@ async fn start_isolation(
         }));
     }
     tasks.push(tokio::spawn(control::run(
-        config.collector.endpoint.clone(),
+        crate::transport::CollectorLink::from_config(&config.collector),
         control::Hello {
             host,
             allowlist_backend,

@@ -21,6 +21,55 @@ pub enum IdentityError {
     Hostname(nix::Error),
     #[error("the kernel hostname is empty and host.hostname is not set")]
     EmptyHostname,
+    #[error(
+        "host.id is {configured:?} but the sensor certificate {cert} is host {certified:?}'s: \
+         the collector accepts only the certificate's host id (remove host.id or issue a certificate for it)"
+    )]
+    CertificateMismatch {
+        configured: String,
+        certified: String,
+        cert: String,
+    },
+}
+
+/// With mutual TLS the host id is the one in the sensor's certificate:
+/// the collector derives it from there and refuses batches that say
+/// otherwise. A certificate that cannot be read yet (not installed) leaves
+/// the configured id: enforcement does not wait for the channel, and the
+/// uploader keeps retrying (and logging why).
+pub fn bind_to_certificate(
+    identity: &mut HostIdentity,
+    configured: Option<&str>,
+    cert_file: &Path,
+) -> Result<(), IdentityError> {
+    let parsed = std::fs::read_to_string(cert_file)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| pki::PeerIdentity::from_pem(&pem).map_err(|e| e.to_string()));
+    let certified = match parsed {
+        Ok(peer) => match peer.host_id() {
+            Some(id) => id.to_owned(),
+            None => {
+                tracing::error!(cert = %cert_file.display(), "collector.cert_file is not a sensor certificate");
+                return Ok(());
+            }
+        },
+        Err(e) => {
+            tracing::error!(cert = %cert_file.display(), error = %e,
+                "cannot read the sensor certificate: telemetry waits for it, enforcement does not");
+            return Ok(());
+        }
+    };
+    if let Some(configured) = configured
+        && configured != certified
+    {
+        return Err(IdentityError::CertificateMismatch {
+            configured: configured.to_owned(),
+            certified,
+            cert: cert_file.display().to_string(),
+        });
+    }
+    identity.host_id = certified;
+    Ok(())
 }
 
 /// Builds the identity from config and this machine.

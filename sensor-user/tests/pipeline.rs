@@ -24,6 +24,7 @@ const PID: u32 = 0x7fff_0000;
 fn config(endpoint: String, max_events: usize, queue: usize) -> Config {
     let mut c = Config::default();
     c.collector.endpoint = endpoint;
+    c.collector.insecure_plaintext = true;
     c.batching.max_events = max_events;
     c.batching.max_delay_ms = 50;
     c.pipeline.event_queue_capacity = queue;

@@ -9,14 +9,13 @@ use std::{sync::Arc, time::Duration};
 
 use common::{TestServer, free_port, wait_until};
 use proto::telemetry::v1::{Compression, SensorBatch};
-use sensor_user::transport::{DropTracker, Uploader, UploaderSettings};
+use sensor_user::transport::{CollectorLink, DropTracker, Uploader, UploaderSettings};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn settings(endpoint: String, queue_capacity: usize) -> UploaderSettings {
     UploaderSettings {
-        endpoint,
-        connect_timeout: Duration::from_secs(2),
+        link: CollectorLink::plaintext(endpoint, Duration::from_secs(2)),
         max_inflight: 16,
         queue_capacity,
         backoff_initial: Duration::from_millis(20),

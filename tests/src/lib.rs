@@ -8,6 +8,7 @@
 
 use anyhow::Context as _;
 
+pub mod access;
 pub mod cgroup;
 pub mod exe;
 pub mod netns;
@@ -16,10 +17,11 @@ pub mod procs;
 pub mod root_only;
 pub mod stream;
 
+pub use access::CollectorAccess;
 pub use open_hook::HeldOpenHook;
 pub use procs::{
     Collector, InNetns, Process, Sensor, SensorCommand, SensorOptions, Stderr, bin_path,
-    sensor_with_config,
+    collector_operator_toml, collector_section, sensor_with_config,
 };
 pub use stream::Subscription;
 

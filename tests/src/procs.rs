@@ -19,6 +19,8 @@ use tokio::{
     process::{Child, Command},
 };
 
+use crate::access::CollectorAccess;
+
 /// The sensor's line on stdout once its programs are attached.
 pub const SENSOR_READY: &str = "rxsentry-sensor ready";
 /// The collector's line on stdout, followed by its address.
@@ -207,13 +209,19 @@ async fn wait_for_line(
     Ok(found)
 }
 
-/// A running `rxsentry-collector`.
+/// A running `rxsentry-collector` with mutual TLS: a throwaway CA in its
+/// state directory, a certificate for its listening address, and an admin
+/// operator whose token [`Collector::url`] carries.
 pub struct Collector {
     process: Process,
     pub addr: String,
-    /// Its --state-dir (the audit log): one per collector, removed after.
-    _state: tempfile::TempDir,
+    /// Its --state-dir (CA, audit log): one per collector, removed after.
+    state: tempfile::TempDir,
+    token: String,
 }
+
+/// The harness's operator: an admin, so every analyst call is allowed.
+pub const TEST_OPERATOR: &str = "harness";
 
 impl Collector {
     /// On an ephemeral loopback port.
@@ -229,6 +237,18 @@ impl Collector {
         args: &[&OsStr],
     ) -> anyhow::Result<Self> {
         let state = tempfile::tempdir()?;
+        let ca = pki::Ca::init(&state.path().join("pki"), "rxsentry test CA")?;
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+        if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+            names.push(addr.ip().to_string());
+        }
+        ca.issue(&pki::Leaf::Collector { names }, 1)?
+            .write(&state.path().join("tls"), "collector")?;
+        let token = format!("{:064x}", rand::random::<u128>());
+        std::fs::write(
+            state.path().join("operators.toml"),
+            collector_operator_toml(TEST_OPERATOR, "admin", &token),
+        )?;
         let mut cmd = command_in(netns, bin_path("rxsentry-collector"));
         cmd.args(["--listen", listen])
             .arg("--state-dir")
@@ -245,17 +265,100 @@ impl Collector {
         Ok(Self {
             process,
             addr,
-            _state: state,
+            state,
+            token,
         })
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// How to reach it: TLS against its CA, with the admin token.
+    pub fn url(&self) -> CollectorAccess {
+        CollectorAccess {
+            url: format!("https://{}", self.addr),
+            ca: Some(self.ca_file()),
+            identity: None,
+            token: Some(self.token.clone()),
+        }
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.state.path().join("pki/ca.pem")
+    }
+
+    /// Its CA, to issue or revoke certificates.
+    pub fn ca(&self) -> anyhow::Result<pki::Ca> {
+        Ok(pki::Ca::load(&self.state.path().join("pki"))?)
+    }
+
+    /// Issues a sensor certificate for `host_id` into `dir`: `ca.pem`,
+    /// `sensor.pem`, `sensor.key`, where [`collector_section`] points.
+    pub fn issue_sensor(&self, host_id: &str, dir: &Path) -> anyhow::Result<()> {
+        self.ca()?
+            .issue(
+                &pki::Leaf::Sensor {
+                    host_id: host_id.to_owned(),
+                },
+                1,
+            )?
+            .write(dir, "sensor")?;
+        std::fs::copy(self.ca_file(), dir.join("ca.pem"))?;
+        Ok(())
+    }
+
+    /// Issues a sensor certificate for `host_id` and returns the
+    /// `[collector]` section that points a sensor at this collector.
+    pub fn sensor_section(&self, host_id: &str) -> anyhow::Result<String> {
+        let dir = self.state.path().join("sensors").join(host_id);
+        self.issue_sensor(host_id, &dir)?;
+        Ok(collector_section(&format!("https://{}", self.addr), &dir))
     }
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
+
+    /// The collector's log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        self.process.signal(signal)
+    }
+}
+
+/// A sensor's `[collector]` section: `endpoint` with the TLS files of
+/// `tls_dir` (as [`Collector::issue_sensor`] writes them).
+pub fn collector_section(endpoint: &str, tls_dir: &Path) -> String {
+    format!(
+        "[collector]\nendpoint = \"{endpoint}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        tls_dir.join("ca.pem").display(),
+        tls_dir.join("sensor.pem").display(),
+        tls_dir.join("sensor.key").display()
+    )
+}
+
+/// An `[[operator]]` entry with a salted hash of `token`, as
+/// `rxsentry-collector pki add-operator` writes it.
+pub fn collector_operator_toml(name: &str, role: &str, token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let salt: [u8; 16] = rand::random();
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(token.as_bytes());
+    format!(
+        "[[operator]]\nname = {name:?}\nrole = {role:?}\ntoken_salt = \"{}\"\ntoken_sha256 = \"{}\"\n",
+        pki::hex(&salt),
+        pki::hex(&h.finalize())
+    )
 }
 
 /// How to start a sensor with [`Sensor::start`].
@@ -381,10 +484,10 @@ impl Sensor {
     /// A sensor pointed at `collector`, with a test host id and label and
     /// `options.extra_config`.
     pub async fn start(collector: &Collector, options: SensorOptions) -> anyhow::Result<Self> {
+        let host_id = format!("test-{}", std::process::id());
         let config = format!(
-            "[host]\nid = \"test-{}\"\n[host.labels]\nstore = \"test\"\n[collector]\nendpoint = \"{}\"\n{}",
-            std::process::id(),
-            collector.url(),
+            "[host]\nid = \"{host_id}\"\n[host.labels]\nstore = \"test\"\n{}{}",
+            collector.sensor_section(&host_id)?,
             options.extra_config
         );
         Self::with_config(config).start().await

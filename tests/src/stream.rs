@@ -11,6 +11,8 @@ use proto::telemetry::v1::{
     telemetry_subscribe_client::TelemetrySubscribeClient,
 };
 use tokio::sync::mpsc;
+
+use crate::access::CollectorAccess;
 use tonic::Streaming;
 
 /// Where a subscription's items come from.
@@ -40,8 +42,8 @@ pub struct Subscription {
 
 impl Subscription {
     /// Subscribes with a task that reads ahead (see [`Subscription::until`]).
-    pub async fn open(url: &str, request: SubscribeRequest) -> anyhow::Result<Self> {
-        let mut stream = Self::stream(url, request).await?;
+    pub async fn open(access: &CollectorAccess, request: SubscribeRequest) -> anyhow::Result<Self> {
+        let mut stream = Self::stream(access, request).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(Some(item)) = stream.message().await {
@@ -55,20 +57,24 @@ impl Subscription {
 
     /// Subscribes without reading ahead: items are read from the collector
     /// by [`Subscription::next`] only.
-    pub async fn open_on_demand(url: &str, request: SubscribeRequest) -> anyhow::Result<Self> {
+    pub async fn open_on_demand(
+        access: &CollectorAccess,
+        request: SubscribeRequest,
+    ) -> anyhow::Result<Self> {
         Ok(Self::new(Source::OnDemand(Box::new(
-            Self::stream(url, request).await?,
+            Self::stream(access, request).await?,
         ))))
     }
 
     async fn stream(
-        url: &str,
+        access: &CollectorAccess,
         request: SubscribeRequest,
     ) -> anyhow::Result<Streaming<SubscribeResponse>> {
-        let mut client = TelemetrySubscribeClient::connect(url.to_owned())
-            .await
-            .context("connecting to the collector")?;
-        Ok(client.subscribe(request).await?.into_inner())
+        let mut client = TelemetrySubscribeClient::new(access.channel().await?);
+        Ok(client
+            .subscribe(access.request(request))
+            .await?
+            .into_inner())
     }
 
     fn new(source: Source) -> Self {

@@ -108,23 +108,28 @@ fn demo(bin_dir: &Path, config: &Path, log_dir: &Path, duration: Option<u64>) ->
         sensor_log.display()
     );
 
+    let trust = DemoTrust::prepare(&log_dir.join("collector-state"), config)?;
+
     // Declared in start order, so they drop (and stop) in reverse: tail,
     // sensor, collector.
     let mut collector_cmd = Command::new(&collector_bin);
     collector_cmd
         .args(["--listen", LISTEN])
+        .arg("--state-dir")
+        .arg(&trust.state_dir)
         .stdout(Stdio::piped())
         .stderr(log_file(&collector_log)?);
     let mut collector = Guard::spawn("collector", &mut collector_cmd, true, &collector_log)?;
     let addr = wait_listening(&mut collector, &collector_log)?;
     println!("collector listening on {addr}");
 
-    let url = format!("http://{addr}");
+    let url = format!("https://{addr}");
     let mut sensor_cmd = Command::new(&sensor_bin);
     sensor_cmd.arg("--config").arg(config);
     if let Some(url) = collector_override(config_endpoint(config).as_deref(), addr) {
         sensor_cmd.args(["--collector", &url]);
     }
+    sensor_cmd.arg("--collector-tls").arg(&trust.sensor_tls);
     sensor_cmd
         .stdout(log_file(&sensor_log)?)
         .stderr(log_file(&sensor_log)?);
@@ -132,7 +137,11 @@ fn demo(bin_dir: &Path, config: &Path, log_dir: &Path, duration: Option<u64>) ->
 
     println!("tailing events (Ctrl-C to stop)");
     let mut tail_cmd = Command::new(&cli_bin);
-    tail_cmd.args(["tail", "--collector", &url]);
+    tail_cmd
+        .args(["tail", "--collector", &url, "--ca"])
+        .arg(&trust.ca)
+        .arg("--token-file")
+        .arg(&trust.token_file);
     // Same process group as us: Ctrl-C reaches tail directly.
     let mut tail = Guard::spawn("tail", &mut tail_cmd, false, Path::new(""))?;
 
@@ -268,10 +277,77 @@ pub fn endpoint_from_toml(text: &str) -> Option<String> {
     )
 }
 
+/// The demo's throwaway trust: a local CA made on the first run (kept in
+/// the state dir, so later runs reuse it), the collector's certificate, a
+/// sensor certificate for this host, and an admin operator token for tail.
+struct DemoTrust {
+    state_dir: PathBuf,
+    ca: PathBuf,
+    sensor_tls: PathBuf,
+    token_file: PathBuf,
+}
+
+impl DemoTrust {
+    fn prepare(state_dir: &Path, config: &Path) -> Result<Self> {
+        let pki_dir = state_dir.join("pki");
+        let first = !pki_dir.join(pki::issue::CA_CERT).exists();
+        let ca = pki::Ca::load_or_init(&pki_dir, "rxsentry demo CA (cargo xtask run)")?;
+        let tls = state_dir.join("tls");
+        if first || !tls.join("collector.pem").exists() {
+            let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+            ca.issue(&pki::Leaf::Collector { names }, pki::issue::LEAF_DAYS)?
+                .write(&tls, "collector")?;
+            println!("created a local demo CA in {}", pki_dir.display());
+        }
+        let host_id = demo_host_id(config);
+        let sensor_tls = state_dir.join("sensor-tls");
+        ca.issue(&pki::Leaf::Sensor { host_id }, pki::issue::LEAF_DAYS)?
+            .write(&sensor_tls, "sensor")?;
+        pki::files::write_file(&sensor_tls.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+        let token_file = state_dir.join("demo.token");
+        let operators = state_dir.join("operators.toml");
+        if !operators.exists() || !token_file.exists() {
+            let token = collector::auth::new_token();
+            pki::files::write_secret(&token_file, format!("{token}\n").as_bytes())?;
+            let op =
+                collector::auth::Operator::with_token("demo", collector::auth::Role::Admin, &token);
+            pki::files::write_file(&operators, op.to_toml().as_bytes(), 0o600)?;
+        }
+        Ok(Self {
+            state_dir: state_dir.to_owned(),
+            ca: pki_dir.join(pki::issue::CA_CERT),
+            sensor_tls,
+            token_file,
+        })
+    }
+}
+
+/// The host id the sensor will use (its config's `host.id`, else
+/// /etc/machine-id, else the hostname): its certificate must carry it.
+fn demo_host_id(config: &Path) -> String {
+    let configured = fs::read_to_string(config)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("host")?.get("id")?.as_str().map(str::to_owned));
+    configured
+        .or_else(|| {
+            fs::read_to_string("/etc/machine-id")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// The `--collector` URL to give the sensor when its config does not already
 /// point at the address the collector reported.
 pub fn collector_override(config_endpoint: Option<&str>, addr: SocketAddr) -> Option<String> {
-    let url = format!("http://{addr}");
+    let url = format!("https://{addr}");
     match config_endpoint {
         Some(ep) if ep.trim_end_matches('/') == url => None,
         _ => Some(url),
@@ -407,7 +483,7 @@ mod tests {
         let config = dir.join("sensor.toml");
         fs::write(
             &config,
-            "[collector]\nendpoint = \"http://127.0.0.1:50051\"\n",
+            "[host]\nid = \"demo-test\"\n[collector]\nendpoint = \"https://127.0.0.1:50051\"\n",
         )
         .unwrap();
         (dir, config)
@@ -434,22 +510,35 @@ mod tests {
     fn demo_runs_and_stops_every_child() {
         let (dir, config) = fake_bins("demo-ok", "exec sleep 60\n");
         demo(&dir, &config, &dir.join("logs"), Some(1)).unwrap();
+        let state = dir.join("logs/collector-state");
         assert_eq!(
-            recorded(&dir, "rxsentry-collector", "args").as_deref(),
-            Some("--listen 127.0.0.1:50051")
+            recorded(&dir, "rxsentry-collector", "args"),
+            Some(format!(
+                "--listen 127.0.0.1:50051 --state-dir {}",
+                state.display()
+            ))
         );
         // the config points at :50051, the collector reported :45678
         assert_eq!(
             recorded(&dir, "rxsentry-sensor", "args"),
             Some(format!(
-                "--config {} --collector http://127.0.0.1:45678",
-                config.display()
+                "--config {} --collector https://127.0.0.1:45678 --collector-tls {}",
+                config.display(),
+                state.join("sensor-tls").display()
             ))
         );
         assert_eq!(
-            recorded(&dir, "rxsentry", "args").as_deref(),
-            Some("tail --collector http://127.0.0.1:45678")
+            recorded(&dir, "rxsentry", "args"),
+            Some(format!(
+                "tail --collector https://127.0.0.1:45678 --ca {} --token-file {}",
+                state.join("pki/ca.pem").display(),
+                state.join("demo.token").display()
+            ))
         );
+        // the throwaway CA issued this host's sensor certificate
+        let cert = fs::read_to_string(state.join("sensor-tls/sensor.pem")).unwrap();
+        let id = pki::PeerIdentity::from_pem(&cert).unwrap();
+        assert_eq!(id.host_id(), Some("demo-test"));
         assert_all_stopped(&dir);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -516,21 +605,21 @@ mod tests {
     fn override_only_when_needed() {
         let addr: SocketAddr = "127.0.0.1:50051".parse().unwrap();
         assert_eq!(
-            collector_override(Some("http://127.0.0.1:50051"), addr),
+            collector_override(Some("https://127.0.0.1:50051"), addr),
             None
         );
         assert_eq!(
-            collector_override(Some("http://127.0.0.1:50051/"), addr),
+            collector_override(Some("https://127.0.0.1:50051/"), addr),
             None
         );
         let other: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         assert_eq!(
-            collector_override(Some("http://127.0.0.1:50051"), other).as_deref(),
-            Some("http://127.0.0.1:40000")
+            collector_override(Some("https://127.0.0.1:50051"), other).as_deref(),
+            Some("https://127.0.0.1:40000")
         );
         assert_eq!(
             collector_override(None, addr).as_deref(),
-            Some("http://127.0.0.1:50051")
+            Some("https://127.0.0.1:50051")
         );
     }
 }

@@ -19,6 +19,10 @@ use tonic::Request;
 /// Generous bound for anything that should happen "at once".
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The in-process collectors' own viewer, added to every config so that
+/// [`TestCollector::subscribe`] is allowed.
+pub const VIEWER_TOKEN: &str = "test-viewer-token";
+
 pub struct TestCollector {
     pub url: String,
     pub collector: Collector,
@@ -27,7 +31,12 @@ pub struct TestCollector {
 }
 
 impl TestCollector {
-    pub async fn start(config: CollectorConfig) -> Self {
+    pub async fn start(mut config: CollectorConfig) -> Self {
+        config.operators.push(collector::auth::Operator::with_token(
+            "test-viewer",
+            collector::auth::Role::Viewer,
+            VIEWER_TOKEN,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let collector = Collector::new(config).unwrap();
@@ -60,11 +69,16 @@ impl TestCollector {
             .expect("serve task panicked")
     }
 
+    /// Plaintext on loopback, with the viewer token.
+    pub fn access(&self) -> tests::CollectorAccess {
+        tests::CollectorAccess::plaintext(self.url.clone(), Some(VIEWER_TOKEN.to_owned()))
+    }
+
     /// A subscriber that reads only when the test asks (so it can fall
     /// behind).
     pub async fn subscribe(&self, req: SubscribeRequest) -> Subscription {
         Subscription(
-            tests::Subscription::open_on_demand(&self.url, req)
+            tests::Subscription::open_on_demand(&self.access(), req)
                 .await
                 .unwrap(),
         )

@@ -245,14 +245,34 @@ pub struct CollectorConfig {
     pub endpoint: String,
     pub connect_timeout_ms: u64,
     pub max_inflight_batches: usize,
+    /// The CA the collector's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// This sensor's certificate (it carries the host id) and its key (0600).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The name the collector's certificate must carry, when the endpoint's
+    /// host is not it (e.g. an IP).
+    pub server_name: Option<String>,
+    /// Plaintext `http://`, no certificates: refused unless the endpoint is
+    /// a loopback address.
+    pub insecure_plaintext: bool,
 }
+
+/// Where `rxsentry-collector pki issue-sensor` output goes on a kiosk.
+pub const TLS_DIR: &str = "/etc/rxsentry/tls";
 
 impl Default for CollectorConfig {
     fn default() -> Self {
+        let tls = Path::new(TLS_DIR);
         Self {
-            endpoint: "http://127.0.0.1:50051".to_owned(),
+            endpoint: "https://127.0.0.1:50051".to_owned(),
             connect_timeout_ms: 5_000,
             max_inflight_batches: 64,
+            ca_file: tls.join("ca.pem"),
+            cert_file: tls.join("sensor.pem"),
+            key_file: tls.join("sensor.key"),
+            server_name: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -399,6 +419,7 @@ impl Config {
         self.host.validate()?;
         let c = &self.collector;
         check_endpoint(&c.endpoint)?;
+        check_transport(c)?;
         in_range(
             "collector.connect_timeout_ms",
             c.connect_timeout_ms,
@@ -523,6 +544,33 @@ fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
         return Err(invalid(
             key,
             "must be at most 255 bytes without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// https needs TLS; http needs `insecure_plaintext` and a loopback host.
+fn check_transport(c: &CollectorConfig) -> Result<(), ConfigError> {
+    const KEY: &str = "collector.endpoint";
+    let https = c.endpoint.starts_with("https://");
+    if c.insecure_plaintext {
+        if https {
+            return Err(invalid(
+                "collector.insecure_plaintext",
+                "is true but the endpoint is https://: use http:// for plaintext".to_owned(),
+            ));
+        }
+        if let Err(e) = pki::tls::check_plaintext_url(&c.endpoint) {
+            return Err(invalid("collector.insecure_plaintext", e.to_string()));
+        }
+    } else if !https {
+        return Err(invalid(
+            KEY,
+            format!(
+                "{:?} is plaintext: use https:// (mutual TLS with ca_file, cert_file, key_file), \
+                 or set insecure_plaintext = true for a loopback collector",
+                c.endpoint
+            ),
         ));
     }
     Ok(())

@@ -29,16 +29,16 @@ use std::{
 use proto::telemetry::v1::{BatchAck, SensorBatch, telemetry_ingest_client::TelemetryIngestClient};
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Streaming, transport::Endpoint};
+use tonic::Streaming;
 
-use super::DropTracker;
+use super::{CollectorLink, DropTracker, LinkError};
 use crate::config::Config;
 
 /// How the uploader connects and how much it buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploaderSettings {
-    pub endpoint: String,
-    pub connect_timeout: Duration,
+    /// The collector and the TLS files (read at every connection).
+    pub link: CollectorLink,
     pub max_inflight: usize,
     pub queue_capacity: usize,
     /// First retry delay after a failed connection; doubles up to `backoff_max`.
@@ -52,8 +52,7 @@ pub struct UploaderSettings {
 impl UploaderSettings {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            endpoint: config.collector.endpoint.clone(),
-            connect_timeout: Duration::from_millis(config.collector.connect_timeout_ms),
+            link: CollectorLink::from_config(&config.collector),
             max_inflight: config.collector.max_inflight_batches,
             queue_capacity: config.batching.queue_capacity_batches,
             backoff_initial: Duration::from_millis(250),
@@ -65,15 +64,8 @@ impl UploaderSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploaderError {
-    #[error("collector.endpoint {endpoint:?} is not usable: {source}")]
-    Endpoint {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
-    #[error(
-        "collector.endpoint {0:?} uses https, but this build has no TLS support in the uploader yet"
-    )]
-    TlsUnsupported(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("the uploader must be started inside a tokio runtime")]
     NoRuntime,
 }
@@ -149,7 +141,6 @@ struct Shared {
     counters: Counters,
     drops: Arc<DropTracker>,
     settings: UploaderSettings,
-    endpoint: Endpoint,
 }
 
 impl Shared {
@@ -225,10 +216,9 @@ impl Uploader {
         settings: UploaderSettings,
         drops: Arc<DropTracker>,
     ) -> Result<Uploader, UploaderError> {
-        if settings.endpoint.starts_with("https://") {
-            return Err(UploaderError::TlsUnsupported(settings.endpoint));
-        }
-        let endpoint = endpoint(&settings)?;
+        // Fail at start on a bad URL or unreadable files; they are read
+        // again at every connection.
+        settings.link.endpoint()?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| UploaderError::NoRuntime)?;
         let shared = Arc::new(Shared {
@@ -239,7 +229,6 @@ impl Uploader {
             counters: Counters::default(),
             drops,
             settings,
-            endpoint,
         });
         let task = runtime.spawn(run(shared.clone()));
         Ok(Uploader { shared, task })
@@ -319,28 +308,13 @@ impl Uploader {
     }
 }
 
-fn endpoint(settings: &UploaderSettings) -> Result<Endpoint, UploaderError> {
-    Endpoint::from_shared(settings.endpoint.clone())
-        .map(|e| {
-            e.connect_timeout(settings.connect_timeout)
-                .tcp_nodelay(true)
-                // Notice a vanished collector (cable pulled) without waiting
-                // for TCP to give up.
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true)
-        })
-        .map_err(|source| UploaderError::Endpoint {
-            endpoint: settings.endpoint.clone(),
-            source,
-        })
-}
-
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
     #[error("connect failed: {0}")]
     Connect(#[source] tonic::transport::Error),
+    #[error("{0}")]
+    Link(LinkError),
     #[error("no response to Publish within the connect timeout")]
     OpenTimeout,
     #[error("Publish failed: {0}")]
@@ -368,14 +342,14 @@ async fn run(shared: Arc<Shared>) {
             SessionEnd::Finished => return,
             e if was_connected => {
                 shared.counters.disconnects.fetch_add(1, Relaxed);
-                tracing::warn!(endpoint = %settings.endpoint, reason = %e, "disconnected from collector");
+                tracing::warn!(endpoint = %settings.link.endpoint, reason = %e, "disconnected from collector");
             }
             e => {
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(endpoint = %settings.endpoint, reason = %e, attempts = failures, "cannot reach collector; retrying");
+                    tracing::warn!(endpoint = %settings.link.endpoint, reason = %e, attempts = failures, "cannot reach collector; retrying");
                 } else {
-                    tracing::debug!(endpoint = %settings.endpoint, reason = %e, attempts = failures, "cannot reach collector");
+                    tracing::debug!(endpoint = %settings.link.endpoint, reason = %e, attempts = failures, "cannot reach collector");
                 }
             }
         }
@@ -401,7 +375,11 @@ async fn run(shared: Arc<Shared>) {
 /// One connection: resend unacked batches, then stream the queue.
 async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
     let settings = &shared.settings;
-    let channel = match shared.endpoint.connect().await {
+    let endpoint = match shared.settings.link.endpoint() {
+        Ok(endpoint) => endpoint,
+        Err(e) => return SessionEnd::Link(e),
+    };
+    let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => return SessionEnd::Connect(e),
     };
@@ -418,7 +396,7 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
     }
     let call = client.publish(ReceiverStream::new(rx));
     tokio::pin!(call);
-    let opened_by = Instant::now() + settings.connect_timeout;
+    let opened_by = Instant::now() + settings.link.connect_timeout;
     let mut acks: Option<Streaming<BatchAck>> = None;
     // Start of the current wait for an ack, while anything is unacked.
     let mut oldest_sent_at = (!shared.lock().inflight.is_empty()).then(Instant::now);
@@ -458,7 +436,7 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
                     acks = Some(response.into_inner());
                     shared.counters.connects.fetch_add(1, Relaxed);
                     shared.counters.connected.store(true, Relaxed);
-                    tracing::info!(endpoint = %settings.endpoint, "connected to collector");
+                    tracing::info!(endpoint = %settings.link.endpoint, "connected to collector");
                 }
                 Err(status) => return SessionEnd::Status(status),
             },

@@ -45,8 +45,9 @@ impl BenchSensor {
 
     /// With extra config (TOML appended) and its stderr as asked.
     pub fn start_with(url: &str, extra: &str, stderr: Stderr) -> Result<Self> {
-        let config =
-            format!("[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"{url}\"\n{extra}");
+        let config = format!(
+            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"{url}\"\ninsecure_plaintext = true\n{extra}"
+        );
         let sensor = block_on(Sensor::with_config(config).stderr(stderr).start())?;
         Ok(Self(sensor))
     }

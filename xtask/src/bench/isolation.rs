@@ -30,14 +30,13 @@ use tests::{
     procs::command_in,
 };
 
-use super::common::{BpfStats, block_on, median_f64, sha256_of, stop};
+use super::common::{BpfStats, block_on, median_f64, stop};
 
 const PORT: &str = "7100";
 const COLLECTOR_PORT: &str = "50051";
 const HOST_ID: &str = "bench-iso";
 /// The SOC's operator token in the SOC-path runs (its SHA-256 goes into the
 /// collector's operator file).
-const TOKEN: &str = "bench-operator-token";
 const A_ADDR: &str = "10.232.0.1";
 const B_ADDR: &str = "10.232.0.2";
 
@@ -103,8 +102,13 @@ impl Lab {
         )?;
         let bpffs = Bpffs::mount()?;
         let dir = tempfile::tempdir()?;
+        // The TLS files appear in dir/tls once the collector issued them.
         let config = format!(
-            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"http://{B_ADDR}:{COLLECTOR_PORT}\"\n[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            "[host]\nid = \"{HOST_ID}\"\n{}[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            tests::collector_section(
+                &format!("https://{B_ADDR}:{COLLECTOR_PORT}"),
+                &dir.path().join("tls")
+            ),
             bpffs.path.join("iso").display(),
             dir.path().join("state").display()
         );
@@ -176,23 +180,19 @@ struct Soc {
     _collector: Collector,
     daemon: Sensor,
     token_file: PathBuf,
+    ca_file: PathBuf,
 }
 
 impl Soc {
     fn start(lab: &Lab) -> Result<Self> {
-        let token_file = lab.dir.path().join("token");
-        std::fs::write(&token_file, TOKEN)?;
-        let digest = sha256_of(&token_file)?;
-        let operators = lab.dir.path().join("operators.toml");
-        std::fs::write(
-            &operators,
-            format!("[[operator]]\nname = \"bench\"\ntoken_sha256 = \"{digest}\"\n"),
-        )?;
         let collector = block_on(Collector::start_with(
             Some(&lab.b.name),
             &format!("{B_ADDR}:{COLLECTOR_PORT}"),
-            &["--operators".as_ref(), operators.as_os_str()],
+            &[],
         ))?;
+        collector.issue_sensor(HOST_ID, &lab.dir.path().join("tls"))?;
+        let token_file = lab.dir.path().join("token");
+        pki::files::write_secret(&token_file, collector.token().as_bytes())?;
         // nsenter keeps this mount namespace (tracefs for the daemon's
         // telemetry hooks); only the network namespace is A's.
         let daemon = block_on(
@@ -201,6 +201,7 @@ impl Soc {
                 .start(),
         )?;
         let soc = Self {
+            ca_file: collector.ca_file(),
             _collector: collector,
             daemon,
             token_file,
@@ -219,7 +220,9 @@ impl Soc {
     fn cli(&self, lab: &Lab, args: &[&str]) -> Result<String> {
         let out = in_ns(&lab.b.name, "rxsentry")
             .args(args)
-            .args(["--collector", &format!("http://{B_ADDR}:{COLLECTOR_PORT}")])
+            .args(["--collector", &format!("https://{B_ADDR}:{COLLECTOR_PORT}")])
+            .arg("--ca")
+            .arg(&self.ca_file)
             .arg("--token-file")
             .arg(&self.token_file)
             .output()?;

@@ -36,11 +36,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use collector::auth::{Operator, Role};
 use collector::{Collector, CollectorConfig};
 use proto::telemetry::v1::{SubscribeRequest, event, subscribe_response::Item};
 use tests::{Stderr, Subscription};
 
 use crate::{build, cmd::workspace_root};
+
+/// The bench subscriber's operator token (an in-process loopback collector).
+const BENCH_TOKEN: &str = "bench-viewer-token";
 use common::{
     BenchSensor, BpfStats, HOST_ID, host_totals, median, sha256_of, threaded, ticks_per_sec,
 };
@@ -113,7 +117,12 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    let collector = Collector::new(CollectorConfig::default())?;
+    // Plaintext on loopback: the bench measures the sensor, not TLS
+    // (`cargo xtask bench` measures TLS apart, side by side).
+    let collector = Collector::new(CollectorConfig {
+        operators: vec![Operator::with_token("bench", Role::Viewer, BENCH_TOKEN)],
+        ..CollectorConfig::default()
+    })?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(collector.clone().serve(listener, async {
         let _ = stop_rx.await;
@@ -284,12 +293,13 @@ struct Counter {
 
 impl Counter {
     async fn subscribe(url: &str) -> Result<Self> {
+        let access = tests::CollectorAccess::plaintext(url, Some(BENCH_TOKEN.to_owned()));
         let request = SubscribeRequest {
             host_ids: vec![HOST_ID.to_owned()],
             ..Default::default()
         };
         // Read as it arrives, in a task of its own (no queue in between).
-        let mut sub = Subscription::open_on_demand(url, request).await?;
+        let mut sub = Subscription::open_on_demand(&access, request).await?;
         let counter = Self {
             by_marker: Default::default(),
             host_events: Default::default(),

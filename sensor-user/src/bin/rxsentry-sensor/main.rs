@@ -28,6 +28,10 @@ struct Args {
     /// Override `collector.endpoint`.
     #[arg(long)]
     collector: Option<String>,
+    /// Override `collector.ca_file`, `cert_file` and `key_file` with DIR's
+    /// ca.pem, sensor.pem and sensor.key (`rxsentry-collector pki issue-sensor --out DIR`).
+    #[arg(long, value_name = "DIR")]
+    collector_tls: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -133,8 +137,17 @@ fn run_main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(dir) = &args.collector_tls {
+        config.collector.ca_file = dir.join("ca.pem");
+        config.collector.cert_file = dir.join("sensor.pem");
+        config.collector.key_file = dir.join("sensor.key");
+        config.collector.insecure_plaintext = false;
+    }
+    let overridden = args.collector.is_some() || args.collector_tls.is_some();
     if let Some(endpoint) = args.collector {
         config.collector.endpoint = endpoint;
+    }
+    if overridden {
         config.validate()?;
     }
     let local_change = |action, reason| isolation::Change {
