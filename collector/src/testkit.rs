@@ -140,7 +140,16 @@ pub struct SensorStream {
 impl SensorStream {
     /// Opens a `Publish` stream to the collector at `url` (http://host:port).
     pub async fn connect(url: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let mut client = TelemetryIngestClient::connect(url.to_owned()).await?;
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect()
+            .await?;
+        Ok(Self::open(channel).await?)
+    }
+
+    /// Opens a `Publish` stream on `channel` (a TLS one carries the
+    /// client certificate the collector checks).
+    pub async fn open(channel: tonic::transport::Channel) -> Result<Self, Status> {
+        let mut client = TelemetryIngestClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         let acks = client.publish(ReceiverStream::new(rx)).await?.into_inner();
         Ok(Self { tx, acks })

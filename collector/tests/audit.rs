@@ -149,7 +149,7 @@ async fn a_real_collector_records_every_action_and_continues_after_restart() {
     );
     assert!(r[0].entry.detail.contains("not recognised"), "{:?}", r[0]);
     assert!(
-        r[1].entry.detail.contains("no operator token"),
+        r[1].entry.detail.contains("needs an operator token"),
         "{:?}",
         r[1]
     );

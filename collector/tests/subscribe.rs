@@ -313,10 +313,10 @@ async fn bad_subscribe_filter_is_refused() {
         .await
         .unwrap();
     let status = client
-        .subscribe(SubscribeRequest {
+        .subscribe(c.access().request(SubscribeRequest {
             kinds: vec![EventKind::Unspecified as i32],
             ..Default::default()
-        })
+        }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

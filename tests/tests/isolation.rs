@@ -160,10 +160,15 @@ impl Lab {
     /// The lab's sensor config plus `extra` TOML (top-level keys or tables).
     fn sensor_config_with(&self, extra: &str) -> String {
         format!(
-            "[host]\nid = \"{}\"\n[collector]\nendpoint = \"http://{COLLECTOR_V4}:50051\"\n\
+            "[host]\nid = \"{}\"\n{}\
              [batching]\nmax_events = 16\nmax_delay_ms = 100\n\
              [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n{}{extra}",
             self.host_id(),
+            // The files appear once the SOC's collector issued them.
+            tests::collector_section(
+                &format!("https://{COLLECTOR_V4}:50051"),
+                &self.dir.path().join("tls")
+            ),
             self.pin_dir().display(),
             self.state_dir().display(),
             self.isolation_keys
@@ -261,15 +266,11 @@ struct Soc<'a> {
 impl<'a> Soc<'a> {
     async fn start(lab: &'a Lab) -> anyhow::Result<Self> {
         let token_file = lab.dir.path().join("token");
-        std::fs::write(&token_file, TOKEN)?;
+        pki::files::write_secret(&token_file, TOKEN.as_bytes())?;
         let ops = lab.dir.path().join("operators.toml");
-        let digest: String = <sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         std::fs::write(
             &ops,
-            format!("[[operator]]\nname = \"alice\"\ntoken_sha256 = \"{digest}\"\n"),
+            tests::collector_operator_toml("alice", "responder", TOKEN),
         )?;
         let collector = Collector::start_with(
             Some(&lab.soc.name),
@@ -277,6 +278,7 @@ impl<'a> Soc<'a> {
             &["--operators".as_ref(), ops.as_os_str()],
         )
         .await?;
+        collector.issue_sensor(&lab.host_id(), &lab.dir.path().join("tls"))?;
         Ok(Self {
             lab,
             token_file,
@@ -286,7 +288,10 @@ impl<'a> Soc<'a> {
 
     async fn cli(&self, args: &[&str], token: Option<&Path>) -> anyhow::Result<Output> {
         let mut cmd = command_in(Some(&self.lab.soc.name), bin_path("rxsentry"));
-        cmd.args(args).args(["--collector", &self.collector.addr]);
+        cmd.args(args)
+            .args(["--collector", &self.collector.addr])
+            .arg("--ca")
+            .arg(self.collector.ca_file());
         cmd.env_remove("RXSENTRY_TOKEN")
             .env_remove("RXSENTRY_TOKEN_FILE");
         if let Some(token) = token {
@@ -459,7 +464,7 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
     // Refused without a valid token, and nothing changes.
     let host = lab.host_id();
     let wrong = lab.dir.path().join("wrong-token");
-    std::fs::write(&wrong, "not-a-token")?;
+    pki::files::write_secret(&wrong, b"not-a-token")?;
     let out = soc
         .cli(&["isolate", &host, "--reason", "test"], Some(&wrong))
         .await?;

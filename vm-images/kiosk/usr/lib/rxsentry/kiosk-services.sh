@@ -4,6 +4,9 @@
 # wait for them and see their exit status. Logs go to $RXSENTRY_LOG.
 RXSENTRY_LOG=/var/log/rxsentry
 COLLECTOR_ADDR=127.0.0.1:50051
+COLLECTOR_STATE=/tmp/rxsentry-collector
+# Read by `rxsentry` (tail) in the tests.
+export RXSENTRY_TOKEN_FILE=/tmp/rxsentry-vm.token
 READY_SECS=${RXSENTRY_READY_SECS:-90}
 
 # wait_for FILE TEXT SECONDS: succeeds once TEXT appears in FILE.
@@ -22,7 +25,14 @@ wait_for() {
 start_services() {
 	mkdir -p "$RXSENTRY_LOG"
 	: >"$RXSENTRY_LOG/collector.out"
+	# The guest's collector is on loopback: plaintext there (no CA in the
+	# image), with a viewer token for the tests' `rxsentry tail`.
+	if [ ! -s "$RXSENTRY_TOKEN_FILE" ]; then
+		rxsentry-collector --state-dir "$COLLECTOR_STATE" pki add-operator \
+			--name vm-tests --role viewer --token-out "$RXSENTRY_TOKEN_FILE" >/dev/null || return 1
+	fi
 	rxsentry-collector --listen "$COLLECTOR_ADDR" --stats-interval 0 \
+		--insecure-plaintext --state-dir "$COLLECTOR_STATE" \
 		>"$RXSENTRY_LOG/collector.out" 2>"$RXSENTRY_LOG/collector.err" &
 	COLLECTOR_PID=$!
 	if ! wait_for "$RXSENTRY_LOG/collector.out" "listening on" "$READY_SECS"; then

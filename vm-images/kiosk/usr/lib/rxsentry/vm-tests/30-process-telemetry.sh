@@ -5,7 +5,7 @@
 
 start_services || fail "the kiosk services did not start (see above)"
 tail_out=$RXSENTRY_LOG/tail.out
-rxsentry tail --collector "$COLLECTOR_ADDR" --json --kind exec >"$tail_out" 2>"$RXSENTRY_LOG/tail.err" &
+rxsentry tail --insecure-plaintext --collector "$COLLECTOR_ADDR" --json --kind exec >"$tail_out" 2>"$RXSENTRY_LOG/tail.err" &
 tail_pid=$!
 marker="RX-$(cut -c1-8 /proc/sys/kernel/random/uuid)"
 # The exec event of dispense itself: its filename field (JSON, unescaped

@@ -13,7 +13,7 @@ tail_out=$RXSENTRY_LOG/tail-files.out
 
 # Starts a subscriber writing to $tail_out (pid in $tail_pid).
 subscribe() {
-	rxsentry tail --collector "$COLLECTOR_ADDR" --json --kind file >"$tail_out" 2>>"$RXSENTRY_LOG/tail-files.err" &
+	rxsentry tail --insecure-plaintext --collector "$COLLECTOR_ADDR" --json --kind file >"$tail_out" 2>>"$RXSENTRY_LOG/tail-files.err" &
 	tail_pid=$!
 }
 

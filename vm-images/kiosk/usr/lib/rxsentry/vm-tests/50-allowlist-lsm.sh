@@ -25,7 +25,7 @@ backend=$(grep -o 'exec allowlist backend: [a-z+]*' "$RXSENTRY_LOG/sensor.err" |
 	fail "sensor picked '${backend:-nothing}' on a kernel with BPF-LSM: $(tail -n 3 "$RXSENTRY_LOG/sensor.err")"
 
 tail_out=$RXSENTRY_LOG/policy.out
-rxsentry tail --collector "$COLLECTOR_ADDR" --json --kind policy >"$tail_out" 2>"$RXSENTRY_LOG/policy.err" &
+rxsentry tail --insecure-plaintext --collector "$COLLECTOR_ADDR" --json --kind policy >"$tail_out" 2>"$RXSENTRY_LOG/policy.err" &
 tail_pid=$!
 
 # Inside the scoped cgroup: busybox (allowlisted) runs, the copy does not.

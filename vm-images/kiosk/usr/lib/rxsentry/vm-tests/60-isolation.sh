@@ -11,6 +11,7 @@ cat >"$conf" <<CONF
 id = "kiosk-vm"
 [collector]
 endpoint = "http://127.0.0.1:50051"
+insecure_plaintext = true
 [isolation]
 enabled = true
 pin_dir = "/sys/fs/bpf/rxsentry-vm-isolation"

@@ -1,0 +1,281 @@
+//! The channel as an attacker on the kiosk network would try it: the real
+//! `rxsentry-collector` binary with mutual TLS and a test CA, and clients
+//! holding no, foreign, expired, revoked or another host's certificates.
+
+// A test crate: its helpers may unwrap (a panic is a failed test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use collector::auth::{Operator, Role};
+use collector::testkit::{self, SensorStream};
+use pki::{Ca, Leaf};
+use proto::control::v1::{
+    IsolationRequest, SensorHello, SensorMessage, analyst_api_client::AnalystApiClient,
+    sensor_control_client::SensorControlClient, sensor_message,
+};
+use proto::telemetry::v1::SubscribeRequest;
+use tests::CollectorAccess;
+use time::{Duration as Span, OffsetDateTime};
+use tonic::Code;
+
+const VIEWER: &str = "viewer-token";
+const RESPONDER: &str = "responder-token";
+
+/// A collector process with its CA (in `state/pki`), killed on drop.
+struct Tls {
+    child: Child,
+    addr: String,
+    state: tempfile::TempDir,
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tls {
+    fn start() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let ca = Ca::init(&state.path().join("pki"), "test CA").unwrap();
+        let names = vec!["127.0.0.1".to_owned()];
+        ca.issue(&Leaf::Collector { names }, 1)
+            .unwrap()
+            .write(&state.path().join("tls"), "collector")
+            .unwrap();
+        let ops = format!(
+            "{}{}",
+            Operator::with_token("vera", Role::Viewer, VIEWER).to_toml(),
+            Operator::with_token("rita", Role::Responder, RESPONDER).to_toml()
+        );
+        std::fs::write(state.path().join("operators.toml"), ops).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
+            .args(["--listen", "127.0.0.1:0", "--stats-interval", "0"])
+            .arg("--state-dir")
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = common::listening_line(&mut child).unwrap();
+        Self { child, addr, state }
+    }
+
+    fn ca(&self) -> Ca {
+        Ca::load(&self.state.path().join("pki")).unwrap()
+    }
+
+    fn access(&self) -> CollectorAccess {
+        CollectorAccess {
+            url: format!("https://{}", self.addr),
+            ca: Some(self.state.path().join("pki/ca.pem")),
+            identity: None,
+            token: Some(VIEWER.into()),
+        }
+    }
+
+    /// A sensor certificate of `host`, valid from `from` to `until` hours
+    /// from now, written under the state dir.
+    fn sensor(&self, host: &str, from: i64, until: i64) -> (CollectorAccess, String) {
+        let now = OffsetDateTime::now_utc();
+        let cred = self
+            .ca()
+            .issue_between(
+                &Leaf::Sensor {
+                    host_id: host.into(),
+                },
+                now + Span::hours(from),
+                now + Span::hours(until),
+            )
+            .unwrap();
+        let dir = self
+            .state
+            .path()
+            .join(format!("s-{}", cred.identity.serial));
+        let (cert, key) = cred.write(&dir, "sensor").unwrap();
+        (self.access().with_identity(cert, key), cred.identity.serial)
+    }
+}
+
+async fn publish_as(access: &CollectorAccess, host: &str, seq: u64) -> Result<(), tonic::Status> {
+    let channel = access
+        .channel()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    let mut stream = SensorStream::open(channel).await?;
+    let batch = testkit::zstd_batch(
+        &testkit::host(host, "inst-1"),
+        seq,
+        vec![testkit::exec_event(4242, "sh", "/bin/sh", &["sh"])],
+    );
+    stream.publish(batch).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn only_a_valid_unrevoked_sensor_certificate_publishes_and_only_as_its_host() {
+    let c = Tls::start();
+    let (kiosk_a, serial_a) = c.sensor("kiosk-a", -1, 24);
+    publish_as(&kiosk_a, "kiosk-a", 1).await.unwrap();
+
+    // No certificate: the TLS session is up (analysts use tokens) but
+    // Publish refuses.
+    let e = publish_as(&c.access(), "kiosk-a", 2).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+    // Host A's certificate claiming host B: refused, B is untouched.
+    let e = publish_as(&kiosk_a, "kiosk-b", 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("kiosk-a"), "{e:?}");
+
+    // A forged far-ahead sequence for B from A's certificate cannot blind
+    // B: B's own certificate still publishes from 1.
+    let _ = publish_as(&kiosk_a, "kiosk-b", u64::MAX - 1)
+        .await
+        .unwrap_err();
+    let (kiosk_b, _) = c.sensor("kiosk-b", -1, 24);
+    publish_as(&kiosk_b, "kiosk-b", 1).await.unwrap();
+
+    // A's control hello as B is refused.
+    let mut control = SensorControlClient::new(kiosk_a.channel().await.unwrap());
+    let hello = SensorMessage {
+        kind: Some(sensor_message::Kind::Hello(SensorHello {
+            host: Some(testkit::host("kiosk-b", "inst-1")),
+            ..Default::default()
+        })),
+    };
+    let e = control
+        .open(tokio_stream::iter(vec![hello]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Expired: the handshake itself fails (rustls checks validity).
+    let (expired, _) = c.sensor("kiosk-a", -48, -24);
+    assert!(publish_as(&expired, "kiosk-a", 2).await.is_err());
+
+    // Revoked: refused within the deny-list poll, open streams too.
+    let channel = kiosk_a.channel().await.unwrap();
+    let mut open = SensorStream::open(channel).await.unwrap();
+    let host = testkit::host("kiosk-a", "inst-1");
+    let ev = || vec![testkit::exec_event(4243, "sh", "/bin/sh", &["sh"])];
+    open.publish(testkit::zstd_batch(&host, 2, ev()))
+        .await
+        .unwrap();
+    c.ca().revoke(&serial_a, "test").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut seq = 3;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "revocation never applied"
+        );
+        match open.publish(testkit::zstd_batch(&host, seq, ev())).await {
+            Ok(_) => seq += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+                assert!(e.message().contains("revoked"), "{e:?}");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let e = publish_as(&kiosk_a, "kiosk-a", seq + 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_gets_nowhere_either_way() {
+    let c = Tls::start();
+    let other = tempfile::tempdir().unwrap();
+    let rogue = Ca::init(&other.path().join("pki"), "rogue CA").unwrap();
+    let (cert, key) = rogue
+        .issue(
+            &Leaf::Sensor {
+                host_id: "kiosk-a".into(),
+            },
+            1,
+        )
+        .unwrap()
+        .write(other.path(), "sensor")
+        .unwrap();
+    // A sensor certificate from a rogue CA: no handshake.
+    let forged = c.access().with_identity(cert, key);
+    assert!(publish_as(&forged, "kiosk-a", 1).await.is_err());
+    // A client that trusts another CA (a sensor pointed at a fake
+    // collector, here the other way round): it refuses the collector.
+    let fake_view = CollectorAccess {
+        ca: Some(other.path().join("pki/ca.pem")),
+        ..c.access()
+    };
+    assert!(
+        fake_view.channel().await.is_err(),
+        "trusted a collector of another CA"
+    );
+}
+
+#[tokio::test]
+async fn roles_gate_the_analyst_api_and_subscriptions() {
+    let c = Tls::start();
+    let access = c.access();
+    let mut api = AnalystApiClient::new(access.channel().await.unwrap());
+    let request = IsolationRequest {
+        host_id: "kiosk-a".into(),
+        reason: "test".into(),
+    };
+    let e = api
+        .isolate(access.request(request.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "a viewer isolated: {e:?}");
+    assert!(e.message().contains("needs responder"), "{e:?}");
+    // A responder passes the role check (the host has no control stream).
+    let e = api
+        .isolate(access.with_token(Some(RESPONDER)).request(request))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // Subscribing needs a token.
+    let e =
+        tests::Subscription::open_on_demand(&access.with_token(None), SubscribeRequest::default())
+            .await
+            .err()
+            .expect("an anonymous subscription was accepted");
+    assert!(
+        format!("{e:#}").contains("Unauthenticated") || format!("{e:#}").contains("token"),
+        "{e:#}"
+    );
+    tests::Subscription::open_on_demand(&access, SubscribeRequest::default())
+        .await
+        .unwrap();
+}
+
+#[test]
+fn plaintext_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
+        .args(["--listen", "0.0.0.0:0", "--insecure-plaintext"])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loopback"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without TLS files and without the flag: a clear error, not plaintext.
+    let out = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pki init"));
+}
