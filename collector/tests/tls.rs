@@ -279,3 +279,142 @@ fn plaintext_is_refused_off_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pki init"));
 }
+
+/// A hand-driven control stream: what it sends, what it receives.
+struct Control {
+    tx: tokio::sync::mpsc::Sender<SensorMessage>,
+    commands: tonic::Streaming<proto::control::v1::Command>,
+}
+
+async fn open_control(access: &CollectorAccess, host: &str) -> Result<Control, tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(SensorMessage {
+        kind: Some(sensor_message::Kind::Hello(SensorHello {
+            host: Some(testkit::host(host, "inst-1")),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let channel = access
+        .channel()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    let commands = SensorControlClient::new(channel)
+        .open(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(Control { tx, commands })
+}
+
+fn result(command_id: u64, ok: bool, error: &str) -> SensorMessage {
+    SensorMessage {
+        kind: Some(sensor_message::Kind::Result(
+            proto::control::v1::CommandResult {
+                command_id,
+                ok,
+                error: error.into(),
+                isolation: None,
+            },
+        )),
+    }
+}
+
+/// Waits until the collector lists `host` with a control stream.
+async fn wait_connected(c: &Tls, host: &str) {
+    let access = c.access();
+    let mut api = AnalystApiClient::new(access.channel().await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts = api
+            .list_hosts(access.request(proto::control::v1::ListHostsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .hosts;
+        if hosts
+            .iter()
+            .any(|h| h.host_id == host && h.control_connected)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{host} never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_host_control_stream_cannot_be_taken_over_or_answered_by_others() {
+    let c = Tls::start();
+    let (a1, _) = c.sensor("kiosk-a", -1, 24);
+    let (a2, _) = c.sensor("kiosk-a", -1, 24);
+    let (b, _) = c.sensor("kiosk-b", -1, 24);
+    let first = open_control(&a1, "kiosk-a").await.unwrap();
+    wait_connected(&c, "kiosk-a").await;
+
+    // Another certificate of the same host: refused, the first stream kept.
+    let e = open_control(&a2, "kiosk-a")
+        .await
+        .err()
+        .expect("takeover by another certificate");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    // The same certificate (a sensor reconnecting): the newer stream wins.
+    let mut a = open_control(&a1, "kiosk-a").await.unwrap();
+    drop(first);
+    let audit = std::fs::read_dir(c.state.path().join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    let takeovers: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("control_takeover"))
+        .collect();
+    assert_eq!(takeovers.len(), 2, "{audit}");
+    assert!(
+        takeovers[0].contains("\"refused\"") && takeovers[1].contains("\"ok\""),
+        "{audit}"
+    );
+
+    // A responder isolates kiosk-a; kiosk-b (which sees the command id in
+    // no way but guessing) answers ok for it, then kiosk-a answers no.
+    let mut bs = open_control(&b, "kiosk-b").await.unwrap();
+    wait_connected(&c, "kiosk-b").await;
+    let access = c.access().with_token(Some(RESPONDER));
+    let mut api = AnalystApiClient::new(access.channel().await.unwrap());
+    let call = tokio::spawn(async move {
+        api.isolate(access.request(IsolationRequest {
+            host_id: "kiosk-a".into(),
+            reason: "test".into(),
+        }))
+        .await
+    });
+    let command = tokio::time::timeout(Duration::from_secs(10), a.commands.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    bs.tx
+        .send(result(command.command_id, true, ""))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.tx.send(result(command.command_id, false, "genuine answer"))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("genuine answer"),
+        "kiosk-b's forged ok counted: {e:?}"
+    );
+    // Nothing reached kiosk-b.
+    let nothing = tokio::time::timeout(Duration::from_millis(200), bs.commands.message()).await;
+    assert!(nothing.is_err(), "kiosk-b received a command: {nothing:?}");
+}

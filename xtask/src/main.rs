@@ -9,6 +9,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -48,6 +49,8 @@ enum Cmd {
     VmTest(vm::test::Options),
     /// Measure the sensor's overhead, throughput, wire size and memory.
     Bench(bench::Options),
+    /// Run the collector's hostile-input properties with many cases.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::VmImage(opts) => vm::image::vm_image(&opts),
         Cmd::VmTest(opts) => vm::test::vm_test(&opts),
         Cmd::Bench(opts) => bench::bench(&opts),
+        Cmd::Fuzz(opts) => fuzz::fuzz(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
