@@ -11,6 +11,12 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Default cap on one batch's payload after decompression (zip-bomb guard).
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default cap on events in one batch (a sensor seals at 256 by default).
+pub const DEFAULT_MAX_EVENTS_PER_BATCH: usize = 65_536;
+
+/// Default cap on one event's encoded size: bounds every string in it.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+
 /// Room for the `SensorBatch` fields around the payload (host identity,
 /// labels, counters) when sizing the gRPC decoding limit.
 pub const GRPC_ENVELOPE_HEADROOM: usize = 64 * 1024;
@@ -25,6 +31,13 @@ pub struct CollectorConfig {
     pub max_batch_bytes: usize,
     /// Largest accepted payload after decompression, in bytes.
     pub max_decompressed_bytes: usize,
+    /// Most events in one batch.
+    pub max_events_per_batch: usize,
+    /// Largest encoded event, in bytes (bounds every string in it).
+    pub max_event_bytes: usize,
+    /// A host silent this long may be evicted from a full host table to
+    /// make room for a new one.
+    pub host_idle_evict: Duration,
     /// Items buffered per subscriber before a slow one starts losing items
     /// (it is then told how many with `subscriber_lagged`).
     pub subscriber_buffer: usize,
@@ -61,6 +74,9 @@ impl Default for CollectorConfig {
         Self {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_events_per_batch: DEFAULT_MAX_EVENTS_PER_BATCH,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            host_idle_evict: Duration::from_secs(24 * 3600),
             subscriber_buffer: 8192,
             max_hosts: 65_536,
             max_concurrent_decodes: 4,
@@ -84,6 +100,9 @@ impl CollectorConfig {
         }
         if self.max_decompressed_bytes == 0 {
             return bad("max_decompressed_bytes must be at least 1");
+        }
+        if self.max_events_per_batch == 0 || self.max_event_bytes == 0 {
+            return bad("max_events_per_batch and max_event_bytes must be at least 1");
         }
         if self.subscriber_buffer == 0 {
             return bad("subscriber_buffer must be at least 1");

@@ -57,6 +57,8 @@ struct HostState {
 pub struct HostTable {
     hosts: HashMap<String, HostState>,
     max_hosts: usize,
+    idle_evict: std::time::Duration,
+    evicted: u64,
 }
 
 /// The parts of a valid batch the host table needs.
@@ -72,9 +74,46 @@ pub struct BatchMeta<'a> {
 impl HostTable {
     /// An empty table that accepts at most `max_hosts` distinct host ids.
     pub fn new(max_hosts: usize) -> Self {
+        Self::with_eviction(max_hosts, std::time::Duration::from_secs(24 * 3600))
+    }
+
+    /// A table that, when full, evicts the longest-silent host once it has
+    /// been silent for `idle_evict` (a decommissioned kiosk, or an id an
+    /// attacker made up) to make room for a new one.
+    pub fn with_eviction(max_hosts: usize, idle_evict: std::time::Duration) -> Self {
         Self {
             hosts: HashMap::new(),
             max_hosts,
+            idle_evict,
+            evicted: 0,
+        }
+    }
+
+    /// Hosts evicted for being idle while the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Makes room for one more host if the longest-silent one has been
+    /// silent for `idle_evict`; false if none may go.
+    fn evict_idle(&mut self, now: SystemTime) -> bool {
+        let oldest = self
+            .hosts
+            .iter()
+            .min_by_key(|(_, h)| h.stats.last_seen)
+            .map(|(id, h)| (id.clone(), h.stats.last_seen));
+        match oldest {
+            Some((id, last_seen))
+                if last_seen
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_none_or(|idle| idle >= self.idle_evict) =>
+            {
+                self.hosts.remove(&id);
+                self.evicted += 1;
+                tracing::info!(host_id = %id, "idle host evicted from the full host table");
+                true
+            }
+            _ => false,
         }
     }
 
@@ -87,7 +126,10 @@ impl HostTable {
         now: SystemTime,
     ) -> Result<BatchOutcome, IngestError> {
         let host = batch.host;
-        if self.hosts.len() >= self.max_hosts && !self.hosts.contains_key(&host.host_id) {
+        if self.hosts.len() >= self.max_hosts
+            && !self.hosts.contains_key(&host.host_id)
+            && !self.evict_idle(now)
+        {
             return Err(IngestError::TooManyHosts {
                 limit: self.max_hosts,
             });
@@ -242,6 +284,22 @@ mod tests {
         );
         assert!(kinds(&t.record_batch(meta(&h, 3, Some(&three)), now).unwrap()).is_empty());
         assert_eq!(t.snapshot()["store-7"].drops, three);
+    }
+
+    #[test]
+    fn a_full_table_evicts_only_an_idle_host() {
+        let mut t = HostTable::with_eviction(1, std::time::Duration::from_secs(60));
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let (a, b) = (testkit::host("a", "i"), testkit::host("b", "i"));
+        t.record_batch(meta(&a, 1, None), t0).unwrap();
+        let busy = t
+            .record_batch(meta(&b, 1, None), t0 + std::time::Duration::from_secs(59))
+            .unwrap_err();
+        assert_eq!(busy.code(), tonic::Code::Unavailable, "retryable");
+        t.record_batch(meta(&b, 1, None), t0 + std::time::Duration::from_secs(61))
+            .unwrap();
+        assert_eq!(t.evicted(), 1);
+        assert!(t.snapshot().contains_key("b") && !t.snapshot().contains_key("a"));
     }
 
     #[test]

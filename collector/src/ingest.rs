@@ -43,8 +43,18 @@ pub enum IngestError {
     SizeMismatch { declared: u64, actual: usize },
     #[error("event_count says {declared} events but the payload holds {actual}")]
     CountMismatch { declared: u32, actual: usize },
-    #[error("the collector already tracks its limit of {limit} hosts")]
+    #[error(
+        "the collector is full: it tracks its limit of {limit} hosts and none has been idle long enough to evict; retry later"
+    )]
     TooManyHosts { limit: usize },
+    #[error("the batch holds {count} events, more than the limit of {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("event {index} is {size} bytes encoded, more than the limit of {limit} bytes")]
+    EventTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl IngestError {
@@ -56,7 +66,11 @@ impl IngestError {
             | Self::DecompressedTooLarge { .. }
             | Self::DecompressionOverLimit { .. }
             | Self::WindowTooLarge { .. }
-            | Self::TooManyHosts { .. } => Code::ResourceExhausted,
+            | Self::TooManyEvents { .. }
+            | Self::EventTooLarge { .. } => Code::ResourceExhausted,
+            // "Collector full" is the collector's state, not the batch's
+            // fault: UNAVAILABLE, which the sensor retries (keeping it).
+            Self::TooManyHosts { .. } => Code::Unavailable,
             _ => Code::InvalidArgument,
         }
     }
@@ -77,6 +91,10 @@ impl IngestError {
 pub struct IngestLimits {
     pub max_batch_bytes: usize,
     pub max_decompressed_bytes: usize,
+    pub max_events_per_batch: usize,
+    /// Cap on one event's encoded size, which bounds every string in it
+    /// (argv, paths, DNS names) whatever the field.
+    pub max_event_bytes: usize,
 }
 
 impl From<&CollectorConfig> for IngestLimits {
@@ -84,6 +102,8 @@ impl From<&CollectorConfig> for IngestLimits {
         Self {
             max_batch_bytes: cfg.max_batch_bytes,
             max_decompressed_bytes: cfg.max_decompressed_bytes,
+            max_events_per_batch: cfg.max_events_per_batch,
+            max_event_bytes: cfg.max_event_bytes,
         }
     }
 }
@@ -139,6 +159,25 @@ pub fn decode_batch(batch: &SensorBatch, limits: &IngestLimits) -> Result<EventB
         }
     }
     .map_err(|e| IngestError::Decode(e.to_string()))?;
+    if decoded.events.len() > limits.max_events_per_batch {
+        return Err(IngestError::TooManyEvents {
+            count: decoded.events.len(),
+            limit: limits.max_events_per_batch,
+        });
+    }
+    if let Some((index, size)) = decoded
+        .events
+        .iter()
+        .map(Message::encoded_len)
+        .enumerate()
+        .find(|&(_, size)| size > limits.max_event_bytes)
+    {
+        return Err(IngestError::EventTooLarge {
+            index,
+            size,
+            limit: limits.max_event_bytes,
+        });
+    }
     if decoded.events.len() != batch.event_count as usize {
         return Err(IngestError::CountMismatch {
             declared: batch.event_count,
@@ -218,7 +257,30 @@ mod tests {
         IngestLimits {
             max_batch_bytes: 1024 * 1024,
             max_decompressed_bytes: 4 * 1024 * 1024,
+            max_events_per_batch: 100,
+            max_event_bytes: 4096,
         }
+    }
+
+    #[test]
+    fn too_many_or_too_large_events_are_refused() {
+        let host = testkit::host("store-1", "inst-a");
+        let many = (0..101)
+            .map(|i| testkit::fork_event(10 + i, 1, "sh"))
+            .collect();
+        let err = decode_batch(&testkit::zstd_batch(&host, 1, many), &limits()).unwrap_err();
+        assert!(
+            matches!(err, IngestError::TooManyEvents { count: 101, .. }),
+            "{err}"
+        );
+        let long = "A".repeat(5000);
+        let big = vec![testkit::exec_event(10, "sh", "/bin/sh", &["sh", &long])];
+        let err = decode_batch(&testkit::zstd_batch(&host, 1, big), &limits()).unwrap_err();
+        assert!(
+            matches!(err, IngestError::EventTooLarge { index: 0, .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), Code::ResourceExhausted);
     }
 
     fn valid() -> SensorBatch {

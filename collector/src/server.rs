@@ -111,7 +111,10 @@ impl Collector {
             shared: Arc::new(Shared {
                 limits: IngestLimits::from(&config),
                 fanout: Fanout::new(config.subscriber_buffer),
-                hosts: Mutex::new(HostTable::new(config.max_hosts)),
+                hosts: Mutex::new(HostTable::with_eviction(
+                    config.max_hosts,
+                    config.host_idle_evict,
+                )),
                 decode_permits: Semaphore::new(config.max_concurrent_decodes),
                 config,
                 rejected_batches: AtomicU64::new(0),
@@ -330,8 +333,18 @@ impl Shared {
             .unwrap_or_default();
         let sequence = batch.sequence;
         let limits = self.limits;
-        let (batch, decoded) = if batch.payload.len() <= INLINE_DECODE_BYTES {
-            let decoded = ingest::decode_batch(&batch, &limits);
+        // Inline only what is small both ways: a small zstd payload may
+        // claim to inflate to 16 MiB, so it is decoded inline only when it
+        // says it stays small, and then capped at that size.
+        let small = batch.payload.len() <= INLINE_DECODE_BYTES
+            && (batch.compression != proto::telemetry::v1::Compression::Zstd as i32
+                || (1..=INLINE_DECODE_BYTES as u64).contains(&u64::from(batch.uncompressed_size)));
+        let (batch, decoded) = if small {
+            let inline = ingest::IngestLimits {
+                max_decompressed_bytes: limits.max_decompressed_bytes.min(INLINE_DECODE_BYTES),
+                ..limits
+            };
+            let decoded = ingest::decode_batch(&batch, &inline);
             (batch, decoded)
         } else {
             // Cheap checks first: no thread hop for an obviously bad batch.

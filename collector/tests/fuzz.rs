@@ -23,6 +23,8 @@ use proto::telemetry::v1::SensorBatch;
 const LIMITS: IngestLimits = IngestLimits {
     max_batch_bytes: 64 * 1024,
     max_decompressed_bytes: 256 * 1024,
+    max_events_per_batch: 1024,
+    max_event_bytes: 16 * 1024,
 };
 
 fn config() -> ProptestConfig {

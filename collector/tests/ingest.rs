@@ -264,7 +264,7 @@ async fn host_table_is_bounded() {
         .await
         .unwrap();
     let other = testkit::zstd_batch(&testkit::host("store-b", "i"), 1, vec![]);
-    assert_refused(&c.url, other, Code::ResourceExhausted, "limit of 1 hosts").await;
+    assert_refused(&c.url, other, Code::Unavailable, "collector is full").await;
     // The known host is still served.
     let ack = known.publish(testkit::zstd_batch(&first, 2, vec![])).await;
     assert_eq!(ack.unwrap().sequence, 2);
