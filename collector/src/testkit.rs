@@ -155,6 +155,12 @@ impl SensorStream {
         Ok(Self { tx, acks })
     }
 
+    /// A handle that queues batches from another task while this one
+    /// reads acks.
+    pub fn sender(&self) -> mpsc::Sender<SensorBatch> {
+        self.tx.clone()
+    }
+
     /// Queues a batch; fails only once the stream is gone.
     pub async fn send(&self, batch: SensorBatch) -> Result<(), Status> {
         self.tx

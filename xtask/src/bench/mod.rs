@@ -49,6 +49,7 @@ use common::{
     BenchSensor, BpfStats, HOST_ID, host_totals, median, sha256_of, threaded, ticks_per_sec,
 };
 
+mod channel;
 mod common;
 mod files;
 mod isolation;
@@ -98,9 +99,35 @@ pub struct Options {
     /// docs/bench.md).
     #[arg(long)]
     only_isolation: bool,
+    /// Run only the channel part (mutual TLS vs plaintext, 1,000 sensors
+    /// reconnecting; replaces its section of docs/bench.md).
+    #[arg(long)]
+    only_channel: bool,
+    /// Events per side per round of the channel comparison.
+    #[arg(long, default_value_t = 200_000)]
+    channel_events: usize,
+    /// Rounds of the channel comparison.
+    #[arg(long, default_value_t = 5)]
+    channel_rounds: usize,
+    /// Sensors reconnecting in the handshake part.
+    #[arg(long, default_value_t = 1000)]
+    channel_sensors: usize,
 }
 
+/// Set in the release re-run of the bench, so it does not re-run again.
+const RELEASE_RERUN: &str = "RXSENTRY_BENCH_RELEASE";
+
 pub fn bench(opts: &Options) -> Result<()> {
+    // `cargo xtask` is a debug build: the in-process collector, the
+    // subscriber and the TLS client of the channel part would be measured
+    // unoptimised. Re-run the same command from a release build.
+    if cfg!(debug_assertions) && std::env::var_os(RELEASE_RERUN).is_none() {
+        let mut cmd = crate::cmd::cargo();
+        cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+            .args(std::env::args_os().skip(1))
+            .env(RELEASE_RERUN, "1");
+        return crate::cmd::run_cmd(&mut cmd);
+    }
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
     }
@@ -111,7 +138,20 @@ pub fn bench(opts: &Options) -> Result<()> {
     if opts.only_isolation {
         let section = isolation::run(opts.isolation_rounds)?.render();
         println!("\n{section}");
-        isolation::write_section(&path, &section)?;
+        common::write_section(&path, isolation::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
+    }
+    if opts.only_channel {
+        let section = channel::run(
+            &rt,
+            opts.channel_rounds,
+            opts.channel_events,
+            opts.channel_sensors,
+        )?
+        .render();
+        println!("\n{section}");
+        common::write_section(&path, channel::HEADING, &section)?;
         println!("written to {}", path.display());
         return Ok(());
     }
@@ -248,7 +288,18 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     // 7. Network isolation: programs attached (not isolated) vs none.
     let isolation = isolation::run(opts.isolation_rounds)?;
-    let table = format!("{}\n{}", report.render(opts), isolation.render());
+    let channel = channel::run(
+        &rt,
+        opts.channel_rounds,
+        opts.channel_events,
+        opts.channel_sensors,
+    )?;
+    let table = format!(
+        "{}\n{}\n{}",
+        report.render(opts),
+        isolation.render(),
+        channel.render()
+    );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
