@@ -13,6 +13,7 @@ pub mod hosts;
 pub mod ingest;
 pub mod sequence;
 mod server;
+pub mod store;
 pub mod testkit;
 pub mod trail;
 
@@ -33,6 +34,8 @@ pub enum CollectorError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Serves on `listener` with `config` until `shutdown` completes.

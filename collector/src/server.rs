@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use proto::telemetry::v1::{
-    BatchAck, HostRecord, SensorBatch, SubscribeRequest, host_record, sequence_record,
+    BatchAck, HostRecord, QueryRequest, QueryResponse, SensorBatch, SubscribeRequest, host_record,
+    sequence_record,
     telemetry_ingest_server::{TelemetryIngest, TelemetryIngestServer},
     telemetry_subscribe_server::{TelemetrySubscribe, TelemetrySubscribeServer},
 };
@@ -25,9 +26,10 @@ use crate::CollectorError;
 use crate::config::{CollectorConfig, MAX_SUBSCRIBE_REQUEST_BYTES};
 use crate::control::{AnalystService, ControlHub, SensorControlService};
 use crate::fanout::{Fanout, FanoutItem, SubscriberStream, SubscriptionFilter};
-use crate::hosts::{BatchMeta, HostStats, HostTable};
+use crate::hosts::{self, BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
+use crate::store::{Store, StoreError};
 use crate::trail::{self, OnDrop, Trail};
 use proto::control::v1::{
     analyst_api_server::AnalystApiServer, sensor_control_server::SensorControlServer,
@@ -62,6 +64,8 @@ struct Shared {
     publish_streams: AtomicU64,
     control: Arc<ControlHub>,
     trail: Trail,
+    /// The durable store; `None`: live fan-out only.
+    store: Option<Store>,
 }
 
 /// A running or ready-to-run collector. Cheap to clone: clones share state,
@@ -86,10 +90,16 @@ impl Collector {
             }
             None => Trail::default(),
         };
+        let fanout = Fanout::new(config.subscriber_buffer);
+        let store = match &config.store {
+            Some(store) => Some(Store::open(store.clone(), fanout.clone())?),
+            None => None,
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: IngestLimits::from(&config),
-                fanout: Fanout::new(config.subscriber_buffer),
+                fanout,
+                store,
                 hosts: Mutex::new(HostTable::new(config.max_hosts)),
                 decode_permits: Semaphore::new(config.max_concurrent_decodes),
                 config,
@@ -289,6 +299,18 @@ impl Shared {
         let Some(host) = batch.host else {
             return Err(self.reject(&ingest::IngestError::MissingHost, &host_id, sequence));
         };
+        if self.store.is_some() {
+            return self
+                .ingest_stored(
+                    host,
+                    sequence,
+                    batch.drops,
+                    batch.payload.len(),
+                    decoded.events,
+                    received,
+                )
+                .await;
+        }
 
         let outcome = self
             .hosts()
@@ -325,9 +347,57 @@ impl Shared {
                     batch_sequence: sequence,
                     event: Arc::new(event),
                     received_unix_ns,
+                    store_id: 0,
                 });
             }
         }
+        Ok(BatchAck { sequence })
+    }
+
+    /// With a store: the writer checks the sequence against what it stored,
+    /// commits, fans out; only then is the batch counted and acked.
+    async fn ingest_stored(
+        &self,
+        host: proto::telemetry::v1::HostIdentity,
+        sequence: u64,
+        drops: Option<proto::telemetry::v1::DropCounters>,
+        payload_bytes: usize,
+        events: Vec<proto::telemetry::v1::Event>,
+        received: SystemTime,
+    ) -> Result<BatchAck, Status> {
+        // Bounded like the in-memory table: a new host past max_hosts is
+        // refused before anything of it is stored.
+        let admitted = self.hosts().admit(&host.host_id);
+        admitted.map_err(|e| self.reject(&e, &host.host_id, sequence))?;
+        let event_count = events.len() as u64;
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| Status::internal("no store"))?;
+        let stored = store
+            .write(host.clone(), sequence, drops, events, received)
+            .await
+            .map_err(|e| {
+                warn!(host_id = %host.host_id, sequence, error = %e, "batch not stored, not acked");
+                Status::unavailable(format!("batch {sequence} not stored, resend it: {e}"))
+            })?;
+        if let Some(restart) = &stored.observation.restart {
+            log_restart(&host.host_id, &host.sensor_instance_id, restart);
+        }
+        for record in hosts::sequence_records(&host, sequence, &stored.observation) {
+            log_record(&host.host_id, &record);
+        }
+        self.hosts().count_stored(
+            BatchMeta {
+                host: &host,
+                sequence,
+                drops: drops.as_ref(),
+                event_count,
+                payload_bytes: payload_bytes as u64,
+            },
+            &stored.observation,
+            received,
+        );
         Ok(BatchAck { sequence })
     }
 }
@@ -362,11 +432,19 @@ fn log_record(host_id: &str, record: &HostRecord) {
             sequence_record::Kind::Duplicate => {
                 warn!(host_id, sequence = s.first, "duplicate batch dropped");
             }
+            sequence_record::Kind::Late => {
+                info!(
+                    host_id,
+                    sequence = s.first,
+                    "batch reported missing arrived late, stored"
+                );
+            }
             _ => {}
         },
         Some(host_record::Record::Drops(d)) => {
             warn!(host_id, drops = ?d, "sensor drop counters changed")
         }
+        Some(host_record::Record::Status(_)) => {}
         None => {}
     }
 }
@@ -507,20 +585,93 @@ impl TelemetrySubscribe for SubscribeService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let peer = request.remote_addr();
+        // The same rule as Subscribe: no token needed, a named operator is
+        // recorded (the lead's mTLS roles replace this one call).
+        let operator = crate::auth::authorize(&self.shared.config.operators, request.metadata());
+        let req = request.into_inner();
+        let trail = self.shared.trail.clone();
+        let mut entry = filter_entry("query", &req.host_ids, &req.kinds, &req.process_names, peer);
+        entry.args.insert(
+            "since".into(),
+            audit::ArgValue::One(req.since_unix_ns.to_string()),
+        );
+        entry.args.insert(
+            "until".into(),
+            audit::ArgValue::One(req.until_unix_ns.to_string()),
+        );
+        match &operator {
+            Ok(name) => entry.operator = Some(name.clone()),
+            Err(e) => entry.detail = trail::clip(&format!("no operator: {}", e.message())),
+        }
+        let Some(store) = self.shared.store.clone() else {
+            let status = Status::failed_precondition(
+                "this collector keeps no store (started without one): nothing to query",
+            );
+            return Err(trail.refused(entry, status).await);
+        };
+        // One audit record per query, not per page.
+        let first_page = req.cursor.is_empty();
+        let page = tokio::task::spawn_blocking(move || store.query(&req))
+            .await
+            .map_err(|e| Status::internal(format!("query task failed: {e}")))?;
+        let page = match page {
+            Ok(page) => page,
+            Err(e @ StoreError::InvalidQuery(_)) => {
+                let status = Status::invalid_argument(e.to_string());
+                return Err(trail.refused(entry, status).await);
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        if first_page {
+            trail.record(entry).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "the audit log cannot record the query, so it is refused: {e}"
+                ))
+            })?;
+        }
+        Ok(Response::new(QueryResponse {
+            items: page.items,
+            next_cursor: page.next_cursor,
+            high_water_id: page.high_water_id,
+        }))
+    }
 }
 
 /// The audit entry of a subscription: its filter as given (bounded).
 fn subscribe_entry(req: &SubscribeRequest, peer: Option<std::net::SocketAddr>) -> audit::Entry {
-    let mut entry = audit::Entry::new("subscribe", audit::Outcome::Ok);
+    filter_entry(
+        "subscribe",
+        &req.host_ids,
+        &req.kinds,
+        &req.process_names,
+        peer,
+    )
+}
+
+/// An audit entry for a read of telemetry with these filters.
+fn filter_entry(
+    action: &str,
+    host_ids: &[String],
+    kinds: &[i32],
+    process_names: &[String],
+    peer: Option<std::net::SocketAddr>,
+) -> audit::Entry {
+    let mut entry = audit::Entry::new(action, audit::Outcome::Ok);
     entry.peer = peer.map(|p| p.to_string());
-    let kinds = req.kinds.iter().map(|&k| {
+    let kinds = kinds.iter().map(|&k| {
         proto::telemetry::v1::EventKind::try_from(k)
             .map_or_else(|_| k.to_string(), |k| k.as_str_name().to_owned())
     });
     for (name, items) in [
-        ("hosts", trail::list(req.host_ids.iter().cloned())),
+        ("hosts", trail::list(host_ids.iter().cloned())),
         ("kinds", trail::list(kinds)),
-        ("processes", trail::list(req.process_names.iter().cloned())),
+        ("processes", trail::list(process_names.iter().cloned())),
     ] {
         entry.args.insert(name.to_owned(), items);
     }

@@ -236,6 +236,24 @@ pub async fn wait_connected(api: &mut Api, host: &str, token: &str) {
 
 pub type Api = AnalystApiClient<tonic::transport::Channel>;
 
+/// Starts the `rxsentry-collector` binary on 127.0.0.1:0 with its state
+/// under `state` and `args`; returns it and its address (`host:port`).
+pub fn spawn_binary(state: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr =
+        listening_line(&mut child).unwrap_or_else(|line| panic!("unexpected first line {line:?}"));
+    (child, addr)
+}
+
 /// The `rxsentry-collector` binary's first stdout line: its address
 /// (`host:port`), or the whole line when it is not the listening line.
 pub fn listening_line(child: &mut std::process::Child) -> Result<String, String> {
