@@ -796,12 +796,14 @@ impl Writer {
                 // As many of the oldest as the excess (plus a tenth of the
                 // limit, so retention does not run at every round) takes at
                 // the average item size; ids are nearly contiguous.
-                let (lo, hi): (Option<i64>, Option<i64>) = self
-                    .conn
-                    .query_row("SELECT min(id), max(id) FROM items", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?;
-                let (Some(lo), Some(hi)) = (lo, hi) else { break };
+                let (lo, hi): (Option<i64>, Option<i64>) =
+                    self.conn
+                        .query_row("SELECT min(id), max(id) FROM items", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                let (Some(lo), Some(hi)) = (lo, hi) else {
+                    break;
+                };
                 let count = unsql(hi - lo + 1).max(1);
                 let per_item = (used / count).max(1);
                 let excess = used - max_bytes + max_bytes / 10;
