@@ -16,12 +16,7 @@
 //! the local `rxsentry-sensor isolate`, and the SOC's `rxsentry isolate`
 //! (CLI in B -> collector in B -> the daemon's control stream in A).
 
-use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use tests::{
@@ -459,23 +454,4 @@ impl IsolationReport {
         );
         t
     }
-}
-
-/// Replaces (or appends) the isolation section of `path`.
-pub fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let kept = match old.find(HEADING) {
-        Some(at) => {
-            let rest = &old[at + HEADING.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(old.len(), |e| at + HEADING.len() + e + 1);
-            format!("{}{}", &old[..at], &old[end..])
-        }
-        None => old,
-    };
-    let mut text = kept.trim_end().to_owned();
-    text.push_str("\n\n");
-    text.push_str(section);
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -12,6 +12,8 @@
 //!   paced run of watched opens (see `files`).
 //! - connect storm on loopback (`net`): TCP connections without and with
 //!   the sensor, alternated; ratio of medians.
+//! - the collector's store (`store`): ingest events/s, bytes per event,
+//!   query times for one host over a stored day.
 //!
 //! The collector runs in-process (the same library as `rxsentry-collector`),
 //! the sensor is the real release binary, started by the test harness
@@ -49,6 +51,7 @@ mod common;
 mod files;
 mod isolation;
 mod net;
+mod store;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -94,9 +97,29 @@ pub struct Options {
     /// docs/bench.md).
     #[arg(long)]
     only_isolation: bool,
+    /// Run only the collector store part (replaces its section of
+    /// docs/bench.md); builds only the release collector.
+    #[arg(long)]
+    store_only: bool,
+    /// Sensor streams at once in the store's multi-stream ingest round.
+    #[arg(long, default_value_t = 4)]
+    store_streams: usize,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
+    if opts.store_only {
+        if !opts.no_build {
+            build_collector()?;
+        }
+        let rt = tokio::runtime::Runtime::new()?;
+        let _rt = rt.enter();
+        let section = store::run(opts.store_streams)?.render();
+        println!("\n{section}");
+        let path = workspace_root().join("docs/bench.md");
+        common::write_section(&path, store::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
+    }
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
     }
@@ -107,7 +130,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     if opts.only_isolation {
         let section = isolation::run(opts.isolation_rounds)?.render();
         println!("\n{section}");
-        isolation::write_section(&path, &section)?;
+        common::write_section(&path, isolation::HEADING, &section)?;
         println!("written to {}", path.display());
         return Ok(());
     }
@@ -239,10 +262,35 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     // 7. Network isolation: programs attached (not isolated) vs none.
     let isolation = isolation::run(opts.isolation_rounds)?;
-    let table = format!("{}\n{}", report.render(opts), isolation.render());
+    // 8. The collector's store (the release collector, built above).
+    let store = store::run(opts.store_streams)?;
+    let table = format!(
+        "{}\n{}\n{}",
+        report.render(opts),
+        isolation.render(),
+        store.render()
+    );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
+    Ok(())
+}
+
+/// The release collector alone (the store bench needs no sensor).
+fn build_collector() -> Result<()> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "collector",
+        "--bin",
+        "rxsentry-collector",
+    ]);
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building the release collector failed: {status}");
+    }
     Ok(())
 }
 
