@@ -4,6 +4,8 @@
 // A test crate: its helpers may unwrap (a panic is a failed test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -56,11 +58,8 @@ async fn run_json(args: &[&str]) -> Vec<serde_json::Value> {
     .await
     .expect("the CLI did not finish")
     .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
+    common::success_lines(out)
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

@@ -46,6 +46,8 @@ const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Rows one query page reads at most before it returns with a cursor
 /// (a process filter is applied after reading).
 const MAX_QUERY_SCAN: usize = 200_000;
+/// How long opening waits for another writer of the store to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// Host ids or names in one query at most.
 const MAX_QUERY_LIST: usize = 256;
 
@@ -103,6 +105,8 @@ pub enum StoreError {
     InvalidQuery(String),
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("store {path} is in use by another collector (lock {lock})")]
+    Locked { path: String, lock: String },
 }
 
 /// What the writer did with one batch.
@@ -138,11 +142,53 @@ fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
+/// One writer per store: two collectors would each count store ids from
+/// the same point. Held (flock) for as long as the writer lives.
+fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let shown = || lock.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| StoreError::Dir {
+            path: shown(),
+            source,
+        })?;
+    // A collector restarted in the same process may still be closing the
+    // previous writer: give it a moment before calling the store taken.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: path.display().to_string(),
+                    lock: shown(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Dir {
+                    path: shown(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Opens (creating if needed) the database and checks its schema.
-fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+fn open_writer(path: &Path) -> Result<(Connection, std::fs::File), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
     }
+    let lock = lock_store(path)?;
     let conn = Connection::open(path).map_err(open_error(path))?;
     restrict_file(path)?;
     // auto_vacuum must be set before the first table exists.
@@ -168,7 +214,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             });
         }
     }
-    Ok(conn)
+    Ok((conn, lock))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -255,7 +301,7 @@ impl Store {
     /// Opens the store, loads its sequence state and starts the writer,
     /// which publishes what it commits on `fanout`.
     pub fn open(config: StoreConfig, fanout: Fanout) -> Result<Self, StoreError> {
-        let conn = open_writer(&config.path)?;
+        let (conn, lock) = open_writer(&config.path)?;
         let state = State::load(&conn).map_err(open_error(&config.path))?;
         let committed = Arc::new(AtomicU64::new(state.next_id.saturating_sub(1)));
         info!(path = %config.path.display(), hosts = state.hosts.len(),
@@ -263,6 +309,7 @@ impl Store {
         let (jobs, rx) = mpsc::channel(1024);
         let writer = Writer {
             conn,
+            _lock: lock,
             inner: Inner {
                 state,
                 config: config.clone(),
@@ -504,11 +551,16 @@ fn read_page(
     }
 }
 
+/// The identity stored for an instance; empty if there is none (an item
+/// is still returned, with what the store knows).
 fn load_identity(conn: &Connection, instance_key: i64) -> Result<HostIdentity, StoreError> {
-    let body: Vec<u8> = conn
+    let body: Option<Vec<u8>> = conn
         .prepare_cached("SELECT identity FROM instances WHERE instance_key = ?1")?
-        .query_row([instance_key], |r| r.get(0))?;
-    Ok(HostIdentity::decode(body.as_slice()).unwrap_or_default())
+        .query_row([instance_key], |r| r.get(0))
+        .optional()?;
+    Ok(body
+        .and_then(|b| HostIdentity::decode(b.as_slice()).ok())
+        .unwrap_or_default())
 }
 
 /// The persisted sequence state of one host, mirrored in memory.
@@ -602,6 +654,8 @@ enum Published {
 
 struct Writer {
     conn: Connection,
+    /// Released when the writer ends.
+    _lock: std::fs::File,
     inner: Inner,
 }
 

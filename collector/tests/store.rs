@@ -404,6 +404,26 @@ async fn garbled_or_forged_queries_are_refused_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_collector_on_the_same_store_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let (mut first, _) = spawn_collector(state.path());
+    // Its own audit log (a shared one is refused first), the same store.
+    let audit = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .arg("--audit-dir")
+        .arg(audit.path().join("audit"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another collector"), "{stderr}");
+    assert!(out.stdout.is_empty(), "must not claim to listen");
+    assert!(common::terminate(&mut first).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_without_store_refuses_queries() {
     let c = TestCollector::start_default().await;
     let status = query(&c.url, QueryRequest::default()).await.unwrap_err();
