@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::Stream;
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
 use proto::telemetry::v1::{
     BatchAck, HostRecord, QueryRequest, QueryResponse, SensorBatch, SubscribeRequest, host_record,
     sequence_record,
@@ -29,7 +30,7 @@ use crate::fanout::{Fanout, FanoutItem, SubscriberStream, SubscriptionFilter};
 use crate::hosts::{self, BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
-use crate::store::{Store, StoreError};
+use crate::store::{BatchStored, Store, StoreError};
 use crate::trail::{self, OnDrop, Trail};
 use proto::control::v1::{
     analyst_api_server::AnalystApiServer, sensor_control_server::SensorControlServer,
@@ -265,7 +266,7 @@ impl Shared {
     }
 
     /// Validates, decodes, checks continuity, fans out and acks one batch.
-    async fn ingest(&self, batch: SensorBatch) -> Result<BatchAck, Status> {
+    async fn ingest(self: &Arc<Self>, batch: SensorBatch) -> Result<Ingested, Status> {
         // The collector's own clock, whatever the batch says about time.
         let received = SystemTime::now();
         let host_id = batch
@@ -351,20 +352,21 @@ impl Shared {
                 });
             }
         }
-        Ok(BatchAck { sequence })
+        Ok(Ingested::Acked(BatchAck { sequence }))
     }
 
     /// With a store: the writer checks the sequence against what it stored,
-    /// commits, fans out; only then is the batch counted and acked.
+    /// commits, fans out; only then is the batch counted and acked (the
+    /// returned future resolves to the ack).
     async fn ingest_stored(
-        &self,
+        self: &Arc<Self>,
         host: proto::telemetry::v1::HostIdentity,
         sequence: u64,
         drops: Option<proto::telemetry::v1::DropCounters>,
         payload_bytes: usize,
         events: Vec<proto::telemetry::v1::Event>,
         received: SystemTime,
-    ) -> Result<BatchAck, Status> {
+    ) -> Result<Ingested, Status> {
         // Bounded like the in-memory table: a new host past max_hosts is
         // refused before anything of it is stored.
         let admitted = self.hosts().admit(&host.host_id);
@@ -374,13 +376,42 @@ impl Shared {
             .store
             .as_ref()
             .ok_or_else(|| Status::internal("no store"))?;
-        let stored = store
-            .write(host.clone(), sequence, drops, events, received)
+        let not_stored = move |e: StoreError| {
+            warn!(sequence, error = %e, "batch not stored, not acked");
+            Status::unavailable(format!("batch {sequence} not stored, resend it: {e}"))
+        };
+        let committed = store
+            .submit(host.clone(), sequence, drops, events, received)
             .await
-            .map_err(|e| {
-                warn!(host_id = %host.host_id, sequence, error = %e, "batch not stored, not acked");
-                Status::unavailable(format!("batch {sequence} not stored, resend it: {e}"))
-            })?;
+            .map_err(not_stored)?;
+        let shared = self.clone();
+        Ok(Ingested::Pending(Box::pin(async move {
+            let stored = committed.await.map_err(not_stored)?;
+            shared.count_stored(
+                host,
+                sequence,
+                drops,
+                event_count,
+                payload_bytes,
+                received,
+                &stored,
+            );
+            Ok(BatchAck { sequence })
+        })))
+    }
+
+    /// Logs and counts a committed batch.
+    #[allow(clippy::too_many_arguments)]
+    fn count_stored(
+        &self,
+        host: proto::telemetry::v1::HostIdentity,
+        sequence: u64,
+        drops: Option<proto::telemetry::v1::DropCounters>,
+        event_count: u64,
+        payload_bytes: usize,
+        received: SystemTime,
+        stored: &BatchStored,
+    ) {
         if let Some(restart) = &stored.observation.restart {
             log_restart(&host.host_id, &host.sensor_instance_id, restart);
         }
@@ -398,9 +429,21 @@ impl Shared {
             &stored.observation,
             received,
         );
-        Ok(BatchAck { sequence })
     }
 }
+
+/// A batch that passed the checks: acked already, or waiting for its
+/// commit to the store.
+enum Ingested {
+    Acked(BatchAck),
+    Pending(AckFuture),
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<BatchAck, Status>> + Send + 'static>>;
+
+/// Batches of one stream waiting for their commit at most; acks go out in
+/// the stream's order.
+const MAX_PENDING_PER_STREAM: usize = 64;
 
 /// UTC ns since the Unix epoch; 0 for a clock set before it.
 pub(crate) fn unix_ns(t: SystemTime) -> u64 {
@@ -504,14 +547,42 @@ impl TelemetryIngest for IngestService {
         tokio::spawn(async move {
             let shared = guard.0.clone();
             tokio::pin!(stop);
+            // Acks in the stream's order: batches waiting for their commit,
+            // and after them any ack or refusal that is already known.
+            let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+            // A refusal waits behind the pending acks; nothing after it is
+            // read.
+            let mut refused = false;
             loop {
                 let next = tokio::select! {
                     () = &mut stop => break,
-                    next = inbound.message() => next,
+                    Some(reply) = pending.next(), if !pending.is_empty() => {
+                        let failed = reply.is_err();
+                        if tx.send(reply).await.is_err() || failed {
+                            break;
+                        }
+                        continue;
+                    }
+                    next = inbound.message(), if !refused && pending.len() < MAX_PENDING_PER_STREAM => next,
                 };
                 let reply = match next {
-                    Ok(Some(batch)) => shared.ingest(batch).await,
-                    Ok(None) => break,
+                    Ok(Some(batch)) => match shared.ingest(batch).await {
+                        Ok(Ingested::Pending(ack)) => {
+                            pending.push_back(ack);
+                            continue;
+                        }
+                        Ok(Ingested::Acked(ack)) => Ok(ack),
+                        Err(status) => Err(status),
+                    },
+                    Ok(None) => {
+                        // The sensor finished sending: its last acks.
+                        while let Some(reply) = pending.next().await {
+                            if tx.send(reply).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
                     Err(status) if status.code() == Code::OutOfRange => {
                         shared.rejected_batches.fetch_add(1, Ordering::Relaxed);
                         let status = inbound_error(status, grpc_limit);
@@ -523,6 +594,11 @@ impl TelemetryIngest for IngestService {
                         break;
                     }
                 };
+                if !pending.is_empty() {
+                    refused = reply.is_err();
+                    pending.push_back(Box::pin(std::future::ready(reply)));
+                    continue;
+                }
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
                     break;

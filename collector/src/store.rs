@@ -9,6 +9,7 @@
 //! and marks silent hosts.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -339,6 +340,23 @@ impl Store {
         events: Vec<Event>,
         received: SystemTime,
     ) -> Result<BatchStored, StoreError> {
+        self.submit(host, sequence, drops, events, received)
+            .await?
+            .await
+    }
+
+    /// Queues one valid batch for the writer (batches are written in the
+    /// order they are submitted) and returns what resolves once it is
+    /// committed, so a stream can submit its next batch meanwhile.
+    pub async fn submit(
+        &self,
+        host: HostIdentity,
+        sequence: u64,
+        drops: Option<DropCounters>,
+        events: Vec<Event>,
+        received: SystemTime,
+    ) -> Result<impl Future<Output = Result<BatchStored, StoreError>> + Send + 'static, StoreError>
+    {
         let (reply, done) = oneshot::channel();
         let job = BatchJob {
             host,
@@ -349,7 +367,7 @@ impl Store {
             reply,
         };
         self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
-        done.await.map_err(|_| StoreError::Stopped)?
+        Ok(async move { done.await.map_err(|_| StoreError::Stopped)? })
     }
 
     /// Highest store id committed (and so visible to queries) right now.

@@ -404,6 +404,36 @@ async fn garbled_or_forged_queries_are_refused_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_are_acked_in_order_and_nothing_after_a_refusal_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCollector::start(with_store(store_config(dir.path()))).await;
+    let host = testkit::host("pipe", "i");
+    let mut s = SensorStream::connect(&c.url).await.unwrap();
+    let batch =
+        |seq: u64| testkit::zstd_batch(&host, seq, vec![testkit::fork_event(seq as u32, 1, "sh")]);
+    // 1..=3 valid, 4 garbled, 5 valid: all sent before any ack is read.
+    for seq in 1..=3 {
+        s.send(batch(seq)).await.unwrap();
+    }
+    let mut garbled = batch(4);
+    garbled.payload = vec![0xff; 64];
+    s.send(garbled).await.unwrap();
+    let _ = s.send(batch(5)).await;
+    for seq in 1..=3 {
+        let ack = tokio::time::timeout(WAIT, s.next_ack()).await.unwrap();
+        assert_eq!(ack.unwrap().unwrap().sequence, seq);
+    }
+    let refusal = tokio::time::timeout(WAIT, s.next_ack()).await.unwrap();
+    assert_eq!(refusal.unwrap_err().code(), Code::InvalidArgument);
+    let pids: Vec<u32> = events(&everything(&c.url).await)
+        .iter()
+        .map(|e| pid_of(e).unwrap())
+        .collect();
+    assert_eq!(pids, [1, 2, 3], "batch 5 came after the refusal");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_collector_on_the_same_store_is_refused() {
     let state = tempfile::tempdir().unwrap();
     let (mut first, _) = spawn_collector(state.path());

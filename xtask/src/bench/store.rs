@@ -27,7 +27,8 @@ pub const HEADING: &str = "## Store";
 const DAY_EVENTS: u64 = 864_000;
 /// UTC start of the stored day (2026-12-03T00:00:00Z).
 const DAY_START_NS: u64 = 1_796_256_000_000_000_000;
-const EVENTS_PER_BATCH: u64 = 500;
+/// The sensor's default `batching.max_events`.
+const EVENTS_PER_BATCH: u64 = 256;
 /// Batches a stream keeps in flight (a sensor's send window).
 const WINDOW: u64 = 32;
 /// Query repetitions (median).
