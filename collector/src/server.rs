@@ -67,6 +67,9 @@ struct Shared {
     trail: Trail,
     /// The durable store; `None`: live fan-out only.
     store: Option<Store>,
+    /// Bounds the queries read at once (each may read 200,000 rows), so
+    /// queries cannot take every blocking thread or starve the writer.
+    query_permits: Semaphore,
 }
 
 /// A running or ready-to-run collector. Cheap to clone: clones share state,
@@ -101,6 +104,7 @@ impl Collector {
                 limits: IngestLimits::from(&config),
                 fanout,
                 store,
+                query_permits: Semaphore::new(MAX_CONCURRENT_QUERIES),
                 hosts: Mutex::new(HostTable::new(config.max_hosts)),
                 decode_permits: Semaphore::new(config.max_concurrent_decodes),
                 config,
@@ -441,6 +445,9 @@ enum Ingested {
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<BatchAck, Status>> + Send + 'static>>;
 
+/// Store queries read at the same time at most; more wait their turn.
+const MAX_CONCURRENT_QUERIES: usize = 4;
+
 /// Batches of one stream waiting for their commit at most; acks go out in
 /// the stream's order.
 const MAX_PENDING_PER_STREAM: usize = 64;
@@ -693,6 +700,12 @@ impl TelemetrySubscribe for SubscribeService {
         };
         // One audit record per query, not per page.
         let first_page = req.cursor.is_empty();
+        let _permit = self
+            .shared
+            .query_permits
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
         let page = tokio::task::spawn_blocking(move || store.query(&req))
             .await
             .map_err(|e| Status::internal(format!("query task failed: {e}")))?;
