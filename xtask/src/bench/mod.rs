@@ -276,7 +276,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The release collector alone (the store bench needs no sensor).
+/// The release collector and CLI alone (the store bench needs no sensor).
 fn build_collector() -> Result<()> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args([
@@ -284,8 +284,9 @@ fn build_collector() -> Result<()> {
         "--release",
         "-p",
         "collector",
-        "--bin",
-        "rxsentry-collector",
+        "-p",
+        "cli",
+        "--bins",
     ]);
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {

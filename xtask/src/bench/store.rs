@@ -48,6 +48,8 @@ pub struct StoreReport {
     pub first_page_ms: f64,
     pub hour_exec_ms: f64,
     pub hour_exec_items: u64,
+    /// `rxsentry events --json` (release) over the whole day, to /dev/null.
+    pub cli_day_secs: f64,
 }
 
 /// Event `i` of a host's day: one every 100 ms, exec/fork/exit/file in turn.
@@ -112,6 +114,60 @@ async fn send_all(url: String, batches: Vec<SensorBatch>) -> Result<()> {
 
 fn collector_binary() -> PathBuf {
     crate::cmd::workspace_root().join("target/release/rxsentry-collector")
+}
+
+/// The analyst's view: the release CLI reads the day and prints it as
+/// JSON lines (counted, like `| wc -l`); median seconds.
+fn cli_day(url: &str) -> Result<f64> {
+    use std::io::Read as _;
+    let cli = crate::cmd::workspace_root().join("target/release/rxsentry");
+    let since = utc_arg(DAY_START_NS);
+    let until = utc_arg(DAY_START_NS + 86_400_000_000_000);
+    let mut times = Vec::new();
+    for _ in 0..QUERY_RUNS {
+        let start = Instant::now();
+        let status = Command::new(&cli)
+            .args([
+                "events",
+                "--collector",
+                url,
+                "--host",
+                "bench-day",
+                "--json",
+            ])
+            .args(["--since", &since, "--until", &until, "--no-records"])
+            .args(["--limit", "100000000"])
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", cli.display()))?;
+        if !status.success() {
+            bail!("rxsentry events failed: {status}");
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median_f64(&times))
+}
+
+/// `2026-12-03T00:00:00Z` for UTC ns since the epoch (whole seconds).
+fn utc_arg(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    // Days since 1970 -> civil date (H. Hinnant's civil_from_days).
+    let z = secs / 86_400 + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
 }
 
 fn spawn(state: &Path) -> Result<(Child, String)> {
@@ -237,6 +293,7 @@ pub fn run(streams: usize) -> Result<StoreReport> {
         };
         let (items, secs) = query_median(&url, &hour, None)?;
         (report.hour_exec_items, report.hour_exec_ms) = (items, secs * 1e3);
+        report.cli_day_secs = cli_day(&url)?;
         Ok(())
     })();
     let _ = nix::sys::signal::kill(
@@ -289,6 +346,12 @@ impl StoreReport {
             t,
             "| one host, its whole day (`--host --since --until`), all pages of 5,000 | {:.2} s for {} events | - | - |",
             self.day_query_secs, self.day_query_items
+        );
+        let _ = writeln!(
+            t,
+            "| one host, its whole day, release `rxsentry events --json` to /dev/null | {:.2} s ({:.1} us per event) | - | - |",
+            self.cli_day_secs,
+            self.cli_day_secs * 1e6 / self.day_query_items.max(1) as f64
         );
         let _ = writeln!(
             t,
