@@ -126,22 +126,25 @@ fn cli_day(url: &str) -> Result<f64> {
     let mut times = Vec::new();
     for _ in 0..QUERY_RUNS {
         let start = Instant::now();
-        let status = Command::new(&cli)
-            .args([
-                "events",
-                "--collector",
-                url,
-                "--host",
-                "bench-day",
-                "--json",
-            ])
-            .args(["--since", &since, "--until", &until, "--no-records"])
-            .args(["--limit", "100000000"])
-            .stdout(Stdio::null())
-            .status()
+        let mut child = Command::new(&cli)
+            .args(["events", "--collector", url, "--host", "bench-day"])
+            .args(["--json", "--since", &since, "--until", &until])
+            .args(["--no-records", "--limit", "100000000"])
+            .stdout(Stdio::piped())
+            .spawn()
             .with_context(|| format!("running {}", cli.display()))?;
-        if !status.success() {
-            bail!("rxsentry events failed: {status}");
+        let mut stdout = child.stdout.take().context("rxsentry stdout")?;
+        let (mut lines, mut buf) = (0u64, vec![0u8; 1 << 16]);
+        loop {
+            let n = stdout.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        let status = child.wait()?;
+        if !status.success() || lines != DAY_EVENTS {
+            bail!("rxsentry events {since}..{until}: {status}, {lines} of {DAY_EVENTS} lines");
         }
         times.push(start.elapsed().as_secs_f64());
     }
@@ -349,7 +352,7 @@ impl StoreReport {
         );
         let _ = writeln!(
             t,
-            "| one host, its whole day, release `rxsentry events --json` to /dev/null | {:.2} s ({:.1} us per event) | - | - |",
+            "| one host, its whole day, release `rxsentry events --json`, lines counted | {:.2} s ({:.1} us per event) | - | - |",
             self.cli_day_secs,
             self.cli_day_secs * 1e6 / self.day_query_items.max(1) as f64
         );
