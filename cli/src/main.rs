@@ -3,8 +3,10 @@
 mod admin;
 mod audit;
 mod client;
+mod events;
 mod render;
 mod tail;
+mod when;
 
 use std::process::ExitCode;
 
@@ -22,8 +24,11 @@ struct Cli {
 /// planned `policy` goes here.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Follow the live event stream of a collector.
+    /// Follow the live event stream of a collector (`--since 1h`: replay
+    /// the stored events first).
     Tail(tail::TailArgs),
+    /// Query the events and host records stored by the collector.
+    Events(events::EventsArgs),
     /// Cut a terminal off the network (all but its collector and the
     /// peers its config allows); needs an operator token.
     Isolate(admin::ChangeArgs),
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tail(args) => tail::run(args).await,
+            Command::Events(args) => events::run(args).await,
             Command::Isolate(args) => admin::change(args, true).await,
             Command::Release(args) => admin::change(args, false).await,
             Command::Hosts(args) => admin::hosts(args).await,
@@ -63,5 +69,25 @@ fn main() -> ExitCode {
             eprintln!("rxsentry: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Parses one subcommand's flags alone, for the unit tests.
+#[cfg(test)]
+mod test_args {
+    #[derive(clap::Parser)]
+    struct Wrapper<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+
+    pub fn try_parse<T: clap::Args>(name: &str, args: &[&str]) -> Result<T, clap::Error> {
+        use clap::Parser;
+        Wrapper::<T>::try_parse_from(std::iter::once(name).chain(args.iter().copied()))
+            .map(|w| w.inner)
+    }
+
+    pub fn parse<T: clap::Args>(name: &str, args: &[&str]) -> T {
+        try_parse(name, args).unwrap()
     }
 }

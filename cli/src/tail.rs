@@ -12,33 +12,47 @@ use proto::telemetry::v1::{
 
 use crate::client;
 use crate::render::{Format, Renderer};
+use crate::{events, when};
 
 /// Options of `rxsentry tail`. Repeated filters of one kind are OR-ed;
 /// different kinds of filter are AND-ed (the collector does the filtering).
 #[derive(Debug, Args)]
 pub struct TailArgs {
     #[command(flatten)]
-    access: client::Access,
-    /// Only this host_id (repeatable).
-    #[arg(long = "host", value_name = "HOST_ID")]
-    hosts: Vec<String>,
-    /// Only this event kind (repeatable). Host records always pass.
-    #[arg(long = "kind", value_enum, value_name = "KIND")]
-    kinds: Vec<KindArg>,
-    /// Only processes with this comm or executable basename (repeatable).
-    #[arg(long = "process", value_name = "NAME")]
-    processes: Vec<String>,
+    filter: FilterArgs,
     /// One JSON object per line instead of the table.
     #[arg(long)]
     json: bool,
     /// Exit successfully after this many events (records do not count).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// First replay the stored events from this time on (an age such as
+    /// `1h`, or a UTC time), then follow live, with nothing missed or shown
+    /// twice at the seam. Needs a collector with a store.
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+}
+
+/// Where to read and what, shared by `tail` and `events`. Repeated
+/// filters of one kind are OR-ed; different kinds of filter are AND-ed.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    #[command(flatten)]
+    pub access: client::Access,
+    /// Only this host_id (repeatable).
+    #[arg(long = "host", value_name = "HOST_ID")]
+    pub hosts: Vec<String>,
+    /// Only this event kind (repeatable). Host records always pass.
+    #[arg(long = "kind", value_enum, value_name = "KIND")]
+    pub kinds: Vec<KindArg>,
+    /// Only processes with this comm or executable basename (repeatable).
+    #[arg(long = "process", value_name = "NAME")]
+    pub processes: Vec<String>,
 }
 
 /// Event kinds as typed on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum KindArg {
+pub enum KindArg {
     Exec,
     Fork,
     Exit,
@@ -69,23 +83,33 @@ impl From<KindArg> for EventKind {
 impl TailArgs {
     fn request(&self) -> SubscribeRequest {
         SubscribeRequest {
-            host_ids: self.hosts.clone(),
+            host_ids: self.filter.hosts.clone(),
             kinds: self
+                .filter
                 .kinds
                 .iter()
                 .map(|&k| EventKind::from(k) as i32)
                 .collect(),
-            process_names: self.processes.clone(),
+            process_names: self.filter.processes.clone(),
         }
     }
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
-    let url = args.access.url();
-    let request = args.access.request(args.request())?;
-    let channel = args.access.connect().await?;
-    let mut stream = TelemetrySubscribeClient::new(channel)
-        .subscribe(request)
+    let since = args
+        .since
+        .as_deref()
+        .map(|w| when::parse(w, when::now_unix_ns()).map_err(anyhow::Error::msg))
+        .transpose()?;
+    let access = &args.filter.access;
+    let url = access.url();
+    let channel = access.connect().await?;
+    let mut client = TelemetrySubscribeClient::new(channel);
+    // Subscribed first: the collector registers the subscription before it
+    // answers, so whatever it commits after the replay's high-water mark
+    // (read later) reaches this stream.
+    let mut stream = client
+        .subscribe(access.request(args.request())?)
         .await
         .map_err(|s| {
             anyhow::anyhow!(
@@ -105,22 +129,59 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     if out.header().is_break() || args.count == Some(0) {
         return Ok(());
     }
-    loop {
-        let message = stream.message().await.map_err(|s| {
+    let mut show = |response: &SubscribeResponse| -> ControlFlow<()> {
+        out.item(response)?;
+        if matches!(response.item, Some(subscribe_response::Item::Event(_))) {
+            events += 1;
+            if args.count == Some(events) {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    // Live items wait here while the store is replayed, so the collector
+    // never sees this subscriber fall behind because of the replay.
+    let (live_tx, mut live) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let message = stream.message().await;
+            let end = !matches!(message, Ok(Some(_)));
+            if live_tx.send(message).is_err() || end {
+                break;
+            }
+        }
+    });
+    // Everything stored up to the high-water mark was replayed; a live item
+    // at or below it is one of those, a live item above it was not.
+    let mut seam = 0u64;
+    if let Some(since) = since {
+        let req = events::request(
+            &args.filter.hosts,
+            &args.filter.kinds,
+            &args.filter.processes,
+            since,
+            0,
+            true,
+        );
+        let (high_water, flow) = events::replay(&mut client, access, req, &mut show).await?;
+        if flow.is_break() {
+            return Ok(());
+        }
+        seam = high_water;
+    }
+    while let Some(message) = live.recv().await {
+        let message = message.map_err(|s| {
             anyhow::anyhow!(
                 "the stream from {url} broke: {}",
                 client::describe_status(&s)
             )
         })?;
         let Some(response) = message else { break };
-        if out.item(&response).is_break() {
-            return Ok(());
+        if store_id(&response).is_some_and(|id| id <= seam) {
+            continue;
         }
-        if matches!(response.item, Some(subscribe_response::Item::Event(_))) {
-            events += 1;
-            if args.count == Some(events) {
-                return Ok(());
-            }
+        if show(&response).is_break() {
+            return Ok(());
         }
     }
     match args.count {
@@ -132,29 +193,39 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The store position of an event or record (None: not stored).
+fn store_id(response: &SubscribeResponse) -> Option<u64> {
+    let id = match &response.item {
+        Some(subscribe_response::Item::Event(e)) => e.store_id,
+        Some(subscribe_response::Item::Record(r)) => r.store_id,
+        _ => 0,
+    };
+    (id != 0).then_some(id)
+}
+
 /// Writes lines to stdout and flushes each, so `tail | grep` is live. A
 /// closed pipe (`| head`) means "stop", not an error.
-struct Output {
+pub struct Output {
     renderer: Renderer,
     stdout: io::Stdout,
 }
 
 impl Output {
-    fn new(renderer: Renderer) -> Self {
+    pub fn new(renderer: Renderer) -> Self {
         Self {
             renderer,
             stdout: io::stdout(),
         }
     }
 
-    fn header(&mut self) -> ControlFlow<()> {
+    pub fn header(&mut self) -> ControlFlow<()> {
         match self.renderer.header() {
             Some(h) => self.line(&h),
             None => ControlFlow::Continue(()),
         }
     }
 
-    fn item(&mut self, response: &SubscribeResponse) -> ControlFlow<()> {
+    pub fn item(&mut self, response: &SubscribeResponse) -> ControlFlow<()> {
         let line = self.renderer.render(response);
         self.line(&line)
     }
@@ -176,18 +247,9 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        tail: TailArgs,
-    }
 
     fn parse(args: &[&str]) -> TailArgs {
-        Wrapper::try_parse_from(std::iter::once("tail").chain(args.iter().copied()))
-            .unwrap()
-            .tail
+        crate::test_args::parse("tail", args)
     }
 
     #[test]
@@ -208,12 +270,12 @@ mod tests {
         assert_eq!(r.host_ids, ["s1", "s2"]);
         assert_eq!(r.kinds, [EventKind::Exec as i32, EventKind::Exit as i32]);
         assert_eq!(r.process_names, ["curl"]);
-        assert_eq!(a.access.collector, client::DEFAULT_COLLECTOR);
+        assert_eq!(a.filter.access.collector, client::DEFAULT_COLLECTOR);
     }
 
     #[test]
     fn unknown_kind_is_a_usage_error() {
-        let err = Wrapper::try_parse_from(["tail", "--kind", "open"])
+        let err = crate::test_args::try_parse::<TailArgs>("tail", &["--kind", "open"])
             .err()
             .unwrap();
         assert!(

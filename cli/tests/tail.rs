@@ -4,6 +4,8 @@
 // A test crate: its helpers may unwrap (a panic is a failed test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -76,13 +78,7 @@ async fn finish(child: Child) -> Vec<String> {
         .await
         .expect("tail did not exit after --count")
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
+    common::success_lines(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,10 @@ pub struct CollectorConfig {
     /// `None` records nothing (embedded collectors in tests). The
     /// `rxsentry-collector` binary always has one.
     pub audit: Option<audit::AuditConfig>,
+    /// The durable store (docs/store.md). With one, a batch is acked only
+    /// once committed there; `None` keeps nothing (embedded collectors in
+    /// tests). The `rxsentry-collector` binary always has one.
+    pub store: Option<crate::store::StoreConfig>,
 }
 
 impl Default for CollectorConfig {
@@ -87,6 +91,7 @@ impl Default for CollectorConfig {
             tls: None,
             deny_list: None,
             audit: None,
+            store: None,
         }
     }
 }
@@ -118,6 +123,14 @@ impl CollectorConfig {
         }
         if self.stats_log_interval.is_some_and(|d| d.is_zero()) {
             return bad("stats_log_interval must not be zero");
+        }
+        if let Some(store) = &self.store {
+            if store.silent_after.is_zero() || store.retention_interval.is_zero() {
+                return bad("store silent_after and retention_interval must not be zero");
+            }
+            if store.max_age.is_some_and(|d| d.is_zero()) || store.max_bytes == Some(0) {
+                return bad("store max_age and max_bytes must not be zero");
+            }
         }
         if self.audit.as_ref().is_some_and(|a| a.max_file_bytes == 0) {
             return bad("audit max_file_bytes must be at least 1");

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt, future};
 use proto::telemetry::v1::{
-    Event, EventKind, HostEvent, HostIdentity, HostRecord, SubscribeRequest, SubscribeResponse,
-    event, subscribe_response,
+    Event, EventKind, HostEvent, HostIdentity, HostRecord, Process, SubscribeRequest,
+    SubscribeResponse, event, subscribe_response,
 };
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -29,6 +29,8 @@ pub enum FanoutItem {
         /// When this collector received the batch (UTC ns since the
         /// epoch, its own clock): `HostEvent.received_unix_ns`.
         received_unix_ns: u64,
+        /// `HostEvent.store_id` (0: not stored).
+        store_id: u64,
     },
     Record(Arc<HostRecord>),
 }
@@ -49,11 +51,13 @@ impl FanoutItem {
                 batch_sequence,
                 event,
                 received_unix_ns,
+                store_id,
             } => subscribe_response::Item::Event(HostEvent {
                 host: Some(HostIdentity::clone(host)),
                 batch_sequence: *batch_sequence,
                 event: Some(Event::clone(event)),
                 received_unix_ns: *received_unix_ns,
+                store_id: *store_id,
             }),
             Self::Record(r) => subscribe_response::Item::Record(HostRecord::clone(r)),
         };
@@ -113,7 +117,8 @@ impl SubscriptionFilter {
         }
     }
 
-    fn matches_event(&self, event: &Event) -> bool {
+    /// The kind and process filters alone (the store filters hosts).
+    pub fn matches_event(&self, event: &Event) -> bool {
         if !self.kinds.is_empty() && !self.kinds.contains(&event_kind(event)) {
             return false;
         }
@@ -142,18 +147,13 @@ enum Candidate<'a> {
 /// The names an event can be found by: the comm, and for an exec or a
 /// policy block the basename of the executed file.
 fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
-    let (process, filename) = match &event.kind {
-        Some(event::Kind::Exec(e)) => (e.process.as_ref(), Some(e.filename.as_str())),
-        Some(event::Kind::Fork(f)) => (f.process.as_ref(), None),
-        Some(event::Kind::Exit(x)) => (x.process.as_ref(), None),
-        Some(event::Kind::Policy(p)) => (p.process.as_ref(), Some(p.path.as_str())),
-        Some(event::Kind::File(f)) => (f.process.as_ref(), None),
+    let process = process_of(event);
+    let filename = match &event.kind {
+        Some(event::Kind::Exec(e)) => Some(e.filename.as_str()),
+        Some(event::Kind::Policy(p)) => Some(p.path.as_str()),
         // The process's exe basename, so `--process curl` finds its traffic.
-        Some(event::Kind::Network(n)) => (
-            n.process.as_ref(),
-            n.process.as_ref().map(|p| p.exe.as_str()),
-        ),
-        Some(event::Kind::Isolation(_)) | None => (None, None),
+        Some(event::Kind::Network(_)) => process.map(|p| p.exe.as_str()),
+        _ => None,
     };
     let comm = process
         .map(|p| p.comm.as_str())
@@ -164,6 +164,19 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
         .filter(|b| !b.is_empty())
         .map(Candidate::Exact);
     comm.into_iter().chain(base)
+}
+
+/// The process an event is about, whatever its kind.
+pub fn process_of(event: &Event) -> Option<&Process> {
+    match &event.kind {
+        Some(event::Kind::Exec(e)) => e.process.as_ref(),
+        Some(event::Kind::Fork(f)) => f.process.as_ref(),
+        Some(event::Kind::Exit(x)) => x.process.as_ref(),
+        Some(event::Kind::Policy(p)) => p.process.as_ref(),
+        Some(event::Kind::File(f)) => f.process.as_ref(),
+        Some(event::Kind::Network(n)) => n.process.as_ref(),
+        Some(event::Kind::Isolation(_)) | None => None,
+    }
 }
 
 /// The filterable kind of an event (`Unspecified` for an empty oneof).
@@ -243,6 +256,7 @@ mod tests {
             batch_sequence: 1,
             event: Arc::new(event),
             received_unix_ns: 1,
+            store_id: 0,
         }
     }
 
@@ -250,6 +264,7 @@ mod tests {
         FanoutItem::Record(Arc::new(HostRecord {
             host: Some(testkit::host(host_id, "i")),
             record: Some(host_record::Record::Drops(DropCounters::default())),
+            ..HostRecord::default()
         }))
     }
 

@@ -126,82 +126,53 @@ impl HostTable {
         now: SystemTime,
     ) -> Result<BatchOutcome, IngestError> {
         let host = batch.host;
+        self.admit(&host.host_id, now)?;
+        let state = self.hosts.entry(host.host_id.clone()).or_default();
+        let observation = state
+            .checker
+            .observe(&host.sensor_instance_id, batch.sequence);
+        let last = state.checker.last_accepted();
+        let records = count(&mut state.stats, batch, &observation, last, now);
+        Ok(BatchOutcome {
+            observation,
+            records,
+        })
+    }
+
+    /// Refuses a new host once the table is full (before a store keeps
+    /// anything of its batch).
+    pub fn admit(&mut self, host_id: &str, now: SystemTime) -> Result<(), IngestError> {
         if self.hosts.len() >= self.max_hosts
-            && !self.hosts.contains_key(&host.host_id)
+            && !self.hosts.contains_key(host_id)
             && !self.evict_idle(now)
         {
             return Err(IngestError::TooManyHosts {
                 limit: self.max_hosts,
             });
         }
-        let state = self.hosts.entry(host.host_id.clone()).or_default();
-        let observation = state
-            .checker
-            .observe(&host.sensor_instance_id, batch.sequence);
-        let stats = &mut state.stats;
-        let mut records = Vec::new();
-        let sequence_record = |kind: sequence_record::Kind, first: u64, last: u64| HostRecord {
-            host: Some(host.clone()),
-            record: Some(host_record::Record::Sequence(SequenceRecord {
-                kind: kind as i32,
-                first,
-                last,
-            })),
+        Ok(())
+    }
+
+    /// Counts a batch the store already checked and recorded: the store's
+    /// observation replaces this table's own checker.
+    pub fn count_stored(
+        &mut self,
+        batch: BatchMeta<'_>,
+        observation: &Observation,
+        now: SystemTime,
+    ) {
+        let state = self.hosts.entry(batch.host.host_id.clone()).or_default();
+        let last = if observation.is_new() {
+            state.stats.last_sequence.max(batch.sequence)
+        } else {
+            state.stats.last_sequence
         };
-
-        if observation.restart.is_some() {
-            stats.restarts += 1;
-            // Drop counters are totals since sensor start: a new instance
-            // starts from zero again.
-            stats.drops = DropCounters::default();
-            records.push(sequence_record(
-                sequence_record::Kind::Restart,
-                batch.sequence,
-                batch.sequence,
-            ));
-        }
-        match observation.continuity {
-            Continuity::InOrder => {}
-            Continuity::Gap { first, last } => {
-                stats.gaps += 1;
-                stats.missing_batches += last - first + 1;
-                records.push(sequence_record(sequence_record::Kind::Gap, first, last));
-            }
-            Continuity::Duplicate => {
-                stats.duplicates += 1;
-                records.push(sequence_record(
-                    sequence_record::Kind::Duplicate,
-                    batch.sequence,
-                    batch.sequence,
-                ));
-            }
-        }
-
-        stats.bytes_received += batch.payload_bytes;
-        stats.last_seen = Some(now);
-        if observation.is_new() {
-            stats.hostname.clone_from(&host.hostname);
-            stats
-                .sensor_instance_id
-                .clone_from(&host.sensor_instance_id);
-            stats.sensor_version.clone_from(&host.sensor_version);
-            stats.batches += 1;
-            stats.events += batch.event_count;
-            stats.last_sequence = state.checker.last_accepted();
-            if let Some(drops) = batch.drops
-                && *drops != stats.drops
-            {
-                stats.drops = *drops;
-                records.push(HostRecord {
-                    host: Some(host.clone()),
-                    record: Some(host_record::Record::Drops(*drops)),
-                });
-            }
-        }
-        Ok(BatchOutcome {
-            observation,
-            records,
-        })
+        let last = if observation.restart.is_some() && observation.is_new() {
+            batch.sequence
+        } else {
+            last
+        };
+        count(&mut state.stats, batch, observation, last, now);
     }
 
     /// A copy of every host's counters, keyed and sorted by host_id.
@@ -211,6 +182,91 @@ impl HostTable {
             .map(|(id, s)| (id.clone(), s.stats.clone()))
             .collect()
     }
+}
+
+/// The sequence records (restart, gap, duplicate, late) one batch's
+/// observation makes, in the order they happened.
+pub fn sequence_records(
+    host: &HostIdentity,
+    sequence: u64,
+    observation: &Observation,
+) -> Vec<HostRecord> {
+    let record = |kind: sequence_record::Kind, first: u64, last: u64| HostRecord {
+        host: Some(host.clone()),
+        record: Some(host_record::Record::Sequence(SequenceRecord {
+            kind: kind as i32,
+            first,
+            last,
+        })),
+        ..HostRecord::default()
+    };
+    let mut records = Vec::new();
+    if observation.restart.is_some() {
+        records.push(record(sequence_record::Kind::Restart, sequence, sequence));
+    }
+    match observation.continuity {
+        Continuity::InOrder => {}
+        Continuity::Gap { first, last } => {
+            records.push(record(sequence_record::Kind::Gap, first, last));
+        }
+        Continuity::Duplicate => {
+            records.push(record(sequence_record::Kind::Duplicate, sequence, sequence));
+        }
+        Continuity::Late => {
+            records.push(record(sequence_record::Kind::Late, sequence, sequence));
+        }
+    }
+    records
+}
+
+/// Updates one host's counters for a batch; returns its records (sequence
+/// records, then a drops record when the counters changed).
+fn count(
+    stats: &mut HostStats,
+    batch: BatchMeta<'_>,
+    observation: &Observation,
+    last_accepted: u64,
+    now: SystemTime,
+) -> Vec<HostRecord> {
+    let host = batch.host;
+    let mut records = sequence_records(host, batch.sequence, observation);
+    if observation.restart.is_some() {
+        stats.restarts += 1;
+        // Drop counters are totals since sensor start: a new instance
+        // starts from zero again.
+        stats.drops = DropCounters::default();
+    }
+    match observation.continuity {
+        Continuity::InOrder | Continuity::Late => {}
+        Continuity::Gap { first, last } => {
+            stats.gaps += 1;
+            stats.missing_batches += last - first + 1;
+        }
+        Continuity::Duplicate => stats.duplicates += 1,
+    }
+    stats.bytes_received += batch.payload_bytes;
+    stats.last_seen = Some(now);
+    if observation.is_new() {
+        stats.hostname.clone_from(&host.hostname);
+        stats
+            .sensor_instance_id
+            .clone_from(&host.sensor_instance_id);
+        stats.sensor_version.clone_from(&host.sensor_version);
+        stats.batches += 1;
+        stats.events += batch.event_count;
+        stats.last_sequence = last_accepted;
+        if let Some(drops) = batch.drops
+            && *drops != stats.drops
+        {
+            stats.drops = *drops;
+            records.push(HostRecord {
+                host: Some(host.clone()),
+                record: Some(host_record::Record::Drops(*drops)),
+                ..HostRecord::default()
+            });
+        }
+    }
+    records
 }
 
 #[cfg(test)]
@@ -241,6 +297,7 @@ mod tests {
                     format!("{}:{}-{}", s.kind().as_str_name(), s.first, s.last)
                 }
                 Some(host_record::Record::Drops(d)) => format!("drops:{}", d.kernel_ringbuf_full),
+                Some(host_record::Record::Status(s)) => format!("status:{}", s.state),
                 None => "none".into(),
             })
             .collect()

@@ -13,6 +13,7 @@ pub mod hosts;
 pub mod ingest;
 pub mod sequence;
 mod server;
+pub mod store;
 pub mod testkit;
 pub mod trail;
 pub mod trust;
@@ -40,6 +41,8 @@ pub enum CollectorError {
         "{0} is not a loopback address: plaintext is refused off loopback (give the collector its TLS files)"
     )]
     PlaintextOffLoopback(std::net::SocketAddr),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Serves on `listener` with `config` until `shutdown` completes.

@@ -55,6 +55,25 @@ struct Args {
     /// Size at which an audit file is closed and the next one started.
     #[arg(long, value_name = "BYTES", default_value_t = audit::DEFAULT_MAX_FILE_BYTES)]
     audit_max_file_bytes: u64,
+    /// The event store (SQLite, docs/store.md); default
+    /// STATE_DIR/store/rxsentry.db (directory 0700, files 0600).
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
+    /// Delete stored items received longer ago than this (`30d`, `12h`,
+    /// `90m`, `45s`; `0` keeps them).
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_duration)]
+    retention_max_age: Duration,
+    /// Delete the oldest stored items while the store uses more than this
+    /// many bytes (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    retention_max_bytes: u64,
+    /// How often retention runs.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    retention_interval: Duration,
+    /// Record a host as silent after this long without a batch (sensors
+    /// send a heartbeat batch at least every 30 s).
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    silent_after: Duration,
     /// The collector's certificate; default STATE_DIR/tls/collector.pem
     /// (`rxsentry-collector pki init` creates it).
     #[arg(long, value_name = "FILE")]
@@ -80,6 +99,27 @@ enum Command {
     /// list, add-operator.
     #[command(subcommand)]
     Pki(pki_cmd::PkiCommand),
+}
+
+/// `30d`, `12h`, `90m`, `45s` or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and s, m, h or d"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    secs.map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 #[tokio::main]
@@ -144,7 +184,18 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| pki_cmd::pki_dir(&args.state_dir).join(pki::issue::DENY_LIST))
     });
+    let store = collector::store::StoreConfig {
+        path: args
+            .store
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("store").join("rxsentry.db")),
+        max_age: (!args.retention_max_age.is_zero()).then_some(args.retention_max_age),
+        max_bytes: (args.retention_max_bytes > 0).then_some(args.retention_max_bytes),
+        retention_interval: args.retention_interval,
+        silent_after: args.silent_after,
+    };
     let config = CollectorConfig {
+        store: Some(store),
         operators,
         operators_file,
         tls,

@@ -14,6 +14,10 @@ pub enum Continuity {
     Gap { first: u64, last: u64 },
     /// This sequence was already accepted: do not deliver it again.
     Duplicate,
+    /// Below the highest accepted sequence but never accepted itself (a
+    /// batch first reported in a gap): accepted. Only the store, which
+    /// knows each stored sequence, tells this from a duplicate.
+    Late,
 }
 
 /// The previous sensor instance of a host that just restarted.

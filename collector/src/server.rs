@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::Stream;
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
 use proto::telemetry::v1::{
-    BatchAck, HostRecord, SensorBatch, SubscribeRequest, host_record, sequence_record,
+    BatchAck, HostRecord, QueryRequest, QueryResponse, SensorBatch, SubscribeRequest, host_record,
+    sequence_record,
     telemetry_ingest_server::{TelemetryIngest, TelemetryIngestServer},
     telemetry_subscribe_server::{TelemetrySubscribe, TelemetrySubscribeServer},
 };
@@ -25,9 +27,10 @@ use crate::CollectorError;
 use crate::config::{CollectorConfig, MAX_SUBSCRIBE_REQUEST_BYTES};
 use crate::control::{AnalystService, ControlHub, SensorControlService};
 use crate::fanout::{Fanout, FanoutItem, SubscriberStream, SubscriptionFilter};
-use crate::hosts::{BatchMeta, HostStats, HostTable};
+use crate::hosts::{self, BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
+use crate::store::{BatchStored, Store, StoreError};
 use crate::trail::{self, OnDrop, Trail};
 use crate::trust::{ReloadReport, Trust};
 use proto::control::v1::{
@@ -73,6 +76,11 @@ struct Shared {
     control: Arc<ControlHub>,
     trail: Trail,
     trust: Arc<Trust>,
+    /// The durable store; `None`: live fan-out only.
+    store: Option<Store>,
+    /// Bounds the queries read at once (each may read 200,000 rows), so
+    /// queries cannot take every blocking thread or starve the writer.
+    query_permits: Semaphore,
 }
 
 /// A running or ready-to-run collector. Cheap to clone: clones share state,
@@ -107,10 +115,17 @@ impl Collector {
             config.operators.clone(),
             config.operators_file.clone(),
         ));
+        let fanout = Fanout::new(config.subscriber_buffer);
+        let store = match &config.store {
+            Some(store) => Some(Store::open(store.clone(), fanout.clone())?),
+            None => None,
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: IngestLimits::from(&config),
-                fanout: Fanout::new(config.subscriber_buffer),
+                fanout,
+                store,
+                query_permits: Semaphore::new(MAX_CONCURRENT_QUERIES),
                 hosts: Mutex::new(HostTable::with_eviction(
                     config.max_hosts,
                     config.host_idle_evict,
@@ -323,7 +338,7 @@ impl Shared {
     }
 
     /// Validates, decodes, checks continuity, fans out and acks one batch.
-    async fn ingest(&self, batch: SensorBatch) -> Result<BatchAck, Status> {
+    async fn ingest(self: &Arc<Self>, batch: SensorBatch) -> Result<Ingested, Status> {
         // The collector's own clock, whatever the batch says about time.
         let received = SystemTime::now();
         let host_id = batch
@@ -367,6 +382,18 @@ impl Shared {
         let Some(host) = batch.host else {
             return Err(self.reject(&ingest::IngestError::MissingHost, &host_id, sequence));
         };
+        if self.store.is_some() {
+            return self
+                .ingest_stored(
+                    host,
+                    sequence,
+                    batch.drops,
+                    batch.payload.len(),
+                    decoded.events,
+                    received,
+                )
+                .await;
+        }
 
         let outcome = self
             .hosts()
@@ -403,12 +430,105 @@ impl Shared {
                     batch_sequence: sequence,
                     event: Arc::new(event),
                     received_unix_ns,
+                    store_id: 0,
                 });
             }
         }
-        Ok(BatchAck { sequence })
+        Ok(Ingested::Acked(BatchAck { sequence }))
+    }
+
+    /// With a store: the writer checks the sequence against what it stored,
+    /// commits, fans out; only then is the batch counted and acked (the
+    /// returned future resolves to the ack).
+    async fn ingest_stored(
+        self: &Arc<Self>,
+        host: proto::telemetry::v1::HostIdentity,
+        sequence: u64,
+        drops: Option<proto::telemetry::v1::DropCounters>,
+        payload_bytes: usize,
+        events: Vec<proto::telemetry::v1::Event>,
+        received: SystemTime,
+    ) -> Result<Ingested, Status> {
+        // Bounded like the in-memory table: a new host past max_hosts is
+        // refused before anything of it is stored.
+        let admitted = self.hosts().admit(&host.host_id, received);
+        admitted.map_err(|e| self.reject(&e, &host.host_id, sequence))?;
+        let event_count = events.len() as u64;
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| Status::internal("no store"))?;
+        let not_stored = move |e: StoreError| {
+            warn!(sequence, error = %e, "batch not stored, not acked");
+            Status::unavailable(format!("batch {sequence} not stored, resend it: {e}"))
+        };
+        let committed = store
+            .submit(host.clone(), sequence, drops, events, received)
+            .await
+            .map_err(not_stored)?;
+        let shared = self.clone();
+        Ok(Ingested::Pending(Box::pin(async move {
+            let stored = committed.await.map_err(not_stored)?;
+            shared.count_stored(
+                host,
+                sequence,
+                drops,
+                event_count,
+                payload_bytes,
+                received,
+                &stored,
+            );
+            Ok(BatchAck { sequence })
+        })))
+    }
+
+    /// Logs and counts a committed batch.
+    #[allow(clippy::too_many_arguments)]
+    fn count_stored(
+        &self,
+        host: proto::telemetry::v1::HostIdentity,
+        sequence: u64,
+        drops: Option<proto::telemetry::v1::DropCounters>,
+        event_count: u64,
+        payload_bytes: usize,
+        received: SystemTime,
+        stored: &BatchStored,
+    ) {
+        if let Some(restart) = &stored.observation.restart {
+            log_restart(&host.host_id, &host.sensor_instance_id, restart);
+        }
+        for record in hosts::sequence_records(&host, sequence, &stored.observation) {
+            log_record(&host.host_id, &record);
+        }
+        self.hosts().count_stored(
+            BatchMeta {
+                host: &host,
+                sequence,
+                drops: drops.as_ref(),
+                event_count,
+                payload_bytes: payload_bytes as u64,
+            },
+            &stored.observation,
+            received,
+        );
     }
 }
+
+/// A batch that passed the checks: acked already, or waiting for its
+/// commit to the store.
+enum Ingested {
+    Acked(BatchAck),
+    Pending(AckFuture),
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<BatchAck, Status>> + Send + 'static>>;
+
+/// Store queries read at the same time at most; more wait their turn.
+const MAX_CONCURRENT_QUERIES: usize = 4;
+
+/// Batches of one stream waiting for their commit at most; acks go out in
+/// the stream's order.
+const MAX_PENDING_PER_STREAM: usize = 64;
 
 /// UTC ns since the Unix epoch; 0 for a clock set before it.
 pub(crate) fn unix_ns(t: SystemTime) -> u64 {
@@ -440,11 +560,19 @@ fn log_record(host_id: &str, record: &HostRecord) {
             sequence_record::Kind::Duplicate => {
                 warn!(host_id, sequence = s.first, "duplicate batch dropped");
             }
+            sequence_record::Kind::Late => {
+                info!(
+                    host_id,
+                    sequence = s.first,
+                    "batch reported missing arrived late, stored"
+                );
+            }
             _ => {}
         },
         Some(host_record::Record::Drops(d)) => {
             warn!(host_id, drops = ?d, "sensor drop counters changed")
         }
+        Some(host_record::Record::Status(_)) => {}
         None => {}
     }
 }
@@ -505,20 +633,48 @@ impl TelemetryIngest for IngestService {
         tokio::spawn(async move {
             let shared = guard.0.clone();
             tokio::pin!(stop);
+            // Acks in the stream's order: batches waiting for their commit,
+            // and after them any ack or refusal that is already known.
+            let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+            // A refusal waits behind the pending acks; nothing after it is
+            // read.
+            let mut refused = false;
             loop {
                 let next = tokio::select! {
                     () = &mut stop => break,
-                    next = inbound.message() => next,
+                    Some(reply) = pending.next(), if !pending.is_empty() => {
+                        let failed = reply.is_err();
+                        if tx.send(reply).await.is_err() || failed {
+                            break;
+                        }
+                        continue;
+                    }
+                    next = inbound.message(), if !refused && pending.len() < MAX_PENDING_PER_STREAM => next,
                 };
                 let reply = match next {
                     Ok(Some(batch)) => {
                         let claimed = batch.host.as_ref().map_or("", |h| h.host_id.as_str());
                         match shared.trust.same_host(identity.as_ref(), claimed, "batch") {
-                            Ok(()) => shared.ingest(batch).await,
                             Err(status) => Err(status),
+                            Ok(()) => match shared.ingest(batch).await {
+                                Ok(Ingested::Pending(ack)) => {
+                                    pending.push_back(ack);
+                                    continue;
+                                }
+                                Ok(Ingested::Acked(ack)) => Ok(ack),
+                                Err(status) => Err(status),
+                            },
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // The sensor finished sending: its last acks.
+                        while let Some(reply) = pending.next().await {
+                            if tx.send(reply).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
                     Err(status) if status.code() == Code::OutOfRange => {
                         shared.rejected_batches.fetch_add(1, Ordering::Relaxed);
                         let status = inbound_error(status, grpc_limit);
@@ -530,6 +686,11 @@ impl TelemetryIngest for IngestService {
                         break;
                     }
                 };
+                if !pending.is_empty() {
+                    refused = reply.is_err();
+                    pending.push_back(Box::pin(std::future::ready(reply)));
+                    continue;
+                }
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
                     break;
@@ -596,20 +757,101 @@ impl TelemetrySubscribe for SubscribeService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let peer = request.remote_addr();
+        // The same rule as Subscribe: the viewer role.
+        let operator =
+            self.shared
+                .trust
+                .operator(request.metadata(), crate::auth::Role::Viewer, "query");
+        let req = request.into_inner();
+        let trail = self.shared.trail.clone();
+        let mut entry = filter_entry("query", &req.host_ids, &req.kinds, &req.process_names, peer);
+        entry.args.insert(
+            "since".into(),
+            audit::ArgValue::One(req.since_unix_ns.to_string()),
+        );
+        entry.args.insert(
+            "until".into(),
+            audit::ArgValue::One(req.until_unix_ns.to_string()),
+        );
+        match operator {
+            Ok(op) => entry.operator = Some(op.name),
+            Err(status) => return Err(trail.refused(entry, status).await),
+        }
+        let Some(store) = self.shared.store.clone() else {
+            let status = Status::failed_precondition(
+                "this collector keeps no store (started without one): nothing to query",
+            );
+            return Err(trail.refused(entry, status).await);
+        };
+        // One audit record per query, not per page.
+        let first_page = req.cursor.is_empty();
+        let _permit = self
+            .shared
+            .query_permits
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+        let page = tokio::task::spawn_blocking(move || store.query(&req))
+            .await
+            .map_err(|e| Status::internal(format!("query task failed: {e}")))?;
+        let page = match page {
+            Ok(page) => page,
+            Err(e @ StoreError::InvalidQuery(_)) => {
+                let status = Status::invalid_argument(e.to_string());
+                return Err(trail.refused(entry, status).await);
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        if first_page {
+            trail.record(entry).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "the audit log cannot record the query, so it is refused: {e}"
+                ))
+            })?;
+        }
+        Ok(Response::new(QueryResponse {
+            items: page.items,
+            next_cursor: page.next_cursor,
+            high_water_id: page.high_water_id,
+        }))
+    }
 }
 
 /// The audit entry of a subscription: its filter as given (bounded).
 fn subscribe_entry(req: &SubscribeRequest, peer: Option<std::net::SocketAddr>) -> audit::Entry {
-    let mut entry = audit::Entry::new("subscribe", audit::Outcome::Ok);
+    filter_entry(
+        "subscribe",
+        &req.host_ids,
+        &req.kinds,
+        &req.process_names,
+        peer,
+    )
+}
+
+/// An audit entry for a read of telemetry with these filters.
+fn filter_entry(
+    action: &str,
+    host_ids: &[String],
+    kinds: &[i32],
+    process_names: &[String],
+    peer: Option<std::net::SocketAddr>,
+) -> audit::Entry {
+    let mut entry = audit::Entry::new(action, audit::Outcome::Ok);
     entry.peer = peer.map(|p| p.to_string());
-    let kinds = req.kinds.iter().map(|&k| {
+    let kinds = kinds.iter().map(|&k| {
         proto::telemetry::v1::EventKind::try_from(k)
             .map_or_else(|_| k.to_string(), |k| k.as_str_name().to_owned())
     });
     for (name, items) in [
-        ("hosts", trail::list(req.host_ids.iter().cloned())),
+        ("hosts", trail::list(host_ids.iter().cloned())),
         ("kinds", trail::list(kinds)),
-        ("processes", trail::list(req.process_names.iter().cloned())),
+        ("processes", trail::list(process_names.iter().cloned())),
     ] {
         entry.args.insert(name.to_owned(), items);
     }

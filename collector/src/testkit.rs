@@ -175,6 +175,14 @@ impl SensorStream {
         self.acks.message().await
     }
 
+    /// Publishes a zstd batch of `events` and waits for its ack; a refusal
+    /// fails the test.
+    pub async fn publish_events(&mut self, host: &HostIdentity, sequence: u64, events: Vec<Event>) {
+        self.publish(zstd_batch(host, sequence, events))
+            .await
+            .expect("batch refused");
+    }
+
     /// Sends one batch and waits for its ack.
     pub async fn publish(&mut self, batch: SensorBatch) -> Result<BatchAck, Status> {
         self.send(batch).await?;

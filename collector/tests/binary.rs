@@ -6,29 +6,14 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use collector::testkit::{self, SensorStream};
 
 #[tokio::test]
 async fn prints_address_serves_and_stops_on_sigterm() {
     let state = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--max-batch-bytes",
-            "1000",
-        ])
-        .arg("--state-dir")
-        .arg(state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = common::listening_line(&mut child)
-        .unwrap_or_else(|line| panic!("unexpected first line {line:?}"));
+    let (mut child, addr) = common::spawn_binary(state.path(), &["--max-batch-bytes", "1000"]);
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     assert!(addr.ip().is_loopback());
     assert_ne!(addr.port(), 0);

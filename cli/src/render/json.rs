@@ -4,7 +4,7 @@
 
 use proto::telemetry::v1::{
     HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
-    isolation_event, network_event, policy_event, sequence_record, subscribe_response,
+    host_status, isolation_event, network_event, policy_event, sequence_record, subscribe_response,
 };
 use serde_json::{Map, Value, json};
 
@@ -12,13 +12,31 @@ use super::{file_operation, kind_and_process, time};
 
 pub fn render(response: &SubscribeResponse) -> Value {
     match &response.item {
-        Some(subscribe_response::Item::Event(e)) => event_json(e),
-        Some(subscribe_response::Item::Record(r)) => record_json(r),
+        Some(subscribe_response::Item::Event(e)) => with_store_id(event_json(e), e.store_id, 0),
+        Some(subscribe_response::Item::Record(r)) => {
+            with_store_id(record_json(r), r.store_id, r.recorded_unix_ns)
+        }
         Some(subscribe_response::Item::SubscriberLagged(n)) => {
             json!({ "type": "lagged", "skipped": n })
         }
         None => json!({ "type": "empty" }),
     }
+}
+
+/// The store's position (and a record's time) when the collector has a
+/// store; absent otherwise, so a store-less collector's lines stay as
+/// they were.
+fn with_store_id(mut value: Value, store_id: u64, recorded_unix_ns: u64) -> Value {
+    if let Value::Object(m) = &mut value {
+        if store_id != 0 {
+            m.insert("store_id".into(), store_id.into());
+        }
+        if recorded_unix_ns != 0 {
+            m.insert("recorded_unix_ns".into(), recorded_unix_ns.into());
+            m.insert("recorded_time".into(), time::utc(recorded_unix_ns).into());
+        }
+    }
+    value
 }
 
 /// `host_id` and `hostname` first, as every host-related object has them.
@@ -192,6 +210,7 @@ fn record_json(r: &HostRecord) -> Value {
                 sequence_record::Kind::Gap => "gap",
                 sequence_record::Kind::Duplicate => "duplicate",
                 sequence_record::Kind::Restart => "restart",
+                sequence_record::Kind::Late => "late",
                 sequence_record::Kind::Unspecified => "sequence_unknown",
             };
             let mut m = with_host(kind, host);
@@ -216,6 +235,20 @@ fn record_json(r: &HostRecord) -> Value {
                     "kernel_net_ringbuf_full": d.kernel_net_ringbuf_full,
                 }),
             );
+            m.into()
+        }
+        Some(host_record::Record::Status(st)) => {
+            let state = match st.state() {
+                host_status::State::Silent => "silent",
+                host_status::State::Back => "back",
+                host_status::State::Unspecified => "status_unknown",
+            };
+            let mut m = with_host(state, host);
+            m.insert("last_batch_unix_ns".into(), st.last_batch_unix_ns.into());
+            if let Some(t) = time::utc_if_known(st.last_batch_unix_ns) {
+                m.insert("last_batch".into(), t.into());
+            }
+            m.insert("silent_after_ms".into(), st.silent_after_ms.into());
             m.into()
         }
         None => with_host("record_unknown", host).into(),

@@ -118,6 +118,7 @@ pub(crate) mod fixtures {
                 batch_sequence: 3,
                 event: Some(event),
                 received_unix_ns: RECEIVED_UNIX_NS,
+                store_id: 0,
             })),
         }
     }
@@ -250,6 +251,7 @@ pub(crate) mod fixtures {
             item: Some(subscribe_response::Item::Record(HostRecord {
                 host: Some(host()),
                 record: Some(record),
+                ..HostRecord::default()
             })),
         }
     }

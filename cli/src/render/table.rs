@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use proto::telemetry::v1::{
     DropCounters, Event, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, IsolationEvent,
-    NetworkEvent, PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record,
+    NetworkEvent, PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record, host_status,
     isolation_event, network_event, policy_event, sequence_record, subscribe_response,
 };
 
@@ -242,6 +242,20 @@ fn record_line(r: &HostRecord) -> String {
     match &r.record {
         Some(host_record::Record::Sequence(s)) => format!("!! {host} {}", sequence_text(r, s)),
         Some(host_record::Record::Drops(d)) => format!("!! {host} DROPS: {}", drops_text(d)),
+        Some(host_record::Record::Status(st)) => {
+            let since = time::utc_if_known(st.last_batch_unix_ns)
+                .map_or_else(|| "never".to_owned(), |t| format!("since {t}"));
+            match st.state() {
+                host_status::State::Silent => format!(
+                    "!! {host} SILENT: no batch for over {} ms ({since})",
+                    st.silent_after_ms
+                ),
+                host_status::State::Back => {
+                    format!("!! {host} BACK: sending again (silent {since})")
+                }
+                host_status::State::Unspecified => format!("!! {host} host status of unknown kind"),
+            }
+        }
         None => format!("!! {host} empty host record"),
     }
 }
@@ -262,6 +276,9 @@ fn sequence_text(r: &HostRecord, s: &SequenceRecord) -> String {
                 "RESTART: sensor restarted as instance {}, first batch {first}",
                 clean(instance)
             )
+        }
+        sequence_record::Kind::Late => {
+            format!("LATE: batch {first}, reported missing, arrived after all")
         }
         sequence_record::Kind::Unspecified => "sequence record of unknown kind".to_owned(),
     }

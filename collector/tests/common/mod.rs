@@ -19,6 +19,16 @@ use tonic::Request;
 /// Generous bound for anything that should happen "at once".
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// `message` with the viewer token of the test collectors.
+pub fn as_viewer<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {VIEWER_TOKEN}").parse().unwrap(),
+    );
+    request
+}
+
 /// The in-process collectors' own viewer, added to every config so that
 /// [`TestCollector::subscribe`] is allowed.
 pub const VIEWER_TOKEN: &str = "test-viewer-token";
@@ -249,6 +259,35 @@ pub async fn wait_connected(api: &mut Api, host: &str, token: &str) {
 }
 
 pub type Api = AnalystApiClient<tonic::transport::Channel>;
+
+/// Starts the `rxsentry-collector` binary on 127.0.0.1:0 with its state
+/// under `state` and `args`; returns it and its address (`host:port`).
+pub fn spawn_binary(state: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    // The viewer of [`as_viewer`], read from STATE_DIR/operators.toml.
+    let operators = state.join("operators.toml");
+    if !operators.exists() {
+        std::fs::create_dir_all(state).unwrap();
+        let op = collector::auth::Operator::with_token(
+            "test-viewer",
+            collector::auth::Role::Viewer,
+            VIEWER_TOKEN,
+        );
+        std::fs::write(&operators, op.to_toml()).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
+        .args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr =
+        listening_line(&mut child).unwrap_or_else(|line| panic!("unexpected first line {line:?}"));
+    (child, addr)
+}
 
 /// The `rxsentry-collector` binary's first stdout line: its address
 /// (`host:port`), or the whole line when it is not the listening line.

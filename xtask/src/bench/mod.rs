@@ -12,6 +12,8 @@
 //!   paced run of watched opens (see `files`).
 //! - connect storm on loopback (`net`): TCP connections without and with
 //!   the sensor, alternated; ratio of medians.
+//! - the collector's store (`store`): ingest events/s, bytes per event,
+//!   query times for one host over a stored day.
 //!
 //! The collector runs in-process (the same library as `rxsentry-collector`),
 //! the sensor is the real release binary, started by the test harness
@@ -54,6 +56,7 @@ mod common;
 mod files;
 mod isolation;
 mod net;
+mod store;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -112,6 +115,13 @@ pub struct Options {
     /// Sensors reconnecting in the handshake part.
     #[arg(long, default_value_t = 1000)]
     channel_sensors: usize,
+    /// Run only the collector store part (replaces its section of
+    /// docs/bench.md); builds only the release collector.
+    #[arg(long)]
+    store_only: bool,
+    /// Sensor streams at once in the store's multi-stream ingest round.
+    #[arg(long, default_value_t = 4)]
+    store_streams: usize,
 }
 
 /// Set in the release re-run of the bench, so it does not re-run again.
@@ -127,6 +137,19 @@ pub fn bench(opts: &Options) -> Result<()> {
             .args(std::env::args_os().skip(1))
             .env(RELEASE_RERUN, "1");
         return crate::cmd::run_cmd(&mut cmd);
+    }
+    if opts.store_only {
+        if !opts.no_build {
+            build_collector()?;
+        }
+        let rt = tokio::runtime::Runtime::new()?;
+        let _rt = rt.enter();
+        let section = store::run(opts.store_streams)?.render();
+        println!("\n{section}");
+        let path = workspace_root().join("docs/bench.md");
+        common::write_section(&path, store::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
     }
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
@@ -294,15 +317,37 @@ pub fn bench(opts: &Options) -> Result<()> {
         opts.channel_events,
         opts.channel_sensors,
     )?;
+    // 8. The collector's store (the release collector, built above).
+    let store = store::run(opts.store_streams)?;
     let table = format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
         report.render(opts),
         isolation.render(),
-        channel.render()
+        channel.render(),
+        store.render()
     );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
+    Ok(())
+}
+
+/// The release collector and CLI alone (the store bench needs no sensor).
+fn build_collector() -> Result<()> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "collector",
+        "-p",
+        "cli",
+        "--bins",
+    ]);
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building the release collector failed: {status}");
+    }
     Ok(())
 }
 
