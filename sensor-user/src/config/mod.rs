@@ -19,9 +19,11 @@ use serde::Deserialize;
 mod isolation;
 mod network;
 mod response;
+mod spool;
 pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
 pub use response::{ResponseAction, ResponseRule, Signal};
+pub use spool::{SpoolConfig, SpoolFsync};
 
 /// The documented example file, identical in meaning to [`Config::default`].
 pub const EXAMPLE_TOML: &str = include_str!("../../config/rxsentry-sensor.example.toml");
@@ -66,6 +68,8 @@ pub struct Config {
     pub host: HostConfig,
     pub collector: CollectorConfig,
     pub batching: BatchingConfig,
+    /// `[spool]`: sealed batches on disk until acknowledged.
+    pub spool: SpoolConfig,
     pub kernel: KernelConfig,
     pub hashing: HashingConfig,
     pub process_table: ProcessTableConfig,
@@ -265,6 +269,9 @@ pub struct BatchingConfig {
     pub max_delay_ms: u64,
     pub zstd_level: i32,
     pub queue_capacity_batches: usize,
+    /// An empty batch (a heartbeat) is sealed when nothing was sealed for
+    /// this long, so the collector can tell an idle sensor from a dead one.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for BatchingConfig {
@@ -274,6 +281,7 @@ impl Default for BatchingConfig {
             max_delay_ms: 500,
             zstd_level: 3,
             queue_capacity_batches: 1024,
+            heartbeat_ms: 30_000,
         }
     }
 }
@@ -421,6 +429,8 @@ impl Config {
             1,
             1_000_000,
         )?;
+        in_range("batching.heartbeat_ms", b.heartbeat_ms, 100, 3_600_000)?;
+        self.spool.validate()?;
         check_ringbuf(
             "kernel.process_ringbuf_bytes",
             self.kernel.process_ringbuf_bytes,

@@ -3,10 +3,12 @@
 
 pub mod batcher;
 pub mod drops;
+pub mod spool;
 pub mod uploader;
 
 pub use batcher::{Accumulator, EncodedEvents, Frame, SealError, Sealer};
-pub use drops::DropTracker;
+pub use drops::{DropTracker, SpoolLosses};
+pub use spool::{Spool, SpoolError, SpoolSettings};
 pub use uploader::{
     UploadQueue, UploadReport, Uploader, UploaderError, UploaderSettings, UploaderStats,
 };
