@@ -6,7 +6,7 @@ pub mod drops;
 pub mod spool;
 pub mod uploader;
 
-pub use batcher::{Accumulator, EncodedEvents, Frame, SealError, Sealer};
+pub use batcher::{Accumulator, EncodedEvents, Frame, SealError, Sealed, Sealer};
 pub use drops::{DropTracker, SpoolLosses};
 pub use spool::{Spool, SpoolError, SpoolSettings};
 pub use uploader::{

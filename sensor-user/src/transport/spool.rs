@@ -316,6 +316,20 @@ impl Spool {
         self.segments.iter().all(|s| s.records.is_empty())
     }
 
+    /// Whether batch `sequence` waits here.
+    pub fn contains(&self, sequence: u64) -> bool {
+        self.segments
+            .iter()
+            .any(|s| s.records.iter().any(|r| r.sequence == sequence))
+    }
+
+    /// Whether a batch above `sequence` waits.
+    pub fn has_after(&self, sequence: u64) -> bool {
+        self.segments
+            .iter()
+            .any(|s| s.records.back().is_some_and(|r| r.sequence > sequence))
+    }
+
     /// Audit files carried by batches still waiting: the isolation task
     /// must not send them again.
     pub fn audit_files(&self) -> Vec<PathBuf> {
