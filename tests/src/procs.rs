@@ -309,14 +309,23 @@ impl SensorCommand {
         self
     }
 
-    /// The command, and the temporary config file it reads (if any).
-    fn command(&self) -> anyhow::Result<(Command, Option<tempfile::NamedTempFile>)> {
+    /// The command, and the temporary config file it reads (if any) with
+    /// the sensor's own spool directory (see [`with_own_spool`]).
+    fn command(&self) -> anyhow::Result<(Command, Option<TempConfig>)> {
         let (path, file) = match &self.config {
             Config::Text(text) => {
+                let (text, spool) = with_own_spool(text)?;
                 let mut file = tempfile::NamedTempFile::new()?;
                 file.write_all(text.as_bytes())?;
                 file.flush()?;
-                (file.path().to_owned(), Some(file))
+                let path = file.path().to_owned();
+                (
+                    path,
+                    Some(TempConfig {
+                        _file: file,
+                        _spool: spool,
+                    }),
+                )
             }
             Config::File(path) => (path.clone(), None),
         };
@@ -351,11 +360,33 @@ impl SensorCommand {
     }
 }
 
+/// A config file written for one sensor, and the spool directory it got.
+struct TempConfig {
+    _file: tempfile::NamedTempFile,
+    _spool: Option<tempfile::TempDir>,
+}
+
+/// A config without a `[spool]` section gets one in a fresh temporary
+/// directory (removed with the sensor): sensors running side by side must
+/// not share the default /var/lib/rxsentry/spool (the second one would be
+/// refused: one spool, one sensor), nor replay an earlier test's batches.
+/// A test that sets `[spool]` itself owns that directory.
+fn with_own_spool(text: &str) -> anyhow::Result<(String, Option<tempfile::TempDir>)> {
+    if text.lines().any(|l| l.trim() == "[spool]") {
+        return Ok((text.to_owned(), None));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("rxsentry-spool")
+        .tempdir()?;
+    let text = format!("{text}\n[spool]\ndir = {:?}\n", dir.path().join("spool"));
+    Ok((text, Some(dir)))
+}
+
 /// A running `rxsentry-sensor`, SIGKILLed on drop if still alive (its
 /// programs detach when its fds close).
 pub struct Sensor {
     process: Process,
-    _config: Option<tempfile::NamedTempFile>,
+    _config: Option<TempConfig>,
 }
 
 impl Sensor {

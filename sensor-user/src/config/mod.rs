@@ -588,6 +588,14 @@ mod tests {
         assert_eq!(c.batching.max_delay_ms, 500);
         assert_eq!(c.batching.zstd_level, 3);
         assert_eq!(c.batching.queue_capacity_batches, 1024);
+        assert_eq!(c.batching.heartbeat_ms, 30_000);
+        assert!(c.spool.enabled);
+        assert_eq!(c.spool.dir, Path::new("/var/lib/rxsentry/spool"));
+        assert_eq!(
+            (c.spool.max_bytes, c.spool.segment_bytes),
+            (256 << 20, 4 << 20)
+        );
+        assert_eq!(c.spool.fsync, SpoolFsync::Batch);
         assert_eq!(c.kernel.process_ringbuf_bytes, 4 * 1024 * 1024);
         assert_eq!(c.kernel.net_ringbuf_bytes, 1024 * 1024);
         assert!(c.kernel.typed_file_reads);
@@ -637,6 +645,14 @@ mod tests {
             ("[batching]\nmax_delay_ms = 0", "batching.max_delay_ms"),
             ("[batching]\nzstd_level = 20", "batching.zstd_level"),
             ("[batching]\nzstd_level = 0", "batching.zstd_level"),
+            ("[batching]\nheartbeat_ms = 99", "batching.heartbeat_ms"),
+            ("[spool]\ndir = \"spool\"", "spool.dir"),
+            ("[spool]\nmax_bytes = 1000", "spool.max_bytes"),
+            (
+                "[spool]\nmax_bytes = 1048576\nsegment_bytes = 524288",
+                "spool.segment_bytes",
+            ),
+            ("[spool]\nsegment_bytes = 1024", "spool.segment_bytes"),
             (
                 "[batching]\nqueue_capacity_batches = 0",
                 "batching.queue_capacity_batches",

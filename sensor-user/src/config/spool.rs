@@ -47,20 +47,20 @@ pub enum SpoolFsync {
 impl SpoolConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_absolute("spool.dir", &self.dir)?;
-        in_range("spool.max_bytes", self.max_bytes, 1 << 20, 64 << 30)?;
+        in_range("spool.max_bytes", self.max_bytes, 256 << 10, 64 << 30)?;
         // At least four segments fit: dropping one when full frees a
         // quarter at most, and the active segment is never the one dropped.
         in_range(
             "spool.segment_bytes",
             self.segment_bytes,
-            64 << 10,
-            (self.max_bytes / 4).max(64 << 10),
+            16 << 10,
+            self.max_bytes / 4,
         )
         .map_err(|_| {
             invalid(
                 "spool.segment_bytes",
                 format!(
-                    "must be between 65536 and a quarter of spool.max_bytes ({}), got {}",
+                    "must be between 16384 and a quarter of spool.max_bytes ({}), got {}",
                     self.max_bytes / 4,
                     self.segment_bytes
                 ),

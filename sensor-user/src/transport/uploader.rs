@@ -412,13 +412,19 @@ impl Uploader {
 
     /// Stops accepting batches, keeps sending until everything is acked or
     /// `deadline` passed, then stops and counts what is left as dropped.
+    /// With a spool, what is left stays there (not a loss), and without a
+    /// connection to the collector there is no reason to wait at all.
     pub async fn shutdown(self, deadline: Duration) -> UploadReport {
         let until = Instant::now() + deadline;
         let shared = self.shared;
-        shared.lock().closed = true;
+        let wait = {
+            let mut st = shared.lock();
+            st.closed = true;
+            st.spool.is_none() || shared.counters.connected.load(Relaxed)
+        };
         shared.wake.notify_one();
         shared.closing.notify_one();
-        loop {
+        while wait {
             let acked = shared.progress.notified();
             tokio::pin!(acked);
             acked.as_mut().enable();
