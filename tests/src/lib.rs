@@ -14,6 +14,7 @@ pub mod netns;
 pub mod open_hook;
 pub mod procs;
 pub mod root_only;
+pub mod spool;
 pub mod stream;
 
 pub use open_hook::HeldOpenHook;

@@ -4,11 +4,7 @@
 //! the collector with the right count; a corrupted segment is reported and
 //! the rest delivered.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use prost::Message as _;
@@ -16,7 +12,10 @@ use proto::telemetry::v1::{
     DropCounters, EventBatch, SensorBatch, SubscribeRequest, event, host_record,
 };
 use rand::{Rng as _, distr::Alphanumeric};
-use tests::{Collector, Sensor, Subscription, marker};
+use tests::{
+    Collector, Sensor, Subscription, marker,
+    spool::{SpoolRecord, spool_bytes, spooled},
+};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -56,58 +55,6 @@ fn run_marked(marker: &str, range: std::ops::Range<usize>, padding: usize) -> an
     Ok(())
 }
 
-/// One record of a spool segment, read the way docs/durability.md lays it
-/// out (without the CRC check: the sensor's own tests cover that).
-struct Record {
-    offset: usize,
-    len: usize,
-    batch: SensorBatch,
-}
-
-fn read_segment(bytes: &[u8]) -> anyhow::Result<Vec<Record>> {
-    anyhow::ensure!(bytes.starts_with(b"RXSPOOL1"), "segment magic");
-    let u32_at = |at: usize| -> anyhow::Result<usize> {
-        let b = bytes.get(at..at + 4).context("short record")?;
-        Ok(u32::from_le_bytes(b.try_into()?) as usize)
-    };
-    let mut records = Vec::new();
-    let mut at = 8;
-    while at < bytes.len() {
-        anyhow::ensure!(&bytes[at..at + 4] == b"RXSR", "record magic at {at}");
-        let body_len = u32_at(at + 4)?;
-        let body = bytes.get(at + 12..at + 12 + body_len).context("torn")?;
-        let audit_len = u32_at(at + 12 + 20)?;
-        let batch = SensorBatch::decode(&body[24 + audit_len..])?;
-        records.push(Record {
-            offset: at,
-            len: 12 + body_len,
-            batch,
-        });
-        at += 12 + body_len;
-    }
-    Ok(records)
-}
-
-fn segments(spool: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(spool)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "spl"))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// Every batch in the spool now, in order.
-fn spooled(spool: &Path) -> anyhow::Result<Vec<(PathBuf, Record)>> {
-    let mut out = Vec::new();
-    for path in segments(spool)? {
-        for r in read_segment(&std::fs::read(&path)?)? {
-            out.push((path.clone(), r));
-        }
-    }
-    Ok(out)
-}
-
 /// Execs in `batch` whose argv carries `marker`, by their number.
 fn marked_in(batch: &SensorBatch, marker: &str) -> anyhow::Result<Vec<usize>> {
     let raw = zstd::stream::decode_all(batch.payload.as_slice())?;
@@ -129,7 +76,7 @@ async fn until_spooled(spool: &Path, marker: &str, n: usize) -> anyhow::Result<(
         // The sensor may be appending: a torn last record is "not yet".
         let mut seen = BTreeSet::new();
         if let Ok(records) = spooled(spool) {
-            for (_, r) in records {
+            for r in records {
                 seen.extend(marked_in(&r.batch, marker)?);
             }
         }
@@ -200,7 +147,7 @@ async fn a_sigkilled_sensor_s_spool_is_replayed_in_order_and_the_sequence_contin
     until_spooled(spool.path(), &marker, BEFORE).await?;
     let last_spooled = spooled(spool.path())?
         .last()
-        .map(|(_, r)| r.batch.sequence)
+        .map(|r| r.batch.sequence)
         .context("a spooled batch")?;
     sensor.kill().await?;
 
@@ -234,7 +181,7 @@ async fn a_sigkilled_sensor_s_spool_is_replayed_in_order_and_the_sequence_contin
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while spooled(spool.path())?
         .iter()
-        .any(|(_, r)| r.batch.sequence <= last_spooled)
+        .any(|r| r.batch.sequence <= last_spooled)
     {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
@@ -267,10 +214,7 @@ async fn a_full_spool_drops_the_oldest_and_the_loss_reaches_the_collector() -> a
     let done = marker.clone() + "-done";
     run_marked(&done, 0..1, 0)?;
     until_spooled(spool.path(), &done, 1).await?;
-    let on_disk: u64 = segments(spool.path())?
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let on_disk = spool_bytes(spool.path())?;
     assert!(on_disk <= 262_144, "bounded: {on_disk} bytes");
 
     let collector = Collector::start_with(None, &format!("127.0.0.1:{port}"), &[]).await?;
@@ -336,12 +280,13 @@ async fn a_corrupted_segment_is_reported_and_the_rest_delivered() -> anyhow::Res
     // Flip bytes in the payload of a record in the middle that carries
     // marked execs, while no sensor runs.
     let records = spooled(spool.path())?;
-    let carrying: Vec<&(PathBuf, Record)> = records
+    let carrying: Vec<&SpoolRecord> = records
         .iter()
-        .filter(|(_, r)| marked_in(&r.batch, &marker).is_ok_and(|m| !m.is_empty()))
+        .filter(|r| marked_in(&r.batch, &marker).is_ok_and(|m| !m.is_empty()))
         .collect();
-    let (path, victim) = carrying[carrying.len() / 2];
+    let victim = carrying[carrying.len() / 2];
     let lost = marked_in(&victim.batch, &marker)?;
+    let path = &victim.segment;
     let mut bytes = std::fs::read(path)?;
     let at = victim.offset + victim.len - 8;
     bytes[at] ^= 0xff;

@@ -49,6 +49,7 @@ mod common;
 mod files;
 mod isolation;
 mod net;
+mod spool;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -94,6 +95,13 @@ pub struct Options {
     /// docs/bench.md).
     #[arg(long)]
     only_isolation: bool,
+    /// Rounds per side of the spool's fsync cost comparison.
+    #[arg(long, default_value_t = 5)]
+    spool_rounds: usize,
+    /// Run only the disk spool part (replaces its section of
+    /// docs/bench.md).
+    #[arg(long)]
+    only_spool: bool,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -104,6 +112,13 @@ pub fn bench(opts: &Options) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let _rt = rt.enter();
     let path = workspace_root().join("docs/bench.md");
+    if opts.only_spool {
+        let section = spool::run(opts.spool_rounds, opts.execs)?.render();
+        println!("\n{section}");
+        common::write_section(&path, spool::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
+    }
     if opts.only_isolation {
         let section = isolation::run(opts.isolation_rounds)?.render();
         println!("\n{section}");
@@ -239,7 +254,13 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     // 7. Network isolation: programs attached (not isolated) vs none.
     let isolation = isolation::run(opts.isolation_rounds)?;
-    let table = format!("{}\n{}", report.render(opts), isolation.render());
+    let spool = spool::run(opts.spool_rounds, opts.execs)?;
+    let table = format!(
+        "{}\n{}\n{}",
+        report.render(opts),
+        isolation.render(),
+        spool.render()
+    );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
