@@ -459,13 +459,15 @@ impl Spool {
         Ok(last)
     }
 
-    /// Up to `max` batches with a sequence above `after`, in order. A
-    /// record that no longer reads back intact is skipped and counted.
-    pub fn read_after(&mut self, after: u64, max: usize) -> Vec<Spooled> {
+    /// Up to `max` batches with a sequence above `after`, in order, and
+    /// no more than `max_bytes` of records (at least one). A record that no
+    /// longer reads back intact is skipped and counted.
+    pub fn read_after(&mut self, after: u64, max: usize, max_bytes: u64) -> Vec<Spooled> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         let mut bad = Vec::new();
         for segment in &self.segments {
-            if out.len() >= max {
+            if out.len() >= max || bytes >= max_bytes {
                 break;
             }
             if segment.records.back().is_none_or(|r| r.sequence <= after) {
@@ -480,9 +482,10 @@ impl Spool {
                 }
             };
             for r in segment.records.iter().filter(|r| r.sequence > after) {
-                if out.len() >= max {
+                if out.len() >= max || (!out.is_empty() && bytes + r.len > max_bytes) {
                     break;
                 }
+                bytes += r.len;
                 match read_record(&file, r, &mut self.buf) {
                     Some(batch) => out.push(Spooled {
                         batch,
@@ -819,7 +822,7 @@ mod tests {
 
     fn seqs(spool: &mut Spool) -> Vec<u64> {
         spool
-            .read_after(0, usize::MAX)
+            .read_after(0, usize::MAX, u64::MAX)
             .iter()
             .map(|s| s.batch.sequence)
             .collect()
@@ -854,17 +857,26 @@ mod tests {
         assert_eq!(again.recovered().batches, 20);
         assert_eq!(again.recovered().events, (1..=20).sum::<u64>());
         assert_eq!(again.audit_files(), audit);
-        let back = again.read_after(0, usize::MAX);
+        let back = again.read_after(0, usize::MAX, u64::MAX);
         let batches: Vec<SensorBatch> = back.iter().map(|s| s.batch.clone()).collect();
         assert_eq!(batches, sent, "byte for byte what was sealed, in order");
         assert_eq!(back[2].audit, audit);
         assert_eq!(drops.snapshot().spool_corrupt_records, 0);
         let page: Vec<u64> = again
-            .read_after(5, 3)
+            .read_after(5, 3, u64::MAX)
             .iter()
             .map(|s| s.batch.sequence)
             .collect();
         assert_eq!(page, [6, 7, 8]);
+        let one_record = again.segments[0].records[0].len;
+        let page: Vec<u64> = again
+            .read_after(5, 10, 2 * one_record)
+            .iter()
+            .map(|s| s.batch.sequence)
+            .collect();
+        assert_eq!(page, [6, 7], "bounded by bytes");
+        let page = again.read_after(5, 10, 1);
+        assert_eq!(page.len(), 1, "at least one");
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!
 //! With a [`Spool`], a batch is queued only once it is on disk, and the
 //! spool, not the RAM queue, is the queue: the RAM queue is a read-ahead of
-//! at most `queue_capacity` batches, refilled from the spool in order, so a
+//! at most `queue_capacity` batches and, with the unacked ones,
+//! [`SPOOL_RAM_BYTES`] of payload, refilled from the spool in order, so a
 //! full spool costs disk, not memory. Nothing is dropped for want of room
 //! in RAM; the spool drops its oldest batches when full (and counts them),
 //! and what is not acked at shutdown stays on disk for the next start.
@@ -131,6 +132,18 @@ struct State {
     /// Highest sequence moved into RAM (queue or inflight): the spool's
     /// batches above it are read back when the queue runs dry.
     loaded: u64,
+    /// Payload bytes in `queue` and `inflight`: with a spool, at most
+    /// [`SPOOL_RAM_BYTES`] (and one batch) of it are in memory.
+    ram_bytes: usize,
+}
+
+/// With a spool, the batches held in memory (read-ahead and unacked) stay
+/// under this many payload bytes: a full spool of large batches costs
+/// disk, not RSS. A few hundred batches of a normal event mix.
+const SPOOL_RAM_BYTES: usize = 4 << 20;
+
+fn payload(s: &Sealed) -> usize {
+    s.batch.payload.len()
 }
 
 impl State {
@@ -143,26 +156,41 @@ impl State {
                 .is_some_and(|s| s.has_after(self.loaded))
     }
 
-    /// Tops the empty RAM queue up from the spool, in order.
+    /// Tops the empty RAM queue up from the spool, in order, within
+    /// [`SPOOL_RAM_BYTES`].
     fn refill(&mut self, max: usize) {
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty()
+            || (self.ram_bytes >= SPOOL_RAM_BYTES && !self.inflight.is_empty())
+        {
             return;
         }
-        let read = spool.read_after(self.loaded, max);
-        if read.is_empty() {
-            self.loaded = self.loaded.max(spool.last_sequence());
-        }
+        let budget = SPOOL_RAM_BYTES.saturating_sub(self.ram_bytes) as u64;
+        let read = spool.read_after(self.loaded, max, budget);
         for spooled in read {
             self.loaded = spooled.batch.sequence;
+            self.ram_bytes += spooled.batch.payload.len();
             // The spool keeps the audit files; they go with its ack.
             self.queue.push_back(Sealed {
                 batch: spooled.batch,
                 audit: Vec::new(),
             });
         }
+        if !spool.has_after(self.loaded) {
+            self.loaded = self.loaded.max(spool.last_sequence());
+        }
+    }
+
+    /// Recounts [`State::ram_bytes`] (after removals of many kinds).
+    fn recount(&mut self) {
+        self.ram_bytes = self
+            .queue
+            .iter()
+            .chain(self.inflight.values())
+            .map(payload)
+            .sum();
     }
 
     /// The spool dropped batches up to `through` (counted there): they
@@ -171,6 +199,7 @@ impl State {
         self.queue.retain(|s| s.batch.sequence > through);
         self.inflight = self.inflight.split_off(&through.saturating_add(1));
         self.loaded = self.loaded.max(through);
+        self.recount();
     }
 }
 
@@ -269,6 +298,7 @@ impl UploadQueue {
             lost = st.queue.pop_front();
         }
         st.queue.push_back(batch);
+        st.recount();
         drop(st);
         shared.counters.queued.fetch_add(1, Relaxed);
         shared.wake.notify_one();
@@ -296,7 +326,9 @@ fn push_spooled(shared: &Shared, st: &mut State, sealed: Sealed) -> bool {
     };
     let caught_up = !spool.has_after(st.loaded) && st.loaded >= spool.last_sequence();
     let sequence = sealed.batch.sequence;
-    let room = st.queue.len() < shared.settings.queue_capacity && !st.closed;
+    let room = st.queue.len() < shared.settings.queue_capacity
+        && st.ram_bytes + payload(&sealed) <= SPOOL_RAM_BYTES
+        && !st.closed;
     match spool.append(&sealed.batch, &sealed.audit) {
         Ok(appended) => {
             if let Some(through) = appended.dropped_through {
@@ -305,6 +337,7 @@ fn push_spooled(shared: &Shared, st: &mut State, sealed: Sealed) -> bool {
             shared.counters.queued.fetch_add(1, Relaxed);
             if caught_up && room {
                 st.loaded = sequence;
+                st.ram_bytes += payload(&sealed);
                 st.queue.push_back(Sealed {
                     batch: sealed.batch,
                     audit: Vec::new(),
@@ -321,6 +354,7 @@ fn push_spooled(shared: &Shared, st: &mut State, sealed: Sealed) -> bool {
             if caught_up && room {
                 // Sent from memory: lost on a crash, but in order.
                 st.loaded = sequence;
+                st.ram_bytes += payload(&sealed);
                 st.queue.push_back(sealed);
                 shared.counters.queued.fetch_add(1, Relaxed);
                 shared.wake.notify_one();
@@ -424,15 +458,17 @@ impl Uploader {
         };
         shared.wake.notify_one();
         shared.closing.notify_one();
-        while wait {
-            let acked = shared.progress.notified();
-            tokio::pin!(acked);
-            acked.as_mut().enable();
-            if shared.lock().is_drained() {
-                break;
-            }
-            if tokio::time::timeout_at(until, acked).await.is_err() {
-                break;
+        if wait {
+            loop {
+                let acked = shared.progress.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                if shared.lock().is_drained() {
+                    break;
+                }
+                if tokio::time::timeout_at(until, acked).await.is_err() {
+                    break;
+                }
             }
         }
         self.task.abort();
@@ -640,6 +676,7 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
                     let mut st = shared.lock();
                     let rest = st.inflight.split_off(&(ack.sequence.saturating_add(1)));
                     let released = std::mem::replace(&mut st.inflight, rest);
+                    st.recount();
                     if let Some(spool) = st.spool.as_mut()
                         && let Err(e) = spool.ack(ack.sequence)
                     {
@@ -689,6 +726,7 @@ fn drop_refused_batch(shared: &Shared, status: &tonic::Status) {
     let Some((sequence, sealed)) = st.inflight.pop_first() else {
         return;
     };
+    st.recount();
     // Everything older is acked: the spool may let it go too.
     if let Some(spool) = st.spool.as_mut()
         && let Err(e) = spool.ack(sequence)
