@@ -339,3 +339,48 @@ async fn a_corrupted_segment_is_reported_and_the_rest_delivered() -> anyhow::Res
     sensor.stop().await?;
     Ok(())
 }
+
+/// A heartbeat as the sensor seals it (no events, a zstd frame of nothing,
+/// the drop counters) is acknowledged by the real collector, and its
+/// counters reach a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_acks_a_heartbeat_batch() -> anyhow::Result<()> {
+    use proto::telemetry::v1::{
+        Compression, HostIdentity, telemetry_ingest_client::TelemetryIngestClient,
+    };
+    let collector = Collector::start().await?;
+    let host = host_id("heartbeat");
+    let mut sub = subscribe(&collector, &host).await?;
+    let heartbeat = SensorBatch {
+        host: Some(HostIdentity {
+            host_id: host.clone(),
+            sensor_instance_id: "i1".into(),
+            ..Default::default()
+        }),
+        sequence: 7,
+        drops: Some(DropCounters {
+            spool_batches_dropped: 3,
+            ..Default::default()
+        }),
+        compression: Compression::Zstd as i32,
+        payload: zstd::bulk::compress(&[], 3)?,
+        event_count: 0,
+        uncompressed_size: 0,
+        sealed_at_ns: 1,
+    };
+    let mut client = TelemetryIngestClient::connect(collector.url()).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(heartbeat).await?;
+    let mut acks = client
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let ack = tokio::time::timeout(PATIENCE, acks.message())
+        .await??
+        .context("no ack")?;
+    assert_eq!(ack.sequence, 7);
+    sub.until(PATIENCE, |s| latest_drops(s).spool_batches_dropped == 3)
+        .await?;
+    assert!(sub.events.is_empty(), "no event in a heartbeat");
+    Ok(())
+}

@@ -672,31 +672,43 @@ mod tests {
         assert_eq!(got.as_bytes(), want.encode_to_vec());
     }
 
-    type Out = Arc<std::sync::Mutex<Vec<SensorBatch>>>;
+    type Out<T> = Arc<std::sync::Mutex<Vec<T>>>;
 
+    /// A batcher task with `sealer`, whose sealed batches `keep` turns
+    /// into what the test collects.
+    fn start_with<T: Send + 'static>(
+        sealer: Sealer,
+        max_events: usize,
+        heartbeat: Duration,
+        keep: fn(Sealed) -> T,
+    ) -> (
+        mpsc::Sender<EncodedEvents>,
+        oneshot::Sender<()>,
+        Out<T>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let out: Out<T> = Arc::default();
+        let sink = out.clone();
+        let acc = Accumulator::new(max_events, Duration::from_millis(500));
+        let task = tokio::spawn(run(rx, stop_rx, acc, sealer, heartbeat, move |b| {
+            sink.lock().expect("lock").push(keep(b))
+        }));
+        (tx, stop_tx, out, task)
+    }
+
+    /// The batches only, and no heartbeat within any test's time.
     fn start(
         max_events: usize,
     ) -> (
         mpsc::Sender<EncodedEvents>,
         oneshot::Sender<()>,
-        Out,
+        Out<SensorBatch>,
         tokio::task::JoinHandle<()>,
     ) {
-        let (tx, rx) = mpsc::channel(1024);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let out: Out = Arc::default();
-        let sink = out.clone();
         let sealer = Sealer::new(host(), 3, Arc::new(DropTracker::new()));
-        let acc = Accumulator::new(max_events, Duration::from_millis(500));
-        let task = tokio::spawn(run(
-            rx,
-            stop_rx,
-            acc,
-            sealer,
-            Duration::from_secs(3600),
-            move |b| sink.lock().expect("lock").push(b.batch),
-        ));
-        (tx, stop_tx, out, task)
+        start_with(sealer, max_events, Duration::from_secs(3600), |s| s.batch)
     }
 
     #[tokio::test(start_paused = true)]
@@ -778,21 +790,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_seals_heartbeats_and_audit_runs_at_once() {
-        let (tx, rx) = mpsc::channel(16);
-        let (_stop_tx, stop_rx) = oneshot::channel();
-        let out: Arc<std::sync::Mutex<Vec<Sealed>>> = Arc::default();
-        let sink = out.clone();
         let drops = Arc::new(DropTracker::new());
         let sealer = Sealer::new(host(), 3, drops.clone()).continuing_after(41);
-        let acc = Accumulator::new(100, Duration::from_millis(500));
-        let task = tokio::spawn(run(
-            rx,
-            stop_rx,
-            acc,
-            sealer,
-            Duration::from_secs(30),
-            move |b| sink.lock().expect("lock").push(b),
-        ));
+        let (tx, _stop, out, task) = start_with(sealer, 100, Duration::from_secs(30), |s| s);
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert!(
             out.lock().expect("lock").is_empty(),
