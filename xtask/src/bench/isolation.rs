@@ -104,9 +104,10 @@ impl Lab {
         let bpffs = Bpffs::mount()?;
         let dir = tempfile::tempdir()?;
         let config = format!(
-            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"http://{B_ADDR}:{COLLECTOR_PORT}\"\n[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"http://{B_ADDR}:{COLLECTOR_PORT}\"\n[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n[spool]\ndir = \"{}\"\n",
             bpffs.path.join("iso").display(),
-            dir.path().join("state").display()
+            dir.path().join("state").display(),
+            dir.path().join("spool").display()
         );
         std::fs::write(dir.path().join("sensor.toml"), config)?;
         let (server, _) = block_on(Process::start(
