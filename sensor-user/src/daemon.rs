@@ -328,7 +328,12 @@ async fn start_isolation(
         status_tx.send_replace(status);
         let poll = Duration::from_millis(config.isolation.interface_poll_ms);
         tasks.push(tokio::spawn(isolation::service::run(
-            iso, poll, audit, rx, status_tx,
+            iso,
+            poll,
+            audit,
+            rx,
+            status_tx,
+            pipeline.spooled_audit_files().to_vec(),
         )));
     } else {
         // Commands still get an answer, and the status channel stays open.

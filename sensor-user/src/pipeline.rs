@@ -37,8 +37,8 @@ use crate::{
     enrich::Enricher,
     events::KernelEvent,
     transport::{
-        Accumulator, DropTracker, EncodedEvents, Sealer, UploadQueue, Uploader, UploaderError,
-        UploaderSettings, batcher,
+        Accumulator, DropTracker, EncodedEvents, Sealer, Spool, SpoolError, SpoolSettings,
+        UploadQueue, Uploader, UploaderError, UploaderSettings, batcher,
     },
 };
 
@@ -57,6 +57,8 @@ const RUN_EVENTS: usize = 64;
 pub enum PipelineError {
     #[error(transparent)]
     Uploader(#[from] UploaderError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     #[error("cannot start the enrichment thread: {0}")]
     Thread(std::io::Error),
     #[error("the pipeline must be started inside a tokio runtime")]
@@ -84,6 +86,9 @@ pub struct PipelineStats {
     pub batches_resent: u64,
     pub batches_acked: u64,
     pub collector_connected: bool,
+    /// Batches waiting in the spool, and its bytes on disk.
+    pub spool_batches: usize,
+    pub spool_bytes: u64,
     pub hash_cache_hits: u64,
     pub hash_cache_misses: u64,
     pub hash_cache_evictions: u64,
@@ -104,6 +109,8 @@ pub struct ShutdownReport {
     /// counted as dropped.
     pub unsent_batches: u64,
     pub unsent_events: u64,
+    /// Unacked batches left in the spool for the next start (not lost).
+    pub left_in_spool: u64,
     /// Events still waiting for enrichment at the deadline; counted in
     /// `userspace_queue_full`.
     pub events_abandoned: u64,
@@ -207,6 +214,8 @@ pub struct PipelineHandle {
     shared: Arc<Shared>,
     /// Into the batcher, past enrichment: for events made in userspace.
     audit: mpsc::Sender<EncodedEvents>,
+    /// Audit record files already carried by spooled batches at start.
+    spooled_audit_files: Vec<std::path::PathBuf>,
 }
 
 /// Starts the enrichment thread, the batcher and the uploader. Call from
@@ -217,7 +226,26 @@ pub fn spawn(
     drops: Arc<DropTracker>,
 ) -> Result<PipelineHandle, PipelineError> {
     tokio::runtime::Handle::try_current().map_err(|_| PipelineError::NoRuntime)?;
-    let uploader = Uploader::spawn(UploaderSettings::from_config(config), drops.clone())?;
+    let spool = if config.spool.enabled {
+        let spool = Spool::open(SpoolSettings::from_config(&config.spool), drops.clone())?;
+        let r = spool.recovered();
+        tracing::info!(
+            dir = %config.spool.dir.display(),
+            batches = r.batches,
+            events = r.events,
+            corrupt_records = r.corrupt_records,
+            last_sequence = spool.last_sequence(),
+            "spool opened"
+        );
+        Some(spool)
+    } else {
+        None
+    };
+    // A restarted sensor continues the host's sequence after the spool's.
+    let last_sequence = spool.as_ref().map_or(0, Spool::last_sequence);
+    let spooled_audit_files = spool.as_ref().map_or_else(Vec::new, Spool::audit_files);
+    let uploader =
+        Uploader::spawn_with(UploaderSettings::from_config(config), drops.clone(), spool)?;
     let shared = Arc::new(Shared {
         drops: drops.clone(),
         ..Shared::default()
@@ -242,7 +270,8 @@ pub fn spawn(
         config.batching.max_events,
         Duration::from_millis(config.batching.max_delay_ms),
     );
-    let sealer = Sealer::new(identity, config.batching.zstd_level, drops.clone());
+    let sealer = Sealer::new(identity, config.batching.zstd_level, drops.clone())
+        .continuing_after(last_sequence);
     let queue: UploadQueue = uploader.queue();
     let batch_shared = shared.clone();
     let batcher = tokio::spawn(batcher::run(
@@ -250,9 +279,10 @@ pub fn spawn(
         stop_rx,
         acc,
         sealer,
-        move |batch| {
+        Duration::from_millis(config.batching.heartbeat_ms),
+        move |sealed| {
             batch_shared.counters.batches_sealed.fetch_add(1, Relaxed);
-            queue.push(batch);
+            queue.push_sealed(sealed);
         },
     ));
 
@@ -268,6 +298,7 @@ pub fn spawn(
         uploader,
         shared,
         audit,
+        spooled_audit_files,
     })
 }
 
@@ -365,6 +396,12 @@ impl PipelineHandle {
         self.audit.clone()
     }
 
+    /// Audit record files whose events wait in the spool: not to be sent
+    /// again (they are deleted when those batches are acked).
+    pub fn spooled_audit_files(&self) -> &[std::path::PathBuf] {
+        &self.spooled_audit_files
+    }
+
     pub fn drops(&self) -> &Arc<DropTracker> {
         &self.shared.drops
     }
@@ -380,6 +417,8 @@ impl PipelineHandle {
             batches_resent: up.batches_resent,
             batches_acked: up.batches_acked,
             collector_connected: up.connected,
+            spool_batches: up.spool_batches,
+            spool_bytes: up.spool_bytes,
             hash_cache_hits: c.hash_hits.load(Relaxed),
             hash_cache_misses: c.hash_misses.load(Relaxed),
             hash_cache_evictions: c.hash_evictions.load(Relaxed),
@@ -428,6 +467,7 @@ impl PipelineHandle {
             batches_acked: upload.batches_acked,
             unsent_batches: upload.unsent_batches,
             unsent_events: upload.unsent_events,
+            left_in_spool: upload.left_in_spool,
             events_abandoned,
             deadline_exceeded,
             drops: shared.drops.snapshot(),

@@ -21,8 +21,10 @@ use sensor_user::{
 /// Above any pid_max, so no real /proc entry interferes.
 const PID: u32 = 0x7fff_0000;
 
+/// Memory only (the spool's own tests set `spool` up themselves).
 fn config(endpoint: String, max_events: usize, queue: usize) -> Config {
     let mut c = Config::default();
+    c.spool.enabled = false;
     c.collector.endpoint = endpoint;
     c.collector.insecure_plaintext = true;
     c.batching.max_events = max_events;
@@ -261,4 +263,149 @@ async fn events_still_queued_at_the_deadline_are_counted() {
     assert_eq!(report.events_abandoned, 5, "{report:?}");
     assert_eq!(report.drops.userspace_queue_full, 5);
     assert_eq!(report.batches_sealed, 0);
+}
+
+/// `config` with the spool in `dir` (small segments, so acks delete files).
+fn spooled(endpoint: String, dir: &std::path::Path) -> Config {
+    let mut c = config(endpoint, 5, 1024);
+    c.spool.enabled = true;
+    c.spool.dir = dir.to_owned();
+    c.spool.segment_bytes = 64 << 10;
+    c
+}
+
+fn instance(id: &str) -> HostIdentity {
+    HostIdentity {
+        sensor_instance_id: id.into(),
+        ..identity()
+    }
+}
+
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("spool dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "spl"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_batches_outlive_the_sensor_and_the_sequence_continues() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let drops = Arc::new(DropTracker::new());
+    let first = pipeline::spawn(
+        &spooled(down, spool.path()),
+        instance("first"),
+        drops.clone(),
+    )
+    .expect("spawn");
+    let tx = first.sender();
+    for i in 0..10 {
+        tx.push(fork(PID + 1 + i)).expect("queued");
+    }
+    wait_until("2 batches spooled", Duration::from_secs(20), || {
+        first.stats().spool_batches == 2
+    })
+    .await;
+    let report = first.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(
+        (
+            report.left_in_spool,
+            report.unsent_batches,
+            report.deadline_exceeded
+        ),
+        (2, 0, false),
+        "kept on disk, not lost: {report:?}"
+    );
+    assert_eq!(drops.snapshot().userspace_batches_dropped, 0);
+    assert!(segment_files(spool.path()) > 0);
+
+    let server = TestServer::start(0);
+    let drops = Arc::new(DropTracker::new());
+    let mut c = spooled(server.endpoint(), spool.path());
+    c.batching.heartbeat_ms = 200;
+    let second = pipeline::spawn(&c, instance("second"), drops.clone()).expect("spawn");
+    let tx = second.sender();
+    for i in 0..5 {
+        tx.push(fork(PID + 20 + i)).expect("queued");
+    }
+    wait_until("3 batches and a heartbeat", Duration::from_secs(20), || {
+        server.received().iter().any(|b| b.event_count == 0)
+    })
+    .await;
+    let got = server.received();
+    let ids: Vec<(u64, &str, u32)> = got
+        .iter()
+        .map(|b| {
+            let h = b.host.as_ref().expect("host");
+            (b.sequence, h.sensor_instance_id.as_str(), b.event_count)
+        })
+        .collect();
+    assert_eq!(
+        ids[..4],
+        [
+            (1, "first", 5),
+            (2, "first", 5),
+            (3, "second", 5),
+            (4, "second", 0)
+        ],
+        "replayed first, exactly as sealed; then the sequence continues"
+    );
+    let replayed: Vec<u64> = got[..2]
+        .iter()
+        .flat_map(decode_events)
+        .map(|e| e.timestamp_ns)
+        .collect();
+    assert_eq!(
+        replayed,
+        (1..=10).map(|i| u64::from(PID + i)).collect::<Vec<_>>()
+    );
+    wait_until("acked and deleted", Duration::from_secs(20), || {
+        segment_files(spool.path()) <= 1 && second.stats().spool_batches == 0
+    })
+    .await;
+    let report = second.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.left_in_spool, report.unsent_batches), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_record_file_is_deleted_only_once_acked() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let audit = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(0);
+    server.withhold_acks(true);
+    let drops = Arc::new(DropTracker::new());
+    let handle = pipeline::spawn(&spooled(server.endpoint(), spool.path()), identity(), drops)
+        .expect("spawn");
+    let file = audit.path().join("1.pb");
+    std::fs::write(&file, b"record").expect("write");
+    let event = proto::telemetry::v1::Event {
+        timestamp_ns: 77,
+        ..Default::default()
+    };
+    handle
+        .audit_sender()
+        .send(
+            sensor_user::transport::EncodedEvents::from_events([&event])
+                .with_audit_file(file.clone()),
+        )
+        .await
+        .expect("send");
+    wait_until("the audit batch arrives", Duration::from_secs(20), || {
+        !server.received().is_empty()
+    })
+    .await;
+    assert!(file.exists(), "received but not acked: kept");
+    server.withhold_acks(false);
+    // The next batch's ack is cumulative.
+    handle.sender().push(fork(PID + 1)).expect("queued");
+    wait_until("acked, then deleted", Duration::from_secs(20), || {
+        !file.exists()
+    })
+    .await;
+    assert_eq!(decode_events(&server.received()[0])[0].timestamp_ns, 77);
+    handle.shutdown(Duration::from_secs(5)).await;
 }

@@ -9,7 +9,9 @@ use std::{sync::Arc, time::Duration};
 
 use common::{TestServer, free_port, wait_until};
 use proto::telemetry::v1::{Compression, SensorBatch};
-use sensor_user::transport::{CollectorLink, DropTracker, Uploader, UploaderSettings};
+use sensor_user::transport::{
+    CollectorLink, DropTracker, Spool, SpoolSettings, Uploader, UploaderSettings,
+};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -161,6 +163,50 @@ async fn a_full_queue_drops_the_oldest_batch_and_counts_it() {
     wait_until("2 acked", PATIENCE, || up.stats().batches_acked == 2).await;
     assert_eq!(server.sequences(), vec![4, 5]);
     up.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let drops = Arc::new(DropTracker::new());
+    let spool = Spool::open(
+        SpoolSettings {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            segment_bytes: 4 << 10,
+            fsync: false,
+        },
+        drops.clone(),
+    )
+    .expect("spool");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let up =
+        Uploader::spawn_with(settings(endpoint, 2), drops.clone(), Some(spool)).expect("spawn");
+    let queue = up.queue();
+    for seq in 1..=50 {
+        assert!(
+            queue.push(batch(seq, 10)),
+            "batch {seq} spooled, nothing dropped"
+        );
+    }
+    let stats = up.stats();
+    assert_eq!((stats.batches_dropped, stats.spool_batches), (0, 50));
+    assert!(stats.queue_len <= 2, "RAM holds a read-ahead only");
+
+    // The collector comes up: all of them, in order, from disk.
+    let server = TestServer::start(port);
+    wait_until("50 acked", PATIENCE, || up.stats().batches_acked == 50).await;
+    assert_eq!(server.sequences(), (1..=50).collect::<Vec<_>>());
+    let stats = up.stats();
+    assert_eq!(
+        (stats.spool_batches, stats.spool_bytes),
+        (0, 0),
+        "acked: deleted"
+    );
+    assert_eq!(drops.snapshot().userspace_batches_dropped, 0);
+    let report = up.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.unsent_batches, report.left_in_spool), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

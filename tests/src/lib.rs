@@ -15,13 +15,14 @@ pub mod netns;
 pub mod open_hook;
 pub mod procs;
 pub mod root_only;
+pub mod spool;
 pub mod stream;
 
 pub use access::CollectorAccess;
 pub use open_hook::HeldOpenHook;
 pub use procs::{
-    Collector, InNetns, Process, Sensor, SensorCommand, SensorOptions, Stderr, bin_path,
-    collector_operator_toml, collector_section, sensor_with_config,
+    Collector, CollectorState, InNetns, Process, Sensor, SensorCommand, SensorOptions, Stderr,
+    bin_path, collector_operator_toml, collector_section, sensor_with_config,
 };
 pub use stream::Subscription;
 

@@ -209,15 +209,70 @@ async fn wait_for_line(
     Ok(found)
 }
 
-/// A running `rxsentry-collector` with mutual TLS: a throwaway CA in its
-/// state directory, a certificate for its listening address, and an admin
-/// operator whose token [`Collector::url`] carries.
+/// What a harness collector trusts and serves, made before it starts (so a
+/// sensor can be given its certificate while the collector is still down):
+/// a throwaway CA, the collector's certificate for its address, an admin
+/// operator's token; all in the collector's --state-dir.
+pub struct CollectorState {
+    dir: tempfile::TempDir,
+    token: String,
+}
+
+impl CollectorState {
+    /// For a collector that will listen on `listen` (its IP goes into the
+    /// certificate besides localhost, 127.0.0.1 and ::1).
+    pub fn new(listen: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = pki::Ca::init(&dir.path().join("pki"), "rxsentry test CA")?;
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+        if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+            names.push(addr.ip().to_string());
+        }
+        ca.issue(&pki::Leaf::Collector { names }, 1)?
+            .write(&dir.path().join("tls"), "collector")?;
+        let token = format!("{:064x}", rand::random::<u128>());
+        std::fs::write(
+            dir.path().join("operators.toml"),
+            collector_operator_toml(TEST_OPERATOR, "admin", &token),
+        )?;
+        Ok(Self { dir, token })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("pki/ca.pem")
+    }
+
+    /// Its CA, to issue or revoke certificates.
+    pub fn ca(&self) -> anyhow::Result<pki::Ca> {
+        Ok(pki::Ca::load(&self.dir.path().join("pki"))?)
+    }
+
+    /// Issues a sensor certificate for `host_id` into `dir`: `ca.pem`,
+    /// `sensor.pem`, `sensor.key`, where [`collector_section`] points.
+    pub fn issue_sensor(&self, host_id: &str, dir: &Path) -> anyhow::Result<()> {
+        self.ca()?
+            .issue(
+                &pki::Leaf::Sensor {
+                    host_id: host_id.to_owned(),
+                },
+                1,
+            )?
+            .write(dir, "sensor")?;
+        std::fs::copy(self.ca_file(), dir.join("ca.pem"))?;
+        Ok(())
+    }
+}
+
+/// A running `rxsentry-collector` with mutual TLS (see [`CollectorState`]);
+/// [`Collector::url`] carries the admin token.
 pub struct Collector {
     process: Process,
     pub addr: String,
-    /// Its --state-dir (CA, audit log): one per collector, removed after.
-    state: tempfile::TempDir,
-    token: String,
+    state: CollectorState,
 }
 
 /// The harness's operator: an admin, so every analyst call is allowed.
@@ -236,19 +291,16 @@ impl Collector {
         listen: &str,
         args: &[&OsStr],
     ) -> anyhow::Result<Self> {
-        let state = tempfile::tempdir()?;
-        let ca = pki::Ca::init(&state.path().join("pki"), "rxsentry test CA")?;
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
-        if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
-            names.push(addr.ip().to_string());
-        }
-        ca.issue(&pki::Leaf::Collector { names }, 1)?
-            .write(&state.path().join("tls"), "collector")?;
-        let token = format!("{:064x}", rand::random::<u128>());
-        std::fs::write(
-            state.path().join("operators.toml"),
-            collector_operator_toml(TEST_OPERATOR, "admin", &token),
-        )?;
+        Self::start_on(CollectorState::new(listen)?, netns, listen, args).await
+    }
+
+    /// Like [`Collector::start_with`], with trust made beforehand.
+    pub async fn start_on(
+        state: CollectorState,
+        netns: Option<&str>,
+        listen: &str,
+        args: &[&OsStr],
+    ) -> anyhow::Result<Self> {
         let mut cmd = command_in(netns, bin_path("rxsentry-collector"));
         cmd.args(["--listen", listen])
             .arg("--state-dir")
@@ -266,7 +318,6 @@ impl Collector {
             process,
             addr,
             state,
-            token,
         })
     }
 
@@ -276,13 +327,13 @@ impl Collector {
             url: format!("https://{}", self.addr),
             ca: Some(self.ca_file()),
             identity: None,
-            token: Some(self.token.clone()),
+            token: Some(self.state.token.clone()),
         }
     }
 
     /// The admin token.
     pub fn token(&self) -> &str {
-        &self.token
+        &self.state.token
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -290,34 +341,24 @@ impl Collector {
     }
 
     pub fn ca_file(&self) -> PathBuf {
-        self.state.path().join("pki/ca.pem")
+        self.state.ca_file()
     }
 
     /// Its CA, to issue or revoke certificates.
     pub fn ca(&self) -> anyhow::Result<pki::Ca> {
-        Ok(pki::Ca::load(&self.state.path().join("pki"))?)
+        self.state.ca()
     }
 
-    /// Issues a sensor certificate for `host_id` into `dir`: `ca.pem`,
-    /// `sensor.pem`, `sensor.key`, where [`collector_section`] points.
+    /// See [`CollectorState::issue_sensor`].
     pub fn issue_sensor(&self, host_id: &str, dir: &Path) -> anyhow::Result<()> {
-        self.ca()?
-            .issue(
-                &pki::Leaf::Sensor {
-                    host_id: host_id.to_owned(),
-                },
-                1,
-            )?
-            .write(dir, "sensor")?;
-        std::fs::copy(self.ca_file(), dir.join("ca.pem"))?;
-        Ok(())
+        self.state.issue_sensor(host_id, dir)
     }
 
     /// Issues a sensor certificate for `host_id` and returns the
     /// `[collector]` section that points a sensor at this collector.
     pub fn sensor_section(&self, host_id: &str) -> anyhow::Result<String> {
         let dir = self.state.path().join("sensors").join(host_id);
-        self.issue_sensor(host_id, &dir)?;
+        self.state.issue_sensor(host_id, &dir)?;
         Ok(collector_section(&format!("https://{}", self.addr), &dir))
     }
 
@@ -412,14 +453,23 @@ impl SensorCommand {
         self
     }
 
-    /// The command, and the temporary config file it reads (if any).
-    fn command(&self) -> anyhow::Result<(Command, Option<tempfile::NamedTempFile>)> {
+    /// The command, and the temporary config file it reads (if any) with
+    /// the sensor's own spool directory (see [`with_own_spool`]).
+    fn command(&self) -> anyhow::Result<(Command, Option<TempConfig>)> {
         let (path, file) = match &self.config {
             Config::Text(text) => {
+                let (text, spool) = with_own_spool(text)?;
                 let mut file = tempfile::NamedTempFile::new()?;
                 file.write_all(text.as_bytes())?;
                 file.flush()?;
-                (file.path().to_owned(), Some(file))
+                let path = file.path().to_owned();
+                (
+                    path,
+                    Some(TempConfig {
+                        _file: file,
+                        _spool: spool,
+                    }),
+                )
             }
             Config::File(path) => (path.clone(), None),
         };
@@ -454,11 +504,33 @@ impl SensorCommand {
     }
 }
 
+/// A config file written for one sensor, and the spool directory it got.
+struct TempConfig {
+    _file: tempfile::NamedTempFile,
+    _spool: Option<tempfile::TempDir>,
+}
+
+/// A config without a `[spool]` section gets one in a fresh temporary
+/// directory (removed with the sensor): sensors running side by side must
+/// not share the default /var/lib/rxsentry/spool (the second one would be
+/// refused: one spool, one sensor), nor replay an earlier test's batches.
+/// A test that sets `[spool]` itself owns that directory.
+fn with_own_spool(text: &str) -> anyhow::Result<(String, Option<tempfile::TempDir>)> {
+    if text.lines().any(|l| l.trim() == "[spool]") {
+        return Ok((text.to_owned(), None));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("rxsentry-spool")
+        .tempdir()?;
+    let text = format!("{text}\n[spool]\ndir = {:?}\n", dir.path().join("spool"));
+    Ok((text, Some(dir)))
+}
+
 /// A running `rxsentry-sensor`, SIGKILLed on drop if still alive (its
 /// programs detach when its fds close).
 pub struct Sensor {
     process: Process,
-    _config: Option<tempfile::NamedTempFile>,
+    _config: Option<TempConfig>,
 }
 
 impl Sensor {

@@ -233,6 +233,12 @@ fn record_json(r: &HostRecord) -> Value {
                     "userspace_events_dropped": d.userspace_events_dropped,
                     "malformed_kernel_records": d.malformed_kernel_records,
                     "kernel_net_ringbuf_full": d.kernel_net_ringbuf_full,
+                    "spool_batches_dropped": d.spool_batches_dropped,
+                    "spool_events_dropped": d.spool_events_dropped,
+                    "spool_dropped_first_sealed_unix_ns": d.spool_dropped_first_sealed_unix_ns,
+                    "spool_dropped_last_sealed_unix_ns": d.spool_dropped_last_sealed_unix_ns,
+                    "spool_corrupt_records": d.spool_corrupt_records,
+                    "spool_corrupt_bytes": d.spool_corrupt_bytes,
                 }),
             );
             m.into()

@@ -285,7 +285,7 @@ fn sequence_text(r: &HostRecord, s: &SequenceRecord) -> String {
 }
 
 fn drops_text(d: &DropCounters) -> String {
-    format!(
+    let mut text = format!(
         "kernel_ringbuf_full={} userspace_queue_full={} userspace_batches_dropped={} \
          userspace_events_dropped={} malformed_kernel_records={} kernel_net_ringbuf_full={}",
         d.kernel_ringbuf_full,
@@ -294,7 +294,22 @@ fn drops_text(d: &DropCounters) -> String {
         d.userspace_events_dropped,
         d.malformed_kernel_records,
         d.kernel_net_ringbuf_full
-    )
+    );
+    // The disk spool's losses (totals since the spool was created), only
+    // when there are any: most hosts never lose a spooled batch.
+    if d.spool_batches_dropped + d.spool_corrupt_records > 0 {
+        text.push_str(&format!(
+            " spool_batches_dropped={} spool_events_dropped={} spool_dropped_sealed={}..{} \
+             spool_corrupt_records={} spool_corrupt_bytes={}",
+            d.spool_batches_dropped,
+            d.spool_events_dropped,
+            d.spool_dropped_first_sealed_unix_ns,
+            d.spool_dropped_last_sealed_unix_ns,
+            d.spool_corrupt_records,
+            d.spool_corrupt_bytes
+        ));
+    }
+    text
 }
 
 /// argv as a shell would need it: arguments with blanks or quotes are

@@ -19,9 +19,11 @@ use serde::Deserialize;
 mod isolation;
 mod network;
 mod response;
+mod spool;
 pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
 pub use response::{ResponseAction, ResponseRule, Signal};
+pub use spool::{SpoolConfig, SpoolFsync};
 
 /// The documented example file, identical in meaning to [`Config::default`].
 pub const EXAMPLE_TOML: &str = include_str!("../../config/rxsentry-sensor.example.toml");
@@ -66,6 +68,8 @@ pub struct Config {
     pub host: HostConfig,
     pub collector: CollectorConfig,
     pub batching: BatchingConfig,
+    /// `[spool]`: sealed batches on disk until acknowledged.
+    pub spool: SpoolConfig,
     pub kernel: KernelConfig,
     pub hashing: HashingConfig,
     pub process_table: ProcessTableConfig,
@@ -285,6 +289,9 @@ pub struct BatchingConfig {
     pub max_delay_ms: u64,
     pub zstd_level: i32,
     pub queue_capacity_batches: usize,
+    /// An empty batch (a heartbeat) is sealed when nothing was sealed for
+    /// this long, so the collector can tell an idle sensor from a dead one.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for BatchingConfig {
@@ -294,6 +301,7 @@ impl Default for BatchingConfig {
             max_delay_ms: 500,
             zstd_level: 3,
             queue_capacity_batches: 1024,
+            heartbeat_ms: 30_000,
         }
     }
 }
@@ -442,6 +450,8 @@ impl Config {
             1,
             1_000_000,
         )?;
+        in_range("batching.heartbeat_ms", b.heartbeat_ms, 100, 3_600_000)?;
+        self.spool.validate()?;
         check_ringbuf(
             "kernel.process_ringbuf_bytes",
             self.kernel.process_ringbuf_bytes,
@@ -626,6 +636,14 @@ mod tests {
         assert_eq!(c.batching.max_delay_ms, 500);
         assert_eq!(c.batching.zstd_level, 3);
         assert_eq!(c.batching.queue_capacity_batches, 1024);
+        assert_eq!(c.batching.heartbeat_ms, 30_000);
+        assert!(c.spool.enabled);
+        assert_eq!(c.spool.dir, Path::new("/var/lib/rxsentry/spool"));
+        assert_eq!(
+            (c.spool.max_bytes, c.spool.segment_bytes),
+            (256 << 20, 4 << 20)
+        );
+        assert_eq!(c.spool.fsync, SpoolFsync::Batch);
         assert_eq!(c.kernel.process_ringbuf_bytes, 4 * 1024 * 1024);
         assert_eq!(c.kernel.net_ringbuf_bytes, 1024 * 1024);
         assert!(c.kernel.typed_file_reads);
@@ -675,6 +693,14 @@ mod tests {
             ("[batching]\nmax_delay_ms = 0", "batching.max_delay_ms"),
             ("[batching]\nzstd_level = 20", "batching.zstd_level"),
             ("[batching]\nzstd_level = 0", "batching.zstd_level"),
+            ("[batching]\nheartbeat_ms = 99", "batching.heartbeat_ms"),
+            ("[spool]\ndir = \"spool\"", "spool.dir"),
+            ("[spool]\nmax_bytes = 1000", "spool.max_bytes"),
+            (
+                "[spool]\nmax_bytes = 1048576\nsegment_bytes = 524288",
+                "spool.segment_bytes",
+            ),
+            ("[spool]\nsegment_bytes = 1024", "spool.segment_bytes"),
             (
                 "[batching]\nqueue_capacity_batches = 0",
                 "batching.queue_capacity_batches",

@@ -452,31 +452,35 @@ pub mod spool {
         Ok(path)
     }
 
-    /// Every spooled event, oldest first, removed from disk. An undecodable
-    /// file is removed with a warning: it can never be sent.
-    pub fn drain(state_dir: &Path) -> Vec<Event> {
+    /// Every spooled event not in `skip` (already on its way), oldest
+    /// first, with its file. The files stay: they are deleted once the
+    /// batch carrying their event is acknowledged by the collector. An
+    /// undecodable file is removed with a warning: it can never be sent.
+    pub fn pending(
+        state_dir: &Path,
+        skip: &std::collections::HashSet<PathBuf>,
+    ) -> Vec<(PathBuf, Event)> {
         let dir = dir(state_dir);
         let Ok(entries) = fs::read_dir(&dir) else {
             return Vec::new();
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+            .filter(|p| p.extension().is_some_and(|x| x == "pb") && !skip.contains(p))
             .collect();
         files.sort();
         let mut events = Vec::new();
         for path in files {
             match fs::read(&path).map(|b| Event::decode(b.as_slice())) {
-                Ok(Ok(event)) => events.push(event),
+                Ok(Ok(event)) => events.push((path, event)),
                 Ok(Err(e)) => {
-                    tracing::warn!(path = %path.display(), error = %e, "undecodable audit record dropped")
+                    tracing::warn!(path = %path.display(), error = %e, "undecodable audit record dropped");
+                    let _ = fs::remove_file(&path);
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read audit record");
-                    continue;
                 }
             }
-            let _ = fs::remove_file(&path);
         }
         events
     }
@@ -584,21 +588,34 @@ mod tests {
     }
 
     #[test]
-    fn spool_keeps_order_and_empties() {
+    fn spool_keeps_order_and_files_until_acked() {
         let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
         for n in 1..=3 {
             let e = Event {
                 timestamp_ns: n,
                 ..Default::default()
             };
-            spool::write(dir.path(), &e).unwrap();
+            paths.push(spool::write(dir.path(), &e).unwrap());
         }
-        fs::write(dir.path().join("audit/zzz.pb"), b"\xff\xff").unwrap();
-        let got: Vec<u64> = spool::drain(dir.path())
-            .iter()
-            .map(|e| e.timestamp_ns)
+        let junk = dir.path().join("audit/zzz.pb");
+        fs::write(&junk, b"\xff\xff").unwrap();
+        let none = std::collections::HashSet::new();
+        let got: Vec<(PathBuf, u64)> = spool::pending(dir.path(), &none)
+            .into_iter()
+            .map(|(p, e)| (p, e.timestamp_ns))
             .collect();
-        assert_eq!(got, [1, 2, 3]);
-        assert!(spool::drain(dir.path()).is_empty());
+        assert_eq!(
+            got,
+            paths.iter().cloned().zip([1, 2, 3]).collect::<Vec<_>>()
+        );
+        assert!(!junk.exists(), "undecodable: removed");
+        assert!(paths.iter().all(|p| p.exists()), "kept until acknowledged");
+        let sent: std::collections::HashSet<PathBuf> = paths[..2].iter().cloned().collect();
+        let left: Vec<u64> = spool::pending(dir.path(), &sent)
+            .iter()
+            .map(|(_, e)| e.timestamp_ns)
+            .collect();
+        assert_eq!(left, [3], "those on their way are skipped");
     }
 }

@@ -3,7 +3,7 @@
 //! every tick it attaches to new interfaces, forwards audit records the
 //! local command spooled, and publishes the current status.
 
-use std::time::Duration;
+use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use proto::control::v1::IsolationStatus;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,15 +18,20 @@ pub struct Request {
 }
 
 /// Runs until `requests` closes. Audit events go to `audit` (the pipeline);
-/// `status` always holds the latest state.
+/// `status` always holds the latest state. `on_their_way`: audit record
+/// files whose events wait in the spool already (not sent twice).
 pub async fn run(
     mut isolation: Isolation,
     poll: Duration,
     audit: mpsc::Sender<EncodedEvents>,
     mut requests: mpsc::Receiver<Request>,
     status: watch::Sender<IsolationStatus>,
+    on_their_way: Vec<PathBuf>,
 ) {
     let state_dir = isolation.config.state_dir.clone();
+    // Sent, not yet acknowledged: the uploader or the spool deletes each
+    // file once the collector has its event.
+    let mut sent: HashSet<PathBuf> = on_their_way.into_iter().collect();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,8 +69,12 @@ pub async fn run(
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "cannot attach isolation to new interfaces"),
                 }
-                for event in spool::drain(&state_dir) {
-                    let _ = audit.send(EncodedEvents::from_events([&event])).await;
+                sent.retain(|p| p.exists());
+                for (path, event) in spool::pending(&state_dir, &sent) {
+                    let events = EncodedEvents::from_events([&event]).with_audit_file(path.clone());
+                    if audit.send(events).await.is_ok() {
+                        sent.insert(path);
+                    }
                 }
                 match isolation.status() {
                     Ok(s) => {

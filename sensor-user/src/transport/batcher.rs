@@ -8,7 +8,7 @@
 //! *what* a batch is (sequence, drop counters, zstd payload), and [`run`]
 //! drives both from a channel with tokio timers (no polling).
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use prost::{
     Message,
@@ -47,6 +47,9 @@ pub const MAX_BATCH_BYTES: usize = 3 << 20;
 pub struct EncodedEvents {
     bytes: Vec<u8>,
     events: usize,
+    /// Local audit record files these events came from: deleted only once
+    /// the batch carrying them is acknowledged.
+    audit: Vec<PathBuf>,
 }
 
 impl EncodedEvents {
@@ -55,7 +58,19 @@ impl EncodedEvents {
         Self {
             bytes: Vec::with_capacity(bytes),
             events: 0,
+            audit: Vec::new(),
         }
+    }
+
+    /// Marks these events as read from the audit record file at `path`.
+    pub fn with_audit_file(mut self, path: PathBuf) -> Self {
+        self.audit.push(path);
+        self
+    }
+
+    /// The audit record files these events came from.
+    pub fn audit_files(&self) -> &[PathBuf] {
+        &self.audit
     }
 
     /// `events`, encoded (for events made outside enrichment).
@@ -241,8 +256,15 @@ impl Accumulator {
     }
 }
 
+/// A sealed batch and the audit record files whose events it carries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sealed {
+    pub batch: SensorBatch,
+    pub audit: Vec<PathBuf>,
+}
+
 /// Numbers and encodes batches. One per sensor instance: the sequence starts
-/// at 1 and only moves forward.
+/// at 1 (or after the last spooled one) and only moves forward.
 pub struct Sealer {
     host: HostIdentity,
     next_sequence: u64,
@@ -271,6 +293,13 @@ impl Sealer {
             compressor: None,
             drops,
         }
+    }
+
+    /// Continues a host's sequence after `last` (the spool's last one),
+    /// so the collector sees one unbroken sequence across restarts.
+    pub fn continuing_after(mut self, last: u64) -> Self {
+        self.next_sequence = last.saturating_add(1).max(1);
+        self
     }
 
     /// The sequence the next sealed batch will carry.
@@ -320,25 +349,56 @@ impl Sealer {
 }
 
 /// Runs until `events` (runs of encoded events) closes or `stop` fires,
-/// then seals what is pending and returns. Every sealed batch goes to `sink`, in sequence order.
+/// then seals what is pending and returns. Every sealed batch goes to
+/// `sink`, in sequence order. With no event for `heartbeat`, an empty
+/// batch (carrying the drop counters) is sealed: a heartbeat. A run of
+/// events from audit record files is sealed at once, with the files.
 pub async fn run(
     mut events: mpsc::Receiver<EncodedEvents>,
     mut stop: oneshot::Receiver<()>,
     mut acc: Accumulator,
     mut sealer: Sealer,
-    mut sink: impl FnMut(SensorBatch),
+    heartbeat: Duration,
+    mut sink: impl FnMut(Sealed),
 ) {
-    let mut seal = |batch: EncodedEvents| {
-        if batch.is_empty() {
-            return;
+    // Whether anything was sealed, for the heartbeat's clock.
+    let mut seal = |batch: EncodedEvents, heartbeat: bool| -> bool {
+        if batch.is_empty() && !heartbeat {
+            return false;
         }
+        let audit = batch.audit.clone();
         match sealer.seal(batch) {
-            Ok(sealed) => sink(sealed),
+            Ok(sealed) => {
+                sink(Sealed {
+                    batch: sealed,
+                    audit,
+                });
+                true
+            }
             Err(e) => {
-                tracing::error!(error = %e, "could not seal a batch; its events are counted as dropped")
+                tracing::error!(error = %e, "could not seal a batch; its events are counted as dropped");
+                false
             }
         }
     };
+    let take = |acc: &mut Accumulator,
+                chunk: EncodedEvents,
+                seal: &mut dyn FnMut(EncodedEvents, bool) -> bool| {
+        let now = Instant::now();
+        let mut sealed = false;
+        for event in chunk.frames() {
+            if let Some(full) = acc.push(event, now) {
+                sealed |= seal(full, false);
+            }
+        }
+        if !chunk.audit.is_empty() {
+            let mut pending = acc.take();
+            pending.audit = chunk.audit;
+            sealed |= seal(pending, false);
+        }
+        sealed
+    };
+    let mut last_sealed = Instant::now();
     loop {
         let deadline = acc.deadline();
         let expired = async {
@@ -347,34 +407,33 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let idle = acc.is_empty();
+        let beat_at = last_sealed + heartbeat;
+        let sealed = tokio::select! {
             biased;
             chunk = events.recv() => match chunk {
-                Some(chunk) => {
-                    let now = Instant::now();
-                    for event in chunk.frames() {
-                        if let Some(full) = acc.push(event, now) {
-                            seal(full);
-                        }
-                    }
-                }
+                Some(chunk) => take(&mut acc, chunk, &mut seal),
                 None => break,
             },
-            () = expired => seal(acc.take()),
+            () = expired => seal(acc.take(), false),
+            () = tokio::time::sleep_until(beat_at), if idle => {
+                // A failed heartbeat waits for the next one too.
+                seal(EncodedEvents::default(), true);
+                true
+            }
             _ = &mut stop => {
                 // Take what already arrived, then stop.
                 while let Ok(chunk) = events.try_recv() {
-                    for event in chunk.frames() {
-                        if let Some(full) = acc.push(event, Instant::now()) {
-                            seal(full);
-                        }
-                    }
+                    take(&mut acc, chunk, &mut seal);
                 }
                 break;
             }
+        };
+        if sealed {
+            last_sealed = Instant::now();
         }
     }
-    seal(acc.take());
+    seal(acc.take(), false);
 }
 
 #[cfg(test)]
@@ -613,26 +672,43 @@ mod tests {
         assert_eq!(got.as_bytes(), want.encode_to_vec());
     }
 
-    type Sealed = Arc<std::sync::Mutex<Vec<SensorBatch>>>;
+    type Out<T> = Arc<std::sync::Mutex<Vec<T>>>;
 
+    /// A batcher task with `sealer`, whose sealed batches `keep` turns
+    /// into what the test collects.
+    fn start_with<T: Send + 'static>(
+        sealer: Sealer,
+        max_events: usize,
+        heartbeat: Duration,
+        keep: fn(Sealed) -> T,
+    ) -> (
+        mpsc::Sender<EncodedEvents>,
+        oneshot::Sender<()>,
+        Out<T>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let out: Out<T> = Arc::default();
+        let sink = out.clone();
+        let acc = Accumulator::new(max_events, Duration::from_millis(500));
+        let task = tokio::spawn(run(rx, stop_rx, acc, sealer, heartbeat, move |b| {
+            sink.lock().expect("lock").push(keep(b))
+        }));
+        (tx, stop_tx, out, task)
+    }
+
+    /// The batches only, and no heartbeat within any test's time.
     fn start(
         max_events: usize,
     ) -> (
         mpsc::Sender<EncodedEvents>,
         oneshot::Sender<()>,
-        Sealed,
+        Out<SensorBatch>,
         tokio::task::JoinHandle<()>,
     ) {
-        let (tx, rx) = mpsc::channel(1024);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let out: Sealed = Arc::default();
-        let sink = out.clone();
         let sealer = Sealer::new(host(), 3, Arc::new(DropTracker::new()));
-        let acc = Accumulator::new(max_events, Duration::from_millis(500));
-        let task = tokio::spawn(run(rx, stop_rx, acc, sealer, move |b| {
-            sink.lock().expect("lock").push(b)
-        }));
-        (tx, stop_tx, out, task)
+        start_with(sealer, max_events, Duration::from_secs(3600), |s| s.batch)
     }
 
     #[tokio::test(start_paused = true)]
@@ -710,5 +786,56 @@ mod tests {
         let got = out.lock().expect("lock");
         assert_eq!(got.len(), 1);
         assert_eq!(decode(&got[0]), vec![ev(1), ev(2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_seals_heartbeats_and_audit_runs_at_once() {
+        let drops = Arc::new(DropTracker::new());
+        let sealer = Sealer::new(host(), 3, drops.clone()).continuing_after(41);
+        let (tx, _stop, out, task) = start_with(sealer, 100, Duration::from_secs(30), |s| s);
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(
+            out.lock().expect("lock").is_empty(),
+            "no heartbeat before 30 s"
+        );
+        drops.add_userspace_queue_full(3);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        {
+            let got = out.lock().expect("lock");
+            assert_eq!(got.len(), 1, "one heartbeat after 30 idle seconds");
+            let beat = &got[0].batch;
+            assert_eq!(
+                (beat.sequence, beat.event_count),
+                (42, 0),
+                "continues after 41"
+            );
+            assert!(decode(beat).is_empty());
+            assert_eq!(
+                beat.drops.expect("drops").userspace_queue_full,
+                3,
+                "carries the counters"
+            );
+        }
+        // Events keep the heartbeat away: batches are sealed anyway.
+        for n in 0..10 {
+            tx.send(enc(n)).await.expect("send");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let beats = |v: &[Sealed]| v.iter().filter(|b| b.batch.event_count == 0).count();
+        assert_eq!(beats(&out.lock().expect("lock")), 1);
+        // An audit record is sealed at once, with its file.
+        let path = PathBuf::from("/state/audit/1.pb");
+        tx.send(enc(99).with_audit_file(path.clone()))
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        {
+            let got = out.lock().expect("lock");
+            let last = got.last().expect("sealed");
+            assert_eq!(decode(&last.batch), vec![ev(99)]);
+            assert_eq!(last.audit, [path]);
+        }
+        drop(tx);
+        task.await.expect("ends");
     }
 }

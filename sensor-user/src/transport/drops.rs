@@ -17,6 +17,38 @@ pub struct DropTracker {
     userspace_queue_full: AtomicU64,
     userspace_batches_dropped: AtomicU64,
     userspace_events_dropped: AtomicU64,
+    /// The spool's persisted loss totals (docs/durability.md), set whole
+    /// by the spool whenever they change.
+    spool: std::sync::Mutex<SpoolLosses>,
+}
+
+/// What the disk spool lost since its directory was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolLosses {
+    /// Batches the full spool dropped, oldest first, unacknowledged.
+    pub batches_dropped: u64,
+    pub events_dropped: u64,
+    /// UTC ns when the first / last dropped batch was sealed (0: none).
+    pub dropped_first_sealed_unix_ns: u64,
+    pub dropped_last_sealed_unix_ns: u64,
+    /// Torn or corrupted records skipped, and their bytes.
+    pub corrupt_records: u64,
+    pub corrupt_bytes: u64,
+}
+
+impl SpoolLosses {
+    /// Counts one dropped batch sealed at `sealed_unix_ns`.
+    pub fn add_dropped(&mut self, events: u64, sealed_unix_ns: u64) {
+        self.batches_dropped += 1;
+        self.events_dropped += events;
+        if self.dropped_first_sealed_unix_ns == 0
+            || sealed_unix_ns < self.dropped_first_sealed_unix_ns
+        {
+            self.dropped_first_sealed_unix_ns = sealed_unix_ns;
+        }
+        self.dropped_last_sealed_unix_ns = self.dropped_last_sealed_unix_ns.max(sealed_unix_ns);
+    }
 }
 
 impl DropTracker {
@@ -56,8 +88,24 @@ impl DropTracker {
         self.userspace_events_dropped.fetch_add(events, Relaxed);
     }
 
+    /// The spool's totals, which it persists and so may start above zero.
+    pub fn set_spool_losses(&self, losses: SpoolLosses) {
+        *self.spool.lock().unwrap_or_else(|p| p.into_inner()) = losses;
+    }
+
+    pub fn spool_losses(&self) -> SpoolLosses {
+        *self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn snapshot(&self) -> DropCounters {
+        let spool = self.spool_losses();
         DropCounters {
+            spool_batches_dropped: spool.batches_dropped,
+            spool_events_dropped: spool.events_dropped,
+            spool_dropped_first_sealed_unix_ns: spool.dropped_first_sealed_unix_ns,
+            spool_dropped_last_sealed_unix_ns: spool.dropped_last_sealed_unix_ns,
+            spool_corrupt_records: spool.corrupt_records,
+            spool_corrupt_bytes: spool.corrupt_bytes,
             kernel_ringbuf_full: self.kernel_ringbuf_full.load(Relaxed),
             userspace_queue_full: self.userspace_queue_full.load(Relaxed),
             userspace_batches_dropped: self.userspace_batches_dropped.load(Relaxed),

@@ -15,6 +15,14 @@
 //! Acks are cumulative: the stream is ordered, so an ack for sequence N also
 //! releases every unacked batch below N. This keeps the window moving even if
 //! the collector does not ack a resent batch it had already stored.
+//!
+//! With a [`Spool`], a batch is queued only once it is on disk, and the
+//! spool, not the RAM queue, is the queue: the RAM queue is a read-ahead of
+//! at most `queue_capacity` batches and, with the unacked ones,
+//! [`SPOOL_RAM_BYTES`] of payload, refilled from the spool in order, so a
+//! full spool costs disk, not memory. Nothing is dropped for want of room
+//! in RAM; the spool drops its oldest batches when full (and counts them),
+//! and what is not acked at shutdown stays on disk for the next start.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -31,7 +39,7 @@ use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::{CollectorLink, DropTracker, LinkError};
+use super::{CollectorLink, DropTracker, LinkError, Sealed, Spool};
 use crate::config::Config;
 
 /// How the uploader connects and how much it buffers.
@@ -90,6 +98,9 @@ pub struct UploaderStats {
     pub connected: bool,
     pub queue_len: usize,
     pub inflight: usize,
+    /// Batches waiting in the spool (0 without one), and its bytes on disk.
+    pub spool_batches: usize,
+    pub spool_bytes: u64,
 }
 
 /// What `shutdown` could not deliver.
@@ -99,19 +110,99 @@ pub struct UploadReport {
     /// Left queued or unacked at the deadline; counted as dropped.
     pub unsent_batches: u64,
     pub unsent_events: u64,
+    /// Left unacked in the spool, for the next start (not a loss).
+    pub left_in_spool: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<SensorBatch>,
+    queue: VecDeque<Sealed>,
     /// Sent, not yet acked, by sequence.
-    inflight: BTreeMap<u64, SensorBatch>,
+    inflight: BTreeMap<u64, Sealed>,
     closed: bool,
+    spool: Option<Spool>,
+    /// Highest sequence moved into RAM (queue or inflight): the spool's
+    /// batches above it are read back when the queue runs dry.
+    loaded: u64,
+    /// Payload bytes in `queue` and `inflight`: with a spool, at most
+    /// [`SPOOL_RAM_BYTES`] (and one batch) of it are in memory.
+    ram_bytes: usize,
+}
+
+/// With a spool, the batches held in memory (read-ahead and unacked) stay
+/// under this many payload bytes: a full spool of large batches costs
+/// disk, not RSS. A few hundred batches of a normal event mix.
+const SPOOL_RAM_BYTES: usize = 4 << 20;
+
+fn payload(s: &Sealed) -> usize {
+    s.batch.payload.len()
 }
 
 impl State {
     fn is_drained(&self) -> bool {
-        self.queue.is_empty() && self.inflight.is_empty()
+        self.queue.is_empty()
+            && self.inflight.is_empty()
+            && !self
+                .spool
+                .as_ref()
+                .is_some_and(|s| s.has_after(self.loaded))
+    }
+
+    /// Tops the empty RAM queue up from the spool, in order, within
+    /// [`SPOOL_RAM_BYTES`].
+    fn refill(&mut self, max: usize) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        if !self.queue.is_empty()
+            || (self.ram_bytes >= SPOOL_RAM_BYTES && !self.inflight.is_empty())
+        {
+            return;
+        }
+        let budget = SPOOL_RAM_BYTES.saturating_sub(self.ram_bytes) as u64;
+        let read = spool.read_after(self.loaded, max, budget);
+        for spooled in read {
+            self.loaded = spooled.batch.sequence;
+            self.ram_bytes += spooled.batch.payload.len();
+            // The spool keeps the audit files; they go with its ack.
+            self.queue.push_back(Sealed {
+                batch: spooled.batch,
+                audit: Vec::new(),
+            });
+        }
+        if !spool.has_after(self.loaded) {
+            self.loaded = self.loaded.max(spool.last_sequence());
+        }
+    }
+
+    /// Recounts [`State::ram_bytes`] (after removals of many kinds).
+    fn recount(&mut self) {
+        self.ram_bytes = self
+            .queue
+            .iter()
+            .chain(self.inflight.values())
+            .map(payload)
+            .sum();
+    }
+
+    /// The spool dropped batches up to `through` (counted there): they
+    /// are not sent, nor sent again.
+    fn forget_through(&mut self, through: u64) {
+        self.queue.retain(|s| s.batch.sequence > through);
+        self.inflight = self.inflight.split_off(&through.saturating_add(1));
+        self.loaded = self.loaded.max(through);
+        self.recount();
+    }
+}
+
+/// The collector has the batches: their audit record files can go.
+fn delete_audit_files(released: impl IntoIterator<Item = Sealed>) {
+    for path in released.into_iter().flat_map(|s| s.audit) {
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an acknowledged audit record");
+        }
     }
 }
 
@@ -127,6 +218,7 @@ struct Counters {
     connects: AtomicU64,
     disconnects: AtomicU64,
     connected: AtomicBool,
+    spool_errors: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -164,18 +256,30 @@ pub struct UploadQueue {
 }
 
 impl UploadQueue {
-    /// Queues a batch without waiting. When the queue is full the OLDEST
-    /// queued batch is dropped (and counted); after `shutdown` started the
-    /// batch itself is dropped (and counted). Returns false if anything was
-    /// dropped.
+    /// [`UploadQueue::push_sealed`] for a batch carrying no audit record.
     pub fn push(&self, batch: SensorBatch) -> bool {
+        self.push_sealed(Sealed {
+            batch,
+            audit: Vec::new(),
+        })
+    }
+
+    /// Queues a batch without waiting (with a spool: once it is on disk).
+    /// Without a spool, when the queue is full the OLDEST queued batch is
+    /// dropped (and counted), and after `shutdown` started the batch itself
+    /// is dropped (and counted). Returns false if anything was dropped.
+    pub fn push_sealed(&self, sealed: Sealed) -> bool {
         let shared = &self.shared;
         let mut st = shared.lock();
+        if st.spool.is_some() {
+            return push_spooled(shared, &mut st, sealed);
+        }
+        let batch = sealed;
         if st.closed {
             drop(st);
-            shared.count_dropped(1, u64::from(batch.event_count));
+            shared.count_dropped(1, u64::from(batch.batch.event_count));
             tracing::warn!(
-                sequence = batch.sequence,
+                sequence = batch.batch.sequence,
                 "batch sealed after uploader shutdown: dropped"
             );
             return false;
@@ -185,21 +289,72 @@ impl UploadQueue {
             lost = st.queue.pop_front();
         }
         st.queue.push_back(batch);
+        st.recount();
         drop(st);
         shared.counters.queued.fetch_add(1, Relaxed);
         shared.wake.notify_one();
         let Some(lost) = lost else { return true };
-        shared.count_dropped(1, u64::from(lost.event_count));
+        shared.count_dropped(1, u64::from(lost.batch.event_count));
         let total = shared.counters.dropped.load(Relaxed);
         if total.is_power_of_two() || total.is_multiple_of(1000) {
             tracing::warn!(
-                sequence = lost.sequence,
-                events = lost.event_count,
+                sequence = lost.batch.sequence,
+                events = lost.batch.event_count,
                 dropped_batches_total = total,
                 "upload queue full: dropped the oldest batch"
             );
         }
         false
+    }
+}
+
+/// Appends to the spool, and keeps the batch in RAM too when nothing older
+/// waits on disk only (the fast path). A batch the disk refuses is kept in
+/// RAM alone if that keeps the order, else dropped and counted.
+fn push_spooled(shared: &Shared, st: &mut State, sealed: Sealed) -> bool {
+    let Some(spool) = st.spool.as_mut() else {
+        return false;
+    };
+    let caught_up = !spool.has_after(st.loaded) && st.loaded >= spool.last_sequence();
+    let sequence = sealed.batch.sequence;
+    let room = st.queue.len() < shared.settings.queue_capacity
+        && st.ram_bytes + payload(&sealed) <= SPOOL_RAM_BYTES
+        && !st.closed;
+    match spool.append(&sealed.batch, &sealed.audit) {
+        Ok(appended) => {
+            if let Some(through) = appended.dropped_through {
+                st.forget_through(through);
+            }
+            shared.counters.queued.fetch_add(1, Relaxed);
+            if caught_up && room {
+                st.loaded = sequence;
+                st.ram_bytes += payload(&sealed);
+                st.queue.push_back(Sealed {
+                    batch: sealed.batch,
+                    audit: Vec::new(),
+                });
+            }
+            shared.wake.notify_one();
+            true
+        }
+        Err(e) => {
+            let failures = shared.counters.spool_errors.fetch_add(1, Relaxed) + 1;
+            if failures.is_power_of_two() {
+                tracing::error!(error = %e, sequence, failures, "cannot write to the spool");
+            }
+            if caught_up && room {
+                // Sent from memory: lost on a crash, but in order.
+                st.loaded = sequence;
+                st.ram_bytes += payload(&sealed);
+                st.queue.push_back(sealed);
+                shared.counters.queued.fetch_add(1, Relaxed);
+                shared.wake.notify_one();
+                true
+            } else {
+                shared.count_dropped(1, u64::from(sealed.batch.event_count));
+                false
+            }
+        }
     }
 }
 
@@ -216,13 +371,26 @@ impl Uploader {
         settings: UploaderSettings,
         drops: Arc<DropTracker>,
     ) -> Result<Uploader, UploaderError> {
+        Self::spawn_with(settings, drops, None)
+    }
+
+    /// [`Uploader::spawn`], with the spool as its queue when given: the
+    /// batches waiting in it are sent first, in order.
+    pub fn spawn_with(
+        settings: UploaderSettings,
+        drops: Arc<DropTracker>,
+        spool: Option<Spool>,
+    ) -> Result<Uploader, UploaderError> {
         // Fail at start on a bad URL or unreadable files; they are read
         // again at every connection.
         settings.link.endpoint()?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| UploaderError::NoRuntime)?;
         let shared = Arc::new(Shared {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                spool,
+                ..State::default()
+            }),
             wake: Notify::new(),
             progress: Notify::new(),
             closing: Notify::new(),
@@ -242,9 +410,10 @@ impl Uploader {
 
     pub fn stats(&self) -> UploaderStats {
         let c = &self.shared.counters;
-        let (queue_len, inflight) = {
+        let (queue_len, inflight, spool_batches, spool_bytes) = {
             let st = self.shared.lock();
-            (st.queue.len(), st.inflight.len())
+            let (n, bytes) = st.spool.as_ref().map_or((0, 0), |s| (s.len(), s.bytes()));
+            (st.queue.len(), st.inflight.len(), n, bytes)
         };
         UploaderStats {
             batches_queued: c.queued.load(Relaxed),
@@ -259,38 +428,62 @@ impl Uploader {
             connected: c.connected.load(Relaxed),
             queue_len,
             inflight,
+            spool_batches,
+            spool_bytes,
         }
     }
 
     /// Stops accepting batches, keeps sending until everything is acked or
     /// `deadline` passed, then stops and counts what is left as dropped.
+    /// With a spool, what is left stays there (not a loss), and without a
+    /// connection to the collector there is no reason to wait at all.
     pub async fn shutdown(self, deadline: Duration) -> UploadReport {
         let until = Instant::now() + deadline;
         let shared = self.shared;
-        shared.lock().closed = true;
+        let wait = {
+            let mut st = shared.lock();
+            st.closed = true;
+            st.spool.is_none() || shared.counters.connected.load(Relaxed)
+        };
         shared.wake.notify_one();
         shared.closing.notify_one();
-        loop {
-            let acked = shared.progress.notified();
-            tokio::pin!(acked);
-            acked.as_mut().enable();
-            if shared.lock().is_drained() {
-                break;
-            }
-            if tokio::time::timeout_at(until, acked).await.is_err() {
-                break;
+        if wait {
+            loop {
+                let acked = shared.progress.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                if shared.lock().is_drained() {
+                    break;
+                }
+                if tokio::time::timeout_at(until, acked).await.is_err() {
+                    break;
+                }
             }
         }
         self.task.abort();
         let _ = self.task.await;
         shared.counters.connected.store(false, Relaxed);
-        let (unsent_batches, unsent_events) = {
+        let (unsent_batches, unsent_events, left_in_spool) = {
             let mut st = shared.lock();
             let inflight = std::mem::take(&mut st.inflight);
             let queue = std::mem::take(&mut st.queue);
-            let left: Vec<SensorBatch> = inflight.into_values().chain(queue).collect();
-            let events = left.iter().map(|b| u64::from(b.event_count)).sum::<u64>();
-            (left.len() as u64, events)
+            // What the spool holds is not lost: the next start sends it.
+            let spooled = |s: &Sealed| {
+                st.spool
+                    .as_ref()
+                    .is_some_and(|spool| spool.contains(s.batch.sequence))
+            };
+            let left: Vec<Sealed> = inflight
+                .into_values()
+                .chain(queue)
+                .filter(|s| !spooled(s))
+                .collect();
+            let events = left
+                .iter()
+                .map(|b| u64::from(b.batch.event_count))
+                .sum::<u64>();
+            let in_spool = st.spool.as_ref().map_or(0, |s| s.len() as u64);
+            (left.len() as u64, events, in_spool)
         };
         if unsent_batches > 0 {
             shared.count_dropped(unsent_batches, unsent_events);
@@ -300,10 +493,17 @@ impl Uploader {
                 "shutdown deadline passed with batches unacknowledged"
             );
         }
+        if left_in_spool > 0 {
+            tracing::info!(
+                batches = left_in_spool,
+                "unacknowledged batches stay in the spool for the next start"
+            );
+        }
         UploadReport {
             batches_acked: shared.counters.acked.load(Relaxed),
             unsent_batches,
             unsent_events,
+            left_in_spool,
         }
     }
 }
@@ -386,7 +586,12 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
     let mut client = TelemetryIngestClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel::<SensorBatch>(settings.max_inflight.max(1));
     // Unacked batches first, oldest first, so the collector sees them in order.
-    let resend: Vec<SensorBatch> = shared.lock().inflight.values().cloned().collect();
+    let resend: Vec<SensorBatch> = shared
+        .lock()
+        .inflight
+        .values()
+        .map(|s| s.batch.clone())
+        .collect();
     for batch in resend {
         if tx.try_send(batch).is_err() {
             return SessionEnd::RequestClosed;
@@ -411,8 +616,11 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
                 if st.inflight.len() >= settings.max_inflight {
                     None
                 } else {
-                    st.queue.pop_front().inspect(|b| {
-                        st.inflight.insert(b.sequence, b.clone());
+                    st.refill(settings.max_inflight);
+                    st.queue.pop_front().map(|s| {
+                        let batch = s.batch.clone();
+                        st.inflight.insert(batch.sequence, s);
+                        batch
                     })
                 }
             };
@@ -445,9 +653,18 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
                 Ok(Some(ack)) => {
                     let mut st = shared.lock();
                     let rest = st.inflight.split_off(&(ack.sequence.saturating_add(1)));
-                    let released = std::mem::replace(&mut st.inflight, rest).len();
+                    let released = std::mem::replace(&mut st.inflight, rest);
+                    st.recount();
+                    if let Some(spool) = st.spool.as_mut()
+                        && let Err(e) = spool.ack(ack.sequence)
+                    {
+                        tracing::error!(error = %e, "spool: cannot record an ack (its batches may be sent again)");
+                    }
                     let empty = st.inflight.is_empty();
                     drop(st);
+                    let released_n = released.len();
+                    delete_audit_files(released.into_values());
+                    let released = released_n;
                     if released > 0 {
                         *acked_any = true;
                         shared.counters.acked.fetch_add(released as u64, Relaxed);
@@ -483,9 +700,19 @@ fn refuses_batch(status: &tonic::Status) -> bool {
 /// refuses, so that batch is the oldest unacked one. Dropping it (counted)
 /// keeps one bad batch from blocking every later one.
 fn drop_refused_batch(shared: &Shared, status: &tonic::Status) {
-    let Some((sequence, batch)) = shared.lock().inflight.pop_first() else {
+    let mut st = shared.lock();
+    let Some((sequence, sealed)) = st.inflight.pop_first() else {
         return;
     };
+    st.recount();
+    // Everything older is acked: the spool may let it go too.
+    if let Some(spool) = st.spool.as_mut()
+        && let Err(e) = spool.ack(sequence)
+    {
+        tracing::error!(error = %e, "spool: cannot record a refused batch");
+    }
+    drop(st);
+    let batch = sealed.batch;
     shared.counters.refused.fetch_add(1, Relaxed);
     shared.count_dropped(1, u64::from(batch.event_count));
     tracing::error!(

@@ -99,13 +99,14 @@ impl Lab {
         let dir = tempfile::tempdir()?;
         // The TLS files appear in dir/tls once the collector issued them.
         let config = format!(
-            "[host]\nid = \"{HOST_ID}\"\n{}[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            "[host]\nid = \"{HOST_ID}\"\n{}[batching]\nmax_delay_ms = 100\n[isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\n[spool]\ndir = \"{}\"\n",
             tests::collector_section(
                 &format!("https://{B_ADDR}:{COLLECTOR_PORT}"),
                 &dir.path().join("tls")
             ),
             bpffs.path.join("iso").display(),
-            dir.path().join("state").display()
+            dir.path().join("state").display(),
+            dir.path().join("spool").display()
         );
         std::fs::write(dir.path().join("sensor.toml"), config)?;
         let (server, _) = block_on(Process::start(

@@ -56,6 +56,7 @@ mod common;
 mod files;
 mod isolation;
 mod net;
+mod spool;
 mod store;
 
 #[derive(clap::Args)]
@@ -122,6 +123,13 @@ pub struct Options {
     /// Sensor streams at once in the store's multi-stream ingest round.
     #[arg(long, default_value_t = 4)]
     store_streams: usize,
+    /// Rounds per side of the spool's fsync cost comparison.
+    #[arg(long, default_value_t = 5)]
+    spool_rounds: usize,
+    /// Run only the disk spool part (replaces its section of
+    /// docs/bench.md).
+    #[arg(long)]
+    only_spool: bool,
 }
 
 /// Set in the release re-run of the bench, so it does not re-run again.
@@ -158,6 +166,13 @@ pub fn bench(opts: &Options) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let _rt = rt.enter();
     let path = workspace_root().join("docs/bench.md");
+    if opts.only_spool {
+        let section = spool::run(opts.spool_rounds, opts.execs)?.render();
+        println!("\n{section}");
+        common::write_section(&path, spool::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
+    }
     if opts.only_isolation {
         let section = isolation::run(opts.isolation_rounds)?.render();
         println!("\n{section}");
@@ -319,12 +334,14 @@ pub fn bench(opts: &Options) -> Result<()> {
     )?;
     // 8. The collector's store (the release collector, built above).
     let store = store::run(opts.store_streams)?;
+    let spool = spool::run(opts.spool_rounds, opts.execs)?;
     let table = format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}",
         report.render(opts),
         isolation.render(),
         channel.render(),
-        store.render()
+        store.render(),
+        spool.render()
     );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
