@@ -347,6 +347,10 @@ impl<'a> Soc<'a> {
                 "--collector",
             ])
             .arg(&self.collector.addr)
+            .arg("--ca")
+            .arg(self.collector.ca_file())
+            .arg("--token-file")
+            .arg(&self.token_file)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;

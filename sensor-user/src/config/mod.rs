@@ -631,7 +631,12 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_values() {
         let c = Config::default();
-        assert_eq!(c.collector.endpoint, "http://127.0.0.1:50051");
+        assert_eq!(c.collector.endpoint, "https://127.0.0.1:50051");
+        assert!(!c.collector.insecure_plaintext);
+        assert_eq!(
+            c.collector.cert_file,
+            Path::new("/etc/rxsentry/tls/sensor.pem")
+        );
         assert_eq!(c.batching.max_events, 256);
         assert_eq!(c.batching.max_delay_ms, 500);
         assert_eq!(c.batching.zstd_level, 3);
@@ -711,6 +716,19 @@ mod tests {
                 "collector.endpoint",
             ),
             ("[collector]\nendpoint = \"http://\"", "collector.endpoint"),
+            // Plaintext: only asked for, and only on loopback.
+            (
+                "[collector]\nendpoint = \"http://127.0.0.1:50051\"",
+                "collector.endpoint",
+            ),
+            (
+                "[collector]\nendpoint = \"http://10.0.0.1:50051\"\ninsecure_plaintext = true",
+                "collector.insecure_plaintext",
+            ),
+            (
+                "[collector]\nendpoint = \"https://127.0.0.1:1\"\ninsecure_plaintext = true",
+                "collector.insecure_plaintext",
+            ),
             (
                 "[collector]\nconnect_timeout_ms = 0",
                 "collector.connect_timeout_ms",
