@@ -153,6 +153,8 @@ fn process_names_of(event: &Event) -> impl Iterator<Item = Candidate<'_>> {
             n.process.as_ref(),
             n.process.as_ref().map(|p| p.exe.as_str()),
         ),
+        // The matched event's process: `--process bash` finds its alerts.
+        Some(event::Kind::Alert(a)) => (a.process.as_ref(), None),
         Some(event::Kind::Isolation(_)) | None => (None, None),
     };
     let comm = process
@@ -176,6 +178,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::File(_)) => EventKind::File,
         Some(event::Kind::Network(_)) => EventKind::Network,
         Some(event::Kind::Isolation(_)) => EventKind::Isolation,
+        Some(event::Kind::Alert(_)) => EventKind::Alert,
         None => EventKind::Unspecified,
     }
 }
