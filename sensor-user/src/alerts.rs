@@ -135,6 +135,8 @@ struct Users {
     names: HashMap<u32, String>,
     read_at: Option<Instant>,
     passwd: &'static str,
+    /// An unknown uid, as its number.
+    number: String,
 }
 
 const PASSWD_REREAD: Duration = Duration::from_secs(30);
@@ -145,6 +147,7 @@ impl Users {
             names: HashMap::new(),
             read_at: None,
             passwd,
+            number: String::new(),
         }
     }
 
@@ -164,8 +167,14 @@ impl Users {
                 }
             }
         }
-        // An unknown uid is matched as its number.
-        self.names.entry(uid).or_insert_with(|| uid.to_string())
+        match self.names.get(&uid) {
+            Some(name) => name,
+            // An unknown uid is matched as its number.
+            None => {
+                self.number = uid.to_string();
+                &self.number
+            }
+        }
     }
 }
 

@@ -280,3 +280,23 @@ pub fn sha256_of(path: &Path) -> Result<String> {
         .map(str::to_owned)
         .context("sha256sum printed nothing")
 }
+
+/// Replaces (or appends) the section under `heading` (up to the next
+/// `## `) of `path` with `section`.
+pub fn write_section(path: &Path, heading: &str, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let kept = match old.find(heading) {
+        Some(at) => {
+            let rest = &old[at + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |e| at + heading.len() + e + 1);
+            format!("{}{}", &old[..at], &old[end..])
+        }
+        None => old,
+    };
+    let mut text = kept.trim_end().to_owned();
+    text.push_str("\n\n");
+    text.push_str(section);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

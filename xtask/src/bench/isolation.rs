@@ -463,19 +463,5 @@ impl IsolationReport {
 
 /// Replaces (or appends) the isolation section of `path`.
 pub fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let kept = match old.find(HEADING) {
-        Some(at) => {
-            let rest = &old[at + HEADING.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(old.len(), |e| at + HEADING.len() + e + 1);
-            format!("{}{}", &old[..at], &old[end..])
-        }
-        None => old,
-    };
-    let mut text = kept.trim_end().to_owned();
-    text.push_str("\n\n");
-    text.push_str(section);
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    super::common::write_section(path, HEADING, section)
 }

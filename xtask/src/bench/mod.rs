@@ -46,6 +46,7 @@ use common::{
 };
 
 mod common;
+mod detection;
 mod files;
 mod isolation;
 mod net;
@@ -94,16 +95,30 @@ pub struct Options {
     /// docs/bench.md).
     #[arg(long)]
     only_isolation: bool,
+    /// Rounds of the Sigma engine bench (each set per round).
+    #[arg(long, default_value_t = 7)]
+    detection_rounds: usize,
+    /// Run only the Sigma engine bench (replaces its section of
+    /// docs/bench.md; nothing is built or started).
+    #[arg(long)]
+    only_detection: bool,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
+    let path = workspace_root().join("docs/bench.md");
+    if opts.only_detection {
+        let section = detection::run(opts.detection_rounds)?.render();
+        println!("\n{section}");
+        common::write_section(&path, detection::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
+    }
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
     }
     // For the harness's processes (`common::block_on`) and the collector.
     let rt = tokio::runtime::Runtime::new()?;
     let _rt = rt.enter();
-    let path = workspace_root().join("docs/bench.md");
     if opts.only_isolation {
         let section = isolation::run(opts.isolation_rounds)?.render();
         println!("\n{section}");
@@ -239,7 +254,13 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     // 7. Network isolation: programs attached (not isolated) vs none.
     let isolation = isolation::run(opts.isolation_rounds)?;
-    let table = format!("{}\n{}", report.render(opts), isolation.render());
+    let detection = detection::run(opts.detection_rounds)?;
+    let table = format!(
+        "{}\n{}\n{}",
+        report.render(opts),
+        isolation.render(),
+        detection.render()
+    );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
