@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub use field::{Category, CommandLine, EventRef, Field};
 pub use rule::{Placeholders, Refusal, RefusalKind, Rule};
 
-use matcher::Value;
+use matcher::{Prefilter, Value, ValueMatcher};
 
 /// The product's default pack (Sigma, `detect/rules/`), built in.
 pub const DEFAULT_PACK: &[(&str, &str)] = &[
@@ -159,15 +159,73 @@ impl Loader {
     }
 
     /// The loaded rules and the refused files.
-    pub fn finish(self) -> (RuleSet, Vec<Refusal>) {
+    pub fn finish(mut self) -> (RuleSet, Vec<Refusal>) {
+        let prefilters = number_needles(&mut self.rules);
         let mut by_category: [Vec<Rule>; 5] = Default::default();
         let mut len = 0;
         for r in self.rules {
             len += 1;
             by_category[r.category.index()].push(r);
         }
-        (RuleSet { by_category, len }, self.refused)
+        let set = RuleSet {
+            by_category,
+            len,
+            prefilters,
+        };
+        (set, self.refused)
     }
+}
+
+/// Gives every case-insensitive text needle its id in its field's
+/// prefilter, and builds the prefilters.
+fn number_needles(rules: &mut [Rule]) -> [Option<Prefilter>; Field::COUNT] {
+    let mut needles: [Vec<String>; Field::COUNT] = Default::default();
+    let mut ids: [std::collections::HashMap<String, usize>; Field::COUNT] = Default::default();
+    let matchers = rules
+        .iter_mut()
+        .flat_map(|r| r.items.iter_mut())
+        .flat_map(|i| i.groups.iter_mut())
+        .flatten();
+    for m in matchers {
+        let f = m.field.index();
+        for v in &mut m.values {
+            if let ValueMatcher::Text {
+                needle,
+                cased: false,
+                id,
+                ..
+            } = v
+                && !needle.is_empty()
+            {
+                let next = needles[f].len();
+                let got = *ids[f].entry(needle.clone()).or_insert(next);
+                if got == next {
+                    needles[f].push(needle.clone());
+                }
+                *id = Some(got);
+            }
+        }
+    }
+    let prefilters = needles.map(|n| Prefilter::new(&n));
+    // Without its automaton a field's needles are searched one by one.
+    for r in rules.iter_mut() {
+        for m in r
+            .items
+            .iter_mut()
+            .flat_map(|i| i.groups.iter_mut())
+            .flatten()
+        {
+            if prefilters[m.field.index()].is_none() {
+                for v in &mut m.values {
+                    if let ValueMatcher::Text { id, .. } = v {
+                        *id = None;
+                    }
+                }
+            }
+            m.collect_needle_bits();
+        }
+    }
+    prefilters
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -188,6 +246,8 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 pub struct RuleSet {
     by_category: [Vec<Rule>; 5],
     len: usize,
+    /// Per field: all its rules' text needles, found in one pass.
+    prefilters: [Option<Prefilter>; Field::COUNT],
 }
 
 impl RuleSet {
@@ -218,9 +278,10 @@ impl RuleSet {
         for rule in rules {
             let hit = rule.condition.eval(&mut |i| {
                 rule.items[i].groups.iter().any(|group| {
-                    group
-                        .iter()
-                        .all(|m| m.matches(scratch.value(event, m.field).as_ref()))
+                    group.iter().all(|m| {
+                        let prefilter = self.prefilters[m.field.index()].as_ref();
+                        m.matches(scratch.value(event, m.field, prefilter).as_ref())
+                    })
                 })
             });
             if hit {
@@ -237,6 +298,8 @@ impl RuleSet {
 pub struct Scratch {
     raw: [String; Field::COUNT],
     lower: [String; Field::COUNT],
+    /// The prefilter needles found in each field.
+    present: [Vec<u64>; Field::COUNT],
     /// 0 not read yet, 1 present, 2 absent.
     state: [u8; Field::COUNT],
 }
@@ -246,6 +309,7 @@ impl Default for Scratch {
         Self {
             raw: Default::default(),
             lower: Default::default(),
+            present: Default::default(),
             state: [0; Field::COUNT],
         }
     }
@@ -256,7 +320,12 @@ impl Scratch {
         self.state = [0; Field::COUNT];
     }
 
-    fn value(&mut self, event: &EventRef<'_>, field: Field) -> Option<Value<'_>> {
+    fn value(
+        &mut self,
+        event: &EventRef<'_>,
+        field: Field,
+        prefilter: Option<&Prefilter>,
+    ) -> Option<Value<'_>> {
         let i = field.index();
         if self.state[i] == 0 {
             let present = event.write(field, &mut self.raw[i]);
@@ -270,11 +339,16 @@ impl Scratch {
                 } else {
                     lower.extend(self.raw[i].chars().flat_map(char::to_lowercase));
                 }
+                match prefilter {
+                    Some(p) => p.scan(lower, &mut self.present[i]),
+                    None => self.present[i].clear(),
+                }
             }
         }
         (self.state[i] == 1).then(|| Value {
             raw: &self.raw[i],
             lower: &self.lower[i],
+            present: &self.present[i],
         })
     }
 }

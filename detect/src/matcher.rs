@@ -25,6 +25,9 @@ pub(crate) enum ValueMatcher {
         anchor: Anchor,
         needle: String,
         cased: bool,
+        /// Its index in the field's [`Prefilter`] (set when the rule set is
+        /// built; None: cased or empty, checked directly).
+        id: Option<usize>,
     },
     /// A value with `*` / `?` wildcards, or a `re` value.
     Regex(Regex),
@@ -85,6 +88,54 @@ impl Cidr {
 pub(crate) struct Value<'v> {
     pub raw: &'v str,
     pub lower: &'v str,
+    /// Bit `id` set: prefilter needle `id` occurs in `lower` (empty when
+    /// the field has no prefilter).
+    pub present: &'v [u64],
+}
+
+/// One pass over a field finds every case-insensitive text needle of every
+/// rule that occurs in it (Aho-Corasick): a needle that does not occur
+/// fails its exact, prefix, suffix or contains test without a search of its
+/// own, so a long command line is scanned once, not once per needle.
+#[derive(Debug)]
+pub(crate) struct Prefilter {
+    automaton: aho_corasick::AhoCorasick,
+    words: usize,
+}
+
+impl Prefilter {
+    /// None when there are no needles (or the automaton cannot be built:
+    /// the matchers then search on their own, as without a prefilter).
+    pub(crate) fn new(needles: &[String]) -> Option<Self> {
+        if needles.is_empty() {
+            return None;
+        }
+        // A DFA: a few hundred needles, built once per load; the fastest scan.
+        let automaton = aho_corasick::AhoCorasick::builder()
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(needles)
+            .ok()?;
+        Some(Self {
+            automaton,
+            words: needles.len().div_ceil(64),
+        })
+    }
+
+    /// Sets in `present` (resized) the bits of the needles in `lower`.
+    pub(crate) fn scan(&self, lower: &str, present: &mut Vec<u64>) {
+        present.clear();
+        present.resize(self.words, 0);
+        for m in self.automaton.find_overlapping_iter(lower) {
+            let id = m.pattern().as_usize();
+            present[id / 64] |= 1 << (id % 64);
+        }
+    }
+}
+
+fn has(present: &[u64], id: usize) -> bool {
+    present
+        .get(id / 64)
+        .is_some_and(|w| w & (1 << (id % 64)) != 0)
 }
 
 impl ValueMatcher {
@@ -97,8 +148,17 @@ impl ValueMatcher {
                 anchor,
                 needle,
                 cased,
+                id,
             } => value.is_some_and(|v| {
                 let hay = if *cased { v.raw } else { v.lower };
+                if let Some(id) = id {
+                    if !has(v.present, *id) {
+                        return false;
+                    }
+                    if *anchor == Anchor::Contains {
+                        return true;
+                    }
+                }
                 match anchor {
                     Anchor::Exact => hay == needle,
                     Anchor::Prefix => hay.starts_with(needle.as_str()),
@@ -119,10 +179,41 @@ pub(crate) struct FieldMatcher {
     pub values: Vec<ValueMatcher>,
     /// `all`: every value must match (else any one).
     pub all: bool,
+    /// When every value is a prefiltered needle: their bits, by word. Then
+    /// one AND per word rejects the item without looking at each value.
+    pub needle_bits: Option<Vec<(usize, u64)>>,
 }
 
 impl FieldMatcher {
+    /// Sets [`Self::needle_bits`] if every value has a prefilter id.
+    pub(crate) fn collect_needle_bits(&mut self) {
+        let mut bits: Vec<(usize, u64)> = Vec::new();
+        for v in &self.values {
+            let ValueMatcher::Text { id: Some(id), .. } = v else {
+                self.needle_bits = None;
+                return;
+            };
+            let (word, bit) = (id / 64, 1u64 << (id % 64));
+            match bits.iter_mut().find(|(w, _)| *w == word) {
+                Some((_, mask)) => *mask |= bit,
+                None => bits.push((word, bit)),
+            }
+        }
+        self.needle_bits = Some(bits);
+    }
+
     pub(crate) fn matches(&self, value: Option<&Value<'_>>) -> bool {
+        if let (Some(bits), Some(v)) = (&self.needle_bits, value) {
+            let word = |w: usize| v.present.get(w).copied().unwrap_or(0);
+            let possible = if self.all {
+                bits.iter().all(|&(w, mask)| word(w) & mask == mask)
+            } else {
+                bits.iter().any(|&(w, mask)| word(w) & mask != 0)
+            };
+            if !possible {
+                return false;
+            }
+        }
         if self.all {
             self.values.iter().all(|m| m.matches(value))
         } else {
@@ -235,6 +326,7 @@ impl Modifiers {
                 anchor,
                 needle: if self.cased { lit } else { lit.to_lowercase() },
                 cased: self.cased,
+                id: None,
             }),
             Pattern::Wild(body) => {
                 let (pre, post) = match anchor {
@@ -342,6 +434,7 @@ mod tests {
         let v = Value {
             raw: field,
             lower: &lower,
+            present: &[],
         };
         ms.iter().any(|m| m.matches(Some(&v)))
     }
@@ -410,11 +503,16 @@ mod tests {
         let m = Modifiers::parse(std::iter::empty()).expect("none");
         let null = m.compile(&Scalar::Null).expect("null");
         assert!(null[0].matches(None));
-        let v = Value { raw: "", lower: "" };
+        let v = Value {
+            raw: "",
+            lower: "",
+            present: &[],
+        };
         assert!(null[0].matches(Some(&v)));
         let v = Value {
             raw: "x",
             lower: "x",
+            present: &[],
         };
         assert!(!null[0].matches(Some(&v)));
         let ex = one("exists", "true");

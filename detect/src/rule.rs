@@ -331,6 +331,7 @@ fn group(
             field,
             values,
             all: modifiers.all,
+            needle_bits: None,
         });
     }
     Ok(out)
