@@ -64,6 +64,8 @@ pub enum KindArg {
     Network,
     /// Network isolation changes (audit).
     Isolation,
+    /// Detection rule matches (docs/detection.md).
+    Alert,
 }
 
 impl From<KindArg> for EventKind {
@@ -76,6 +78,7 @@ impl From<KindArg> for EventKind {
             KindArg::File => EventKind::File,
             KindArg::Network => EventKind::Network,
             KindArg::Isolation => EventKind::Isolation,
+            KindArg::Alert => EventKind::Alert,
         }
     }
 }

@@ -15,7 +15,8 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
+    alerts::{self, RuleStore, RulesError},
+    config::{Config, DetectionConfig},
     control,
     detect::Detector,
     hooks::{self, HookConfig, HookError, KernelDrops, ProcessHooks},
@@ -62,6 +63,8 @@ pub enum DaemonError {
     Repeats(#[source] RepeatsError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("detection rules")]
+    Rules(#[source] RulesError),
     #[error("network isolation")]
     Isolation(#[source] IsolationError),
     #[error("ring buffer reader")]
@@ -118,6 +121,8 @@ pub struct Daemon {
     tasks: Vec<TaskHandle<()>>,
     stop_reader: oneshot::Sender<()>,
     reader: TaskHandle<std::io::Result<()>>,
+    /// The detection rules in force and where they are read from.
+    rules: Option<(Arc<RuleStore>, DetectionConfig)>,
 }
 
 impl Daemon {
@@ -138,6 +143,15 @@ impl Daemon {
         let policy = match &config.policy.path {
             Some(path) => Some((path.clone(), policy::manager::load(path)?)),
             None => None,
+        };
+        // So does a broken detection rule file.
+        let sigma = if config.detection.enabled {
+            let loaded = alerts::load(&config.detection).map_err(DaemonError::Rules)?;
+            alerts::log_loaded(&loaded, "start");
+            Some(RuleStore::new(loaded.rules))
+        } else {
+            tracing::info!("detection rules disabled");
+            None
         };
 
         let mut hooks = ProcessHooks::load_and_attach(&HookConfig::from_config(&config))
@@ -182,7 +196,8 @@ impl Daemon {
         };
 
         let drops = Arc::new(DropTracker::new());
-        let pipeline = pipeline::spawn(&config, host.clone(), drops.clone())?;
+        let pipeline =
+            pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
         let (isolation, tasks) = start_isolation(
             &config,
             &pipeline,
@@ -219,6 +234,7 @@ impl Daemon {
             tasks,
             stop_reader,
             reader,
+            rules: sigma.map(|store| (store, config.detection.clone())),
         })
     }
 
@@ -246,6 +262,12 @@ impl Daemon {
         match &self.policy {
             Some(policy) => _ = policy.tx.send(PolicyCommand::Reload),
             None => tracing::info!("SIGHUP: no policy configured"),
+        }
+        if let Some((store, config)) = &self.rules {
+            let (store, config) = (store.clone(), config.clone());
+            // Reading and compiling files: off the signal loop. The outcome
+            // (or why the last good set stays) is logged there.
+            tokio::task::spawn_blocking(move || _ = store.reload(&config));
         }
     }
 

@@ -5,6 +5,7 @@
 //! decision maps in sync with their configuration. `clock` turns the
 //! kernel's CLOCK_BOOTTIME stamps into UTC wall time.
 
+pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod control;

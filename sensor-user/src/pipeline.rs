@@ -33,6 +33,7 @@ use tokio::{
 };
 
 use crate::{
+    alerts::{Alerter, RuleStore},
     config::Config,
     enrich::Enricher,
     events::KernelEvent,
@@ -96,6 +97,9 @@ pub struct PipelineStats {
     pub process_table_entries: u64,
     pub process_table_evictions: u64,
     pub processes_seeded: u64,
+    /// Events the detection rules looked at, and the alerts they made.
+    pub detection_events: u64,
+    pub alerts: u64,
     pub drops: DropCounters,
 }
 
@@ -134,6 +138,8 @@ struct Counters {
     table_entries: AtomicU64,
     table_evictions: AtomicU64,
     seeded: AtomicU64,
+    detection_events: AtomicU64,
+    alerts: AtomicU64,
 }
 
 // Nearly every item is an event, and `Stop` is sent once: boxing the event
@@ -225,6 +231,17 @@ pub fn spawn(
     identity: HostIdentity,
     drops: Arc<DropTracker>,
 ) -> Result<PipelineHandle, PipelineError> {
+    spawn_with_rules(config, identity, drops, None)
+}
+
+/// [`spawn`], with the detection rules of `rules` evaluated on every
+/// enriched event (see `alerts`).
+pub fn spawn_with_rules(
+    config: &Config,
+    identity: HostIdentity,
+    drops: Arc<DropTracker>,
+    rules: Option<Arc<RuleStore>>,
+) -> Result<PipelineHandle, PipelineError> {
     tokio::runtime::Handle::try_current().map_err(|_| PipelineError::NoRuntime)?;
     let spool = if config.spool.enabled {
         let spool = Spool::open(SpoolSettings::from_config(&config.spool), drops.clone())?;
@@ -254,7 +271,10 @@ pub fn spawn(
     let (event_tx, event_rx) = mpsc::channel(config.pipeline.event_queue_capacity.max(1));
     let (enriched_tx, enriched_rx) = mpsc::channel(ENRICHED_QUEUE);
     let audit = enriched_tx.clone();
-    let enricher = Enricher::new(config);
+    let mut enricher = Enricher::new(config);
+    if let Some(rules) = rules {
+        enricher = enricher.with_alerter(Alerter::new(rules));
+    }
     let thread_shared = shared.clone();
     let (done_tx, enrich_done) = oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -382,6 +402,9 @@ fn publish_stats(enricher: &Enricher, c: &Counters) {
     c.table_entries.store(t.entries as u64, Relaxed);
     c.table_evictions.store(t.evictions, Relaxed);
     c.seeded.store(t.seeded, Relaxed);
+    let a = enricher.alert_stats();
+    c.detection_events.store(a.events_evaluated, Relaxed);
+    c.alerts.store(a.alerts, Relaxed);
 }
 
 impl PipelineHandle {
@@ -426,6 +449,8 @@ impl PipelineHandle {
             process_table_entries: c.table_entries.load(Relaxed),
             process_table_evictions: c.table_evictions.load(Relaxed),
             processes_seeded: c.seeded.load(Relaxed),
+            detection_events: c.detection_events.load(Relaxed),
+            alerts: c.alerts.load(Relaxed),
             drops: self.shared.drops.snapshot(),
         }
     }

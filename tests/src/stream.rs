@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use proto::telemetry::v1::{
-    ExecEvent, ExitEvent, FileEvent, ForkEvent, HostEvent, HostRecord, SubscribeRequest,
-    SubscribeResponse, event, subscribe_response::Item,
+    AlertEvent, ExecEvent, ExitEvent, FileEvent, ForkEvent, HostEvent, HostRecord,
+    SubscribeRequest, SubscribeResponse, event, subscribe_response::Item,
     telemetry_subscribe_client::TelemetrySubscribeClient,
 };
 use tokio::sync::mpsc;
@@ -122,6 +122,14 @@ impl Subscription {
             .iter()
             .filter_map(|e| pick(e.event.as_ref()?.kind.as_ref()?))
             .collect()
+    }
+
+    /// Alerts about `subject` (an executed file, a path, an address:port).
+    pub fn alerts_on(&self, subject: &str) -> Vec<&AlertEvent> {
+        self.pick(|k| match k {
+            event::Kind::Alert(a) if a.matched_subject == subject => Some(a),
+            _ => None,
+        })
     }
 
     /// Exec events whose argv contains `marker`.

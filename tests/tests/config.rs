@@ -79,3 +79,18 @@ async fn a_scope_that_is_not_a_cgroup_is_refused_by_key() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// A broken Sigma rule file in a rule directory stops start-up, naming the
+/// file and what is wrong (a SIGHUP would keep the last good set instead).
+#[tokio::test]
+async fn a_broken_detection_rule_stops_start_up_naming_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("broken-rule.yml"),
+        "title: t\nlogsource: {product: linux, category: process_creation}\n\
+         detection:\n  selection:\n    Image: /x\n  condition: selection and filter\n",
+    )?;
+    let config = format!("[detection]\nrule_dirs = [\"{}\"]\n", dir.path().display());
+    refused(&config, "broken-rule.yml").await?;
+    refused(&config, "condition names `filter`").await
+}

@@ -8,7 +8,7 @@ use proto::telemetry::v1::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{file_operation, kind_and_process, time};
+use super::{file_operation, kind_and_process, matched_kind, time};
 
 pub fn render(response: &SubscribeResponse) -> Value {
     match &response.item {
@@ -194,6 +194,17 @@ fn event_json(e: &HostEvent) -> Value {
             "interfaces": i.interfaces,
             "error": i.error,
         }),
+        Some(event::Kind::Alert(a)) => json!({
+            "rule_id": a.rule_id,
+            "rule_title": a.rule_title,
+            "level": a.level,
+            "rule_author": a.rule_author,
+            "rule_source": a.rule_source,
+            "tags": a.tags,
+            "attack_ids": a.attack_ids,
+            "matched_kind": matched_kind(a),
+            "matched_subject": a.matched_subject,
+        }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };
     if let Value::Object(extra) = extra {
@@ -292,6 +303,19 @@ mod tests {
         assert_eq!(v["argv_truncated"], true);
         assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
         assert_eq!(v["file_inode"], Value::Null);
+    }
+
+    #[test]
+    fn alert_names_rule_author_and_attack_ids() {
+        let v = render(&fixtures::alert());
+        assert_eq!(v["kind"], "alert");
+        assert_eq!(v["rule_title"], "Execution From a World-Writable Directory");
+        assert_eq!(v["rule_author"], "rxsentry");
+        assert_eq!(v["level"], "high");
+        assert_eq!(v["attack_ids"], json!(["T1204.002"]));
+        assert_eq!(v["matched_kind"], "exec");
+        assert_eq!(v["matched_subject"], "/tmp/x");
+        assert_eq!(v["process"]["pid"], 4242);
     }
 
     #[test]

@@ -52,8 +52,20 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Policy(p)) => ("policy", p.process.as_ref()),
         Some(event::Kind::File(f)) => ("file", f.process.as_ref()),
         Some(event::Kind::Network(n)) => ("net", n.process.as_ref()),
+        Some(event::Kind::Alert(a)) => ("alert", a.process.as_ref()),
         Some(event::Kind::Isolation(_)) => ("isolation", None),
         None => ("unknown", None),
+    }
+}
+
+/// The kind of event an alert matched, named as the table names kinds.
+fn matched_kind(a: &proto::telemetry::v1::AlertEvent) -> &'static str {
+    use proto::telemetry::v1::EventKind;
+    match a.matched_kind() {
+        EventKind::Exec => "exec",
+        EventKind::File => "file",
+        EventKind::Network => "net",
+        _ => "event",
     }
 }
 
@@ -177,6 +189,25 @@ pub(crate) mod fixtures {
             _ => None,
         };
         (e, process)
+    }
+
+    /// The default pack's /tmp rule matched an exec of /tmp/x.
+    pub fn alert() -> SubscribeResponse {
+        use proto::telemetry::v1::{AlertEvent, EventKind};
+        let (mut e, process) = event_of(4242, "x");
+        e.kind = Some(event::Kind::Alert(AlertEvent {
+            process,
+            rule_id: "6f1c2b0e".into(),
+            rule_title: "Execution From a World-Writable Directory".into(),
+            level: "high".into(),
+            rule_author: "rxsentry".into(),
+            rule_source: "builtin:exec_world_writable.yml".into(),
+            tags: vec!["attack.execution".into(), "attack.t1204.002".into()],
+            attack_ids: vec!["T1204.002".into()],
+            matched_kind: EventKind::Exec as i32,
+            matched_subject: "/tmp/x".into(),
+        }));
+        wrap(3_000_000_000, e)
     }
 
     pub fn network(

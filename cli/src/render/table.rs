@@ -5,12 +5,13 @@
 use std::fmt::Write;
 
 use proto::telemetry::v1::{
-    DropCounters, Event, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord, IsolationEvent,
-    NetworkEvent, PolicyEvent, SequenceRecord, SubscribeResponse, event, host_record, host_status,
-    isolation_event, network_event, policy_event, sequence_record, subscribe_response,
+    AlertEvent, DropCounters, Event, ExecEvent, ExitEvent, FileEvent, HostEvent, HostRecord,
+    IsolationEvent, NetworkEvent, PolicyEvent, SequenceRecord, SubscribeResponse, event,
+    host_record, host_status, isolation_event, network_event, policy_event, sequence_record,
+    subscribe_response,
 };
 
-use super::{file_operation, host_id, host_name, kind_and_process, time};
+use super::{file_operation, host_id, host_name, kind_and_process, matched_kind, time};
 
 /// Hex digits of the SHA-256 shown (enough to tell files apart at a glance).
 const SHORT_HASH: usize = 12;
@@ -68,6 +69,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::File(f)) => file_details(event, f),
         Some(event::Kind::Network(n)) => network_details(n),
         Some(event::Kind::Isolation(i)) => isolation_details(i),
+        Some(event::Kind::Alert(a)) => alert_details(a),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -80,6 +82,27 @@ fn event_line(e: &HostEvent) -> String {
         &clean(process.map_or("-", |p| p.comm.as_str())),
         &details,
     )
+}
+
+/// `HIGH "title" [T1059.004] on exec /tmp/x  rule by AUTHOR (source)`.
+fn alert_details(a: &AlertEvent) -> String {
+    let mut out = format!(
+        "{} \"{}\"",
+        clean(&a.level).to_uppercase(),
+        clean(&a.rule_title)
+    );
+    if !a.attack_ids.is_empty() {
+        let _ = write!(out, " [{}]", clean(&a.attack_ids.join(",")));
+    }
+    let _ = write!(
+        out,
+        " on {} {}  rule by {} ({})",
+        matched_kind(a),
+        clean(&a.matched_subject),
+        clean(&a.rule_author),
+        clean(&a.rule_source)
+    );
+    out
 }
 
 fn file_details(event: &Event, f: &FileEvent) -> String {
@@ -374,6 +397,18 @@ mod tests {
             line,
             "2026-12-04T15:25:45.678Z kiosk-42       exec         4242       1   1000 curl             \
              /usr/bin/curl  [curl -s http://x]  sha256:0123456789ab"
+        );
+    }
+
+    #[test]
+    fn alert_shows_level_title_attack_ids_subject_and_author() {
+        let line = render(&fixtures::alert());
+        assert!(
+            line.ends_with(
+                "alert        4242       1   1000 x                HIGH \"Execution From a World-Writable Directory\" \
+                 [T1204.002] on exec /tmp/x  rule by rxsentry (builtin:exec_world_writable.yml)"
+            ),
+            "{line}"
         );
     }
 

@@ -144,6 +144,7 @@ pub fn pid_of(e: &HostEvent) -> Option<u32> {
         Kind::Policy(x) => x.process.as_ref(),
         Kind::File(x) => x.process.as_ref(),
         Kind::Network(x) => x.process.as_ref(),
+        Kind::Alert(x) => x.process.as_ref(),
         Kind::Isolation(_) => None,
     };
     process.map(|p| p.pid)

@@ -16,10 +16,12 @@ use std::{
 
 use serde::Deserialize;
 
+mod detection;
 mod isolation;
 mod network;
 mod response;
 mod spool;
+pub use detection::DetectionConfig;
 pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
 pub use response::{ResponseAction, ResponseRule, Signal};
@@ -82,6 +84,8 @@ pub struct Config {
     pub isolation: IsolationConfig,
     /// `[[response]]`: detection rules and the action each triggers.
     pub response: Vec<ResponseRule>,
+    /// `[detection]`: Sigma rules (see docs/detection.md).
+    pub detection: DetectionConfig,
 }
 
 /// `[files]`: file telemetry on watched paths, filtered in the kernel.
@@ -472,6 +476,7 @@ impl Config {
         }
         self.network.validate()?;
         self.isolation.validate()?;
+        self.detection.validate()?;
         for (i, rule) in self.response.iter().enumerate() {
             rule.validate(i)?;
             if rule.action == ResponseAction::Isolate && !self.isolation.enabled {
@@ -767,6 +772,18 @@ mod tests {
             ("[host]\nid = \"\"", "host.id"),
             ("[host]\nhostname = \"two words\"", "host.hostname"),
             ("[host.labels]\nstore = \"a\\nb\"", "host.labels.store"),
+            (
+                "[detection]\nrule_dirs = [\"/etc/rules\", \"rules\"]",
+                "detection.rule_dirs[1]",
+            ),
+            (
+                "[detection.placeholders]\npos_apps = []",
+                "detection.placeholders.pos_apps",
+            ),
+            (
+                "[detection.placeholders]\n\"pos apps\" = [\"/x\"]",
+                "detection.placeholders.pos apps",
+            ),
         ];
         for (text, key) in cases {
             let e = err(text);

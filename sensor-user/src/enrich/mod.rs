@@ -17,6 +17,7 @@ use proto::telemetry::v1::{
 };
 
 use crate::{
+    alerts::{AlertStats, Alerter, TaskIds},
     clock::{EventTime, WallClock},
     config::Config,
     events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord, TaskIdentity},
@@ -35,6 +36,8 @@ pub struct Enricher {
     process_buf: Vec<u8>,
     /// Kernel stamps -> UTC, fixed here where each event is encoded once.
     clock: WallClock,
+    /// Sigma rules on each encoded event (none: no detection).
+    alerter: Option<Alerter>,
 }
 
 impl Enricher {
@@ -52,7 +55,22 @@ impl Enricher {
             hashes: HashCache::new(config.hashing.cache_entries, config.hashing.max_file_bytes),
             process_buf: Vec::new(),
             clock,
+            alerter: None,
         }
+    }
+
+    /// Evaluates the rules of `alerter` on every event of
+    /// [`Self::enrich_into`], appending the alerts after their event.
+    pub fn with_alerter(mut self, alerter: Alerter) -> Self {
+        self.alerter = Some(alerter);
+        self
+    }
+
+    pub fn alert_stats(&self) -> AlertStats {
+        self.alerter
+            .as_ref()
+            .map(Alerter::stats)
+            .unwrap_or_default()
     }
 
     /// Reads the CLOCK_REALTIME - CLOCK_BOOTTIME offset again: the
@@ -100,10 +118,19 @@ impl Enricher {
     pub fn enrich_into(&mut self, event: KernelEvent, out: &mut EncodedEvents) {
         let mut process = std::mem::take(&mut self.process_buf);
         process.clear();
+        let task = event.task();
+        let ids = TaskIds {
+            pid: task.tgid,
+            ppid: task.ppid,
+            uid: task.uid,
+        };
         let (time, kind, ()) = self.enrich_with(event, |table, task| {
             table.encode_description(task, &mut process)
         });
         out.push_with_process(time, &kind, &process);
+        if let Some(alerter) = &mut self.alerter {
+            alerter.on_event(time, &kind, ids, &self.table, &process, out);
+        }
         self.process_buf = process;
     }
 
@@ -182,6 +209,7 @@ fn process_slot(kind: &mut Kind) -> Option<&mut Option<Process>> {
         Kind::File(e) => Some(&mut e.process),
         Kind::Policy(e) => Some(&mut e.process),
         Kind::Network(e) => Some(&mut e.process),
+        Kind::Alert(e) => Some(&mut e.process),
         Kind::Isolation(_) => None,
     }
 }

@@ -37,6 +37,10 @@ pub struct ProcessEntry {
     pub comm: String,
     /// Path of the current program, "" if unknown.
     pub exe: String,
+    /// Its argv joined with spaces (Sigma's CommandLine), "" if unknown:
+    /// kept for the detection rules' ParentCommandLine and for the
+    /// CommandLine of a process's file and network events.
+    pub cmdline: String,
     /// CLOCK_BOOTTIME ns, 0 if unknown.
     pub start_ns: u64,
     /// How far the true start may be from `start_ns` (0 = exact).
@@ -195,11 +199,15 @@ impl ProcessTable {
             let exe = std::fs::read_link(dir.join("exe"))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let cmdline = std::fs::read(dir.join("cmdline"))
+                .map(|raw| cmdline_from_proc(&raw))
+                .unwrap_or_default();
             self.insert(ProcessEntry {
                 tgid,
                 ppid: stat.ppid,
                 comm: stat.comm,
                 exe,
+                cmdline,
                 start_ns: stat.start_ticks.saturating_mul(tick_ns),
                 start_slack_ns: tick_ns,
                 generation: 0,
@@ -217,18 +225,19 @@ impl ProcessTable {
     /// A new process: it runs its parent's program until it execs.
     pub fn on_fork(&mut self, fork: &ForkRecord) {
         let task = &fork.task;
-        let exe = self
+        let program = self
             .entries
             .get(&task.ppid)
             .filter(|p| p.not_newer_than(task.start_boottime_ns))
-            .map(|p| p.exe.clone())
+            .map(|p| (p.exe.clone(), p.cmdline.clone()))
             .unwrap_or_default();
-        self.upsert(task, Some(exe));
+        self.upsert(task, Some(program));
     }
 
-    /// The process now runs `exec.filename`.
+    /// The process now runs `exec.filename` with `exec.argv`.
     pub fn on_exec(&mut self, exec: &ExecRecord) {
-        self.upsert(&exec.task, Some(exec.filename.clone()));
+        let cmdline = exec.argv.join(" ");
+        self.upsert(&exec.task, Some((exec.filename.clone(), cmdline)));
     }
 
     /// Removes the process and says how long it lived.
@@ -390,8 +399,9 @@ impl ProcessTable {
         }
     }
 
-    /// Adds or refreshes the process of `task`; `exe` None keeps the old one.
-    fn upsert(&mut self, task: &TaskIdentity, exe: Option<String>) {
+    /// Adds or refreshes the process of `task`; `program` (exe, cmdline)
+    /// None keeps the old one.
+    fn upsert(&mut self, task: &TaskIdentity, program: Option<(String, String)>) {
         self.epoch += 1;
         if let Some(e) = self.entries.get_mut(&task.tgid)
             && !e.exited
@@ -403,8 +413,9 @@ impl ProcessTable {
                 e.comm.push_str(&task.comm);
                 e.label.clear();
             }
-            if let Some(exe) = exe {
+            if let Some((exe, cmdline)) = program {
                 e.exe = exe;
+                e.cmdline = cmdline;
             }
             if task.start_boottime_ns != 0 {
                 e.start_ns = task.start_boottime_ns;
@@ -413,11 +424,13 @@ impl ProcessTable {
             e.referenced = true;
             return;
         }
+        let (exe, cmdline) = program.unwrap_or_default();
         self.insert(ProcessEntry {
             tgid: task.tgid,
             ppid: task.ppid,
             comm: task.comm.to_string(),
-            exe: exe.unwrap_or_default(),
+            exe,
+            cmdline,
             start_ns: task.start_boottime_ns,
             start_slack_ns: 0,
             generation: 0,
@@ -513,6 +526,13 @@ fn encode_ids(task: &TaskIdentity, out: &mut Vec<u8>) {
 }
 
 /// The fields of /proc/<pid>/stat the table needs.
+/// /proc/PID/cmdline (NUL-separated, NUL-terminated) as argv joined with
+/// spaces.
+fn cmdline_from_proc(raw: &[u8]) -> String {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    String::from_utf8_lossy(raw).replace('\0', " ")
+}
+
 #[derive(Debug, PartialEq, Eq)]
 struct ProcStat {
     comm: String,

@@ -98,6 +98,7 @@ impl EncodedEvents {
             Kind::File(m) => self.push_spliced(time, 13, m, process),
             Kind::Network(m) => self.push_spliced(time, 14, m, process),
             Kind::Policy(m) => self.push_spliced(time, 15, m, process),
+            Kind::Alert(m) => self.push_spliced(time, 16, m, process),
             Kind::Isolation(_) => {
                 let event = Event {
                     timestamp_ns: time.timestamp_ns,
@@ -569,7 +570,7 @@ mod tests {
     #[test]
     fn spliced_process_encodes_like_prost() {
         use proto::telemetry::v1::{
-            ExecEvent, ExitEvent, FileEvent, IsolationEvent, NetworkEvent, PolicyEvent,
+            AlertEvent, ExecEvent, ExitEvent, FileEvent, IsolationEvent, NetworkEvent, PolicyEvent,
         };
         let process = Process {
             pid: 300,
@@ -611,6 +612,12 @@ mod tests {
                 rule: "r".into(),
                 ..Default::default()
             }),
+            Kind::Alert(AlertEvent {
+                rule_title: "Execution From a World-Writable Directory".into(),
+                attack_ids: vec!["T1204.002".into()],
+                matched_subject: "/tmp/evil".into(),
+                ..Default::default()
+            }),
         ];
         let times = [
             (EventTime::default(), Process::default()),
@@ -641,6 +648,7 @@ mod tests {
                     Kind::File(e) => e.process = Some(process.clone()),
                     Kind::Network(e) => e.process = Some(process.clone()),
                     Kind::Policy(e) => e.process = Some(process.clone()),
+                    Kind::Alert(e) => e.process = Some(process.clone()),
                     Kind::Isolation(_) => unreachable!(),
                 }
                 let want = Event {

@@ -53,6 +53,7 @@ use common::{
 
 mod channel;
 mod common;
+mod detection;
 mod files;
 mod isolation;
 mod net;
@@ -130,6 +131,13 @@ pub struct Options {
     /// docs/bench.md).
     #[arg(long)]
     only_spool: bool,
+    /// Rounds of the Sigma engine bench (each set per round).
+    #[arg(long, default_value_t = 7)]
+    detection_rounds: usize,
+    /// Run only the Sigma engine bench (replaces its section of
+    /// docs/bench.md; nothing is built or started).
+    #[arg(long)]
+    only_detection: bool,
 }
 
 /// Set in the release re-run of the bench, so it does not re-run again.
@@ -159,13 +167,20 @@ pub fn bench(opts: &Options) -> Result<()> {
         println!("written to {}", path.display());
         return Ok(());
     }
+    let path = workspace_root().join("docs/bench.md");
+    if opts.only_detection {
+        let section = detection::run(opts.detection_rounds)?.render();
+        println!("\n{section}");
+        common::write_section(&path, detection::HEADING, &section)?;
+        println!("written to {}", path.display());
+        return Ok(());
+    }
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
     }
     // For the harness's processes (`common::block_on`) and the collector.
     let rt = tokio::runtime::Runtime::new()?;
     let _rt = rt.enter();
-    let path = workspace_root().join("docs/bench.md");
     if opts.only_spool {
         let section = spool::run(opts.spool_rounds, opts.execs)?.render();
         println!("\n{section}");
@@ -335,13 +350,15 @@ pub fn bench(opts: &Options) -> Result<()> {
     // 8. The collector's store (the release collector, built above).
     let store = store::run(opts.store_streams)?;
     let spool = spool::run(opts.spool_rounds, opts.execs)?;
+    let detection = detection::run(opts.detection_rounds)?;
     let table = format!(
-        "{}\n{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}\n{}",
         report.render(opts),
         isolation.render(),
         channel.render(),
         store.render(),
-        spool.render()
+        spool.render(),
+        detection.render()
     );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;

@@ -1,0 +1,354 @@
+//! Sigma rules on the sensor's enriched events, without the kernel.
+//!
+//! Rules are parsed and compiled once, by a [`Loader`], into a [`RuleSet`]
+//! (matchers, regexes and condition trees). Each event is handed over as an
+//! [`EventRef`] borrowing from the enriched event; [`RuleSet::matches`]
+//! reads a field only when a rule of the event's category asks for it, into
+//! a reused [`Scratch`]. A rule that uses something the sensor cannot
+//! evaluate is refused at load with its file and field named
+//! ([`Refusal`]), never half-loaded. See docs/detection.md.
+
+mod condition;
+mod field;
+mod matcher;
+mod rule;
+
+use std::path::{Path, PathBuf};
+
+pub use field::{Category, CommandLine, EventRef, Field};
+pub use rule::{Placeholders, Refusal, RefusalKind, Rule};
+
+use matcher::{Prefilter, Value, ValueMatcher};
+
+/// The product's default pack (Sigma, `detect/rules/`), built in.
+pub const DEFAULT_PACK: &[(&str, &str)] = &[
+    (
+        "exec_world_writable.yml",
+        include_str!("../rules/exec_world_writable.yml"),
+    ),
+    (
+        "shell_from_pos_app.yml",
+        include_str!("../rules/shell_from_pos_app.yml"),
+    ),
+    (
+        "shell_network_connection.yml",
+        include_str!("../rules/shell_network_connection.yml"),
+    ),
+    ("read_shadow.yml", include_str!("../rules/read_shadow.yml")),
+    (
+        "read_phi_store.yml",
+        include_str!("../rules/read_phi_store.yml"),
+    ),
+    (
+        "write_rxsentry_files.yml",
+        include_str!("../rules/write_rxsentry_files.yml"),
+    ),
+    (
+        "new_listening_port.yml",
+        include_str!("../rules/new_listening_port.yml"),
+    ),
+];
+
+/// The default values of the placeholders the default pack uses
+/// (`[detection.placeholders]` in the sensor's config replaces each).
+pub fn default_placeholders() -> Placeholders {
+    let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    [
+        (
+            "pos_apps",
+            list(&["/opt/pos/bin/*", "/opt/dispensing/bin/*"]),
+        ),
+        (
+            "shadow_readers",
+            list(&[
+                "/usr/sbin/unix_chkpwd",
+                "/usr/bin/passwd",
+                "/usr/bin/chage",
+                "/usr/bin/gpasswd",
+                "/usr/bin/newgrp",
+                "/usr/bin/su",
+                "/usr/bin/sudo",
+                "/usr/bin/login",
+                "/usr/sbin/chpasswd",
+                "/usr/sbin/useradd",
+                "/usr/sbin/usermod",
+                "/usr/sbin/userdel",
+                "/usr/sbin/pwck",
+                "/usr/sbin/grpck",
+                "/usr/sbin/sshd",
+            ]),
+        ),
+        ("phi_dirs", list(&["/var/lib/pharmacy/"])),
+        (
+            "phi_readers",
+            list(&["/opt/dispensing/bin/*", "/opt/pos/bin/*"]),
+        ),
+        (
+            "listeners",
+            list(&["/usr/sbin/sshd", "/opt/pos/bin/*", "/opt/dispensing/bin/*"]),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A rule directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read rule directory {}: {source}", path.display())]
+pub struct DirError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Compiles rules from text, directories and the built-in pack.
+#[derive(Debug, Default)]
+pub struct Loader {
+    placeholders: Placeholders,
+    rules: Vec<Rule>,
+    refused: Vec<Refusal>,
+}
+
+impl Loader {
+    /// `placeholders` give the values of `|expand` `%name%` values.
+    pub fn new(placeholders: Placeholders) -> Self {
+        Self {
+            placeholders,
+            ..Self::default()
+        }
+    }
+
+    /// One rule file's text; `source` names it in refusals and alerts.
+    pub fn add(&mut self, source: &str, text: &str) {
+        match rule::compile(source, text, &self.placeholders) {
+            Ok(r) => self.rules.push(r),
+            Err(e) => self.refused.push(e),
+        }
+    }
+
+    /// The built-in [`DEFAULT_PACK`].
+    pub fn add_default_pack(&mut self) {
+        for (name, text) in DEFAULT_PACK {
+            self.add(&format!("builtin:{name}"), text);
+        }
+    }
+
+    /// Every `*.yml` / `*.yaml` under `dir` (recursively, in name order).
+    /// An unreadable file is an invalid rule; a missing directory an error.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<(), DirError> {
+        let mut files = Vec::new();
+        collect(dir, &mut files).map_err(|source| DirError {
+            path: dir.to_owned(),
+            source,
+        })?;
+        files.sort();
+        for path in files {
+            let source = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => self.add(&source, &text),
+                Err(e) => self.refused.push(Refusal {
+                    file: source,
+                    field: "(file)".into(),
+                    reason: format!("cannot read: {e}"),
+                    kind: RefusalKind::Invalid,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded rules and the refused files.
+    pub fn finish(mut self) -> (RuleSet, Vec<Refusal>) {
+        let prefilters = number_needles(&mut self.rules);
+        let mut by_category: [Vec<Rule>; 5] = Default::default();
+        let mut len = 0;
+        for r in self.rules {
+            len += 1;
+            by_category[r.category.index()].push(r);
+        }
+        let set = RuleSet {
+            by_category,
+            len,
+            prefilters,
+        };
+        (set, self.refused)
+    }
+}
+
+/// Gives every case-insensitive text needle its id in its field's
+/// prefilter, and builds the prefilters.
+fn number_needles(rules: &mut [Rule]) -> [Option<Prefilter>; Field::COUNT] {
+    let mut needles: [Vec<String>; Field::COUNT] = Default::default();
+    let mut ids: [std::collections::HashMap<String, usize>; Field::COUNT] = Default::default();
+    let matchers = rules
+        .iter_mut()
+        .flat_map(|r| r.items.iter_mut())
+        .flat_map(|i| i.groups.iter_mut())
+        .flatten();
+    for m in matchers {
+        let f = m.field.index();
+        for v in &mut m.values {
+            if let ValueMatcher::Text {
+                needle,
+                cased: false,
+                id,
+                ..
+            } = v
+                && !needle.is_empty()
+            {
+                let next = needles[f].len();
+                let got = *ids[f].entry(needle.clone()).or_insert(next);
+                if got == next {
+                    needles[f].push(needle.clone());
+                }
+                *id = Some(got);
+            }
+        }
+    }
+    let prefilters = needles.map(|n| Prefilter::new(&n));
+    // Without its automaton a field's needles are searched one by one.
+    for r in rules.iter_mut() {
+        for m in r
+            .items
+            .iter_mut()
+            .flat_map(|i| i.groups.iter_mut())
+            .flatten()
+        {
+            if prefilters[m.field.index()].is_none() {
+                for v in &mut m.values {
+                    if let ValueMatcher::Text { id, .. } = v {
+                        *id = None;
+                    }
+                }
+            }
+            m.collect_needle_bits();
+        }
+    }
+    prefilters
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Compiled rules, by logsource category.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    by_category: [Vec<Rule>; 5],
+    len: usize,
+    /// Per field: all its rules' text needles, found in one pass.
+    prefilters: [Option<Prefilter>; Field::COUNT],
+}
+
+impl RuleSet {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.by_category.iter().flatten()
+    }
+
+    /// Appends to `out` every rule that matches `event`.
+    pub fn matches<'r>(
+        &'r self,
+        event: &EventRef<'_>,
+        scratch: &mut Scratch,
+        out: &mut Vec<&'r Rule>,
+    ) {
+        let rules = &self.by_category[event.category.index()];
+        if rules.is_empty() {
+            return;
+        }
+        scratch.reset();
+        for rule in rules {
+            let hit = rule.condition.eval(&mut |i| {
+                rule.items[i].groups.iter().any(|group| {
+                    group.iter().all(|m| {
+                        let prefilter = self.prefilters[m.field.index()].as_ref();
+                        m.matches(scratch.value(event, m.field, prefilter).as_ref())
+                    })
+                })
+            });
+            if hit {
+                out.push(rule);
+            }
+        }
+    }
+}
+
+/// Per-event field values, reused from event to event (one per evaluating
+/// thread): a field is read from the event and lowercased at most once per
+/// event, and only if a rule asks for it.
+#[derive(Debug)]
+pub struct Scratch {
+    raw: [String; Field::COUNT],
+    lower: [String; Field::COUNT],
+    /// The prefilter needles found in each field.
+    present: [Vec<u64>; Field::COUNT],
+    /// 0 not read yet, 1 present, 2 absent.
+    state: [u8; Field::COUNT],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            raw: Default::default(),
+            lower: Default::default(),
+            present: Default::default(),
+            state: [0; Field::COUNT],
+        }
+    }
+}
+
+impl Scratch {
+    fn reset(&mut self) {
+        self.state = [0; Field::COUNT];
+    }
+
+    fn value(
+        &mut self,
+        event: &EventRef<'_>,
+        field: Field,
+        prefilter: Option<&Prefilter>,
+    ) -> Option<Value<'_>> {
+        let i = field.index();
+        if self.state[i] == 0 {
+            let present = event.write(field, &mut self.raw[i]);
+            self.state[i] = if present { 1 } else { 2 };
+            if present {
+                let lower = &mut self.lower[i];
+                lower.clear();
+                if self.raw[i].is_ascii() {
+                    lower.push_str(&self.raw[i]);
+                    lower.make_ascii_lowercase();
+                } else {
+                    lower.extend(self.raw[i].chars().flat_map(char::to_lowercase));
+                }
+                match prefilter {
+                    Some(p) => p.scan(lower, &mut self.present[i]),
+                    None => self.present[i].clear(),
+                }
+            }
+        }
+        (self.state[i] == 1).then(|| Value {
+            raw: &self.raw[i],
+            lower: &self.lower[i],
+            present: &self.present[i],
+        })
+    }
+}
