@@ -171,6 +171,9 @@ pub fn run(state_dir: &Path, command: PkiCommand) -> anyhow::Result<()> {
                 "operator {name:?} already exists in {}",
                 path.display()
             );
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                pki::files::private_dir(dir)?;
+            }
             let token = auth::new_token();
             pki::files::write_secret(&token_out, format!("{token}\n").as_bytes())?;
             if !text.is_empty() && !text.ends_with('\n') {

@@ -28,6 +28,7 @@ start_services() {
 	# The guest's collector is on loopback: plaintext there (no CA in the
 	# image), with a viewer token for the tests' `rxsentry tail`.
 	if [ ! -s "$RXSENTRY_TOKEN_FILE" ]; then
+		mkdir -p "$COLLECTOR_STATE"
 		rxsentry-collector --state-dir "$COLLECTOR_STATE" pki add-operator \
 			--name vm-tests --role viewer --token-out "$RXSENTRY_TOKEN_FILE" >/dev/null || return 1
 	fi
