@@ -330,24 +330,10 @@ impl Store {
         })
     }
 
-    /// Stores one valid batch; returns once it is durably committed (or
-    /// refused: then nothing of it was kept).
-    pub async fn write(
-        &self,
-        host: HostIdentity,
-        sequence: u64,
-        drops: Option<DropCounters>,
-        events: Vec<Event>,
-        received: SystemTime,
-    ) -> Result<BatchStored, StoreError> {
-        self.submit(host, sequence, drops, events, received)
-            .await?
-            .await
-    }
-
     /// Queues one valid batch for the writer (batches are written in the
     /// order they are submitted) and returns what resolves once it is
-    /// committed, so a stream can submit its next batch meanwhile.
+    /// durably committed (or refused: then nothing of it was kept), so a
+    /// stream can submit its next batch meanwhile.
     pub async fn submit(
         &self,
         host: HostIdentity,
