@@ -127,13 +127,13 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     } else {
         Format::Table
     };
-    let mut out = Output::new(Renderer::new(format));
+    let mut out = Output::buffered(Renderer::new(format));
     if out.header().is_break() || args.limit == 0 {
         return Ok(());
     }
     let mut events = 0u64;
     let limit = args.limit;
-    let (_, flow) = replay(&mut client, access, req, |item| {
+    let flow = replay(&mut client, access, req, |item| {
         out.item(item)?;
         if matches!(item.item, Some(subscribe_response::Item::Event(_))) {
             events += 1;
@@ -143,7 +143,10 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         }
         ControlFlow::Continue(())
     })
-    .await?;
+    .await;
+    // What was read is shown even when a later page failed.
+    let _ = out.finish();
+    let (_, flow) = flow?;
     if flow.is_break() && events >= limit {
         eprintln!("rxsentry: stopped at --limit {limit} events; there may be more");
     }

@@ -210,15 +210,33 @@ fn store_id(response: &SubscribeResponse) -> Option<u64> {
 /// closed pipe (`| head`) means "stop", not an error.
 pub struct Output {
     renderer: Renderer,
-    stdout: io::Stdout,
+    stdout: io::BufWriter<io::Stdout>,
+    /// Live output flushes every line; a store read only at its end (and
+    /// when the buffer fills), a write per line cost more than the rest.
+    flush_each: bool,
 }
 
 impl Output {
     pub fn new(renderer: Renderer) -> Self {
         Self {
             renderer,
-            stdout: io::stdout(),
+            stdout: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            flush_each: true,
         }
+    }
+
+    /// For a finite read: lines are written in large chunks; call
+    /// [`Output::finish`] at the end.
+    pub fn buffered(renderer: Renderer) -> Self {
+        Self {
+            flush_each: false,
+            ..Self::new(renderer)
+        }
+    }
+
+    /// Writes out what is buffered.
+    pub fn finish(&mut self) -> ControlFlow<()> {
+        Self::outcome(self.stdout.flush())
     }
 
     pub fn header(&mut self) -> ControlFlow<()> {
@@ -234,8 +252,18 @@ impl Output {
     }
 
     fn line(&mut self, line: &str) -> ControlFlow<()> {
-        let mut lock = self.stdout.lock();
-        match writeln!(lock, "{line}").and_then(|()| lock.flush()) {
+        let written = writeln!(self.stdout, "{line}").and_then(|()| {
+            if self.flush_each {
+                self.stdout.flush()
+            } else {
+                Ok(())
+            }
+        });
+        Self::outcome(written)
+    }
+
+    fn outcome(result: io::Result<()>) -> ControlFlow<()> {
+        match result {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
             Err(e) => {

@@ -330,24 +330,10 @@ impl Store {
         })
     }
 
-    /// Stores one valid batch; returns once it is durably committed (or
-    /// refused: then nothing of it was kept).
-    pub async fn write(
-        &self,
-        host: HostIdentity,
-        sequence: u64,
-        drops: Option<DropCounters>,
-        events: Vec<Event>,
-        received: SystemTime,
-    ) -> Result<BatchStored, StoreError> {
-        self.submit(host, sequence, drops, events, received)
-            .await?
-            .await
-    }
-
     /// Queues one valid batch for the writer (batches are written in the
     /// order they are submitted) and returns what resolves once it is
-    /// committed, so a stream can submit its next batch meanwhile.
+    /// durably committed (or refused: then nothing of it was kept), so a
+    /// stream can submit its next batch meanwhile.
     pub async fn submit(
         &self,
         host: HostIdentity,
@@ -449,7 +435,11 @@ fn read_page(
     if req.until_unix_ns != 0 {
         where_.push("time_ns < ?3".into());
     }
-    where_.push("(time_ns, id) > (?4, ?5)".into());
+    // After the cursor: ?2 is the larger of `since` and the cursor's time,
+    // a plain range the index seeks to (a row-value comparison made SQLite
+    // scan from the day's start at every page); the OR only sorts out the
+    // rows at exactly the cursor's time.
+    where_.push("(time_ns > ?4 OR id > ?5)".into());
     if !req.host_ids.is_empty() {
         let mut keys = Vec::new();
         let mut stmt = tx.prepare_cached("SELECT host_key FROM hosts WHERE host_id = ?1")?;
@@ -493,7 +483,7 @@ fn read_page(
         let (t0, id0) = after.unwrap_or((i64::MIN, 0));
         let mut rows = stmt.query(params![
             sql(high_water),
-            sql(req.since_unix_ns),
+            sql(req.since_unix_ns).max(t0),
             until,
             t0,
             id0

@@ -346,7 +346,7 @@ impl StoreReport {
         let _ = writeln!(t, "{HEADING}\n");
         let _ = writeln!(
             t,
-            "Release `rxsentry-collector` (SQLite, WAL, synchronous=FULL, group commit) and the load generator on the same two cores; batches of {EVENTS_PER_BATCH} events (exec, fork, exit, file open in turn), {WINDOW} in flight per stream, each acked only once committed. A stored day: {DAY_EVENTS} events of one host (10 events/s for 24 h), in a store of {} events in all; query times are medians of {QUERY_RUNS} runs over gRPC, decoding included (the client is the xtask, a debug build: most of a long read's time is its decoding).\n",
+            "Release `rxsentry-collector` (SQLite, WAL, synchronous=FULL, group commit) and the load generator on the same two cores; batches of {EVENTS_PER_BATCH} events (exec, fork, exit, file open in turn), {WINDOW} in flight per stream, each acked only once committed. A stored day: {DAY_EVENTS} events of one host (10 events/s for 24 h), in a store of {} events in all; query times are medians of {QUERY_RUNS} runs over gRPC, decoding included (the client is the xtask, a debug build).\n",
             self.stored_events
         );
         let _ = writeln!(t, "| measure | value | target | verdict |");
