@@ -30,7 +30,7 @@ pub const HEADING: &str = "## Disk spool";
 
 /// The spool's bound in the replay run: big enough to take seconds to
 /// replay, small enough to fill in under a minute of padded execs.
-const MAX_BYTES: u64 = 32 << 20;
+const MAX_BYTES: u64 = 16 << 20;
 const SEGMENT_BYTES: u64 = 1 << 20;
 
 /// What [`run`] measured.
