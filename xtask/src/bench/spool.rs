@@ -30,7 +30,7 @@ pub const HEADING: &str = "## Disk spool";
 
 /// The spool's bound in the replay run: big enough to take seconds to
 /// replay, small enough to fill in under a minute of padded execs.
-const MAX_BYTES: u64 = 32 << 20;
+const MAX_BYTES: u64 = 16 << 20;
 const SEGMENT_BYTES: u64 = 1 << 20;
 
 /// What [`run`] measured.
@@ -46,6 +46,10 @@ pub struct SpoolBench {
     /// and of the one that replayed it, after.
     pub rss_full_kib: (u64, u64),
     pub rss_replay_kib: (u64, u64),
+    /// The same padded storm with the collector up (nothing waits on disk):
+    /// what the load itself costs, spool or not.
+    pub rss_connected_kib: (u64, u64),
+    pub fill_execs: usize,
     pub storm_execs: usize,
     /// Per round: time to deliver a storm and the sensor's CPU (ticks).
     pub with_spool: Vec<(Duration, u64)>,
@@ -121,6 +125,7 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
             bail!("the spool did not fill");
         }
     }
+    out.fill_execs = stormed;
     // The last batches sealed (500 ms), then the RSS of a full spool.
     std::thread::sleep(Duration::from_secs(1));
     out.rss_full_kib = filler.rss_kib()?;
@@ -157,6 +162,13 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
         out.batches as f64 / out.replay.as_secs_f64(),
         out.events as f64 / out.replay.as_secs_f64()
     );
+
+    // The same load with the collector up, for comparison.
+    let connected = start(port, "")?;
+    storm(stormed, "bench-spool-connected", 900)?;
+    std::thread::sleep(Duration::from_secs(1));
+    out.rss_connected_kib = connected.rss_kib()?;
+    connected.stop()?;
 
     // fsync cost: spool on (default fsync = "batch") vs off, alternated.
     for round in 0..rounds {
@@ -241,11 +253,14 @@ impl SpoolBench {
         );
         let _ = writeln!(
             t,
-            "| sensor RSS with a full spool (target <= 40 MiB) | {:.1} MiB (peak {:.1}) while full; {:.1} MiB (peak {:.1}) after replaying it |",
+            "| sensor RSS with a full spool (target <= 40 MiB), after {} execs with ~900 bytes of random argv | {:.1} MiB (peak {:.1}) while full; {:.1} MiB (peak {:.1}) after replaying it; the same execs with the collector up: {:.1} MiB (peak {:.1}) |",
+            self.fill_execs,
             self.rss_full_kib.0 as f64 / 1024.0,
             self.rss_full_kib.1 as f64 / 1024.0,
             self.rss_replay_kib.0 as f64 / 1024.0,
-            self.rss_replay_kib.1 as f64 / 1024.0
+            self.rss_replay_kib.1 as f64 / 1024.0,
+            self.rss_connected_kib.0 as f64 / 1024.0,
+            self.rss_connected_kib.1 as f64 / 1024.0
         );
         let _ = writeln!(
             t,
