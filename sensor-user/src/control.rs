@@ -56,7 +56,7 @@ async fn session(
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| tonic::Status::unavailable(crate::transport::link::error_chain(&e)))?;
     let (tx, rx) = mpsc::channel(16);
     let send = |kind| SensorMessage { kind: Some(kind) };
     let current = status.borrow_and_update().clone();

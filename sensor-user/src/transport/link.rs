@@ -55,6 +55,19 @@ impl CollectorLink {
         }
     }
 
+    /// Checks the URL alone (and the loopback rule for plaintext), without
+    /// reading any file.
+    pub fn check_url(&self) -> Result<(), LinkError> {
+        Endpoint::from_shared(self.endpoint.clone()).map_err(|source| LinkError::Endpoint {
+            endpoint: self.endpoint.clone(),
+            source,
+        })?;
+        if self.tls.is_none() {
+            pki::tls::check_plaintext_url(&self.endpoint)?;
+        }
+        Ok(())
+    }
+
     /// A fresh endpoint: TLS files are read now.
     pub fn endpoint(&self) -> Result<Endpoint, LinkError> {
         let bad = |source| LinkError::Endpoint {
@@ -78,4 +91,17 @@ impl CollectorLink {
         }
         Ok(endpoint)
     }
+}
+
+/// An error and its causes on one line: tonic's "transport error" alone
+/// hides why (an unknown issuer, an expired certificate, a refused port).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -381,9 +381,9 @@ impl Uploader {
         drops: Arc<DropTracker>,
         spool: Option<Spool>,
     ) -> Result<Uploader, UploaderError> {
-        // Fail at start on a bad URL or unreadable files; they are read
-        // again at every connection.
-        settings.link.endpoint()?;
+        // A bad URL fails the start; the TLS files are read at every
+        // connection, so missing ones delay telemetry, never the sensor.
+        settings.link.check_url()?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| UploaderError::NoRuntime)?;
         let shared = Arc::new(Shared {
@@ -512,7 +512,7 @@ impl Uploader {
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
     #[error("connect failed: {0}")]
-    Connect(#[source] tonic::transport::Error),
+    Connect(String),
     #[error("{0}")]
     Link(LinkError),
     #[error("no response to Publish within the connect timeout")]
@@ -581,7 +581,7 @@ async fn session(shared: &Shared, acked_any: &mut bool) -> SessionEnd {
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return SessionEnd::Connect(e),
+        Err(e) => return SessionEnd::Connect(super::link::error_chain(&e)),
     };
     let mut client = TelemetryIngestClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel::<SensorBatch>(settings.max_inflight.max(1));
