@@ -261,8 +261,11 @@ async fn a_full_spool_drops_the_oldest_and_the_loss_reaches_the_collector() -> a
         "max_bytes = 67108864\n",
     );
     let sensor = Sensor::with_config(text).start().await?;
+    // The last spooled batch has begun to arrive, the `done` exec (after
+    // every marked one) has arrived, and so has the loss record.
     sub.until(PATIENCE, |s| {
         s.events.iter().any(|e| e.batch_sequence >= last_spooled)
+            && !s.execs_with(&done).is_empty()
             && latest_drops(s).spool_batches_dropped > 0
     })
     .await?;
