@@ -321,6 +321,14 @@ impl Collector {
         })
     }
 
+    /// SIGTERM, and the state it ran on (its CA, store, audit log), to start
+    /// a collector on it again: a collector whose plug was pulled.
+    pub async fn stop_keeping_state(self) -> anyhow::Result<CollectorState> {
+        let Self { process, state, .. } = self;
+        process.stop().await?;
+        Ok(state)
+    }
+
     /// How to reach it: TLS against its CA, with the admin token.
     pub fn url(&self) -> CollectorAccess {
         CollectorAccess {

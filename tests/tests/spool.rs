@@ -253,22 +253,35 @@ async fn a_full_spool_drops_the_oldest_and_the_loss_reaches_the_collector() -> a
     // sensor's, and the replay is watched from its first batch.
     let collector = Collector::start_on(trust, None, &format!("127.0.0.1:{port}"), &[]).await?;
     let mut sub = subscribe(&collector, &host).await?;
+    let tls = tempfile::tempdir()?;
+    collector.issue_sensor(&host, tls.path())?;
     let text = config_text(
         &host,
         port,
         spool.path(),
-        &tls_dir(collector.state_dir()),
+        tls.path(),
         "max_bytes = 67108864\n",
     );
     let sensor = Sensor::with_config(text).start().await?;
     // The last spooled batch has begun to arrive, the `done` exec (after
     // every marked one) has arrived, and so has the loss record.
-    sub.until(PATIENCE, |s| {
-        s.events.iter().any(|e| e.batch_sequence >= last_spooled)
-            && !s.execs_with(&done).is_empty()
-            && latest_drops(s).spool_batches_dropped > 0
-    })
-    .await?;
+    let arrived = sub
+        .until(PATIENCE, |s| {
+            s.events.iter().any(|e| e.batch_sequence >= last_spooled)
+                && !s.execs_with(&done).is_empty()
+                && latest_drops(s).spool_batches_dropped > 0
+        })
+        .await;
+    if let Err(e) = arrived {
+        anyhow::bail!(
+            "{e}: {} events (highest batch {:?}, last spooled {last_spooled}), done seen: {}, drops {:?}\nsensor:\n{}",
+            sub.events.len(),
+            sub.events.iter().map(|e| e.batch_sequence).max(),
+            !sub.execs_with(&done).is_empty(),
+            latest_drops(&sub),
+            sensor.log()
+        );
+    }
     let loss = latest_drops(&sub);
     assert!(
         loss.spool_batches_dropped > 0,
