@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use clap::Args;
 use proto::control::v1::{
-    HostInfo, IsolationRequest, IsolationStatus, ListHostsRequest,
+    HostInfo, IsolationRequest, IsolationStatus, ListHostsRequest, ReloadTrustRequest,
     analyst_api_client::AnalystApiClient,
 };
 use serde_json::json;
@@ -79,6 +79,23 @@ pub async fn change(args: ChangeArgs, isolate: bool) -> anyhow::Result<()> {
     if status.isolated != isolate {
         bail!("the sensor answered, but the host is not in the requested state");
     }
+    Ok(())
+}
+
+/// `rxsentry reload-trust`: the collector re-reads its operators file and
+/// deny list (admin role).
+pub async fn reload_trust(access: Access) -> anyhow::Result<()> {
+    let request = access.request(ReloadTrustRequest {})?;
+    let (url, mut api) = api(&access).await?;
+    let done = api
+        .reload_trust(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{url} refused to reload: {}", client::describe_status(&s)))?
+        .into_inner();
+    println!(
+        "reloaded by {}: {} operators, {} revoked certificates in force",
+        done.operator, done.operators, done.revoked
+    );
     Ok(())
 }
 

@@ -36,6 +36,9 @@ enum Command {
     Release(admin::ChangeArgs),
     /// Each host's isolation state, sensor health and last-seen time.
     Hosts(admin::HostsArgs),
+    /// Make the collector re-read its operators file and deny list (needs
+    /// the admin role; what SIGHUP does on the collector host).
+    ReloadTrust(client::Access),
     /// The collector's audit log of analyst actions: `verify` its hash
     /// chain, `show` its records (reads the directory, not the network).
     Audit(audit::AuditArgs),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             Command::Isolate(args) => admin::change(args, true).await,
             Command::Release(args) => admin::change(args, false).await,
             Command::Hosts(args) => admin::hosts(args).await,
+            Command::ReloadTrust(access) => admin::reload_trust(access).await,
             Command::Audit(args) => audit::run(args),
         }
     });

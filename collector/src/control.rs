@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::Stream;
 use proto::control::v1::{
     ChangeIsolation, Command, CommandResult, HostInfo, IsolationRequest, IsolationResponse,
-    IsolationStatus, ListHostsRequest, ListHostsResponse, SensorMessage, analyst_api_server,
-    command, sensor_control_server, sensor_message,
+    IsolationStatus, ListHostsRequest, ListHostsResponse, ReloadTrustRequest, ReloadTrustResponse,
+    SensorMessage, analyst_api_server, command, sensor_control_server, sensor_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -487,5 +487,56 @@ impl analyst_api_server::AnalystApi for AnalystService {
         Ok(Response::new(ListHostsResponse {
             hosts: self.hub.host_infos(&stats),
         }))
+    }
+
+    async fn reload_trust(
+        &self,
+        request: Request<ReloadTrustRequest>,
+    ) -> Result<Response<ReloadTrustResponse>, Status> {
+        let mut entry = Entry::new("reload_trust", Outcome::Requested);
+        entry.peer = request.remote_addr().map(|p| p.to_string());
+        let operator = match self
+            .trust
+            .operator(request.metadata(), Role::Admin, "reload_trust")
+        {
+            Ok(op) => op.name,
+            Err(e) => return Err(self.trail.refused(entry, e).await),
+        };
+        entry.operator = Some(operator.clone());
+        match self.trust.reload() {
+            Ok(report) => {
+                entry.outcome = Outcome::Ok;
+                entry.detail = format!(
+                    "{} operators, {} revoked serials",
+                    report.operators, report.revoked
+                );
+                self.trail.record(entry).await.map_err(|e| {
+                    Status::internal(format!(
+                        "trust reloaded, but its audit record could not be written: {e}"
+                    ))
+                })?;
+                info!(
+                    operator,
+                    operators = report.operators,
+                    revoked = report.revoked,
+                    "trust reloaded on request"
+                );
+                Ok(Response::new(ReloadTrustResponse {
+                    operators: u32::try_from(report.operators).unwrap_or(u32::MAX),
+                    revoked: u32::try_from(report.revoked).unwrap_or(u32::MAX),
+                    operator,
+                }))
+            }
+            Err(why) => {
+                let status = Status::failed_precondition(format!(
+                    "reload refused, the last good lists stay in force: {why}"
+                ));
+                entry.outcome = Outcome::Failed;
+                entry.detail = clip(&why);
+                // Logged by the trail when it fails; the caller gets the refusal.
+                let _ = self.trail.record(entry).await;
+                Err(status)
+            }
+        }
     }
 }

@@ -24,6 +24,7 @@ use tonic::Code;
 
 const VIEWER: &str = "viewer-token";
 const RESPONDER: &str = "responder-token";
+const ADMIN: &str = "admin-token";
 
 /// A collector process with its CA (in `state/pki`), killed on drop.
 struct Tls {
@@ -49,9 +50,10 @@ impl Tls {
             .write(&state.path().join("tls"), "collector")
             .unwrap();
         let ops = format!(
-            "{}{}",
+            "{}{}{}",
             Operator::with_token("vera", Role::Viewer, VIEWER).to_toml(),
-            Operator::with_token("rita", Role::Responder, RESPONDER).to_toml()
+            Operator::with_token("rita", Role::Responder, RESPONDER).to_toml(),
+            Operator::with_token("ada", Role::Admin, ADMIN).to_toml()
         );
         std::fs::write(state.path().join("operators.toml"), ops).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rxsentry-collector"))
@@ -417,4 +419,69 @@ async fn a_host_control_stream_cannot_be_taken_over_or_answered_by_others() {
     // Nothing reached kiosk-b.
     let nothing = tokio::time::timeout(Duration::from_millis(200), bs.commands.message()).await;
     assert!(nothing.is_err(), "kiosk-b received a command: {nothing:?}");
+}
+
+#[tokio::test]
+async fn only_an_admin_reloads_trust_and_a_bad_file_keeps_the_last_good_one() {
+    use proto::control::v1::{ListHostsRequest, ReloadTrustRequest};
+    let c = Tls::start();
+    let access = c.access();
+    let mut api = AnalystApiClient::new(access.channel().await.unwrap());
+    let e = api
+        .reload_trust(
+            access
+                .with_token(Some(RESPONDER))
+                .request(ReloadTrustRequest {}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A new operator appears in the file: usable once an admin reloads.
+    let ops = c.state.path().join("operators.toml");
+    let mut text = std::fs::read_to_string(&ops).unwrap();
+    text.push_str(&Operator::with_token("newbie", Role::Viewer, "newbie-token").to_toml());
+    std::fs::write(&ops, &text).unwrap();
+    let newbie = access.with_token(Some("newbie-token"));
+    let before = api
+        .list_hosts(newbie.request(ListHostsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(before.code(), Code::PermissionDenied, "{before:?}");
+    let done = api
+        .reload_trust(
+            access
+                .with_token(Some(ADMIN))
+                .request(ReloadTrustRequest {}),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.operators, done.operator.as_str()), (4, "ada"));
+    api.list_hosts(newbie.request(ListHostsRequest {}))
+        .await
+        .unwrap();
+    // A broken file is refused and the last good list stays in force.
+    std::fs::write(&ops, "[[operator]]\nname = 1\n").unwrap();
+    let e = api
+        .reload_trust(
+            access
+                .with_token(Some(ADMIN))
+                .request(ReloadTrustRequest {}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    api.list_hosts(newbie.request(ListHostsRequest {}))
+        .await
+        .unwrap();
+    // Each attempt is in the audit log.
+    let audit = std::fs::read_dir(c.state.path().join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    let reloads: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("reload_trust"))
+        .collect();
+    assert_eq!(reloads.len(), 3, "{audit}");
 }

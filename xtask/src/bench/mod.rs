@@ -109,10 +109,10 @@ pub struct Options {
     #[arg(long)]
     only_channel: bool,
     /// Events per side per round of the channel comparison.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 2_000_000)]
     channel_events: usize,
     /// Rounds of the channel comparison.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     channel_rounds: usize,
     /// Sensors reconnecting in the handshake part.
     #[arg(long, default_value_t = 1000)]
