@@ -352,3 +352,19 @@ impl Scratch {
         })
     }
 }
+
+/// Where SigmaHQ's Linux rules are: the project's test and bench data,
+/// never shipped or copied into the repository. `$RXSENTRY_SHARED` (the
+/// shared folder) first, else a `shared` folder beside `workspace` or one
+/// of its parents (a checkout at /work/main finds /work/shared), else the
+/// workplace's /work/shared (a clean clone elsewhere, as CI makes).
+pub fn sigmahq_rules_dir(workspace: &Path) -> Option<PathBuf> {
+    let rules = |shared: &Path| shared.join("sigma").join("rules");
+    let from_env = std::env::var_os("RXSENTRY_SHARED").map(|d| rules(Path::new(&d)));
+    let beside = workspace.ancestors().map(|a| rules(&a.join("shared")));
+    from_env
+        .into_iter()
+        .chain(beside)
+        .chain(std::iter::once(rules(Path::new("/work/shared"))))
+        .find(|d| d.is_dir())
+}

@@ -5,15 +5,17 @@ use std::path::PathBuf;
 
 use detect::{Category, CommandLine, EventRef, Loader, RefusalKind, Scratch};
 
-/// The rule directory: /work/shared/sigma next to the workspace.
+/// The rule directory (see `detect::sigmahq_rules_dir`); missing is a
+/// failure, never a skip.
 fn sigma_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/sigma/rules");
-    assert!(
-        dir.is_dir(),
-        "SigmaHQ test rules missing at {} (the shared folder beside the checkout)",
-        dir.display()
-    );
-    dir
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    detect::sigmahq_rules_dir(&workspace).unwrap_or_else(|| {
+        panic!(
+            "SigmaHQ test rules not found: set RXSENTRY_SHARED to the shared folder \
+             (looked beside {} and its parents, and in /work/shared)",
+            workspace.display()
+        )
+    })
 }
 
 #[test]

@@ -36,13 +36,12 @@ pub struct DetectionReport {
 }
 
 fn sigma_dir() -> Result<PathBuf> {
-    let dir = workspace_root().join("../shared/sigma/rules");
-    if !dir.is_dir() {
+    let Some(dir) = detect::sigmahq_rules_dir(&workspace_root()) else {
         bail!(
-            "SigmaHQ rules missing at {} (the shared folder beside the checkout)",
-            dir.display()
+            "SigmaHQ rules not found: set RXSENTRY_SHARED to the shared folder (looked beside {} and in /work/shared)",
+            workspace_root().display()
         );
-    }
+    };
     Ok(dir)
 }
 
