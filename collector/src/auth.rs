@@ -8,7 +8,6 @@ use std::path::Path;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tonic::{Status, metadata::MetadataMap};
 
 /// What an operator may do; each role includes the ones below it.
@@ -106,10 +105,7 @@ pub fn new_token() -> String {
 }
 
 fn salted(salt: &[u8; 16], token: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(token.as_bytes());
-    h.finalize().into()
+    pki::salted_token_hash(salt, token)
 }
 
 #[derive(Deserialize)]

@@ -55,6 +55,17 @@ impl PkiError {
     }
 }
 
+/// How an operator token is stored: SHA-256 of its per-operator random salt
+/// followed by the token. One definition for the collector, which checks
+/// tokens, and for whatever writes operators files.
+pub fn salted_token_hash(salt: &[u8; 16], token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(token.as_bytes());
+    h.finalize().into()
+}
+
 /// Host ids go into certificates, file names and logs: keep them plain.
 pub fn check_host_id(host_id: &str) -> Result<(), PkiError> {
     let ok = !host_id.is_empty()

@@ -398,15 +398,11 @@ pub fn collector_section(endpoint: &str, tls_dir: &Path) -> String {
 /// An `[[operator]]` entry with a salted hash of `token`, as
 /// `rxsentry-collector pki add-operator` writes it.
 pub fn collector_operator_toml(name: &str, role: &str, token: &str) -> String {
-    use sha2::{Digest, Sha256};
     let salt: [u8; 16] = rand::random();
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(token.as_bytes());
     format!(
         "[[operator]]\nname = {name:?}\nrole = {role:?}\ntoken_salt = \"{}\"\ntoken_sha256 = \"{}\"\n",
         pki::hex(&salt),
-        pki::hex(&h.finalize())
+        pki::hex(&pki::salted_token_hash(&salt, token))
     )
 }
 
