@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 use std::time::SystemTime;
@@ -27,14 +27,24 @@ pub fn parse(text: &str) -> Result<HashSet<String>, String> {
         if serial.is_empty() {
             continue;
         }
-        let normal = serial.to_ascii_lowercase();
-        if normal.len() > 64 || !normal.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("line {}: {serial:?} is not a hex serial", i + 1));
-        }
-        let trimmed = normal.trim_start_matches('0');
-        out.insert(if trimmed.is_empty() { "0" } else { trimmed }.to_owned());
+        let normal = normalize(serial)
+            .ok_or_else(|| format!("line {}: {serial:?} is not a hex serial", i + 1))?;
+        out.insert(normal);
     }
     Ok(out)
+}
+
+/// The one spelling of a serial that lists are kept in and looked up by:
+/// lowercase hex without leading zero digits. A certificate's serial
+/// (`serial_hex`, whole bytes) can start with a zero digit (`0a1b`), an
+/// operator can type it either way: both must meet the same entry.
+fn normalize(serial: &str) -> Option<String> {
+    let lower = serial.to_ascii_lowercase();
+    if lower.is_empty() || lower.len() > 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let trimmed = lower.trim_start_matches('0');
+    Some(if trimmed.is_empty() { "0" } else { trimmed }.to_owned())
 }
 
 /// Appends `serial` with a note to the deny list at `path`.
@@ -90,12 +100,16 @@ impl DenyList {
         self.path.as_deref()
     }
 
+    /// Whether `serial` (any spelling: case, leading zeros) is revoked.
     pub fn is_revoked(&self, serial: &str) -> bool {
+        let Some(serial) = normalize(serial) else {
+            return false;
+        };
         self.loaded
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .serials
-            .contains(serial)
+            .contains(&serial)
     }
 
     pub fn len(&self) -> usize {
@@ -115,8 +129,16 @@ impl DenyList {
         let Some(path) = &self.path else {
             return Ok(0);
         };
-        let (text, meta) = match fs::read_to_string(path) {
-            Ok(text) => (text, fs::metadata(path).ok()),
+        // The stamp is taken before the text is read: a write racing the
+        // read then shows as a change at the next poll instead of leaving
+        // the new stamp on the old text.
+        let (text, meta) = match fs::File::open(path) {
+            Ok(mut file) => {
+                let meta = file.metadata().ok();
+                let mut text = String::new();
+                file.read_to_string(&mut text).map_err(PkiError::io(path))?;
+                (text, meta)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), None),
             Err(e) => return Err(PkiError::io(path)(e)),
         };
@@ -171,6 +193,8 @@ mod tests {
         append(&path, "0a1b", "test").unwrap();
         let list = DenyList::load(&path).unwrap();
         assert!(list.is_revoked("a1b"));
+        assert!(list.is_revoked("0A1B"), "a certificate's own spelling");
+        assert!(!list.is_revoked("a1"));
         fs::write(&path, "not hex at all, longer than before\n").unwrap();
         assert!(list.reload_if_changed().is_err());
         assert!(list.is_revoked("a1b"), "last good list stays in force");
