@@ -136,9 +136,10 @@ fn isolation_text(i: Option<&IsolationStatus>) -> String {
 
 fn host_header() -> String {
     format!(
-        "{:<20} {:<16} {:<24} {:<8} {:<10} {:>10} {:>10} {:<8} {}",
+        "{:<20} {:<16} {:<7} {:<24} {:<8} {:<10} {:>10} {:>10} {:<8} {}",
         "HOST",
         "HOSTNAME",
+        "STATE",
         "ISOLATED",
         "CONTROL",
         "LAST SEEN",
@@ -168,9 +169,10 @@ fn host_row(h: &HostInfo, now: SystemTime) -> String {
     // Sensor-supplied strings: no control characters reach the terminal.
     let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
     format!(
-        "{:<20} {:<16} {:<24} {:<8} {:<10} {:>10} {:>10} {:<8} {}",
+        "{:<20} {:<16} {:<7} {:<24} {:<8} {:<10} {:>10} {:>10} {:<8} {}",
         clean(&h.host_id),
         clean(&h.hostname),
+        if h.silent { "SILENT" } else { "live" },
         clean(&isolation_text(h.isolation.as_ref())),
         if h.control_connected { "up" } else { "down" },
         ago(h.last_seen_unix_ms, now),
@@ -194,6 +196,7 @@ fn host_json(h: &HostInfo) -> serde_json::Value {
         "isolation_changed_at_unix_ms": isolation.map(|i| i.changed_at_unix_ms),
         "isolation_interfaces": isolation.map(|i| i.interfaces.clone()),
         "control_connected": h.control_connected,
+        "silent": h.silent,
         "last_seen_unix_ms": h.last_seen_unix_ms,
         "sensor_version": h.sensor_version,
         "sensor_instance_id": h.sensor_instance_id,
@@ -236,6 +239,13 @@ mod tests {
         assert!(row.contains("ISOLATED by alice"), "{row}");
         assert!(row.contains(" up "), "{row}");
         assert!(row.contains("30s ago"), "{row}");
+        assert!(row.contains(" live "), "{row}");
+        let quiet = HostInfo {
+            silent: true,
+            ..host(Some(false))
+        };
+        assert!(host_row(&quiet, now).contains(" SILENT "));
+        assert_eq!(host_json(&quiet)["silent"], true);
         assert!(!row.contains('\u{1b}'), "{row}");
         assert!(host_row(&host(None), now).contains("unknown"));
         assert!(host_row(&host(Some(false)), now).contains(" no "));

@@ -164,9 +164,12 @@ impl ControlHub {
     pub fn host_infos(
         &self,
         stats: &std::collections::BTreeMap<String, HostStats>,
+        silent: &std::collections::BTreeSet<String>,
     ) -> Vec<HostInfo> {
         let hosts = self.hosts();
-        let mut ids: Vec<&String> = stats.keys().chain(hosts.keys()).collect();
+        // A silent host may be known only to the store (it went quiet
+        // before this collector started).
+        let mut ids: Vec<&String> = stats.keys().chain(hosts.keys()).chain(silent).collect();
         ids.sort();
         ids.dedup();
         ids.into_iter()
@@ -191,6 +194,7 @@ impl ControlHub {
                     batches: s.batches,
                     events: s.events,
                     missing_batches: s.missing_batches,
+                    silent: silent.contains(id),
                 }
             })
             .collect()
@@ -356,6 +360,8 @@ pub struct AnalystService {
     pub hub: Arc<ControlHub>,
     pub trust: Arc<Trust>,
     pub host_stats: Box<dyn Fn() -> std::collections::BTreeMap<String, HostStats> + Send + Sync>,
+    /// Hosts the store holds as silent (none without a store).
+    pub silent_hosts: Box<dyn Fn() -> std::collections::BTreeSet<String> + Send + Sync>,
     pub trail: Trail,
 }
 
@@ -484,8 +490,9 @@ impl analyst_api_server::AnalystApi for AnalystService {
             return Err(self.trail.refused(entry, e).await);
         }
         let stats = (self.host_stats)();
+        let silent = (self.silent_hosts)();
         Ok(Response::new(ListHostsResponse {
-            hosts: self.hub.host_infos(&stats),
+            hosts: self.hub.host_infos(&stats, &silent),
         }))
     }
 

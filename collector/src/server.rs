@@ -192,11 +192,18 @@ impl Collector {
         })
         .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
         let stats_source = self.shared.clone();
+        let silent_source = self.shared.store.clone();
         let analyst = AnalystApiServer::new(AnalystService {
             hub: self.shared.control.clone(),
             trust: self.shared.trust.clone(),
             trail: self.shared.trail.clone(),
             host_stats: Box::new(move || stats_source.hosts().snapshot()),
+            silent_hosts: Box::new(move || {
+                silent_source
+                    .as_ref()
+                    .map(Store::silent_hosts)
+                    .unwrap_or_default()
+            }),
         })
         .max_decoding_message_size(MAX_SUBSCRIBE_REQUEST_BYTES);
         let stats_task = config.stats_log_interval.map(|every| {

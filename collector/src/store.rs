@@ -8,11 +8,11 @@
 //! against what was stored before a collector restart; it runs retention
 //! and marks silent hosts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
@@ -134,6 +134,8 @@ pub struct Store {
     jobs: mpsc::Sender<BatchJob>,
     /// Highest store id committed so far (the replay/live seam).
     committed: Arc<AtomicU64>,
+    /// Hosts recorded silent and not back since (for `ListHosts`).
+    silent: Arc<Mutex<BTreeSet<String>>>,
 }
 
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -305,6 +307,7 @@ impl Store {
         let (conn, lock) = open_writer(&config.path)?;
         let state = State::load(&conn).map_err(open_error(&config.path))?;
         let committed = Arc::new(AtomicU64::new(state.next_id.saturating_sub(1)));
+        let silent = Arc::new(Mutex::new(state.silent_hosts()));
         info!(path = %config.path.display(), hosts = state.hosts.len(),
             high_water = state.next_id.saturating_sub(1), "store opened");
         let (jobs, rx) = mpsc::channel(1024);
@@ -317,6 +320,8 @@ impl Store {
                 fanout,
                 committed: committed.clone(),
                 started_ns: unix_ns(SystemTime::now()),
+                silent: silent.clone(),
+                silent_changed: false,
             },
         };
         std::thread::Builder::new()
@@ -327,7 +332,17 @@ impl Store {
             path: config.path,
             jobs,
             committed,
+            silent,
         })
+    }
+
+    /// Hosts that are silent now: recorded silent (also by an earlier run
+    /// of the collector) and not back since.
+    pub fn silent_hosts(&self) -> BTreeSet<String> {
+        self.silent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Queues one valid batch for the writer (batches are written in the
@@ -590,6 +605,14 @@ struct State {
 }
 
 impl State {
+    fn silent_hosts(&self) -> BTreeSet<String> {
+        self.hosts
+            .iter()
+            .filter(|(_, h)| h.silent)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
         let mut hosts = HashMap::new();
         let mut by_key = HashMap::new();
@@ -675,6 +698,10 @@ struct Inner {
     fanout: Fanout,
     committed: Arc<AtomicU64>,
     started_ns: u64,
+    /// What [`Store::silent_hosts`] reads, refreshed after a commit that
+    /// changed a host's silent flag (`silent_changed`).
+    silent: Arc<Mutex<BTreeSet<String>>>,
+    silent_changed: bool,
 }
 
 impl Writer {
@@ -753,6 +780,7 @@ impl Writer {
             Err(e) => {
                 warn!(error = %e, batches = group.len(), "store commit failed, batches refused");
                 self.inner.state = saved;
+                self.inner.silent_changed = false;
                 for job in group {
                     let _ = job.reply.send(Err(StoreError::Write(e.to_string())));
                 }
@@ -787,6 +815,7 @@ impl Writer {
                     continue;
                 };
                 h.silent = true;
+                self.inner.silent_changed = true;
                 let (key, last_ns) = (h.key, h.last_batch_ns);
                 let instance_key = h
                     .current_instance
@@ -825,6 +854,7 @@ impl Writer {
             Err(e) => {
                 warn!(error = %e, "cannot record silent hosts; retried next round");
                 self.inner.state = saved;
+                self.inner.silent_changed = false;
             }
         }
     }
@@ -917,9 +947,12 @@ impl Inner {
 
     /// After a commit: queries may read up to the new high-water mark,
     /// and subscribers get what was committed, in store id order.
-    fn committed_publish(&self, published: Vec<Published>) {
+    fn committed_publish(&mut self, published: Vec<Published>) {
         self.committed
             .store(self.state.next_id.saturating_sub(1), Ordering::Release);
+        if std::mem::take(&mut self.silent_changed) {
+            *self.silent.lock().unwrap_or_else(PoisonError::into_inner) = self.state.silent_hosts();
+        }
         self.publish(published);
     }
 
@@ -1067,6 +1100,7 @@ impl Inner {
                 .execute(params![instance_key, sql(new_last)])?;
         }
         if was_silent {
+            self.silent_changed = true;
             records.push(status_record(
                 &job.host,
                 host_status::State::Back,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use collector::CollectorConfig;
 use collector::store::StoreConfig;
 use collector::testkit::{self, SensorStream};
-use common::{Got, TestCollector, WAIT, pid_of};
+use common::{Api, Got, TestCollector, VIEWER_TOKEN, WAIT, pid_of};
 use proto::telemetry::v1::{
     EventKind, HostEvent, HostRecord, QueryRequest, SubscribeRequest, SubscribeResponse,
     host_record, host_status, subscribe_response,
@@ -577,12 +577,43 @@ async fn silent_host_is_recorded_then_back() {
     assert_eq!(silent.silent_after_ms, 300);
     assert!(silent.last_batch_unix_ns >= sent);
     assert!(testkit::now_unix_ns() >= silent.last_batch_unix_ns + 300_000_000);
+    let silent_in_list = |hosts: Vec<proto::control::v1::HostInfo>| {
+        hosts
+            .iter()
+            .find(|h| h.host_id == "quiet")
+            .map(|h| h.silent)
+    };
+    let mut api = Api::connect(c.url.clone()).await.unwrap();
+    assert_eq!(
+        silent_in_list(common::hosts(&mut api, VIEWER_TOKEN).await),
+        Some(true)
+    );
+    // A restarted collector knows it from the store alone (no batch yet).
+    drop((s, sub, api));
+    c.shutdown().await.unwrap();
+    let c = TestCollector::start(with_store(StoreConfig {
+        silent_after: Duration::from_secs(3600),
+        ..store_config(dir.path())
+    }))
+    .await;
+    let mut api = Api::connect(c.url.clone()).await.unwrap();
+    assert_eq!(
+        silent_in_list(common::hosts(&mut api, VIEWER_TOKEN).await),
+        Some(true),
+        "a silent host is listed after a restart"
+    );
+    let mut sub = c.subscribe(SubscribeRequest::default()).await;
+    let mut s = SensorStream::connect(&c.url).await.unwrap();
     // A heartbeat (an empty batch) brings it back.
     s.publish(testkit::zstd_batch(&host, 2, vec![]))
         .await
         .unwrap();
     let back = state(&sub.next().await).expect("a status record");
     assert_eq!(back.state(), host_status::State::Back);
+    assert_eq!(
+        silent_in_list(common::hosts(&mut api, VIEWER_TOKEN).await),
+        Some(false)
+    );
     // Both are stored, with the host's identity.
     let items = everything(&c.url).await;
     let stored: Vec<i32> = records(&items)

@@ -19,13 +19,6 @@ use tests::{
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A loopback port nothing listens on (yet).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A sensor config for `host` pointing at 127.0.0.1:`port` with the TLS
 /// files in `tls`.
 fn config_text(host: &str, port: u16, spool: &Path, tls: &Path, extra: &str) -> String {
@@ -164,7 +157,7 @@ async fn a_sigkilled_sensor_s_spool_is_replayed_in_order_and_the_sequence_contin
     const AFTER: usize = 10;
     let spool = tempfile::tempdir()?;
     let host = host_id("kill");
-    let port = free_port()?;
+    let port = tests::ports::restartable_port()?;
     let (trust, text) = config(&host, port, spool.path(), "")?;
     let sensor = Sensor::with_config(text.clone()).start().await?;
     let marker = marker("spool-kill");
@@ -224,7 +217,7 @@ async fn a_full_spool_drops_the_oldest_and_the_loss_reaches_the_collector() -> a
     const EXECS: usize = 1500;
     let spool = tempfile::tempdir()?;
     let host = host_id("full");
-    let port = free_port()?;
+    let port = tests::ports::restartable_port()?;
     let (trust, text) = config(
         &host,
         port,
@@ -328,7 +321,7 @@ async fn a_corrupted_segment_is_reported_and_the_rest_delivered() -> anyhow::Res
     const EXECS: usize = 60;
     let spool = tempfile::tempdir()?;
     let host = host_id("corrupt");
-    let port = free_port()?;
+    let port = tests::ports::restartable_port()?;
     let (trust, text) = config(&host, port, spool.path(), "")?;
     let sensor = Sensor::with_config(text.clone()).start().await?;
     let marker = marker("spool-corrupt");

@@ -56,12 +56,6 @@ pub struct SpoolBench {
     pub ram_only: Vec<(Duration, u64)>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
@@ -113,7 +107,7 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
         "[spool]\ndir = {:?}\nmax_bytes = {MAX_BYTES}\nsegment_bytes = {SEGMENT_BYTES}\n",
         spool
     );
-    let port = free_port()?;
+    let port = tests::ports::restartable_port()?;
 
     // Fill to the bound with the collector down.
     let filler = start(port, &section)?;
