@@ -34,7 +34,7 @@ pub struct HostsArgs {
 }
 
 /// The analyst API's client.
-async fn api(
+pub(crate) async fn api(
     access: &Access,
 ) -> anyhow::Result<(String, AnalystApiClient<tonic::transport::Channel>)> {
     let channel = access.connect().await?;

@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod client;
 mod events;
+mod operators;
 mod render;
 mod tail;
 mod when;
@@ -39,6 +40,8 @@ enum Command {
     /// Make the collector re-read its operators file and deny list (needs
     /// the admin role; what SIGHUP does on the collector host).
     ReloadTrust(client::Access),
+    /// List, add or remove the collector's operators (admin role).
+    Operators(operators::OperatorsArgs),
     /// The collector's audit log of analyst actions: `verify` its hash
     /// chain, `show` its records (reads the directory, not the network).
     Audit(audit::AuditArgs),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Command::Release(args) => admin::change(args, false).await,
             Command::Hosts(args) => admin::hosts(args).await,
             Command::ReloadTrust(access) => admin::reload_trust(access).await,
+            Command::Operators(args) => operators::run(args).await,
             Command::Audit(args) => audit::run(args),
         }
     });

@@ -97,6 +97,11 @@ impl Operator {
     }
 }
 
+/// First lines of an operators file the collector rewrites.
+pub const OPERATORS_HEADER: &str = "# rxsentry operators: name, role (viewer|responder|admin) and a salted\n\
+# SHA-256 of the token. Managed with `rxsentry operators` or `rxsentry-collector\n\
+# pki add-operator`; the collector rewrites this file on `operators add|remove`.\n";
+
 /// A new operator token: 256 random bits, hex.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];

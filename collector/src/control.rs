@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use proto::control::v1::{
-    ChangeIsolation, Command, CommandResult, HostInfo, IsolationRequest, IsolationResponse,
-    IsolationStatus, ListHostsRequest, ListHostsResponse, ReloadTrustRequest, ReloadTrustResponse,
-    SensorMessage, analyst_api_server, command, sensor_control_server, sensor_message,
+    AddOperatorRequest, AddOperatorResponse, ChangeIsolation, Command, CommandResult, HostInfo,
+    IsolationRequest, IsolationResponse, IsolationStatus, ListHostsRequest, ListHostsResponse,
+    ListOperatorsRequest, ListOperatorsResponse, OperatorInfo, ReloadTrustRequest,
+    ReloadTrustResponse, RemoveOperatorRequest, RemoveOperatorResponse, SensorMessage,
+    analyst_api_server, command, sensor_control_server, sensor_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +24,7 @@ use tracing::{info, warn};
 use crate::auth::Role;
 use crate::hosts::HostStats;
 use crate::trail::{Trail, clip};
-use crate::trust::Trust;
+use crate::trust::{OperatorChangeError, Trust};
 use audit::{ArgValue, Entry, Outcome};
 
 /// How long an analyst waits for the sensor to apply a command.
@@ -545,5 +547,141 @@ impl analyst_api_server::AnalystApi for AnalystService {
                 Err(status)
             }
         }
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<ListOperatorsRequest>,
+    ) -> Result<Response<ListOperatorsResponse>, Status> {
+        let mut entry = Entry::new("list_operators", Outcome::Ok);
+        entry.peer = request.remote_addr().map(|p| p.to_string());
+        match self
+            .trust
+            .operator(request.metadata(), Role::Admin, "list_operators")
+        {
+            Ok(op) => entry.operator = Some(op.name),
+            Err(e) => return Err(self.trail.refused(entry, e).await),
+        }
+        let operators = self
+            .trust
+            .operator_list()
+            .into_iter()
+            .map(|(name, role)| operator_info(&name, role))
+            .collect();
+        Ok(Response::new(ListOperatorsResponse { operators }))
+    }
+
+    async fn add_operator(
+        &self,
+        request: Request<AddOperatorRequest>,
+    ) -> Result<Response<AddOperatorResponse>, Status> {
+        let (operator, req, mut entry) = self.operator_change("add_operator", request).await?;
+        let role: Role = match req.role.parse() {
+            Ok(role) => role,
+            Err(why) => {
+                let status = Status::invalid_argument(why);
+                return Err(self.trail.refused(entry, status).await);
+            }
+        };
+        entry
+            .args
+            .insert("role".into(), ArgValue::One(role.to_string()));
+        let token = self
+            .operator_changed(entry, self.trust.add_operator(&req.name, role))
+            .await?;
+        info!(operator, added = req.name, %role, "operator added");
+        Ok(Response::new(AddOperatorResponse {
+            added: Some(operator_info(&req.name, role)),
+            token,
+            operator,
+        }))
+    }
+
+    async fn remove_operator(
+        &self,
+        request: Request<RemoveOperatorRequest>,
+    ) -> Result<Response<RemoveOperatorResponse>, Status> {
+        let (operator, req, entry) = self.operator_change("remove_operator", request).await?;
+        let role = self
+            .operator_changed(entry, self.trust.remove_operator(&req.name))
+            .await?;
+        info!(operator, removed = req.name, %role, "operator removed");
+        Ok(Response::new(RemoveOperatorResponse {
+            removed: Some(operator_info(&req.name, role)),
+            operator,
+        }))
+    }
+}
+
+/// What an operator-management request names.
+trait NamesOperator {
+    fn name(&self) -> &str;
+}
+
+impl NamesOperator for AddOperatorRequest {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl NamesOperator for RemoveOperatorRequest {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AnalystService {
+    /// Admin check for `action` on the operator a request names: the
+    /// caller, the request and its audit entry (refusals are recorded).
+    async fn operator_change<T: NamesOperator>(
+        &self,
+        action: &str,
+        request: Request<T>,
+    ) -> Result<(String, T, Entry), Status> {
+        let mut entry = Entry::new(action, Outcome::Requested);
+        entry.peer = request.remote_addr().map(|p| p.to_string());
+        let operator = match self.trust.operator(request.metadata(), Role::Admin, action) {
+            Ok(op) => op.name,
+            Err(e) => return Err(self.trail.refused(entry, e).await),
+        };
+        entry.operator = Some(operator.clone());
+        let req = request.into_inner();
+        entry
+            .args
+            .insert("name".into(), ArgValue::One(clip(req.name())));
+        Ok((operator, req, entry))
+    }
+
+    /// Records how an operator change ended; a change whose audit record
+    /// cannot be written is reported as such (it is in force).
+    async fn operator_changed<T>(
+        &self,
+        mut entry: Entry,
+        result: Result<T, OperatorChangeError>,
+    ) -> Result<T, Status> {
+        match result {
+            Ok(value) => {
+                entry.outcome = Outcome::Ok;
+                self.trail.record(entry).await.map_err(|e| {
+                    Status::internal(format!(
+                        "done, but its audit record could not be written: {e}"
+                    ))
+                })?;
+                Ok(value)
+            }
+            Err(e) => {
+                entry.outcome = Outcome::Failed;
+                entry.detail = clip(&e.to_string());
+                let _ = self.trail.record(entry).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn operator_info(name: &str, role: Role) -> OperatorInfo {
+    OperatorInfo {
+        name: name.to_owned(),
+        role: role.to_string(),
     }
 }

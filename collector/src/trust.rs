@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pki::{DenyList, Holder, PeerIdentity};
@@ -25,6 +25,9 @@ pub struct Trust {
     deny: DenyList,
     operators_file: Option<PathBuf>,
     operators: RwLock<Vec<Operator>>,
+    /// Held while an API call rewrites the operators file, so two admins'
+    /// edits cannot interleave (each reads the file it replaces).
+    editing: Mutex<()>,
     /// Calls and messages refused for their identity (no, wrong, revoked or
     /// expired certificate; a host id that is not the certificate's).
     refused: AtomicU64,
@@ -49,6 +52,7 @@ impl Trust {
             deny,
             operators_file,
             operators: RwLock::new(operators),
+            editing: Mutex::new(()),
             refused: AtomicU64::new(0),
         }
     }
@@ -180,6 +184,117 @@ impl Trust {
             None => Err(self.refuse(Status::permission_denied(format!(
                 "{what} from a certificate that is not a sensor's"
             )))),
+        }
+    }
+
+    /// The operators in force: (name, role), no secrets.
+    pub fn operator_list(&self) -> Vec<(String, Role)> {
+        self.operators
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|o| (o.name.clone(), o.role))
+            .collect()
+    }
+
+    /// Adds an operator to the operators file and puts it in force; the new
+    /// token, which exists nowhere else (the file keeps its salted hash).
+    pub fn add_operator(&self, name: &str, role: Role) -> Result<String, OperatorChangeError> {
+        let token = auth::new_token();
+        let added = Operator::with_token(name, role, &token);
+        self.edit_operators(|list| {
+            if name.trim().is_empty() || name.chars().any(char::is_control) || name.len() > 64 {
+                return Err(OperatorChangeError::Invalid(
+                    "an operator name must be 1-64 printable characters".into(),
+                ));
+            }
+            if list.iter().any(|o| o.name == name) {
+                return Err(OperatorChangeError::Exists(name.to_owned()));
+            }
+            list.push(added);
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Removes an operator from the file and from force at once. The last
+    /// admin cannot be removed: nobody could manage operators afterwards
+    /// but root on the collector host.
+    pub fn remove_operator(&self, name: &str) -> Result<Role, OperatorChangeError> {
+        let mut removed = None;
+        self.edit_operators(|list| {
+            let at = list
+                .iter()
+                .position(|o| o.name == name)
+                .ok_or_else(|| OperatorChangeError::Unknown(name.to_owned()))?;
+            let admins = list.iter().filter(|o| o.role == Role::Admin).count();
+            if list[at].role == Role::Admin && admins == 1 {
+                return Err(OperatorChangeError::LastAdmin(name.to_owned()));
+            }
+            removed = Some(list.remove(at).role);
+            Ok(())
+        })?;
+        removed.ok_or_else(|| OperatorChangeError::Unknown(name.to_owned()))
+    }
+
+    /// Reads the operators file (not the list in memory: an edit made on
+    /// the host since the last reload is kept), applies `change`, writes
+    /// the file back atomically (0600) and puts the result in force.
+    fn edit_operators(
+        &self,
+        change: impl FnOnce(&mut Vec<Operator>) -> Result<(), OperatorChangeError>,
+    ) -> Result<(), OperatorChangeError> {
+        let _editing = self.editing.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self
+            .operators_file
+            .as_ref()
+            .ok_or(OperatorChangeError::NoFile)?;
+        let mut list =
+            auth::load_operators(path).map_err(|e| OperatorChangeError::File(e.to_string()))?;
+        change(&mut list)?;
+        let text: String = std::iter::once(auth::OPERATORS_HEADER.to_owned())
+            .chain(list.iter().map(Operator::to_toml))
+            .collect::<Vec<_>>()
+            .join("\n");
+        pki::files::write_secret(path, text.as_bytes())
+            .map_err(|e| OperatorChangeError::File(e.to_string()))?;
+        *self
+            .operators
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = list;
+        Ok(())
+    }
+}
+
+/// Why an operator could not be added or removed; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorChangeError {
+    #[error(
+        "this collector's operators come from its configuration, not an operators file: change them there"
+    )]
+    NoFile,
+    #[error("operators file: {0}")]
+    File(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("operator {0:?} already exists")]
+    Exists(String),
+    #[error("no operator {0:?}")]
+    Unknown(String),
+    #[error("{0:?} is the last admin: add another admin first")]
+    LastAdmin(String),
+}
+
+impl From<OperatorChangeError> for Status {
+    fn from(e: OperatorChangeError) -> Self {
+        match e {
+            OperatorChangeError::NoFile | OperatorChangeError::LastAdmin(_) => {
+                Status::failed_precondition(e.to_string())
+            }
+            OperatorChangeError::File(_) => Status::internal(e.to_string()),
+            OperatorChangeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            OperatorChangeError::Exists(_) => Status::already_exists(e.to_string()),
+            OperatorChangeError::Unknown(_) => Status::not_found(e.to_string()),
         }
     }
 }

@@ -485,3 +485,153 @@ async fn only_an_admin_reloads_trust_and_a_bad_file_keeps_the_last_good_one() {
         .collect();
     assert_eq!(reloads.len(), 3, "{audit}");
 }
+
+#[tokio::test]
+async fn admins_manage_operators_over_the_api_and_a_removed_token_stops_at_once() {
+    use proto::control::v1::{
+        AddOperatorRequest, ListHostsRequest, ListOperatorsRequest, RemoveOperatorRequest,
+    };
+    let c = Tls::start();
+    let viewer = c.access();
+    let admin = viewer.with_token(Some(ADMIN));
+    let mut api = AnalystApiClient::new(viewer.channel().await.unwrap());
+
+    // Only an admin lists or changes operators.
+    let add = |name: &str, role: &str| AddOperatorRequest {
+        name: name.into(),
+        role: role.into(),
+    };
+    for e in [
+        api.list_operators(viewer.request(ListOperatorsRequest {}))
+            .await
+            .unwrap_err(),
+        api.add_operator(viewer.request(add("mallory", "admin")))
+            .await
+            .unwrap_err(),
+        api.add_operator(
+            viewer
+                .with_token(Some(RESPONDER))
+                .request(add("mallory", "admin")),
+        )
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+
+    // An admin adds a viewer: the token works at once, as a viewer only.
+    let added = api
+        .add_operator(admin.request(add("nina", "viewer")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.operator, "ada");
+    assert_eq!(added.token.len(), 64, "{added:?}");
+    let nina = viewer.with_token(Some(&added.token));
+    api.list_hosts(nina.request(ListHostsRequest {}))
+        .await
+        .unwrap();
+    let e = api
+        .isolate(nina.request(IsolationRequest {
+            host_id: "kiosk-a".into(),
+            reason: "test".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // The file keeps a salted hash, never the token, and stays 0600.
+    let file = c.state.path().join("operators.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"nina\"") && !text.contains(&added.token));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let listed = api
+        .list_operators(admin.request(ListOperatorsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .operators;
+    assert!(
+        listed
+            .iter()
+            .any(|o| o.name == "nina" && o.role == "viewer"),
+        "{listed:?}"
+    );
+
+    // Bad requests change nothing.
+    for (req, code) in [
+        (add("nina", "admin"), Code::AlreadyExists),
+        (add("eve", "root"), Code::InvalidArgument),
+        (add("", "viewer"), Code::InvalidArgument),
+        (add("e\u{1b}[2Jve", "viewer"), Code::InvalidArgument),
+    ] {
+        let e = api.add_operator(admin.request(req)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    let e = api
+        .remove_operator(admin.request(RemoveOperatorRequest { name: "ada".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "the last admin: {e:?}");
+    assert_eq!(
+        auth_names(&file),
+        ["vera", "rita", "ada", "nina"],
+        "a refused change left the file as it was"
+    );
+
+    // Removed: the token stops working with the next call.
+    api.remove_operator(admin.request(RemoveOperatorRequest {
+        name: "nina".into(),
+    }))
+    .await
+    .unwrap();
+    let e = api
+        .list_hosts(nina.request(ListHostsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("not recognised"), "{e:?}");
+    // And a collector restarted on the same state agrees (the file).
+    assert_eq!(auth_names(&file), ["vera", "rita", "ada"]);
+
+    // Every change is in the audit chain, under the admin's name.
+    let mut actions = Vec::new();
+    audit::verify(&c.state.path().join("audit")).unwrap();
+    audit::read_chain(&c.state.path().join("audit"), |l| {
+        let e = &l.record.entry;
+        if e.action.ends_with("_operator") {
+            actions.push(format!(
+                "{} {:?} {}",
+                e.action,
+                e.outcome,
+                e.operator.clone().unwrap_or_default()
+            ));
+        }
+    })
+    .unwrap();
+    assert!(
+        actions.contains(&"add_operator Ok ada".to_owned()),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"remove_operator Ok ada".to_owned()),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"add_operator Refused ".to_owned()),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"remove_operator Failed ada".to_owned()),
+        "{actions:?}"
+    );
+}
+
+fn auth_names(file: &std::path::Path) -> Vec<String> {
+    collector::auth::load_operators(file)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect()
+}
