@@ -46,6 +46,9 @@ const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How often the deny list's file is checked for changes.
 const DENY_LIST_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often an open subscription checks that its operator is still in
+/// force (removed over the API, or from the file by a reload).
+const OPERATOR_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything the collector counts, for tests, tools and logs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -731,13 +734,16 @@ impl TelemetrySubscribe for SubscribeService {
         let req = request.into_inner();
         let trail = self.shared.trail.clone();
         let mut entry = subscribe_entry(&req, peer);
-        match operator {
-            Ok(op) => entry.operator = Some(op.name),
+        let operator = match operator {
+            Ok(op) => {
+                entry.operator = Some(op.name.clone());
+                op
+            }
             Err(status) => {
                 entry.outcome = audit::Outcome::Refused;
                 return Err(trail.refused(entry, status).await);
             }
-        }
+        };
         let filter = match SubscriptionFilter::from_request(&req) {
             Ok(filter) => filter,
             Err(e) => {
@@ -752,10 +758,24 @@ impl TelemetrySubscribe for SubscribeService {
                 "the audit log cannot record the subscription, so it is refused: {e}"
             ))
         })?;
-        let stream = self
-            .shared
-            .fanout
-            .subscribe(filter, stopped(self.stop.clone()));
+        // The stream ends at shutdown, or once its operator is removed (or
+        // loses the viewer role): the token was checked only at the start.
+        let trust = self.shared.trust.clone();
+        let end = futures::future::select(
+            Box::pin(stopped(self.stop.clone())),
+            Box::pin(async move {
+                while trust.still_in_force(&operator, crate::auth::Role::Viewer) {
+                    tokio::time::sleep(OPERATOR_RECHECK).await;
+                }
+                info!(
+                    operator = operator.name,
+                    "subscription ended: operator no longer in force"
+                );
+            }),
+        );
+        let stream = self.shared.fanout.subscribe(filter, async move {
+            end.await;
+        });
         let stream = OnDrop::new(stream, move || {
             entry.action = "unsubscribe".into();
             entry.detail.clear();

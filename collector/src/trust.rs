@@ -187,6 +187,16 @@ impl Trust {
         }
     }
 
+    /// Whether `op` (as authorized when its call started) still holds
+    /// `role` with the same token: an open subscription ends when not.
+    pub fn still_in_force(&self, op: &Operator, role: Role) -> bool {
+        self.operators
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|o| o.name == op.name && o.token_sha256 == op.token_sha256 && o.role >= role)
+    }
+
     /// The operators in force: (name, role), no secrets.
     pub fn operator_list(&self) -> Vec<(String, Role)> {
         self.operators

@@ -580,7 +580,11 @@ async fn admins_manage_operators_over_the_api_and_a_removed_token_stops_at_once(
         "a refused change left the file as it was"
     );
 
-    // Removed: the token stops working with the next call.
+    // Removed: the token stops working with the next call, and a
+    // subscription opened before ends.
+    let mut open = tests::Subscription::open_on_demand(&nina, SubscribeRequest::default())
+        .await
+        .unwrap();
     api.remove_operator(admin.request(RemoveOperatorRequest {
         name: "nina".into(),
     }))
@@ -592,6 +596,10 @@ async fn admins_manage_operators_over_the_api_and_a_removed_token_stops_at_once(
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("not recognised"), "{e:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), open.next())
+        .await
+        .expect("the removed operator's subscription still streams");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
     // And a collector restarted on the same state agrees (the file).
     assert_eq!(auth_names(&file), ["vera", "rita", "ada"]);
 
