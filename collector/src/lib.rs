@@ -22,7 +22,7 @@ use std::future::Future;
 
 pub use config::CollectorConfig;
 pub use hosts::HostStats;
-pub use server::{Collector, CollectorStats};
+pub use server::{Collector, CollectorStats, MAX_PENDING_BYTES_PER_STREAM};
 
 /// Why the collector could not start or keep serving.
 #[derive(Debug, thiserror::Error)]

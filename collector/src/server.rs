@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::FuturesOrdered;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use proto::telemetry::v1::{
     BatchAck, HostRecord, QueryRequest, QueryResponse, SensorBatch, SubscribeRequest, host_record,
     sequence_record,
@@ -64,6 +64,11 @@ pub struct CollectorStats {
     /// Calls and messages refused for who sent them (certificate missing,
     /// revoked, expired, or naming another host).
     pub identity_refusals: u64,
+    /// Most bytes one publish stream held waiting for commits (bounded by
+    /// the per-stream byte budget plus one batch).
+    pub pending_bytes_high_water: u64,
+    /// Times a publish stream was paused for its byte budget.
+    pub publish_throttled: u64,
 }
 
 #[derive(Debug)]
@@ -76,6 +81,8 @@ struct Shared {
     fanout: Fanout,
     rejected_batches: AtomicU64,
     publish_streams: AtomicU64,
+    pending_bytes_high_water: AtomicU64,
+    publish_throttled: AtomicU64,
     control: Arc<ControlHub>,
     trail: Trail,
     trust: Arc<Trust>,
@@ -136,6 +143,8 @@ impl Collector {
                 decode_permits: Semaphore::new(config.max_concurrent_decodes),
                 config,
                 rejected_batches: AtomicU64::new(0),
+                pending_bytes_high_water: AtomicU64::new(0),
+                publish_throttled: AtomicU64::new(0),
                 publish_streams: AtomicU64::new(0),
                 control: Arc::default(),
                 trail,
@@ -152,6 +161,8 @@ impl Collector {
             publish_streams: self.shared.publish_streams.load(Ordering::Relaxed),
             subscribers: self.shared.fanout.subscribers(),
             identity_refusals: self.shared.trust.refused(),
+            pending_bytes_high_water: self.shared.pending_bytes_high_water.load(Ordering::Relaxed),
+            publish_throttled: self.shared.publish_throttled.load(Ordering::Relaxed),
         }
     }
 
@@ -533,12 +544,27 @@ enum Ingested {
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<BatchAck, Status>> + Send + 'static>>;
 
+/// A pending ack with the bytes its batch holds until then.
+type WeighedAck = Pin<Box<dyn Future<Output = (Result<BatchAck, Status>, usize)> + Send + 'static>>;
+
 /// Store queries read at the same time at most; more wait their turn.
 const MAX_CONCURRENT_QUERIES: usize = 4;
 
 /// Batches of one stream waiting for their commit at most; acks go out in
 /// the stream's order.
 const MAX_PENDING_PER_STREAM: usize = 64;
+
+/// Bytes of one stream's batches waiting for their commit at most (wire
+/// size plus declared decoded size): with 64 large batches a stream could
+/// otherwise hold hundreds of MiB. Past it the stream is not read until
+/// commits free room (HTTP/2 flow control then slows the sensor; nothing
+/// is refused or lost). One batch is always admitted, however large.
+pub const MAX_PENDING_BYTES_PER_STREAM: usize = 32 << 20;
+
+/// What a batch weighs against [`MAX_PENDING_BYTES_PER_STREAM`].
+fn pending_weight(batch: &SensorBatch) -> usize {
+    prost::Message::encoded_len(batch) + batch.uncompressed_size as usize
+}
 
 /// UTC ns since the Unix epoch; 0 for a clock set before it.
 pub(crate) fn unix_ns(t: SystemTime) -> u64 {
@@ -645,30 +671,42 @@ impl TelemetryIngest for IngestService {
             tokio::pin!(stop);
             // Acks in the stream's order: batches waiting for their commit,
             // and after them any ack or refusal that is already known.
-            let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+            let mut pending: FuturesOrdered<WeighedAck> = FuturesOrdered::new();
+            let mut pending_bytes = 0usize;
             // A refusal waits behind the pending acks; nothing after it is
             // read.
             let mut refused = false;
             loop {
                 let next = tokio::select! {
                     () = &mut stop => break,
-                    Some(reply) = pending.next(), if !pending.is_empty() => {
+                    Some((reply, weight)) = pending.next(), if !pending.is_empty() => {
+                        pending_bytes -= weight;
                         let failed = reply.is_err();
                         if tx.send(reply).await.is_err() || failed {
                             break;
                         }
                         continue;
                     }
-                    next = inbound.message(), if !refused && pending.len() < MAX_PENDING_PER_STREAM => next,
+                    next = inbound.message(), if !refused
+                        && pending.len() < MAX_PENDING_PER_STREAM
+                        && pending_bytes < MAX_PENDING_BYTES_PER_STREAM => next,
                 };
                 let reply = match next {
                     Ok(Some(batch)) => {
                         let claimed = batch.host.as_ref().map_or("", |h| h.host_id.as_str());
+                        let weight = pending_weight(&batch);
                         match shared.trust.same_host(identity.as_ref(), claimed, "batch") {
                             Err(status) => Err(status),
                             Ok(()) => match shared.ingest(batch).await {
                                 Ok(Ingested::Pending(ack)) => {
-                                    pending.push_back(ack);
+                                    pending_bytes += weight;
+                                    shared
+                                        .pending_bytes_high_water
+                                        .fetch_max(pending_bytes as u64, Ordering::Relaxed);
+                                    if pending_bytes >= MAX_PENDING_BYTES_PER_STREAM {
+                                        shared.publish_throttled.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    pending.push_back(Box::pin(ack.map(move |r| (r, weight))));
                                     continue;
                                 }
                                 Ok(Ingested::Acked(ack)) => Ok(ack),
@@ -678,7 +716,7 @@ impl TelemetryIngest for IngestService {
                     }
                     Ok(None) => {
                         // The sensor finished sending: its last acks.
-                        while let Some(reply) = pending.next().await {
+                        while let Some((reply, _)) = pending.next().await {
                             if tx.send(reply).await.is_err() {
                                 break;
                             }
@@ -698,7 +736,7 @@ impl TelemetryIngest for IngestService {
                 };
                 if !pending.is_empty() {
                     refused = reply.is_err();
-                    pending.push_back(Box::pin(std::future::ready(reply)));
+                    pending.push_back(Box::pin(std::future::ready((reply, 0))));
                     continue;
                 }
                 let failed = reply.is_err();

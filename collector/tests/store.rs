@@ -633,3 +633,50 @@ async fn silent_host_is_recorded_then_back() {
     assert_eq!(records(&items)[0].host.as_ref().unwrap().host_id, "quiet");
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_holds_at_most_its_byte_budget_waiting_for_commits() {
+    use collector::MAX_PENDING_BYTES_PER_STREAM;
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCollector::start(with_store(store_config(dir.path()))).await;
+    let host = testkit::host("heavy", "i");
+    let mut s = SensorStream::connect(&c.url).await.unwrap();
+    // 1 MiB of decoded events per batch (big command lines compress well,
+    // so the wire carries little): 80 MiB in flight if nothing held back.
+    let arg = "x".repeat(200 << 10);
+    let batch = |seq: u64| {
+        let events = (0..5)
+            .map(|i| testkit::exec_event(seq as u32 * 10 + i, "sh", "/bin/sh", &["sh", &arg]))
+            .collect();
+        testkit::zstd_batch(&host, seq, events)
+    };
+    let weight = prost::Message::encoded_len(&batch(1)) + batch(1).uncompressed_size as usize;
+    const BATCHES: u64 = 80;
+    let sender = s.sender();
+    let batches: Vec<_> = (1..=BATCHES).map(batch).collect();
+    let send = tokio::spawn(async move {
+        for b in batches {
+            sender.send(b).await.unwrap();
+        }
+    });
+    for seq in 1..=BATCHES {
+        let ack = tokio::time::timeout(WAIT, s.next_ack()).await.unwrap();
+        assert_eq!(ack.unwrap().unwrap().sequence, seq);
+    }
+    send.await.unwrap();
+    let stats = c.collector.stats();
+    println!(
+        "pending high water {:.1} MiB (budget {} MiB), paused {} times",
+        stats.pending_bytes_high_water as f64 / f64::from(1 << 20),
+        MAX_PENDING_BYTES_PER_STREAM >> 20,
+        stats.publish_throttled
+    );
+    assert!(stats.pending_bytes_high_water > 0);
+    assert!(
+        stats.pending_bytes_high_water <= (MAX_PENDING_BYTES_PER_STREAM + weight) as u64,
+        "{} bytes waited for commits",
+        stats.pending_bytes_high_water
+    );
+    assert_eq!(stats.rejected_batches, 0);
+    c.shutdown().await.unwrap();
+}
