@@ -192,7 +192,11 @@ async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
     }
     let stats = up.stats();
     assert_eq!((stats.batches_dropped, stats.spool_batches), (0, 50));
-    assert!(stats.queue_len <= 2, "RAM holds a read-ahead only");
+    assert_eq!(
+        (stats.queue_len, stats.inflight),
+        (0, 0),
+        "while the collector is away the batches are on disk only"
+    );
 
     // The collector comes up: all of them, in order, from disk.
     let server = TestServer::start(port);
@@ -205,6 +209,28 @@ async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
         "acked: deleted"
     );
     assert_eq!(drops.snapshot().userspace_batches_dropped, 0);
+
+    // Sent but never acked when the collector dies: they leave RAM too,
+    // and come back from disk, in order, to the next collector.
+    server.withhold_acks(true);
+    for seq in 51..=60 {
+        assert!(queue.push(batch(seq, 10)));
+    }
+    wait_until("51..=60 received", PATIENCE, || {
+        server.sequences().len() == 60
+    })
+    .await;
+    server.kill();
+    wait_until("disconnect noticed", PATIENCE, || !up.stats().connected).await;
+    let stats = up.stats();
+    assert_eq!(
+        (stats.queue_len, stats.inflight, stats.spool_batches),
+        (0, 0, 10),
+        "unacked batches wait on disk, not in RAM"
+    );
+    let next = TestServer::start(port);
+    wait_until("60 acked", PATIENCE, || up.stats().batches_acked == 60).await;
+    assert_eq!(next.sequences(), (51..=60).collect::<Vec<_>>());
     let report = up.shutdown(Duration::from_secs(5)).await;
     assert_eq!((report.unsent_batches, report.left_in_spool), (0, 0));
 }

@@ -175,6 +175,32 @@ impl State {
         }
     }
 
+    /// The connection is gone: batches the spool holds leave RAM and are
+    /// read back from it, in order, after the next connect, so an outage
+    /// costs disk, not memory. Kept when any of them is in RAM only (the
+    /// disk refused it), so the order holds.
+    fn release_to_spool(&mut self) {
+        let Some(spool) = self.spool.as_ref() else {
+            return;
+        };
+        let mut in_ram = self.inflight.values().chain(self.queue.iter());
+        if !in_ram.all(|s| spool.contains(s.batch.sequence)) {
+            return;
+        }
+        let oldest = self
+            .inflight
+            .keys()
+            .next()
+            .copied()
+            .or_else(|| self.queue.front().map(|s| s.batch.sequence));
+        if let Some(oldest) = oldest {
+            self.loaded = oldest.saturating_sub(1);
+        }
+        self.inflight.clear();
+        self.queue.clear();
+        self.ram_bytes = 0;
+    }
+
     /// Recounts [`State::ram_bytes`] (after removals of many kinds).
     fn recount(&mut self) {
         self.ram_bytes = self
@@ -317,9 +343,12 @@ fn push_spooled(shared: &Shared, st: &mut State, sealed: Sealed) -> bool {
     };
     let caught_up = !spool.has_after(st.loaded) && st.loaded >= spool.last_sequence();
     let sequence = sealed.batch.sequence;
+    // While the collector is away the spool alone holds the batches: RAM
+    // copies would only wait (the refill reads them back once connected).
     let room = st.queue.len() < shared.settings.queue_capacity
         && st.ram_bytes + payload(&sealed) <= SPOOL_RAM_BYTES
-        && !st.closed;
+        && !st.closed
+        && shared.counters.connected.load(Relaxed);
     match spool.append(&sealed.batch, &sealed.audit) {
         Ok(appended) => {
             if let Some(through) = appended.dropped_through {
@@ -538,6 +567,9 @@ async fn run(shared: Arc<Shared>) {
         let mut acked_any = false;
         let end = session(&shared, &mut acked_any).await;
         let was_connected = shared.counters.connected.swap(false, Relaxed);
+        if !matches!(end, SessionEnd::Finished) {
+            shared.lock().release_to_spool();
+        }
         match &end {
             SessionEnd::Finished => return,
             e if was_connected => {
