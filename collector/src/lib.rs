@@ -15,6 +15,7 @@ pub mod sequence;
 mod server;
 pub mod store;
 pub mod testkit;
+pub mod tls_listener;
 pub mod trail;
 pub mod trust;
 

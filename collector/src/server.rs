@@ -31,6 +31,7 @@ use crate::hosts::{self, BatchMeta, HostStats, HostTable};
 use crate::ingest::{self, IngestLimits};
 use crate::sequence::Restart;
 use crate::store::{BatchStored, Store, StoreError};
+use crate::tls_listener::ReloadingTls;
 use crate::trail::{self, OnDrop, Trail};
 use crate::trust::{ReloadReport, Trust};
 use proto::control::v1::{
@@ -119,8 +120,12 @@ impl Collector {
             Some(path) => pki::DenyList::load(path)?,
             None => pki::DenyList::empty(),
         };
+        let server_tls = match &config.tls {
+            Some(files) => Some(Arc::new(ReloadingTls::load(files.clone())?)),
+            None => None,
+        };
         let trust = Arc::new(Trust::new(
-            config.tls.is_some(),
+            server_tls,
             deny,
             config.operators.clone(),
             config.operators_file.clone(),
@@ -182,8 +187,8 @@ impl Collector {
     ) -> Result<(), CollectorError> {
         let addr = listener.local_addr()?;
         let config = self.shared.config.clone();
-        let tls = match &config.tls {
-            Some(files) => Some(files.server_config()?),
+        let tls = match self.shared.trust.server_tls() {
+            Some(tls) => Some(tls),
             None if addr.ip().is_loopback() => None,
             None => return Err(CollectorError::PlaintextOffLoopback(addr)),
         };
@@ -234,23 +239,25 @@ impl Collector {
         ));
         info!(%addr, tls = tls.is_some(), max_batch_bytes = config.max_batch_bytes,
             max_decompressed_bytes = config.max_decompressed_bytes, "collector serving");
-        let mut builder = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             // A sensor whose link died is noticed, so its reconnection
             // (same certificate) is not mistaken for a second stream.
             .http2_keepalive_interval(Some(KEEPALIVE))
-            .http2_keepalive_timeout(Some(KEEPALIVE));
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
-        }
-        let server = builder
+            .http2_keepalive_timeout(Some(KEEPALIVE))
             .add_service(ingest)
             .add_service(subscribe)
             .add_service(control)
-            .add_service(analyst)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped(stop_rx),
-            );
+            .add_service(analyst);
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(tls) => Box::pin(
+                    router.serve_with_incoming_shutdown(tls.incoming(listener), stopped(stop_rx)),
+                ),
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped(stop_rx),
+                )),
+            };
         tokio::pin!(server);
         let result = tokio::select! {
             result = &mut server => result.map_err(CollectorError::from),
@@ -329,11 +336,16 @@ async fn poll_deny_list(trust: Arc<Trust>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = ticker.tick() => match trust.reload_deny_list_if_changed() {
-                Ok(true) => info!("deny list reloaded"),
-                Ok(false) => {}
-                Err(e) => warn!("deny list not reloaded, the last good one stays: {e}"),
-            },
+            _ = ticker.tick() => {
+                match trust.reload_deny_list_if_changed() {
+                    Ok(true) => info!("deny list reloaded"),
+                    Ok(false) => {}
+                    Err(e) => warn!("deny list not reloaded, the last good one stays: {e}"),
+                }
+                if let Err(e) = trust.reload_server_tls_if_changed() {
+                    warn!("collector certificate not reloaded, the one in force stays: {e}");
+                }
+            }
             () = &mut stop => return,
         }
     }

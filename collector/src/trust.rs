@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pki::{DenyList, Holder, PeerIdentity};
@@ -15,6 +15,7 @@ use tonic::{Request, Status, metadata::MetadataMap};
 use tracing::warn;
 
 use crate::auth::{self, Operator, Role};
+use crate::tls_listener::ReloadingTls;
 
 /// Trust settings and their reloadable state.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Trust {
     /// False only in the explicit plaintext mode on loopback, where there
     /// are no certificates and a batch's host id is taken as said.
     pub tls: bool,
+    /// The collector's own certificate, reloaded with the rest.
+    server_tls: Option<Arc<ReloadingTls>>,
     deny: DenyList,
     operators_file: Option<PathBuf>,
     operators: RwLock<Vec<Operator>>,
@@ -41,14 +44,16 @@ pub struct ReloadReport {
 }
 
 impl Trust {
+    /// `server_tls`: `None` only in the plaintext mode on loopback.
     pub fn new(
-        tls: bool,
+        server_tls: Option<Arc<ReloadingTls>>,
         deny: DenyList,
         operators: Vec<Operator>,
         operators_file: Option<PathBuf>,
     ) -> Self {
         Self {
-            tls,
+            tls: server_tls.is_some(),
+            server_tls,
             deny,
             operators_file,
             operators: RwLock::new(operators),
@@ -86,6 +91,13 @@ impl Trust {
         if let Err(e) = self.deny.reload() {
             first_error.get_or_insert(e.to_string());
         }
+        if let Some(tls) = &self.server_tls
+            && let Err(e) = tls.reload()
+        {
+            first_error.get_or_insert(format!(
+                "collector certificate not reloaded, the one in force stays: {e}"
+            ));
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(ReloadReport {
@@ -103,6 +115,19 @@ impl Trust {
     /// seconds, so `pki revoke` takes effect without a signal).
     pub fn reload_deny_list_if_changed(&self) -> Result<bool, String> {
         self.deny.reload_if_changed().map_err(|e| e.to_string())
+    }
+
+    /// Reloads the collector's certificate when its files changed (polled
+    /// with the deny list, so a renewal is in force without a signal).
+    pub fn reload_server_tls_if_changed(&self) -> Result<bool, String> {
+        match &self.server_tls {
+            Some(tls) => tls.reload_if_changed().map_err(|e| e.to_string()),
+            None => Ok(false),
+        }
+    }
+
+    pub fn server_tls(&self) -> Option<Arc<ReloadingTls>> {
+        self.server_tls.clone()
     }
 
     /// The operator allowed to do `action`, which needs `role`.

@@ -643,3 +643,97 @@ fn auth_names(file: &std::path::Path) -> Vec<String> {
         .map(|o| o.name)
         .collect()
 }
+
+/// The certificate the collector at `addr` presents to a new connection.
+async fn presented_certificate(addr: &str, ca: &std::path::Path) -> Vec<u8> {
+    use tokio_rustls::rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn pem_der(path: &std::path::Path) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_file(path).unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn a_renewed_collector_certificate_is_in_force_without_a_restart_or_a_dropped_stream() {
+    let c = Tls::start();
+    let ca = c.state.path().join("pki/ca.pem");
+    let tls_dir = c.state.path().join("tls");
+    let old = pem_der(&tls_dir.join("collector.pem"));
+    assert_eq!(presented_certificate(&c.addr, &ca).await, old);
+
+    // A sensor's stream is open before the renewal.
+    let (kiosk, _) = c.sensor("kiosk-a", -1, 24);
+    let mut open = SensorStream::open(kiosk.channel().await.unwrap())
+        .await
+        .unwrap();
+    let host = testkit::host("kiosk-a", "inst-1");
+    let ev = |pid| vec![testkit::exec_event(pid, "sh", "/bin/sh", &["sh"])];
+    open.publish(testkit::zstd_batch(&host, 1, ev(1)))
+        .await
+        .unwrap();
+
+    // Renewed in place (as `pki issue-collector` does): in force within
+    // the 2 s poll, no signal.
+    let names = vec!["127.0.0.1".to_owned()];
+    c.ca()
+        .issue(&Leaf::Collector { names }, 1)
+        .unwrap()
+        .write(&tls_dir, "collector")
+        .unwrap();
+    let renewed = pem_der(&tls_dir.join("collector.pem"));
+    assert_ne!(renewed, old);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while presented_certificate(&c.addr, &ca).await != renewed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate never came in force"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The stream opened before goes on; new connections work too.
+    open.publish(testkit::zstd_batch(&host, 2, ev(2)))
+        .await
+        .unwrap();
+    publish_as(&kiosk, "kiosk-a", 3).await.unwrap();
+
+    // A broken renewal (a key that is not the certificate's) is refused:
+    // the certificate in force stays, the collector keeps serving.
+    let other = c
+        .ca()
+        .issue(
+            &Leaf::Collector {
+                names: vec!["127.0.0.1".to_owned()],
+            },
+            1,
+        )
+        .unwrap();
+    pki::files::write_secret(&tls_dir.join("collector.key"), other.key_pem.as_bytes()).unwrap();
+    // Two polls at least.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(presented_certificate(&c.addr, &ca).await, renewed);
+    open.publish(testkit::zstd_batch(&host, 4, ev(4)))
+        .await
+        .unwrap();
+    publish_as(&kiosk, "kiosk-a", 5).await.unwrap();
+}

@@ -3,7 +3,14 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_rustls::rustls::{
+    self, RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -38,6 +45,61 @@ impl ServerFiles {
             .client_auth_optional(true)
             .timeout(HANDSHAKE_TIMEOUT))
     }
+}
+
+impl ServerFiles {
+    /// The same settings as [`ServerFiles::server_config`], as a rustls
+    /// config for a listener that swaps it while it runs (a renewed
+    /// collector certificate or CA without a restart).
+    pub fn rustls_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
+        let cert_pem = files::read_public(&self.cert)?;
+        let key_pem = files::read_secret(&self.key)?;
+        let ca_pem = files::read_public(&self.client_ca)?;
+        let invalid = |path: &Path| {
+            let path = path.to_owned();
+            move |why: String| PkiError::Invalid { path, why }
+        };
+        let certs = pem_certs(&self.cert, &cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| invalid(&self.key)(format!("no private key: {e}")))?;
+        let mut roots = RootCertStore::empty();
+        for ca in pem_certs(&self.client_ca, &ca_pem)? {
+            roots
+                .add(ca)
+                .map_err(|e| invalid(&self.client_ca)(e.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| invalid(&self.client_ca)(e.to_string()))?;
+        // Refuses a key that is not the certificate's (a half-copied renewal).
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Certificate(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&self.key)(format!("with {}: {e}", self.cert.display())))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Every certificate of a PEM file, at least one.
+fn pem_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Invalid {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(PkiError::Invalid {
+            path: path.to_owned(),
+            why: "no certificate in it".into(),
+        });
+    }
+    Ok(certs)
 }
 
 /// What a client (sensor, CLI) needs to check the collector and, for a
