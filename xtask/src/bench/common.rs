@@ -45,9 +45,14 @@ impl BenchSensor {
 
     /// With extra config (TOML appended) and its stderr as asked.
     pub fn start_with(url: &str, extra: &str, stderr: Stderr) -> Result<Self> {
-        let config = format!(
-            "[host]\nid = \"{HOST_ID}\"\n[collector]\nendpoint = \"{url}\"\ninsecure_plaintext = true\n{extra}"
-        );
+        let link = format!("[collector]\nendpoint = \"{url}\"\ninsecure_plaintext = true\n");
+        Self::start_configured(&link, extra, stderr)
+    }
+
+    /// A sensor with its own `[collector]` section (`collector`), e.g. the
+    /// TLS files of a real collector process.
+    pub fn start_configured(collector: &str, extra: &str, stderr: Stderr) -> Result<Self> {
+        let config = format!("[host]\nid = \"{HOST_ID}\"\n{collector}{extra}");
         let sensor = block_on(Sensor::with_config(config).stderr(stderr).start())?;
         Ok(Self(sensor))
     }

@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 use proto::telemetry::v1::SubscribeRequest;
 use rand::{Rng as _, distr::Alphanumeric};
 use tests::{
-    Collector, Stderr, Subscription,
+    Collector, CollectorState, Stderr, Subscription,
     spool::{segments, spool_bytes, spooled},
 };
 
@@ -56,14 +56,11 @@ pub struct SpoolBench {
     pub ram_only: Vec<(Duration, u64)>,
 }
 
-fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
-
-/// Warnings only, and `spool` (a `[spool]` section, or none).
-fn start(port: u16, spool: &str) -> Result<BenchSensor> {
+/// Warnings only, the collector's TLS files (`[collector]` section), and
+/// `spool` (a `[spool]` section, or none).
+fn start(collector: &str, spool: &str) -> Result<BenchSensor> {
     let extra = format!("[log]\nlevel = \"warn\"\n{spool}");
-    BenchSensor::start_with(&url(port), &extra, Stderr::Inherit)
+    BenchSensor::start_configured(collector, &extra, Stderr::Inherit)
 }
 
 /// `n` execs of `/bin/true <marker> <noise>` from four threads; `noise`
@@ -108,9 +105,16 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
         spool
     );
     let port = tests::ports::restartable_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    // The collector's CA and this sensor's certificate exist before the
+    // collector first starts (it is down while the spool fills).
+    let state = CollectorState::new(&listen)?;
+    let tls = dir.path().join("sensor-tls");
+    state.issue_sensor(HOST_ID, &tls)?;
+    let link = tests::collector_section(&format!("https://{listen}"), &tls);
 
     // Fill to the bound with the collector down.
-    let filler = start(port, &section)?;
+    let filler = start(&link, &section)?;
     let mut stormed = 0;
     while spool_bytes(&spool)? < MAX_BYTES - 2 * SEGMENT_BYTES {
         storm(5_000, "bench-spool-fill", 900)?;
@@ -137,12 +141,8 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
     );
 
     // Replay: every segment of the full spool acked and deleted.
-    let collector = block_on(Collector::start_with(
-        None,
-        &format!("127.0.0.1:{port}"),
-        &[],
-    ))?;
-    let replayer = start(port, &section)?;
+    let collector = block_on(Collector::start_on(state, None, &listen, &[]))?;
+    let replayer = start(&link, &section)?;
     let t0 = Instant::now();
     wait("the replay", Duration::from_secs(600), || {
         Ok(old.iter().all(|p| !p.exists()))
@@ -158,7 +158,7 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
     );
 
     // The same load with the collector up, for comparison.
-    let connected = start(port, "")?;
+    let connected = start(&link, "")?;
     storm(stormed, "bench-spool-connected", 900)?;
     std::thread::sleep(Duration::from_secs(1));
     out.rss_connected_kib = connected.rss_kib()?;
@@ -174,7 +174,7 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
             } else {
                 "[spool]\nenabled = false\n"
             };
-            let sensor = start(port, section)?;
+            let sensor = start(&link, section)?;
             let request = SubscribeRequest {
                 host_ids: vec![HOST_ID.to_owned()],
                 ..Default::default()
