@@ -157,10 +157,11 @@ impl Drop for TestServer {
     }
 }
 
-/// A loopback port with nothing listening (just freed).
+/// A loopback port with nothing listening, for a server that starts (or
+/// comes back) later: outside the ephemeral range, so no `bind(0)` or
+/// outgoing connection of a parallel test takes it meanwhile.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    tests::ports::restartable_port().expect("a free loopback port")
 }
 
 /// Polls `cond` until it holds; panics with `what` after `timeout`.
