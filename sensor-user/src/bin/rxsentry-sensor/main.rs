@@ -4,6 +4,7 @@
 //! `sensor_user::daemon`, the other subcommands are in `commands`.
 
 mod commands;
+mod status;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,14 @@ enum Cmd {
     Isolation {
         #[command(subcommand)]
         action: IsolationCmd,
+    },
+    /// Whether the daemon runs and what it is doing: events, losses,
+    /// batches, spool, backends, policy, isolation, rule hits (read from
+    /// its metrics endpoint). Exit status 3 when it is not running.
+    Status {
+        /// Read this address instead of the config's `[metrics] listen`.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
 }
 
@@ -176,6 +185,12 @@ fn run_main() -> anyhow::Result<()> {
         Some(Cmd::Isolation {
             action: IsolationCmd::Detach,
         }) => return commands::isolation_detach(&config),
+        Some(Cmd::Status { metrics }) => {
+            if !status::run(&config, metrics)? {
+                std::process::exit(status::NOT_RUNNING.into());
+            }
+            return Ok(());
+        }
         Some(Cmd::Policy { .. }) | None => {}
     }
     if args.check_config {
