@@ -26,6 +26,27 @@ const MAX_PAGE: u64 = 16 * 1024 * 1024;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Binds `addr` and serves `render()` there (see [`serve`]). The bound
+/// address is logged as `metrics listening on ADDR` (port 0 picks one, and
+/// tests read it back from that line). A failure to bind is logged and
+/// `None` returned: the caller runs on without metrics, since enforcement
+/// and telemetry matter more than the figures.
+pub async fn listen<F>(addr: SocketAddr, render: F) -> Option<JoinHandle<()>>
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "metrics: cannot listen; running without them");
+            return None;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!("metrics listening on {bound}");
+    Some(serve(listener, render))
+}
+
 /// Serves `render()` at `GET /metrics` (and `/`) on `listener` until the
 /// task is aborted. `render` runs on the runtime: keep it cheap.
 pub fn serve<F>(listener: TcpListener, render: F) -> JoinHandle<()>

@@ -12,6 +12,6 @@ mod http;
 mod parse;
 mod text;
 
-pub use http::{ScrapeError, scrape, serve};
+pub use http::{ScrapeError, listen, scrape, serve};
 pub use parse::{ParseError, Sample, Samples, parse};
 pub use text::{Kind, Text, Value};

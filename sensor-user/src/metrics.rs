@@ -343,22 +343,11 @@ impl SensorMetrics {
         t.finish()
     }
 
-    /// Serves [`Self::render`] on `addr`; the bound address is logged
-    /// (`metrics listening on ADDR`: port 0 picks one). A failure to bind
-    /// is logged and the sensor runs on without metrics: enforcement and
-    /// telemetry matter more than the figures.
+    /// Serves [`Self::render`] on `addr` (see [`rxsentry_metrics::listen`]:
+    /// a failure to bind is logged and the sensor runs on without metrics).
     pub async fn serve(self: &Arc<Self>, addr: SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "metrics: cannot listen; running without them");
-                return None;
-            }
-        };
-        let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!("metrics listening on {bound}");
         let me = self.clone();
-        Some(rxsentry_metrics::serve(listener, move || me.render()))
+        rxsentry_metrics::listen(addr, move || me.render()).await
     }
 }
 
