@@ -236,15 +236,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Before the listening line: whoever waits for it (tests, `cargo xtask
+    // run`) finds the metrics address already logged.
+    let metrics = match args.metrics_listen {
+        MetricsListen::On(addr) => collector::metrics::serve(collector.clone(), addr).await,
+        MetricsListen::Off => None,
+    };
     // Tests and `cargo xtask run` wait for exactly this line.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "rxsentry-collector listening on {addr}")?;
     stdout.flush()?;
     drop(stdout);
-    let metrics = match args.metrics_listen {
-        MetricsListen::On(addr) => collector::metrics::serve(collector.clone(), addr).await,
-        MetricsListen::Off => None,
-    };
     collector.serve(listener, shutdown).await?;
     if let Some(task) = metrics {
         task.abort();

@@ -74,6 +74,9 @@ enum Cmd {
         /// Read this address instead of the config's `[metrics] listen`.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Print the metrics page as served (Prometheus text format).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -185,8 +188,8 @@ fn run_main() -> anyhow::Result<()> {
         Some(Cmd::Isolation {
             action: IsolationCmd::Detach,
         }) => return commands::isolation_detach(&config),
-        Some(Cmd::Status { metrics }) => {
-            if !status::run(&config, metrics)? {
+        Some(Cmd::Status { metrics, raw }) => {
+            if !status::run(&config, metrics, raw)? {
                 std::process::exit(status::NOT_RUNNING.into());
             }
             return Ok(());

@@ -16,7 +16,7 @@ use sensor_user::config::Config;
 pub const NOT_RUNNING: u8 = 3;
 
 /// Prints the status; `Ok(false)` when the daemon is not running.
-pub fn run(config: &Config, addr: Option<SocketAddr>) -> anyhow::Result<bool> {
+pub fn run(config: &Config, addr: Option<SocketAddr>, raw: bool) -> anyhow::Result<bool> {
     let addr = match addr {
         Some(addr) => addr,
         None if config.metrics.enabled => config.metrics.listen,
@@ -36,6 +36,10 @@ pub fn run(config: &Config, addr: Option<SocketAddr>) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
+    if raw {
+        print!("{page}");
+        return Ok(true);
+    }
     let samples = parse(&page)?;
     print!("{}", render(&samples, now_unix_s()));
     Ok(true)
