@@ -93,8 +93,8 @@ pub struct SensorMetrics {
     host_id: String,
     started_unix_s: u64,
     events: [AtomicU64; KINDS.len()],
-    /// (capability, backend), fixed at start.
-    backends: Mutex<Vec<(String, String)>>,
+    /// (capability, backend, detail), fixed at start.
+    backends: Mutex<Vec<(String, String, String)>>,
     policy: Mutex<Option<PolicyState>>,
     sigma: Mutex<Option<RuleHits>>,
     response: RuleHits,
@@ -117,9 +117,17 @@ impl SensorMetrics {
         })
     }
 
-    /// The kernel mechanism chosen for `capability` (an info gauge).
+    /// The kernel mechanism chosen for `capability` (an info gauge): its
+    /// name, and what the log says in brackets after it (why a preferred
+    /// one was not available) as `detail`.
     pub fn set_backend(&self, capability: &str, backend: impl std::fmt::Display) {
-        lock(&self.backends).push((capability.to_owned(), backend.to_string()));
+        let text = backend.to_string();
+        let (name, detail) = match text.split_once(" (") {
+            Some((name, rest)) => (name, rest.strip_suffix(')').unwrap_or(rest)),
+            None => (text.as_str(), ""),
+        };
+        let entry = (capability.to_owned(), name.to_owned(), detail.to_owned());
+        lock(&self.backends).push(entry);
     }
 
     /// The allowlist's generation and reload outcomes.
@@ -274,8 +282,13 @@ impl SensorMetrics {
             Kind::Gauge,
             "The kernel mechanism chosen for each capability at start (always 1).",
         );
-        for (capability, backend) in lock(&self.backends).iter() {
-            t.sample(&[("capability", capability), ("backend", backend)], 1u64);
+        for (capability, backend, detail) in lock(&self.backends).iter() {
+            let labels = [
+                ("capability", capability.as_str()),
+                ("backend", backend),
+                ("detail", detail),
+            ];
+            t.sample(&labels, 1u64);
         }
         let policy = lock(&self.policy).clone();
         t.single(
@@ -368,6 +381,7 @@ mod tests {
     fn the_page_has_every_family_and_escapes_rule_names() {
         let m = SensorMetrics::new("kiosk \"7\"");
         m.set_backend("exec_allowlist", "lsm");
+        m.set_backend("file_open", "tracepoints (fexit unavailable: EPERM (1))");
         let sigma = RuleHits::default();
         sigma.hit("Shell \"spawned\" by\\POS");
         sigma.hit("Shell \"spawned\" by\\POS");
@@ -419,6 +433,16 @@ mod tests {
             s.get(
                 "rxsentry_sensor_backend_info",
                 &[("capability", "exec_allowlist"), ("backend", "lsm")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            s.get(
+                "rxsentry_sensor_backend_info",
+                &[
+                    ("backend", "tracepoints"),
+                    ("detail", "fexit unavailable: EPERM (1)")
+                ]
             ),
             Some(1.0)
         );

@@ -173,6 +173,10 @@ impl Process {
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .with_context(|| format!("{} did not exit within 20 s of SIGTERM", self.name))??;
+        if !status.success() {
+            // Shown with the failing test's output.
+            eprintln!("{} exited {status}; its stderr:\n{}", self.name, self.log());
+        }
         Ok(status)
     }
 

@@ -100,7 +100,7 @@ async fn exec_policy_reload_rule_hit_and_batches_move_their_counters() -> anyhow
     let backend = log
         .lines()
         .find_map(|l| l.split_once("exec allowlist backend: "))
-        .map(|(_, b)| b.trim().to_owned())
+        .map(|(_, b)| b.split(" (").next().unwrap_or(b).trim().to_owned())
         .expect("backend logged");
     assert_eq!(
         before.get(
