@@ -135,6 +135,29 @@ fn error_chain(e: &anyhow::Error) -> String {
     line
 }
 
+/// `Type=notify` (packaging/systemd/rxsentry-sensor.service): tells systemd
+/// the hooks are attached, so the units ordered after the sensor (the
+/// kiosk apps) start only then. Nothing without `$NOTIFY_SOCKET`; a failure
+/// is logged (systemd then times the start out, and says so).
+fn notify_systemd_ready() {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => net::SocketAddr::from_abstract_name(name)?,
+            None => net::SocketAddr::from_pathname(&path)?,
+        };
+        net::UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::error!(error = %e, "cannot tell systemd the sensor is ready");
+    }
+}
+
 fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Cmd::Policy { action }) = args.command {
@@ -216,6 +239,7 @@ fn run_main() -> anyhow::Result<()> {
         .block_on(async {
             let mut daemon = Daemon::start(config, args.config).await?;
             println!("rxsentry-sensor ready");
+            notify_systemd_ready();
             daemon.run_until_signal().await;
             daemon.shutdown().await?;
             Ok(())
