@@ -11,6 +11,7 @@ pub mod control;
 pub mod fanout;
 pub mod hosts;
 pub mod ingest;
+pub mod metrics;
 pub mod sequence;
 mod server;
 pub mod store;

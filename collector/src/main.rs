@@ -27,6 +27,10 @@ struct Args {
     /// Address to listen on; port 0 picks a free port (printed at start).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Prometheus metrics at http://ADDR/metrics (plain HTTP, no
+    /// authentication: keep it on loopback); `off`: no listener.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9738", value_parser = parse_metrics_listen)]
+    metrics_listen: MetricsListen,
     /// Largest accepted compressed batch payload, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_BYTES)]
     max_batch_bytes: usize,
@@ -102,6 +106,23 @@ enum Command {
 }
 
 /// `30d`, `12h`, `90m`, `45s` or plain seconds.
+/// `--metrics-listen`: an address, or off.
+#[derive(Clone, Copy, Debug)]
+enum MetricsListen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    match text {
+        "off" => Ok(MetricsListen::Off),
+        addr => addr
+            .parse()
+            .map(MetricsListen::On)
+            .map_err(|e| format!("{addr:?}: {e} (an address such as 127.0.0.1:9738, or off)")),
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -215,12 +236,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Before the listening line: whoever waits for it (tests, `cargo xtask
+    // run`) finds the metrics address already logged.
+    let metrics = match args.metrics_listen {
+        MetricsListen::On(addr) => collector::metrics::serve(collector.clone(), addr).await,
+        MetricsListen::Off => None,
+    };
     // Tests and `cargo xtask run` wait for exactly this line.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "rxsentry-collector listening on {addr}")?;
     stdout.flush()?;
     drop(stdout);
     collector.serve(listener, shutdown).await?;
+    if let Some(task) = metrics {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -171,6 +171,11 @@ impl Collector {
         }
     }
 
+    /// The store writer's totals (`None`: no store, live fan-out only).
+    pub fn store_counters(&self) -> Option<&crate::store::StoreCounters> {
+        self.shared.store.as_ref().map(|s| s.counters())
+    }
+
     /// Re-reads the operators file and the deny list (SIGHUP); a file that
     /// does not parse keeps its last good contents.
     pub fn reload_trust(&self) -> Result<ReloadReport, String> {

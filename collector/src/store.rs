@@ -136,6 +136,22 @@ pub struct Store {
     committed: Arc<AtomicU64>,
     /// Hosts recorded silent and not back since (for `ListHosts`).
     silent: Arc<Mutex<BTreeSet<String>>>,
+    counters: Arc<StoreCounters>,
+}
+
+/// The writer's running totals and host states, for the metrics.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Transactions of batches committed (a group of batches each).
+    pub commits: AtomicU64,
+    /// Groups whose commit failed (their batches refused, then resent).
+    pub commit_failures: AtomicU64,
+    pub batches: AtomicU64,
+    /// Time spent committing, successful groups only.
+    pub commit_nanos: AtomicU64,
+    /// Hosts the store knows, and those marked silent.
+    pub hosts: AtomicU64,
+    pub hosts_silent: AtomicU64,
 }
 
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -311,6 +327,7 @@ impl Store {
         info!(path = %config.path.display(), hosts = state.hosts.len(),
             high_water = state.next_id.saturating_sub(1), "store opened");
         let (jobs, rx) = mpsc::channel(1024);
+        let counters = Arc::new(StoreCounters::default());
         let writer = Writer {
             conn,
             _lock: lock,
@@ -322,8 +339,10 @@ impl Store {
                 started_ns: unix_ns(SystemTime::now()),
                 silent: silent.clone(),
                 silent_changed: false,
+                counters: counters.clone(),
             },
         };
+        writer.inner.count_hosts();
         std::thread::Builder::new()
             .name("rxsentry-store".into())
             .spawn(move || writer.run(rx))
@@ -333,6 +352,7 @@ impl Store {
             jobs,
             committed,
             silent,
+            counters,
         })
     }
 
@@ -343,6 +363,11 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The writer's totals (see [`StoreCounters`]).
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
     }
 
     /// Queues one valid batch for the writer (batches are written in the
@@ -702,6 +727,7 @@ struct Inner {
     /// changed a host's silent flag (`silent_changed`).
     silent: Arc<Mutex<BTreeSet<String>>>,
     silent_changed: bool,
+    counters: Arc<StoreCounters>,
 }
 
 impl Writer {
@@ -760,6 +786,7 @@ impl Writer {
     /// goes back to what the database still holds and every batch of the
     /// group is refused (the sensors resend them).
     fn commit_group(&mut self, group: Vec<BatchJob>) {
+        let started = std::time::Instant::now();
         let saved = self.inner.state.clone();
         let mut published = Vec::new();
         let mut outcomes = Vec::with_capacity(group.len());
@@ -772,6 +799,12 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                let c = &self.inner.counters;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                c.commit_nanos.fetch_add(took, Ordering::Relaxed);
+                self.inner.count_hosts();
                 self.inner.committed_publish(published);
                 for (job, observation) in group.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(BatchStored { observation }));
@@ -781,6 +814,7 @@ impl Writer {
                 warn!(error = %e, batches = group.len(), "store commit failed, batches refused");
                 self.inner.state = saved;
                 self.inner.silent_changed = false;
+                (self.inner.counters.commit_failures).fetch_add(1, Ordering::Relaxed);
                 for job in group {
                     let _ = job.reply.send(Err(StoreError::Write(e.to_string())));
                 }
@@ -849,6 +883,7 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                self.inner.count_hosts();
                 self.inner.committed_publish(published);
             }
             Err(e) => {
@@ -936,6 +971,14 @@ impl Writer {
 }
 
 impl Inner {
+    /// Publishes how many hosts there are and how many are silent.
+    fn count_hosts(&self) {
+        let hosts = &self.state.hosts;
+        let silent = hosts.values().filter(|h| h.silent).count();
+        (self.counters.hosts).store(hosts.len() as u64, Ordering::Relaxed);
+        (self.counters.hosts_silent).store(silent as u64, Ordering::Relaxed);
+    }
+
     /// Commits a transaction with the id counter it advanced.
     fn commit(&self, tx: rusqlite::Transaction<'_>) -> Result<(), rusqlite::Error> {
         tx.execute(

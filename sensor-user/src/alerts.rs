@@ -82,6 +82,8 @@ pub fn log_loaded(loaded: &Loaded, why: &str) {
 pub struct RuleStore {
     current: Mutex<Arc<RuleSet>>,
     generation: AtomicU64,
+    /// Matches per rule title, for the metrics.
+    hits: crate::metrics::RuleHits,
 }
 
 impl RuleStore {
@@ -89,7 +91,13 @@ impl RuleStore {
         Arc::new(Self {
             current: Mutex::new(Arc::new(rules)),
             generation: AtomicU64::new(1),
+            hits: crate::metrics::RuleHits::default(),
         })
+    }
+
+    /// Matches per rule title since start (reloads keep counting).
+    pub fn hits(&self) -> crate::metrics::RuleHits {
+        self.hits.clone()
     }
 
     /// Puts `rules` in force from the next event on.
@@ -293,6 +301,7 @@ impl Alerter {
         self.rules.matches(&view, &mut self.scratch, &mut hits);
         for rule in hits {
             self.stats.alerts += 1;
+            self.store.hits.hit(&rule.title);
             tracing::debug!(rule = %rule.title, author = %rule.author, subject = %subject, "alert");
             let alert = AlertEvent {
                 process: None,

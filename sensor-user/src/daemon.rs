@@ -22,6 +22,7 @@ use crate::{
     hooks::{self, HookConfig, HookError, KernelDrops, ProcessHooks},
     identity::{self, IdentityError},
     isolation::{self, IsolationError, service::Request as IsolationRequest},
+    metrics::{CountingSink, SensorMetrics, Snapshot},
     pipeline::{self, PipelineError, PipelineHandle, ShutdownReport},
     policy::{
         self,
@@ -123,6 +124,10 @@ pub struct Daemon {
     reader: TaskHandle<std::io::Result<()>>,
     /// The detection rules in force and where they are read from.
     rules: Option<(Arc<RuleStore>, DetectionConfig)>,
+    /// The figures `/metrics` shows; `isolation_status` is `None` when
+    /// isolation is disabled.
+    metrics: Arc<SensorMetrics>,
+    isolation_status: Option<status_watch::Receiver<IsolationStatus>>,
 }
 
 impl Daemon {
@@ -138,6 +143,7 @@ impl Daemon {
             )?;
         }
         tracing::info!(host_id = %host.host_id, instance = %host.sensor_instance_id, "starting");
+        let metrics = SensorMetrics::new(&host.host_id);
         let signals = Signals::install().map_err(DaemonError::Signals)?;
         // A bad policy stops start-up here, before anything is attached.
         let policy = match &config.policy.path {
@@ -159,6 +165,16 @@ impl Daemon {
         tracing::info!("exec allowlist backend: {}", hooks.allowlist_backend());
         tracing::info!("file field reads: {}", hooks.file_reads());
         tracing::info!("file open hook: {}", hooks.file_open_hook());
+        metrics.set_backend("exec_allowlist", hooks.allowlist_backend());
+        metrics.set_backend("file_open", hooks.file_open_hook());
+        metrics.set_backend("file_reads", hooks.file_reads());
+        if config.isolation.enabled {
+            let tc = isolation::kernel::attach_name(config.isolation.tc_attach);
+            metrics.set_backend("isolation_tc", tc);
+        }
+        if let Some(store) = &sigma {
+            metrics.set_sigma_hits(store.hits());
+        }
         // Process ring first (see read_rings), then files, then network.
         let mut rings = vec![hooks.take_process_ring()?];
         let anchors = watch::Anchors::default();
@@ -194,11 +210,12 @@ impl Daemon {
             }
             None => (None, RuleNames::default()),
         };
+        metrics.set_policy(rules.policy_state());
 
         let drops = Arc::new(DropTracker::new());
         let pipeline =
             pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
-        let (isolation, tasks) = start_isolation(
+        let (isolation, mut tasks, isolation_status) = start_isolation(
             &config,
             &pipeline,
             host,
@@ -206,11 +223,13 @@ impl Daemon {
         )
         .await?;
 
-        let mut router = Router::new(pipeline.sender(), drops.clone())
+        let sink = CountingSink::new(pipeline.sender(), metrics.clone());
+        let detector = Detector::new(&config.response).with_hits(metrics.response_hits());
+        let mut router = Router::new(sink, drops.clone())
             .with_policy(rules, policy.as_ref().map(|m| m.tx.clone()))
             .with_watch(anchors, watch.as_ref().map(|m| m.tx.clone()))
             .with_repeats(repeats)
-            .with_detection(Detector::new(&config.response), isolation.clone());
+            .with_detection(detector, isolation.clone());
         let (stop_reader, reader_stopped) = oneshot::channel::<()>();
         let reader = tokio::spawn(hooks::read_rings(
             rings,
@@ -223,6 +242,9 @@ impl Daemon {
             "kernel hooks attached; streaming to {}",
             config.collector.endpoint
         );
+        if config.metrics.enabled {
+            tasks.extend(metrics.serve(config.metrics.listen).await);
+        }
         Ok(Self {
             signals,
             hooks,
@@ -235,6 +257,8 @@ impl Daemon {
             stop_reader,
             reader,
             rules: sigma.map(|store| (store, config.detection.clone())),
+            metrics,
+            isolation_status,
         })
     }
 
@@ -248,11 +272,23 @@ impl Daemon {
                 _ = self.signals.int.recv() => return,
                 _ = self.signals.hup.recv() => self.reload(),
                 _ = poll.tick() => match self.hooks.kernel_drops() {
-                    Ok(k) => record_kernel_drops(&self.drops, k),
+                    Ok(k) => {
+                        record_kernel_drops(&self.drops, k);
+                        self.publish_metrics(k.kernel_read_failed);
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot read kernel drop counters"),
                 },
             }
         }
+    }
+
+    /// The snapshot part of the metrics (see `metrics`).
+    fn publish_metrics(&self, kernel_incomplete: u64) {
+        self.metrics.publish(Snapshot {
+            pipeline: self.pipeline.stats(),
+            kernel_incomplete,
+            isolation: self.isolation_status.as_ref().map(|s| s.borrow().clone()),
+        });
     }
 
     fn reload(&self) {
@@ -308,17 +344,26 @@ impl Daemon {
 
 /// Starts the control stream and, when enabled, opens the isolation state
 /// (re-applying a persisted isolation) and the task that owns it. Returns
-/// where isolation requests go and the tasks to stop at exit.
+/// where isolation requests go, the tasks to stop at exit and, when
+/// enabled, the isolation state as it changes.
 async fn start_isolation(
     config: &Config,
     pipeline: &PipelineHandle,
     host: HostIdentity,
     allowlist_backend: String,
-) -> Result<(mpsc::Sender<IsolationRequest>, Vec<TaskHandle<()>>), DaemonError> {
+) -> Result<
+    (
+        mpsc::Sender<IsolationRequest>,
+        Vec<TaskHandle<()>>,
+        Option<status_watch::Receiver<IsolationStatus>>,
+    ),
+    DaemonError,
+> {
     let (tx, mut rx) = mpsc::channel::<IsolationRequest>(ISOLATION_QUEUE);
     let audit = pipeline.audit_sender();
     let mut tasks = Vec::new();
     let (status_tx, status_rx) = status_watch::channel(IsolationStatus::default());
+    let watched = config.isolation.enabled.then(|| status_rx.clone());
     if config.isolation.enabled {
         let mut iso = isolation::Isolation::open(&config.isolation, &config.collector.endpoint)
             .map_err(DaemonError::Isolation)?;
@@ -380,7 +425,7 @@ async fn start_isolation(
         tx.clone(),
         status_rx,
     )));
-    Ok((tx, tasks))
+    Ok((tx, tasks, watched))
 }
 
 fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {

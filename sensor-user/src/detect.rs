@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::config::{ResponseAction, ResponseRule, Signal};
+use crate::{
+    config::{ResponseAction, ResponseRule, Signal},
+    metrics::RuleHits,
+};
 
 /// A rule that fired: who asks and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,13 +29,22 @@ pub struct Trigger {
 #[derive(Debug, Default)]
 pub struct Detector {
     rules: Vec<(ResponseRule, VecDeque<Instant>)>,
+    /// Firings per rule name, for the metrics.
+    hits: RuleHits,
 }
 
 impl Detector {
     pub fn new(rules: &[ResponseRule]) -> Self {
         Self {
             rules: rules.iter().map(|r| (r.clone(), VecDeque::new())).collect(),
+            hits: RuleHits::default(),
         }
+    }
+
+    /// Counts the rules that fire in `hits`.
+    pub fn with_hits(mut self, hits: RuleHits) -> Self {
+        self.hits = hits;
+        self
     }
 
     /// Counts one `signal` at `now`; returns the rules that reached their
@@ -54,6 +66,7 @@ impl Detector {
             seen.push_back(now);
             if seen.len() >= rule.threshold as usize {
                 seen.clear();
+                self.hits.hit(&rule.name);
                 fired.push(Trigger {
                     requester: format!("detection:{}", rule.name),
                     reason: format!("{} {signal} within {} s", rule.threshold, rule.within_secs),
@@ -87,6 +100,7 @@ mod tests {
         assert_eq!(fired[0].requester, "detection:burst");
         assert_eq!(fired[0].action, ResponseAction::Isolate);
         assert!(fired[0].reason.contains("3 exec_blocked within 10 s"));
+        assert_eq!(d.hits.snapshot().get("burst"), Some(&1));
         // The window restarted: one more signal is not enough.
         assert!(
             d.observe(Signal::ExecBlocked, t0 + Duration::from_secs(3))

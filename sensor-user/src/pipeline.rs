@@ -87,6 +87,9 @@ pub struct PipelineStats {
     pub batches_resent: u64,
     pub batches_acked: u64,
     pub collector_connected: bool,
+    /// Sealed batches waiting in memory to be sent, and sent but unacked.
+    pub upload_queue: usize,
+    pub inflight: usize,
     /// Batches waiting in the spool, and its bytes on disk.
     pub spool_batches: usize,
     pub spool_bytes: u64,
@@ -440,6 +443,8 @@ impl PipelineHandle {
             batches_resent: up.batches_resent,
             batches_acked: up.batches_acked,
             collector_connected: up.connected,
+            upload_queue: up.queue_len,
+            inflight: up.inflight,
             spool_batches: up.spool_batches,
             spool_bytes: up.spool_bytes,
             hash_cache_hits: c.hash_hits.load(Relaxed),

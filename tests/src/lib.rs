@@ -23,7 +23,8 @@ pub use access::CollectorAccess;
 pub use open_hook::HeldOpenHook;
 pub use procs::{
     Collector, CollectorState, InNetns, Process, Sensor, SensorCommand, SensorOptions, Stderr,
-    bin_path, collector_operator_toml, collector_section, sensor_with_config,
+    bin_path, collector_operator_toml, collector_section, metrics_addr_in, scrape_metrics,
+    sensor_with_config,
 };
 pub use stream::Subscription;
 

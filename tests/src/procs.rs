@@ -7,6 +7,7 @@
 use std::{
     ffi::{OsStr, OsString},
     io::Write as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{ExitStatus, Output, Stdio},
     time::Duration,
@@ -172,6 +173,10 @@ impl Process {
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .with_context(|| format!("{} did not exit within 20 s of SIGTERM", self.name))??;
+        if !status.success() {
+            // Shown with the failing test's output.
+            eprintln!("{} exited {status}; its stderr:\n{}", self.name, self.log());
+        }
         Ok(status)
     }
 
@@ -306,6 +311,11 @@ impl Collector {
             .arg("--state-dir")
             .arg(state.path())
             .args(args);
+        // Metrics on a port of its own (see `metrics_addr`), never the
+        // default one another collector may hold.
+        if !args.iter().any(|a| *a == "--metrics-listen") {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         let (process, addr) = Process::start(
             "rxsentry-collector",
             &mut cmd,
@@ -327,6 +337,16 @@ impl Collector {
         let Self { process, state, .. } = self;
         process.stop().await?;
         Ok(state)
+    }
+
+    /// Where its metrics listener bound (from its log).
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        metrics_addr_in(&self.log()).ok_or_else(|| anyhow::anyhow!("no metrics listener logged"))
+    }
+
+    /// Its metrics page, scraped and parsed.
+    pub async fn metrics(&self) -> anyhow::Result<rxsentry_metrics::Samples> {
+        scrape_metrics(self.metrics_addr()?).await
     }
 
     /// How to reach it: TLS against its CA, with the admin token.
@@ -462,7 +482,7 @@ impl SensorCommand {
     fn command(&self) -> anyhow::Result<(Command, Option<TempConfig>)> {
         let (path, file) = match &self.config {
             Config::Text(text) => {
-                let (text, spool) = with_own_spool(text)?;
+                let (text, spool) = with_own_spool(&with_own_metrics(text))?;
                 let mut file = tempfile::NamedTempFile::new()?;
                 file.write_all(text.as_bytes())?;
                 file.flush()?;
@@ -530,6 +550,37 @@ fn with_own_spool(text: &str) -> anyhow::Result<(String, Option<tempfile::TempDi
     Ok((text, Some(dir)))
 }
 
+/// A config without a `[metrics]` section gets a listener on port 0 (the
+/// bound address is in the sensor's log: [`Sensor::metrics_addr`]), so
+/// sensors side by side never fight over the default port.
+fn with_own_metrics(text: &str) -> String {
+    if text.lines().any(|l| l.trim() == "[metrics]") {
+        return text.to_owned();
+    }
+    format!(
+        "{text}
+[metrics]
+listen = \"127.0.0.1:0\"
+"
+    )
+}
+
+/// The address of a `metrics listening on ADDR` line in `log`.
+pub fn metrics_addr_in(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .find_map(|l| l.split_once("metrics listening on "))
+        .and_then(|(_, addr)| addr.trim().parse().ok())
+}
+
+/// `GET /metrics` from `addr` (loopback of this namespace), parsed.
+pub async fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<rxsentry_metrics::Samples> {
+    let page = tokio::task::spawn_blocking(move || {
+        rxsentry_metrics::scrape(addr, Duration::from_secs(10))
+    })
+    .await??;
+    Ok(rxsentry_metrics::parse(&page)?)
+}
+
 /// A running `rxsentry-sensor`, SIGKILLed on drop if still alive (its
 /// programs detach when its fds close).
 pub struct Sensor {
@@ -583,6 +634,17 @@ impl Sensor {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Where its metrics listener bound (from its log; the harness gives
+    /// a config without `[metrics]` port 0).
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        metrics_addr_in(&self.log()).ok_or_else(|| anyhow::anyhow!("no metrics listener logged"))
+    }
+
+    /// Its metrics page, scraped and parsed.
+    pub async fn metrics(&self) -> anyhow::Result<rxsentry_metrics::Samples> {
+        scrape_metrics(self.metrics_addr()?).await
     }
 
     /// Sends SIGHUP (policy reload).

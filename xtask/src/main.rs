@@ -9,6 +9,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod deb;
 mod fuzz;
 mod run;
 mod setup;
@@ -51,6 +52,9 @@ enum Cmd {
     Bench(bench::Options),
     /// Run the collector's hostile-input properties with many cases.
     Fuzz(fuzz::Options),
+    /// Build the Debian packages rxsentry-sensor and rxsentry-soc
+    /// (target/debian/).
+    Deb(deb::Options),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::VmTest(opts) => vm::test::vm_test(&opts),
         Cmd::Bench(opts) => bench::bench(&opts),
         Cmd::Fuzz(opts) => fuzz::fuzz(&opts),
+        Cmd::Deb(opts) => deb::deb(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,11 +18,13 @@ use serde::Deserialize;
 
 mod detection;
 mod isolation;
+mod metrics;
 mod network;
 mod response;
 mod spool;
 pub use detection::DetectionConfig;
 pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
+pub use metrics::{DEFAULT_METRICS_LISTEN, MetricsConfig};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
 pub use response::{ResponseAction, ResponseRule, Signal};
 pub use spool::{SpoolConfig, SpoolFsync};
@@ -86,6 +88,8 @@ pub struct Config {
     pub response: Vec<ResponseRule>,
     /// `[detection]`: Sigma rules (see docs/detection.md).
     pub detection: DetectionConfig,
+    /// `[metrics]`: the Prometheus endpoint (see docs/metrics.md).
+    pub metrics: MetricsConfig,
 }
 
 /// `[files]`: file telemetry on watched paths, filtered in the kernel.

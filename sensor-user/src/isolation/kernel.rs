@@ -34,6 +34,11 @@ use crate::{
 const NL_PRIORITY: u16 = 0x5253;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 0x5253);
 
+/// How `mode` attaches on this kernel, for status and metrics.
+pub fn attach_name(mode: TcAttach) -> &'static str {
+    if netlink(mode) { "netlink" } else { "tcx" }
+}
+
 /// Whether `mode` attaches through netlink (clsact filters) on this kernel.
 fn netlink(mode: TcAttach) -> bool {
     use aya::util::KernelVersion;

@@ -7,7 +7,11 @@
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock, mpsc},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -22,11 +26,31 @@ use super::{
 /// How often the policy file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(2);
 
-/// Rule names by index, shared with the event reader for reports.
+/// Rule names by index, shared with the event reader for reports; with
+/// the generation in force.
 #[derive(Clone, Debug, Default)]
-pub struct RuleNames(Arc<RwLock<Vec<String>>>);
+pub struct RuleNames(Arc<RwLock<Vec<String>>>, PolicyState);
+
+/// The generation in force and the reloads refused, for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyState(Arc<(AtomicU64, AtomicU64)>);
+
+impl PolicyState {
+    pub fn generation(&self) -> u64 {
+        self.0.0.load(Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.0.1.load(Relaxed)
+    }
+}
 
 impl RuleNames {
+    /// The generation in force and the reloads refused.
+    pub fn policy_state(&self) -> PolicyState {
+        self.1.clone()
+    }
+
     pub fn name(&self, index: Option<u32>) -> String {
         let Some(index) = index else {
             return "not in allowlist".to_owned();
@@ -74,7 +98,11 @@ pub fn start(
 > {
     let generation = maps.apply(&compiled, &path)?;
     log_applied(&compiled, generation);
-    let rules = RuleNames(Arc::new(RwLock::new(compiled.rules.clone())));
+    let rules = RuleNames(
+        Arc::new(RwLock::new(compiled.rules.clone())),
+        PolicyState::default(),
+    );
+    rules.1.0.0.store(generation, Relaxed);
     let (tx, rx) = mpsc::channel();
     let manager = Manager {
         maps,
@@ -163,16 +191,20 @@ impl Manager {
                     "allowlist reloaded"
                 );
                 log_applied(&compiled, generation);
+                self.rules.1.0.0.store(generation, Relaxed);
                 if let Ok(mut rules) = self.rules.0.write() {
                     rules.clone_from(&compiled.rules);
                 }
                 self.compiled = compiled;
             }
-            Err(e) => tracing::error!(
-                reason = why,
-                generation = self.maps.generation(),
-                "allowlist policy refused, the previous generation stays in force: {e}"
-            ),
+            Err(e) => {
+                self.rules.1.0.1.fetch_add(1, Relaxed);
+                tracing::error!(
+                    reason = why,
+                    generation = self.maps.generation(),
+                    "allowlist policy refused, the previous generation stays in force: {e}"
+                )
+            }
         }
     }
 

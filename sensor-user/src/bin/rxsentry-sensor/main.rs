@@ -4,6 +4,7 @@
 //! `sensor_user::daemon`, the other subcommands are in `commands`.
 
 mod commands;
+mod status;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,17 @@ enum Cmd {
         #[command(subcommand)]
         action: IsolationCmd,
     },
+    /// Whether the daemon runs and what it is doing: events, losses,
+    /// batches, spool, backends, policy, isolation, rule hits (read from
+    /// its metrics endpoint). Exit status 3 when it is not running.
+    Status {
+        /// Read this address instead of the config's `[metrics] listen`.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Print the metrics page as served (Prometheus text format).
+        #[arg(long)]
+        raw: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -123,6 +135,29 @@ fn error_chain(e: &anyhow::Error) -> String {
     line
 }
 
+/// `Type=notify` (packaging/systemd/rxsentry-sensor.service): tells systemd
+/// the hooks are attached, so the units ordered after the sensor (the
+/// kiosk apps) start only then. Nothing without `$NOTIFY_SOCKET`; a failure
+/// is logged (systemd then times the start out, and says so).
+fn notify_systemd_ready() {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => net::SocketAddr::from_abstract_name(name)?,
+            None => net::SocketAddr::from_pathname(&path)?,
+        };
+        net::UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::error!(error = %e, "cannot tell systemd the sensor is ready");
+    }
+}
+
 fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Cmd::Policy { action }) = args.command {
@@ -176,6 +211,12 @@ fn run_main() -> anyhow::Result<()> {
         Some(Cmd::Isolation {
             action: IsolationCmd::Detach,
         }) => return commands::isolation_detach(&config),
+        Some(Cmd::Status { metrics, raw }) => {
+            if !status::run(&config, metrics, raw)? {
+                std::process::exit(status::NOT_RUNNING.into());
+            }
+            return Ok(());
+        }
         Some(Cmd::Policy { .. }) | None => {}
     }
     if args.check_config {
@@ -198,6 +239,7 @@ fn run_main() -> anyhow::Result<()> {
         .block_on(async {
             let mut daemon = Daemon::start(config, args.config).await?;
             println!("rxsentry-sensor ready");
+            notify_systemd_ready();
             daemon.run_until_signal().await;
             daemon.shutdown().await?;
             Ok(())
