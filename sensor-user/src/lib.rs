@@ -16,6 +16,7 @@ pub mod events;
 pub mod hooks;
 pub mod identity;
 pub mod isolation;
+pub mod memory;
 pub mod metrics;
 pub mod object;
 pub mod pipeline;

@@ -109,6 +109,7 @@ enum PolicyCmd {
 }
 
 fn main() -> std::process::ExitCode {
+    sensor_user::memory::tune_allocator();
     match run_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
