@@ -192,7 +192,9 @@ impl Manager {
     fn scan_identities(&mut self, why: &str) -> Result<(), WatchError> {
         let max = self.config.identity_max_entries;
         let scan = IdentityScan::run(&self.current, max);
+        let started = std::time::Instant::now();
         let refused = self.maps.apply_identities(&scan.files)?;
+        let map_ms = started.elapsed().as_millis() as u64;
         let overflow = scan.overflow + refused;
         self.scan_overflow = overflow;
         self.refused = 0;
@@ -203,6 +205,7 @@ impl Manager {
             unreadable = scan.unreadable,
             overflow,
             scan_ms = scan.elapsed.as_millis() as u64,
+            map_ms,
             "watched files by identity"
         );
         if overflow > 0 {
