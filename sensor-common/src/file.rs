@@ -23,8 +23,11 @@ pub const FILE_NAME_LEN: usize = 256;
 /// copied at an offset masked below half the buffer, so a name never runs
 /// past the end; a longer chain is cut and flagged.
 pub const FILE_CHAIN_LEN: usize = 512;
-/// Directories walked up from a file looking for a watched root.
-pub const FILE_MAX_DEPTH: u32 = 16;
+/// Directories walked up from a file looking for a watched root (and
+/// names copied up from it). A file deeper than this below every watched
+/// root it might lie in is reported flagged [`PATH_DEPTH_EXCEEDED`]
+/// (possibly watched), never dropped.
+pub const FILE_MAX_DEPTH: u32 = 64;
 /// Entries of `WATCHED`: watched roots and excluded subtrees.
 pub const WATCH_ENTRIES: u32 = 4096;
 /// Entries of `WATCH_PREFIXES`: one per (ancestor, watched root) pair.
@@ -37,6 +40,21 @@ pub const EXCLUDED_EXE_ENTRIES: u32 = 1024;
 pub const WATCHED_INO_WORDS: u32 = 1024;
 /// `PathRecord::anchor` when no anchor applies.
 pub const NO_ANCHOR: u32 = u32::MAX;
+/// Default entries of `WATCHED_INODES` (the loader sizes it from
+/// `files.identity_max_entries`).
+pub const WATCHED_INODE_ENTRIES: u32 = 65536;
+/// Words of `WATCHED_INODE_BITS`: a one-hash Bloom filter of the inode
+/// numbers of `WATCHED_INODES` keys (1 Mi bits, 128 KiB), so an open outside
+/// the watched set costs an array read, not a hash lookup.
+pub const WATCHED_INODE_WORDS: u32 = 16384;
+
+/// The word of `WATCHED_INODE_BITS` and the bit in it that stand for inode
+/// number `ino`.
+#[inline(always)]
+pub const fn inode_bit(ino: u64) -> (u32, u64) {
+    let bit = (ino ^ (ino >> 20)) as u32 & (WATCHED_INODE_WORDS * 64 - 1);
+    (bit / 64, 1 << (bit % 64))
+}
 
 /// `FileEvent::op`. A watch rule selects operations with a mask of `1 << op`.
 pub mod file_op {
@@ -52,14 +70,22 @@ pub mod file_op {
     pub const CHOWN: u32 = 6;
     /// A watched file was executed.
     pub const EXEC: u32 = 7;
-    /// Every operation.
+    /// link, linkat: a new name for a file (a [`super::FileRenameEvent`]:
+    /// the existing name, then the new one; either side watched).
+    pub const LINK: u32 = 8;
+    /// io_uring_setup: a process made an io_uring instance, whose opens,
+    /// reads and sends no syscall tracepoint sees. Reported for every
+    /// process, whatever the watched set.
+    pub const IO_URING_SETUP: u32 = 9;
+    /// Every operation a watch rule can select.
     pub const ALL: u32 = (1 << OPEN_READ)
         | (1 << OPEN_WRITE)
         | (1 << UNLINK)
         | (1 << RENAME)
         | (1 << CHMOD)
         | (1 << CHOWN)
-        | (1 << EXEC);
+        | (1 << EXEC)
+        | (1 << LINK);
 }
 
 // open(2) flags, as `FileEvent::flags` of an open carries them: the values
@@ -174,6 +200,15 @@ pub const PATH_CHAIN_TRUNCATED: u32 = 1 << 0;
 pub const PATH_NAME_TRUNCATED: u32 = 1 << 1;
 /// `PathRecord::flags`: this path matched the watched set.
 pub const PATH_WATCHED: u32 = 1 << 2;
+/// `PathRecord::flags`: the walk up from the file reached
+/// [`FILE_MAX_DEPTH`] before a watched root or the filesystem's root: the
+/// file is possibly watched. The chain holds the names walked (the
+/// nearest ones), with no anchor.
+pub const PATH_DEPTH_EXCEEDED: u32 = 1 << 3;
+/// `PathRecord::flags`: the file was found by its identity (a watched
+/// inode, `WATCHED_INODES`) under a name outside every watched tree (a hard
+/// link). The chain holds the names up to its filesystem's root, no anchor.
+pub const PATH_BY_IDENTITY: u32 = 1 << 4;
 
 /// One path, as anchor + walked components + the string the process gave.
 #[repr(C)]

@@ -18,8 +18,8 @@ pub mod policy;
 pub use event::*;
 pub use file::{
     FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, FileEvent, FileRenameEvent, FileSettings,
-    NO_ANCHOR, PATH_CHAIN_TRUNCATED, PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord, WatchEntry,
-    file_op,
+    NO_ANCHOR, PATH_BY_IDENTITY, PATH_CHAIN_TRUNCATED, PATH_DEPTH_EXCEEDED, PATH_NAME_TRUNCATED,
+    PATH_WATCHED, PathRecord, WatchEntry, file_op,
 };
 pub use isolation::{ISOLATION_ALLOW_ENTRIES, IsolationAllowKey, IsolationState, isolation_stat};
 pub use net::*;
@@ -45,8 +45,11 @@ pub mod drop_reason {
     pub const FILE_RINGBUF_FULL: u32 = 2;
     /// `bpf_ringbuf_reserve` on `NET_EVENTS` failed.
     pub const NET_RINGBUF_FULL: u32 = 3;
+    /// A file created in a watched tree could not be added to
+    /// `WATCHED_INODES` (full): its other names are not recognised.
+    pub const FILE_IDENTITY_FULL: u32 = 4;
     /// Number of counters in `DROPS`.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Names of maps and programs, shared so the loader cannot misspell them.
@@ -76,6 +79,8 @@ pub mod names {
     pub const WATCHED_INO_BITS: &str = "WATCHED_INO_BITS";
     pub const OPEN_REPEATS: &str = "OPEN_REPEATS";
     pub const OPEN_REPEAT_GEN: &str = "OPEN_REPEAT_GEN";
+    pub const WATCHED_INODES: &str = "WATCHED_INODES";
+    pub const WATCHED_INODE_BITS: &str = "WATCHED_INODE_BITS";
     /// The syscall-entry programs of path operations, with the tracepoint
     /// (`syscalls:<name>`) each one attaches to.
     pub const FILE_ENTER_PROGRAMS: &[(&str, &str)] = &[
@@ -93,6 +98,8 @@ pub mod names {
         ("file_enter_lchown", "sys_enter_lchown"),
         ("file_enter_fchown", "sys_enter_fchown"),
         ("file_enter_fchownat", "sys_enter_fchownat"),
+        ("file_enter_link", "sys_enter_link"),
+        ("file_enter_linkat", "sys_enter_linkat"),
     ];
     /// Opens, decided at exit alone (on the file the kernel opened), one
     /// program per argument layout, with its tracepoint.
@@ -131,7 +138,21 @@ pub mod names {
         "sys_exit_lchown",
         "sys_exit_fchown",
         "sys_exit_fchownat",
+        "sys_exit_link",
+        "sys_exit_linkat",
     ];
+    /// Opens by file handle (`open_by_handle_at`), decided at exit on the
+    /// opened file: attached whichever open hook is in use (fexit on
+    /// `do_filp_open` does not see them), helper-read and typed builds.
+    pub const FILE_EXIT_BY_HANDLE: (&str, &str) =
+        ("file_exit_open_by_handle_at", "sys_exit_open_by_handle_at");
+    pub const FILE_EXIT_BY_HANDLE_TYPED: (&str, &str) = (
+        "file_exit_open_by_handle_at_typed",
+        "sys_exit_open_by_handle_at",
+    );
+    /// io_uring instances made (`file_op::IO_URING_SETUP`).
+    pub const FILE_IO_URING_SETUP: (&str, &str) =
+        ("file_exit_io_uring_setup", "sys_exit_io_uring_setup");
     /// Exec of a watched file (raw tracepoint `sched_process_exec`).
     pub const PROG_FILE_EXEC: &str = "file_exec";
     // network

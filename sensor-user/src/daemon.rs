@@ -175,9 +175,11 @@ impl Daemon {
         if let Some(store) = &sigma {
             metrics.set_sigma_hits(store.hits());
         }
+        tracing::info!("io_uring: {}", hooks::io_uring_state());
         // Process ring first (see read_rings), then files, then network.
         let mut rings = vec![hooks.take_process_ring()?];
         let anchors = watch::Anchors::default();
+        let drops = Arc::new(DropTracker::new());
         let (watch, repeats) = if config.files.enabled {
             // The sensor's own binary, config and policy: tamper evidence.
             let self_files: Vec<PathBuf> = std::env::current_exe()
@@ -186,9 +188,14 @@ impl Daemon {
                 .chain(config.policy.path.clone())
                 .collect();
             let maps = hooks.take_watch_maps()?;
-            let (tx, thread) =
-                watch::manager::start(maps, config.files.clone(), self_files, anchors.clone())
-                    .map_err(DaemonError::Watch)?;
+            let (tx, thread) = watch::manager::start(
+                maps,
+                config.files.clone(),
+                self_files,
+                anchors.clone(),
+                drops.clone(),
+            )
+            .map_err(DaemonError::Watch)?;
             rings.push(hooks.take_file_ring()?);
             let window = Duration::from_millis(config.files.open_repeat_window_ms);
             let repeats = OpenRepeats::start(hooks.take_repeat_maps()?, window)
@@ -212,7 +219,6 @@ impl Daemon {
         };
         metrics.set_policy(rules.policy_state());
 
-        let drops = Arc::new(DropTracker::new());
         let pipeline =
             pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
         let (isolation, mut tasks, isolation_status) = start_isolation(
@@ -432,6 +438,7 @@ fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {
     drops
         .set_kernel_ringbuf_full(k.process_ringbuf_full + k.file_ringbuf_full + k.net_ringbuf_full);
     drops.set_kernel_file_ringbuf_full(k.file_ringbuf_full);
+    drops.set_kernel_file_identity_full(k.file_identity_full);
     drops.set_kernel_net_ringbuf_full(k.net_ringbuf_full);
 }
 

@@ -489,16 +489,20 @@ async fn a_directory_moved_into_the_watched_tree_is_watched_at_once() -> anyhow:
     assert_eq!(reads[0].path, tree.path("phi/outer/batch/rx-42.csv"));
 
     // And out again: the kernel now caches "batch is watched, two levels
-    // below phi"; moving it out must invalidate that too.
+    // below phi"; moving it out must invalidate that too. The file itself,
+    // moved into the tree, joined the watched files by identity, so a
+    // read may still be reported, but only as such, under its new name.
     run(
         "/bin/mv",
         &[&tree.path("phi/outer"), &tree.path("other/outer")],
     )?;
-    let moved_out = run("/bin/cat", &[&tree.path("other/outer/batch/rx-42.csv")])?;
+    let outside = tree.path("other/outer/batch/rx-42.csv");
+    let moved_out = run("/bin/cat", &[&outside])?;
     barrier(&mut sub, &tree).await?;
+    let after = by_pid(sub.files_under(""), moved_out);
     assert!(
-        by_pid(sub.files_under(""), moved_out).is_empty(),
-        "unwatched after moving out"
+        after.iter().all(|f| f.by_identity && f.path == outside),
+        "not placed under the watched root after moving out: {after:?}"
     );
     sensor.stop().await?;
     Ok(())
@@ -583,6 +587,190 @@ except PermissionError:
     );
     assert_eq!(refused[0].result, -13, "EACCES");
     assert_eq!(refused[0].process.as_ref().map(|p| p.uid), Some(65534));
+    sensor.stop().await?;
+    Ok(())
+}
+
+/// No depth limit fails silent: a file 19 directories below the watched
+/// root is reported with its full path, and one deeper than the kernel's
+/// walk (64 levels) is reported too, flagged as possibly watched, with the
+/// names nearest it (created after the sensor started, so only the walk,
+/// not the identity scan, can know it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_file_is_reported_and_one_deeper_than_the_walk_is_flagged() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let deep19 = format!("phi/{}f19.txt", "d/".repeat(19));
+    let dir70 = format!("phi/{}", "d/".repeat(70));
+    std::fs::create_dir_all(tree.path(&dir70))?;
+    std::fs::write(tree.path(&deep19), b"rx")?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+
+    let deep70 = format!("{dir70}f70.txt");
+    std::fs::write(tree.path(&deep70), b"rx")?;
+    let reader19 = run("/bin/cat", &[&tree.path(&deep19)])?;
+    let reader70 = run("/bin/cat", &[&tree.path(&deep70)])?;
+    barrier(&mut sub, &tree).await?;
+
+    let all = sub.files_under("");
+    let r19 = by_pid(all.clone(), reader19);
+    assert_eq!(r19.len(), 1, "19 levels deep: {r19:?}");
+    assert_eq!(r19[0].path, tree.path(&deep19));
+    assert_eq!(r19[0].operation(), Operation::OpenRead);
+    assert!(!r19[0].depth_exceeded && !r19[0].by_identity);
+
+    let r70 = by_pid(all, reader70);
+    assert_eq!(r70.len(), 1, "70 levels deep, never dropped: {r70:?}");
+    let read = r70[0];
+    assert!(read.depth_exceeded, "flagged possibly watched: {read:?}");
+    assert_eq!(read.operation(), Operation::OpenRead);
+    assert!(
+        read.path.starts_with("…/") && read.path.ends_with("/d/d/f70.txt"),
+        "the names nearest the file: {}",
+        read.path
+    );
+    let meta = std::fs::metadata(tree.path(&deep70))?;
+    let file = read.file.expect("the kernel held the file");
+    assert_eq!((file.device, file.inode), (meta.dev(), meta.ino()));
+    assert_eq!(read.process.as_ref().map(|p| p.comm.as_str()), Some("cat"));
+    sensor.stop().await?;
+    Ok(())
+}
+
+/// A second name cannot hide a watched file: a hard link made outside the
+/// watched tree before the sensor started (found by the identity scan), one
+/// made while it runs (reported as a link), and one to a file created in
+/// the tree while it runs (added by the kernel at creation) are reported
+/// on read and on write, with the name used and the watched name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_outside_the_tree_are_reported_by_identity() -> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let rx = tree.path("phi/rx.db");
+    let old_link = tree.path("other/old-link");
+    std::fs::hard_link(&rx, &old_link)?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+    assert!(
+        sensor.log().contains("watched files by identity"),
+        "{}",
+        sensor.log()
+    );
+
+    let old_reader = run("/bin/cat", &[&old_link])?;
+    let new_link = tree.path("other/new-link");
+    let linker = run("/bin/ln", &[&rx, &new_link])?;
+    let writer = run("/bin/sh", &["-c", &format!("echo more >> {new_link}")])?;
+    let created = tree.path("phi/new.db");
+    let creator = run("/bin/sh", &["-c", &format!("echo fresh > {created}")])?;
+    let created_link = tree.path("other/created-link");
+    run("/bin/ln", &[&created, &created_link])?;
+    let created_reader = run("/bin/cat", &[&created_link])?;
+    let outsider = run("/bin/cat", &[&tree.path("other/notes.txt")])?;
+    barrier(&mut sub, &tree).await?;
+
+    let all = sub.files_under("");
+    let meta = std::fs::metadata(&rx)?;
+    let old = by_pid(all.clone(), old_reader);
+    assert_eq!(
+        old.len(),
+        1,
+        "read through a link made before start: {old:?}"
+    );
+    assert_eq!(old[0].operation(), Operation::OpenRead);
+    assert!(old[0].by_identity, "{:?}", old[0]);
+    assert_eq!(old[0].path, old_link, "the name used");
+    assert_eq!(old[0].watched_path, rx, "the watched name");
+    let file = old[0].file.expect("the kernel held the file");
+    assert_eq!((file.device, file.inode), (meta.dev(), meta.ino()));
+
+    let link = by_pid(all.clone(), linker);
+    assert_eq!(link.len(), 1, "the link itself: {link:?}");
+    assert_eq!(link[0].operation(), Operation::Link);
+    assert_eq!(
+        (link[0].path.as_str(), link[0].new_path.as_str()),
+        (rx.as_str(), new_link.as_str())
+    );
+    assert_eq!(link[0].result, 0);
+
+    let writes = by_pid(all.clone(), writer);
+    assert_eq!(writes.len(), 1, "a write through the new link: {writes:?}");
+    assert_eq!(writes[0].operation(), Operation::OpenWrite);
+    assert!(writes[0].by_identity);
+    assert_eq!(writes[0].path, new_link);
+
+    assert_eq!(
+        by_pid(all.clone(), creator).len(),
+        1,
+        "the creation in the tree is itself reported"
+    );
+    let fresh = by_pid(all.clone(), created_reader);
+    assert_eq!(
+        fresh.len(),
+        1,
+        "a link to a file created while running: {fresh:?}"
+    );
+    assert!(fresh[0].by_identity);
+    assert_eq!(fresh[0].path, created_link);
+    assert!(
+        by_pid(all, outsider).is_empty(),
+        "an unwatched file stays unreported"
+    );
+    sensor.stop().await?;
+    Ok(())
+}
+
+/// The opens no open syscall's tracepoint sees, on this kernel: an
+/// io_uring instance is reported when it is made (with its process), and
+/// an open by file handle (name_to_handle_at, then open_by_handle_at) of a
+/// watched file is reported as its read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_uring_setup_and_opens_by_handle_are_reported() -> anyhow::Result<()> {
+    const SCRIPT: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = (ctypes.c_uint32 * 30)()
+ring = libc.syscall(425, 4, ctypes.byref(params))          # io_uring_setup
+print("ring", ring, ctypes.get_errno())
+buf = (ctypes.c_uint32 * 34)()
+buf[0] = 128                                               # handle_bytes
+mount_id = ctypes.c_int()
+if libc.syscall(303, -100, sys.argv[1].encode(), ctypes.byref(buf), ctypes.byref(mount_id), 0) != 0:
+    sys.exit("name_to_handle_at: %d" % ctypes.get_errno())
+mount_fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+fd = libc.syscall(304, mount_fd, ctypes.byref(buf), os.O_RDONLY)  # open_by_handle_at
+if fd < 0:
+    sys.exit("open_by_handle_at: %d" % ctypes.get_errno())
+os.read(fd, 4)
+"#;
+    let tree = Tree::new()?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+    assert!(sensor.log().contains("io_uring: "), "{}", sensor.log());
+    let rx = tree.path("phi/rx.db");
+    let pid = run(&tests::netns::python(), &["-c", SCRIPT, &rx])?;
+    barrier(&mut sub, &tree).await?;
+
+    let events = by_pid(sub.files_under(""), pid);
+    let setups: Vec<_> = events
+        .iter()
+        .filter(|f| f.operation() == Operation::IoUringSetup)
+        .collect();
+    assert_eq!(setups.len(), 1, "io_uring_setup: {events:?}");
+    let setup = setups[0];
+    let disabled =
+        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+    if disabled.trim() == "0" {
+        assert!(setup.result >= 0, "the ring's fd: {setup:?}");
+    }
+    assert_eq!(setup.process.as_ref().map(|p| p.pid), Some(pid));
+    assert!(setup.path.is_empty());
+
+    let by_handle: Vec<_> = events.iter().filter(|f| f.path == rx).collect();
+    assert_eq!(
+        by_handle.len(),
+        1,
+        "open_by_handle_at of a watched file: {events:?}"
+    );
+    assert_eq!(by_handle[0].operation(), Operation::OpenRead);
+    assert!(by_handle[0].result >= 0);
     sensor.stop().await?;
     Ok(())
 }

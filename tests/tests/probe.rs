@@ -56,6 +56,14 @@ async fn full_probe_picks_the_tracepoint_backend_and_leaves_nothing_loaded() -> 
             .any(|l| l == "exec-allowlist-backend: tracepoint+SIGKILL"),
         "{out}"
     );
+    // io_uring's operations pass no syscall hook here: the probe says
+    // whether the kernel lets processes use it (kernel.io_uring_disabled).
+    let io_uring = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")?;
+    assert!(
+        out.lines().any(|l| l.starts_with("io-uring: ")
+            && l.contains(&format!("kernel.io_uring_disabled = {}", io_uring.trim()))),
+        "{out}"
+    );
     assert_eq!(sensor_programs_after_exit().await?, Vec::<String>::new());
     Ok(())
 }

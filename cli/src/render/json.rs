@@ -144,6 +144,9 @@ fn event_json(e: &HostEvent) -> Value {
             "repeats": f.repeats,
             "repeat_first_ns": f.repeat_first_ns,
             "repeat_last_ns": f.repeat_last_ns,
+            "depth_exceeded": f.depth_exceeded,
+            "by_identity": f.by_identity,
+            "watched_path": (!f.watched_path.is_empty()).then_some(&f.watched_path),
         }),
         Some(event::Kind::Network(n)) => json!({
             "op": match n.op() {

@@ -79,6 +79,8 @@ fn file_operation(f: &FileEvent) -> &'static str {
         file_event::Operation::Chmod => "chmod",
         file_event::Operation::Chown => "chown",
         file_event::Operation::Exec => "exec",
+        file_event::Operation::Link => "link",
+        file_event::Operation::IoUringSetup => "io_uring_setup",
         file_event::Operation::Unspecified => "unknown",
     }
 }

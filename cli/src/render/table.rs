@@ -113,6 +113,12 @@ fn file_details(event: &Event, f: &FileEvent) -> String {
     if f.path_truncated {
         out.push('…');
     }
+    if f.by_identity {
+        let _ = write!(out, " (hard link of {})", clean(&f.watched_path));
+    }
+    if f.depth_exceeded {
+        out.push_str(" (too deep to place: possibly watched)");
+    }
     if let Some(mode) = f.mode {
         let _ = write!(out, " mode={mode:o}");
     }

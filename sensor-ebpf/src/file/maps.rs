@@ -52,6 +52,21 @@ static SCRATCH: PerCpuArray<FileRenameEvent> = PerCpuArray::with_max_entries(1, 
 pub(super) static WATCHED_INO_BITS: Array<u64> =
     Array::with_max_entries(sensor_common::file::WATCHED_INO_WORDS, 0);
 
+/// Every file under a watched tree, by identity, valued with its root's
+/// entry (anchor, operations): a name of it outside the watched trees (a
+/// hard link) is still recognised. The daemon fills it from a scan at
+/// start and from renames and links; the open programs add files created
+/// in the watched set. The loader sizes it (`files.identity_max_entries`).
+#[map]
+pub(super) static WATCHED_INODES: HashMap<FileId, WatchEntry> =
+    HashMap::with_max_entries(sensor_common::file::WATCHED_INODE_ENTRIES, 0);
+
+/// The inode numbers of `WATCHED_INODES` keys, as a Bloom filter (see
+/// `sensor_common::file::inode_bit`); bits are only ever added.
+#[map]
+pub(super) static WATCHED_INODE_BITS: Array<u64> =
+    Array::with_max_entries(sensor_common::file::WATCHED_INODE_WORDS, 0);
+
 /// Successful watched renames: a directory moved into or out of a watched
 /// tree changes what its subtree's ancestry is, so it invalidates the cache.
 #[map]

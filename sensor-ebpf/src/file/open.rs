@@ -19,7 +19,7 @@ use super::{
     AT_FDCWD, arg, current_task,
     maps::{FILE_EVENTS, OPEN_REPEAT_GEN, OPEN_REPEATS, enabled, excluded_exe, is_sensor, scratch},
     ops::{OpArgs, begin},
-    watched::{match_path, watched_file, write_watched},
+    watched::{match_path, remember_inode, watched_file, write_watched},
 };
 use crate::{
     kernel::{
@@ -42,6 +42,8 @@ enum OpenAbi {
     OpenAt2,
     /// creat(path, mode)
     Creat,
+    /// open_by_handle_at(mount_fd, struct file_handle *, flags): no path.
+    ByHandle,
 }
 
 /// What an open syscall asked for, from the registers saved at entry.
@@ -58,6 +60,8 @@ fn open_args(abi: OpenAbi, o: &KernelOffsets) -> Option<OpenArgs> {
             (a[0] as i32, a[1], how[0] as u32, how[1] as u32)
         }
         OpenAbi::Creat => (AT_FDCWD, a[0], O_CREAT | O_TRUNC | O_WRONLY, a[1] as u32),
+        // No path string: a refused open by handle names nothing to match.
+        OpenAbi::ByHandle => (a[0] as i32, 0, a[2] as u32, 0),
     })
 }
 
@@ -261,14 +265,17 @@ fn report_open<F: Fields>(
         return;
     }
     let mut id = None;
-    if let Some((dentry, (levels, entry))) = target {
+    if let Some((dentry, place)) = target {
         id = read_dentry_id::<F>(dentry, o).ok();
-        if let Some(id) = id
-            && repeated(id, flags, open_op(flags))
-        {
-            return;
+        if let Some(id) = id {
+            if flags & O_CREAT != 0 {
+                remember_inode(id, &place);
+            }
+            if repeated(id, flags, open_op(flags)) {
+                return;
+            }
         }
-        write_watched(&mut ev.file.path, dentry, levels, entry);
+        write_watched(&mut ev.file.path, dentry, place);
     }
     begin(
         &mut ev.file,
@@ -309,6 +316,47 @@ open_exit_program!(file_exit_openat, file_exit_openat_typed, OpenAbi::OpenAt);
 open_exit_program!(file_exit_openat2, file_exit_openat2_typed, OpenAbi::OpenAt2);
 open_exit_program!(file_exit_open, file_exit_open_typed, OpenAbi::Open);
 open_exit_program!(file_exit_creat, file_exit_creat_typed, OpenAbi::Creat);
+open_exit_program!(
+    file_exit_open_by_handle_at,
+    file_exit_open_by_handle_at_typed,
+    OpenAbi::ByHandle
+);
+
+/// `struct io_uring_params.flags` (uapi: after `sq_entries`, `cq_entries`).
+const IO_URING_PARAMS_FLAGS: usize = 8;
+
+/// Exit of `io_uring_setup`: a process made an io_uring instance. Its
+/// opens, reads and sends need no syscall the file and network hooks see
+/// (on kernels without BPF-LSM or trampolines), so the instance itself is
+/// reported, for every process but the sensor: flags = the setup flags
+/// (`IORING_SETUP_*`), result = the ring's fd or -errno.
+#[tracepoint]
+pub fn file_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
+    let (Some(_), Some(o), Some(ev)) = (super::maps::active(), offsets(), scratch()) else {
+        return 0;
+    };
+    let params = read_syscall_args(o)[1];
+    // SAFETY: a plain read of user memory that may fail.
+    let flags =
+        unsafe { bpf_probe_read_user((params as usize + IO_URING_PARAMS_FLAGS) as *const u32) }
+            .unwrap_or(0);
+    let path = &mut ev.file.path;
+    path.anchor = sensor_common::NO_ANCHOR;
+    path.flags = 0;
+    path.chain_len = 0;
+    path.name[0] = 0;
+    begin(
+        &mut ev.file,
+        EventKind::File,
+        current_task(),
+        file_op::IO_URING_SETUP,
+        &OpArgs::mode(flags, 0),
+        o,
+    );
+    ev.file.result = arg(&ctx, 0) as i64;
+    output_event(&FILE_EVENTS, &ev.file, drop_reason::FILE_RINGBUF_FULL);
+    0
+}
 
 #[fexit(function = "do_filp_open")]
 pub fn file_filp_open(ctx: FExitContext) -> i32 {

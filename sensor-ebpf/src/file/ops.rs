@@ -154,9 +154,11 @@ fn fd_op(op: u32, fd: u64, args: OpArgs) {
     hold(Some(ev));
 }
 
-/// Entry of rename, renameat, renameat2: reported when either side is watched.
+/// Entry of rename, renameat, renameat2 (`op` RENAME) and link, linkat
+/// (`op` LINK: the existing name, then the new one): reported when either
+/// side is watched.
 #[inline(always)]
-fn rename_op(old_dfd: i32, old: u64, new_dfd: i32, new: u64, flags: u32) {
+fn rename_op(op: u32, old_dfd: i32, old: u64, new_dfd: i32, new: u64, flags: u32) {
     if active().is_none() {
         return;
     }
@@ -164,20 +166,13 @@ fn rename_op(old_dfd: i32, old: u64, new_dfd: i32, new: u64, flags: u32) {
         return;
     };
     let task = current_task();
-    let old_watched = match_path(&mut ev.file.path, task, old_dfd, old, file_op::RENAME, o);
-    let new_watched = match_path(&mut ev.new_path, task, new_dfd, new, file_op::RENAME, o);
+    let old_watched = match_path(&mut ev.file.path, task, old_dfd, old, op, o);
+    let new_watched = match_path(&mut ev.new_path, task, new_dfd, new, op, o);
     if !(old_watched || new_watched) || excluded_exe(task, o) {
         return hold(None);
     }
     let args = OpArgs::flags(flags);
-    begin(
-        &mut ev.file,
-        EventKind::FileRename,
-        task,
-        file_op::RENAME,
-        &args,
-        o,
-    );
+    begin(&mut ev.file, EventKind::FileRename, task, op, &args, o);
     hold(Some(ev));
 }
 
@@ -211,6 +206,7 @@ enter_program!(file_enter_rmdir, |ctx| path_op(
     OpArgs::flags(AT_REMOVEDIR)
 ));
 enter_program!(file_enter_rename, |ctx| rename_op(
+    file_op::RENAME,
     AT_FDCWD,
     arg(&ctx, 0),
     AT_FDCWD,
@@ -218,6 +214,7 @@ enter_program!(file_enter_rename, |ctx| rename_op(
     0
 ));
 enter_program!(file_enter_renameat, |ctx| rename_op(
+    file_op::RENAME,
     arg(&ctx, 0) as i32,
     arg(&ctx, 1),
     arg(&ctx, 2) as i32,
@@ -225,6 +222,23 @@ enter_program!(file_enter_renameat, |ctx| rename_op(
     0
 ));
 enter_program!(file_enter_renameat2, |ctx| rename_op(
+    file_op::RENAME,
+    arg(&ctx, 0) as i32,
+    arg(&ctx, 1),
+    arg(&ctx, 2) as i32,
+    arg(&ctx, 3),
+    arg(&ctx, 4) as u32
+));
+enter_program!(file_enter_link, |ctx| rename_op(
+    file_op::LINK,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    AT_FDCWD,
+    arg(&ctx, 1),
+    0
+));
+enter_program!(file_enter_linkat, |ctx| rename_op(
+    file_op::LINK,
     arg(&ctx, 0) as i32,
     arg(&ctx, 1),
     arg(&ctx, 2) as i32,
@@ -299,6 +313,7 @@ pub fn file_exit_pending(ctx: TracePointContext) -> u32 {
     ev.file.result = arg(&ctx, 0) as i64;
     if ev.file.header.kind == EventKind::FileRename as u32 {
         if ev.file.result == 0
+            && ev.file.op == file_op::RENAME
             && let Some(renames) = WATCHED_RENAMES.get_ptr_mut(0)
         {
             // SAFETY: an aligned u64 in map memory. Not atomic: two renames

@@ -4,8 +4,8 @@
 
 use aya_ebpf::{cty::c_void, helpers::bpf_probe_read_kernel_str_bytes};
 use sensor_common::{
-    FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, PATH_CHAIN_TRUNCATED, PathRecord, WatchEntry,
-    file::prefix_hash,
+    FILE_CHAIN_LEN, FILE_MAX_DEPTH, FILE_NAME_LEN, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
+    PATH_DEPTH_EXCEEDED, PathRecord, WatchEntry, file::prefix_hash, file_op,
 };
 
 use super::{
@@ -21,6 +21,8 @@ unsafe extern "C" fn watched_step(_index: u64, ctx: *mut c_void) -> i64 {
         return LOOP_STOP;
     };
     let cur = walk.cur as *const u8;
+    // Every way out but "one more level" ends the walk with an answer.
+    walk.levels = 1;
     let Ok(id) = read_dentry_id::<Probe>(cur, o) else {
         return LOOP_STOP;
     };
@@ -36,19 +38,46 @@ unsafe extern "C" fn watched_step(_index: u64, ctx: *mut c_void) -> i64 {
         Ok(parent) => {
             walk.cur = parent as u64;
             walk.depth += 1;
+            walk.levels = 0;
             LOOP_CONTINUE
         }
         Err(ReadFailed) => LOOP_STOP,
     }
 }
 
+/// Where a file lies in the watched set: `levels` below `entry`, or (with
+/// `flags`) found another way than under an anchor.
+#[derive(Clone, Copy)]
+pub(super) struct Place {
+    pub(super) levels: u32,
+    /// `PATH_DEPTH_EXCEEDED` or `PATH_BY_IDENTITY`; 0 under an anchor.
+    pub(super) flags: u32,
+    pub(super) entry: WatchEntry,
+}
+
 /// The nearest `WATCHED` entry at or above `dentry`, with how many levels
-/// up it was; one map lookup per level, no names read.
+/// up it was; one map lookup per level, no names read. A walk that ran out
+/// of levels first is a possibly watched place (every operation, no
+/// anchor), never "outside".
 #[inline(always)]
-pub(super) fn find_watched(rec: &mut PathRecord, dentry: *const u8) -> Option<(u32, WatchEntry)> {
+pub(super) fn find_watched(rec: &mut PathRecord, dentry: *const u8) -> Option<Place> {
     let walk = loop_state(dentry)?;
     bpf_for(FILE_MAX_DEPTH, watched_step, walk, rec);
-    (walk.found != 0).then_some((walk.depth, walk.entry))
+    if walk.found != 0 {
+        return Some(Place {
+            levels: walk.depth,
+            flags: 0,
+            entry: walk.entry,
+        });
+    }
+    (walk.levels == 0).then_some(Place {
+        levels: TO_ROOT,
+        flags: PATH_DEPTH_EXCEEDED,
+        entry: WatchEntry {
+            anchor: NO_ANCHOR,
+            ops: file_op::ALL,
+        },
+    })
 }
 
 /// Copies one dentry name of [`write_chain`].
@@ -65,6 +94,15 @@ unsafe extern "C" fn chain_step(index: u64, ctx: *mut c_void) -> i64 {
         return LOOP_STOP;
     }
     let cur = walk.cur as *const u8;
+    match read_ptr(cur, o.dentry_parent) {
+        // The filesystem's root: its name ("/") is not a component.
+        Ok(parent) if parent == cur => {
+            walk.found = 1;
+            return LOOP_STOP;
+        }
+        Ok(_) => {}
+        Err(ReadFailed) => return LOOP_STOP,
+    }
     let Ok(name) = read_ptr(cur, o.dentry_name) else {
         return LOOP_STOP;
     };
@@ -87,7 +125,13 @@ unsafe extern "C" fn chain_step(index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Writes the names of `levels` dentries from `dentry` up into `rec.chain`.
+/// `Place::levels` of a file with no anchor: its names up to its
+/// filesystem's root, as many as fit.
+pub(super) const TO_ROOT: u32 = u32::MAX;
+
+/// Writes the names of `levels` dentries from `dentry` up into `rec.chain`
+/// ([`TO_ROOT`]: up to the filesystem's root, flagged truncated when the
+/// root was not reached).
 #[inline(always)]
 pub(super) fn write_chain(rec: &mut PathRecord, dentry: *const u8, levels: u32) {
     rec.chain_len = 0;
@@ -96,6 +140,9 @@ pub(super) fn write_chain(rec: &mut PathRecord, dentry: *const u8, levels: u32) 
     };
     walk.levels = levels;
     bpf_for(FILE_MAX_DEPTH, chain_step, walk, rec);
+    if levels == TO_ROOT && walk.found == 0 {
+        rec.flags |= PATH_CHAIN_TRUNCATED;
+    }
 }
 
 /// One byte of [`longest_watched_prefix`].

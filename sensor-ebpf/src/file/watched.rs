@@ -3,21 +3,26 @@
 //! spare an open outside the set the walk up its directory's ancestry.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_user_str_bytes,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
 use sensor_common::{
-    FILE_NAME_LEN, KernelOffsets, NO_ANCHOR, PATH_NAME_TRUNCATED, PATH_WATCHED, PathRecord,
-    WatchEntry,
-    file::{ino_bit, prefix_hash},
+    FILE_NAME_LEN, FileId, KernelOffsets, NO_ANCHOR, PATH_BY_IDENTITY, PATH_NAME_TRUNCATED,
+    PATH_WATCHED, PathRecord, WatchEntry, drop_reason,
+    file::{ino_bit, inode_bit, prefix_hash},
 };
 
 use super::{
     AT_FDCWD,
-    maps::{FILE_SETTINGS, WATCHED, WATCHED_INO_BITS, WATCHED_RENAMES},
-    walk::{find_watched, longest_watched_prefix, write_chain},
+    maps::{
+        FILE_SETTINGS, WATCHED, WATCHED_INO_BITS, WATCHED_INODE_BITS, WATCHED_INODES,
+        WATCHED_RENAMES,
+    },
+    walk::{Place, TO_ROOT, find_watched, longest_watched_prefix, write_chain},
 };
+use crate::maps::count_drop;
 use crate::{
     kernel::{Fields, Probe, read_dentry_id, read_fd_dentry, read_fs_dentry},
     maps::offsets,
@@ -47,11 +52,12 @@ static UNWATCHED_DIRS: LruHashMap<DirKey, u64> = LruHashMap::with_max_entries(16
 struct DirSlot {
     key: DirKey,
     generation: u64,
-    /// Non-zero: `entry` is the nearest watched root or exclusion above
-    /// (or at) the directory, `levels` up; zero: outside the watched set.
+    /// Non-zero: `place` is the nearest watched root or exclusion above
+    /// (or at) the directory (or a walk out of levels); zero: outside the
+    /// watched set.
     found: u32,
-    levels: u32,
-    entry: WatchEntry,
+    _pad: u32,
+    place: Place,
 }
 
 /// Slots of [`DIRS_CPU`] (a power of two).
@@ -82,6 +88,55 @@ fn maybe_watched_ino(ino: u64) -> bool {
     WATCHED_INO_BITS.get(word).is_none_or(|w| w & bit != 0)
 }
 
+/// False when no `WATCHED_INODES` key has inode number `ino`.
+#[inline(always)]
+fn maybe_watched_inode(ino: u64) -> bool {
+    let (word, bit) = inode_bit(ino);
+    WATCHED_INODE_BITS.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// A watched file by its identity (`WATCHED_INODES`), whatever name it was
+/// reached by: its names are then written up to the filesystem's root.
+#[inline(always)]
+fn watched_inode(id: FileId) -> Option<Place> {
+    // SAFETY: the value is copied out at once.
+    let entry = unsafe { WATCHED_INODES.get(id) }.copied()?;
+    Some(Place {
+        levels: TO_ROOT,
+        flags: PATH_BY_IDENTITY,
+        entry: WatchEntry {
+            anchor: NO_ANCHOR,
+            ops: entry.ops,
+        },
+    })
+}
+
+/// Adds a file just created in the watched set (`place`) to
+/// `WATCHED_INODES`, so a hard link made to it at once is recognised; a
+/// full map is counted.
+#[inline(always)]
+pub(super) fn remember_inode(id: FileId, place: &Place) {
+    if place.flags != 0 || place.entry.ops == 0 {
+        return;
+    }
+    match WATCHED_INODES.insert(id, place.entry, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Already known.
+        Err(-17) => return,
+        Err(_) => {
+            count_drop(drop_reason::FILE_IDENTITY_FULL);
+            return;
+        }
+    }
+    let (word, bit) = inode_bit(id.ino);
+    if let Some(w) = WATCHED_INODE_BITS.get_ptr_mut(word) {
+        // SAFETY: an aligned u64 in map memory; bits are only ever added
+        // (a lost race costs one missed bit until the daemon's next write,
+        // which ORs the kernel's words in).
+        unsafe { *w |= bit };
+    }
+}
+
 /// The generation cache entries must carry to be believed.
 #[inline(always)]
 fn cache_generation() -> u64 {
@@ -94,8 +149,8 @@ fn cache_generation() -> u64 {
 #[inline(always)]
 pub(super) fn match_dentry(rec: &mut PathRecord, dentry: *const u8, op: u32) -> bool {
     match watched_file::<Probe>(rec, dentry, || Some(op)) {
-        Some((levels, entry)) => {
-            write_watched(rec, dentry, levels, entry);
+        Some(place) => {
+            write_watched(rec, dentry, place);
             true
         }
         None => false,
@@ -111,49 +166,72 @@ pub(super) fn watched_file<F: Fields>(
     rec: &mut PathRecord,
     dentry: *const u8,
     op: impl FnOnce() -> Option<u32>,
-) -> Option<(u32, WatchEntry)> {
+) -> Option<Place> {
     rec.anchor = NO_ANCHOR;
     rec.flags = 0;
     rec.chain_len = 0;
     rec.name[0] = 0;
-    let (levels, entry) = find_watched_file::<F>(rec, dentry)?;
+    let place = find_watched_file::<F>(rec, dentry)?;
     match op() {
-        Some(op) if entry.ops & (1 << op) != 0 => Some((levels, entry)),
+        Some(op) if place.entry.ops & (1 << op) != 0 => Some(place),
         _ => None,
     }
 }
 
 /// Fills `rec` with the path of a file [`watched_file`] matched.
 #[inline(always)]
-pub(super) fn write_watched(
-    rec: &mut PathRecord,
-    dentry: *const u8,
-    levels: u32,
-    entry: WatchEntry,
-) {
-    rec.anchor = entry.anchor;
-    rec.flags = PATH_WATCHED;
-    write_chain(rec, dentry, levels);
+pub(super) fn write_watched(rec: &mut PathRecord, dentry: *const u8, place: Place) {
+    rec.anchor = place.entry.anchor;
+    rec.flags = PATH_WATCHED | place.flags;
+    write_chain(rec, dentry, place.levels);
 }
 
 /// [`find_watched`] for a file: the file itself, then its directory's
-/// ancestry unless the caches know the directory's place in the set. An
-/// open usually ends at the per-CPU cache, after six field reads and no
-/// hash lookup.
+/// ancestry unless the caches know the directory's place in the set, then
+/// (outside the set, or too deep to tell) its identity. An open usually
+/// ends at the per-CPU cache and the identity filter, after seven field
+/// reads and no hash lookup.
 #[inline(always)]
-fn find_watched_file<F: Fields>(
-    rec: &mut PathRecord,
-    dentry: *const u8,
-) -> Option<(u32, WatchEntry)> {
+fn find_watched_file<F: Fields>(rec: &mut PathRecord, dentry: *const u8) -> Option<Place> {
     let o = offsets()?;
     let inode = F::ptr(dentry, o.dentry_inode).ok()?;
-    if !inode.is_null() && maybe_watched_ino(F::get::<u64>(inode, o.inode_ino).ok()?) {
+    let ino = if inode.is_null() {
+        0
+    } else {
+        F::get::<u64>(inode, o.inode_ino).ok()?
+    };
+    if ino != 0 && maybe_watched_ino(ino) {
         let id = read_dentry_id::<F>(dentry, o).ok()?;
         // SAFETY: the value is copied out at once.
         if let Some(entry) = unsafe { WATCHED.get(id) } {
-            return Some((0, *entry));
+            return Some(Place {
+                levels: 0,
+                flags: 0,
+                entry: *entry,
+            });
         }
     }
+    let found = find_watched_dir::<F>(rec, dentry, o);
+    if found.is_some_and(|place| place.flags == 0) {
+        return found;
+    }
+    if ino != 0 && maybe_watched_inode(ino) {
+        let by_identity = read_dentry_id::<F>(dentry, o).ok().and_then(watched_inode);
+        if by_identity.is_some() {
+            return by_identity;
+        }
+    }
+    found
+}
+
+/// Where the directory of the file `dentry` lies in the watched set, from
+/// the caches or the walk, as the file's place (one level further down).
+#[inline(always)]
+fn find_watched_dir<F: Fields>(
+    rec: &mut PathRecord,
+    dentry: *const u8,
+    o: &KernelOffsets,
+) -> Option<Place> {
     let dir = F::ptr(dentry, o.dentry_parent).ok()?;
     if dir == dentry {
         return None;
@@ -169,7 +247,7 @@ fn find_watched_file<F: Fields>(
         && slot.key == key
         && slot.generation == generation
     {
-        return (slot.found != 0).then_some((slot.levels + 1, slot.entry));
+        return (slot.found != 0).then_some(below(slot.place));
     }
     // SAFETY: the value is copied out at once.
     let found = if unsafe { UNWATCHED_DIRS.get(key) }.copied() == Some(generation) {
@@ -185,13 +263,25 @@ fn find_watched_file<F: Fields>(
         slot.key = key;
         slot.generation = generation;
         slot.found = 0;
-        if let Some((levels, entry)) = found {
+        if let Some(place) = found {
             slot.found = 1;
-            slot.levels = levels;
-            slot.entry = entry;
+            slot.place = place;
         }
     }
-    found.map(|(levels, entry)| (levels + 1, entry))
+    found.map(below)
+}
+
+/// A directory's place as the place of a file in it.
+#[inline(always)]
+fn below(dir: Place) -> Place {
+    Place {
+        levels: if dir.flags == 0 {
+            dir.levels + 1
+        } else {
+            dir.levels
+        },
+        ..dir
+    }
 }
 
 /// Fills `rec` for a path a syscall names (`dfd`, user string at `path`);
@@ -235,10 +325,10 @@ pub(super) fn match_path(
     // A prefix hit is the most specific answer (it may be an excluded
     // subtree below a watched base); else the base itself may be inside a
     // watched tree.
-    let (entry, levels) = match longest_watched_prefix(rec, seed) {
+    let (entry, place) = match longest_watched_prefix(rec, seed) {
         Some(entry) => (entry, None),
         None if !absolute => match find_watched(rec, base) {
-            Some((levels, entry)) => (entry, Some(levels)),
+            Some(place) => (place.entry, Some(place)),
             None => return false,
         },
         None => return false,
@@ -248,8 +338,9 @@ pub(super) fn match_path(
     }
     rec.anchor = entry.anchor;
     rec.flags |= PATH_WATCHED;
-    if let Some(levels) = levels {
-        write_chain(rec, base, levels);
+    if let Some(place) = place {
+        rec.flags |= place.flags;
+        write_chain(rec, base, place.levels);
     }
     true
 }

@@ -113,6 +113,11 @@ fn main() -> ExitCode {
             println!("exec-allowlist-backend: {}", backend_name(backend));
         }
     }
+    if both {
+        // Not a capability (never fails the probe): whether io_uring, whose
+        // operations no syscall hook sees, is open to processes here.
+        println!("io-uring: {}", sensor_user::hooks::io_uring_state());
+    }
     if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -213,6 +218,7 @@ fn probe_process() -> anyhow::Result<String> {
         net_ringbuf_bytes: 1 << 20,
         // Disabled: the probe asks about process telemetry only.
         network: Default::default(),
+        identity_max_entries: sensor_common::file::WATCHED_INODE_ENTRIES,
     })
     .context("attaching the process hooks")?;
     let mut ring = hooks.take_process_ring()?;

@@ -111,6 +111,11 @@ pub struct FilesConfig {
     /// one summary event per window, instead of one event each. 0: every
     /// open is its own event.
     pub open_repeat_window_ms: u64,
+    /// Bound of the kernel's map of watched files by identity (device,
+    /// inode): every file under a watched tree, so a hard link made outside
+    /// the tree is still recognised. Files beyond it are counted
+    /// (`file_identity_overflow`) and logged, never silently left out.
+    pub identity_max_entries: u32,
 }
 
 /// One `[[files.watch]]` entry.
@@ -133,6 +138,7 @@ pub const FILE_OPS: &[(&str, u32)] = &[
     ("chmod", sensor_common::file_op::CHMOD),
     ("chown", sensor_common::file_op::CHOWN),
     ("exec", sensor_common::file_op::EXEC),
+    ("link", sensor_common::file_op::LINK),
 ];
 
 impl WatchRule {
@@ -157,7 +163,7 @@ impl WatchRule {
 
 impl Default for FilesConfig {
     fn default() -> Self {
-        const CHANGES: &[&str] = &["write", "unlink", "rename", "chmod", "chown"];
+        const CHANGES: &[&str] = &["write", "unlink", "rename", "chmod", "chown", "link"];
         Self {
             enabled: true,
             watch: vec![
@@ -172,6 +178,7 @@ impl Default for FilesConfig {
             exclude_processes: Vec::new(),
             refresh_seconds: 30,
             open_repeat_window_ms: 1000,
+            identity_max_entries: sensor_common::file::WATCHED_INODE_ENTRIES,
         }
     }
 }
@@ -211,6 +218,12 @@ impl FilesConfig {
             check_absolute(&format!("files.exclude_processes[{i}]"), path)?;
         }
         in_range("files.refresh_seconds", self.refresh_seconds, 0, 86_400)?;
+        in_range(
+            "files.identity_max_entries",
+            u64::from(self.identity_max_entries),
+            1,
+            4_194_304,
+        )?;
         in_range(
             "files.open_repeat_window_ms",
             self.open_repeat_window_ms,

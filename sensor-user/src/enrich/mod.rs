@@ -225,6 +225,8 @@ fn file_event(f: FileRecord) -> FileEvent {
         file_op::CHMOD => Operation::Chmod,
         file_op::CHOWN => Operation::Chown,
         file_op::EXEC => Operation::Exec,
+        file_op::LINK => Operation::Link,
+        file_op::IO_URING_SETUP => Operation::IoUringSetup,
         _ => Operation::Unspecified,
     };
     let creates = f.flags & sensor_common::file::O_CREAT != 0;
@@ -253,6 +255,9 @@ fn file_event(f: FileRecord) -> FileEvent {
         repeats: f.repeats.map_or(0, |r| r.count),
         repeat_first_ns: f.repeats.map_or(0, |r| r.first_ns),
         repeat_last_ns: f.repeats.map_or(0, |r| r.last_ns),
+        depth_exceeded: f.raw_path.depth_exceeded,
+        by_identity: f.raw_path.by_identity,
+        watched_path: f.watched_path.unwrap_or_default(),
     }
 }
 

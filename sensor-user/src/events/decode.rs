@@ -4,8 +4,9 @@ use std::{borrow::Cow, mem::size_of};
 
 use sensor_common::{
     EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent,
-    ExitEvent, FileEvent, FileRenameEvent, ForkEvent, NO_ANCHOR, PATH_CHAIN_TRUNCATED,
-    PATH_NAME_TRUNCATED, PathRecord, PolicyEvent, TaskInfo, action,
+    ExitEvent, FileEvent, FileRenameEvent, ForkEvent, NO_ANCHOR, PATH_BY_IDENTITY,
+    PATH_CHAIN_TRUNCATED, PATH_DEPTH_EXCEEDED, PATH_NAME_TRUNCATED, PathRecord, PolicyEvent,
+    TaskInfo, action,
 };
 
 use super::{
@@ -125,6 +126,7 @@ fn file_record(raw: &FileEvent, raw_new_path: Option<RawPath>, partial: bool) ->
         raw_new_path,
         path: String::new(),
         new_path: None,
+        watched_path: None,
         partial,
         repeats: None,
     }
@@ -149,6 +151,8 @@ fn raw_path(p: &PathRecord) -> RawPath {
         chain,
         name: c_string(&p.name),
         truncated: p.flags & (PATH_CHAIN_TRUNCATED | PATH_NAME_TRUNCATED) != 0,
+        depth_exceeded: p.flags & PATH_DEPTH_EXCEEDED != 0,
+        by_identity: p.flags & PATH_BY_IDENTITY != 0,
     }
 }
 

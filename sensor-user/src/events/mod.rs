@@ -208,6 +208,12 @@ pub struct RawPath {
     pub name: String,
     /// The kernel cut the chain or the string.
     pub truncated: bool,
+    /// The walk ran out of levels: possibly watched, `chain` is the names
+    /// nearest the file, no anchor (`PATH_DEPTH_EXCEEDED`).
+    pub depth_exceeded: bool,
+    /// Found by identity under a name outside the watched trees: `chain`
+    /// runs from the filesystem's root, no anchor (`PATH_BY_IDENTITY`).
+    pub by_identity: bool,
 }
 
 impl RawPath {
@@ -242,6 +248,8 @@ pub struct FileRecord {
     /// Full paths, filled by `Anchors::resolve_record` before enrichment.
     pub path: String,
     pub new_path: Option<String>,
+    /// For a file found by identity: the name the sensor knows it by.
+    pub watched_path: Option<String>,
     pub partial: bool,
     /// Set on a summary of coalesced opens.
     pub repeats: Option<Repeats>,

@@ -175,3 +175,39 @@ mod tests {
         assert_eq!(first_line("", 3), "");
     }
 }
+
+/// What `kernel.io_uring_disabled` says (Linux 6.6+): io_uring's opens,
+/// reads and sends pass no syscall tracepoint, so on a kernel without
+/// BPF-LSM or trampolines the sensor sees only its setup
+/// (`file_op::IO_URING_SETUP`); disabling it closes that gap.
+pub fn io_uring_state() -> String {
+    io_uring_state_of(std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok())
+}
+
+fn io_uring_state_of(value: Option<String>) -> String {
+    match value.as_deref().map(str::trim) {
+        Some("0") => "enabled for every process (kernel.io_uring_disabled = 0; set it to 2 to \
+                      disable io_uring, whose operations no syscall hook sees; setups are reported)"
+            .to_owned(),
+        Some("1") => "restricted to kernel.io_uring_group (kernel.io_uring_disabled = 1; setups are reported)"
+            .to_owned(),
+        Some("2") => "disabled for every process (kernel.io_uring_disabled = 2)".to_owned(),
+        Some(other) => format!("kernel.io_uring_disabled = {other:?} (unknown value; setups are reported)"),
+        None => "no kernel.io_uring_disabled here (kernel before 6.6, or no io_uring); setups are reported"
+            .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod io_uring_tests {
+    use super::io_uring_state_of;
+
+    #[test]
+    fn every_io_uring_disabled_value_is_described() {
+        assert!(io_uring_state_of(Some("0\n".into())).starts_with("enabled"));
+        assert!(io_uring_state_of(Some("1".into())).starts_with("restricted"));
+        assert!(io_uring_state_of(Some("2".into())).starts_with("disabled"));
+        assert!(io_uring_state_of(Some("7".into())).contains("unknown"));
+        assert!(io_uring_state_of(None).starts_with("no kernel.io_uring_disabled"));
+    }
+}

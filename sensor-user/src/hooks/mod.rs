@@ -21,7 +21,7 @@ use crate::{
     watch::kernel::WatchMaps,
 };
 
-pub use backend::{AllowlistBackend, FileOpenHook, FileReads, attach_exec_verdict};
+pub use backend::{AllowlistBackend, FileOpenHook, FileReads, attach_exec_verdict, io_uring_state};
 pub use btf::{BtfError, KernelBtf};
 pub use ringbuf::{RingEvent, read_rings, register_readable};
 
@@ -58,6 +58,8 @@ pub struct HookConfig {
     /// Size of `NET_EVENTS`; same rules.
     pub net_ringbuf_bytes: u32,
     pub network: net::NetHookConfig,
+    /// Entries of `WATCHED_INODES` (`files.identity_max_entries`).
+    pub identity_max_entries: u32,
 }
 
 impl HookConfig {
@@ -71,6 +73,7 @@ impl HookConfig {
             fexit_file_opens: config.kernel.fexit_file_opens,
             net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
             network: net::NetHookConfig::from_config(&config.network),
+            identity_max_entries: config.files.identity_max_entries,
         }
     }
 }
@@ -141,7 +144,17 @@ fn attach_file_programs(
         (_, FileReads::Typed) => names::FILE_EXIT_OPEN_TYPED_PROGRAMS,
         _ => names::FILE_EXIT_OPEN_PROGRAMS,
     };
-    for (name, tp) in names::FILE_ENTER_PROGRAMS.iter().chain(opens) {
+    // Opens by handle pass no path lookup (fexit on do_filp_open does not
+    // see them): their exit tracepoint is attached with either open hook.
+    let by_handle = match reads {
+        FileReads::Typed => names::FILE_EXIT_BY_HANDLE_TYPED,
+        _ => names::FILE_EXIT_BY_HANDLE,
+    };
+    for (name, tp) in names::FILE_ENTER_PROGRAMS
+        .iter()
+        .chain(opens)
+        .chain([&by_handle, &names::FILE_IO_URING_SETUP])
+    {
         attach_syscall_tracepoints(object, name, &[tp])?;
     }
     attach_syscall_tracepoints(
@@ -209,6 +222,7 @@ impl ProcessHooks {
                 .override_global(names::NET_SETTINGS, &net_settings, true)
                 .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
                 .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
+                .map_max_entries(names::WATCHED_INODES, config.identity_max_entries)
                 .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes),
             bytes,
         )?;
@@ -293,6 +307,8 @@ impl ProcessHooks {
             ino_bits: self.object.take_map(names::WATCHED_INO_BITS)?,
             ino_words: vec![0; sensor_common::file::WATCHED_INO_WORDS as usize],
             generation: 0,
+            inodes: self.object.take_map(names::WATCHED_INODES)?,
+            inode_bits: self.object.take_map(names::WATCHED_INODE_BITS)?,
         })
     }
 
@@ -368,6 +384,7 @@ impl ProcessHooks {
             kernel_read_failed: sum(drop_reason::KERNEL_READ_FAILED)?,
             file_ringbuf_full: sum(drop_reason::FILE_RINGBUF_FULL)?,
             net_ringbuf_full: sum(drop_reason::NET_RINGBUF_FULL)?,
+            file_identity_full: sum(drop_reason::FILE_IDENTITY_FULL)?,
         })
     }
 }
@@ -381,6 +398,8 @@ pub struct KernelDrops {
     pub kernel_read_failed: u64,
     /// File events lost (ring full, or not held until the syscall returned).
     pub file_ringbuf_full: u64,
+    /// Files created in a watched tree the full `WATCHED_INODES` refused.
+    pub file_identity_full: u64,
     /// Network events lost because `NET_EVENTS` was full.
     pub net_ringbuf_full: u64,
 }

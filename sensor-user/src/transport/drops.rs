@@ -13,6 +13,10 @@ pub struct DropTracker {
     kernel_ringbuf_full: AtomicU64,
     kernel_file_ringbuf_full: AtomicU64,
     kernel_net_ringbuf_full: AtomicU64,
+    /// Files left out of the identity map: by the kernel (map full when a
+    /// file was created) and by the last scan.
+    kernel_file_identity_full: AtomicU64,
+    scan_identity_overflow: AtomicU64,
     malformed_kernel_records: AtomicU64,
     userspace_queue_full: AtomicU64,
     userspace_batches_dropped: AtomicU64,
@@ -72,6 +76,16 @@ impl DropTracker {
         self.kernel_net_ringbuf_full.fetch_max(total, Relaxed);
     }
 
+    /// Kernel total of created files the full identity map refused.
+    pub fn set_kernel_file_identity_full(&self, total: u64) {
+        self.kernel_file_identity_full.fetch_max(total, Relaxed);
+    }
+
+    /// Files the last identity scan of the watched trees could not add.
+    pub fn set_scan_identity_overflow(&self, files: u64) {
+        self.scan_identity_overflow.store(files, Relaxed);
+    }
+
     /// A ring buffer record that did not decode.
     pub fn add_malformed_kernel_records(&self, n: u64) {
         self.malformed_kernel_records.fetch_add(n, Relaxed);
@@ -113,6 +127,8 @@ impl DropTracker {
             malformed_kernel_records: self.malformed_kernel_records.load(Relaxed),
             kernel_file_ringbuf_full: self.kernel_file_ringbuf_full.load(Relaxed),
             kernel_net_ringbuf_full: self.kernel_net_ringbuf_full.load(Relaxed),
+            file_identity_overflow: self.kernel_file_identity_full.load(Relaxed)
+                + self.scan_identity_overflow.load(Relaxed),
         }
     }
 }

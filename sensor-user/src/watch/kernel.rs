@@ -3,6 +3,8 @@
 //! New entries go in before stale ones come out, so a refresh never opens a
 //! window in which a path that stays watched is unwatched.
 
+use std::collections::BTreeMap;
+
 use aya::maps::{Array, HashMap, MapData};
 use sensor_common::{FileId, FileSettings, WatchEntry, file, names};
 
@@ -19,6 +21,10 @@ pub struct WatchMaps {
     pub(crate) ino_words: Vec<u64>,
     /// Last `FileSettings::generation` written.
     pub(crate) generation: u32,
+    /// Watched files by identity, and the kernel's filter of their inode
+    /// numbers (the kernel adds bits too: never cleared, read back first).
+    pub(crate) inodes: HashMap<MapData, FileId, WatchEntry>,
+    pub(crate) inode_bits: Array<MapData, u64>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> WatchError {
@@ -89,6 +95,82 @@ impl WatchMaps {
                     .set(index as u32, word, 0)
                     .map_err(map_err(names::WATCHED_INO_BITS))?;
                 *held = word;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `WATCHED_INODES` hold the files of a scan (plus what the kernel
+    /// added meanwhile that the scan also found); the filter gets their bits.
+    /// Returns the files the map refused (full: counted, not silent).
+    pub fn apply_identities(
+        &mut self,
+        files: &std::collections::HashMap<FileId, WatchEntry>,
+    ) -> Result<u64, WatchError> {
+        self.add_bits(files.keys())?;
+        let refused = self.insert_identities(files)?;
+        let stale: Vec<FileId> = self
+            .inodes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !files.contains_key(id))
+            .collect();
+        for id in stale {
+            match self.inodes.remove(&id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(names::WATCHED_INODES)(source)),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Adds files renamed or linked into the watched set; returns how many
+    /// the map refused.
+    pub fn add_identities(
+        &mut self,
+        files: &std::collections::HashMap<FileId, WatchEntry>,
+    ) -> Result<u64, WatchError> {
+        self.add_bits(files.keys())?;
+        self.insert_identities(files)
+    }
+
+    fn insert_identities(
+        &mut self,
+        files: &std::collections::HashMap<FileId, WatchEntry>,
+    ) -> Result<u64, WatchError> {
+        let mut refused = 0;
+        for (id, entry) in files {
+            match self.inodes.insert(id, entry, 0) {
+                Ok(()) => {}
+                // E2BIG: the map is full.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(7) =>
+                {
+                    refused += 1
+                }
+                Err(source) => return Err(map_err(names::WATCHED_INODES)(source)),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// ORs the bits of `ids` into the kernel's filter words (read back: the
+    /// kernel sets bits of the files it adds).
+    fn add_bits<'a>(&mut self, ids: impl Iterator<Item = &'a FileId>) -> Result<(), WatchError> {
+        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
+        for id in ids {
+            let (word, bit) = file::inode_bit(id.ino);
+            *words.entry(word).or_default() |= bit;
+        }
+        for (index, bits) in words {
+            let held = self
+                .inode_bits
+                .get(&index, 0)
+                .map_err(map_err(names::WATCHED_INODE_BITS))?;
+            if held | bits != held {
+                self.inode_bits
+                    .set(index, held | bits, 0)
+                    .map_err(map_err(names::WATCHED_INODE_BITS))?;
             }
         }
         Ok(())

@@ -8,6 +8,7 @@
 //! its identity, and for every ancestor of it the hash of the path from that
 //! ancestor down to the root (`sensor_common::file::prefix_hash`).
 
+pub mod identity;
 pub mod kernel;
 pub mod manager;
 pub mod repeats;
@@ -43,6 +44,9 @@ struct AnchorTable {
     /// `paths` as text (lossy), converted once rather than per event.
     texts: Vec<String>,
     index: HashMap<PathBuf, u32>,
+    /// The watched files by identity (userspace `st_dev`, inode), as the
+    /// last scan named them: `watched_path` of a file found by identity.
+    identities: HashMap<(u64, u64), Box<str>>,
 }
 
 impl Anchors {
@@ -65,16 +69,48 @@ impl Anchors {
         table.paths.get(anchor as usize).cloned()
     }
 
+    /// Replaces the table of watched files by identity (after a scan).
+    pub fn set_identities(&self, identities: HashMap<(u64, u64), Box<str>>) {
+        let mut table = self.0.write().unwrap_or_else(|e| e.into_inner());
+        table.identities = identities;
+    }
+
+    /// Adds one watched file by identity (created, renamed or linked in).
+    pub fn add_identity(&self, id: (u64, u64), path: &str) {
+        let mut table = self.0.write().unwrap_or_else(|e| e.into_inner());
+        table.identities.entry(id).or_insert_with(|| path.into());
+    }
+
+    /// The name the sensor knows the watched file `id` by.
+    fn identity(&self, id: (u64, u64)) -> Option<String> {
+        let table = self.0.read().unwrap_or_else(|e| e.into_inner());
+        table.identities.get(&id).map(|p| p.to_string())
+    }
+
     /// Rebuilds the full path of a kernel path record: anchor, then the
     /// walked names, then the syscall's string. Built in place as one
     /// string (what `PathBuf::push` of each name, then `to_string_lossy`,
     /// gives: the names are already UTF-8, and a lossy anchor converts
-    /// alone the same as within the path).
-    pub fn resolve(&self, raw: &RawPath) -> String {
+    /// alone the same as within the path). A record with no anchor but
+    /// names is a file found by identity (`device`'s mount point, then the
+    /// names up from its filesystem's root) or too deep to place ("…/",
+    /// then the names nearest the file).
+    pub fn resolve(&self, raw: &RawPath, device: u64) -> String {
         let table = self.0.read().unwrap_or_else(|e| e.into_inner());
         let Some(anchor) = raw.anchor.and_then(|a| table.texts.get(a as usize)) else {
-            // No anchor: the string is all there is.
-            return raw.name.clone();
+            drop(table);
+            if raw.chain.is_empty() {
+                // No anchor: the string is all there is.
+                return raw.name.clone();
+            }
+            let mount = (raw.by_identity && !raw.truncated && !raw.depth_exceeded)
+                .then(|| identity::mount_point(device))
+                .flatten();
+            let mut path = mount.unwrap_or_else(|| "…".to_owned());
+            for name in raw.chain.split('/').filter(|n| !n.is_empty()) {
+                push_name(&mut path, name);
+            }
+            return path;
         };
         let mut path = String::with_capacity(anchor.len() + raw.chain.len() + raw.name.len() + 2);
         path.push_str(anchor);
@@ -98,10 +134,13 @@ impl Anchors {
     /// the thread that decoded them, they are a cheap glibc tcache free
     /// instead of a foreign-arena free on the enrichment thread.
     pub fn resolve_record(&self, record: &mut FileRecord) {
-        record.path = self.resolve(&record.raw_path);
+        record.path = self.resolve(&record.raw_path, record.device);
+        if record.raw_path.by_identity {
+            record.watched_path = self.identity((record.device, record.inode));
+        }
         record.raw_path.drop_names();
         if let Some(raw) = &mut record.raw_new_path {
-            record.new_path = Some(self.resolve(raw));
+            record.new_path = Some(self.resolve(raw, record.device));
             raw.drop_names();
         }
     }
@@ -373,26 +412,29 @@ mod tests {
             chain: "2026/rx.db".into(),
             ..RawPath::default()
         };
-        assert_eq!(anchors.resolve(&walked), "/var/lib/pharmacy/2026/rx.db");
+        assert_eq!(anchors.resolve(&walked, 0), "/var/lib/pharmacy/2026/rx.db");
         let named = RawPath {
             anchor: Some(root),
             name: "/etc//./shadow".into(),
             ..RawPath::default()
         };
-        assert_eq!(anchors.resolve(&named), "/etc/shadow");
+        assert_eq!(anchors.resolve(&named, 0), "/etc/shadow");
         let relative = RawPath {
             anchor: Some(a),
             chain: "2026".into(),
             name: "new.db".into(),
             ..RawPath::default()
         };
-        assert_eq!(anchors.resolve(&relative), "/var/lib/pharmacy/2026/new.db");
+        assert_eq!(
+            anchors.resolve(&relative, 0),
+            "/var/lib/pharmacy/2026/new.db"
+        );
         let unknown = RawPath {
             anchor: None,
             name: "x".into(),
             ..RawPath::default()
         };
-        assert_eq!(anchors.resolve(&unknown), "x");
+        assert_eq!(anchors.resolve(&unknown, 0), "x");
 
         let mut record = FileRecord {
             raw_path: walked,
