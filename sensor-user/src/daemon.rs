@@ -190,9 +190,26 @@ impl Daemon {
             Some((path, compiled)) => {
                 let maps = hooks.take_policy_maps()?;
                 let (tx, rules, thread) = policy::manager::start(maps, path, compiled)?;
+                // The policy is in the pinned maps: our link replaces the
+                // one an earlier sensor pinned (no gap, one link after).
+                let ids = hooks.pin_verdict(&config.policy.pin_dir)?;
+                tracing::info!(
+                    pin_dir = %config.policy.pin_dir.display(),
+                    link_id = ids.link,
+                    program_id = ids.program,
+                    "allowlist pinned: enforcement outlives this process"
+                );
                 (Some(Manager { tx, thread }), rules)
             }
-            None => (None, RuleNames::default()),
+            None => {
+                if config.policy.pin_dir.join(policy::pins::LINK_PIN).exists() {
+                    tracing::warn!(
+                        pin_dir = %config.policy.pin_dir.display(),
+                        "no policy configured, but an allowlist pinned by an earlier sensor is still enforced (remove it: rxsentry-sensor allowlist detach)"
+                    );
+                }
+                (None, RuleNames::default())
+            }
         };
 
         let drops = Arc::new(DropTracker::new());

@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod exe;
 pub mod netns;
 pub mod open_hook;
+pub mod pins;
 pub mod procs;
 pub mod root_only;
 pub mod spool;

@@ -13,6 +13,7 @@ mod ringbuf;
 use aya::{
     EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::links::FdLink,
 };
 use sensor_common::{AllowEntry, FileId, drop_reason, names};
 
@@ -38,6 +39,8 @@ pub enum HookError {
     ObjectCopy(nix::Error),
     #[error("network hooks: {0}")]
     Net(#[from] net::NetHookError),
+    #[error("allowlist pins: {0}")]
+    Pins(#[from] crate::policy::pins::PinError),
 }
 
 /// Kernel-side settings taken from the config.
@@ -58,6 +61,12 @@ pub struct HookConfig {
     /// Size of `NET_EVENTS`; same rules.
     pub net_ringbuf_bytes: u32,
     pub network: net::NetHookConfig,
+    /// Where the allowlist's maps are pinned (reused when they are); None:
+    /// maps of this process's own (no policy configured, the probe).
+    pub allowlist_pin_dir: Option<std::path::PathBuf>,
+    /// Attach the exec verdict program only (`rxsentry-sensor allowlist
+    /// apply`): no telemetry programs.
+    pub verdict_only: bool,
 }
 
 impl HookConfig {
@@ -71,7 +80,27 @@ impl HookConfig {
             fexit_file_opens: config.kernel.fexit_file_opens,
             net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
             network: net::NetHookConfig::from_config(&config.network),
+            allowlist_pin_dir: config
+                .policy
+                .path
+                .as_ref()
+                .map(|_| config.policy.pin_dir.clone()),
+            verdict_only: false,
         }
+    }
+
+    /// Only the exec verdict program, on the pinned maps of `config`'s
+    /// policy: what `rxsentry-sensor allowlist apply` loads at boot.
+    pub fn verdict_only(config: &crate::config::Config) -> Self {
+        let mut hooks = Self::from_config(config);
+        hooks.allowlist_pin_dir = Some(config.policy.pin_dir.clone());
+        hooks.verdict_only = true;
+        hooks.files = false;
+        hooks.network.enabled = false;
+        // The verdict program reports blocks into the process ring; nobody
+        // reads it after the command exits.
+        hooks.process_ringbuf_bytes = 4096;
+        hooks
     }
 }
 
@@ -82,6 +111,8 @@ pub struct ProcessHooks {
     logger: Option<KernelLogger>,
     drops: PerCpuArray<MapData, u64>,
     allowlist_backend: AllowlistBackend,
+    /// The exec verdict's link, held (and pinned by [`Self::pin_verdict`]).
+    verdict_link: Option<FdLink>,
     file_reads: FileReads,
     file_open_hook: FileOpenHook,
 }
@@ -203,15 +234,17 @@ impl ProcessHooks {
             (true, Some(_)) => FileReads::Typed,
         };
         let net_settings = config.network.settings();
-        let mut object = SensorObject::load_bytes(
-            EbpfLoader::new()
-                .override_global(names::OFFSETS, &offsets, true)
-                .override_global(names::NET_SETTINGS, &net_settings, true)
-                .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
-                .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
-                .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes),
-            bytes,
-        )?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::NET_SETTINGS, &net_settings, true)
+            .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
+            .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
+            .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes);
+        if let Some(dir) = &config.allowlist_pin_dir {
+            crate::policy::pins::prepare(&mut loader, dir)?;
+        }
+        let mut object = SensorObject::load_bytes(&mut loader, bytes)?;
         let logger = match aya_log::EbpfLogger::init(object.ebpf_mut()) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -219,7 +252,12 @@ impl ProcessHooks {
                 None
             }
         };
-        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
+        let telemetry = if config.verdict_only {
+            &[][..]
+        } else {
+            &[names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT][..]
+        };
+        for name in telemetry {
             object.attach_raw_tracepoint(name, name)?;
         }
         // Attached with the policy off; enforcement starts when the daemon
@@ -227,7 +265,7 @@ impl ProcessHooks {
         // aya's own parse of the BTF (LSM and fexit programs need it),
         // once, and freed once they are attached.
         let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
-        let allowlist_backend = attach_exec_verdict(&mut object, &btf)?;
+        let (allowlist_backend, verdict_link) = attach_exec_verdict(&mut object, &btf)?;
         let file_open_hook = if config.files {
             let fexit = filp_open.and_then(|()| btf.as_ref().map_err(Clone::clone));
             attach_file_programs(&mut object, file_reads, fexit)?
@@ -249,6 +287,7 @@ impl ProcessHooks {
             logger,
             drops,
             allowlist_backend,
+            verdict_link: Some(verdict_link),
             file_reads,
             file_open_hook,
         })
@@ -309,11 +348,35 @@ impl ProcessHooks {
         &self.allowlist_backend
     }
 
-    /// Takes the allowlist maps (once).
+    /// Pins the exec verdict's link in `pin_dir`, over the link an earlier
+    /// sensor pinned there (which the kernel then detaches): call it once
+    /// the policy is in the (pinned) maps. Returns its kernel ids.
+    pub fn pin_verdict(
+        &mut self,
+        pin_dir: &std::path::Path,
+    ) -> Result<crate::policy::pins::LinkIds, HookError> {
+        use crate::policy::pins::{self, PinError};
+        let link = self.verdict_link.take().ok_or(PinError::Link {
+            path: pin_dir.join(pins::LINK_PIN),
+            why: "already pinned by this sensor".to_owned(),
+        })?;
+        let link = pins::pin_link(link, pin_dir)?;
+        let info = link.info().map_err(|e| PinError::Link {
+            path: pin_dir.join(pins::LINK_PIN),
+            why: e.to_string(),
+        })?;
+        self.verdict_link = Some(link);
+        Ok(crate::policy::pins::LinkIds {
+            link: info.id(),
+            program: info.program_id(),
+        })
+    }
+
+    /// Takes the allowlist maps (once), with the state now in them.
     pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps, HookError> {
         let a: HashMap<MapData, FileId, AllowEntry> = self.object.take_map(names::ALLOW_A)?;
         let b = self.object.take_map(names::ALLOW_B)?;
-        Ok(crate::policy::PolicyMaps::new(
+        crate::policy::PolicyMaps::new(
             [a, b],
             [
                 self.object.take_map(names::DENY_PARENT_A)?,
@@ -326,7 +389,14 @@ impl ProcessHooks {
             self.object.take_map(names::POLICY_STATE)?,
             self.object.take_map(names::POLICY_SCOPE)?,
             sensor_common::ALLOW_ENTRIES,
-        ))
+        )
+        .map_err(|source| {
+            ObjectError::Map {
+                name: names::POLICY_STATE,
+                source,
+            }
+            .into()
+        })
     }
 
     /// Takes aya-log's reader so a task can forward kernel log lines to tracing.
@@ -342,9 +412,12 @@ impl ProcessHooks {
             logger,
             drops,
             allowlist_backend: _,
+            verdict_link,
             file_reads: _,
             file_open_hook: _,
         } = self;
+        // Pinned, the link stays attached without this fd.
+        drop(verdict_link);
         drop(object);
         drop(logger);
         Self::sum_drops(&drops)
