@@ -123,6 +123,10 @@ pub struct Daemon {
     reader: TaskHandle<std::io::Result<()>>,
     /// The detection rules in force and where they are read from.
     rules: Option<(Arc<RuleStore>, DetectionConfig)>,
+    /// Where tamper findings go (the audit path: never dropped for load).
+    tamper: mpsc::Sender<EncodedEvents>,
+    /// Tamper findings since start.
+    tamper_count: u64,
 }
 
 impl Daemon {
@@ -215,6 +219,7 @@ impl Daemon {
         let drops = Arc::new(DropTracker::new());
         let pipeline =
             pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
+        let audit_events = pipeline.audit_sender();
         let (isolation, tasks) = start_isolation(
             &config,
             &pipeline,
@@ -252,6 +257,8 @@ impl Daemon {
             stop_reader,
             reader,
             rules: sigma.map(|store| (store, config.detection.clone())),
+            tamper: audit_events,
+            tamper_count: 0,
         })
     }
 
@@ -259,17 +266,39 @@ impl Daemon {
     /// the policy; the kernel's drop counters are copied meanwhile.
     pub async fn run_until_signal(&mut self) {
         let mut poll = tokio::time::interval(DROP_POLL);
+        let mut tamper = tokio::time::interval(crate::tamper::POLL);
         loop {
             tokio::select! {
                 _ = self.signals.term.recv() => return,
                 _ = self.signals.int.recv() => return,
                 _ = self.signals.hup.recv() => self.reload(),
+                _ = tamper.tick() => self.check_tamper().await,
                 _ = poll.tick() => match self.hooks.kernel_drops() {
                     Ok(k) => record_kernel_drops(&self.drops, k),
                     Err(e) => tracing::warn!(error = %e, "cannot read kernel drop counters"),
                 },
             }
         }
+    }
+
+    /// Checks the pins this sensor keeps; reports (and logs) what someone
+    /// else changed, after putting it back where it can.
+    async fn check_tamper(&mut self) {
+        let Some(finding) = self.hooks.check_verdict_pin() else {
+            return;
+        };
+        self.tamper_count += 1;
+        tracing::warn!(
+            object = finding.object,
+            action = %finding.action,
+            target = %finding.target,
+            restored = finding.restored,
+            error = %finding.error,
+            count = self.tamper_count,
+            "tamper: someone else changed rxsentry's kernel objects"
+        );
+        let event = finding.event(self.tamper_count);
+        _ = self.tamper.send(EncodedEvents::from_events([&event])).await;
     }
 
     fn reload(&self) {

@@ -856,3 +856,60 @@ async fn allowlist_apply_enforces_without_the_daemon_until_one_adopts_it() -> an
     setup.assert_blocked(&untrusted, false, "after allowlist detach")?;
     Ok(())
 }
+
+fn tamper_events(sub: &Subscription) -> Vec<&proto::telemetry::v1::TamperEvent> {
+    sub.events
+        .iter()
+        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+            event::Kind::Tamper(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An attacker who removes the verdict link's pin (then the whole pin
+/// directory) before killing the sensor finds enforcement still in force:
+/// the sensor notices within seconds, pins its link again and reports each
+/// removal as a tamper event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-tamper")?;
+    let pins = tests::pins::PinDir::new("tamper");
+    let untrusted = setup.copy_of_touch("untrusted")?;
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch")], "")?;
+    let collector = Collector::start().await?;
+    let request = SubscribeRequest {
+        kinds: vec![EventKind::Tamper as i32],
+        ..Default::default()
+    };
+    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    let ours = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+    let pin = pins.path.join("verdict");
+
+    for (round, attack) in ["rm verdict", "rm -r pin_dir"].into_iter().enumerate() {
+        match round {
+            0 => std::fs::remove_file(&pin)?,
+            _ => std::fs::remove_dir_all(&pins.path)?,
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tests::pins::pinned_verdict(&pins.path)? != Some(ours) {
+            assert!(
+                Instant::now() < deadline,
+                "{attack}: not pinned again within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sub.until(Duration::from_secs(20), |s| tamper_events(s).len() > round)
+            .await?;
+        let t = tamper_events(&sub)[round];
+        assert_eq!(t.object, "allowlist verdict link", "{attack}");
+        assert_eq!(t.action, "pin removed", "{attack}");
+        assert_eq!(t.target, pin.display().to_string());
+        assert!(t.restored && t.error.is_empty(), "{attack}: {t:?}");
+        assert_eq!(t.count, round as u64 + 1);
+    }
+    sensor.kill().await?;
+    setup.assert_blocked(&untrusted, true, "pins removed, then the sensor killed")?;
+    Ok(())
+}

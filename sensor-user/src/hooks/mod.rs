@@ -113,6 +113,9 @@ pub struct ProcessHooks {
     allowlist_backend: AllowlistBackend,
     /// The exec verdict's link, held (and pinned by [`Self::pin_verdict`]).
     verdict_link: Option<FdLink>,
+    /// Once pinned: where, and a second fd of the link to pin it again
+    /// with if someone removes the pin ([`Self::check_verdict_pin`]).
+    pinned: Option<(std::path::PathBuf, Option<FdLink>)>,
     file_reads: FileReads,
     file_open_hook: FileOpenHook,
 }
@@ -288,6 +291,7 @@ impl ProcessHooks {
             drops,
             allowlist_backend,
             verdict_link: Some(verdict_link),
+            pinned: None,
             file_reads,
             file_open_hook,
         })
@@ -361,14 +365,58 @@ impl ProcessHooks {
             why: "already pinned by this sensor".to_owned(),
         })?;
         let link = pins::pin_link(link, pin_dir)?;
+        let path = pin_dir.join(pins::LINK_PIN);
         let info = link.info().map_err(|e| PinError::Link {
-            path: pin_dir.join(pins::LINK_PIN),
+            path: path.clone(),
             why: e.to_string(),
         })?;
         self.verdict_link = Some(link);
+        let spare = aya::programs::links::PinnedLink::from_pin(&path)
+            .ok()
+            .map(FdLink::from);
+        self.pinned = Some((pin_dir.to_owned(), spare));
         Ok(crate::policy::pins::LinkIds {
             link: info.id(),
             program: info.program_id(),
+        })
+    }
+
+    /// Whether the pinned verdict link is still this sensor's: if its pin
+    /// was removed or points at another link, pins this sensor's link again
+    /// (so enforcement still outlives the daemon) and says what it found.
+    pub fn check_verdict_pin(&mut self) -> Option<crate::tamper::Finding> {
+        use crate::policy::pins;
+        let ours = self.verdict_link.as_ref()?.info().ok()?.id();
+        let (dir, spare) = self.pinned.as_mut()?;
+        let action = match pins::pinned_link(dir) {
+            Ok(Some(ids)) if ids.link == ours => return None,
+            Ok(Some(ids)) => format!(
+                "pin replaced by link {} (program {})",
+                ids.link, ids.program
+            ),
+            Ok(None) => "pin removed".to_owned(),
+            Err(e) => format!("pin unreadable: {e}"),
+        };
+        let target = dir.join(pins::LINK_PIN).display().to_string();
+        // The spare fd is spent on the attempt; the held link keeps
+        // enforcing while this process runs whatever happens.
+        let outcome = match spare.take() {
+            Some(link) => pins::pin_link(link, dir).map_err(|e| e.to_string()),
+            None => Err("no spare handle of the link left".to_owned()),
+        };
+        let (restored, error) = match outcome {
+            Ok(link) => {
+                *spare = Some(link);
+                (true, String::new())
+            }
+            Err(e) => (false, e),
+        };
+        Some(crate::tamper::Finding {
+            object: "allowlist verdict link",
+            action,
+            target,
+            restored,
+            error,
         })
     }
 
@@ -413,11 +461,13 @@ impl ProcessHooks {
             drops,
             allowlist_backend: _,
             verdict_link,
+            pinned,
             file_reads: _,
             file_open_hook: _,
         } = self;
         // Pinned, the link stays attached without this fd.
         drop(verdict_link);
+        drop(pinned);
         drop(object);
         drop(logger);
         Self::sum_drops(&drops)

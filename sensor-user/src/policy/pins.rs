@@ -138,6 +138,8 @@ fn check_layout(path: &Path, key: usize, value: usize, entries: u32) -> Result<(
 /// it). The rename is atomic: the pin dir always holds one verdict link.
 /// Returns the link, still held by this process.
 pub fn pin_link(link: FdLink, pin_dir: &Path) -> Result<FdLink, PinError> {
+    // Removed with everything in it (`rm -r`): made again.
+    fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
     let fresh = pin_dir.join(LINK_PIN_NEW);
     remove_pin(&fresh)?;
     let pinned = link.pin(&fresh).map_err(|e| PinError::Link {
