@@ -125,8 +125,6 @@ pub struct Daemon {
     rules: Option<(Arc<RuleStore>, DetectionConfig)>,
     /// Where tamper findings go (the audit path: never dropped for load).
     tamper: mpsc::Sender<EncodedEvents>,
-    /// Tamper findings since start.
-    tamper_count: u64,
 }
 
 impl Daemon {
@@ -258,7 +256,6 @@ impl Daemon {
             reader,
             rules: sigma.map(|store| (store, config.detection.clone())),
             tamper: audit_events,
-            tamper_count: 0,
         })
     }
 
@@ -287,17 +284,17 @@ impl Daemon {
         let Some(finding) = self.hooks.check_verdict_pin() else {
             return;
         };
-        self.tamper_count += 1;
+        let count = crate::tamper::count_one();
         tracing::warn!(
             object = finding.object,
             action = %finding.action,
             target = %finding.target,
             restored = finding.restored,
             error = %finding.error,
-            count = self.tamper_count,
+            count,
             "tamper: someone else changed rxsentry's kernel objects"
         );
-        let event = finding.event(self.tamper_count);
+        let event = finding.event(count);
         _ = self.tamper.send(EncodedEvents::from_events([&event])).await;
     }
 

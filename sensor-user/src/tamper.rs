@@ -6,6 +6,14 @@ use proto::telemetry::v1::{Event, TamperEvent, event};
 
 use crate::clock;
 
+/// Tamper findings since the sensor started, all kinds.
+static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one more finding; the total so far, this one included.
+pub fn count_one() -> u64 {
+    COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 /// How often the daemon checks its pins.
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
