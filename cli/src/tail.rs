@@ -66,6 +66,8 @@ pub enum KindArg {
     Isolation,
     /// Detection rule matches (docs/detection.md).
     Alert,
+    /// Someone touched rxsentry's pinned programs or maps (self-protection).
+    Tamper,
 }
 
 impl From<KindArg> for EventKind {
@@ -79,6 +81,7 @@ impl From<KindArg> for EventKind {
             KindArg::Network => EventKind::Network,
             KindArg::Isolation => EventKind::Isolation,
             KindArg::Alert => EventKind::Alert,
+            KindArg::Tamper => EventKind::Tamper,
         }
     }
 }

@@ -26,7 +26,7 @@ pub use net::*;
 pub use offsets::KernelOffsets;
 pub use policy::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, FileId, PolicyEvent,
-    PolicyState, SCOPE_MAX_LEVELS, action, backend, mode, reason,
+    PolicyState, SCOPE_ENTRIES, SCOPE_MAX_LEVELS, action, backend, mode, reason,
 };
 
 /// The `imm` of a kfunc call instruction to `bpf_rdonly_cast` as built:

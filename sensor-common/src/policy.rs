@@ -42,6 +42,9 @@ pub struct DenyUidKey {
 /// Entries of each deny-context map.
 pub const DENY_ENTRIES: u32 = 4096;
 
+/// Entries of `POLICY_SCOPE`: the most cgroups one policy can scope to.
+pub const SCOPE_ENTRIES: u32 = 1024;
+
 /// What the daemon hashed; the kernel trusts the file only while these match.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

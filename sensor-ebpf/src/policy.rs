@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, EVENT_PARTIAL, EventKind,
-    FileId, KernelOffsets, PolicyEvent, PolicyState, SCOPE_MAX_LEVELS, action, backend, mode,
-    reason,
+    FileId, KernelOffsets, PolicyEvent, PolicyState, SCOPE_ENTRIES, SCOPE_MAX_LEVELS, action,
+    backend, mode, reason,
 };
 
 use crate::{
@@ -55,7 +55,7 @@ static DENY_UID_B: HashMap<DenyUidKey, u32> = HashMap::with_max_entries(DENY_ENT
 /// cgroup v2 ids under enforcement, with their subtrees, when
 /// `PolicyState::scoped` is set.
 #[map]
-static POLICY_SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+static POLICY_SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(SCOPE_ENTRIES, 0);
 
 /// Whether the current task is under a scoped cgroup: its own cgroup or an
 /// ancestor is in `POLICY_SCOPE`. Walks from the root (level 0) down; a

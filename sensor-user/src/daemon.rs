@@ -128,6 +128,8 @@ pub struct Daemon {
     /// isolation is disabled.
     metrics: Arc<SensorMetrics>,
     isolation_status: Option<status_watch::Receiver<IsolationStatus>>,
+    /// Where tamper findings go (the audit path: never dropped for load).
+    tamper: mpsc::Sender<EncodedEvents>,
 }
 
 impl Daemon {
@@ -213,14 +215,32 @@ impl Daemon {
             Some((path, compiled)) => {
                 let maps = hooks.take_policy_maps()?;
                 let (tx, rules, thread) = policy::manager::start(maps, path, compiled)?;
+                // The policy is in the pinned maps: our link replaces the
+                // one an earlier sensor pinned (no gap, one link after).
+                let ids = hooks.pin_verdict(&config.policy.pin_dir)?;
+                tracing::info!(
+                    pin_dir = %config.policy.pin_dir.display(),
+                    link_id = ids.link,
+                    program_id = ids.program,
+                    "allowlist pinned: enforcement outlives this process"
+                );
                 (Some(Manager { tx, thread }), rules)
             }
-            None => (None, RuleNames::default()),
+            None => {
+                if config.policy.pin_dir.join(policy::pins::LINK_PIN).exists() {
+                    tracing::warn!(
+                        pin_dir = %config.policy.pin_dir.display(),
+                        "no policy configured, but an allowlist pinned by an earlier sensor is still enforced (remove it: rxsentry-sensor allowlist detach)"
+                    );
+                }
+                (None, RuleNames::default())
+            }
         };
         metrics.set_policy(rules.policy_state());
 
         let pipeline =
             pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
+        let audit_events = pipeline.audit_sender();
         let (isolation, mut tasks, isolation_status) = start_isolation(
             &config,
             &pipeline,
@@ -265,6 +285,7 @@ impl Daemon {
             rules: sigma.map(|store| (store, config.detection.clone())),
             metrics,
             isolation_status,
+            tamper: audit_events,
         })
     }
 
@@ -272,11 +293,13 @@ impl Daemon {
     /// the policy; the kernel's drop counters are copied meanwhile.
     pub async fn run_until_signal(&mut self) {
         let mut poll = tokio::time::interval(DROP_POLL);
+        let mut tamper = tokio::time::interval(crate::tamper::POLL);
         loop {
             tokio::select! {
                 _ = self.signals.term.recv() => return,
                 _ = self.signals.int.recv() => return,
                 _ = self.signals.hup.recv() => self.reload(),
+                _ = tamper.tick() => self.check_tamper().await,
                 _ = poll.tick() => match self.hooks.kernel_drops() {
                     Ok(k) => {
                         record_kernel_drops(&self.drops, k);
@@ -295,6 +318,26 @@ impl Daemon {
             kernel_incomplete,
             isolation: self.isolation_status.as_ref().map(|s| s.borrow().clone()),
         });
+    }
+
+    /// Checks the pins this sensor keeps; reports (and logs) what someone
+    /// else changed, after putting it back where it can.
+    async fn check_tamper(&mut self) {
+        let Some(finding) = self.hooks.check_verdict_pin() else {
+            return;
+        };
+        let count = crate::tamper::count_one();
+        tracing::warn!(
+            object = finding.object,
+            action = %finding.action,
+            target = %finding.target,
+            restored = finding.restored,
+            error = %finding.error,
+            count,
+            "tamper: someone else changed rxsentry's kernel objects"
+        );
+        let event = finding.event(count);
+        _ = self.tamper.send(EncodedEvents::from_events([&event])).await;
     }
 
     fn reload(&self) {

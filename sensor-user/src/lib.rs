@@ -22,5 +22,6 @@ pub mod object;
 pub mod pipeline;
 pub mod policy;
 pub mod router;
+pub mod tamper;
 pub mod transport;
 pub mod watch;

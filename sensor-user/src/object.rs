@@ -37,6 +37,18 @@ pub enum ObjectError {
     Missing(&'static str),
 }
 
+/// Whether `dir`, or its nearest existing ancestor, is on a bpf
+/// filesystem: pins (what outlives the daemon) need one. The error names
+/// the directory that could not be examined.
+pub fn on_bpffs(dir: &std::path::Path) -> Result<bool, (std::path::PathBuf, std::io::Error)> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let fs = nix::sys::statfs::statfs(existing).map_err(|e| (existing.to_owned(), e.into()))?;
+    Ok(fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
 /// The embedded object's bytes, or why there are none.
 pub fn embedded() -> Result<&'static [u8], ObjectError> {
     if EBPF_OBJECT.is_empty() {

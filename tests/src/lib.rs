@@ -14,6 +14,7 @@ pub mod exe;
 pub mod netns;
 pub mod open_hook;
 pub mod ports;
+pub mod pins;
 pub mod procs;
 pub mod root_only;
 pub mod spool;

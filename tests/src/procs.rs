@@ -483,6 +483,7 @@ impl SensorCommand {
         let (path, file) = match &self.config {
             Config::Text(text) => {
                 let (text, spool) = with_own_spool(&with_own_metrics(text))?;
+                let (text, pins) = crate::pins::with_own_pins(&text);
                 let mut file = tempfile::NamedTempFile::new()?;
                 file.write_all(text.as_bytes())?;
                 file.flush()?;
@@ -492,6 +493,7 @@ impl SensorCommand {
                     Some(TempConfig {
                         _file: file,
                         _spool: spool,
+                        _pins: pins,
                     }),
                 )
             }
@@ -528,10 +530,12 @@ impl SensorCommand {
     }
 }
 
-/// A config file written for one sensor, and the spool directory it got.
+/// A config file written for one sensor, the spool directory it got and
+/// its allowlist pin directory ([`crate::pins::with_own_pins`]).
 struct TempConfig {
     _file: tempfile::NamedTempFile,
     _spool: Option<tempfile::TempDir>,
+    _pins: Option<crate::pins::PinDir>,
 }
 
 /// A config without a `[spool]` section gets one in a fresh temporary

@@ -76,6 +76,60 @@ impl Setup {
         Ok(())
     }
 
+    /// [`Self::sensor_options`] with the allowlist pinned in `pins`
+    /// (which the test owns: it outlives each sensor).
+    fn pinned_options(&self, pins: &Path) -> SensorOptions {
+        let mut options = self.sensor_options();
+        options
+            .extra_config
+            .push_str(&format!("pin_dir = {pins:?}\n"));
+        options
+    }
+
+    /// `rxsentry-sensor allowlist ARGS` with this setup's policy pinned in
+    /// `pins`, no daemon involved; its stdout (it must succeed).
+    async fn allowlist(
+        &self,
+        collector: &Collector,
+        pins: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let config = format!(
+            "{}[policy]\npath = {:?}\npin_dir = {pins:?}\n",
+            collector.sensor_section("test-allowlist")?,
+            self.policy
+        );
+        let out = Sensor::with_config(config)
+            .args(["allowlist"].iter().chain(args))
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "allowlist {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Asserts that `program` is killed before it runs (or runs) in the cgroup.
+    fn assert_blocked(&self, program: &Path, blocked: bool, when: &str) -> anyhow::Result<()> {
+        let (status, created) = self.run(program, &marker("run"))?;
+        if blocked {
+            assert!(
+                status.signal() == Some(9) && !created,
+                "{} blocked {when}: {status}",
+                program.display()
+            );
+        } else {
+            assert!(
+                status.success() && created,
+                "{} runs {when}: {status}",
+                program.display()
+            );
+        }
+        Ok(())
+    }
+
     fn sensor_options(&self) -> SensorOptions {
         SensorOptions {
             extra_config: format!(
@@ -663,5 +717,199 @@ async fn a_scoped_policy_covers_every_cgroup_below_its_scope() -> anyhow::Result
     let intruder = intruder.display().to_string();
     assert_eq!(blocked, [intruder.as_str(); 3], "{blocked:?}");
     sensor.stop().await?;
+    Ok(())
+}
+
+/// Enforcement outlives the daemon, as an attacker who kills it would find:
+/// SIGKILL and SIGTERM leave the policy in force (a trusted file changed
+/// meanwhile stays blocked: re-trust needs the daemon), a restarted sensor
+/// adopts the pinned maps and replaces the pinned link (the old link and
+/// program are released: one of each), its new policy applies, and only
+/// `allowlist detach` lets the untrusted binary run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforcement_outlives_a_killed_or_stopped_sensor_and_a_restart_adopts_it()
+-> anyhow::Result<()> {
+    let setup = Setup::new("allow-pinned")?;
+    let pins = tests::pins::PinDir::new("adopt");
+    let trusted = setup.copy_of_touch("trusted")?;
+    let changed = setup.copy_of_touch("changed")?;
+    let untrusted = setup.copy_of_touch("untrusted")?;
+    let never = setup.copy_of_touch("never")?;
+    setup.write_policy("enforce", &[&trusted, &changed], "")?;
+    let collector = Collector::start().await?;
+    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    setup.assert_blocked(&untrusted, true, "with the sensor up")?;
+    setup.assert_blocked(&trusted, false, "with the sensor up")?;
+    let first = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+
+    sensor.kill().await?;
+    setup.assert_blocked(&untrusted, true, "after SIGKILL of the sensor")?;
+    setup.assert_blocked(&trusted, false, "after SIGKILL of the sensor")?;
+    // Changed while the daemon is gone: nothing can re-hash it, it stays out.
+    let now = std::time::SystemTime::now();
+    std::fs::File::options()
+        .write(true)
+        .open(&changed)?
+        .set_times(std::fs::FileTimes::new().set_modified(now))?;
+    setup.assert_blocked(&changed, true, "changed while the sensor is down")?;
+    assert_eq!(
+        tests::pins::pinned_verdict(&pins.path)?,
+        Some(first),
+        "the same link enforces"
+    );
+
+    // A restart with a new policy: adopted, one link, the new policy applies.
+    setup.write_policy("enforce", &[&trusted, &untrusted], "")?;
+    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    let second = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+    assert_ne!(second, first, "the new sensor's link replaced the old one");
+    assert!(
+        tests::pins::gone(first.0, first.1).await,
+        "the old link {} and program {} are released: no double attach",
+        first.0,
+        first.1
+    );
+    assert!(
+        sensor.log().contains("adopted the pinned policy"),
+        "{}",
+        sensor.log()
+    );
+    setup.assert_blocked(&untrusted, false, "allowed by the new policy")?;
+    setup.assert_blocked(&never, true, "with the restarted sensor")?;
+
+    // SIGTERM leaves it in force too.
+    sensor.stop().await?;
+    setup.assert_blocked(&never, true, "after SIGTERM of the sensor")?;
+    setup.assert_blocked(&untrusted, false, "after SIGTERM of the sensor")?;
+    let status = setup.allowlist(&collector, &pins.path, &["status"]).await?;
+    for line in [
+        "enforcing: yes",
+        "mode: enforce",
+        "generation: 2",
+        "scoped: yes",
+        "allowed_files: 2",
+    ] {
+        assert!(status.contains(line), "{line} in:\n{status}");
+    }
+    assert!(
+        status.contains(&format!("verdict_link_id: {}", second.0)),
+        "{status}"
+    );
+
+    // Only detach takes it off.
+    let out = setup.allowlist(&collector, &pins.path, &["detach"]).await?;
+    assert!(out.contains("removed 9 pins"), "{out}");
+    assert!(
+        tests::pins::gone(second.0, second.1).await,
+        "the link is released"
+    );
+    setup.assert_blocked(&never, false, "after allowlist detach")?;
+    assert!(!pins.path.exists(), "the pin dir is removed");
+    Ok(())
+}
+
+/// At boot `allowlist apply` enforces before any daemon runs (the kiosk
+/// apps start after it); the daemon then adopts it without a gap, and a
+/// second apply is refused while a link is pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_apply_enforces_without_the_daemon_until_one_adopts_it() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-apply")?;
+    let pins = tests::pins::PinDir::new("apply");
+    let trusted = setup.copy_of_touch("trusted")?;
+    let untrusted = setup.copy_of_touch("untrusted")?;
+    setup.write_policy("enforce", &[&trusted], "")?;
+    let collector = Collector::start().await?;
+    let out = setup.allowlist(&collector, &pins.path, &["apply"]).await?;
+    assert!(out.contains("generation 1"), "{out}");
+    let applied = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+    setup.assert_blocked(&untrusted, true, "applied, no daemon")?;
+    setup.assert_blocked(&trusted, false, "applied, no daemon")?;
+
+    let config = format!(
+        "{}[policy]\npath = {:?}\npin_dir = {:?}\n",
+        collector.sensor_section("test-allowlist")?,
+        setup.policy,
+        pins.path
+    );
+    let again = Sensor::with_config(config)
+        .args(["allowlist", "apply"])
+        .output()
+        .await?;
+    assert!(!again.status.success(), "a second apply is refused");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already pinned"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    let adopted = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+    assert_ne!(adopted, applied);
+    assert!(
+        tests::pins::gone(applied.0, applied.1).await,
+        "one link after adoption"
+    );
+    setup.assert_blocked(&untrusted, true, "adopted by the daemon")?;
+    setup.assert_blocked(&trusted, false, "adopted by the daemon")?;
+    sensor.stop().await?;
+    setup.allowlist(&collector, &pins.path, &["detach"]).await?;
+    setup.assert_blocked(&untrusted, false, "after allowlist detach")?;
+    Ok(())
+}
+
+fn tamper_events(sub: &Subscription) -> Vec<&proto::telemetry::v1::TamperEvent> {
+    sub.events
+        .iter()
+        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+            event::Kind::Tamper(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An attacker who removes the verdict link's pin (then the whole pin
+/// directory) before killing the sensor finds enforcement still in force:
+/// the sensor notices within seconds, pins its link again and reports each
+/// removal as a tamper event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<()> {
+    let setup = Setup::new("allow-tamper")?;
+    let pins = tests::pins::PinDir::new("tamper");
+    let untrusted = setup.copy_of_touch("untrusted")?;
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch")], "")?;
+    let collector = Collector::start().await?;
+    let request = SubscribeRequest {
+        kinds: vec![EventKind::Tamper as i32],
+        ..Default::default()
+    };
+    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    let ours = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+    let pin = pins.path.join("verdict");
+
+    for (round, attack) in ["rm verdict", "rm -r pin_dir"].into_iter().enumerate() {
+        match round {
+            0 => std::fs::remove_file(&pin)?,
+            _ => std::fs::remove_dir_all(&pins.path)?,
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tests::pins::pinned_verdict(&pins.path)? != Some(ours) {
+            assert!(
+                Instant::now() < deadline,
+                "{attack}: not pinned again within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sub.until(Duration::from_secs(20), |s| tamper_events(s).len() > round)
+            .await?;
+        let t = tamper_events(&sub)[round];
+        assert_eq!(t.object, "allowlist verdict link", "{attack}");
+        assert_eq!(t.action, "pin removed", "{attack}");
+        assert_eq!(t.target, pin.display().to_string());
+        assert!(t.restored && t.error.is_empty(), "{attack}: {t:?}");
+        assert_eq!(t.count, round as u64 + 1);
+    }
+    sensor.kill().await?;
+    setup.assert_blocked(&untrusted, true, "pins removed, then the sensor killed")?;
     Ok(())
 }

@@ -344,6 +344,8 @@ impl<'a> Soc<'a> {
                 "isolation",
                 "--kind",
                 "exec",
+                "--kind",
+                "tamper",
                 "--collector",
             ])
             .arg(&self.collector.addr)
@@ -561,6 +563,26 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
         .await?;
     assert_eq!(after.requester, "alice", "{}", after.line);
     lab.assert_all(&lab.other, &terms, false, "after restart")
+        .await?;
+
+    // An attacker flips the pinned state map to "not isolated" (what a
+    // bpftool map update does): the sensor isolates again at its next tick
+    // and reports it, as a re-apply and as a tamper event.
+    flip_isolation_off(&lab.pin_dir())?;
+    let reapplied = tail
+        .wait_for("the re-apply after the map was flipped", |l| {
+            l.contains("\"action\":\"reapply\"") && l.contains("sensor:tamper")
+        })
+        .await?;
+    assert!(reapplied.contains("\"isolated\":true"), "{reapplied}");
+    let tamper = tail
+        .wait_for("the tamper event", |l| l.contains("\"kind\":\"tamper\""))
+        .await?;
+    assert!(
+        tamper.contains("isolation state map") && tamper.contains("\"restored\":true"),
+        "{tamper}"
+    );
+    lab.assert_all(&lab.other, &terms, false, "after the map was flipped")
         .await?;
 
     // Release: reachable again, on every interface, both ways.
@@ -863,5 +885,15 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
     );
     lab.assert_all(&lab.other, &terms, true, "released").await?;
     assert!(sensor.stop().await?.success());
+    Ok(())
+}
+
+/// Writes "not isolated" into the pinned isolation state map, as an
+/// attacker with bpf() would.
+fn flip_isolation_off(pin_dir: &Path) -> anyhow::Result<()> {
+    let data = aya::maps::MapData::from_pin(pin_dir.join("ISOLATION_STATE"))?;
+    let mut state: aya::maps::Array<aya::maps::MapData, [u8; 16]> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data))?;
+    state.set(0, [0u8; 16], 0)?;
     Ok(())
 }

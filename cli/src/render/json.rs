@@ -197,6 +197,14 @@ fn event_json(e: &HostEvent) -> Value {
             "interfaces": i.interfaces,
             "error": i.error,
         }),
+        Some(event::Kind::Tamper(t)) => json!({
+            "object": t.object,
+            "action": t.action,
+            "target": t.target,
+            "restored": t.restored,
+            "error": t.error,
+            "count": t.count,
+        }),
         Some(event::Kind::Alert(a)) => json!({
             "rule_id": a.rule_id,
             "rule_title": a.rule_title,

@@ -69,6 +69,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::File(f)) => file_details(event, f),
         Some(event::Kind::Network(n)) => network_details(n),
         Some(event::Kind::Isolation(i)) => isolation_details(i),
+        Some(event::Kind::Tamper(t)) => tamper_details(t),
         Some(event::Kind::Alert(a)) => alert_details(a),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
@@ -209,6 +210,21 @@ fn network_details(n: &NetworkEvent) -> String {
         let _ = write!(out, " (dns: {})", clean(&n.dns_error));
     }
     out
+}
+
+fn tamper_details(t: &proto::telemetry::v1::TamperEvent) -> String {
+    let outcome = match (t.restored, t.error.is_empty()) {
+        (true, _) => "restored".to_owned(),
+        (false, true) => "not restored".to_owned(),
+        (false, false) => format!("NOT RESTORED: {}", clean(&t.error)),
+    };
+    format!(
+        "TAMPER {}: {} {}  -> {outcome} (#{})",
+        clean(&t.object),
+        clean(&t.action),
+        clean(&t.target),
+        t.count
+    )
 }
 
 fn isolation_details(i: &IsolationEvent) -> String {

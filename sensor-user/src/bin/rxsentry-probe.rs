@@ -162,8 +162,9 @@ fn choose_backend() -> anyhow::Result<AllowlistBackend> {
         Ok(btf) => load_object(btf)?,
         Err(_) => SensorObject::load(&mut EbpfLoader::new())?,
     };
-    Ok(attach_exec_verdict(&mut object, &btf)?)
-    // `object` drops here: its programs are detached and unloaded.
+    let (backend, _link) = attach_exec_verdict(&mut object, &btf)?;
+    Ok(backend)
+    // `_link` and `object` drop here: the program is detached and unloaded.
 }
 
 /// The `bpf-lsm` line: available when the sensor chose BPF-LSM.
@@ -219,6 +220,9 @@ fn probe_process() -> anyhow::Result<String> {
         // Disabled: the probe asks about process telemetry only.
         network: Default::default(),
         identity_max_entries: sensor_common::file::WATCHED_INODE_ENTRIES,
+        // Its own maps: never a pinned policy's.
+        allowlist_pin_dir: None,
+        verdict_only: false,
     })
     .context("attaching the process hooks")?;
     let mut ring = hooks.take_process_ring()?;

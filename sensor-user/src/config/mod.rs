@@ -245,11 +245,23 @@ fn check_absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 /// `[policy]`: application allowlisting.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Allowlist policy file; None: no allowlisting (every exec allowed).
     pub path: Option<PathBuf>,
+    /// bpffs directory holding the verdict program's link and the policy
+    /// maps, so enforcement outlives the daemon (docs/allowlisting.md).
+    pub pin_dir: PathBuf,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            pin_dir: PathBuf::from("/sys/fs/bpf/rxsentry/allowlist"),
+        }
+    }
 }
 
 /// `[host]`: who this sensor says it is.
@@ -493,6 +505,7 @@ impl Config {
         }
         self.network.validate()?;
         self.isolation.validate()?;
+        check_absolute("policy.pin_dir", &self.policy.pin_dir)?;
         self.detection.validate()?;
         for (i, rule) in self.response.iter().enumerate() {
             rule.validate(i)?;

@@ -3,7 +3,10 @@
 //! a config file: the exec allowlist's backend and the hook that decides
 //! file opens, with the reason for every fallback.
 
-use aya::maps::MapData;
+use aya::{
+    maps::MapData,
+    programs::{RawTracePoint, links::FdLink},
+};
 use sensor_common::names;
 
 use crate::object::{ObjectError, SensorObject};
@@ -87,17 +90,26 @@ impl std::fmt::Display for AllowlistBackend {
 /// LSM), else the tracepoint.
 ///
 /// The daemon and `rxsentry-probe` both choose with this function, so what
-/// the probe reports is what the sensor would run.
+/// the probe reports is what the sensor would run. The link is returned,
+/// owned by the caller (to pin it): dropping it detaches the program.
 pub fn attach_exec_verdict(
     object: &mut SensorObject,
     btf: &Result<aya::Btf, String>,
-) -> Result<AllowlistBackend, ObjectError> {
+) -> Result<(AllowlistBackend, FdLink), ObjectError> {
     let lsm_unavailable = match try_lsm(object, btf) {
-        Ok(()) => return Ok(AllowlistBackend::Lsm),
+        Ok(link) => return Ok((AllowlistBackend::Lsm, link)),
         Err(why) => why,
     };
-    object.attach_raw_tracepoint(names::PROG_EXEC_VERDICT, names::PROG_EXEC)?;
-    Ok(AllowlistBackend::TracepointSigkill { lsm_unavailable })
+    let name = names::PROG_EXEC_VERDICT;
+    let fail = |source| ObjectError::Program { name, source };
+    let program: &mut RawTracePoint = object.program(name)?;
+    program.load().map_err(fail)?;
+    let id = program.attach(names::PROG_EXEC).map_err(fail)?;
+    let link = program.take_link(id).map_err(fail)?;
+    Ok((
+        AllowlistBackend::TracepointSigkill { lsm_unavailable },
+        link.into(),
+    ))
 }
 
 /// The first line of `text`, at most `max` characters (a verifier log can
@@ -136,7 +148,7 @@ pub(super) fn try_fexit_open(object: &mut SensorObject, btf: &aya::Btf) -> Resul
     Ok(())
 }
 
-fn try_lsm(object: &mut SensorObject, btf: &Result<aya::Btf, String>) -> Result<(), String> {
+fn try_lsm(object: &mut SensorObject, btf: &Result<aya::Btf, String>) -> Result<FdLink, String> {
     let btf = btf.as_ref().map_err(Clone::clone)?;
     let program: &mut aya::programs::Lsm = optional_program(object, names::PROG_EXEC_VERDICT_LSM)?;
     program
@@ -146,15 +158,21 @@ fn try_lsm(object: &mut SensorObject, btf: &Result<aya::Btf, String>) -> Result<
     let runs: aya::maps::Array<&MapData, u64> = object
         .map(names::LSM_VERDICT_RUNS)
         .map_err(|e| e.to_string())?;
-    // One exec of ourselves must go through the hook.
-    let ran = std::process::Command::new("/proc/self/exe")
+    // One exec of ourselves must go through the hook. Whether it is
+    // allowed does not matter (a pinned policy may refuse it): the count
+    // proves the program ran.
+    let _ = std::process::Command::new("/proc/self/exe")
         .arg("--version")
         .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok()
-        && runs.get(&0, 0).is_ok_and(|n| n > 0);
-    if ran {
-        return Ok(());
+        .stderr(std::process::Stdio::null())
+        .status();
+    if runs.get(&0, 0).is_ok_and(|n| n > 0) {
+        let program: &mut aya::programs::Lsm =
+            optional_program(object, names::PROG_EXEC_VERDICT_LSM)?;
+        return program
+            .take_link(link)
+            .map(FdLink::from)
+            .map_err(|e| format!("taking the link: {e}"));
     }
     let program: &mut aya::programs::Lsm = optional_program(object, names::PROG_EXEC_VERDICT_LSM)?;
     let _ = program.detach(link);

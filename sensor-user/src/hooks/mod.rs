@@ -13,6 +13,7 @@ mod ringbuf;
 use aya::{
     EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::links::FdLink,
 };
 use sensor_common::{AllowEntry, FileId, drop_reason, names};
 
@@ -38,6 +39,8 @@ pub enum HookError {
     ObjectCopy(nix::Error),
     #[error("network hooks: {0}")]
     Net(#[from] net::NetHookError),
+    #[error("allowlist pins: {0}")]
+    Pins(#[from] crate::policy::pins::PinError),
 }
 
 /// Kernel-side settings taken from the config.
@@ -60,6 +63,12 @@ pub struct HookConfig {
     pub network: net::NetHookConfig,
     /// Entries of `WATCHED_INODES` (`files.identity_max_entries`).
     pub identity_max_entries: u32,
+    /// Where the allowlist's maps are pinned (reused when they are); None:
+    /// maps of this process's own (no policy configured, the probe).
+    pub allowlist_pin_dir: Option<std::path::PathBuf>,
+    /// Attach the exec verdict program only (`rxsentry-sensor allowlist
+    /// apply`): no telemetry programs.
+    pub verdict_only: bool,
 }
 
 impl HookConfig {
@@ -74,7 +83,27 @@ impl HookConfig {
             net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
             network: net::NetHookConfig::from_config(&config.network),
             identity_max_entries: config.files.identity_max_entries,
+            allowlist_pin_dir: config
+                .policy
+                .path
+                .as_ref()
+                .map(|_| config.policy.pin_dir.clone()),
+            verdict_only: false,
         }
+    }
+
+    /// Only the exec verdict program, on the pinned maps of `config`'s
+    /// policy: what `rxsentry-sensor allowlist apply` loads at boot.
+    pub fn verdict_only(config: &crate::config::Config) -> Self {
+        let mut hooks = Self::from_config(config);
+        hooks.allowlist_pin_dir = Some(config.policy.pin_dir.clone());
+        hooks.verdict_only = true;
+        hooks.files = false;
+        hooks.network.enabled = false;
+        // The verdict program reports blocks into the process ring; nobody
+        // reads it after the command exits.
+        hooks.process_ringbuf_bytes = 4096;
+        hooks
     }
 }
 
@@ -85,6 +114,11 @@ pub struct ProcessHooks {
     logger: Option<KernelLogger>,
     drops: PerCpuArray<MapData, u64>,
     allowlist_backend: AllowlistBackend,
+    /// The exec verdict's link, held (and pinned by [`Self::pin_verdict`]).
+    verdict_link: Option<FdLink>,
+    /// Once pinned: where, and a second fd of the link to pin it again
+    /// with if someone removes the pin ([`Self::check_verdict_pin`]).
+    pinned: Option<(std::path::PathBuf, Option<FdLink>)>,
     file_reads: FileReads,
     file_open_hook: FileOpenHook,
 }
@@ -216,16 +250,18 @@ impl ProcessHooks {
             (true, Some(_)) => FileReads::Typed,
         };
         let net_settings = config.network.settings();
-        let mut object = SensorObject::load_bytes(
-            EbpfLoader::new()
-                .override_global(names::OFFSETS, &offsets, true)
-                .override_global(names::NET_SETTINGS, &net_settings, true)
-                .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
-                .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
-                .map_max_entries(names::WATCHED_INODES, config.identity_max_entries)
-                .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes),
-            bytes,
-        )?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::NET_SETTINGS, &net_settings, true)
+            .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
+            .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
+            .map_max_entries(names::WATCHED_INODES, config.identity_max_entries)
+            .map_max_entries(names::NET_EVENTS, config.net_ringbuf_bytes);
+        if let Some(dir) = &config.allowlist_pin_dir {
+            crate::policy::pins::prepare(&mut loader, dir)?;
+        }
+        let mut object = SensorObject::load_bytes(&mut loader, bytes)?;
         let logger = match aya_log::EbpfLogger::init(object.ebpf_mut()) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -233,7 +269,12 @@ impl ProcessHooks {
                 None
             }
         };
-        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
+        let telemetry = if config.verdict_only {
+            &[][..]
+        } else {
+            &[names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT][..]
+        };
+        for name in telemetry {
             object.attach_raw_tracepoint(name, name)?;
         }
         // Attached with the policy off; enforcement starts when the daemon
@@ -241,7 +282,7 @@ impl ProcessHooks {
         // aya's own parse of the BTF (LSM and fexit programs need it),
         // once, and freed once they are attached.
         let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
-        let allowlist_backend = attach_exec_verdict(&mut object, &btf)?;
+        let (allowlist_backend, verdict_link) = attach_exec_verdict(&mut object, &btf)?;
         let file_open_hook = if config.files {
             let fexit = filp_open.and_then(|()| btf.as_ref().map_err(Clone::clone));
             attach_file_programs(&mut object, file_reads, fexit)?
@@ -263,6 +304,8 @@ impl ProcessHooks {
             logger,
             drops,
             allowlist_backend,
+            verdict_link: Some(verdict_link),
+            pinned: None,
             file_reads,
             file_open_hook,
         })
@@ -325,11 +368,79 @@ impl ProcessHooks {
         &self.allowlist_backend
     }
 
-    /// Takes the allowlist maps (once).
+    /// Pins the exec verdict's link in `pin_dir`, over the link an earlier
+    /// sensor pinned there (which the kernel then detaches): call it once
+    /// the policy is in the (pinned) maps. Returns its kernel ids.
+    pub fn pin_verdict(
+        &mut self,
+        pin_dir: &std::path::Path,
+    ) -> Result<crate::policy::pins::LinkIds, HookError> {
+        use crate::policy::pins::{self, PinError};
+        let link = self.verdict_link.take().ok_or(PinError::Link {
+            path: pin_dir.join(pins::LINK_PIN),
+            why: "already pinned by this sensor".to_owned(),
+        })?;
+        let link = pins::pin_link(link, pin_dir)?;
+        let path = pin_dir.join(pins::LINK_PIN);
+        let info = link.info().map_err(|e| PinError::Link {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        self.verdict_link = Some(link);
+        let spare = aya::programs::links::PinnedLink::from_pin(&path)
+            .ok()
+            .map(FdLink::from);
+        self.pinned = Some((pin_dir.to_owned(), spare));
+        Ok(crate::policy::pins::LinkIds {
+            link: info.id(),
+            program: info.program_id(),
+        })
+    }
+
+    /// Whether the pinned verdict link is still this sensor's: if its pin
+    /// was removed or points at another link, pins this sensor's link again
+    /// (so enforcement still outlives the daemon) and says what it found.
+    pub fn check_verdict_pin(&mut self) -> Option<crate::tamper::Finding> {
+        use crate::policy::pins;
+        let ours = self.verdict_link.as_ref()?.info().ok()?.id();
+        let (dir, spare) = self.pinned.as_mut()?;
+        let action = match pins::pinned_link(dir) {
+            Ok(Some(ids)) if ids.link == ours => return None,
+            Ok(Some(ids)) => format!(
+                "pin replaced by link {} (program {})",
+                ids.link, ids.program
+            ),
+            Ok(None) => "pin removed".to_owned(),
+            Err(e) => format!("pin unreadable: {e}"),
+        };
+        let target = dir.join(pins::LINK_PIN).display().to_string();
+        // The spare fd is spent on the attempt; the held link keeps
+        // enforcing while this process runs whatever happens.
+        let outcome = match spare.take() {
+            Some(link) => pins::pin_link(link, dir).map_err(|e| e.to_string()),
+            None => Err("no spare handle of the link left".to_owned()),
+        };
+        let (restored, error) = match outcome {
+            Ok(link) => {
+                *spare = Some(link);
+                (true, String::new())
+            }
+            Err(e) => (false, e),
+        };
+        Some(crate::tamper::Finding {
+            object: "allowlist verdict link",
+            action,
+            target,
+            restored,
+            error,
+        })
+    }
+
+    /// Takes the allowlist maps (once), with the state now in them.
     pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps, HookError> {
         let a: HashMap<MapData, FileId, AllowEntry> = self.object.take_map(names::ALLOW_A)?;
         let b = self.object.take_map(names::ALLOW_B)?;
-        Ok(crate::policy::PolicyMaps::new(
+        crate::policy::PolicyMaps::new(
             [a, b],
             [
                 self.object.take_map(names::DENY_PARENT_A)?,
@@ -342,7 +453,14 @@ impl ProcessHooks {
             self.object.take_map(names::POLICY_STATE)?,
             self.object.take_map(names::POLICY_SCOPE)?,
             sensor_common::ALLOW_ENTRIES,
-        ))
+        )
+        .map_err(|source| {
+            ObjectError::Map {
+                name: names::POLICY_STATE,
+                source,
+            }
+            .into()
+        })
     }
 
     /// Takes aya-log's reader so a task can forward kernel log lines to tracing.
@@ -358,9 +476,14 @@ impl ProcessHooks {
             logger,
             drops,
             allowlist_backend: _,
+            verdict_link,
+            pinned,
             file_reads: _,
             file_open_hook: _,
         } = self;
+        // Pinned, the link stays attached without this fd.
+        drop(verdict_link);
+        drop(pinned);
         drop(object);
         drop(logger);
         Self::sum_drops(&drops)

@@ -484,15 +484,9 @@ fn detach_netlink() -> Result<(), KernelError> {
 
 /// Refuses a `pin_dir` whose nearest existing ancestor is not bpffs.
 fn check_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
-    let existing = pin_dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
-    let fs = nix::sys::statfs::statfs(existing).map_err(|e| KernelError::Io {
-        path: existing.to_owned(),
-        source: e.into(),
-    })?;
-    if fs.filesystem_type() != nix::sys::statfs::BPF_FS_MAGIC {
+    let bpffs =
+        object::on_bpffs(pin_dir).map_err(|(path, source)| KernelError::Io { path, source })?;
+    if !bpffs {
         return Err(KernelError::NotBpffs(pin_dir.to_owned()));
     }
     Ok(())

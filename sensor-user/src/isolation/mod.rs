@@ -376,6 +376,20 @@ impl Isolation {
     }
 
     /// The audit event of a change that failed (nothing changed).
+    /// Whether the state file says isolated while the kernel's map says
+    /// not: the map was flipped behind rxsentry's back.
+    pub fn flipped(&self) -> bool {
+        PersistedState::load(&self.config.state_dir).is_ok_and(|s| s.isolated)
+            && self.kernel.state().is_ok_and(|s| s.isolated == 0)
+    }
+
+    /// Where the state map is pinned (for reports).
+    pub fn state_map_path(&self) -> std::path::PathBuf {
+        self.config
+            .pin_dir
+            .join(sensor_common::names::ISOLATION_STATE)
+    }
+
     pub fn failure_event(&self, change: &Change, error: &IsolationError) -> Event {
         let isolated = self.kernel.state().is_ok_and(|s| s.isolated != 0);
         self.audit_event(change, &change.reason, isolated, &[], &error.to_string())

@@ -69,6 +69,7 @@ pub async fn run(
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "cannot attach isolation to new interfaces"),
                 }
+                flipped_back(&mut isolation, &audit).await;
                 sent.retain(|p| p.exists());
                 for (path, event) in spool::pending(&state_dir, &sent) {
                     let events = EncodedEvents::from_events([&event]).with_audit_file(path.clone());
@@ -89,4 +90,42 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The state file says isolated but the kernel's map says not: someone
+/// flipped the map (a bpf() map update). Isolates again at once and reports
+/// both the re-apply (an isolation audit event, requester `sensor:tamper`)
+/// and a tamper event. A legitimate release writes the file first, under
+/// the same lock, so it is never undone here.
+async fn flipped_back(isolation: &mut Isolation, audit: &mpsc::Sender<EncodedEvents>) {
+    let change = Change {
+        action: super::Action::Reapply,
+        requester: "sensor:tamper".to_owned(),
+        reason: "the isolation map was found not isolated while the state file says isolated"
+            .to_owned(),
+    };
+    let (event, restored, error) = match isolation.apply(&change) {
+        Ok(None) => return,
+        Ok(Some(event)) => (event, true, String::new()),
+        // Whether anything was flipped is unknown then: only a real
+        // mismatch is a finding.
+        Err(e) if !isolation.flipped() => {
+            tracing::warn!(error = %e, "cannot check the isolation map against the state file");
+            return;
+        }
+        Err(e) => (isolation.failure_event(&change, &e), false, e.to_string()),
+    };
+    let finding = crate::tamper::Finding {
+        object: "isolation state map",
+        action: "flipped to not isolated".to_owned(),
+        target: isolation.state_map_path().display().to_string(),
+        restored,
+        error,
+    };
+    let count = crate::tamper::count_one();
+    tracing::warn!(restored = finding.restored, error = %finding.error, count,
+        "tamper: the isolation map was flipped while isolated; re-applied");
+    let _ = audit
+        .send(EncodedEvents::from_events([&event, &finding.event(count)]))
+        .await;
 }

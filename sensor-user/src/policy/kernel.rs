@@ -4,6 +4,10 @@
 //! into the one the kernel is not reading, then `POLICY_STATE` (one array
 //! element) is updated to point at it, then the old one is emptied. At no
 //! instant is there no policy, or half of one.
+//!
+//! The maps are pinned (`pins`): a starting sensor adopts the state an
+//! earlier one left, and its first swap goes into the map the kernel is not
+//! reading, exactly as a reload would.
 
 use aya::maps::{Array, HashMap, MapData};
 use sensor_common::{AllowEntry, DenyParentKey, DenyUidKey, FileId, PolicyState, mode};
@@ -26,6 +30,8 @@ pub struct PolicyMaps {
 }
 
 impl PolicyMaps {
+    /// The maps, with the state now in them (an earlier sensor's, when
+    /// they are pinned) as the current one.
     pub(crate) fn new(
         allow: [HashMap<MapData, FileId, AllowEntry>; 2],
         deny_parent: [HashMap<MapData, DenyParentKey, u32>; 2],
@@ -33,16 +39,24 @@ impl PolicyMaps {
         state: Array<MapData, PolicyState>,
         scope: HashMap<MapData, u64, u8>,
         capacity: u32,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, aya::maps::MapError> {
+        let mut current = state.get(&0, 0)?;
+        // Anything but 0 or 1 is not ours: start over from A.
+        current.active = current.active.min(1);
+        Ok(Self {
             allow,
             deny_parent,
             deny_uid,
             state,
             scope,
             capacity,
-            current: PolicyState::default(),
-        }
+            current,
+        })
+    }
+
+    /// The state in force when these maps were opened or last written.
+    pub fn current(&self) -> PolicyState {
+        self.current
     }
 
     /// Generation now in force (0: none).
@@ -110,17 +124,6 @@ impl PolicyMaps {
     /// Replaces one entry of the live map (re-trust after a re-hash).
     pub fn update_live(&mut self, id: FileId, entry: AllowEntry) -> Result<(), PolicyError> {
         self.allow[self.current.active as usize].insert(id, entry, 0)?;
-        Ok(())
-    }
-
-    /// Switches enforcement off (mode OFF); the maps keep their content.
-    pub fn disable(&mut self) -> Result<(), PolicyError> {
-        let state = PolicyState {
-            mode: mode::OFF,
-            ..self.current
-        };
-        self.state.set(0, state, 0)?;
-        self.current = state;
         Ok(())
     }
 }

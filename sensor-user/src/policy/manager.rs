@@ -96,6 +96,14 @@ pub fn start(
     ),
     PolicyError,
 > {
+    let adopted = maps.current();
+    if adopted.generation != 0 {
+        tracing::info!(
+            generation = adopted.generation,
+            mode = adopted.mode,
+            "allowlist: adopted the pinned policy an earlier sensor left in force"
+        );
+    }
     let generation = maps.apply(&compiled, &path)?;
     log_applied(&compiled, generation);
     let rules = RuleNames(
@@ -169,9 +177,8 @@ impl Manager {
                 }
             }
         }
-        // Leave no verdict behind a stopped sensor: programs detach anyway,
-        // but pinned state must never outlive the daemon silently.
-        let _ = self.maps.disable();
+        // The maps and the verdict link are pinned: the policy in force
+        // stays in force after the daemon (docs/allowlisting.md).
     }
 
     /// Compiles the file and swaps it in; on any error the generation in

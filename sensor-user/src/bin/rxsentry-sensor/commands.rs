@@ -8,8 +8,9 @@ use anyhow::bail;
 use proto::control::v1::IsolationStatus;
 use sensor_user::{
     config::{Config, IsolationConfig},
+    hooks::{HookConfig, ProcessHooks},
     isolation::{self, kernel::IsolationKernel},
-    policy::{self, compile::CompiledPolicy},
+    policy::{self, compile::CompiledPolicy, pins},
 };
 
 /// `policy generate`: a starting policy for what is installed.
@@ -140,6 +141,75 @@ pub fn isolation_detach(config: &Config) -> anyhow::Result<()> {
     println!(
         "removed {n} pins under {}: nothing is filtered now",
         iso_config.pin_dir.display()
+    );
+    Ok(())
+}
+
+/// `allowlist status`: what the kernel enforces from the pins.
+pub fn allowlist_status(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.policy.pin_dir;
+    let status = pins::status(dir)?;
+    println!("pin_dir: {}", dir.display());
+    match status.link {
+        Some(ids) => println!(
+            "enforcing: yes\nverdict_link_id: {}\nverdict_program_id: {}",
+            ids.link, ids.program
+        ),
+        None => println!("enforcing: no (no verdict link pinned)"),
+    }
+    match status.state {
+        Some(state) => println!(
+            "mode: {}\ngeneration: {}\nscoped: {}\nallowed_files: {}",
+            match state.mode {
+                sensor_common::mode::MONITOR => "monitor",
+                sensor_common::mode::ENFORCE => "enforce",
+                _ => "off",
+            },
+            state.generation,
+            if state.scoped != 0 { "yes" } else { "no" },
+            status.allowed_files
+        ),
+        None => println!("maps: none pinned"),
+    }
+    Ok(())
+}
+
+/// `allowlist detach`: removes every pin; exec is no longer checked.
+pub fn allowlist_detach(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.policy.pin_dir;
+    let n = pins::detach(dir)?;
+    println!(
+        "removed {n} pins under {}: exec is not checked until a sensor starts again",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `allowlist apply`: enforcement from the pins alone, without the daemon.
+pub fn allowlist_apply(config: &Config) -> anyhow::Result<()> {
+    let Some(path) = &config.policy.path else {
+        bail!("no policy configured (policy.path)");
+    };
+    let dir = &config.policy.pin_dir;
+    if let Some(ids) = pins::pinned_link(dir)? {
+        bail!(
+            "{}: a verdict link is already pinned (link {}): the running or next sensor owns the policy; reload it with SIGHUP",
+            dir.display(),
+            ids.link
+        );
+    }
+    let compiled = policy::manager::load(path)?;
+    let mut hooks = ProcessHooks::load_and_attach(&HookConfig::verdict_only(config))?;
+    let mut maps = hooks.take_policy_maps()?;
+    let generation = maps.apply(&compiled, path)?;
+    let ids = hooks.pin_verdict(dir)?;
+    print_policy_summary(path, &compiled);
+    println!(
+        "pinned in {}: generation {generation}, backend {}, link {}, program {}",
+        dir.display(),
+        hooks.allowlist_backend(),
+        ids.link,
+        ids.program
     );
     Ok(())
 }

@@ -78,6 +78,27 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
     },
+    /// The pinned exec allowlist: enforced in the kernel whether the daemon
+    /// runs or not.
+    Allowlist {
+        #[command(subcommand)]
+        action: AllowlistCmd,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AllowlistCmd {
+    /// Print what is pinned: the verdict link and program, the mode, the
+    /// generation and how many files are allowed.
+    Status,
+    /// Remove the pins: the verdict program detaches and every exec is
+    /// allowed until a sensor starts again (package removal, emergencies).
+    Detach,
+    /// Compile the configured policy, attach the verdict program, pin it
+    /// with the policy and exit (boot: rxsentry-allowlist.service, before
+    /// the kiosk apps). The daemon adopts it when it starts. Refused when a
+    /// verdict link is already pinned: the daemon owns reloads (SIGHUP).
+    Apply,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -217,6 +238,13 @@ fn run_main() -> anyhow::Result<()> {
                 std::process::exit(status::NOT_RUNNING.into());
             }
             return Ok(());
+        }
+        Some(Cmd::Allowlist { action }) => {
+            return match action {
+                AllowlistCmd::Status => commands::allowlist_status(&config),
+                AllowlistCmd::Detach => commands::allowlist_detach(&config),
+                AllowlistCmd::Apply => commands::allowlist_apply(&config),
+            };
         }
         Some(Cmd::Policy { .. }) | None => {}
     }

@@ -2,8 +2,13 @@
 # pick `lsm`, and an exec of a file outside the allowlist must FAIL with
 # EPERM ("Operation not permitted": the caller keeps running) rather than be
 # killed (exit 137, backend B). The policy is scoped to a test cgroup so the
-# rest of the guest is not under it. Never skipped.
+# rest of the guest is not under it. Then the same exec with the sensor
+# stopped (SIGTERM) and killed (SIGKILL): the pinned LSM link still refuses
+# it, until `allowlist detach`. Never skipped.
 . /usr/lib/rxsentry/vm-tests/lib.sh
+
+# Whatever happens, no pinned verdict program outlives this test.
+trap 'rxsentry-sensor --config /tmp/sensor-policy.toml allowlist detach >/dev/null 2>&1' EXIT
 
 scope=/sys/fs/cgroup/allowlist-test
 mkdir -p "$scope" || fail "cannot create cgroup $scope"
@@ -61,5 +66,37 @@ case "$sub_out" in
 *) fail "the exec in a sub-cgroup of the scope was not refused with EPERM: $sub_out" ;;
 esac
 stop_services || fail "sensor did not exit 0 on SIGTERM: $(tail -n 2 "$RXSENTRY_LOG/sensor.err")"
+
+# in_scope: busybox and the copy run in the scope; what they printed.
+in_scope() {
+	sh -c "echo \$\$ >$scope/cgroup.procs && /bin/busybox true && echo allowed-ok; /tmp/intruder true; echo rc=\$?" 2>&1
+}
+# refused WHEN: the copy is refused with EPERM and busybox runs.
+refused() {
+	_out=$(in_scope)
+	case "$_out" in
+	*allowed-ok*"not permitted"*) ;;
+	*) fail "$1: the copy was not refused with EPERM (or busybox did not run): $_out" ;;
+	esac
+}
+refused "after SIGTERM of the sensor"
+SENSOR_CONFIG=/tmp/sensor-policy.toml start_services || fail "services did not restart (see above)"
+grep -q "adopted the pinned policy" "$RXSENTRY_LOG/sensor.err" ||
+	fail "the restarted sensor did not adopt the pinned policy: $(tail -n 3 "$RXSENTRY_LOG/sensor.err")"
+kill -KILL "$SENSOR_PID"
+wait "$SENSOR_PID"
+SENSOR_PID=
+refused "after SIGKILL of the sensor"
+status=$(rxsentry-sensor --config /tmp/sensor-policy.toml allowlist status 2>&1)
+echo "$status" | grep -q "enforcing: yes" || fail "allowlist status after SIGKILL: $status"
+rxsentry-sensor --config /tmp/sensor-policy.toml allowlist detach >/dev/null 2>&1 || fail "allowlist detach failed"
+# The copy runs now: busybox under another name says "applet not found".
+detached=$(in_scope)
+case "$detached" in
+*"not permitted"* | *rc=126*) fail "after allowlist detach the copy still does not run: $detached" ;;
+*"applet not found"*) ;;
+*) fail "after allowlist detach: unexpected output: $detached" ;;
+esac
+stop_services
 rmdir "$scope/escape/deeper" "$scope/escape" "$scope" 2>/dev/null
-pass "backend lsm: exec of a non-allowlisted copy failed with EPERM (in the scope and two levels below it), busybox ran, block event (backend lsm) reached the collector"
+pass "backend lsm: exec of a non-allowlisted copy failed with EPERM (in the scope and two levels below it, and with the sensor stopped, restarted and killed), busybox ran, block event (backend lsm) reached the collector; allowlist detach lifted it"
