@@ -84,6 +84,11 @@ const SENSOR: Package = Package {
             0o644,
         ),
         (
+            Source::Repo("packaging/systemd/rxsentry-allowlist.service"),
+            "/lib/systemd/system/rxsentry-allowlist.service",
+            0o644,
+        ),
+        (
             Source::Repo("sensor-user/config/rxsentry-sensor.example.toml"),
             "/etc/rxsentry/sensor.toml",
             0o600,
@@ -309,6 +314,7 @@ mod tests {
             "./usr/sbin/rxsentry-probe",
             "./lib/systemd/system/rxsentry-sensor.service",
             "./lib/systemd/system/rxsentry-isolation.service",
+            "./lib/systemd/system/rxsentry-allowlist.service",
             "./usr/share/doc/rxsentry-sensor/metrics.md",
         ] {
             assert!(list.contains(want), "{want} not in\n{list}");
