@@ -124,6 +124,10 @@ pub struct Options {
     /// Sensor streams at once in the store's multi-stream ingest round.
     #[arg(long, default_value_t = 4)]
     store_streams: usize,
+    /// Days of events in the store (one host's day, then the other days
+    /// spread over the streams' hosts): 7 measures the queries on a week.
+    #[arg(long, default_value_t = 1)]
+    store_days: u64,
     /// Rounds per side of the spool's fsync cost comparison.
     #[arg(long, default_value_t = 5)]
     spool_rounds: usize,
@@ -160,7 +164,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         }
         let rt = tokio::runtime::Runtime::new()?;
         let _rt = rt.enter();
-        let section = store::run(opts.store_streams)?.render();
+        let section = store::run(opts.store_streams, opts.store_days)?.render();
         println!("\n{section}");
         let path = workspace_root().join("docs/bench.md");
         common::write_section(&path, store::HEADING, &section)?;
@@ -348,7 +352,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         opts.channel_sensors,
     )?;
     // 8. The collector's store (the release collector, built above).
-    let store = store::run(opts.store_streams)?;
+    let store = store::run(opts.store_streams, opts.store_days)?;
     let spool = spool::run(opts.spool_rounds, opts.execs)?;
     let detection = detection::run(opts.detection_rounds)?;
     let table = format!(

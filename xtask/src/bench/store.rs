@@ -259,7 +259,7 @@ fn query_median(url: &str, req: &QueryRequest, pages: Option<usize>) -> Result<(
     Ok((items, median_f64(&times)))
 }
 
-pub fn run(streams: usize) -> Result<StoreReport> {
+pub fn run(streams: usize, days: u64) -> Result<StoreReport> {
     if !collector_binary().exists() {
         bail!(
             "{} is missing: run without --no-build",
@@ -281,8 +281,9 @@ pub fn run(streams: usize) -> Result<StoreReport> {
         report.one_stream_secs = start.elapsed().as_secs_f64();
         report.one_stream_events = DAY_EVENTS;
 
-        // 2. Several kiosks at once, another day's worth in total.
-        let per_host = DAY_EVENTS / streams as u64;
+        // 2. Several kiosks at once: another day's worth in total, or the
+        // rest of `days` (the queries below then run on that big a store).
+        let per_host = DAY_EVENTS * days.saturating_sub(1).max(1) / streams as u64;
         let sets: Vec<Vec<SensorBatch>> = (0..streams)
             .map(|k| batches(&testkit::host(&format!("bench-{k}"), "i1"), per_host))
             .collect();
