@@ -303,11 +303,14 @@ async fn isolation_state_and_a_response_rule_hit_show_in_the_metrics() -> anyhow
         "[host]\nid = \"metrics-{sfx}\"\n\
          [collector]\nendpoint = \"http://127.0.0.1:50051\"\ninsecure_plaintext = true\n\
          [isolation]\nenabled = true\npin_dir = \"{}\"\nstate_dir = \"{}\"\ninterface_poll_ms = 200\n\
-         [policy]\npath = \"{}\"\n\
+         [policy]\npath = \"{}\"\npin_dir = \"{}\"\n\
          [[response]]\nname = \"burst\"\non = \"exec_blocked\"\nthreshold = 2\nwithin_secs = 60\naction = \"isolate\"\n",
         bpffs.path.join("rxsentry-isolation").display(),
         dir.path().join("state").display(),
-        policy.display()
+        policy.display(),
+        // The allowlist's pins too go in this test's own bpffs (gone with
+        // it), never in the default /sys/fs/bpf/rxsentry/allowlist.
+        bpffs.path.join("rxsentry-allowlist").display()
     );
     let config_file = dir.path().join("sensor.toml");
     // A fixed port inside the namespace is nobody else's; the file is
