@@ -323,12 +323,12 @@ impl Store {
         let (conn, lock) = open_writer(&config.path)?;
         let state = State::load(&conn).map_err(open_error(&config.path))?;
         let committed = Arc::new(AtomicU64::new(state.next_id.saturating_sub(1)));
-        let silent = Arc::new(Mutex::new(state.silent_hosts()));
+        let silent = Arc::new(Mutex::new(BTreeSet::new()));
         info!(path = %config.path.display(), hosts = state.hosts.len(),
             high_water = state.next_id.saturating_sub(1), "store opened");
         let (jobs, rx) = mpsc::channel(1024);
         let counters = Arc::new(StoreCounters::default());
-        let writer = Writer {
+        let mut writer = Writer {
             conn,
             _lock: lock,
             inner: Inner {
@@ -338,11 +338,12 @@ impl Store {
                 committed: committed.clone(),
                 started_ns: unix_ns(SystemTime::now()),
                 silent: silent.clone(),
-                silent_changed: false,
+                // Built from the loaded state by the first publish_hosts.
+                silent_changed: true,
                 counters: counters.clone(),
             },
         };
-        writer.inner.count_hosts();
+        writer.inner.publish_hosts();
         std::thread::Builder::new()
             .name("rxsentry-store".into())
             .spawn(move || writer.run(rx))
@@ -804,7 +805,7 @@ impl Writer {
                 c.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
                 let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 c.commit_nanos.fetch_add(took, Ordering::Relaxed);
-                self.inner.count_hosts();
+                self.inner.publish_hosts();
                 self.inner.committed_publish(published);
                 for (job, observation) in group.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(BatchStored { observation }));
@@ -883,7 +884,7 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
-                self.inner.count_hosts();
+                self.inner.publish_hosts();
                 self.inner.committed_publish(published);
             }
             Err(e) => {
@@ -971,12 +972,19 @@ impl Writer {
 }
 
 impl Inner {
-    /// Publishes how many hosts there are and how many are silent.
-    fn count_hosts(&self) {
-        let hosts = &self.state.hosts;
-        let silent = hosts.values().filter(|h| h.silent).count();
-        (self.counters.hosts).store(hosts.len() as u64, Ordering::Relaxed);
-        (self.counters.hosts_silent).store(silent as u64, Ordering::Relaxed);
+    /// Publishes what readers outside the writer see of the hosts: how
+    /// many (metrics) and which are silent (`ListHosts`, and their count
+    /// for the metrics). The silent set is rebuilt only after a change of
+    /// a silent flag, not at every commit. Before the commit's items are
+    /// published, so a subscriber that sees a host's silent record finds
+    /// it silent in `ListHosts` too.
+    fn publish_hosts(&mut self) {
+        (self.counters.hosts).store(self.state.hosts.len() as u64, Ordering::Relaxed);
+        if std::mem::take(&mut self.silent_changed) {
+            let silent = self.state.silent_hosts();
+            (self.counters.hosts_silent).store(silent.len() as u64, Ordering::Relaxed);
+            *self.silent.lock().unwrap_or_else(PoisonError::into_inner) = silent;
+        }
     }
 
     /// Commits a transaction with the id counter it advanced.
@@ -990,12 +998,9 @@ impl Inner {
 
     /// After a commit: queries may read up to the new high-water mark,
     /// and subscribers get what was committed, in store id order.
-    fn committed_publish(&mut self, published: Vec<Published>) {
+    fn committed_publish(&self, published: Vec<Published>) {
         self.committed
             .store(self.state.next_id.saturating_sub(1), Ordering::Release);
-        if std::mem::take(&mut self.silent_changed) {
-            *self.silent.lock().unwrap_or_else(PoisonError::into_inner) = self.state.silent_hosts();
-        }
         self.publish(published);
     }
 
