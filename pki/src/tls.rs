@@ -12,7 +12,7 @@ use tokio_rustls::rustls::{
     server::WebPkiClientVerifier,
 };
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{PkiError, files};
 
@@ -29,28 +29,13 @@ pub struct ServerFiles {
 }
 
 impl ServerFiles {
-    /// TLS 1.2+ (rustls), client certificates checked against the CA when
-    /// presented. They are optional at the handshake because analysts
-    /// authenticate with tokens; every sensor RPC refuses a caller without a
-    /// sensor certificate.
-    pub fn server_config(&self) -> Result<ServerTlsConfig, PkiError> {
-        let cert = files::read_public(&self.cert)?;
-        let key = files::read_secret(&self.key)?;
-        let ca = files::read_public(&self.client_ca)?;
-        check_pem(&self.cert, &cert)?;
-        check_pem(&self.client_ca, &ca)?;
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert, key))
-            .client_ca_root(Certificate::from_pem(ca))
-            .client_auth_optional(true)
-            .timeout(HANDSHAKE_TIMEOUT))
-    }
-}
-
-impl ServerFiles {
-    /// The same settings as [`ServerFiles::server_config`], as a rustls
-    /// config for a listener that swaps it while it runs (a renewed
-    /// collector certificate or CA without a restart).
+    /// TLS 1.2+ (rustls, ring), HTTP/2. Client certificates are checked
+    /// against the CA when presented; they are optional at the handshake
+    /// because analysts authenticate with tokens, and every sensor RPC
+    /// refuses a caller without a sensor certificate. A rustls config
+    /// rather than tonic's fixed settings, for a listener that swaps it
+    /// while it runs (a renewed collector certificate or CA without a
+    /// restart).
     pub fn rustls_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
         let cert_pem = files::read_public(&self.cert)?;
         let key_pem = files::read_secret(&self.key)?;
