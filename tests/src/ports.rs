@@ -16,16 +16,20 @@ use rand::Rng as _;
 /// Lowest port handed out: above the well-known and common service ports.
 const FLOOR: u16 = 20_000;
 
-/// A free loopback port outside the kernel's ephemeral range.
-pub fn restartable_port() -> anyhow::Result<u16> {
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> anyhow::Result<u16> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .context("reading the ephemeral port range")?;
-    let low: u16 = text
-        .split_whitespace()
+    text.split_whitespace()
         .next()
         .context("empty ip_local_port_range")?
         .parse()
-        .context("ip_local_port_range")?;
+        .context("ip_local_port_range")
+}
+
+/// A free loopback port outside the kernel's ephemeral range.
+pub fn restartable_port() -> anyhow::Result<u16> {
+    let low = ephemeral_low()?;
     anyhow::ensure!(
         low > FLOOR + 1_000,
         "the ephemeral range starts at {low}: no room below it for test ports"
@@ -46,8 +50,7 @@ mod tests {
 
     #[test]
     fn ports_are_below_the_ephemeral_range_and_free() {
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-        let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let low = ephemeral_low().unwrap();
         for _ in 0..20 {
             let port = restartable_port().unwrap();
             assert!((FLOOR..low).contains(&port), "{port}");
