@@ -139,6 +139,12 @@ pub fn load_operators(path: &Path) -> Result<Vec<Operator>, AuthConfigError> {
     parse_operators(&text).map_err(|why| AuthConfigError::Invalid { path: shown, why })
 }
 
+/// An operator name as the audit log shows it: not blank, no control
+/// characters (no escape sequences reach an auditor's terminal).
+pub fn printable_name(name: &str) -> bool {
+    !name.trim().is_empty() && !name.chars().any(char::is_control)
+}
+
 pub fn parse_operators(text: &str) -> Result<Vec<Operator>, String> {
     let file: File = toml::from_str(text).map_err(|e| {
         let msg = e.to_string();
@@ -153,7 +159,7 @@ pub fn parse_operators(text: &str) -> Result<Vec<Operator>, String> {
     })?;
     let mut operators: Vec<Operator> = Vec::new();
     for (i, entry) in file.operator.into_iter().enumerate() {
-        if entry.name.trim().is_empty() || entry.name.chars().any(char::is_control) {
+        if !printable_name(&entry.name) {
             return Err(format!(
                 "operator[{i}].name must be non-empty and printable"
             ));

@@ -238,7 +238,7 @@ impl Trust {
         let token = auth::new_token();
         let added = Operator::with_token(name, role, &token);
         self.edit_operators(|list| {
-            if name.trim().is_empty() || name.chars().any(char::is_control) || name.len() > 64 {
+            if !auth::printable_name(name) || name.len() > 64 {
                 return Err(OperatorChangeError::Invalid(
                     "an operator name must be 1-64 printable characters".into(),
                 ));
