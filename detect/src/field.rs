@@ -17,16 +17,22 @@ pub enum Category {
     NetworkConnection,
     /// A TCP socket started listening: rxsentry's own category.
     NetworkListen,
+    /// The allowlist stopped an exec (`PolicyEvent`, enforce mode; `Image`
+    /// is the blocked program): rxsentry's own category, what `[[response]]`
+    /// counts.
+    AllowlistBlock,
 }
 
 impl Category {
-    pub const ALL: [Category; 5] = [
+    pub const ALL: [Category; 6] = [
         Category::ProcessCreation,
         Category::FileEvent,
         Category::FileAccess,
         Category::NetworkConnection,
         Category::NetworkListen,
+        Category::AllowlistBlock,
     ];
+    pub(crate) const COUNT: usize = Self::ALL.len();
 
     /// The category as written in a rule's `logsource`.
     pub fn name(self) -> &'static str {
@@ -36,6 +42,7 @@ impl Category {
             Category::FileAccess => "file_access",
             Category::NetworkConnection => "network_connection",
             Category::NetworkListen => "network_listen",
+            Category::AllowlistBlock => "allowlist_block",
         }
     }
 

@@ -12,11 +12,13 @@ mod condition;
 mod field;
 mod matcher;
 mod rule;
+mod sequence;
 
 use std::path::{Path, PathBuf};
 
 pub use field::{Category, CommandLine, EventRef, Field};
-pub use rule::{Placeholders, Refusal, RefusalKind, Rule};
+pub use rule::{Action, Placeholders, Refusal, RefusalKind, Rule, StepRef, attack_ids};
+pub use sequence::{Fired, MAX_PARTIALS, Scope, Sequence, SequenceEvent, SequenceTracker, Step};
 
 use matcher::{Prefilter, Value, ValueMatcher};
 
@@ -46,6 +48,18 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
     (
         "new_listening_port.yml",
         include_str!("../rules/new_listening_port.yml"),
+    ),
+    (
+        "phi_read_then_connection.yml",
+        include_str!("../rules/phi_read_then_connection.yml"),
+    ),
+    (
+        "phi_mass_change.yml",
+        include_str!("../rules/phi_mass_change.yml"),
+    ),
+    (
+        "allowlist_block_burst.yml",
+        include_str!("../rules/allowlist_block_burst.yml"),
     ),
 ];
 
@@ -107,6 +121,7 @@ pub struct DirError {
 pub struct Loader {
     placeholders: Placeholders,
     rules: Vec<Rule>,
+    sequences: Vec<Sequence>,
     refused: Vec<Refusal>,
 }
 
@@ -122,7 +137,17 @@ impl Loader {
     /// One rule file's text; `source` names it in refusals and alerts.
     pub fn add(&mut self, source: &str, text: &str) {
         match rule::compile(source, text, &self.placeholders) {
-            Ok(r) => self.rules.push(r),
+            Ok(rule::Compiled::Rule(r)) => self.rules.push(r),
+            Ok(rule::Compiled::Sequence(seq, steps)) => {
+                let index = self.sequences.len();
+                self.rules.extend(steps.into_iter().map(|mut r| {
+                    if let Some(step) = &mut r.step {
+                        step.sequence = index;
+                    }
+                    r
+                }));
+                self.sequences.push(seq);
+            }
             Err(e) => self.refused.push(e),
         }
     }
@@ -161,16 +186,17 @@ impl Loader {
     /// The loaded rules and the refused files.
     pub fn finish(mut self) -> (RuleSet, Vec<Refusal>) {
         let prefilters = number_needles(&mut self.rules);
-        let mut by_category: [Vec<Rule>; 5] = Default::default();
-        let mut len = 0;
+        let mut by_category: [Vec<Rule>; Category::COUNT] = Default::default();
+        let mut len = self.sequences.len();
         for r in self.rules {
-            len += 1;
+            len += usize::from(r.step.is_none());
             by_category[r.category.index()].push(r);
         }
         let set = RuleSet {
             by_category,
             len,
             prefilters,
+            sequences: self.sequences,
         };
         (set, self.refused)
     }
@@ -244,13 +270,16 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// Compiled rules, by logsource category.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    by_category: [Vec<Rule>; 5],
+    by_category: [Vec<Rule>; Category::COUNT],
     len: usize,
     /// Per field: all its rules' text needles, found in one pass.
     prefilters: [Option<Prefilter>; Field::COUNT],
+    /// Sequence rules; their steps' matchers are in `by_category`.
+    sequences: Vec<Sequence>,
 }
 
 impl RuleSet {
+    /// Rules and sequence rules (a sequence counts once).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -259,23 +288,44 @@ impl RuleSet {
         self.len == 0
     }
 
+    /// The Sigma rules (not the steps of sequence rules).
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.by_category.iter().flatten()
+        self.by_category
+            .iter()
+            .flatten()
+            .filter(|r| r.step.is_none())
     }
 
-    /// Appends to `out` every rule that matches `event`.
+    pub fn sequences(&self) -> &[Sequence] {
+        &self.sequences
+    }
+
+    /// Appends to `out` every rule that matches `event` (sequence steps are
+    /// left out: see [`Self::evaluate`]).
     pub fn matches<'r>(
         &'r self,
         event: &EventRef<'_>,
         scratch: &mut Scratch,
         out: &mut Vec<&'r Rule>,
     ) {
-        let rules = &self.by_category[event.category.index()];
-        if rules.is_empty() {
+        self.evaluate(event, scratch, out, &mut Vec::new());
+    }
+
+    /// Appends to `rules` every rule that matches `event`, and to `steps`
+    /// every sequence step it matches (for a [`SequenceTracker`]).
+    pub fn evaluate<'r>(
+        &'r self,
+        event: &EventRef<'_>,
+        scratch: &mut Scratch,
+        rules: &mut Vec<&'r Rule>,
+        steps: &mut Vec<StepRef>,
+    ) {
+        let candidates = &self.by_category[event.category.index()];
+        if candidates.is_empty() {
             return;
         }
         scratch.reset();
-        for rule in rules {
+        for rule in candidates {
             let hit = rule.condition.eval(&mut |i| {
                 rule.items[i].groups.iter().any(|group| {
                     group.iter().all(|m| {
@@ -285,7 +335,10 @@ impl RuleSet {
                 })
             });
             if hit {
-                out.push(rule);
+                match rule.step {
+                    Some(step) => steps.push(step),
+                    None => rules.push(rule),
+                }
             }
         }
     }

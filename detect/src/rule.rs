@@ -41,7 +41,53 @@ pub(crate) struct Item {
     pub groups: Vec<Vec<FieldMatcher>>,
 }
 
-/// A compiled Sigma rule.
+/// What a rule asks the sensor to do besides alerting (its `response:`,
+/// rxsentry's own key; `alert` alone is the default). Every response is
+/// audited (docs/detection.md#responses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// SIGKILL the process of the event that fired the rule.
+    Kill,
+    /// SIGKILL that process and every process below it.
+    KillTree,
+    /// Move the executed or written file aside and refuse its hash.
+    Quarantine,
+    /// Network isolation of the terminal.
+    Isolate,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::Kill,
+        Action::KillTree,
+        Action::Quarantine,
+        Action::Isolate,
+    ];
+
+    /// The name written in rules and shown in audit events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::KillTree => "kill_tree",
+            Action::Quarantine => "quarantine",
+            Action::Isolate => "isolate",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// Which step of which sequence rule a step's matcher is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepRef {
+    /// Index in [`crate::RuleSet::sequences`].
+    pub sequence: usize,
+    pub step: usize,
+}
+
+/// A compiled Sigma rule (or one step of a sequence rule).
 #[derive(Debug)]
 pub struct Rule {
     /// Sigma `id` (a UUID), empty if the rule has none.
@@ -56,33 +102,45 @@ pub struct Rule {
     /// Where the rule came from (file path or `builtin:<name>`).
     pub source: String,
     pub category: Category,
+    /// What the sensor does when the rule fires, besides the alert.
+    pub response: Vec<Action>,
+    /// Set for the matcher of a sequence rule's step: its hits feed the
+    /// sequence, they are no alerts of their own.
+    pub step: Option<StepRef>,
     pub(crate) items: Vec<Item>,
     pub(crate) condition: Cond,
 }
 
 impl Rule {
-    /// The MITRE ATT&CK ids among the tags (`T1059.004`, `TA0002` style
-    /// technique ids), upper-cased.
+    /// The MITRE ATT&CK ids among the tags.
     pub fn attack_ids(&self) -> impl Iterator<Item = String> + '_ {
-        self.tags.iter().filter_map(|t| {
-            let id = t.strip_prefix("attack.")?;
-            let is_technique =
-                id.starts_with('t') && id[1..].starts_with(|c: char| c.is_ascii_digit());
-            is_technique.then(|| id.to_uppercase())
-        })
+        attack_ids(&self.tags)
     }
+}
+
+/// The MITRE ATT&CK technique ids among Sigma `tags` (`attack.t1059.004`
+/// -> `T1059.004`), upper-cased.
+pub fn attack_ids(tags: &[String]) -> impl Iterator<Item = String> + '_ {
+    tags.iter().filter_map(|t| {
+        let id = t.strip_prefix("attack.")?;
+        let is_technique = id.starts_with('t') && id[1..].starts_with(|c: char| c.is_ascii_digit());
+        is_technique.then(|| id.to_uppercase())
+    })
 }
 
 /// Values for `|expand` placeholders (`%pos_apps%`), from configuration.
 pub type Placeholders = HashMap<String, Vec<String>>;
 
-struct Ctx<'a> {
-    source: &'a str,
-    placeholders: &'a Placeholders,
+pub(crate) struct Ctx<'a> {
+    pub source: &'a str,
+    pub placeholders: &'a Placeholders,
+    /// Put before every refusal's key path: `sequence.steps[1].` inside a
+    /// sequence rule's step.
+    pub prefix: String,
 }
 
 impl Ctx<'_> {
-    fn refuse(
+    pub fn refuse(
         &self,
         kind: RefusalKind,
         field: impl Into<String>,
@@ -90,17 +148,36 @@ impl Ctx<'_> {
     ) -> Refusal {
         Refusal {
             file: self.source.to_owned(),
-            field: field.into(),
+            field: format!("{}{}", self.prefix, field.into()),
             reason: reason.into(),
             kind,
         }
     }
-    fn unsupported(&self, field: impl Into<String>, reason: impl Into<String>) -> Refusal {
+    pub fn unsupported(&self, field: impl Into<String>, reason: impl Into<String>) -> Refusal {
         self.refuse(RefusalKind::Unsupported, field, reason)
     }
-    fn invalid(&self, field: impl Into<String>, reason: impl Into<String>) -> Refusal {
+    pub fn invalid(&self, field: impl Into<String>, reason: impl Into<String>) -> Refusal {
         self.refuse(RefusalKind::Invalid, field, reason)
     }
+}
+
+/// One rule file compiled: a Sigma rule, or a sequence rule and the
+/// matchers of its steps.
+#[derive(Debug)]
+pub(crate) enum Compiled {
+    Rule(Rule),
+    Sequence(crate::sequence::Sequence, Vec<Rule>),
+}
+
+/// The descriptive keys every rule file has.
+#[derive(Debug)]
+pub(crate) struct Header {
+    pub id: String,
+    pub title: String,
+    pub author: String,
+    pub level: String,
+    pub tags: Vec<String>,
+    pub response: Vec<Action>,
 }
 
 /// Parses and compiles one rule file's text.
@@ -108,22 +185,110 @@ pub(crate) fn compile(
     source: &str,
     text: &str,
     placeholders: &Placeholders,
-) -> Result<Rule, Refusal> {
+) -> Result<Compiled, Refusal> {
     let ctx = Ctx {
         source,
         placeholders,
+        prefix: String::new(),
     };
     let doc: Yaml = serde_norway::from_str(text)
         .map_err(|e| ctx.invalid("(file)", format!("not a YAML rule: {e}")))?;
     let Yaml::Mapping(doc) = doc else {
         return Err(ctx.invalid("(file)", "a rule is a YAML mapping"));
     };
-    let text_of = |key: &str| doc.get(key).and_then(Yaml::as_str).map(str::to_owned);
     if doc.contains_key("correlation") {
         return Err(ctx.unsupported("correlation", "correlation rules are not supported"));
     }
+    let header = header(&ctx, &doc)?;
+    if let Some(sequence) = doc.get("sequence") {
+        for key in ["logsource", "detection"] {
+            if doc.contains_key(key) {
+                return Err(ctx.invalid(
+                    key,
+                    "a sequence rule has its logsource and detection in each of its steps",
+                ));
+            }
+        }
+        let (sequence, steps) = crate::sequence::compile(&ctx, header, sequence)?;
+        return Ok(Compiled::Sequence(sequence, steps));
+    }
+    let (category, items, condition) = detection(&ctx, &doc)?;
+    Ok(Compiled::Rule(Rule {
+        id: header.id,
+        title: header.title,
+        author: header.author,
+        level: header.level,
+        tags: header.tags,
+        source: source.to_owned(),
+        category,
+        response: header.response,
+        step: None,
+        items,
+        condition,
+    }))
+}
+
+fn header(ctx: &Ctx<'_>, doc: &serde_norway::Mapping) -> Result<Header, Refusal> {
+    let text_of = |key: &str| doc.get(key).and_then(Yaml::as_str).map(str::to_owned);
     let title = text_of("title").ok_or_else(|| ctx.invalid("title", "missing"))?;
-    let category = logsource(&ctx, doc.get("logsource"))?;
+    let tags = match doc.get("tags") {
+        Some(Yaml::Sequence(t)) => t
+            .iter()
+            .filter_map(Yaml::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Header {
+        id: text_of("id").unwrap_or_default(),
+        title,
+        author: text_of("author").unwrap_or_else(|| "unknown".into()),
+        level: text_of("level").unwrap_or_else(|| "medium".into()),
+        tags,
+        response: response(ctx, doc.get("response"))?,
+    })
+}
+
+/// `response: kill` or `response: [kill, quarantine]`; `alert` (or no key)
+/// is an alert only.
+fn response(ctx: &Ctx<'_>, value: Option<&Yaml>) -> Result<Vec<Action>, Refusal> {
+    let names: Vec<&Yaml> = match value {
+        None => return Ok(Vec::new()),
+        Some(Yaml::Sequence(list)) => list.iter().collect(),
+        Some(v) => vec![v],
+    };
+    let accepted = || {
+        let mut all = vec!["alert"];
+        all.extend(Action::ALL.iter().map(|a| a.name()));
+        all.join(", ")
+    };
+    let mut out = Vec::new();
+    for v in names {
+        let Some(name) = v.as_str() else {
+            return Err(ctx.invalid("response", format!("actions are text: {}", accepted())));
+        };
+        if name == "alert" {
+            continue;
+        }
+        let action = Action::from_name(name).ok_or_else(|| {
+            ctx.invalid(
+                "response",
+                format!("unknown action `{name}`; accepted: {}", accepted()),
+            )
+        })?;
+        if !out.contains(&action) {
+            out.push(action);
+        }
+    }
+    Ok(out)
+}
+
+/// A `logsource` and `detection` (a rule's, or a sequence step's) compiled.
+pub(crate) fn detection(
+    ctx: &Ctx<'_>,
+    doc: &serde_norway::Mapping,
+) -> Result<(Category, Vec<Item>, Cond), Refusal> {
+    let category = logsource(ctx, doc.get("logsource"))?;
     let detection = match doc.get("detection") {
         Some(Yaml::Mapping(m)) => m,
         _ => return Err(ctx.invalid("detection", "missing or not a mapping")),
@@ -151,11 +316,11 @@ pub(crate) fn compile(
             "timeframe" => {
                 return Err(ctx.unsupported(
                     "detection.timeframe",
-                    "timeframes (aggregations) are not supported",
+                    "timeframes (aggregations) are not supported: write a sequence rule",
                 ));
             }
             name => {
-                items.push(item(&ctx, category, name, value)?);
+                items.push(item(ctx, category, name, value)?);
                 names.push(name.to_owned());
             }
         }
@@ -181,25 +346,7 @@ pub(crate) fn compile(
     } else {
         Cond::Or(conds)
     };
-    let tags = match doc.get("tags") {
-        Some(Yaml::Sequence(t)) => t
-            .iter()
-            .filter_map(Yaml::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(Rule {
-        id: text_of("id").unwrap_or_default(),
-        title,
-        author: text_of("author").unwrap_or_else(|| "unknown".into()),
-        level: text_of("level").unwrap_or_else(|| "medium".into()),
-        tags,
-        source: source.to_owned(),
-        category,
-        items,
-        condition,
-    })
+    Ok((category, items, condition))
 }
 
 fn logsource(ctx: &Ctx<'_>, value: Option<&Yaml>) -> Result<Category, Refusal> {
