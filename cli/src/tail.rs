@@ -68,6 +68,8 @@ pub enum KindArg {
     Alert,
     /// Someone touched rxsentry's pinned programs or maps (self-protection).
     Tamper,
+    /// What detection rules' responses did: kill, quarantine, isolate (audit).
+    Response,
 }
 
 impl From<KindArg> for EventKind {
@@ -82,6 +84,7 @@ impl From<KindArg> for EventKind {
             KindArg::Isolation => EventKind::Isolation,
             KindArg::Alert => EventKind::Alert,
             KindArg::Tamper => EventKind::Tamper,
+            KindArg::Response => EventKind::Response,
         }
     }
 }

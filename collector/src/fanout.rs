@@ -177,7 +177,8 @@ pub fn process_of(event: &Event) -> Option<&Process> {
         Some(event::Kind::Network(n)) => n.process.as_ref(),
         // The matched event's process: `--process bash` finds its alerts.
         Some(event::Kind::Alert(a)) => a.process.as_ref(),
-        Some(event::Kind::Isolation(_) | event::Kind::Tamper(_)) | None => None,
+        Some(event::Kind::Isolation(_) | event::Kind::Tamper(_) | event::Kind::Response(_))
+        | None => None,
     }
 }
 
@@ -192,6 +193,7 @@ pub fn event_kind(event: &Event) -> EventKind {
         Some(event::Kind::Network(_)) => EventKind::Network,
         Some(event::Kind::Isolation(_)) => EventKind::Isolation,
         Some(event::Kind::Tamper(_)) => EventKind::Tamper,
+        Some(event::Kind::Response(_)) => EventKind::Response,
         Some(event::Kind::Alert(_)) => EventKind::Alert,
         None => EventKind::Unspecified,
     }

@@ -5,7 +5,9 @@
 //!
 //! The rules live in a [`RuleStore`] shared with the daemon, which swaps in
 //! a new set on SIGHUP; the enrichment thread picks it up at its next event
-//! (one atomic load per event).
+//! (one atomic load per event). Sequence rules' steps feed a
+//! [`SequenceTracker`] (a reload starts it afresh). What a rule that fired
+//! asks for besides its alert goes to the responder (`respond`).
 
 use std::{
     collections::HashMap,
@@ -17,14 +19,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detect::{Category, CommandLine, EventRef, Loader, Refusal, RefusalKind, RuleSet, Scratch};
+use detect::{
+    Action, Category, CommandLine, EventRef, Loader, Refusal, RefusalKind, RuleSet, Scratch,
+    SequenceEvent, SequenceTracker, StepRef,
+};
 use proto::telemetry::v1::{
     AlertEvent, EventKind, event::Kind, file_event::Operation, network_event::Op,
-    network_event::Protocol,
+    network_event::Protocol, policy_event,
 };
 
 use crate::{
-    clock::EventTime, config::DetectionConfig, enrich::ProcessTable, transport::EncodedEvents,
+    clock::EventTime,
+    config::{Config, DetectionConfig, ResponseRule},
+    enrich::ProcessTable,
+    respond::{self, Quarantine, Responses},
+    transport::EncodedEvents,
 };
 
 /// Why a rule set was not (re)loaded.
@@ -44,15 +53,37 @@ pub struct Loaded {
     pub unsupported: Vec<Refusal>,
 }
 
-/// Loads the default pack (if configured) and every rule directory. Any
-/// broken file fails the whole load; unsupported rules are returned.
-pub fn load(config: &DetectionConfig) -> Result<Loaded, RulesError> {
+/// Where the rules come from: `[detection]` and the `[[response]]` rules
+/// of the sensor's configuration (each one a sequence rule).
+#[derive(Clone, Debug, Default)]
+pub struct RuleSources {
+    pub detection: DetectionConfig,
+    pub response: Vec<ResponseRule>,
+}
+
+impl RuleSources {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            detection: config.detection.clone(),
+            response: config.response.clone(),
+        }
+    }
+}
+
+/// Loads the default pack (if configured), every rule directory and the
+/// `[[response]]` rules. Any broken file fails the whole load; unsupported
+/// rules are returned.
+pub fn load(sources: &RuleSources) -> Result<Loaded, RulesError> {
+    let config = &sources.detection;
     let mut loader = Loader::new(config.loader_placeholders());
     if config.default_pack {
         loader.add_default_pack();
     }
     for dir in &config.rule_dirs {
         loader.add_dir(dir)?;
+    }
+    for (i, rule) in sources.response.iter().enumerate() {
+        loader.add(&format!("config:response[{i}]"), &rule.to_sequence_rule());
     }
     let (rules, refused) = loader.finish();
     let (invalid, unsupported): (Vec<_>, Vec<_>) = refused
@@ -84,6 +115,8 @@ pub struct RuleStore {
     generation: AtomicU64,
     /// Matches per rule title, for the metrics.
     hits: crate::metrics::RuleHits,
+    /// Completed sequences per sequence rule title.
+    sequence_hits: crate::metrics::RuleHits,
 }
 
 impl RuleStore {
@@ -92,12 +125,18 @@ impl RuleStore {
             current: Mutex::new(Arc::new(rules)),
             generation: AtomicU64::new(1),
             hits: crate::metrics::RuleHits::default(),
+            sequence_hits: crate::metrics::RuleHits::default(),
         })
     }
 
-    /// Matches per rule title since start (reloads keep counting).
+    /// Matches per Sigma rule title since start (reloads keep counting).
     pub fn hits(&self) -> crate::metrics::RuleHits {
         self.hits.clone()
+    }
+
+    /// Completed sequences per sequence rule title since start.
+    pub fn sequence_hits(&self) -> crate::metrics::RuleHits {
+        self.sequence_hits.clone()
     }
 
     /// Puts `rules` in force from the next event on.
@@ -112,8 +151,8 @@ impl RuleStore {
 
     /// Re-reads the rules: on success they replace the set in force; on any
     /// error the set in force stays and the error is logged.
-    pub fn reload(&self, config: &DetectionConfig) -> Result<usize, RulesError> {
-        match load(config) {
+    pub fn reload(&self, sources: &RuleSources) -> Result<usize, RulesError> {
+        match load(sources) {
             Ok(loaded) => {
                 log_loaded(&loaded, "SIGHUP");
                 let n = loaded.rules.len();
@@ -199,6 +238,19 @@ pub struct TaskIds {
 pub struct AlertStats {
     pub events_evaluated: u64,
     pub alerts: u64,
+    /// Partial sequences not started because their rule's table was full.
+    pub sequences_dropped: u64,
+    /// Responses not run because the responder's queue was full.
+    pub responses_refused: u64,
+}
+
+/// Where the responses of the rules that fire go.
+#[derive(Clone, Debug)]
+pub struct ResponseRoute {
+    pub responses: Responses,
+    pub quarantine: Arc<Quarantine>,
+    /// Off: rules only alert (`detection.responses = false`).
+    pub enabled: bool,
 }
 
 /// The enrichment thread's evaluator.
@@ -210,6 +262,28 @@ pub struct Alerter {
     scratch: Scratch,
     users: Users,
     stats: AlertStats,
+    tracker: SequenceTracker,
+    /// Dropped partial sequences of the trackers of earlier rule sets.
+    sequences_dropped_before: u64,
+    steps: Vec<StepRef>,
+    ancestors: Vec<u32>,
+    respond: Option<ResponseRoute>,
+}
+
+/// How far up the process table a `process_tree` sequence looks.
+const TREE_DEPTH: usize = 64;
+
+/// One alert about to be made: from a Sigma rule or a sequence rule.
+struct Made<'r> {
+    id: &'r str,
+    title: &'r str,
+    level: &'r str,
+    author: &'r str,
+    source: &'r str,
+    tags: &'r [String],
+    response: &'r [Action],
+    steps: Vec<String>,
+    reason: String,
 }
 
 impl Alerter {
@@ -222,11 +296,27 @@ impl Alerter {
             scratch: Scratch::default(),
             users: Users::new("/etc/passwd"),
             stats: AlertStats::default(),
+            tracker: SequenceTracker::default(),
+            sequences_dropped_before: 0,
+            steps: Vec::new(),
+            ancestors: Vec::new(),
+            respond: None,
         }
     }
 
+    /// Rules that ask for kill, quarantine or isolate get it from `route`;
+    /// an exec of a quarantined file is killed.
+    pub fn with_responses(mut self, route: ResponseRoute) -> Self {
+        self.respond = Some(route);
+        self
+    }
+
     pub fn stats(&self) -> AlertStats {
-        self.stats
+        AlertStats {
+            sequences_dropped: self.sequences_dropped_before + self.tracker.dropped(),
+            responses_refused: self.respond.as_ref().map_or(0, |r| r.responses.refused()),
+            ..self.stats
+        }
     }
 
     /// Evaluates one enriched event (`kind`, its process encoded in
@@ -242,6 +332,11 @@ impl Alerter {
     ) {
         if self.store.generation.load(Relaxed) != self.generation {
             (self.generation, self.rules) = self.store.get();
+            self.sequences_dropped_before += self.tracker.dropped();
+            self.tracker = SequenceTracker::default();
+        }
+        if let Kind::Exec(e) = kind {
+            self.on_quarantined_exec(time, e, ids, table, process, out);
         }
         let Some((category, matched_kind)) = category_of(kind) else {
             return;
@@ -263,11 +358,19 @@ impl Alerter {
             .map_or(CommandLine::Unknown, CommandLine::Joined);
         view.parent_image = parent.map(|p| p.exe.as_str()).filter(|s| !s.is_empty());
         view.parent_command_line = parent.map(|p| p.cmdline.as_str()).filter(|s| !s.is_empty());
+        // The file a quarantine would act on.
+        let mut file = None;
         let subject: String = match kind {
             Kind::Exec(e) => {
                 view.image = Some(&e.filename);
                 view.command_line = CommandLine::Argv(&e.argv);
+                file = Some(&e.filename);
                 e.filename.clone()
+            }
+            Kind::Policy(p) => {
+                view.image = Some(&p.path);
+                file = Some(&p.path);
+                p.path.clone()
             }
             Kind::File(f) => {
                 let target = if f.operation() == Operation::Rename && !f.new_path.is_empty() {
@@ -276,6 +379,7 @@ impl Alerter {
                     &f.path
                 };
                 view.target_filename = Some(target);
+                file = Some(target);
                 target.clone()
             }
             Kind::Network(n) => {
@@ -298,25 +402,165 @@ impl Alerter {
             _ => return,
         };
         let mut hits = Vec::new();
-        self.rules.matches(&view, &mut self.scratch, &mut hits);
-        for rule in hits {
+        self.steps.clear();
+        let rules = self.rules.clone();
+        rules.evaluate(&view, &mut self.scratch, &mut hits, &mut self.steps);
+        let kind_name = category.name();
+        let mut made: Vec<Made<'_>> = hits
+            .iter()
+            .map(|rule| {
+                self.store.hits.hit(&rule.title);
+                Made {
+                    id: &rule.id,
+                    title: &rule.title,
+                    level: &rule.level,
+                    author: &rule.author,
+                    source: &rule.source,
+                    tags: &rule.tags,
+                    response: &rule.response,
+                    steps: Vec::new(),
+                    reason: format!("{kind_name} {subject}"),
+                }
+            })
+            .collect();
+        if !self.steps.is_empty() {
+            self.ancestors.clear();
+            let mut at = ids.ppid;
+            while at > 1 && self.ancestors.len() < TREE_DEPTH {
+                self.ancestors.push(at);
+                at = table.get(at).map_or(0, |p| p.ppid);
+            }
+            let event = SequenceEvent {
+                time_ns: time.timestamp_ns,
+                pid: ids.pid,
+                ancestors: &self.ancestors,
+                subject: &subject,
+            };
+            for fired in self.tracker.observe(&rules, &mut self.steps, &event) {
+                let seq = fired.sequence;
+                self.store.sequence_hits.hit(&seq.title);
+                let reason = match seq.steps.as_slice() {
+                    [only] if only.count > 1 => format!(
+                        "{} {} within {} s",
+                        only.count,
+                        only.category.name(),
+                        seq.within_ns / 1_000_000_000
+                    ),
+                    _ => format!(
+                        "{} within {} s",
+                        fired.steps.join(" then "),
+                        seq.within_ns / 1_000_000_000
+                    ),
+                };
+                made.push(Made {
+                    id: &seq.id,
+                    title: &seq.title,
+                    level: &seq.level,
+                    author: &seq.author,
+                    source: &seq.source,
+                    tags: &seq.tags,
+                    response: &seq.response,
+                    steps: fired.steps,
+                    reason,
+                });
+            }
+        }
+        let start = me.map_or((0, 0), |p| (p.start_ns, p.start_slack_ns));
+        for m in made {
             self.stats.alerts += 1;
-            self.store.hits.hit(&rule.title);
-            tracing::debug!(rule = %rule.title, author = %rule.author, subject = %subject, "alert");
+            tracing::debug!(rule = %m.title, author = %m.author, subject = %subject, "alert");
+            let asked = match &self.respond {
+                Some(route) if route.enabled && !m.response.is_empty() => {
+                    let request = respond::Request {
+                        actions: m.response.to_vec(),
+                        requester: format!("detection:{}", m.title),
+                        rule_source: m.source.to_owned(),
+                        reason: m.reason.clone(),
+                        pid: ids.pid,
+                        start_ns: start.0,
+                        start_slack_ns: start.1,
+                        file: file.cloned(),
+                    };
+                    if route.responses.ask(request) {
+                        m.response.iter().map(|a| a.name().to_owned()).collect()
+                    } else {
+                        Vec::new()
+                    }
+                }
+                _ => Vec::new(),
+            };
             let alert = AlertEvent {
                 process: None,
-                rule_id: rule.id.clone(),
-                rule_title: rule.title.clone(),
-                level: rule.level.clone(),
-                rule_author: rule.author.clone(),
-                rule_source: rule.source.clone(),
-                tags: rule.tags.clone(),
-                attack_ids: rule.attack_ids().collect(),
+                rule_id: m.id.to_owned(),
+                rule_title: m.title.to_owned(),
+                level: m.level.to_owned(),
+                rule_author: m.author.to_owned(),
+                rule_source: m.source.to_owned(),
+                tags: m.tags.to_vec(),
+                attack_ids: detect::attack_ids(m.tags).collect(),
                 matched_kind: matched_kind as i32,
                 matched_subject: subject.clone(),
+                sequence_steps: m.steps,
+                responses: asked,
             };
             out.push_with_process(time, &Kind::Alert(alert), process);
         }
+    }
+
+    /// An exec of a file whose hash a quarantine response refused (another
+    /// copy of it): killed, with an alert.
+    fn on_quarantined_exec(
+        &mut self,
+        time: EventTime,
+        exec: &proto::telemetry::v1::ExecEvent,
+        ids: TaskIds,
+        table: &ProcessTable,
+        process: &[u8],
+        out: &mut EncodedEvents,
+    ) {
+        let Some(route) = &self.respond else {
+            return;
+        };
+        if !route.quarantine.contains(&exec.sha256) {
+            return;
+        }
+        let title = "Execution of a Quarantined File";
+        let reason = format!("exec {} (sha256 {})", exec.filename, exec.sha256);
+        let start = table
+            .get(ids.pid)
+            .map_or((0, 0), |p| (p.start_ns, p.start_slack_ns));
+        let asked = route.enabled
+            && route.responses.ask(respond::Request {
+                actions: vec![Action::Kill],
+                requester: format!("detection:{title}"),
+                rule_source: "builtin:quarantine".into(),
+                reason,
+                pid: ids.pid,
+                start_ns: start.0,
+                start_slack_ns: start.1,
+                file: None,
+            });
+        self.stats.alerts += 1;
+        self.store.hits.hit(title);
+        let alert = AlertEvent {
+            process: None,
+            rule_id: String::new(),
+            rule_title: title.into(),
+            level: "critical".into(),
+            rule_author: "rxsentry".into(),
+            rule_source: "builtin:quarantine".into(),
+            tags: vec!["attack.execution".into(), "attack.t1204.002".into()],
+            attack_ids: vec!["T1204.002".into()],
+            matched_kind: EventKind::Exec as i32,
+            matched_subject: exec.filename.clone(),
+            sequence_steps: Vec::new(),
+            responses: if asked {
+                vec!["kill".into()]
+            } else {
+                Vec::new()
+            },
+        };
+        out.push_with_process(time, &Kind::Alert(alert), process);
     }
 }
 
@@ -325,6 +569,9 @@ impl Alerter {
 fn category_of(kind: &Kind) -> Option<(Category, EventKind)> {
     match kind {
         Kind::Exec(_) => Some((Category::ProcessCreation, EventKind::Exec)),
+        Kind::Policy(p) if p.action() == policy_event::Action::Blocked => {
+            Some((Category::AllowlistBlock, EventKind::Policy))
+        }
         // A summary of coalesced opens repeats an open already evaluated.
         Kind::File(f) if f.result >= 0 && f.repeats == 0 => match f.operation() {
             Operation::OpenRead => Some((Category::FileAccess, EventKind::File)),
@@ -351,13 +598,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::Config,
         enrich::{Enricher, process_table::tests::task},
         events::{ExecRecord, FileRecord, KernelEvent, Repeats},
     };
 
     fn default_store() -> Arc<RuleStore> {
-        let loaded = load(&DetectionConfig::default()).expect("default pack");
+        let loaded = load(&RuleSources::default()).expect("default pack");
         assert!(loaded.unsupported.is_empty(), "{:?}", loaded.unsupported);
         RuleStore::new(loaded.rules)
     }
@@ -430,7 +676,8 @@ mod tests {
             e.alert_stats(),
             AlertStats {
                 events_evaluated: 4,
-                alerts: 2
+                alerts: 2,
+                ..AlertStats::default()
             }
         );
     }
@@ -474,9 +721,12 @@ mod tests {
     #[test]
     fn a_reload_with_a_broken_file_keeps_the_last_good_set() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = DetectionConfig {
-            rule_dirs: vec![dir.path().to_owned()],
-            ..DetectionConfig::default()
+        let config = RuleSources {
+            detection: DetectionConfig {
+                rule_dirs: vec![dir.path().to_owned()],
+                ..DetectionConfig::default()
+            },
+            response: Vec::new(),
         };
         let store = default_store();
         let mut e = Enricher::new(&Config::default()).with_alerter(Alerter::new(store.clone()));
@@ -503,5 +753,178 @@ mod tests {
             (got[0].0.rule_title.as_str(), got[0].0.rule_author.as_str()),
             ("id run", "soc")
         );
+    }
+
+    /// A responder stand-in: the requests the rules made.
+    fn with_responses(store: Arc<RuleStore>, dir: &Path) -> (Enricher, respond::Requests) {
+        let (responses, requests) = respond::channel();
+        let quarantine = Quarantine::open(&dir.join("q")).expect("quarantine");
+        let alerter = Alerter::new(store).with_responses(ResponseRoute {
+            responses,
+            quarantine,
+            enabled: true,
+        });
+        (
+            Enricher::new(&Config::default()).with_alerter(alerter),
+            requests,
+        )
+    }
+
+    fn blocked(pid: u32, ts: u64, blocked: bool) -> KernelEvent {
+        KernelEvent::Policy(crate::events::PolicyRecord {
+            timestamp_ns: ts,
+            task: task(pid, 1, "intruder", 10),
+            filename: "/tmp/intruder".into(),
+            device: 1,
+            inode: 2,
+            blocked,
+            reason: sensor_common::reason::NOT_ALLOWED,
+            backend: 0,
+            rule_index: None,
+            rule: String::new(),
+            generation: 1,
+            partial: false,
+        })
+    }
+
+    #[test]
+    fn a_response_rule_is_a_sequence_rule_that_counts_blocks_and_asks_to_isolate() {
+        let mut rule = crate::config::ResponseRule::burst(3, 60);
+        rule.name = "it's-a-burst".into();
+        let loaded = load(&RuleSources {
+            detection: DetectionConfig::default(),
+            response: vec![rule],
+        })
+        .expect("loads");
+        assert!(loaded.unsupported.is_empty(), "{:?}", loaded.unsupported);
+        let seq = loaded
+            .rules
+            .sequences()
+            .iter()
+            .find(|s| s.source == "config:response[0]")
+            .expect("the response rule");
+        assert_eq!(seq.title, "it's-a-burst");
+        assert_eq!(seq.response, [Action::Isolate]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut e, requests) = with_responses(RuleStore::new(loaded.rules), dir.path());
+        // Two blocks and a would-block (monitor mode): not yet.
+        let out = run(
+            &mut e,
+            vec![
+                blocked(0x7fff_fa01, 1_000, true),
+                blocked(0x7fff_fa02, 2_000, false),
+                blocked(0x7fff_fa03, 3_000, true),
+            ],
+        );
+        assert!(alerts(&out).is_empty(), "{out:?}");
+        assert!(requests.try_recv().is_none());
+        let out = run(&mut e, vec![blocked(0x7fff_fa04, 4_000, true)]);
+        let got = alerts(&out);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0.rule_title, "it's-a-burst");
+        assert_eq!(got[0].0.responses, ["isolate"]);
+        assert_eq!(got[0].0.matched_kind(), EventKind::Policy);
+        assert_eq!(got[0].0.sequence_steps, ["/tmp/intruder"]);
+        let request = requests.try_recv().expect("a request");
+        assert_eq!(request.actions, [Action::Isolate]);
+        assert_eq!(request.requester, "detection:it's-a-burst");
+        assert_eq!(request.reason, "3 allowlist_block within 60 s");
+        assert_eq!(request.pid, 0x7fff_fa04);
+    }
+
+    #[test]
+    fn an_exec_of_a_quarantined_hash_is_killed_and_alerted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut e, requests) = with_responses(default_store(), dir.path());
+        let payload = dir.path().join("payload");
+        std::fs::write(&payload, b"evil").expect("write");
+        let copy = dir.path().join("copy");
+        std::fs::copy(&payload, &copy).expect("copy");
+        let q = Quarantine::open(&dir.path().join("q")).expect("same dir");
+        let (_, sha) = q.quarantine(&payload, "test").expect("quarantined");
+        // The enricher's quarantine set is the one the responder fills: a
+        // new one here reads the directory, as a restarted sensor does.
+        let (mut e2, requests2) = with_responses(default_store(), dir.path());
+        let exec_copy = || {
+            let mut ev = exec(0x7fff_f901, 1, 100, &copy.display().to_string());
+            if let KernelEvent::Exec(x) = &mut ev {
+                x.argv = vec!["copy".into()];
+            }
+            vec![ev]
+        };
+        let quarantined = |out: &[Event]| -> Vec<AlertEvent> {
+            alerts(out)
+                .into_iter()
+                .filter(|(a, _)| a.rule_title == "Execution of a Quarantined File")
+                .map(|(a, _)| a.clone())
+                .collect()
+        };
+        let got = quarantined(&run(&mut e2, exec_copy()));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].responses, ["kill"]);
+        let request = requests2.try_recv().expect("kill asked");
+        assert_eq!(request.actions, [Action::Kill]);
+        assert!(request.reason.contains(&sha), "{}", request.reason);
+        // The first enricher's set did not learn of it (it was opened
+        // before): it only alerts on what its own responder quarantined.
+        assert!(quarantined(&run(&mut e, exec_copy())).is_empty());
+        assert!(requests.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_phi_read_then_a_connection_alerts_with_both_steps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut e, _requests) = with_responses(default_store(), dir.path());
+        let pid = 0x7fff_f801;
+        let read = KernelEvent::File(Box::new(FileRecord {
+            timestamp_ns: 2_000_000_000,
+            task: task(pid, 1, "python3", 10),
+            op: sensor_common::file_op::OPEN_READ,
+            path: "/var/lib/pharmacy/phi/patient-0001.json".into(),
+            ..FileRecord::default()
+        }));
+        let connect = |ts: u64, remote: &str| {
+            KernelEvent::Net(Box::new(crate::events::NetRecord {
+                timestamp_ns: ts,
+                task: task(pid, 1, "python3", 10),
+                op: sensor_common::net_op::CONNECT,
+                protocol: sensor_common::IPPROTO_TCP,
+                family: sensor_common::AF_INET,
+                local: "10.9.0.1:40000".parse().expect("addr"),
+                remote: remote.parse().expect("addr"),
+                result: 0,
+                bytes_sent: 0,
+                bytes_received: 0,
+                dns_questions: vec![],
+                dns_error: None,
+                partial: false,
+            }))
+        };
+        let out = run(
+            &mut e,
+            vec![
+                exec(pid, 1, 1_000_000_000, "/usr/bin/python3"),
+                read,
+                connect(3_000_000_000, "127.0.0.1:80"),
+                connect(4_000_000_000, "10.9.0.2:443"),
+            ],
+        );
+        let got = alerts(&out);
+        let titles: Vec<&str> = got.iter().map(|(a, _)| a.rule_title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "Read of the PHI Store by an Unexpected Program",
+                "PHI Read Followed by an Outbound Connection"
+            ]
+        );
+        let (exfil, ts) = got[1];
+        assert_eq!(ts, 4_000_000_000);
+        assert_eq!(
+            exfil.sequence_steps,
+            ["/var/lib/pharmacy/phi/patient-0001.json", "10.9.0.2:443"]
+        );
+        assert_eq!(exfil.attack_ids, ["T1041", "T1005"]);
+        assert!(exfil.responses.is_empty(), "alert only");
     }
 }

@@ -15,10 +15,9 @@ use tokio::{
 };
 
 use crate::{
-    alerts::{self, RuleStore, RulesError},
-    config::{Config, DetectionConfig},
+    alerts::{self, Alerter, ResponseRoute, RuleSources, RuleStore, RulesError},
+    config::Config,
     control,
-    detect::Detector,
     hooks::{self, HookConfig, HookError, KernelDrops, ProcessHooks},
     identity::{self, IdentityError},
     isolation::{self, IsolationError, service::Request as IsolationRequest},
@@ -29,6 +28,7 @@ use crate::{
         file::PolicyError,
         manager::{Command as PolicyCommand, RuleNames},
     },
+    respond::{self, Quarantine, QuarantineError, Responder},
     router::Router,
     transport::{DropTracker, EncodedEvents},
     watch::{
@@ -66,6 +66,10 @@ pub enum DaemonError {
     Pipeline(#[from] PipelineError),
     #[error("detection rules")]
     Rules(#[source] RulesError),
+    #[error("detection responses")]
+    Quarantine(#[source] QuarantineError),
+    #[error("cannot start the responder thread")]
+    Responder(#[source] std::io::Error),
     #[error("network isolation")]
     Isolation(#[source] IsolationError),
     #[error("ring buffer reader")]
@@ -123,7 +127,7 @@ pub struct Daemon {
     stop_reader: oneshot::Sender<()>,
     reader: TaskHandle<std::io::Result<()>>,
     /// The detection rules in force and where they are read from.
-    rules: Option<(Arc<RuleStore>, DetectionConfig)>,
+    rules: Option<(Arc<RuleStore>, RuleSources)>,
     /// The figures `/metrics` shows; `isolation_status` is `None` when
     /// isolation is disabled.
     metrics: Arc<SensorMetrics>,
@@ -153,8 +157,9 @@ impl Daemon {
             None => None,
         };
         // So does a broken detection rule file.
+        let sources = RuleSources::from_config(&config);
         let sigma = if config.detection.enabled {
-            let loaded = alerts::load(&config.detection).map_err(DaemonError::Rules)?;
+            let loaded = alerts::load(&sources).map_err(DaemonError::Rules)?;
             alerts::log_loaded(&loaded, "start");
             Some(RuleStore::new(loaded.rules))
         } else {
@@ -176,6 +181,7 @@ impl Daemon {
         }
         if let Some(store) = &sigma {
             metrics.set_sigma_hits(store.hits());
+            metrics.set_sequence_hits(store.sequence_hits());
         }
         tracing::info!("io_uring: {}", hooks::io_uring_state());
         // Process ring first (see read_rings), then files, then network.
@@ -238,8 +244,24 @@ impl Daemon {
         };
         metrics.set_policy(rules.policy_state());
 
-        let pipeline =
-            pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
+        // Rules ask the responder (its own thread, started once isolation
+        // is) through `responses`.
+        let (responses, requests) = respond::channel();
+        let quarantine = match &sigma {
+            Some(_) => Some(
+                Quarantine::open(&config.detection.quarantine_dir)
+                    .map_err(DaemonError::Quarantine)?,
+            ),
+            None => None,
+        };
+        let alerter = sigma.clone().zip(quarantine.clone()).map(|(store, q)| {
+            Alerter::new(store).with_responses(ResponseRoute {
+                responses,
+                quarantine: q,
+                enabled: config.detection.responses,
+            })
+        });
+        let pipeline = pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), alerter)?;
         let audit_events = pipeline.audit_sender();
         let (isolation, mut tasks, isolation_status) = start_isolation(
             &config,
@@ -249,13 +271,20 @@ impl Daemon {
         )
         .await?;
 
+        if let Some(quarantine) = quarantine {
+            Responder {
+                isolation: config.isolation.enabled.then(|| isolation.clone()),
+                audit: pipeline.audit_sender(),
+                quarantine,
+            }
+            .spawn(requests)
+            .map_err(DaemonError::Responder)?;
+        }
         let sink = CountingSink::new(pipeline.sender(), metrics.clone());
-        let detector = Detector::new(&config.response).with_hits(metrics.response_hits());
         let mut router = Router::new(sink, drops.clone())
             .with_policy(rules, policy.as_ref().map(|m| m.tx.clone()))
             .with_watch(anchors, watch.as_ref().map(|m| m.tx.clone()))
-            .with_repeats(repeats)
-            .with_detection(detector, isolation.clone());
+            .with_repeats(repeats);
         let (stop_reader, reader_stopped) = oneshot::channel::<()>();
         let reader = tokio::spawn(hooks::read_rings(
             rings,
@@ -282,7 +311,7 @@ impl Daemon {
             tasks,
             stop_reader,
             reader,
-            rules: sigma.map(|store| (store, config.detection.clone())),
+            rules: sigma.map(|store| (store, sources)),
             metrics,
             isolation_status,
             tamper: audit_events,

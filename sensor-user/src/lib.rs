@@ -3,14 +3,15 @@
 //! (process table, hashes) -> `transport` (protobuf, batches, zstd, gRPC).
 //! `policy` (exec allowlist) and `watch` (watched files) keep the kernel's
 //! decision maps in sync with their configuration. `clock` turns the
-//! kernel's CLOCK_BOOTTIME stamps into UTC wall time.
+//! kernel's CLOCK_BOOTTIME stamps into UTC wall time. `alerts` evaluates
+//! the detection rules on enriched events; `respond` carries out what the
+//! rules that fired ask for (kill, quarantine, isolate).
 
 pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod detect;
 pub mod enrich;
 pub mod events;
 pub mod hooks;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod object;
 pub mod pipeline;
 pub mod policy;
+pub mod respond;
 pub mod router;
 pub mod tamper;
 pub mod transport;

@@ -97,7 +97,7 @@ pub struct SensorMetrics {
     backends: Mutex<Vec<(String, String, String)>>,
     policy: Mutex<Option<PolicyState>>,
     sigma: Mutex<Option<RuleHits>>,
-    response: RuleHits,
+    sequence: Mutex<Option<RuleHits>>,
     snapshot: Mutex<Snapshot>,
 }
 
@@ -112,7 +112,7 @@ impl SensorMetrics {
             backends: Mutex::default(),
             policy: Mutex::default(),
             sigma: Mutex::default(),
-            response: RuleHits::default(),
+            sequence: Mutex::default(),
             snapshot: Mutex::default(),
         })
     }
@@ -140,9 +140,10 @@ impl SensorMetrics {
         *lock(&self.sigma) = Some(hits);
     }
 
-    /// Where the `[[response]]` detector counts the rules that fired.
-    pub fn response_hits(&self) -> RuleHits {
-        self.response.clone()
+    /// The rule store's completed sequences (`[[response]]` rules are
+    /// sequence rules).
+    pub fn set_sequence_hits(&self, hits: RuleHits) {
+        *lock(&self.sequence) = Some(hits);
     }
 
     pub fn publish(&self, snapshot: Snapshot) {
@@ -337,21 +338,35 @@ impl SensorMetrics {
         t.single(
             "rxsentry_sensor_alerts_total",
             Kind::Counter,
-            "Alerts the Sigma rules made.",
+            "Alerts the detection rules made.",
             p.alerts,
+        );
+        t.single(
+            "rxsentry_sensor_sequences_dropped_total",
+            Kind::Counter,
+            "Partial sequences not started because their rule's table was full.",
+            p.sequences_dropped,
+        );
+        t.single(
+            "rxsentry_sensor_responses_refused_total",
+            Kind::Counter,
+            "Detection responses not run because the responder's queue was full.",
+            p.responses_refused,
         );
         t.family(
             "rxsentry_sensor_rule_hits_total",
             Kind::Counter,
-            "Detection rule matches, by engine (sigma, response) and rule.",
+            "Detection rule matches, by engine (sigma, sequence) and rule.",
         );
         if let Some(sigma) = lock(&self.sigma).as_ref() {
             for (rule, n) in sigma.snapshot() {
                 t.sample(&[("engine", "sigma"), ("rule", &rule)], n);
             }
         }
-        for (rule, n) in self.response.snapshot() {
-            t.sample(&[("engine", "response"), ("rule", &rule)], n);
+        if let Some(sequence) = lock(&self.sequence).as_ref() {
+            for (rule, n) in sequence.snapshot() {
+                t.sample(&[("engine", "sequence"), ("rule", &rule)], n);
+            }
         }
         t.finish()
     }
@@ -386,7 +401,9 @@ mod tests {
         sigma.hit("Shell \"spawned\" by\\POS");
         sigma.hit("Shell \"spawned\" by\\POS");
         m.set_sigma_hits(sigma);
-        m.response_hits().hit("burst");
+        let sequence = RuleHits::default();
+        sequence.hit("burst");
+        m.set_sequence_hits(sequence);
         let mut sink = CountingSink::new(Nothing, m.clone());
         sink.deliver(KernelEvent::Exit(crate::events::ExitRecord {
             timestamp_ns: 1,
@@ -424,7 +441,7 @@ mod tests {
             "{page}"
         );
         assert_eq!(
-            s.get("rxsentry_sensor_rule_hits_total", &[("engine", "response")]),
+            s.get("rxsentry_sensor_rule_hits_total", &[("engine", "sequence")]),
             Some(1.0)
         );
         assert_eq!(s.get("rxsentry_sensor_isolated", &[]), Some(1.0));

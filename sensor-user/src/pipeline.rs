@@ -33,7 +33,7 @@ use tokio::{
 };
 
 use crate::{
-    alerts::{Alerter, RuleStore},
+    alerts::Alerter,
     config::Config,
     enrich::Enricher,
     events::KernelEvent,
@@ -103,6 +103,10 @@ pub struct PipelineStats {
     /// Events the detection rules looked at, and the alerts they made.
     pub detection_events: u64,
     pub alerts: u64,
+    /// Partial sequences not started (table full) and responses not run
+    /// (responder queue full): losses, counted.
+    pub sequences_dropped: u64,
+    pub responses_refused: u64,
     pub drops: DropCounters,
 }
 
@@ -143,6 +147,8 @@ struct Counters {
     seeded: AtomicU64,
     detection_events: AtomicU64,
     alerts: AtomicU64,
+    sequences_dropped: AtomicU64,
+    responses_refused: AtomicU64,
 }
 
 // Nearly every item is an event, and `Stop` is sent once: boxing the event
@@ -237,13 +243,13 @@ pub fn spawn(
     spawn_with_rules(config, identity, drops, None)
 }
 
-/// [`spawn`], with the detection rules of `rules` evaluated on every
+/// [`spawn`], with `alerter` evaluating the detection rules on every
 /// enriched event (see `alerts`).
 pub fn spawn_with_rules(
     config: &Config,
     identity: HostIdentity,
     drops: Arc<DropTracker>,
-    rules: Option<Arc<RuleStore>>,
+    alerter: Option<Alerter>,
 ) -> Result<PipelineHandle, PipelineError> {
     tokio::runtime::Handle::try_current().map_err(|_| PipelineError::NoRuntime)?;
     let spool = if config.spool.enabled {
@@ -275,8 +281,8 @@ pub fn spawn_with_rules(
     let (enriched_tx, enriched_rx) = mpsc::channel(ENRICHED_QUEUE);
     let audit = enriched_tx.clone();
     let mut enricher = Enricher::new(config);
-    if let Some(rules) = rules {
-        enricher = enricher.with_alerter(Alerter::new(rules));
+    if let Some(alerter) = alerter {
+        enricher = enricher.with_alerter(alerter);
     }
     let thread_shared = shared.clone();
     let (done_tx, enrich_done) = oneshot::channel::<()>();
@@ -408,6 +414,8 @@ fn publish_stats(enricher: &Enricher, c: &Counters) {
     let a = enricher.alert_stats();
     c.detection_events.store(a.events_evaluated, Relaxed);
     c.alerts.store(a.alerts, Relaxed);
+    c.sequences_dropped.store(a.sequences_dropped, Relaxed);
+    c.responses_refused.store(a.responses_refused, Relaxed);
 }
 
 impl PipelineHandle {
@@ -456,6 +464,8 @@ impl PipelineHandle {
             processes_seeded: c.seeded.load(Relaxed),
             detection_events: c.detection_events.load(Relaxed),
             alerts: c.alerts.load(Relaxed),
+            sequences_dropped: c.sequences_dropped.load(Relaxed),
+            responses_refused: c.responses_refused.load(Relaxed),
             drops: self.shared.drops.snapshot(),
         }
     }

@@ -1,6 +1,6 @@
 //! Where every kernel record goes: [`Router::on_ring_event`] decodes a ring
 //! buffer record and hands the event to each part of the daemon that needs
-//! it (policy, watched files, open coalescing, detection), then to the
+//! it (policy, watched files, open coalescing), then to the
 //! pipeline. A new event kind, or a new consumer of one, is routed here and
 //! nowhere else.
 //!
@@ -11,14 +11,9 @@ use std::{
     time::Instant,
 };
 
-use tokio::sync::mpsc as async_mpsc;
-
 use crate::{
-    config::Signal,
-    detect::Detector,
     events::{self, FileRecord, KernelEvent, PolicyRecord},
     hooks::RingEvent,
-    isolation::{self, service::Request as IsolationRequest},
     pipeline::EventSender,
     policy::manager::{Command as PolicyCommand, RuleNames},
     transport::DropTracker,
@@ -68,12 +63,6 @@ struct PolicyRoute {
     retrust: Option<mpsc::Sender<PolicyCommand>>,
 }
 
-/// Detection rules and where their responses go.
-struct DetectionRoute {
-    detector: Detector,
-    responses: async_mpsc::Sender<IsolationRequest>,
-}
-
 /// Takes each kernel record to its consumers.
 pub struct Router<S, C = OpenRepeats> {
     sink: S,
@@ -82,7 +71,6 @@ pub struct Router<S, C = OpenRepeats> {
     anchors: Anchors,
     watch: Option<mpsc::Sender<WatchCommand>>,
     repeats: Option<C>,
-    detection: Option<DetectionRoute>,
 }
 
 impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
@@ -99,7 +87,6 @@ impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
             anchors: Anchors::default(),
             watch: None,
             repeats: None,
-            detection: None,
         }
     }
 
@@ -129,20 +116,6 @@ impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
     /// Opens reported in full are remembered for their repeats' summaries.
     pub fn with_repeats(mut self, repeats: Option<C>) -> Self {
         self.repeats = repeats;
-        self
-    }
-
-    /// Blocked execs feed `detector`; the rules that fire ask `responses`
-    /// to isolate.
-    pub fn with_detection(
-        mut self,
-        detector: Detector,
-        responses: async_mpsc::Sender<IsolationRequest>,
-    ) -> Self {
-        self.detection = Some(DetectionRoute {
-            detector,
-            responses,
-        });
         self
     }
 
@@ -178,11 +151,6 @@ impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
 
     fn on_policy(&mut self, block: &mut PolicyRecord) {
         block.rule = self.policy.rules.name(block.rule_index);
-        if block.blocked
-            && let Some(detection) = &mut self.detection
-        {
-            detection.respond(Signal::ExecBlocked, Instant::now());
-        }
         if let (Some(tx), Some(rule), sensor_common::reason::MODIFIED) =
             (&self.policy.retrust, block.rule_index, block.reason)
         {
@@ -225,40 +193,12 @@ impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
     }
 }
 
-impl DetectionRoute {
-    /// Feeds one signal to the rules and asks for the response of every
-    /// rule that fired.
-    fn respond(&mut self, signal: Signal, now: Instant) {
-        for trigger in self.detector.observe(signal, now) {
-            tracing::warn!(rule = %trigger.requester, reason = %trigger.reason, "detection rule fired");
-            let change = isolation::Change {
-                action: isolation::Action::Isolate,
-                requester: trigger.requester,
-                reason: trigger.reason,
-            };
-            if self
-                .responses
-                .try_send(IsolationRequest {
-                    change,
-                    reply: None,
-                })
-                .is_err()
-            {
-                tracing::error!("isolation request queue full: detection response not applied");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use sensor_common::{file_op, reason};
 
     use super::*;
-    use crate::{
-        config::ResponseRule,
-        events::{ExecRecord, RawPath, TaskIdentity},
-    };
+    use crate::events::{ExecRecord, RawPath, TaskIdentity};
 
     impl EventSink for Vec<KernelEvent> {
         fn deliver(&mut self, event: KernelEvent) {
@@ -318,28 +258,16 @@ mod tests {
     }
 
     #[test]
-    fn policy_events_are_named_retrusted_and_counted_by_detection() {
+    fn policy_events_are_named_and_modified_files_retrusted() {
         let (retrust_tx, retrust_rx) = mpsc::channel();
-        let (responses_tx, mut responses_rx) = async_mpsc::channel(4);
-        let rule = ResponseRule::burst(2, 60);
-        let mut r = router()
-            .with_policy(RuleNames::default(), Some(retrust_tx))
-            .with_detection(Detector::new(&[rule]), responses_tx);
+        let mut r = router().with_policy(RuleNames::default(), Some(retrust_tx));
 
         r.route(block(true, reason::NOT_ALLOWED, None));
-        assert!(
-            responses_rx.try_recv().is_err(),
-            "one block is below the threshold"
-        );
         assert!(retrust_rx.try_recv().is_err(), "nothing to re-hash");
-        // A would-block (monitor mode) does not count.
         r.route(block(false, reason::NOT_ALLOWED, None));
-        assert!(responses_rx.try_recv().is_err());
-        // A modified allowlisted file: re-hashed, and the second block.
+        assert!(retrust_rx.try_recv().is_err());
+        // A modified allowlisted file: re-hashed.
         r.route(block(true, reason::MODIFIED, Some(3)));
-        let request = responses_rx.try_recv().expect("the rule fired");
-        assert_eq!(request.change.action, isolation::Action::Isolate);
-        assert_eq!(request.change.requester, "detection:burst");
         match retrust_rx.try_recv().expect("a re-hash") {
             PolicyCommand::Retrust { file, rule, path } => {
                 assert_eq!((file.ino, rule, path.as_str()), (42, 3, "/opt/pos/bin/pos"));

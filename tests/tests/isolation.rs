@@ -864,7 +864,7 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
             l.contains("\"action\":\"isolate\"") && l.contains("detection:burst")
         })
         .await?;
-    assert!(audit.contains("3 exec_blocked within 60 s"), "{audit}");
+    assert!(audit.contains("3 allowlist_block within 60 s"), "{audit}");
     lab.assert_all(&lab.other, &terms, false, "after the detection rule fired")
         .await?;
     let host = soc

@@ -350,7 +350,7 @@ async fn isolation_state_and_a_response_rule_hit_show_in_the_metrics() -> anyhow
         1,
         "{before:#?}"
     );
-    let burst = [("engine", "response"), ("rule", "burst")];
+    let burst = [("engine", "sequence"), ("rule", "burst")];
     assert_eq!(
         value(&before, "rxsentry_sensor_rule_hits_total", &burst),
         0.0

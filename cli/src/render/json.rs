@@ -215,6 +215,20 @@ fn event_json(e: &HostEvent) -> Value {
             "attack_ids": a.attack_ids,
             "matched_kind": matched_kind(a),
             "matched_subject": a.matched_subject,
+            "sequence_steps": a.sequence_steps,
+            "responses": a.responses,
+        }),
+        Some(event::Kind::Response(r)) => json!({
+            "action": r.action,
+            "requester": r.requester,
+            "rule_source": r.rule_source,
+            "reason": r.reason,
+            "target_pid": r.target_pid,
+            "target_path": r.target_path,
+            "error": r.error,
+            "killed_pids": r.killed_pids,
+            "quarantine_path": r.quarantine_path,
+            "sha256": r.sha256,
         }),
         Some(event::Kind::Fork(_)) | None => json!({}),
     };
@@ -327,6 +341,16 @@ mod tests {
         assert_eq!(v["matched_kind"], "exec");
         assert_eq!(v["matched_subject"], "/tmp/x");
         assert_eq!(v["process"]["pid"], 4242);
+    }
+
+    #[test]
+    fn a_response_keeps_its_pids_and_empty_error() {
+        let v = render(&fixtures::response_event());
+        assert_eq!(v["kind"], "response");
+        assert_eq!(v["action"], "kill_tree");
+        assert_eq!(v["killed_pids"], json!([4242, 4243]));
+        assert_eq!(v["error"], "");
+        assert_eq!(v["target_pid"], 4242);
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Alert(a)) => ("alert", a.process.as_ref()),
         Some(event::Kind::Isolation(_)) => ("isolation", None),
         Some(event::Kind::Tamper(_)) => ("tamper", None),
+        Some(event::Kind::Response(_)) => ("response", None),
         None => ("unknown", None),
     }
 }
@@ -209,6 +210,24 @@ pub(crate) mod fixtures {
             attack_ids: vec!["T1204.002".into()],
             matched_kind: EventKind::Exec as i32,
             matched_subject: "/tmp/x".into(),
+            sequence_steps: vec![],
+            responses: vec![],
+        }));
+        wrap(3_000_000_000, e)
+    }
+
+    /// A sequence rule's kill response, carried out.
+    pub fn response_event() -> SubscribeResponse {
+        use proto::telemetry::v1::ResponseEvent;
+        let (mut e, _) = event_of(1, "rxsentry-sensor");
+        e.kind = Some(event::Kind::Response(ResponseEvent {
+            action: "kill_tree".into(),
+            requester: "detection:PHI Read Followed by an Outbound Connection".into(),
+            rule_source: "builtin:phi_read_then_connection.yml".into(),
+            reason: "/var/lib/pharmacy/phi/p.json then 10.9.0.2:443 within 60 s".into(),
+            target_pid: 4242,
+            killed_pids: vec![4242, 4243],
+            ..ResponseEvent::default()
         }));
         wrap(3_000_000_000, e)
     }

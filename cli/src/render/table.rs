@@ -71,6 +71,7 @@ fn event_line(e: &HostEvent) -> String {
         Some(event::Kind::Isolation(i)) => isolation_details(i),
         Some(event::Kind::Tamper(t)) => tamper_details(t),
         Some(event::Kind::Alert(a)) => alert_details(a),
+        Some(event::Kind::Response(r)) => response_details(r),
         None => "(event kind unknown to this rxsentry version)".to_owned(),
     };
     row(
@@ -95,6 +96,9 @@ fn alert_details(a: &AlertEvent) -> String {
     if !a.attack_ids.is_empty() {
         let _ = write!(out, " [{}]", clean(&a.attack_ids.join(",")));
     }
+    if !a.sequence_steps.is_empty() {
+        let _ = write!(out, " after {}", clean(&a.sequence_steps.join(" -> ")));
+    }
     let _ = write!(
         out,
         " on {} {}  rule by {} ({})",
@@ -103,6 +107,39 @@ fn alert_details(a: &AlertEvent) -> String {
         clean(&a.rule_author),
         clean(&a.rule_source)
     );
+    if !a.responses.is_empty() {
+        let _ = write!(out, "  response: {}", clean(&a.responses.join(",")));
+    }
+    out
+}
+
+fn response_details(r: &proto::telemetry::v1::ResponseEvent) -> String {
+    let mut out = format!("RESPONSE {} by {}", clean(&r.action), clean(&r.requester));
+    if r.target_pid != 0 {
+        let _ = write!(out, " pid {}", r.target_pid);
+    }
+    if !r.target_path.is_empty() {
+        let _ = write!(out, " {}", clean(&r.target_path));
+    }
+    if !r.killed_pids.is_empty() {
+        let pids: Vec<String> = r.killed_pids.iter().map(u32::to_string).collect();
+        let _ = write!(out, " killed {}", pids.join(","));
+    }
+    if !r.quarantine_path.is_empty() {
+        let _ = write!(
+            out,
+            " -> {} (sha256 {})",
+            clean(&r.quarantine_path),
+            clean(&r.sha256)
+        );
+    }
+    match r.error.is_empty() {
+        true => out.push_str(" ok"),
+        false => {
+            let _ = write!(out, " FAILED: {}", clean(&r.error));
+        }
+    }
+    let _ = write!(out, " ({})", clean(&r.reason));
     out
 }
 
@@ -429,6 +466,19 @@ mod tests {
             line.ends_with(
                 "alert        4242       1   1000 x                HIGH \"Execution From a World-Writable Directory\" \
                  [T1204.002] on exec /tmp/x  rule by rxsentry (builtin:exec_world_writable.yml)"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_response_shows_action_rule_target_and_outcome() {
+        let line = render(&fixtures::response_event());
+        assert!(
+            line.ends_with(
+                "response        -       -      - -                RESPONSE kill_tree by \
+                 detection:PHI Read Followed by an Outbound Connection pid 4242 killed 4242,4243 ok \
+                 (/var/lib/pharmacy/phi/p.json then 10.9.0.2:443 within 60 s)"
             ),
             "{line}"
         );

@@ -145,7 +145,7 @@ pub fn pid_of(e: &HostEvent) -> Option<u32> {
         Kind::File(x) => x.process.as_ref(),
         Kind::Network(x) => x.process.as_ref(),
         Kind::Alert(x) => x.process.as_ref(),
-        Kind::Isolation(_) | Kind::Tamper(_) => None,
+        Kind::Isolation(_) | Kind::Tamper(_) | Kind::Response(_) => None,
     };
     process.map(|p| p.pid)
 }

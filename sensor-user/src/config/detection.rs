@@ -20,6 +20,12 @@ pub struct DetectionConfig {
     /// Values of the `%name%` placeholders rules expand (`|expand`): the
     /// default pack's POS applications, PHI store, expected readers.
     pub placeholders: BTreeMap<String, Vec<String>>,
+    /// Off: rules that ask for kill, quarantine or isolate only alert (a
+    /// pilot on a new kiosk).
+    pub responses: bool,
+    /// Where quarantined files go (created 0700); the hashes of the files
+    /// there are refused at exec.
+    pub quarantine_dir: PathBuf,
 }
 
 impl Default for DetectionConfig {
@@ -29,12 +35,15 @@ impl Default for DetectionConfig {
             default_pack: true,
             rule_dirs: Vec::new(),
             placeholders: detect::default_placeholders().into_iter().collect(),
+            responses: true,
+            quarantine_dir: PathBuf::from("/var/lib/rxsentry/quarantine"),
         }
     }
 }
 
 impl DetectionConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_absolute("detection.quarantine_dir", &self.quarantine_dir)?;
         for (i, dir) in self.rule_dirs.iter().enumerate() {
             check_absolute(&format!("detection.rule_dirs[{i}]"), dir)?;
         }

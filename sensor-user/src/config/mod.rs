@@ -509,6 +509,12 @@ impl Config {
         self.detection.validate()?;
         for (i, rule) in self.response.iter().enumerate() {
             rule.validate(i)?;
+            if !self.detection.enabled {
+                return Err(invalid(
+                    &format!("response[{i}]"),
+                    "response rules are detection rules: they need detection.enabled = true",
+                ));
+            }
             if rule.action == ResponseAction::Isolate && !self.isolation.enabled {
                 return Err(invalid(
                     &format!("response[{i}]"),

@@ -1,6 +1,7 @@
 //! `[[response]]`: detection rules that count one kind of signal in a
-//! sliding window and ask for an action when the count reaches a threshold
-//! (evaluated by `detect`).
+//! sliding window and ask for an action when the count reaches a threshold.
+//! Each one is loaded as a sequence rule (`alerts::load`), so it alerts,
+//! responds and is audited like every other rule.
 
 use serde::Deserialize;
 
@@ -75,6 +76,33 @@ impl ResponseRule {
             )));
         }
         Ok(())
+    }
+}
+
+impl ResponseRule {
+    /// This rule as a sequence rule file (docs/detection.md#sequence-rules):
+    /// `threshold` allowlist blocks anywhere on the host within
+    /// `within_secs`.
+    pub fn to_sequence_rule(&self) -> String {
+        let category = match self.on {
+            Signal::ExecBlocked => "allowlist_block",
+        };
+        let action = match self.action {
+            ResponseAction::Isolate => "isolate",
+        };
+        // A YAML single-quoted string: only ' needs escaping (validate()
+        // refused control characters).
+        let title = self.name.replace('\'', "''");
+        format!(
+            "title: '{title}'\nauthor: rxsentry configuration\nlevel: high\n\
+             tags: [attack.execution, attack.t1204.002]\nresponse: {action}\n\
+             sequence:\n  by: host\n  within: {within}\n  steps:\n\
+             \x20   - count: {count}\n\
+             \x20     logsource: {{product: linux, category: {category}}}\n\
+             \x20     detection: {{selection: {{Image|exists: true}}, condition: selection}}\n",
+            within = self.within_secs,
+            count = self.threshold,
+        )
     }
 }
 

@@ -210,7 +210,7 @@ fn process_slot(kind: &mut Kind) -> Option<&mut Option<Process>> {
         Kind::Policy(e) => Some(&mut e.process),
         Kind::Network(e) => Some(&mut e.process),
         Kind::Alert(e) => Some(&mut e.process),
-        Kind::Isolation(_) | Kind::Tamper(_) => None,
+        Kind::Isolation(_) | Kind::Tamper(_) | Kind::Response(_) => None,
     }
 }
 

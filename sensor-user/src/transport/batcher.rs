@@ -99,7 +99,7 @@ impl EncodedEvents {
             Kind::Network(m) => self.push_spliced(time, 14, m, process),
             Kind::Policy(m) => self.push_spliced(time, 15, m, process),
             Kind::Alert(m) => self.push_spliced(time, 16, m, process),
-            Kind::Isolation(_) | Kind::Tamper(_) => {
+            Kind::Isolation(_) | Kind::Tamper(_) | Kind::Response(_) => {
                 let event = Event {
                     timestamp_ns: time.timestamp_ns,
                     boot_time_unix_ns: time.boot_time_unix_ns,
@@ -649,7 +649,7 @@ mod tests {
                     Kind::Network(e) => e.process = Some(process.clone()),
                     Kind::Policy(e) => e.process = Some(process.clone()),
                     Kind::Alert(e) => e.process = Some(process.clone()),
-                    Kind::Isolation(_) | Kind::Tamper(_) => unreachable!(),
+                    Kind::Isolation(_) | Kind::Tamper(_) | Kind::Response(_) => unreachable!(),
                 }
                 let want = Event {
                     timestamp_ns: time.timestamp_ns,
