@@ -123,22 +123,28 @@ pub enum QuarantineError {
 }
 
 impl Quarantine {
-    /// Opens (creates, 0700) `dir` and reads the hashes of the files in it.
+    /// Reads the hashes of the files in `dir`; the directory is created
+    /// (0700) by the first quarantine, so a sensor that never quarantines
+    /// leaves nothing behind.
     pub fn open(dir: &Path) -> Result<Arc<Self>, QuarantineError> {
         let err = |source| QuarantineError::Dir {
             dir: dir.to_owned(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
         let mut hashes = HashSet::new();
-        for entry in std::fs::read_dir(dir).map_err(err)? {
-            let name = entry.map_err(err)?.file_name();
-            if let Some(name) = name.to_str()
-                && is_sha256(name)
-            {
-                hashes.insert(name.to_owned());
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let name = entry.map_err(err)?.file_name();
+                    if let Some(name) = name.to_str()
+                        && is_sha256(name)
+                    {
+                        hashes.insert(name.to_owned());
+                    }
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
         }
         if !hashes.is_empty() {
             tracing::info!(dir = %dir.display(), files = hashes.len(), "quarantined hashes refused at exec");
@@ -179,6 +185,11 @@ impl Quarantine {
             return Err(format!("{} is not a regular file", path.display()));
         }
         let (sha256, _) = sha256_hex(&mut file, u64::MAX - 1).map_err(|e| format!("read: {e}"))?;
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| format!("quarantine directory {}: {e}", self.dir.display()))?;
         let dest = self.dir.join(&sha256);
         match std::fs::rename(path, &dest) {
             Ok(()) => {}

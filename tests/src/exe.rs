@@ -90,3 +90,13 @@ fn check(name: &str, out: std::process::Output) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Hex SHA-256 of the file at `path`, as the sensor reports it.
+pub fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

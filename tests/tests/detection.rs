@@ -24,8 +24,7 @@ async fn an_exec_from_tmp_and_a_soc_rule_alert_at_the_collector() -> anyhow::Res
         .prefix("rxsentry-sigma-")
         .tempdir_in("/tmp")?;
     let payload = dropped.path().join("payload");
-    std::fs::copy("/usr/bin/true", &payload)?;
-    std::fs::set_permissions(&payload, std::fs::Permissions::from_mode(0o755))?;
+    tests::exe::copy_executable(std::path::Path::new("/usr/bin/true"), &payload)?;
     let payload = payload.to_str().expect("utf-8 path").to_owned();
 
     let collector = Collector::start().await?;
@@ -97,5 +96,347 @@ async fn an_exec_from_tmp_and_a_soc_rule_alert_at_the_collector() -> anyhow::Res
     let status = sensor.stop().await?;
     assert!(status.success(), "sensor exit status: {status}");
     drop(collector);
+    Ok(())
+}
+
+/// The responses carried out by the sensor, as the collector got them.
+fn responses(sub: &Subscription) -> Vec<&proto::telemetry::v1::ResponseEvent> {
+    sub.events
+        .iter()
+        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+            proto::telemetry::v1::event::Kind::Response(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) for `child` to end; its exit status.
+fn wait_end(child: &mut std::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "pid {} still runs",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shell script, written without this process opening it for writing
+/// (see `tests::exe`: no "Text file busy" when it is executed).
+fn write_script(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
+    tests::exe::write_executable(path, format!("#!/bin/sh\n{body}\n"))
+}
+
+/// A SOC rule asks for kill_tree and quarantine: the payload's process and
+/// its child die, the file is moved aside and its hash refused, so another
+/// copy under a name no rule knows is killed at exec; a look-alike runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_tree_and_quarantine_responses_act_and_are_audited() -> anyhow::Result<()> {
+    use std::{io::BufRead as _, os::unix::process::ExitStatusExt as _};
+    let marker = marker("respond");
+    let rules = tempfile::tempdir()?;
+    std::fs::write(
+        rules.path().join("payload.yml"),
+        format!(
+            "title: Test payload\nauthor: soc-test\nlevel: critical\n\
+             tags: [attack.execution, attack.t1204.002]\nresponse: [kill_tree, quarantine]\n\
+             logsource: {{product: linux, category: process_creation}}\n\
+             detection:\n  selection:\n    Image|endswith: '/payload-{marker}'\n  condition: selection\n"
+        ),
+    )?;
+    std::fs::write(
+        rules.path().join("binary.yml"),
+        format!(
+            "title: Test binary\nauthor: soc-test\nlevel: critical\nresponse: [kill, quarantine]\n\
+             logsource: {{product: linux, category: process_creation}}\n\
+             detection:\n  selection:\n    Image|endswith: '/binary-{marker}'\n  condition: selection\n"
+        ),
+    )?;
+    let work = tempfile::tempdir()?;
+    let quarantine = work.path().join("quarantine");
+    // The script prints its child's pid, then waits: a tree of two.
+    let body = format!("# {marker}\nsleep 30 &\necho $!\nwait");
+    let payload = work.path().join(format!("payload-{marker}"));
+    write_script(&payload, &body)?;
+    // A program of its own (sleep with the marker appended: no other
+    // test's or the host's binary has its hash), and a copy of it made
+    // before the quarantine, under a name no rule matches.
+    let binary = work.path().join(format!("binary-{marker}"));
+    tests::exe::copy_executable(std::path::Path::new("/usr/bin/sleep"), &binary)?;
+    tests::exe::append_to_executable(&binary, marker.as_bytes())?;
+    let copy = work.path().join("innocent-name");
+    tests::exe::copy_executable(&binary, &copy)?;
+    let binary_sha = tests::exe::sha256_of(&binary)?;
+    let lookalike = work.path().join(format!("payload-{marker}-not"));
+    write_script(&lookalike, &format!("# {marker} benign\nexit 0"))?;
+    let content_sha = tests::exe::sha256_of(&payload)?;
+
+    let collector = Collector::start().await?;
+    let request = SubscribeRequest {
+        kinds: vec![EventKind::Alert as i32, EventKind::Response as i32],
+        ..Default::default()
+    };
+    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let options = SensorOptions {
+        extra_config: format!(
+            "{}[detection]\nrule_dirs = [\"{}\"]\nquarantine_dir = \"{}\"\n",
+            SensorOptions::default().extra_config,
+            rules.path().display(),
+            quarantine.display()
+        ),
+    };
+    let sensor = Sensor::start(&collector, options).await?;
+
+    let mut child = std::process::Command::new(&payload)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let sleeper: u32 = line.trim().parse()?;
+    let status = wait_end(&mut child)?;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the payload was not killed: {status}"
+    );
+    let subject = payload.display().to_string();
+    sub.until(Duration::from_secs(20), |s| {
+        responses(s).len() >= 2 && !s.alerts_on(&subject).is_empty()
+    })
+    .await?;
+    let alert = sub
+        .alerts_on(&subject)
+        .into_iter()
+        .find(|a| a.rule_title == "Test payload")
+        .expect("the rule's alert");
+    assert_eq!(alert.responses, ["kill_tree", "quarantine"]);
+    let got = responses(&sub);
+    let kill = got
+        .iter()
+        .find(|r| r.action == "kill_tree")
+        .expect("kill_tree");
+    assert_eq!(kill.error, "", "{kill:?}");
+    assert_eq!(kill.requester, "detection:Test payload");
+    assert_eq!(kill.target_pid, pid);
+    let mut killed = kill.killed_pids.clone();
+    killed.sort_unstable();
+    let mut want = vec![pid, sleeper];
+    want.sort_unstable();
+    assert_eq!(killed, want, "the script and its sleep");
+    let q = got
+        .iter()
+        .find(|r| r.action == "quarantine")
+        .expect("quarantine");
+    assert_eq!(q.error, "", "{q:?}");
+    assert_eq!(q.sha256, content_sha);
+    let moved = quarantine.join(&content_sha);
+    assert_eq!(q.quarantine_path, moved.display().to_string());
+    assert!(!payload.exists(), "moved away");
+    let mode = std::fs::metadata(&moved)?.permissions().mode();
+    assert_eq!(mode & 0o7777, 0, "mode {mode:o}");
+    assert!(std::fs::read_to_string(&moved)?.contains(&marker));
+    // The sleep is gone too (SIGKILL, reaped by init).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+        .is_ok_and(|s| !s.contains(") Z "))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .map_or(true, |s| s.contains(") Z ")),
+        "the payload's child {sleeper} still runs"
+    );
+
+    // The binary: killed and quarantined; then its copy is killed at exec
+    // for its hash alone.
+    let mut bin = std::process::Command::new(&binary).arg("30").spawn()?;
+    let bin_pid = bin.id();
+    let status = wait_end(&mut bin)?;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the binary was not killed: {status}"
+    );
+    sub.until(Duration::from_secs(20), |s| {
+        responses(s)
+            .iter()
+            .any(|r| r.action == "quarantine" && r.target_pid == bin_pid)
+    })
+    .await?;
+    let q = responses(&sub)
+        .into_iter()
+        .find(|r| r.action == "quarantine" && r.target_pid == bin_pid)
+        .expect("quarantined");
+    assert_eq!(
+        (q.error.as_str(), q.sha256.as_str()),
+        ("", binary_sha.as_str())
+    );
+    assert!(!binary.exists());
+    let mut again = std::process::Command::new(&copy).arg("30").spawn()?;
+    let again_pid = again.id();
+    let status = wait_end(&mut again)?;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the copy was not killed: {status}"
+    );
+    // The look-alike (same name prefix, other content) runs to its end.
+    let status = std::process::Command::new(&lookalike).status()?;
+    assert!(status.success(), "{status}");
+    let copy_subject = copy.display().to_string();
+    sub.until(Duration::from_secs(20), |s| {
+        responses(s).iter().any(|r| r.target_pid == again_pid)
+    })
+    .await?;
+    // (It runs from /tmp: the default pack's world-writable rule fires too.)
+    let refused: Vec<_> = sub
+        .alerts_on(&copy_subject)
+        .into_iter()
+        .filter(|a| a.rule_title == "Execution of a Quarantined File")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].responses, ["kill"]);
+    assert!(
+        sub.alerts_on(&lookalike.display().to_string())
+            .iter()
+            .all(|a| a.rule_title != "Test payload"),
+        "the look-alike does not match"
+    );
+    let actions: Vec<(&str, u32)> = responses(&sub)
+        .iter()
+        .map(|r| (r.action.as_str(), r.target_pid))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("kill_tree", pid),
+            ("quarantine", pid),
+            ("kill", bin_pid),
+            ("quarantine", bin_pid),
+            ("kill", again_pid)
+        ],
+        "{:?}",
+        responses(&sub)
+    );
+    assert!(sensor.stop().await?.success());
+    Ok(())
+}
+
+/// Sequence rules of the default pack on the real kernel: a PHI read and
+/// then a connection to another host by the same process is exfiltration;
+/// a connection without the read, or by another process, is not. 25 PHI
+/// files written within seconds by one process is ransomware-like; 10 are
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_rules_fire_on_exfiltration_and_mass_changes_only() -> anyhow::Result<()> {
+    use tests::netns::{Helper, NetnsPair};
+    let netns = NetnsPair::create()?;
+    let work = tempfile::tempdir()?;
+    let phi = work.path().join("phi");
+    std::fs::create_dir(&phi)?;
+    let record = phi.join("patient-0001.json");
+    std::fs::write(&record, "{\"name\": \"FAKE PATIENT\"}")?;
+    let collector = Collector::start().await?;
+    let request = SubscribeRequest {
+        kinds: vec![EventKind::Alert as i32],
+        ..Default::default()
+    };
+    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let options = SensorOptions {
+        extra_config: format!(
+            "{}[files]\nrefresh_seconds = 0\n[[files.watch]]\npath = \"{}\"\n\
+             [detection.placeholders]\nphi_dirs = [\"{}/\"]\n",
+            SensorOptions::default().extra_config,
+            phi.display(),
+            phi.display()
+        ),
+    };
+    let sensor = Sensor::start(&collector, options).await?;
+
+    // Reads the record (argv[1], or nothing), then connects to argv[2]:9
+    // (nothing listens there: refused, still an attempt on the wire).
+    const READ_THEN_CONNECT: &str = "import socket,sys\nif sys.argv[1]:\n  open(sys.argv[1]).read()\ns = socket.socket()\ntry:\n  s.connect((sys.argv[2], 9))\nexcept OSError:\n  pass\nprint('done', flush=True)\n";
+    let record_path = record.display().to_string();
+    let exfil = Helper::python(
+        Some(&netns.a.name),
+        READ_THEN_CONNECT,
+        &[&record_path, &netns.addr_b],
+    )?;
+    let exfil_pid = exfil.pid();
+    exfil.wait()?;
+    let no_read = Helper::python(Some(&netns.a.name), READ_THEN_CONNECT, &["", &netns.addr_b])?;
+    let no_read_pid = no_read.pid();
+    no_read.wait()?;
+    // One process reads, another connects.
+    let reader = Helper::python(
+        None,
+        "import sys\nopen(sys.argv[1]).read()\n",
+        &[&record_path],
+    )?;
+    reader.wait()?;
+    let other = Helper::python(Some(&netns.a.name), READ_THEN_CONNECT, &["", &netns.addr_b])?;
+    other.wait()?;
+
+    const WRITE_MANY: &str = "import sys,os\nfor i in range(int(sys.argv[2])):\n  open(os.path.join(sys.argv[1], 'enc-%d-%s' % (i, os.getpid())), 'w').write('x')\n";
+    let phi_dir = phi.display().to_string();
+    let few = Helper::python(None, WRITE_MANY, &[&phi_dir, "10"])?;
+    let few_pid = few.pid();
+    few.wait()?;
+    let many = Helper::python(None, WRITE_MANY, &[&phi_dir, "25"])?;
+    let many_pid = many.pid();
+    many.wait()?;
+
+    let exfil_title = "PHI Read Followed by an Outbound Connection";
+    let burst_title = "Many Files Changed in the PHI Store Within Seconds";
+    let fired = |s: &Subscription, title: &str| -> Vec<(u32, Vec<String>)> {
+        s.events
+            .iter()
+            .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+                proto::telemetry::v1::event::Kind::Alert(a) if a.rule_title == title => {
+                    Some((a.process.as_ref()?.pid, a.sequence_steps.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    sub.until(Duration::from_secs(20), |s| {
+        !fired(s, exfil_title).is_empty() && !fired(s, burst_title).is_empty()
+    })
+    .await?;
+    // Barrier: an exec from /tmp after everything above, so "nothing else"
+    // is checked after every earlier alert went through.
+    let barrier = tempfile::Builder::new()
+        .prefix("rxsentry-barrier-")
+        .tempdir_in("/tmp")?;
+    let barrier_exe = barrier.path().join("barrier");
+    tests::exe::copy_executable(std::path::Path::new("/usr/bin/true"), &barrier_exe)?;
+    assert!(std::process::Command::new(&barrier_exe).status()?.success());
+    let barrier_subject = barrier_exe.display().to_string();
+    sub.until(Duration::from_secs(20), |s| {
+        !s.alerts_on(&barrier_subject).is_empty()
+    })
+    .await?;
+
+    let exfils = fired(&sub, exfil_title);
+    assert_eq!(exfils.len(), 1, "{exfils:?}");
+    assert_eq!(exfils[0].0, exfil_pid);
+    assert_eq!(
+        exfils[0].1,
+        [record_path.clone(), format!("{}:9", netns.addr_b)]
+    );
+    assert_ne!(exfils[0].0, no_read_pid);
+    let bursts = fired(&sub, burst_title);
+    assert_eq!(bursts.len(), 1, "{bursts:?}");
+    assert_eq!(bursts[0].0, many_pid);
+    assert_ne!(bursts[0].0, few_pid);
+    assert!(sensor.stop().await?.success());
     Ok(())
 }

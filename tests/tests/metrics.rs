@@ -49,11 +49,6 @@ async fn until(
     }
 }
 
-fn sha256_of(path: &str) -> anyhow::Result<String> {
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(path)?);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// `rxsentry-sensor status ARGS` in this namespace (or `netns`).
 fn status(netns: InNetns, args: &[&str]) -> anyhow::Result<Output> {
     Ok(netns
@@ -71,7 +66,7 @@ async fn exec_policy_reload_rule_hit_and_batches_move_their_counters() -> anyhow
     let allow_true = format!(
         "mode = \"monitor\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/true\"\nsha256 = \"{}\"\n",
         cgroup.path.display(),
-        sha256_of("/usr/bin/true")?
+        tests::exe::sha256_of(Path::new("/usr/bin/true"))?
     );
     std::fs::write(&policy, &allow_true)?;
     // A program run from /tmp: the built-in Sigma rule's hit.
@@ -182,7 +177,7 @@ async fn exec_policy_reload_rule_hit_and_batches_move_their_counters() -> anyhow
         &policy,
         format!(
             "{allow_true}[[allow]]\npath = \"/usr/bin/false\"\nsha256 = \"{}\"\n",
-            sha256_of("/usr/bin/false")?
+            tests::exe::sha256_of(Path::new("/usr/bin/false"))?
         ),
     )?;
     sensor.hangup()?;
@@ -294,7 +289,7 @@ async fn isolation_state_and_a_response_rule_hit_show_in_the_metrics() -> anyhow
         format!(
             "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{}\"\n",
             cgroup.path.display(),
-            sha256_of("/usr/bin/touch")?
+            tests::exe::sha256_of(Path::new("/usr/bin/touch"))?
         ),
     )?;
     let intruder = dir.path().join("intruder");
