@@ -293,7 +293,12 @@ async fn kill_tree_and_quarantine_responses_act_and_are_audited() -> anyhow::Res
     assert!(status.success(), "{status}");
     let copy_subject = copy.display().to_string();
     sub.until(Duration::from_secs(20), |s| {
+        // The response (audit path) and the alert (event batches) travel
+        // separately: either may come first.
         responses(s).iter().any(|r| r.target_pid == again_pid)
+            && s.alerts_on(&copy_subject)
+                .iter()
+                .any(|a| a.rule_title == "Execution of a Quarantined File")
     })
     .await?;
     // (It runs from /tmp: the default pack's world-writable rule fires too.)
