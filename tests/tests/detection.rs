@@ -445,3 +445,94 @@ async fn sequence_rules_fire_on_exfiltration_and_mass_changes_only() -> anyhow::
     assert!(sensor.stop().await?.success());
     Ok(())
 }
+
+/// Detection does not need the uplink: a rule fires while the collector
+/// is down, its alert and response wait in the sensor (spool) and reach
+/// the collector's store once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_made_while_the_collector_is_down_arrive_after_it_returns() -> anyhow::Result<()> {
+    use proto::telemetry::v1::{
+        QueryRequest, event, subscribe_response,
+        telemetry_subscribe_client::TelemetrySubscribeClient,
+    };
+    use tests::CollectorState;
+    let listen = format!("127.0.0.1:{}", tests::ports::restartable_port()?);
+    let collector = Collector::start_on(CollectorState::new(&listen)?, None, &listen, &[]).await?;
+    let host = format!("test-offline-alert-{}", std::process::id());
+    let tls = collector.state_dir().join("sensor-tls");
+    collector.issue_sensor(&host, &tls)?;
+    let marker = marker("offline");
+    let rules = tempfile::tempdir()?;
+    std::fs::write(
+        rules.path().join("offline.yml"),
+        format!(
+            "title: Offline marker\nauthor: soc-test\nlevel: high\nresponse: kill\n\
+             logsource: {{product: linux, category: process_creation}}\n\
+             detection:\n  selection:\n    CommandLine|contains: '{marker}'\n    Image|endswith: /sleep\n  condition: selection\n"
+        ),
+    )?;
+    let config = format!(
+        "[host]\nid = \"{host}\"\n{}[batching]\nmax_events = 64\nmax_delay_ms = 100\n\
+         [detection]\nrule_dirs = [\"{}\"]\n",
+        tests::collector_section(&format!("https://{listen}"), &tls),
+        rules.path().display()
+    );
+    let sensor = Sensor::with_config(config).start().await?;
+    let state = collector.stop_keeping_state().await?;
+
+    // Offline: the rule still kills.
+    let mut victim = std::process::Command::new("/usr/bin/sleep")
+        .args(["30", &marker])
+        .spawn()?;
+    let victim_pid = victim.id();
+    let status = wait_end(&mut victim)?;
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(9), "not killed offline: {status}");
+
+    let collector = Collector::start_on(state, None, &listen, &[]).await?;
+    let access = collector.url();
+    let mut client = TelemetrySubscribeClient::new(access.channel().await?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (alert, response) = loop {
+        let page = client
+            .query(access.request(QueryRequest {
+                host_ids: vec![host.clone()],
+                kinds: vec![EventKind::Alert as i32, EventKind::Response as i32],
+                limit: 1_000,
+                ..QueryRequest::default()
+            }))
+            .await?
+            .into_inner();
+        let mut alert = None;
+        let mut response = None;
+        for item in page.items {
+            let Some(subscribe_response::Item::Event(e)) = item.item else {
+                continue;
+            };
+            match e.event.and_then(|e| e.kind) {
+                Some(event::Kind::Alert(a)) if a.rule_title == "Offline marker" => alert = Some(a),
+                Some(event::Kind::Response(r)) if r.target_pid == victim_pid => {
+                    response = Some(r);
+                }
+                _ => {}
+            }
+        }
+        if let (Some(a), Some(r)) = (&alert, &response) {
+            break (a.clone(), r.clone());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the offline alert and response never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(alert.process.as_ref().map(|p| p.pid), Some(victim_pid));
+    assert_eq!(alert.responses, ["kill"]);
+    assert_eq!(
+        (response.action.as_str(), response.error.as_str()),
+        ("kill", "")
+    );
+    assert_eq!(response.killed_pids, [victim_pid]);
+    assert!(sensor.stop().await?.success());
+    Ok(())
+}
