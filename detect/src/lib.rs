@@ -12,6 +12,8 @@ mod condition;
 mod field;
 mod matcher;
 mod rule;
+#[cfg(feature = "yara")]
+pub mod yara;
 
 use std::path::{Path, PathBuf};
 
