@@ -12,6 +12,8 @@ mod condition;
 mod field;
 mod matcher;
 mod rule;
+#[cfg(feature = "proto")]
+pub mod telemetry;
 #[cfg(feature = "yara")]
 pub mod yara;
 

@@ -17,11 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detect::{Category, CommandLine, EventRef, Loader, Refusal, RefusalKind, RuleSet, Scratch};
-use proto::telemetry::v1::{
-    AlertEvent, EventKind, event::Kind, file_event::Operation, network_event::Op,
-    network_event::Protocol,
-};
+use detect::{CommandLine, EventRef, Loader, Refusal, RefusalKind, RuleSet, Scratch};
+use proto::telemetry::v1::{AlertEvent, event::Kind};
 
 use crate::{
     clock::EventTime, config::DetectionConfig, enrich::ProcessTable, transport::EncodedEvents,
@@ -243,7 +240,7 @@ impl Alerter {
         if self.store.generation.load(Relaxed) != self.generation {
             (self.generation, self.rules) = self.store.get();
         }
-        let Some((category, matched_kind)) = category_of(kind) else {
+        let Some((category, matched_kind)) = detect::telemetry::category_of(kind) else {
             return;
         };
         if self.rules.is_empty() {
@@ -263,39 +260,8 @@ impl Alerter {
             .map_or(CommandLine::Unknown, CommandLine::Joined);
         view.parent_image = parent.map(|p| p.exe.as_str()).filter(|s| !s.is_empty());
         view.parent_command_line = parent.map(|p| p.cmdline.as_str()).filter(|s| !s.is_empty());
-        let subject: String = match kind {
-            Kind::Exec(e) => {
-                view.image = Some(&e.filename);
-                view.command_line = CommandLine::Argv(&e.argv);
-                e.filename.clone()
-            }
-            Kind::File(f) => {
-                let target = if f.operation() == Operation::Rename && !f.new_path.is_empty() {
-                    &f.new_path
-                } else {
-                    &f.path
-                };
-                view.target_filename = Some(target);
-                target.clone()
-            }
-            Kind::Network(n) => {
-                view.protocol = match n.protocol() {
-                    Protocol::Tcp => Some("tcp"),
-                    Protocol::Udp => Some("udp"),
-                    Protocol::Unspecified => None,
-                };
-                view.source_ip = Some(&n.local_address);
-                view.source_port = Some(n.local_port);
-                if category == Category::NetworkListen {
-                    format!("listen {}:{}", n.local_address, n.local_port)
-                } else {
-                    view.destination_ip = Some(&n.remote_address);
-                    view.destination_port = Some(n.remote_port);
-                    view.initiated = Some(n.op() != Op::Accept);
-                    format!("{}:{}", n.remote_address, n.remote_port)
-                }
-            }
-            _ => return,
+        let Some(subject) = detect::telemetry::fill(&mut view, kind) else {
+            return;
         };
         let mut hits = Vec::new();
         self.rules.matches(&view, &mut self.scratch, &mut hits);
@@ -314,40 +280,17 @@ impl Alerter {
                 attack_ids: rule.attack_ids().collect(),
                 matched_kind: matched_kind as i32,
                 matched_subject: subject.clone(),
+                ..AlertEvent::default()
             };
             out.push_with_process(time, &Kind::Alert(alert), process);
         }
     }
 }
 
-/// The Sigma category of an enriched event, if rules look at its kind:
-/// successful operations only.
-fn category_of(kind: &Kind) -> Option<(Category, EventKind)> {
-    match kind {
-        Kind::Exec(_) => Some((Category::ProcessCreation, EventKind::Exec)),
-        // A summary of coalesced opens repeats an open already evaluated.
-        Kind::File(f) if f.result >= 0 && f.repeats == 0 => match f.operation() {
-            Operation::OpenRead => Some((Category::FileAccess, EventKind::File)),
-            Operation::OpenWrite | Operation::Rename => {
-                Some((Category::FileEvent, EventKind::File))
-            }
-            _ => None,
-        },
-        Kind::Network(n) => match n.op() {
-            Op::Connect | Op::Accept | Op::UdpConnect | Op::UdpSend | Op::DnsQuery => {
-                Some((Category::NetworkConnection, EventKind::Network))
-            }
-            Op::Listen => Some((Category::NetworkListen, EventKind::Network)),
-            Op::Close | Op::Unspecified => None,
-        },
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use proto::telemetry::v1::{Event, EventBatch};
+    use proto::telemetry::v1::{Event, EventBatch, EventKind};
 
     use super::*;
     use crate::{

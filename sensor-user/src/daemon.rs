@@ -7,6 +7,7 @@
 
 use std::{path::PathBuf, sync::Arc, thread::JoinHandle, time::Duration};
 
+use detect::yara::YaraStore;
 use proto::{control::v1::IsolationStatus, telemetry::v1::HostIdentity};
 use tokio::{
     signal::unix::{Signal as UnixSignal, SignalKind, signal},
@@ -16,7 +17,7 @@ use tokio::{
 
 use crate::{
     alerts::{self, RuleStore, RulesError},
-    config::{Config, DetectionConfig},
+    config::{Config, DetectionConfig, YaraConfig},
     control,
     detect::Detector,
     hooks::{self, HookConfig, HookError, KernelDrops, ProcessHooks},
@@ -66,6 +67,8 @@ pub enum DaemonError {
     Pipeline(#[from] PipelineError),
     #[error("detection rules")]
     Rules(#[source] RulesError),
+    #[error("YARA rules")]
+    Yara(#[source] detect::yara::YaraLoadError),
     #[error("network isolation")]
     Isolation(#[source] IsolationError),
     #[error("ring buffer reader")]
@@ -124,6 +127,8 @@ pub struct Daemon {
     reader: TaskHandle<std::io::Result<()>>,
     /// The detection rules in force and where they are read from.
     rules: Option<(Arc<RuleStore>, DetectionConfig)>,
+    /// The YARA rules in force and where they are read from.
+    yara: Option<(Arc<YaraStore>, YaraConfig)>,
     /// The figures `/metrics` shows; `isolation_status` is `None` when
     /// isolation is disabled.
     metrics: Arc<SensorMetrics>,
@@ -159,6 +164,15 @@ impl Daemon {
             Some(RuleStore::new(loaded.rules))
         } else {
             tracing::info!("detection rules disabled");
+            None
+        };
+        // And a YARA rule file that does not compile.
+        let yara = if config.detection.enabled && config.detection.yara.enabled {
+            let rules = crate::yara::load(&config.detection.yara).map_err(DaemonError::Yara)?;
+            crate::yara::log_loaded(&rules, "start");
+            Some(YaraStore::new(rules))
+        } else {
+            tracing::info!("YARA scans disabled");
             None
         };
 
@@ -238,8 +252,13 @@ impl Daemon {
         };
         metrics.set_policy(rules.policy_state());
 
-        let pipeline =
-            pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), sigma.clone())?;
+        let pipeline = pipeline::spawn_with_detection(
+            &config,
+            host.clone(),
+            drops.clone(),
+            sigma.clone(),
+            yara.clone(),
+        )?;
         let audit_events = pipeline.audit_sender();
         let (isolation, mut tasks, isolation_status) = start_isolation(
             &config,
@@ -283,6 +302,7 @@ impl Daemon {
             stop_reader,
             reader,
             rules: sigma.map(|store| (store, config.detection.clone())),
+            yara: yara.map(|store| (store, config.detection.yara.clone())),
             metrics,
             isolation_status,
             tamper: audit_events,
@@ -353,6 +373,10 @@ impl Daemon {
             // Reading and compiling files: off the signal loop. The outcome
             // (or why the last good set stays) is logged there.
             tokio::task::spawn_blocking(move || _ = store.reload(&config));
+        }
+        if let Some((store, config)) = &self.yara {
+            let (store, config) = (store.clone(), config.clone());
+            tokio::task::spawn_blocking(move || _ = crate::yara::reload(&store, &config));
         }
     }
 

@@ -25,3 +25,4 @@ pub mod router;
 pub mod tamper;
 pub mod transport;
 pub mod watch;
+pub mod yara;

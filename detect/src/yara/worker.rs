@@ -133,6 +133,22 @@ impl<T> ScanQueue<T> {
     pub fn stats(&self) -> ScanStats {
         self.counters.snapshot()
     }
+
+    /// Reads the counters without keeping the worker alive (the worker ends
+    /// when the last [`ScanQueue`] is dropped).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.counters.clone())
+    }
+}
+
+/// The worker's counters, for whoever reports them.
+#[derive(Clone, Debug)]
+pub struct StatsReader(Arc<Counters>);
+
+impl StatsReader {
+    pub fn stats(&self) -> ScanStats {
+        self.0.snapshot()
+    }
 }
 
 /// Starts the worker thread. `on_match` gets every job whose file matched
