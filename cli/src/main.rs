@@ -6,6 +6,7 @@ mod client;
 mod events;
 mod operators;
 mod render;
+mod rules;
 mod tail;
 mod when;
 
@@ -45,6 +46,9 @@ enum Command {
     /// The collector's audit log of analyst actions: `verify` its hash
     /// chain, `show` its records (reads the directory, not the network).
     Audit(audit::AuditArgs),
+    /// Detection rules without a sensor: `list` what a sensor would load
+    /// (and refuse, and why), `test` a Sigma rule file on recorded events.
+    Rules(rules::RulesArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             Command::ReloadTrust(access) => admin::reload_trust(access).await,
             Command::Operators(args) => operators::run(args).await,
             Command::Audit(args) => audit::run(args),
+            Command::Rules(args) => rules::run(args),
         }
     });
     match result {

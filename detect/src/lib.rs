@@ -13,6 +13,10 @@ mod field;
 mod matcher;
 mod rule;
 mod sequence;
+#[cfg(feature = "proto")]
+pub mod telemetry;
+#[cfg(feature = "yara")]
+pub mod yara;
 
 use std::path::{Path, PathBuf};
 

@@ -20,13 +20,10 @@ use std::{
 };
 
 use detect::{
-    Action, Category, CommandLine, EventRef, Loader, Refusal, RefusalKind, RuleSet, Scratch,
-    SequenceEvent, SequenceTracker, StepRef,
+    Action, CommandLine, EventRef, Loader, Refusal, RefusalKind, RuleSet, Scratch, SequenceEvent,
+    SequenceTracker, StepRef,
 };
-use proto::telemetry::v1::{
-    AlertEvent, EventKind, event::Kind, file_event::Operation, network_event::Op,
-    network_event::Protocol, policy_event,
-};
+use proto::telemetry::v1::{AlertEngine, AlertEvent, EventKind, event::Kind};
 
 use crate::{
     clock::EventTime,
@@ -275,6 +272,7 @@ const TREE_DEPTH: usize = 64;
 
 /// One alert about to be made: from a Sigma rule or a sequence rule.
 struct Made<'r> {
+    engine: AlertEngine,
     id: &'r str,
     title: &'r str,
     level: &'r str,
@@ -338,7 +336,7 @@ impl Alerter {
         if let Kind::Exec(e) = kind {
             self.on_quarantined_exec(time, e, ids, table, process, out);
         }
-        let Some((category, matched_kind)) = category_of(kind) else {
+        let Some((category, matched_kind)) = detect::telemetry::category_of(kind) else {
             return;
         };
         if self.rules.is_empty() {
@@ -358,48 +356,8 @@ impl Alerter {
             .map_or(CommandLine::Unknown, CommandLine::Joined);
         view.parent_image = parent.map(|p| p.exe.as_str()).filter(|s| !s.is_empty());
         view.parent_command_line = parent.map(|p| p.cmdline.as_str()).filter(|s| !s.is_empty());
-        // The file a quarantine would act on.
-        let mut file = None;
-        let subject: String = match kind {
-            Kind::Exec(e) => {
-                view.image = Some(&e.filename);
-                view.command_line = CommandLine::Argv(&e.argv);
-                file = Some(&e.filename);
-                e.filename.clone()
-            }
-            Kind::Policy(p) => {
-                view.image = Some(&p.path);
-                file = Some(&p.path);
-                p.path.clone()
-            }
-            Kind::File(f) => {
-                let target = if f.operation() == Operation::Rename && !f.new_path.is_empty() {
-                    &f.new_path
-                } else {
-                    &f.path
-                };
-                view.target_filename = Some(target);
-                file = Some(target);
-                target.clone()
-            }
-            Kind::Network(n) => {
-                view.protocol = match n.protocol() {
-                    Protocol::Tcp => Some("tcp"),
-                    Protocol::Udp => Some("udp"),
-                    Protocol::Unspecified => None,
-                };
-                view.source_ip = Some(&n.local_address);
-                view.source_port = Some(n.local_port);
-                if category == Category::NetworkListen {
-                    format!("listen {}:{}", n.local_address, n.local_port)
-                } else {
-                    view.destination_ip = Some(&n.remote_address);
-                    view.destination_port = Some(n.remote_port);
-                    view.initiated = Some(n.op() != Op::Accept);
-                    format!("{}:{}", n.remote_address, n.remote_port)
-                }
-            }
-            _ => return,
+        let Some(subject) = detect::telemetry::fill(&mut view, kind) else {
+            return;
         };
         let mut hits = Vec::new();
         self.steps.clear();
@@ -411,6 +369,7 @@ impl Alerter {
             .map(|rule| {
                 self.store.hits.hit(&rule.title);
                 Made {
+                    engine: AlertEngine::Sigma,
                     id: &rule.id,
                     title: &rule.title,
                     level: &rule.level,
@@ -453,6 +412,7 @@ impl Alerter {
                     ),
                 };
                 made.push(Made {
+                    engine: AlertEngine::Sequence,
                     id: &seq.id,
                     title: &seq.title,
                     level: &seq.level,
@@ -479,7 +439,7 @@ impl Alerter {
                         pid: ids.pid,
                         start_ns: start.0,
                         start_slack_ns: start.1,
-                        file: file.cloned(),
+                        file: detect::telemetry::file_of(kind).map(str::to_owned),
                     };
                     if route.responses.ask(request) {
                         m.response.iter().map(|a| a.name().to_owned()).collect()
@@ -500,8 +460,10 @@ impl Alerter {
                 attack_ids: detect::attack_ids(m.tags).collect(),
                 matched_kind: matched_kind as i32,
                 matched_subject: subject.clone(),
+                engine: m.engine as i32,
                 sequence_steps: m.steps,
                 responses: asked,
+                ..AlertEvent::default()
             };
             out.push_with_process(time, &Kind::Alert(alert), process);
         }
@@ -553,6 +515,8 @@ impl Alerter {
             attack_ids: vec!["T1204.002".into()],
             matched_kind: EventKind::Exec as i32,
             matched_subject: exec.filename.clone(),
+            engine: AlertEngine::Sigma as i32,
+            file_sha256: exec.sha256.clone(),
             sequence_steps: Vec::new(),
             responses: if asked {
                 vec!["kill".into()]
@@ -564,37 +528,10 @@ impl Alerter {
     }
 }
 
-/// The Sigma category of an enriched event, if rules look at its kind:
-/// successful operations only.
-fn category_of(kind: &Kind) -> Option<(Category, EventKind)> {
-    match kind {
-        Kind::Exec(_) => Some((Category::ProcessCreation, EventKind::Exec)),
-        Kind::Policy(p) if p.action() == policy_event::Action::Blocked => {
-            Some((Category::AllowlistBlock, EventKind::Policy))
-        }
-        // A summary of coalesced opens repeats an open already evaluated.
-        Kind::File(f) if f.result >= 0 && f.repeats == 0 => match f.operation() {
-            Operation::OpenRead => Some((Category::FileAccess, EventKind::File)),
-            Operation::OpenWrite | Operation::Rename => {
-                Some((Category::FileEvent, EventKind::File))
-            }
-            _ => None,
-        },
-        Kind::Network(n) => match n.op() {
-            Op::Connect | Op::Accept | Op::UdpConnect | Op::UdpSend | Op::DnsQuery => {
-                Some((Category::NetworkConnection, EventKind::Network))
-            }
-            Op::Listen => Some((Category::NetworkListen, EventKind::Network)),
-            Op::Close | Op::Unspecified => None,
-        },
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use proto::telemetry::v1::{Event, EventBatch};
+    use proto::telemetry::v1::{Event, EventBatch, EventKind};
 
     use super::*;
     use crate::{

@@ -7,6 +7,7 @@
 
 use std::{path::PathBuf, sync::Arc, thread::JoinHandle, time::Duration};
 
+use detect::yara::YaraStore;
 use proto::{control::v1::IsolationStatus, telemetry::v1::HostIdentity};
 use tokio::{
     signal::unix::{Signal as UnixSignal, SignalKind, signal},
@@ -16,7 +17,7 @@ use tokio::{
 
 use crate::{
     alerts::{self, Alerter, ResponseRoute, RuleSources, RuleStore, RulesError},
-    config::Config,
+    config::{Config, YaraConfig},
     control,
     hooks::{self, HookConfig, HookError, KernelDrops, ProcessHooks},
     identity::{self, IdentityError},
@@ -70,6 +71,8 @@ pub enum DaemonError {
     Quarantine(#[source] QuarantineError),
     #[error("cannot start the responder thread")]
     Responder(#[source] std::io::Error),
+    #[error("YARA rules")]
+    Yara(#[source] detect::yara::YaraLoadError),
     #[error("network isolation")]
     Isolation(#[source] IsolationError),
     #[error("ring buffer reader")]
@@ -128,6 +131,8 @@ pub struct Daemon {
     reader: TaskHandle<std::io::Result<()>>,
     /// The detection rules in force and where they are read from.
     rules: Option<(Arc<RuleStore>, RuleSources)>,
+    /// The YARA rules in force and where they are read from.
+    yara: Option<(Arc<YaraStore>, YaraConfig)>,
     /// The figures `/metrics` shows; `isolation_status` is `None` when
     /// isolation is disabled.
     metrics: Arc<SensorMetrics>,
@@ -164,6 +169,15 @@ impl Daemon {
             Some(RuleStore::new(loaded.rules))
         } else {
             tracing::info!("detection rules disabled");
+            None
+        };
+        // And a YARA rule file that does not compile.
+        let yara = if config.detection.enabled && config.detection.yara.enabled {
+            let rules = crate::yara::load(&config.detection.yara).map_err(DaemonError::Yara)?;
+            crate::yara::log_loaded(&rules, "start");
+            Some(YaraStore::new(rules))
+        } else {
+            tracing::info!("YARA scans disabled");
             None
         };
 
@@ -261,7 +275,13 @@ impl Daemon {
                 enabled: config.detection.responses,
             })
         });
-        let pipeline = pipeline::spawn_with_rules(&config, host.clone(), drops.clone(), alerter)?;
+        let pipeline = pipeline::spawn_with_detection(
+            &config,
+            host.clone(),
+            drops.clone(),
+            alerter,
+            yara.clone(),
+        )?;
         let audit_events = pipeline.audit_sender();
         let (isolation, mut tasks, isolation_status) = start_isolation(
             &config,
@@ -312,6 +332,7 @@ impl Daemon {
             stop_reader,
             reader,
             rules: sigma.map(|store| (store, sources)),
+            yara: yara.map(|store| (store, config.detection.yara.clone())),
             metrics,
             isolation_status,
             tamper: audit_events,
@@ -382,6 +403,10 @@ impl Daemon {
             // Reading and compiling files: off the signal loop. The outcome
             // (or why the last good set stays) is logged there.
             tokio::task::spawn_blocking(move || _ = store.reload(&config));
+        }
+        if let Some((store, config)) = &self.yara {
+            let (store, config) = (store.clone(), config.clone());
+            tokio::task::spawn_blocking(move || _ = crate::yara::reload(&store, &config));
         }
     }
 

@@ -27,3 +27,4 @@ pub mod router;
 pub mod tamper;
 pub mod transport;
 pub mod watch;
+pub mod yara;

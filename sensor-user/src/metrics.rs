@@ -353,6 +353,42 @@ impl SensorMetrics {
             "Detection responses not run because the responder's queue was full.",
             p.responses_refused,
         );
+        let y = &p.yara;
+        for (name, help, value) in [
+            ("scans", "Files the YARA rules scanned.", y.scanned),
+            (
+                "scanned_bytes",
+                "Bytes the YARA rules scanned.",
+                y.bytes_scanned,
+            ),
+            (
+                "alerts",
+                "Alerts the YARA rules made (one per matching rule).",
+                y.matches,
+            ),
+            (
+                "dropped",
+                "YARA scans dropped: the scan queue was full.",
+                y.dropped_queue_full,
+            ),
+            (
+                "too_large",
+                "Files not YARA-scanned: larger than detection.yara.max_file_bytes.",
+                y.too_large,
+            ),
+            (
+                "errors",
+                "Files not YARA-scanned: gone, unreadable, replaced, or the scan failed.",
+                y.errors,
+            ),
+        ] {
+            t.single(
+                &format!("rxsentry_sensor_yara_{name}_total"),
+                Kind::Counter,
+                help,
+                value,
+            );
+        }
         t.family(
             "rxsentry_sensor_rule_hits_total",
             Kind::Counter,

@@ -25,6 +25,7 @@ use std::{
     time::Duration,
 };
 
+use detect::yara::{YaraStore, worker::StatsReader};
 use proto::telemetry::v1::{DropCounters, HostIdentity};
 use tokio::{
     sync::{mpsc, oneshot},
@@ -62,6 +63,8 @@ pub enum PipelineError {
     Spool(#[from] SpoolError),
     #[error("cannot start the enrichment thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the YARA scan thread: {0}")]
+    YaraThread(std::io::Error),
     #[error("the pipeline must be started inside a tokio runtime")]
     NoRuntime,
 }
@@ -107,6 +110,8 @@ pub struct PipelineStats {
     /// (responder queue full): losses, counted.
     pub sequences_dropped: u64,
     pub responses_refused: u64,
+    /// The YARA worker's counters (all 0 when YARA is off).
+    pub yara: detect::yara::worker::ScanStats,
     pub drops: DropCounters,
 }
 
@@ -231,6 +236,7 @@ pub struct PipelineHandle {
     audit: mpsc::Sender<EncodedEvents>,
     /// Audit record files already carried by spooled batches at start.
     spooled_audit_files: Vec<std::path::PathBuf>,
+    yara: Option<StatsReader>,
 }
 
 /// Starts the enrichment thread, the batcher and the uploader. Call from
@@ -250,6 +256,18 @@ pub fn spawn_with_rules(
     identity: HostIdentity,
     drops: Arc<DropTracker>,
     alerter: Option<Alerter>,
+) -> Result<PipelineHandle, PipelineError> {
+    spawn_with_detection(config, identity, drops, alerter, None)
+}
+
+/// [`spawn_with_rules`], and YARA scans (`yara`: the rules in force) of new
+/// executables and written watched files on the `rxsentry-yara` thread.
+pub fn spawn_with_detection(
+    config: &Config,
+    identity: HostIdentity,
+    drops: Arc<DropTracker>,
+    alerter: Option<Alerter>,
+    yara: Option<Arc<YaraStore>>,
 ) -> Result<PipelineHandle, PipelineError> {
     tokio::runtime::Handle::try_current().map_err(|_| PipelineError::NoRuntime)?;
     let spool = if config.spool.enabled {
@@ -284,6 +302,20 @@ pub fn spawn_with_rules(
     if let Some(alerter) = alerter {
         enricher = enricher.with_alerter(alerter);
     }
+    let yara = match yara {
+        Some(store) => {
+            let (feed, stats) = crate::yara::start(
+                store,
+                &config.detection.yara,
+                enriched_tx.clone(),
+                drops.clone(),
+            )
+            .map_err(PipelineError::YaraThread)?;
+            enricher = enricher.with_yara(feed);
+            Some(stats)
+        }
+        None => None,
+    };
     let thread_shared = shared.clone();
     let (done_tx, enrich_done) = oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -328,6 +360,7 @@ pub fn spawn_with_rules(
         shared,
         audit,
         spooled_audit_files,
+        yara,
     })
 }
 
@@ -466,6 +499,11 @@ impl PipelineHandle {
             alerts: c.alerts.load(Relaxed),
             sequences_dropped: c.sequences_dropped.load(Relaxed),
             responses_refused: c.responses_refused.load(Relaxed),
+            yara: self
+                .yara
+                .as_ref()
+                .map(StatsReader::stats)
+                .unwrap_or_default(),
             drops: self.shared.drops.snapshot(),
         }
     }

@@ -432,6 +432,15 @@ pub struct SensorOptions {
     pub extra_config: String,
 }
 
+impl SensorOptions {
+    /// The defaults, then `extra` (TOML sections of the test's own).
+    pub fn with_extra(extra: &str) -> Self {
+        Self {
+            extra_config: format!("{}{extra}", Self::default().extra_config),
+        }
+    }
+}
+
 impl Default for SensorOptions {
     fn default() -> Self {
         Self {

@@ -41,6 +41,18 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// [`Self::open`] on the events of `kinds`.
+    pub async fn open_kinds(
+        access: &CollectorAccess,
+        kinds: &[proto::telemetry::v1::EventKind],
+    ) -> anyhow::Result<Self> {
+        let request = SubscribeRequest {
+            kinds: kinds.iter().map(|k| *k as i32).collect(),
+            ..Default::default()
+        };
+        Self::open(access, request).await
+    }
+
     /// Subscribes with a task that reads ahead (see [`Subscription::until`]).
     pub async fn open(access: &CollectorAccess, request: SubscribeRequest) -> anyhow::Result<Self> {
         let mut stream = Self::stream(access, request).await?;

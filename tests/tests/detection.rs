@@ -4,7 +4,7 @@
 
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 
-use proto::telemetry::v1::{EventKind, SubscribeRequest};
+use proto::telemetry::v1::EventKind;
 use tests::{Collector, Sensor, SensorOptions, Subscription, marker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,18 +28,12 @@ async fn an_exec_from_tmp_and_a_soc_rule_alert_at_the_collector() -> anyhow::Res
     let payload = payload.to_str().expect("utf-8 path").to_owned();
 
     let collector = Collector::start().await?;
-    let request = SubscribeRequest {
-        kinds: vec![EventKind::Exec as i32, EventKind::Alert as i32],
-        ..Default::default()
-    };
-    let mut sub = Subscription::open(&collector.url(), request).await?;
-    let options = SensorOptions {
-        extra_config: format!(
-            "{}[detection]\nrule_dirs = [\"{}\"]\n",
-            SensorOptions::default().extra_config,
-            rules.path().display()
-        ),
-    };
+    let mut sub =
+        Subscription::open_kinds(&collector.url(), &[EventKind::Exec, EventKind::Alert]).await?;
+    let options = SensorOptions::with_extra(&format!(
+        "[detection]\nrule_dirs = [\"{}\"]\n",
+        rules.path().display()
+    ));
     let sensor = Sensor::start(&collector, options).await?;
 
     let mut from_tmp = std::process::Command::new(&payload).arg(&marker).spawn()?;
@@ -177,11 +171,9 @@ async fn kill_tree_and_quarantine_responses_act_and_are_audited() -> anyhow::Res
     let content_sha = tests::exe::sha256_of(&payload)?;
 
     let collector = Collector::start().await?;
-    let request = SubscribeRequest {
-        kinds: vec![EventKind::Alert as i32, EventKind::Response as i32],
-        ..Default::default()
-    };
-    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let mut sub =
+        Subscription::open_kinds(&collector.url(), &[EventKind::Alert, EventKind::Response])
+            .await?;
     let options = SensorOptions {
         extra_config: format!(
             "{}[detection]\nrule_dirs = [\"{}\"]\nquarantine_dir = \"{}\"\n",
@@ -350,11 +342,7 @@ async fn sequence_rules_fire_on_exfiltration_and_mass_changes_only() -> anyhow::
     let record = phi.join("patient-0001.json");
     std::fs::write(&record, "{\"name\": \"FAKE PATIENT\"}")?;
     let collector = Collector::start().await?;
-    let request = SubscribeRequest {
-        kinds: vec![EventKind::Alert as i32],
-        ..Default::default()
-    };
-    let mut sub = Subscription::open(&collector.url(), request).await?;
+    let mut sub = Subscription::open_kinds(&collector.url(), &[EventKind::Alert]).await?;
     let options = SensorOptions {
         extra_config: format!(
             "{}[files]\nrefresh_seconds = 0\n[[files.watch]]\npath = \"{}\"\n\

@@ -3,12 +3,39 @@
 //! object has a `type`: event, gap, duplicate, restart, drops, lagged.
 
 use proto::telemetry::v1::{
-    HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event, host_record,
-    host_status, isolation_event, network_event, policy_event, sequence_record, subscribe_response,
+    AlertEngine, HostEvent, HostIdentity, HostRecord, Process, SubscribeResponse, event,
+    host_record, host_status, isolation_event, network_event, policy_event, sequence_record,
+    subscribe_response,
 };
 use serde_json::{Map, Value, json};
 
 use super::{file_operation, kind_and_process, matched_kind, time};
+
+/// The keys `--json` prints that `rules test` reads back
+/// (`render::recorded`): one spelling for both.
+pub(super) mod key {
+    pub const KIND: &str = "kind";
+    pub const TIMESTAMP_NS: &str = "timestamp_ns";
+    pub const PROCESS: &str = "process";
+    pub const PID: &str = "pid";
+    pub const PPID: &str = "ppid";
+    pub const UID: &str = "uid";
+    pub const COMM: &str = "comm";
+    pub const EXE: &str = "exe";
+    pub const FILENAME: &str = "filename";
+    pub const ARGV: &str = "argv";
+    pub const OPERATION: &str = "operation";
+    pub const PATH: &str = "path";
+    pub const NEW_PATH: &str = "new_path";
+    pub const RESULT: &str = "result";
+    pub const REPEATS: &str = "repeats";
+    pub const OP: &str = "op";
+    pub const PROTOCOL: &str = "protocol";
+    pub const LOCAL_ADDRESS: &str = "local_address";
+    pub const LOCAL_PORT: &str = "local_port";
+    pub const REMOTE_ADDRESS: &str = "remote_address";
+    pub const REMOTE_PORT: &str = "remote_port";
+}
 
 pub fn render(response: &SubscribeResponse) -> Value {
     match &response.item {
@@ -56,15 +83,15 @@ fn with_host(kind: &str, host: Option<&HostIdentity>) -> Map<String, Value> {
 
 fn process_json(p: &Process) -> Value {
     json!({
-        "pid": p.pid,
+        (key::PID): p.pid,
         "tid": p.tid,
-        "ppid": p.ppid,
-        "uid": p.uid,
+        (key::PPID): p.ppid,
+        (key::UID): p.uid,
         "gid": p.gid,
         "euid": p.euid,
         "egid": p.egid,
-        "comm": p.comm,
-        "exe": p.exe,
+        (key::COMM): p.comm,
+        (key::EXE): p.exe,
         "cgroup_id": p.cgroup_id,
         "lineage": p.lineage,
         "start_time_ns": p.start_time_ns,
@@ -84,17 +111,20 @@ fn event_json(e: &HostEvent) -> Value {
         return m.into();
     };
     let (kind, process) = kind_and_process(event);
-    m.insert("timestamp_ns".into(), event.timestamp_ns.into());
+    m.insert(key::TIMESTAMP_NS.into(), event.timestamp_ns.into());
     m.insert("boot_time_unix_ns".into(), event.boot_time_unix_ns.into());
     let wall = event.wall_time_unix_ns();
     m.insert("wall_time_unix_ns".into(), wall.unwrap_or(0).into());
     m.insert("time".into(), wall.and_then(time::utc_if_known).into());
-    m.insert("kind".into(), kind.into());
-    m.insert("process".into(), process.map_or(Value::Null, process_json));
+    m.insert(key::KIND.into(), kind.into());
+    m.insert(
+        key::PROCESS.into(),
+        process.map_or(Value::Null, process_json),
+    );
     let extra = match &event.kind {
         Some(event::Kind::Exec(x)) => json!({
-            "filename": x.filename,
-            "argv": x.argv,
+            (key::FILENAME): x.filename,
+            (key::ARGV): x.argv,
             "argv_truncated": x.argv_truncated,
             "sha256": x.sha256,
             "hash_error": x.hash_error,
@@ -130,18 +160,18 @@ fn event_json(e: &HostEvent) -> Value {
             "file_inode": p.file.map(|f| f.inode),
         }),
         Some(event::Kind::File(f)) => json!({
-            "operation": file_operation(f),
-            "path": f.path,
-            "new_path": (!f.new_path.is_empty()).then_some(&f.new_path),
+            (key::OPERATION): file_operation(f),
+            (key::PATH): f.path,
+            (key::NEW_PATH): (!f.new_path.is_empty()).then_some(&f.new_path),
             "path_truncated": f.path_truncated,
             "flags": f.flags,
-            "result": f.result,
+            (key::RESULT): f.result,
             "mode": f.mode,
             "uid": f.uid,
             "gid": f.gid,
             "file_device": f.file.map(|f| f.device),
             "file_inode": f.file.map(|f| f.inode),
-            "repeats": f.repeats,
+            (key::REPEATS): f.repeats,
             "repeat_first_ns": f.repeat_first_ns,
             "repeat_last_ns": f.repeat_last_ns,
             "depth_exceeded": f.depth_exceeded,
@@ -149,31 +179,18 @@ fn event_json(e: &HostEvent) -> Value {
             "watched_path": (!f.watched_path.is_empty()).then_some(&f.watched_path),
         }),
         Some(event::Kind::Network(n)) => json!({
-            "op": match n.op() {
-                network_event::Op::Connect => "connect",
-                network_event::Op::Accept => "accept",
-                network_event::Op::Listen => "listen",
-                network_event::Op::Close => "close",
-                network_event::Op::UdpConnect => "udp_connect",
-                network_event::Op::UdpSend => "udp_send",
-                network_event::Op::DnsQuery => "dns_query",
-                network_event::Op::Unspecified => "unknown",
-            },
-            "protocol": match n.protocol() {
-                network_event::Protocol::Tcp => "tcp",
-                network_event::Protocol::Udp => "udp",
-                network_event::Protocol::Unspecified => "unknown",
-            },
+            (key::OP): network_op(n.op()),
+            (key::PROTOCOL): network_protocol(n.protocol()),
             "family": match n.family() {
                 network_event::Family::Ipv4 => "ipv4",
                 network_event::Family::Ipv6 => "ipv6",
                 network_event::Family::Unspecified => "unknown",
             },
-            "local_address": n.local_address,
-            "local_port": n.local_port,
-            "remote_address": n.remote_address,
-            "remote_port": n.remote_port,
-            "result": n.result,
+            (key::LOCAL_ADDRESS): n.local_address,
+            (key::LOCAL_PORT): n.local_port,
+            (key::REMOTE_ADDRESS): n.remote_address,
+            (key::REMOTE_PORT): n.remote_port,
+            (key::RESULT): n.result,
             "bytes_sent": n.bytes_sent,
             "bytes_received": n.bytes_received,
             "dns_questions": n.dns_questions.iter().map(|q| json!({
@@ -217,6 +234,8 @@ fn event_json(e: &HostEvent) -> Value {
             "matched_subject": a.matched_subject,
             "sequence_steps": a.sequence_steps,
             "responses": a.responses,
+            "engine": alert_engine(a),
+            "file_sha256": (!a.file_sha256.is_empty()).then_some(&a.file_sha256),
         }),
         Some(event::Kind::Response(r)) => json!({
             "action": r.action,
@@ -236,6 +255,38 @@ fn event_json(e: &HostEvent) -> Value {
         m.extend(extra);
     }
     m.into()
+}
+
+/// Which engine made an alert.
+fn alert_engine(a: &proto::telemetry::v1::AlertEvent) -> &'static str {
+    match a.engine() {
+        AlertEngine::Sigma => "sigma",
+        AlertEngine::Yara => "yara",
+        AlertEngine::Sequence => "sequence",
+    }
+}
+
+/// A network operation as `--json` names it.
+pub(super) fn network_op(op: network_event::Op) -> &'static str {
+    match op {
+        network_event::Op::Connect => "connect",
+        network_event::Op::Accept => "accept",
+        network_event::Op::Listen => "listen",
+        network_event::Op::Close => "close",
+        network_event::Op::UdpConnect => "udp_connect",
+        network_event::Op::UdpSend => "udp_send",
+        network_event::Op::DnsQuery => "dns_query",
+        network_event::Op::Unspecified => "unknown",
+    }
+}
+
+/// A transport protocol as `--json` names it.
+pub(super) fn network_protocol(p: network_event::Protocol) -> &'static str {
+    match p {
+        network_event::Protocol::Tcp => "tcp",
+        network_event::Protocol::Udp => "udp",
+        network_event::Protocol::Unspecified => "unknown",
+    }
 }
 
 fn record_json(r: &HostRecord) -> Value {

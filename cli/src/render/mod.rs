@@ -2,6 +2,7 @@
 //! for scripts. Pure functions of the response, so they are unit-tested.
 
 mod json;
+pub mod recorded;
 mod table;
 mod time;
 
@@ -210,8 +211,7 @@ pub(crate) mod fixtures {
             attack_ids: vec!["T1204.002".into()],
             matched_kind: EventKind::Exec as i32,
             matched_subject: "/tmp/x".into(),
-            sequence_steps: vec![],
-            responses: vec![],
+            ..AlertEvent::default()
         }));
         wrap(3_000_000_000, e)
     }

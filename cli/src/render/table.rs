@@ -99,11 +99,18 @@ fn alert_details(a: &AlertEvent) -> String {
     if !a.sequence_steps.is_empty() {
         let _ = write!(out, " after {}", clean(&a.sequence_steps.join(" -> ")));
     }
+    let _ = write!(out, " on {} {}", matched_kind(a), clean(&a.matched_subject));
+    if a.engine() == proto::telemetry::v1::AlertEngine::Yara {
+        let _ = write!(
+            out,
+            " sha256 {} yara {}",
+            clean(&a.file_sha256),
+            clean(&a.rule_id)
+        );
+    }
     let _ = write!(
         out,
-        " on {} {}  rule by {} ({})",
-        matched_kind(a),
-        clean(&a.matched_subject),
+        "  rule by {} ({})",
         clean(&a.rule_author),
         clean(&a.rule_source)
     );

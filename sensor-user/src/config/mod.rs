@@ -22,7 +22,7 @@ mod metrics;
 mod network;
 mod response;
 mod spool;
-pub use detection::DetectionConfig;
+pub use detection::{DetectionConfig, YaraConfig};
 pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
 pub use metrics::{DEFAULT_METRICS_LISTEN, MetricsConfig};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
@@ -819,6 +819,22 @@ mod tests {
             (
                 "[detection.placeholders]\n\"pos apps\" = [\"/x\"]",
                 "detection.placeholders.pos apps",
+            ),
+            (
+                "[detection.yara]\nrule_dirs = [\"yara\"]",
+                "detection.yara.rule_dirs[0]",
+            ),
+            (
+                "[detection.yara]\nmax_file_bytes = 0",
+                "detection.yara.max_file_bytes",
+            ),
+            (
+                "[detection.yara]\nqueue_capacity = 0",
+                "detection.yara.queue_capacity",
+            ),
+            (
+                "[detection.yara]\nsettle_ms = 60001",
+                "detection.yara.settle_ms",
             ),
         ];
         for (text, key) in cases {

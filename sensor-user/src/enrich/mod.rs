@@ -22,6 +22,7 @@ use crate::{
     config::Config,
     events::{ExecRecord, FileRecord, KernelEvent, PolicyRecord, TaskIdentity},
     transport::EncodedEvents,
+    yara::YaraFeed,
 };
 pub use hash_cache::{ExecHash, HashCache, HashError, HashStats};
 pub use process_table::{ProcessTable, TableStats};
@@ -38,6 +39,8 @@ pub struct Enricher {
     clock: WallClock,
     /// Sigma rules on each encoded event (none: no detection).
     alerter: Option<Alerter>,
+    /// Where new executables and written files go to be YARA-scanned.
+    yara: Option<YaraFeed>,
 }
 
 impl Enricher {
@@ -56,6 +59,7 @@ impl Enricher {
             process_buf: Vec::new(),
             clock,
             alerter: None,
+            yara: None,
         }
     }
 
@@ -63,6 +67,12 @@ impl Enricher {
     /// [`Self::enrich_into`], appending the alerts after their event.
     pub fn with_alerter(mut self, alerter: Alerter) -> Self {
         self.alerter = Some(alerter);
+        self
+    }
+
+    /// Queues YARA scans of new executables and written watched files.
+    pub fn with_yara(mut self, feed: YaraFeed) -> Self {
+        self.yara = Some(feed);
         self
     }
 
@@ -124,12 +134,18 @@ impl Enricher {
             ppid: task.ppid,
             uid: task.uid,
         };
+        let misses = self.hashes.stats().misses;
         let (time, kind, ()) = self.enrich_with(event, |table, task| {
             table.encode_description(task, &mut process)
         });
         out.push_with_process(time, &kind, &process);
         if let Some(alerter) = &mut self.alerter {
             alerter.on_event(time, &kind, ids, &self.table, &process, out);
+        }
+        if let Some(yara) = &self.yara {
+            // A miss means the file was read: first seen in this version.
+            let new_executable = self.hashes.stats().misses != misses;
+            yara.on_event(time, &kind, ids.pid, new_executable, &process);
         }
         self.process_buf = process;
     }

@@ -59,6 +59,7 @@ mod isolation;
 mod net;
 mod spool;
 mod store;
+mod yara;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -142,6 +143,13 @@ pub struct Options {
     /// docs/bench.md; nothing is built or started).
     #[arg(long)]
     only_detection: bool,
+    /// Rounds of the YARA scan bench (each set per round).
+    #[arg(long, default_value_t = 7)]
+    yara_rounds: usize,
+    /// Run only the YARA scan bench (replaces its section of
+    /// docs/bench.md; nothing is built or started).
+    #[arg(long)]
+    only_yara: bool,
 }
 
 /// Set in the release re-run of the bench, so it does not re-run again.
@@ -164,20 +172,20 @@ pub fn bench(opts: &Options) -> Result<()> {
         }
         let rt = tokio::runtime::Runtime::new()?;
         let _rt = rt.enter();
-        let section = store::run(opts.store_streams, opts.store_days)?.render();
-        println!("\n{section}");
         let path = workspace_root().join("docs/bench.md");
-        common::write_section(&path, store::HEADING, &section)?;
-        println!("written to {}", path.display());
-        return Ok(());
+        let section = store::run(opts.store_streams, opts.store_days)?.render();
+        return publish_section(&path, store::HEADING, &section);
     }
     let path = workspace_root().join("docs/bench.md");
     if opts.only_detection {
-        let section = detection::run(opts.detection_rounds)?.render();
-        println!("\n{section}");
-        common::write_section(&path, detection::HEADING, &section)?;
-        println!("written to {}", path.display());
-        return Ok(());
+        return publish_section(
+            &path,
+            detection::HEADING,
+            &detection::run(opts.detection_rounds)?.render(),
+        );
+    }
+    if opts.only_yara {
+        return publish_section(&path, yara::HEADING, &yara::run(opts.yara_rounds)?.render());
     }
     if !opts.no_build {
         build::build(&build::Options { release: true })?;
@@ -186,31 +194,31 @@ pub fn bench(opts: &Options) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let _rt = rt.enter();
     if opts.only_spool {
-        let section = spool::run(opts.spool_rounds, opts.execs)?.render();
-        println!("\n{section}");
-        common::write_section(&path, spool::HEADING, &section)?;
-        println!("written to {}", path.display());
-        return Ok(());
+        return publish_section(
+            &path,
+            spool::HEADING,
+            &spool::run(opts.spool_rounds, opts.execs)?.render(),
+        );
     }
     if opts.only_isolation {
-        let section = isolation::run(opts.isolation_rounds)?.render();
-        println!("\n{section}");
-        common::write_section(&path, isolation::HEADING, &section)?;
-        println!("written to {}", path.display());
-        return Ok(());
+        return publish_section(
+            &path,
+            isolation::HEADING,
+            &isolation::run(opts.isolation_rounds)?.render(),
+        );
     }
     if opts.only_channel {
-        let section = channel::run(
-            &rt,
-            opts.channel_rounds,
-            opts.channel_events,
-            opts.channel_sensors,
-        )?
-        .render();
-        println!("\n{section}");
-        common::write_section(&path, channel::HEADING, &section)?;
-        println!("written to {}", path.display());
-        return Ok(());
+        return publish_section(
+            &path,
+            channel::HEADING,
+            &channel::run(
+                &rt,
+                opts.channel_rounds,
+                opts.channel_events,
+                opts.channel_sensors,
+            )?
+            .render(),
+        );
     }
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
@@ -355,17 +363,28 @@ pub fn bench(opts: &Options) -> Result<()> {
     let store = store::run(opts.store_streams, opts.store_days)?;
     let spool = spool::run(opts.spool_rounds, opts.execs)?;
     let detection = detection::run(opts.detection_rounds)?;
+    let yara = yara::run(opts.yara_rounds)?;
     let table = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
         report.render(opts),
         isolation.render(),
         channel.render(),
         store.render(),
         spool.render(),
-        detection.render()
+        detection.render(),
+        yara.render()
     );
     println!("\n{table}");
     std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+/// Prints a `--only-*` part's section and puts it in its place in
+/// docs/bench.md.
+fn publish_section(path: &Path, heading: &str, section: &str) -> Result<()> {
+    println!("\n{section}");
+    common::write_section(path, heading, section)?;
     println!("written to {}", path.display());
     Ok(())
 }

@@ -201,6 +201,15 @@ fn render(s: &Samples, now: f64) -> String {
             format!("; rule hits: {}", hits.join(", "))
         }
     );
+    let _ = writeln!(
+        out,
+        "yara:        {} scans, {} alerts; not scanned: {} dropped (queue full), {} too large, {} errors",
+        v("rxsentry_sensor_yara_scans_total"),
+        v("rxsentry_sensor_yara_alerts_total"),
+        v("rxsentry_sensor_yara_dropped_total"),
+        v("rxsentry_sensor_yara_too_large_total"),
+        v("rxsentry_sensor_yara_errors_total"),
+    );
     out
 }
 
