@@ -358,13 +358,8 @@ async fn sequence_rules_fire_on_exfiltration_and_mass_changes_only() -> anyhow::
     // (nothing listens there: refused, still an attempt on the wire).
     const READ_THEN_CONNECT: &str = "import socket,sys\nif sys.argv[1]:\n  open(sys.argv[1]).read()\ns = socket.socket()\ntry:\n  s.connect((sys.argv[2], 9))\nexcept OSError:\n  pass\nprint('done', flush=True)\n";
     let record_path = record.display().to_string();
-    let exfil = Helper::python(
-        Some(&netns.a.name),
-        READ_THEN_CONNECT,
-        &[&record_path, &netns.addr_b],
-    )?;
-    let exfil_pid = exfil.pid();
-    exfil.wait()?;
+    // The look-alikes first: in each ring, events are evaluated in order,
+    // so once the real one's alert is in, theirs would be in too.
     let no_read = Helper::python(Some(&netns.a.name), READ_THEN_CONNECT, &["", &netns.addr_b])?;
     let no_read_pid = no_read.pid();
     no_read.wait()?;
@@ -377,6 +372,13 @@ async fn sequence_rules_fire_on_exfiltration_and_mass_changes_only() -> anyhow::
     reader.wait()?;
     let other = Helper::python(Some(&netns.a.name), READ_THEN_CONNECT, &["", &netns.addr_b])?;
     other.wait()?;
+    let exfil = Helper::python(
+        Some(&netns.a.name),
+        READ_THEN_CONNECT,
+        &[&record_path, &netns.addr_b],
+    )?;
+    let exfil_pid = exfil.pid();
+    exfil.wait()?;
 
     const WRITE_MANY: &str = "import sys,os\nfor i in range(int(sys.argv[2])):\n  open(os.path.join(sys.argv[1], 'enc-%d-%s' % (i, os.getpid())), 'w').write('x')\n";
     let phi_dir = phi.display().to_string();
@@ -456,7 +458,7 @@ async fn alerts_made_while_the_collector_is_down_arrive_after_it_returns() -> an
         format!(
             "title: Offline marker\nauthor: soc-test\nlevel: high\nresponse: kill\n\
              logsource: {{product: linux, category: process_creation}}\n\
-             detection:\n  selection:\n    CommandLine|contains: '{marker}'\n    Image|endswith: /sleep\n  condition: selection\n"
+             detection:\n  selection:\n    Image|endswith: '/sleep-{marker}'\n  condition: selection\n"
         ),
     )?;
     let config = format!(
@@ -468,10 +470,10 @@ async fn alerts_made_while_the_collector_is_down_arrive_after_it_returns() -> an
     let sensor = Sensor::with_config(config).start().await?;
     let state = collector.stop_keeping_state().await?;
 
-    // Offline: the rule still kills.
-    let mut victim = std::process::Command::new("/usr/bin/sleep")
-        .args(["30", &marker])
-        .spawn()?;
+    // Offline: the rule still kills (a sleep of its own name).
+    let victim_exe = rules.path().join(format!("sleep-{marker}"));
+    tests::exe::copy_executable(std::path::Path::new("/usr/bin/sleep"), &victim_exe)?;
+    let mut victim = std::process::Command::new(&victim_exe).arg("30").spawn()?;
     let victim_pid = victim.id();
     let status = wait_end(&mut victim)?;
     use std::os::unix::process::ExitStatusExt as _;
@@ -521,6 +523,179 @@ async fn alerts_made_while_the_collector_is_down_arrive_after_it_returns() -> an
         ("kill", "")
     );
     assert_eq!(response.killed_pids, [victim_pid]);
+    assert!(sensor.stop().await?.success());
+    Ok(())
+}
+
+/// The default pack against intrusion steps done for real, each next to a
+/// look-alike that must stay quiet: a shell started by the POS app (not
+/// by another program), a shell that connects out itself (not python), a
+/// read of /etc/shadow (not of /etc/hostname), a TCP listen by an
+/// unexpected program (not a UDP bind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> anyhow::Result<()> {
+    use tests::netns::Helper;
+    let work = tempfile::tempdir()?;
+    let pos_bin = work.path().join("pos/bin");
+    std::fs::create_dir_all(&pos_bin)?;
+    // A POS app that starts a child command (timeout forks, then execs).
+    let pos_app = pos_bin.join("pos-app");
+    tests::exe::copy_executable(std::path::Path::new("/usr/bin/timeout"), &pos_app)?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open_kinds(&collector.url(), &[EventKind::Alert]).await?;
+    let options = SensorOptions {
+        extra_config: format!(
+            "{}[[files.watch]]\npath = \"/etc/shadow\"\nops = [\"read\"]\n\
+             [detection.placeholders]\npos_apps = [\"{}/*\"]\n",
+            SensorOptions::default().extra_config,
+            pos_bin.display()
+        ),
+    };
+    let sensor = Sensor::start(&collector, options).await?;
+    let run = |program: &std::path::Path, args: &[&str]| -> anyhow::Result<u32> {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        anyhow::ensure!(child.wait()?.success(), "{} {args:?}", program.display());
+        Ok(pid)
+    };
+
+    // In each ring the look-alike goes first: once the real step's alert
+    // is in, the look-alike before it was evaluated too (events of one
+    // ring are enriched in order; rings are not ordered among themselves).
+    // 1. A shell started by timeout, then by the POS app (process ring).
+    let plain_pid = run(
+        std::path::Path::new("/usr/bin/timeout"),
+        &["10", "/bin/sh", "-c", "exit 0"],
+    )?;
+    let pos_pid = run(&pos_app, &["10", "/bin/sh", "-c", "exit 0"])?;
+    // 4. A UDP bind (no listen), then a TCP listen (network ring) ...
+    let udp = Helper::python(
+        None,
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('127.0.0.1', 0))\n",
+        &[],
+    )?;
+    let udp_pid = udp.pid();
+    udp.wait()?;
+    let mut listener = Helper::python(
+        None,
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(4)\nprint('port', s.getsockname()[1], flush=True)\nfor _ in range(2):\n  c, _ = s.accept()\n  c.close()\n",
+        &[],
+    )?;
+    let listener_pid = listener.pid();
+    let port = listener.line("port")?;
+    // 2. ... python connecting to it, then a shell that connects itself
+    // (bash's /dev/tcp).
+    let client = Helper::python(
+        None,
+        "import socket,sys\nsocket.create_connection(('127.0.0.1', int(sys.argv[1]))).close()\n",
+        &[&port],
+    )?;
+    let python_client_pid = client.pid();
+    client.wait()?;
+    let bash_pid = run(
+        std::path::Path::new("/bin/bash"),
+        &[
+            // A reverse shell stays connected: it lives on after the connect
+            // (`; true`: bash forks the sleep instead of becoming it).
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo x >&3; sleep 2; true"),
+        ],
+    )?;
+    listener.wait()?;
+    // 3. /etc/hostname read (not watched), then /etc/shadow (file ring).
+    let hostname_pid = run(std::path::Path::new("/bin/cat"), &["/etc/hostname"])?;
+    let shadow_pid = run(std::path::Path::new("/bin/cat"), &["/etc/shadow"])?;
+
+    let alerted = |s: &Subscription, title: &str, pid: u32, parent: bool| {
+        s.events.iter().any(|e| {
+            matches!(
+                e.event.as_ref().and_then(|e| e.kind.as_ref()),
+                Some(proto::telemetry::v1::event::Kind::Alert(a))
+                    if a.rule_title == title
+                        && a.process.as_ref().is_some_and(|p| {
+                            if parent { p.ppid == pid } else { p.pid == pid }
+                        })
+            )
+        })
+    };
+    sub.until(Duration::from_secs(30), |s| {
+        alerted(
+            s,
+            "Shell or Interpreter Started by the POS or Dispensing Application",
+            pos_pid,
+            true,
+        ) && alerted(
+            s,
+            "Shell Process Making a Network Connection",
+            bash_pid,
+            false,
+        ) && alerted(
+            s,
+            "Read of the Shadow Password File by an Unexpected Program",
+            shadow_pid,
+            false,
+        ) && alerted(s, "New Listening Port", listener_pid, false)
+    })
+    .await?;
+
+    let by_rule = |title: &str| -> Vec<(u32, String)> {
+        sub.events
+            .iter()
+            .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+                proto::telemetry::v1::event::Kind::Alert(a) if a.rule_title == title => {
+                    Some((a.process.as_ref()?.ppid, a.matched_subject.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let pids_of = |title: &str| -> Vec<u32> {
+        sub.events
+            .iter()
+            .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+                proto::telemetry::v1::event::Kind::Alert(a) if a.rule_title == title => {
+                    Some(a.process.as_ref()?.pid)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // 1: the shell's parent is the POS app; timeout's shell is quiet.
+    let shells = by_rule("Shell or Interpreter Started by the POS or Dispensing Application");
+    assert_eq!(shells.len(), 1, "{shells:?}");
+    assert_eq!(shells[0].0, pos_pid);
+    assert_ne!(shells[0].0, plain_pid);
+    // Other tests of this binary run beside this one (their collectors
+    // listen too): each check looks at this test's own processes only.
+    let exactly = |title: &str, hit: u32, quiet: u32| {
+        let pids = pids_of(title);
+        assert_eq!(
+            pids.iter().filter(|p| **p == hit).count(),
+            1,
+            "{title}: {pids:?}"
+        );
+        assert!(
+            !pids.contains(&quiet),
+            "{title}: look-alike {quiet} alerted"
+        );
+    };
+    // 2: bash's connection; python's is not a shell's.
+    exactly(
+        "Shell Process Making a Network Connection",
+        bash_pid,
+        python_client_pid,
+    );
+    // 3: the shadow read only.
+    exactly(
+        "Read of the Shadow Password File by an Unexpected Program",
+        shadow_pid,
+        hostname_pid,
+    );
+    // 4: python's TCP listen; the UDP bind is not one.
+    exactly("New Listening Port", listener_pid, udp_pid);
     assert!(sensor.stop().await?.success());
     Ok(())
 }
