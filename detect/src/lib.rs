@@ -167,7 +167,7 @@ impl Loader {
     /// An unreadable file is an invalid rule; a missing directory an error.
     pub fn add_dir(&mut self, dir: &Path) -> Result<(), DirError> {
         let mut files = Vec::new();
-        collect(dir, &mut files).map_err(|source| DirError {
+        collect(dir, &["yml", "yaml"], &mut files).map_err(|source| DirError {
             path: dir.to_owned(),
             source,
         })?;
@@ -258,13 +258,22 @@ fn number_needles(rules: &mut [Rule]) -> [Option<Prefilter>; Field::COUNT] {
     prefilters
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Every file under `dir` (recursively) whose extension is one of
+/// `extensions`: Sigma's `yml`/`yaml`, YARA's `yar`/`yara`.
+pub(crate) fn collect(
+    dir: &Path,
+    extensions: &[&str],
+    out: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         if entry.file_type()?.is_dir() {
-            collect(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            collect(&path, extensions, out)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| extensions.iter().any(|x| e == *x))
+        {
             out.push(path);
         }
     }

@@ -100,9 +100,11 @@ impl YaraRules {
         }
         for dir in dirs {
             let mut paths = Vec::new();
-            collect(dir, &mut paths).map_err(|source| YaraLoadError::Dir {
-                path: dir.clone(),
-                source,
+            crate::collect(dir, &["yar", "yara"], &mut paths).map_err(|source| {
+                YaraLoadError::Dir {
+                    path: dir.clone(),
+                    source,
+                }
             })?;
             paths.sort();
             for p in paths {
@@ -205,19 +207,6 @@ fn stem(path: &Path) -> String {
     } else {
         s
     }
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            collect(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yar" || e == "yara") {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// One matching rule, with what an alert shows of it.
