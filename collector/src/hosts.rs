@@ -139,6 +139,39 @@ impl HostTable {
         })
     }
 
+    /// Refuses a batch whose sequence jumps further ahead of the last one
+    /// accepted from the same sensor instance than its drop counters explain
+    /// ([`crate::sequence::unexplained_jump`]). A new instance is a restart,
+    /// not a jump: it starts its own count.
+    pub fn check_jump(
+        &self,
+        host: &HostIdentity,
+        sequence: u64,
+        drops: Option<&DropCounters>,
+    ) -> Result<(), IngestError> {
+        let Some(state) = self.hosts.get(&host.host_id) else {
+            return Ok(());
+        };
+        let stats = &state.stats;
+        if stats.sensor_instance_id != host.sensor_instance_id || stats.last_sequence == 0 {
+            return Ok(());
+        }
+        match crate::sequence::unexplained_jump(
+            stats.last_sequence,
+            crate::sequence::batches_lost(Some(&stats.drops)),
+            sequence,
+            crate::sequence::batches_lost(drops),
+        ) {
+            None => Ok(()),
+            Some(unexplained) => Err(IngestError::SequenceJump {
+                sequence,
+                last: stats.last_sequence,
+                unexplained,
+                max: crate::sequence::MAX_UNEXPLAINED_JUMP,
+            }),
+        }
+    }
+
     /// Refuses a new host once the table is full (before a store keeps
     /// anything of its batch).
     pub fn admit(&mut self, host_id: &str, now: SystemTime) -> Result<(), IngestError> {

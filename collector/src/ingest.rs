@@ -47,6 +47,16 @@ pub enum IngestError {
         "the collector is full: it tracks its limit of {limit} hosts and none has been idle long enough to evict; retry later"
     )]
     TooManyHosts { limit: usize },
+    #[error(
+        "sequence {sequence} skips {unexplained} batches past the last accepted ({last}) that the \
+         sensor does not report lost (at most {max} may be)"
+    )]
+    SequenceJump {
+        sequence: u64,
+        last: u64,
+        unexplained: u64,
+        max: u64,
+    },
     #[error("the batch holds {count} events, more than the limit of {limit}")]
     TooManyEvents { count: usize, limit: usize },
     #[error("event {index} is {size} bytes encoded, more than the limit of {limit} bytes")]

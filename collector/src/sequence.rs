@@ -106,9 +106,57 @@ impl SequenceChecker {
     }
 }
 
+/// Batches a sequence may skip ahead of the last one accepted from the
+/// same sensor instance beyond those the sensor reports lost. A real sensor
+/// only skips batches it counted as lost (its spool dropped them, the
+/// collector refused them, its queue was full); a far-ahead sequence it does
+/// not account for would make every later real batch a duplicate, acked and
+/// dropped, until the sensor restarted.
+pub const MAX_UNEXPLAINED_JUMP: u64 = 65_536;
+
+/// Batches a sensor reports lost in its drop counters (each a running
+/// total for the instance or its spool): what explains a sequence gap.
+pub fn batches_lost(drops: Option<&proto::telemetry::v1::DropCounters>) -> u64 {
+    drops.map_or(0, |d| {
+        d.spool_batches_dropped
+            .saturating_add(d.spool_corrupt_records)
+            .saturating_add(d.userspace_batches_dropped)
+    })
+}
+
+/// How many batches `sequence` skips past `last` beyond the `lost_now -
+/// lost_then` the sensor reported lost meanwhile, when that is more than
+/// [`MAX_UNEXPLAINED_JUMP`]; `None` for an acceptable sequence.
+pub fn unexplained_jump(last: u64, lost_then: u64, sequence: u64, lost_now: u64) -> Option<u64> {
+    let skipped = sequence.saturating_sub(last).saturating_sub(1);
+    let unexplained = skipped.saturating_sub(lost_now.saturating_sub(lost_then));
+    (unexplained > MAX_UNEXPLAINED_JUMP).then_some(unexplained)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jump_is_refused_unless_the_sensor_reports_the_batches_lost() {
+        assert_eq!(unexplained_jump(10, 0, 11, 0), None);
+        assert_eq!(unexplained_jump(10, 0, 11 + MAX_UNEXPLAINED_JUMP, 0), None);
+        assert_eq!(
+            unexplained_jump(10, 0, 12 + MAX_UNEXPLAINED_JUMP, 0),
+            Some(MAX_UNEXPLAINED_JUMP + 1)
+        );
+        assert_eq!(unexplained_jump(10, 0, u64::MAX, 0), Some(u64::MAX - 11));
+        // A full spool dropped a million batches, counted: accepted.
+        assert_eq!(unexplained_jump(10, 5, 1_000_011, 1_000_005), None);
+        // Losses reported before the last batch explain nothing new.
+        assert_eq!(
+            unexplained_jump(10, 1_000_000, 1_000_011 + MAX_UNEXPLAINED_JUMP, 1_000_000),
+            Some(1_000_000 + MAX_UNEXPLAINED_JUMP)
+        );
+        // Duplicates and late batches are not jumps.
+        assert_eq!(unexplained_jump(10, 0, 3, 0), None);
+        assert_eq!(unexplained_jump(10, 0, 10, 0), None);
+    }
 
     fn in_order() -> Observation {
         Observation {

@@ -420,6 +420,10 @@ impl Shared {
         let Some(host) = batch.host else {
             return Err(self.reject(&ingest::IngestError::MissingHost, &host_id, sequence));
         };
+        let jump = self
+            .hosts()
+            .check_jump(&host, sequence, batch.drops.as_ref());
+        jump.map_err(|e| self.reject(&e, &host_id, sequence))?;
         if self.store.is_some() {
             return self
                 .ingest_stored(

@@ -270,3 +270,86 @@ async fn host_table_is_bounded() {
     assert_eq!(ack.unwrap().sequence, 2);
     c.shutdown().await.unwrap();
 }
+
+/// The host itself (a sensor on a compromised kiosk, or a broken one) sends
+/// a sequence near the maximum: refused, so the real batches after it are
+/// still new, not "duplicates" acked and dropped. A jump the sensor reports
+/// as lost batches (a full spool dropped its oldest) is accepted as a gap.
+async fn far_ahead_sequence_does_not_blind_the_host(config: CollectorConfig) {
+    let c = TestCollector::start(config).await;
+    let host = testkit::host("store-jump", "inst-1");
+    let mut s = SensorStream::connect(&c.url).await.unwrap();
+    for seq in 1..=3 {
+        let events = vec![testkit::fork_event(seq as u32, 1, "sh")];
+        s.publish(testkit::plain_batch(&host, seq, events))
+            .await
+            .unwrap();
+    }
+    assert_refused(
+        &c.url,
+        testkit::plain_batch(&host, u64::MAX - 1, vec![]),
+        Code::InvalidArgument,
+        "that the sensor does not report lost",
+    )
+    .await;
+    let just_over = 4 + collector::sequence::MAX_UNEXPLAINED_JUMP + 1;
+    assert_refused(
+        &c.url,
+        testkit::plain_batch(&host, just_over, vec![]),
+        Code::InvalidArgument,
+        "skips 65537 batches",
+    )
+    .await;
+
+    let events = vec![testkit::fork_event(4, 1, "sh")];
+    s.publish(testkit::plain_batch(&host, 4, events))
+        .await
+        .unwrap();
+    let stats = c.collector.stats();
+    let h = &stats.hosts["store-jump"];
+    assert_eq!(
+        (h.batches, h.events, h.last_sequence, h.duplicates),
+        (4, 4, 4, 0),
+        "batch 4 is new after the refused jumps"
+    );
+    assert_eq!(stats.rejected_batches, 2);
+
+    // A million batches the sensor's full spool dropped, counted: a gap.
+    let mut after_outage = testkit::plain_batch(&host, 1_000_005, vec![]);
+    after_outage.drops = Some(proto::telemetry::v1::DropCounters {
+        spool_batches_dropped: 1_000_000,
+        ..Default::default()
+    });
+    s.publish(after_outage).await.unwrap();
+    let stats = c.collector.stats();
+    let h = &stats.hosts["store-jump"];
+    assert_eq!((h.last_sequence, h.missing_batches), (1_000_005, 1_000_000));
+    drop(s);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_ahead_sequence_is_refused_and_does_not_blind_the_host() {
+    far_ahead_sequence_does_not_blind_the_host(CollectorConfig {
+        stats_log_interval: None,
+        ..CollectorConfig::default()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_store_a_far_ahead_sequence_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    far_ahead_sequence_does_not_blind_the_host(CollectorConfig {
+        stats_log_interval: None,
+        store: Some(collector::store::StoreConfig {
+            path: dir.path().join("rxsentry.db"),
+            max_age: None,
+            max_bytes: None,
+            retention_interval: std::time::Duration::from_secs(60),
+            silent_after: std::time::Duration::from_secs(3600),
+        }),
+        ..CollectorConfig::default()
+    })
+    .await;
+}
