@@ -48,8 +48,12 @@ pub mod drop_reason {
     /// A file created in a watched tree could not be added to
     /// `WATCHED_INODES` (full): its other names are not recognised.
     pub const FILE_IDENTITY_FULL: u32 = 4;
+    /// The exec events among `PROCESS_RINGBUF_FULL`: lost execs counted
+    /// apart from lost forks and exits, so a test (and the SOC) can tell
+    /// that every exec arrived or was counted.
+    pub const EXEC_RINGBUF_FULL: u32 = 5;
     /// Number of counters in `DROPS`.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Names of maps and programs, shared so the loader cannot misspell them.

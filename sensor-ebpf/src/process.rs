@@ -25,6 +25,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
     let Some(mut entry) = reserve_process_event::<ExecEvent>() else {
+        // Also counted under PROCESS_RINGBUF_FULL, by the reserve.
+        count_drop(drop_reason::EXEC_RINGBUF_FULL);
         return 0;
     };
     let ev = entry.as_mut_ptr();

@@ -537,6 +537,7 @@ fn record_kernel_drops(drops: &DropTracker, k: KernelDrops) {
     drops.set_kernel_file_ringbuf_full(k.file_ringbuf_full);
     drops.set_kernel_file_identity_full(k.file_identity_full);
     drops.set_kernel_net_ringbuf_full(k.net_ringbuf_full);
+    drops.set_kernel_exec_ringbuf_full(k.exec_ringbuf_full);
 }
 
 /// Copies aya-log records from the programs into `log` (and so `tracing`).

@@ -508,6 +508,7 @@ impl ProcessHooks {
             file_ringbuf_full: sum(drop_reason::FILE_RINGBUF_FULL)?,
             net_ringbuf_full: sum(drop_reason::NET_RINGBUF_FULL)?,
             file_identity_full: sum(drop_reason::FILE_IDENTITY_FULL)?,
+            exec_ringbuf_full: sum(drop_reason::EXEC_RINGBUF_FULL)?,
         })
     }
 }
@@ -525,6 +526,8 @@ pub struct KernelDrops {
     pub file_identity_full: u64,
     /// Network events lost because `NET_EVENTS` was full.
     pub net_ringbuf_full: u64,
+    /// The execs among `process_ringbuf_full`.
+    pub exec_ringbuf_full: u64,
 }
 
 #[cfg(test)]

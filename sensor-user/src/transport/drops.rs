@@ -13,6 +13,7 @@ pub struct DropTracker {
     kernel_ringbuf_full: AtomicU64,
     kernel_file_ringbuf_full: AtomicU64,
     kernel_net_ringbuf_full: AtomicU64,
+    kernel_exec_ringbuf_full: AtomicU64,
     /// Files left out of the identity map: by the kernel (map full when a
     /// file was created) and by the last scan.
     kernel_file_identity_full: AtomicU64,
@@ -76,6 +77,12 @@ impl DropTracker {
         self.kernel_net_ringbuf_full.fetch_max(total, Relaxed);
     }
 
+    /// The execs among the process ring's part of
+    /// [`Self::set_kernel_ringbuf_full`]'s total.
+    pub fn set_kernel_exec_ringbuf_full(&self, total: u64) {
+        self.kernel_exec_ringbuf_full.fetch_max(total, Relaxed);
+    }
+
     /// Kernel total of created files the full identity map refused.
     pub fn set_kernel_file_identity_full(&self, total: u64) {
         self.kernel_file_identity_full.fetch_max(total, Relaxed);
@@ -127,6 +134,7 @@ impl DropTracker {
             malformed_kernel_records: self.malformed_kernel_records.load(Relaxed),
             kernel_file_ringbuf_full: self.kernel_file_ringbuf_full.load(Relaxed),
             kernel_net_ringbuf_full: self.kernel_net_ringbuf_full.load(Relaxed),
+            kernel_exec_ringbuf_full: self.kernel_exec_ringbuf_full.load(Relaxed),
             file_identity_overflow: self.kernel_file_identity_full.load(Relaxed)
                 + self.scan_identity_overflow.load(Relaxed),
         }
@@ -144,6 +152,8 @@ mod tests {
         d.set_kernel_ringbuf_full(7);
         d.set_kernel_net_ringbuf_full(4);
         d.set_kernel_net_ringbuf_full(3);
+        d.set_kernel_exec_ringbuf_full(5);
+        d.set_kernel_exec_ringbuf_full(2);
         d.add_malformed_kernel_records(2);
         d.add_userspace_queue_full(3);
         d.add_userspace_queue_full(1);
@@ -155,6 +165,7 @@ mod tests {
         );
         assert_eq!(s.malformed_kernel_records, 2);
         assert_eq!(s.kernel_net_ringbuf_full, 4);
+        assert_eq!(s.kernel_exec_ringbuf_full, 5);
         assert_eq!(s.userspace_queue_full, 4);
         assert_eq!(
             (s.userspace_batches_dropped, s.userspace_events_dropped),
