@@ -228,6 +228,9 @@ pub struct TaskIds {
     pub pid: u32,
     pub ppid: u32,
     pub uid: u32,
+    /// The task's process start (CLOCK_BOOTTIME ns, 0 unknown): tells its
+    /// process and parent from later ones with the same pids.
+    pub start_ns: u64,
 }
 
 /// Running totals, for status and benchmarks.
@@ -343,19 +346,22 @@ impl Alerter {
             return;
         }
         self.stats.events_evaluated += 1;
-        let me = table.get(ids.pid);
-        let parent = table.get(ids.ppid);
+        // The programs they ran when the event happened: a file or network
+        // event is read after the process ring's later execs (other rings).
+        let at = time.timestamp_ns;
+        let me = table.program_at(ids.pid, ids.start_ns, at);
+        let parent = table.program_at(ids.ppid, ids.start_ns, at);
         let mut view = EventRef::new(category);
         view.pid = Some(ids.pid);
         view.ppid = Some(ids.ppid);
         view.user = Some(self.users.name(ids.uid));
-        view.image = me.map(|p| p.exe.as_str()).filter(|s| !s.is_empty());
+        view.image = me.map(|p| p.exe).filter(|s| !s.is_empty());
         view.command_line = me
-            .map(|p| p.cmdline.as_str())
+            .map(|p| p.cmdline)
             .filter(|s| !s.is_empty())
             .map_or(CommandLine::Unknown, CommandLine::Joined);
-        view.parent_image = parent.map(|p| p.exe.as_str()).filter(|s| !s.is_empty());
-        view.parent_command_line = parent.map(|p| p.cmdline.as_str()).filter(|s| !s.is_empty());
+        view.parent_image = parent.map(|p| p.exe).filter(|s| !s.is_empty());
+        view.parent_command_line = parent.map(|p| p.cmdline).filter(|s| !s.is_empty());
         let Some(subject) = detect::telemetry::fill(&mut view, kind) else {
             return;
         };
@@ -425,7 +431,9 @@ impl Alerter {
                 });
             }
         }
-        let start = me.map_or((0, 0), |p| (p.start_ns, p.start_slack_ns));
+        let start = table
+            .get(ids.pid)
+            .map_or((0, 0), |p| (p.start_ns, p.start_slack_ns));
         for m in made {
             self.stats.alerts += 1;
             tracing::debug!(rule = %m.title, author = %m.author, subject = %subject, "alert");
@@ -821,21 +829,7 @@ mod tests {
             ..FileRecord::default()
         }));
         let connect = |ts: u64, remote: &str| {
-            KernelEvent::Net(Box::new(crate::events::NetRecord {
-                timestamp_ns: ts,
-                task: task(pid, 1, "python3", 10),
-                op: sensor_common::net_op::CONNECT,
-                protocol: sensor_common::IPPROTO_TCP,
-                family: sensor_common::AF_INET,
-                local: "10.9.0.1:40000".parse().expect("addr"),
-                remote: remote.parse().expect("addr"),
-                result: 0,
-                bytes_sent: 0,
-                bytes_received: 0,
-                dns_questions: vec![],
-                dns_error: None,
-                partial: false,
-            }))
+            crate::events::tcp_connect(&task(pid, 1, "python3", 10), ts, "10.9.0.1:40000", remote)
         };
         let out = run(
             &mut e,
@@ -863,5 +857,47 @@ mod tests {
         );
         assert_eq!(exfil.attack_ids, ["T1041", "T1005"]);
         assert!(exfil.responses.is_empty(), "alert only");
+    }
+
+    /// `bash -c 'exec 3<>/dev/tcp/...; sleep 2'`: the connect comes through
+    /// the network ring and is read after the exec into sleep (process
+    /// ring); it is still bash's connection, and sleep's later one is not.
+    #[test]
+    fn a_connect_read_after_its_shell_execd_into_sleep_is_the_shells() {
+        let mut e = Enricher::new(&Config::default()).with_alerter(Alerter::new(default_store()));
+        let pid = 0x7fff_f701;
+        let connect = |ts: u64| {
+            crate::events::tcp_connect(
+                &task(pid, 1, "bash", 10),
+                ts,
+                "127.0.0.1:40000",
+                "127.0.0.1:4444",
+            )
+        };
+        let out = run(
+            &mut e,
+            vec![
+                exec(pid, 1, 100, "/usr/bin/bash"),
+                exec(pid, 1, 300, "/usr/bin/sleep"),
+                connect(200),
+                connect(400),
+            ],
+        );
+        let got = alerts(&out);
+        let titles: Vec<&str> = got.iter().map(|(a, _)| a.rule_title.as_str()).collect();
+        assert_eq!(titles, ["Shell Process Making a Network Connection"]);
+        assert_eq!(got[0].1, 200, "on the connect before the exec");
+        let exe = |ts: u64| {
+            out.iter().find_map(|ev| match &ev.kind {
+                Some(Kind::Network(n)) if ev.timestamp_ns == ts => {
+                    Some(n.process.as_ref().expect("process").exe.clone())
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(exe(200).as_deref(), Some("/usr/bin/bash"));
+        assert_eq!(exe(400).as_deref(), Some("/usr/bin/sleep"));
+        let p = got[0].0.process.as_ref().expect("process");
+        assert_eq!(p.exe, "/usr/bin/bash", "the alert names the shell");
     }
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{TestServer, decode_events, free_port, wait_until};
+use common::{TestServer, decode_events, held_port, wait_until};
 use proto::telemetry::v1::{HostIdentity, event::Kind};
 use sensor_user::{
     config::Config,
@@ -72,7 +72,7 @@ fn exec(timestamp_ns: u64, task: TaskIdentity, path: &std::path::Path) -> Kernel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_collector_enriched_and_in_order() {
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = dir.path().join("prog");
     std::fs::write(&prog, b"abc").expect("write");
@@ -171,7 +171,7 @@ async fn events_reach_the_collector_enriched_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_delivered_or_counted() {
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     let drops = Arc::new(DropTracker::new());
     // A tiny queue so a burst overflows it.
     let handle = pipeline::spawn(&config(server.endpoint(), 64, 4), identity(), drops.clone())
@@ -205,7 +205,8 @@ async fn every_event_is_delivered_or_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_without_a_collector_counts_the_loss() {
     let drops = Arc::new(DropTracker::new());
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let held = held_port();
+    let endpoint = format!("http://{}", held.addr());
     let handle =
         pipeline::spawn(&config(endpoint, 256, 64), identity(), drops.clone()).expect("spawn");
     let tx = handle.sender();
@@ -238,7 +239,7 @@ fn spawn_outside_a_runtime_is_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_still_queued_at_the_deadline_are_counted() {
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     // Sparse, so cheap to make, but hashing it still takes a while.
     let big = dir.path().join("big");
@@ -294,7 +295,8 @@ fn segment_files(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_batches_outlive_the_sensor_and_the_sequence_continues() {
     let spool = tempfile::tempdir().expect("tempdir");
-    let down = format!("http://127.0.0.1:{}", free_port());
+    let held = held_port();
+    let down = format!("http://{}", held.addr());
     let drops = Arc::new(DropTracker::new());
     let first = pipeline::spawn(
         &spooled(down, spool.path()),
@@ -323,7 +325,7 @@ async fn spooled_batches_outlive_the_sensor_and_the_sequence_continues() {
     assert_eq!(drops.snapshot().userspace_batches_dropped, 0);
     assert!(segment_files(spool.path()) > 0);
 
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     let drops = Arc::new(DropTracker::new());
     let mut c = spooled(server.endpoint(), spool.path());
     c.batching.heartbeat_ms = 200;
@@ -375,7 +377,7 @@ async fn spooled_batches_outlive_the_sensor_and_the_sequence_continues() {
 async fn an_audit_record_file_is_deleted_only_once_acked() {
     let spool = tempfile::tempdir().expect("tempdir");
     let audit = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     server.withhold_acks(true);
     let drops = Arc::new(DropTracker::new());
     let handle = pipeline::spawn(&spooled(server.endpoint(), spool.path()), identity(), drops)

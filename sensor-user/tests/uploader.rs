@@ -7,7 +7,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{TestServer, free_port, wait_until};
+use common::{HeldPort, TestServer, held_port, wait_until};
 use proto::telemetry::v1::{Compression, SensorBatch};
 use sensor_user::transport::{
     CollectorLink, DropTracker, Spool, SpoolSettings, Uploader, UploaderSettings,
@@ -37,17 +37,17 @@ fn batch(sequence: u64, event_count: u32) -> SensorBatch {
 }
 
 /// An uploader aimed at a loopback port where nothing listens (yet).
-fn uploader_without_collector(queue_capacity: usize) -> (Uploader, Arc<DropTracker>, u16) {
-    let port = free_port();
+fn uploader_without_collector(queue_capacity: usize) -> (Uploader, Arc<DropTracker>, HeldPort) {
+    let port = held_port();
     let drops = Arc::new(DropTracker::new());
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("http://{}", port.addr());
     let up = Uploader::spawn(settings(endpoint, queue_capacity), drops.clone()).expect("spawn");
     (up, drops, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_arrive_in_order_and_are_acked() {
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     let drops = Arc::new(DropTracker::new());
     let up = Uploader::spawn(settings(server.endpoint(), 64), drops.clone()).expect("spawn");
     let queue = up.queue();
@@ -67,8 +67,8 @@ async fn batches_arrive_in_order_and_are_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_batches_are_resent_after_the_collector_restarts() {
-    let first = TestServer::start(0);
-    let port = first.addr.port();
+    let port = held_port();
+    let first = TestServer::start_on(&port);
     let drops = Arc::new(DropTracker::new());
     let up = Uploader::spawn(settings(first.endpoint(), 64), drops.clone()).expect("spawn");
     let queue = up.queue();
@@ -92,7 +92,7 @@ async fn unacked_batches_are_resent_after_the_collector_restarts() {
     // Nothing listens now; give the uploader a few failed attempts.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let second = TestServer::start(port);
+    let second = TestServer::start_on(&port);
     wait_until("all 8 acked", PATIENCE, || up.stats().batches_acked == 8).await;
     assert_eq!(
         second.sequences(),
@@ -114,7 +114,7 @@ async fn unacked_batches_are_resent_after_the_collector_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_the_collector_refuses_is_dropped_and_counted_not_resent_forever() {
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     server.refuse(3);
     let drops = Arc::new(DropTracker::new());
     let up = Uploader::spawn(settings(server.endpoint(), 64), drops.clone()).expect("spawn");
@@ -159,7 +159,7 @@ async fn a_full_queue_drops_the_oldest_batch_and_counts_it() {
     );
 
     // When the collector comes up, only the newest two are delivered.
-    let server = TestServer::start(port);
+    let server = TestServer::start_on(&port);
     wait_until("2 acked", PATIENCE, || up.stats().batches_acked == 2).await;
     assert_eq!(server.sequences(), vec![4, 5]);
     up.shutdown(Duration::from_secs(5)).await;
@@ -168,7 +168,7 @@ async fn a_full_queue_drops_the_oldest_batch_and_counts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = held_port();
     let drops = Arc::new(DropTracker::new());
     let spool = Spool::open(
         SpoolSettings {
@@ -180,7 +180,7 @@ async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
         drops.clone(),
     )
     .expect("spool");
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("http://{}", port.addr());
     let up =
         Uploader::spawn_with(settings(endpoint, 2), drops.clone(), Some(spool)).expect("spawn");
     let queue = up.queue();
@@ -199,7 +199,7 @@ async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
     );
 
     // The collector comes up: all of them, in order, from disk.
-    let server = TestServer::start(port);
+    let server = TestServer::start_on(&port);
     wait_until("50 acked", PATIENCE, || up.stats().batches_acked == 50).await;
     assert_eq!(server.sequences(), (1..=50).collect::<Vec<_>>());
     let stats = up.stats();
@@ -228,7 +228,7 @@ async fn with_a_spool_a_full_queue_loses_nothing_and_order_holds() {
         (0, 0, 10),
         "unacked batches wait on disk, not in RAM"
     );
-    let next = TestServer::start(port);
+    let next = TestServer::start_on(&port);
     wait_until("60 acked", PATIENCE, || up.stats().batches_acked == 60).await;
     assert_eq!(next.sequences(), (51..=60).collect::<Vec<_>>());
     let report = up.shutdown(Duration::from_secs(5)).await;
@@ -258,7 +258,7 @@ async fn shutdown_reports_and_counts_what_it_could_not_deliver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_the_queue_before_returning() {
-    let server = TestServer::start(0);
+    let server = TestServer::start();
     let drops = Arc::new(DropTracker::new());
     let up = Uploader::spawn(settings(server.endpoint(), 256), drops.clone()).expect("spawn");
     let queue = up.queue();
@@ -282,16 +282,16 @@ async fn https_and_bad_endpoints_are_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_a_long_reconnect_backoff_short() {
-    let port = free_port();
+    let port = held_port();
     let drops = Arc::new(DropTracker::new());
-    let mut slow = settings(format!("http://127.0.0.1:{port}"), 16);
+    let mut slow = settings(format!("http://{}", port.addr()), 16);
     // Sleeps of 10-20 s after the first refused connection.
     slow.backoff_initial = Duration::from_secs(20);
     let up = Uploader::spawn(slow, drops.clone()).expect("spawn");
     up.queue().push(batch(1, 1));
     up.queue().push(batch(2, 1));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let server = TestServer::start(port);
+    let server = TestServer::start_on(&port);
     let report = up.shutdown(Duration::from_secs(5)).await;
     assert_eq!((report.batches_acked, report.unsent_batches), (2, 0));
     assert_eq!(server.sequences(), vec![1, 2]);

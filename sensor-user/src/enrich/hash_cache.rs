@@ -36,9 +36,11 @@ pub struct FileKey {
 }
 
 impl FileKey {
-    fn of(meta: &Metadata) -> Self {
+    /// The key of the open `file`, whose fstat is `meta`; the device is the
+    /// one the kernel reports (they differ on some overlays).
+    fn of(file: &File, meta: &Metadata) -> Self {
         Self {
-            device: meta.dev(),
+            device: crate::events::device::kernel_device(file, meta),
             inode: meta.ino(),
             mtime_sec: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
@@ -230,7 +232,7 @@ impl HashCache {
             source,
         };
         let meta = file.metadata().map_err(read_err)?;
-        let key = FileKey::of(&meta);
+        let key = FileKey::of(&file, &meta);
         if let Some((want_device, want_inode)) = expect
             && (key.device, key.inode) != (want_device, want_inode)
         {
@@ -261,7 +263,7 @@ impl HashCache {
         self.stats.misses += 1;
         let (hex, total) = sha256_hex(&mut file, self.max_file_bytes).map_err(read_err)?;
         let after = file.metadata().map_err(read_err)?;
-        if total != key.size || FileKey::of(&after) != key {
+        if total != key.size || FileKey::of(&file, &after) != key {
             return Err(HashError::ChangedWhileHashing {
                 path: path.to_owned(),
             });

@@ -133,10 +133,11 @@ impl Enricher {
             pid: task.tgid,
             ppid: task.ppid,
             uid: task.uid,
+            start_ns: task.start_boottime_ns,
         };
         let misses = self.hashes.stats().misses;
-        let (time, kind, ()) = self.enrich_with(event, |table, task| {
-            table.encode_description(task, &mut process)
+        let (time, kind, ()) = self.enrich_with(event, |table, task, at_ns| {
+            table.encode_description(task, at_ns, &mut process)
         });
         out.push_with_process(time, &kind, &process);
         if let Some(alerter) = &mut self.alerter {
@@ -151,14 +152,17 @@ impl Enricher {
     }
 
     /// The event's kind with `process` left empty, and what `describe`
-    /// made of its task, called at the point where the process table
-    /// describes it (after an exec or fork is applied, before an exit).
+    /// made of its task at the event's kernel time, called at the point
+    /// where the process table describes it (after an exec or fork is
+    /// applied, before an exit).
     fn enrich_with<P>(
         &mut self,
         event: KernelEvent,
-        mut describe: impl FnMut(&mut ProcessTable, &TaskIdentity) -> P,
+        mut describe: impl FnMut(&mut ProcessTable, &TaskIdentity, u64) -> P,
     ) -> (EventTime, Kind, P) {
         let timestamp_ns = event.timestamp_ns();
+        let mut describe =
+            |table: &mut ProcessTable, task: &TaskIdentity| describe(table, task, timestamp_ns);
         let time = EventTime {
             timestamp_ns,
             boot_time_unix_ns: self.clock.boot_time_ns(timestamp_ns),
@@ -429,7 +433,7 @@ mod tests {
     /// happens to the process and its ancestors in between.
     #[test]
     fn encoded_events_are_byte_identical_to_prost_events() {
-        use crate::events::{FileRecord, NetRecord, PolicyRecord};
+        use crate::events::{FileRecord, PolicyRecord};
         use prost::Message as _;
         let (pa, pb) = (0x7fff_ff10, 0x7fff_ff11);
         let parent = task(pa, 1, "sh", 10);
@@ -449,21 +453,7 @@ mod tests {
             }))
         };
         let net = |t: &TaskIdentity, ts: u64| {
-            KernelEvent::Net(Box::new(NetRecord {
-                timestamp_ns: ts,
-                task: t.clone(),
-                op: sensor_common::net_op::CONNECT,
-                protocol: sensor_common::IPPROTO_TCP,
-                family: sensor_common::AF_INET,
-                local: "127.0.0.1:4000".parse().expect("addr"),
-                remote: "127.0.0.1:80".parse().expect("addr"),
-                result: 0,
-                bytes_sent: 0,
-                bytes_received: 0,
-                dns_questions: vec![],
-                dns_error: None,
-                partial: false,
-            }))
+            crate::events::tcp_connect(t, ts, "127.0.0.1:4000", "127.0.0.1:80")
         };
         let mut parent_execd = parent.clone();
         parent_execd.comm = "bash".into();

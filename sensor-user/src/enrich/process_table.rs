@@ -8,7 +8,11 @@
 //!
 //! An exited process stays describable for [`EXIT_GRACE_NS`] of kernel
 //! time: its last file or socket events travel on other ring buffers and may
-//! be read after its exit.
+//! be read after its exit. For the same reason a program replaced by an exec
+//! is kept for as long: a file or socket event is described with the program
+//! its process ran at the event's kernel time, not with the one it runs when
+//! the event is read (`bash -c 'exec 3<>/dev/tcp/...; sleep 2'` connects as
+//! bash, even when its exec into sleep was read first).
 //!
 //! The table is bounded: when full, a process not seen recently is evicted
 //! (second-chance "clock" order, so ancestors that keep showing up in lineages
@@ -25,9 +29,13 @@ use proto::telemetry::v1::Process;
 
 use crate::events::{ExecRecord, ExitRecord, ForkRecord, TaskIdentity};
 
-/// How long (kernel time) an exited process is still described for events
-/// read after its exit.
+/// How long (kernel time) an exited process, or a program replaced by an
+/// exec, is still described for events read after its exit or exec.
 pub const EXIT_GRACE_NS: u64 = 2_000_000_000;
+
+/// Replaced programs kept per process at most (a chain of execs within
+/// the grace period keeps its last ones; older events get no exe).
+const MAX_REPLACED: usize = 4;
 
 /// One tracked process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +49,12 @@ pub struct ProcessEntry {
     /// kept for the detection rules' ParentCommandLine and for the
     /// CommandLine of a process's file and network events.
     pub cmdline: String,
+    /// Kernel time of the exec that started `exe` (0: the process ran it
+    /// since its start, or it was read from /proc).
+    pub exe_since_ns: u64,
+    /// Programs run before `exe`, oldest first, for events read after the
+    /// exec that replaced them; each is dropped [`EXIT_GRACE_NS`] after.
+    replaced: Vec<ReplacedProgram>,
     /// CLOCK_BOOTTIME ns, 0 if unknown.
     pub start_ns: u64,
     /// How far the true start may be from `start_ns` (0 = exact).
@@ -57,6 +71,25 @@ pub struct ProcessEntry {
     /// This process's last description, encoded: most events come in runs
     /// from the same process, so it is built once per run, not per event.
     description: Option<Box<CachedDescription>>,
+}
+
+/// A program a process ran until an exec replaced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ReplacedProgram {
+    exe: String,
+    cmdline: String,
+    /// Kernel time of the exec that started it (0: the process's start).
+    since_ns: u64,
+    /// Kernel time of the exec that replaced it.
+    until_ns: u64,
+}
+
+/// What a process ran at some moment: its exe and command line, "" if
+/// unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program<'a> {
+    pub exe: &'a str,
+    pub cmdline: &'a str,
 }
 
 /// An encoded `Process` and what it was built from.
@@ -85,6 +118,31 @@ impl CachedDescription {
 }
 
 impl ProcessEntry {
+    /// The program this process ran at kernel time `at_ns`: the current one
+    /// unless an exec replaced it since (0: now). Unknown ("") when the
+    /// replaced program is no longer kept, rather than a wrong one.
+    pub fn program_at(&self, at_ns: u64) -> Program<'_> {
+        if at_ns == 0 || at_ns >= self.exe_since_ns {
+            return Program {
+                exe: &self.exe,
+                cmdline: &self.cmdline,
+            };
+        }
+        self.replaced
+            .iter()
+            .find(|r| r.since_ns <= at_ns && at_ns < r.until_ns)
+            .map_or(
+                Program {
+                    exe: "",
+                    cmdline: "",
+                },
+                |r| Program {
+                    exe: &r.exe,
+                    cmdline: &r.cmdline,
+                },
+            )
+    }
+
     /// Whether this entry is the process that started at `start_ns`.
     fn is_process(&self, start_ns: u64) -> bool {
         self.start_ns == 0
@@ -131,6 +189,9 @@ pub struct ProcessTable {
     clock: VecDeque<(u32, u64)>,
     /// Exited entries in exit order: (exit timestamp, tgid, generation).
     exited: VecDeque<(u64, u32, u64)>,
+    /// Execs that replaced a kept program, in order: (exec timestamp,
+    /// tgid, generation).
+    replaced: VecDeque<(u64, u32, u64)>,
     next_generation: u64,
     max_entries: usize,
     lineage_depth: usize,
@@ -147,6 +208,7 @@ impl ProcessTable {
             entries: HashMap::default(),
             clock: VecDeque::new(),
             exited: VecDeque::new(),
+            replaced: VecDeque::new(),
             next_generation: 0,
             max_entries: max_entries.max(1),
             lineage_depth,
@@ -173,6 +235,18 @@ impl ProcessTable {
     /// The live entry for `tgid`, whatever its start time.
     pub fn get(&self, tgid: u32) -> Option<&ProcessEntry> {
         self.entries.get(&tgid).filter(|e| !e.exited)
+    }
+
+    /// The program process `tgid` ran at kernel time `at_ns`, if the table
+    /// knows a process with that pid that started no later than
+    /// `start_ns` (the event's task's start for its own process, the
+    /// child's start for a parent), exited ones within their grace period
+    /// included: what an event of that moment is attributed to.
+    pub fn program_at(&self, tgid: u32, start_ns: u64, at_ns: u64) -> Option<Program<'_>> {
+        self.entries
+            .get(&tgid)
+            .filter(|e| e.not_newer_than(start_ns))
+            .map(|e| e.program_at(at_ns))
     }
 
     /// Reads every process under `proc_root` (normally `/proc`). Processes
@@ -208,6 +282,8 @@ impl ProcessTable {
                 comm: stat.comm,
                 exe,
                 cmdline,
+                exe_since_ns: 0,
+                replaced: Vec::new(),
                 start_ns: stat.start_ticks.saturating_mul(tick_ns),
                 start_slack_ns: tick_ns,
                 generation: 0,
@@ -231,13 +307,19 @@ impl ProcessTable {
             .filter(|p| p.not_newer_than(task.start_boottime_ns))
             .map(|p| (p.exe.clone(), p.cmdline.clone()))
             .unwrap_or_default();
-        self.upsert(task, Some(program));
+        self.upsert(task, Some(program), 0);
     }
 
-    /// The process now runs `exec.filename` with `exec.argv`.
+    /// The process now runs `exec.filename` with `exec.argv`; what it ran
+    /// before is kept for [`EXIT_GRACE_NS`] for events read late.
     pub fn on_exec(&mut self, exec: &ExecRecord) {
         let cmdline = exec.argv.join(" ");
-        self.upsert(&exec.task, Some((exec.filename.clone(), cmdline)));
+        self.upsert(
+            &exec.task,
+            Some((exec.filename.clone(), cmdline)),
+            exec.timestamp_ns,
+        );
+        self.reap(exec.timestamp_ns);
     }
 
     /// Removes the process and says how long it lived.
@@ -309,9 +391,10 @@ impl ProcessTable {
         }
     }
 
-    /// The protobuf `Process` for an event's task, with exe, lineage and
-    /// start time from the table when it knows this process.
-    pub fn describe(&mut self, task: &TaskIdentity) -> Process {
+    /// The protobuf `Process` for an event's task at kernel time `at_ns`,
+    /// with exe (the program it ran then), lineage and start time from the
+    /// table when it knows this process.
+    pub fn describe(&mut self, task: &TaskIdentity, at_ns: u64) -> Process {
         let (exe, start_time_ns) = match self.entries.get_mut(&task.tgid) {
             Some(e) if e.not_newer_than(task.start_boottime_ns) => {
                 e.referenced = true;
@@ -320,7 +403,7 @@ impl ProcessTable {
                 } else {
                     e.start_ns
                 };
-                (e.exe.clone(), start)
+                (e.program_at(at_ns).exe.to_owned(), start)
             }
             _ => (String::new(), task.start_boottime_ns),
         };
@@ -340,14 +423,18 @@ impl ProcessTable {
         }
     }
 
-    /// Appends the prost encoding of [`Self::describe`]`(task)` to `out`
-    /// (the message's fields, without tag or length), with the same effect
-    /// on the table. The fields after `pid` and `tid` are cached in the
-    /// entry until the table or the task changes, so a run of events from
-    /// one process builds its description once.
-    pub fn encode_description(&mut self, task: &TaskIdentity, out: &mut Vec<u8>) {
+    /// Appends the prost encoding of [`Self::describe`]`(task, at_ns)` to
+    /// `out` (the message's fields, without tag or length), with the same
+    /// effect on the table. The fields after `pid` and `tid` are cached in
+    /// the entry until the table or the task changes, so a run of events
+    /// from one process builds its description once; an event from before
+    /// the process's last exec is described apart, never cached.
+    pub fn encode_description(&mut self, task: &TaskIdentity, at_ns: u64, out: &mut Vec<u8>) {
         let epoch = self.epoch;
         let (known, hit) = match self.entries.get_mut(&task.tgid) {
+            Some(e) if e.not_newer_than(task.start_boottime_ns) && at_ns < e.exe_since_ns => {
+                (false, false)
+            }
             Some(e) if e.not_newer_than(task.start_boottime_ns) => match &e.description {
                 Some(d) if d.epoch == epoch && d.describes(task) => {
                     e.referenced = true;
@@ -367,7 +454,7 @@ impl ProcessTable {
         let process = Process {
             pid: 0,
             tid: 0,
-            ..self.describe(task)
+            ..self.describe(task, at_ns)
         };
         let fields = process.encode_to_vec().into_boxed_slice();
         encode_ids(task, out);
@@ -381,8 +468,21 @@ impl ProcessTable {
         }
     }
 
-    /// Removes exited entries whose grace period ended by `now_ns`.
+    /// Removes exited entries and replaced programs whose grace period
+    /// ended by `now_ns`.
     fn reap(&mut self, now_ns: u64) {
+        while let Some(&(at, tgid, generation)) = self.replaced.front() {
+            if at.saturating_add(EXIT_GRACE_NS) > now_ns {
+                break;
+            }
+            self.replaced.pop_front();
+            if let Some(e) = self.entries.get_mut(&tgid)
+                && e.generation == generation
+            {
+                e.replaced
+                    .retain(|r| r.until_ns.saturating_add(EXIT_GRACE_NS) > now_ns);
+            }
+        }
         while let Some(&(at, tgid, generation)) = self.exited.front() {
             if at.saturating_add(EXIT_GRACE_NS) > now_ns {
                 break;
@@ -400,8 +500,9 @@ impl ProcessTable {
     }
 
     /// Adds or refreshes the process of `task`; `program` (exe, cmdline)
-    /// None keeps the old one.
-    fn upsert(&mut self, task: &TaskIdentity, program: Option<(String, String)>) {
+    /// None keeps the old one; `since_ns` is the kernel time of the exec
+    /// that started it (0 for a fork), when the old one is kept.
+    fn upsert(&mut self, task: &TaskIdentity, program: Option<(String, String)>, since_ns: u64) {
         self.epoch += 1;
         if let Some(e) = self.entries.get_mut(&task.tgid)
             && !e.exited
@@ -414,8 +515,21 @@ impl ProcessTable {
                 e.label.clear();
             }
             if let Some((exe, cmdline)) = program {
-                e.exe = exe;
-                e.cmdline = cmdline;
+                let old_exe = std::mem::replace(&mut e.exe, exe);
+                let old_cmdline = std::mem::replace(&mut e.cmdline, cmdline);
+                if since_ns > e.exe_since_ns {
+                    if e.replaced.len() >= MAX_REPLACED {
+                        e.replaced.remove(0);
+                    }
+                    e.replaced.push(ReplacedProgram {
+                        exe: old_exe,
+                        cmdline: old_cmdline,
+                        since_ns: e.exe_since_ns,
+                        until_ns: since_ns,
+                    });
+                    e.exe_since_ns = since_ns;
+                    self.replaced.push_back((since_ns, e.tgid, e.generation));
+                }
             }
             if task.start_boottime_ns != 0 {
                 e.start_ns = task.start_boottime_ns;
@@ -431,6 +545,9 @@ impl ProcessTable {
             comm: task.comm.to_string(),
             exe,
             cmdline,
+            // Nothing earlier is known: events of any time get this one.
+            exe_since_ns: 0,
+            replaced: Vec::new(),
             start_ns: task.start_boottime_ns,
             start_slack_ns: 0,
             generation: 0,
@@ -623,7 +740,7 @@ pub(crate) mod tests {
         t.on_exec(&exec(task(50, 1, "bash", 1_000), "/usr/bin/bash"));
         let e = t.get(50).expect("present");
         assert_eq!((e.comm.as_str(), e.exe.as_str()), ("bash", "/usr/bin/bash"));
-        let p = t.describe(&task(50, 1, "bash", 1_000));
+        let p = t.describe(&task(50, 1, "bash", 1_000), 0);
         assert_eq!(p.exe, "/usr/bin/bash");
         assert_eq!(p.start_time_ns, 1_000);
         assert_eq!(p.lineage, vec!["1:systemd"]);
@@ -632,11 +749,87 @@ pub(crate) mod tests {
         assert_eq!(gone.entry.map(|e| e.exe), Some("/usr/bin/bash".to_owned()));
         assert!(t.get(50).is_none(), "not live any more");
         // Events read after the exit (other ring buffers) still get it ...
-        assert_eq!(t.describe(&task(50, 1, "bash", 1_000)).exe, "/usr/bin/bash");
+        assert_eq!(
+            t.describe(&task(50, 1, "bash", 1_000), 0).exe,
+            "/usr/bin/bash"
+        );
         // ... until the grace period has passed in kernel time.
         t.on_exit(&exit(task(77, 1, "x", 2_000), 6_000 + EXIT_GRACE_NS));
-        assert_eq!(t.describe(&task(50, 1, "bash", 1_000)).exe, "");
+        assert_eq!(t.describe(&task(50, 1, "bash", 1_000), 0).exe, "");
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn an_event_before_an_exec_gets_the_program_it_ran_then() {
+        let mut t = ProcessTable::new(16, 8);
+        t.on_exec(&exec(task(1, 0, "init", 1), "/sbin/init"));
+        t.on_fork(&fork(task(60, 1, "init", 1_000)));
+        let mut bash = exec(task(60, 1, "bash", 1_000), "/usr/bin/bash");
+        bash.timestamp_ns = 2_000;
+        bash.argv = vec!["bash".into(), "-c".into(), "x".into()];
+        t.on_exec(&bash);
+        let mut sleep = exec(task(60, 1, "sleep", 1_000), "/usr/bin/sleep");
+        sleep.timestamp_ns = 5_000;
+        t.on_exec(&sleep);
+        let exe_at =
+            |t: &ProcessTable, at: u64| t.program_at(60, 1_000, at).map(|p| p.exe.to_owned());
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            exe_at(&t, 1_500),
+            some("/sbin/init"),
+            "forked, not yet exec'd"
+        );
+        assert_eq!(exe_at(&t, 4_999), some("/usr/bin/bash"));
+        assert_eq!(
+            t.program_at(60, 1_000, 4_999).map(|p| p.cmdline),
+            Some("bash -c x")
+        );
+        assert_eq!(exe_at(&t, 5_000), some("/usr/bin/sleep"));
+        assert_eq!(exe_at(&t, 0), some("/usr/bin/sleep"), "0: now");
+        assert_eq!(t.program_at(60, 900, 4_000), None, "a younger process");
+        // The description follows the event's time, and an early event
+        // does not replace the cached (current) description.
+        let sleeping = task(60, 1, "sleep", 1_000);
+        let mut now = Vec::new();
+        t.encode_description(&sleeping, 6_000, &mut now);
+        let mut early = Vec::new();
+        t.encode_description(&sleeping, 3_000, &mut early);
+        assert_eq!(early, t.describe(&sleeping, 3_000).encode_to_vec());
+        assert_eq!(
+            Process::decode(early.as_slice()).expect("prost").exe,
+            "/usr/bin/bash"
+        );
+        let mut again = Vec::new();
+        t.encode_description(&sleeping, 7_000, &mut again);
+        assert_eq!(again, now);
+        assert_eq!(
+            Process::decode(now.as_slice()).expect("prost").exe,
+            "/usr/bin/sleep"
+        );
+        // Past the grace period the replaced programs are gone: an event
+        // that old gets no exe rather than the wrong one.
+        t.on_exit(&exit(task(77, 1, "x", 2_000), 5_000 + EXIT_GRACE_NS));
+        assert_eq!(exe_at(&t, 4_999), some(""));
+        assert!(t.entries[&60].replaced.is_empty());
+        assert!(t.replaced.is_empty());
+    }
+
+    #[test]
+    fn a_chain_of_execs_keeps_its_last_programs() {
+        let mut t = ProcessTable::new(16, 8);
+        t.on_fork(&fork(task(70, 1, "sh", 100)));
+        for i in 1..=6u64 {
+            let mut x = exec(task(70, 1, "p", 100), &format!("/bin/p{i}"));
+            x.timestamp_ns = 1_000 * i;
+            t.on_exec(&x);
+        }
+        let exe_at = |at: u64| t.program_at(70, 100, at).map(|p| p.exe.to_owned());
+        assert_eq!(exe_at(6_500).as_deref(), Some("/bin/p6"));
+        assert_eq!(exe_at(5_500).as_deref(), Some("/bin/p5"));
+        assert_eq!(exe_at(2_500).as_deref(), Some("/bin/p2"));
+        assert_eq!(exe_at(2_000).as_deref(), Some("/bin/p2"));
+        assert_eq!(t.entries[&70].replaced.len(), MAX_REPLACED);
+        assert_eq!(exe_at(1_500).as_deref(), Some(""), "older than kept");
     }
 
     #[test]
@@ -647,10 +840,10 @@ pub(crate) mod tests {
         let app = task(5, 1, "app", 100);
         let encode = |t: &mut ProcessTable, task: &TaskIdentity| {
             let mut out = Vec::new();
-            t.encode_description(task, &mut out);
+            t.encode_description(task, 0, &mut out);
             out
         };
-        assert_eq!(encode(&mut t, &app), t.describe(&app).encode_to_vec());
+        assert_eq!(encode(&mut t, &app), t.describe(&app, 0).encode_to_vec());
         let cached = t.entries[&5].description.clone().expect("cached");
         let other_thread = TaskIdentity {
             tid: 6,
@@ -658,7 +851,7 @@ pub(crate) mod tests {
         };
         assert_eq!(
             encode(&mut t, &other_thread),
-            t.describe(&other_thread).encode_to_vec()
+            t.describe(&other_thread, 0).encode_to_vec()
         );
         assert_eq!(
             t.entries[&5].description.as_ref(),
@@ -670,12 +863,15 @@ pub(crate) mod tests {
             uid: 7,
             ..app.clone()
         };
-        assert_eq!(encode(&mut t, &setuid), t.describe(&setuid).encode_to_vec());
-        assert_eq!(encode(&mut t, &app), t.describe(&app).encode_to_vec());
+        assert_eq!(
+            encode(&mut t, &setuid),
+            t.describe(&setuid, 0).encode_to_vec()
+        );
+        assert_eq!(encode(&mut t, &app), t.describe(&app, 0).encode_to_vec());
         // The parent execs: the cached lineage is stale.
         t.on_exec(&exec(task(1, 0, "systemd", 1), "/sbin/init"));
         let after = encode(&mut t, &app);
-        assert_eq!(after, t.describe(&app).encode_to_vec());
+        assert_eq!(after, t.describe(&app, 0).encode_to_vec());
         assert_eq!(
             Process::decode(after.as_slice()).expect("prost").lineage,
             vec!["1:systemd"]

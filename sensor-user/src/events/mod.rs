@@ -4,17 +4,23 @@
 //! `enrich` (process table, hashes): everything after it works on these types.
 
 mod decode;
+pub mod device;
 pub mod dns;
 
 pub use decode::{DecodeError, decode, kernel_dev_to_user, user_dev_to_kernel};
 
 /// The identity the kernel sees for `path` (symlinks followed): device in
-/// the kernel's encoding, and inode.
+/// the kernel's encoding ([`device::kernel_device`]), and inode.
 pub fn file_id(path: &std::path::Path) -> std::io::Result<sensor_common::FileId> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path)?;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    // O_PATH: no read permission needed, and a FIFO does not block.
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_PATH.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
     Ok(sensor_common::FileId {
-        dev: user_dev_to_kernel(meta.dev()),
+        dev: user_dev_to_kernel(device::kernel_device(&file, &meta)),
         _pad: 0,
         ino: meta.ino(),
     })
@@ -324,6 +330,26 @@ impl KernelEvent {
             Self::Net(e) => &e.task,
         }
     }
+}
+
+/// A TCP connect by `task` at `ts` from `local` to `remote`, for tests.
+#[cfg(test)]
+pub(crate) fn tcp_connect(task: &TaskIdentity, ts: u64, local: &str, remote: &str) -> KernelEvent {
+    KernelEvent::Net(Box::new(NetRecord {
+        timestamp_ns: ts,
+        task: task.clone(),
+        op: sensor_common::net_op::CONNECT,
+        protocol: sensor_common::IPPROTO_TCP,
+        family: sensor_common::AF_INET,
+        local: local.parse().expect("addr"),
+        remote: remote.parse().expect("addr"),
+        result: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        dns_questions: vec![],
+        dns_error: None,
+        partial: false,
+    }))
 }
 
 #[cfg(test)]

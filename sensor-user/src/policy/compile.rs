@@ -4,7 +4,7 @@
 //! names is NOT allowed (and reported).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -15,7 +15,7 @@ use sensor_common::{AllowEntry, DenyParentKey, DenyUidKey, FileId};
 use super::file::{Mode, PolicyError, PolicyFile};
 use crate::{
     enrich::hash_cache::sha256_hex,
-    events::{file_id, user_dev_to_kernel},
+    events::{device::kernel_device, file_id, user_dev_to_kernel},
 };
 
 /// Files larger than this are never allowlisted (and never hashed).
@@ -55,6 +55,68 @@ pub fn is_dynamic_loader(path: &Path) -> bool {
     })
 }
 
+/// Folders the system's dynamic loaders live in; their multiarch
+/// subfolders (`x86_64-linux-gnu`, ...) are searched too.
+const LOADER_DIRS: &[&str] = &[
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/lib32",
+];
+
+/// How long a scan of the system's loaders is reused: a trusted root of
+/// hundreds of files is compiled with one scan, and a new loader (a libc
+/// upgrade) is seen at a compile soon after.
+const LOADER_SCAN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SHA-256 of every dynamic loader of this system, found by name in
+/// [`LOADER_DIRS`]: a copy of one under another name runs any file it is
+/// given just the same, so it is refused by its content.
+fn system_loader_hashes() -> HashSet<String> {
+    static SCAN: std::sync::Mutex<Option<(std::time::Instant, HashSet<String>)>> =
+        std::sync::Mutex::new(None);
+    let mut scan = SCAN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, hashes)) = scan.as_ref()
+        && at.elapsed() < LOADER_SCAN_TTL
+    {
+        return hashes.clone();
+    }
+    let mut dirs: Vec<PathBuf> = LOADER_DIRS.iter().map(PathBuf::from).collect();
+    for dir in LOADER_DIRS {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        dirs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && p.to_string_lossy().contains("-linux-")),
+        );
+    }
+    let mut hashes = HashSet::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if !is_dynamic_loader(&path) {
+                continue;
+            }
+            if let Ok(mut file) = File::open(&path)
+                && let Ok((hex, _)) = sha256_hex(&mut file, MAX_BINARY_BYTES)
+            {
+                hashes.insert(hex);
+            }
+        }
+    }
+    *scan = Some((std::time::Instant::now(), hashes.clone()));
+    hashes
+}
+
 /// One allowlisted file as hashed now.
 pub struct Hashed {
     pub id: FileId,
@@ -81,6 +143,12 @@ pub fn hash_file(path: &Path, rule: u32) -> std::io::Result<Hashed> {
         return Err(std::io::Error::other("larger than 1 GiB"));
     }
     let (sha256, read) = sha256_hex(&mut file, MAX_BINARY_BYTES)?;
+    if system_loader_hashes().contains(&sha256) {
+        return Err(std::io::Error::other(
+            "a copy of the dynamic loader (its content) is never allowlisted: it would run any \
+             file it is given",
+        ));
+    }
     let after = file.metadata()?;
     if read != before.size()
         || after.ctime_nsec() != before.ctime_nsec()
@@ -90,7 +158,7 @@ pub fn hash_file(path: &Path, rule: u32) -> std::io::Result<Hashed> {
     }
     Ok(Hashed {
         id: FileId {
-            dev: user_dev_to_kernel(before.dev()),
+            dev: user_dev_to_kernel(kernel_device(&file, &before)),
             _pad: 0,
             ino: before.ino(),
         },
@@ -284,6 +352,22 @@ pub fn executables_below(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A renamed copy of the system's loader is refused by its content;
+    /// the program beside it is not.
+    #[test]
+    fn a_renamed_copy_of_the_dynamic_loader_is_refused() {
+        let loader = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("innocent-tool");
+        std::fs::copy(&loader, &copy).unwrap();
+        let error = hash_file(&copy, 0).err().expect("a loader copy is refused");
+        assert!(
+            error.to_string().contains("copy of the dynamic loader"),
+            "{error}"
+        );
+        assert!(hash_file(Path::new("/usr/bin/touch"), 0).is_ok());
+    }
 
     /// A scope must be a cgroup v2 directory: the mount point itself is one;
     /// a plain directory, a file in the cgroup file system and a missing

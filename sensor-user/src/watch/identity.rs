@@ -14,7 +14,10 @@ use std::{
 use sensor_common::{FileId, WatchEntry};
 
 use super::CompiledWatches;
-use crate::events::user_dev_to_kernel;
+use crate::events::{
+    device::{files_device_in, kernel_device_at},
+    user_dev_to_kernel,
+};
 
 /// The watched files found by one scan.
 #[derive(Debug, Default)]
@@ -41,7 +44,7 @@ impl IdentityScan {
                 scan.unreadable += 1;
                 continue;
             };
-            let Some(entry) = c.watched.get(&key(&meta)).copied() else {
+            let Some(entry) = c.watched.get(&key(root, &meta)).copied() else {
                 continue;
             };
             if entry.ops == 0 {
@@ -50,7 +53,7 @@ impl IdentityScan {
             if meta.is_dir() {
                 scan.tree(c, root, meta.dev(), entry, max);
             } else {
-                scan.add(&meta, root, entry, max);
+                scan.add(kernel_device_at(root, &meta), &meta, root, entry, max);
             }
         }
         scan.elapsed = start.elapsed();
@@ -62,6 +65,7 @@ impl IdentityScan {
     pub fn tree(&mut self, c: &CompiledWatches, dir: &Path, dev: u64, entry: WatchEntry, max: u32) {
         let mut stack = vec![(dir.to_path_buf(), entry)];
         while let Some((dir, entry)) = stack.pop() {
+            let files_dev = files_device_in(&dir, dev);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 self.unreadable += 1;
                 continue;
@@ -76,26 +80,45 @@ impl IdentityScan {
                     self.unreadable += 1;
                     continue;
                 };
-                if meta.dev() != dev || meta.file_type().is_symlink() {
+                if meta.file_type().is_symlink() {
+                    continue;
+                }
+                let file_dev = match files_dev {
+                    Some(files_dev) if !meta.is_dir() => files_dev,
+                    _ => meta.dev(),
+                };
+                if file_dev != dev {
                     continue;
                 }
                 // A root or exclusion nested inside: its own entry wins.
-                let entry = c.watched.get(&key(&meta)).copied().unwrap_or(entry);
+                let entry = c
+                    .watched
+                    .get(&(user_dev_to_kernel(file_dev), meta.ino()))
+                    .copied()
+                    .unwrap_or(entry);
                 if entry.ops == 0 {
                     continue;
                 }
                 if meta.is_dir() {
                     stack.push((path, entry));
                 } else {
-                    self.add(&meta, &path, entry, max);
+                    self.add(file_dev, &meta, &path, entry, max);
                 }
             }
         }
     }
 
-    fn add(&mut self, meta: &std::fs::Metadata, path: &Path, entry: WatchEntry, max: u32) {
+    /// Adds the file at `path` of device `dev` as the kernel sees it.
+    pub fn add(
+        &mut self,
+        dev: u64,
+        meta: &std::fs::Metadata,
+        path: &Path,
+        entry: WatchEntry,
+        max: u32,
+    ) {
         let id = FileId {
-            dev: user_dev_to_kernel(meta.dev()),
+            dev: user_dev_to_kernel(dev),
             _pad: 0,
             ino: meta.ino(),
         };
@@ -108,15 +131,15 @@ impl IdentityScan {
         }
         self.files.insert(id, entry);
         self.paths.insert(
-            (meta.dev(), meta.ino()),
+            (dev, meta.ino()),
             path.to_string_lossy().into_owned().into_boxed_str(),
         );
     }
 }
 
-/// `CompiledWatches::watched`'s key of a file.
-fn key(meta: &std::fs::Metadata) -> (u32, u64) {
-    (user_dev_to_kernel(meta.dev()), meta.ino())
+/// `CompiledWatches::watched`'s key of the file at `path`.
+fn key(path: &Path, meta: &std::fs::Metadata) -> (u32, u64) {
+    (user_dev_to_kernel(kernel_device_at(path, meta)), meta.ino())
 }
 
 /// The entry of the watched root `path` lies under (the longest root that
@@ -128,7 +151,7 @@ pub fn entry_for(c: &CompiledWatches, path: &Path) -> Option<(PathBuf, WatchEntr
         .filter(|root| path.starts_with(root))
         .max_by_key(|root| root.as_os_str().len())?;
     let meta = std::fs::symlink_metadata(root).ok()?;
-    let entry = c.watched.get(&key(&meta)).copied()?;
+    let entry = c.watched.get(&key(root, &meta)).copied()?;
     (entry.ops != 0).then(|| (root.clone(), entry))
 }
 

@@ -17,7 +17,7 @@ use super::{
     identity::{self, IdentityScan},
     kernel::WatchMaps,
 };
-use crate::{config::FilesConfig, events::user_dev_to_kernel, transport::DropTracker};
+use crate::{config::FilesConfig, transport::DropTracker};
 
 /// Requests to the watch manager.
 #[derive(Debug)]
@@ -233,16 +233,8 @@ impl Manager {
         if meta.is_dir() {
             scan.tree(&self.current, path, meta.dev(), entry, room);
         } else if !meta.file_type().is_symlink() {
-            let id = sensor_common::FileId {
-                dev: user_dev_to_kernel(meta.dev()),
-                _pad: 0,
-                ino: meta.ino(),
-            };
-            scan.files = std::collections::HashMap::from([(id, entry)]);
-            scan.paths.insert(
-                (meta.dev(), meta.ino()),
-                path.to_string_lossy().into_owned().into_boxed_str(),
-            );
+            let dev = crate::events::device::kernel_device_at(path, &meta);
+            scan.add(dev, &meta, path, entry, room);
         }
         match self.maps.add_identities(&scan.files) {
             Ok(refused) if refused + scan.overflow > 0 => {

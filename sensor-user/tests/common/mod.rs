@@ -23,6 +23,8 @@ use proto::telemetry::v1::{
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+pub use tests::ports::HeldPort;
+
 #[derive(Clone, Default)]
 struct Collector {
     received: Arc<Mutex<Vec<SensorBatch>>>,
@@ -72,8 +74,20 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts on 127.0.0.1:`port` (0: any free port).
-    pub fn start(port: u16) -> Self {
+    /// Starts on a port the OS picks.
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        Self::serve(listener)
+    }
+
+    /// Starts on `held` (see `tests::ports::HeldPort`): a port nothing else
+    /// took while this server was not up.
+    pub fn start_on(held: &HeldPort) -> Self {
+        Self::serve(held.listen().expect("listen on the held port"))
+    }
+
+    fn serve(listener: std::net::TcpListener) -> Self {
         let collector = Collector::default();
         let service = TelemetryIngestServer::new(collector.clone());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -85,9 +99,7 @@ impl TestServer {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                    .await
-                    .expect("bind");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 addr_tx
                     .send(listener.local_addr().expect("addr"))
                     .expect("send addr");
@@ -157,11 +169,10 @@ impl Drop for TestServer {
     }
 }
 
-/// A loopback port with nothing listening, for a server that starts (or
-/// comes back) later: outside the ephemeral range, so no `bind(0)` or
-/// outgoing connection of a parallel test takes it meanwhile.
-pub fn free_port() -> u16 {
-    tests::ports::restartable_port().expect("a free loopback port")
+/// A loopback port with nothing listening, held for a server that starts
+/// (or comes back) later: no parallel test can take it meanwhile.
+pub fn held_port() -> HeldPort {
+    HeldPort::new().expect("a held loopback port")
 }
 
 /// Polls `cond` until it holds; panics with `what` after `timeout`.
