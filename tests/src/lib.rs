@@ -11,6 +11,7 @@ use anyhow::Context as _;
 pub mod access;
 pub mod cgroup;
 pub mod exe;
+pub mod kernel;
 pub mod netns;
 pub mod open_hook;
 pub mod pins;

@@ -193,10 +193,21 @@ impl Subscription {
 
     /// Highest kernel ring-buffer-full count reported so far.
     pub fn max_kernel_drops(&self) -> u64 {
+        self.max_drops(|d| d.kernel_ringbuf_full)
+    }
+
+    /// Highest count of lost execs reported so far (a part of
+    /// [`Self::max_kernel_drops`]).
+    pub fn max_exec_drops(&self) -> u64 {
+        self.max_drops(|d| d.kernel_exec_ringbuf_full)
+    }
+
+    /// The highest value of one drop counter over the batches seen.
+    fn max_drops(&self, counter: impl Fn(&proto::telemetry::v1::DropCounters) -> u64) -> u64 {
         self.records
             .iter()
             .filter_map(|r| match r.record.as_ref()? {
-                proto::telemetry::v1::host_record::Record::Drops(d) => Some(d.kernel_ringbuf_full),
+                proto::telemetry::v1::host_record::Record::Drops(d) => Some(counter(d)),
                 _ => None,
             })
             .max()

@@ -153,8 +153,11 @@ async fn kill_tree_and_quarantine_responses_act_and_are_audited() -> anyhow::Res
     )?;
     let work = tempfile::tempdir()?;
     let quarantine = work.path().join("quarantine");
-    // The script prints its child's pid, then waits: a tree of two.
-    let body = format!("# {marker}\nsleep 30 &\necho $!\nwait");
+    // A tree of two made before the rule can fire: a shell starts a sleep,
+    // prints its pid, then execs the payload (same pid, the sleep still its
+    // child), which execs another sleep. (A payload that forked and printed
+    // itself could be killed by the rule before it printed.)
+    let body = format!("# {marker}\nexec sleep 30");
     let payload = work.path().join(format!("payload-{marker}"));
     write_script(&payload, &body)?;
     // A program of its own (sleep with the marker appended: no other
@@ -184,7 +187,10 @@ async fn kill_tree_and_quarantine_responses_act_and_are_audited() -> anyhow::Res
     };
     let sensor = Sensor::start(&collector, options).await?;
 
-    let mut child = std::process::Command::new(&payload)
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("sleep 30 & echo $!; exec \"$0\"")
+        .arg(&payload)
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let pid = child.id();
@@ -446,7 +452,8 @@ async fn alerts_made_while_the_collector_is_down_arrive_after_it_returns() -> an
         telemetry_subscribe_client::TelemetrySubscribeClient,
     };
     use tests::CollectorState;
-    let listen = format!("127.0.0.1:{}", tests::ports::restartable_port()?);
+    let held = tests::ports::HeldPort::new()?;
+    let listen = held.addr().to_string();
     let collector = Collector::start_on(CollectorState::new(&listen)?, None, &listen, &[]).await?;
     let host = format!("test-offline-alert-{}", std::process::id());
     let tls = collector.state_dir().join("sensor-tls");
@@ -598,10 +605,13 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
     let bash_pid = run(
         std::path::Path::new("/bin/bash"),
         &[
-            // A reverse shell stays connected: it lives on after the connect
-            // (`; true`: bash forks the sleep instead of becoming it).
+            // A reverse shell stays connected: it lives on after the
+            // connect, here by exec'ing into sleep at once (bash runs the
+            // last command of `-c` in its own process). The exec comes
+            // through the process ring, read before the network ring's
+            // connect: the connect is still bash's, not sleep's.
             "-c",
-            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo x >&3; sleep 2; true"),
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 2"),
         ],
     )?;
     listener.wait()?;
@@ -688,6 +698,22 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
         bash_pid,
         python_client_pid,
     );
+    // ... and the alert names the program that connected, not the sleep
+    // it had become when the connect was read.
+    let shell_exes: Vec<String> = sub
+        .events
+        .iter()
+        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+            proto::telemetry::v1::event::Kind::Alert(a)
+                if a.rule_title == "Shell Process Making a Network Connection" =>
+            {
+                let p = a.process.as_ref()?;
+                (p.pid == bash_pid).then(|| p.exe.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shell_exes, ["/bin/bash"], "the connect's program");
     // 3: the shadow read only.
     exactly(
         "Read of the Shadow Password File by an Unexpected Program",

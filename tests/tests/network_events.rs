@@ -130,6 +130,21 @@ fn of(sub: &Subscription, op: Op, pid: u32) -> Vec<&NetworkEvent> {
         .collect()
 }
 
+/// Sends one datagram from this process to a port of its own and waits
+/// for its event: every network event written before it has arrived.
+async fn udp_barrier(sub: &mut Subscription) -> anyhow::Result<()> {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let port = sink.local_addr()?.port();
+    std::net::UdpSocket::bind("127.0.0.1:0")?.send_to(b"barrier", ("127.0.0.1", port))?;
+    let me = std::process::id();
+    sub.until(Duration::from_secs(20), |s| {
+        of(s, Op::UdpSend, me)
+            .iter()
+            .any(|n| n.remote_port == u32::from(port))
+    })
+    .await
+}
+
 /// Runs TCP_SERVER in `server_ns` on `server_addr` and TCP_CLIENT in
 /// `client_ns`; returns (server pid, client pid, server port, client port).
 fn tcp_exchange(
@@ -278,11 +293,10 @@ async fn ipv6_loopback_connect_accept_and_refused() -> anyhow::Result<()> {
 async fn dns_queries_to_a_loopback_stub_and_udp_dedup() -> anyhow::Result<()> {
     let mut stub = Helper::python(None, DNS_STUB, &[])?;
     let dns_port = stub.line("port")?;
-    // A free port for plain datagrams: bind, note it, release it.
-    let chatter_port = std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port()
-        .to_string();
+    // A port for plain datagrams, held (bound, never read) for the whole
+    // test, so nothing else takes it meanwhile.
+    let chatter = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let chatter_port = chatter.local_addr()?.port().to_string();
     let collector = Collector::start().await?;
     let mut sub = subscribe(&collector).await?;
     let sensor = Sensor::start(
@@ -313,12 +327,10 @@ async fn dns_queries_to_a_loopback_stub_and_udp_dedup() -> anyhow::Result<()> {
         of(s, Op::DnsQuery, client_pid).len() >= 3 && !of(s, Op::UdpSend, client_pid).is_empty()
     })
     .await?;
-    // Let any (wrong) duplicate datagram events arrive too.
-    let _ = sub
-        .until(Duration::from_secs(2), |s| {
-            of(s, Op::UdpSend, client_pid).len() > 1
-        })
-        .await;
+    // A (wrong) duplicate datagram event would be in the network ring
+    // before a datagram this test sends afterwards: once that is seen, any
+    // duplicate has been seen too.
+    udp_barrier(&mut sub).await?;
 
     let queries = of(&sub, Op::DnsQuery, client_pid);
     assert_eq!(queries.len(), 3, "one event per query: {queries:?}");

@@ -1,13 +1,15 @@
 //! The collector's plug pulled for a minute under a steady exec load, as a
 //! pharmacy's uplink goes: the sensor spools meanwhile, and once the
 //! collector is back its store holds every event of the outage exactly
-//! once, in the host's order (the real sensor, collector, spool and store).
+//! once, in the host's order (the real sensor, collector, spool and store),
+//! and the sensor's control stream is connected again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use proto::control::v1::{ListHostsRequest, analyst_api_client::AnalystApiClient};
 use proto::telemetry::v1::{
     EventKind, QueryRequest, event, subscribe_response,
     telemetry_subscribe_client::TelemetrySubscribeClient,
@@ -87,9 +89,40 @@ async fn stored(
     }
 }
 
+/// Waits (up to `limit`) until `collector` lists `host` with its control
+/// stream connected.
+async fn control_connected(
+    collector: &Collector,
+    host: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let access = collector.url();
+    let mut api = AnalystApiClient::new(access.channel().await?);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let hosts = api
+            .list_hosts(access.request(ListHostsRequest {}))
+            .await?
+            .into_inner()
+            .hosts;
+        if hosts
+            .iter()
+            .any(|h| h.host_id == host && h.control_connected)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{host}'s control stream is not connected: {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_collector_loses_nothing() -> anyhow::Result<()> {
-    let listen = format!("127.0.0.1:{}", tests::ports::restartable_port()?);
+    let held = tests::ports::HeldPort::new()?;
+    let listen = held.addr().to_string();
     let collector = Collector::start_on(CollectorState::new(&listen)?, None, &listen, &[]).await?;
     let host = format!("test-outage-{}", std::process::id());
     let tls = collector.state_dir().join("sensor-tls");
@@ -110,6 +143,7 @@ async fn a_minute_without_the_collector_loses_nothing() -> anyhow::Result<()> {
     let t0 = Instant::now();
 
     tokio::time::sleep(BEFORE).await;
+    control_connected(&collector, &host, Duration::from_secs(20)).await?;
     // Unplugged: the collector stops; its store and trust stay on disk.
     let state = collector.stop_keeping_state().await?;
     tokio::time::sleep(OUTAGE).await;
@@ -192,6 +226,8 @@ async fn a_minute_without_the_collector_loses_nothing() -> anyhow::Result<()> {
         load_time,
         ran as f64 / load_time.as_secs_f64()
     );
+    // The control stream came back by itself (reconnect backoff up to 30 s).
+    control_connected(&collector, &host, Duration::from_secs(60)).await?;
     sensor.stop().await?;
     Ok(())
 }

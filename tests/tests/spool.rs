@@ -157,7 +157,8 @@ async fn a_sigkilled_sensor_s_spool_is_replayed_in_order_and_the_sequence_contin
     const AFTER: usize = 10;
     let spool = tempfile::tempdir()?;
     let host = host_id("kill");
-    let port = tests::ports::restartable_port()?;
+    let held = tests::ports::HeldPort::new()?;
+    let port = held.port();
     let (trust, text) = config(&host, port, spool.path(), "")?;
     let sensor = Sensor::with_config(text.clone()).start().await?;
     let marker = marker("spool-kill");
@@ -217,7 +218,8 @@ async fn a_full_spool_drops_the_oldest_and_the_loss_reaches_the_collector() -> a
     const EXECS: usize = 1500;
     let spool = tempfile::tempdir()?;
     let host = host_id("full");
-    let port = tests::ports::restartable_port()?;
+    let held = tests::ports::HeldPort::new()?;
+    let port = held.port();
     let (trust, text) = config(
         &host,
         port,
@@ -321,7 +323,8 @@ async fn a_corrupted_segment_is_reported_and_the_rest_delivered() -> anyhow::Res
     const EXECS: usize = 60;
     let spool = tempfile::tempdir()?;
     let host = host_id("corrupt");
-    let port = tests::ports::restartable_port()?;
+    let held = tests::ports::HeldPort::new()?;
+    let port = held.port();
     let (trust, text) = config(&host, port, spool.path(), "")?;
     let sensor = Sensor::with_config(text.clone()).start().await?;
     let marker = marker("spool-corrupt");
