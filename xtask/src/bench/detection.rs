@@ -35,7 +35,8 @@ pub struct DetectionReport {
     alerts_typical: Vec<usize>,
 }
 
-fn sigma_dir() -> Result<PathBuf> {
+/// ../shared/sigma/rules (see `detect::sigmahq_rules_dir`).
+pub(super) fn sigma_dir() -> Result<PathBuf> {
     let Some(dir) = detect::sigmahq_rules_dir(&workspace_root()) else {
         bail!(
             "SigmaHQ rules not found: set RXSENTRY_SHARED to the shared folder (looked beside {} and in /work/shared)",
@@ -43,6 +44,11 @@ fn sigma_dir() -> Result<PathBuf> {
         );
     };
     Ok(dir)
+}
+
+/// How many rules (Sigma and sequence) the sensor loads from these.
+pub(super) fn rules_in(default_pack: bool, dir: Option<&Path>) -> Result<usize> {
+    Ok(load(default_pack, dir)?.len())
 }
 
 fn load(default_pack: bool, dir: Option<&Path>) -> Result<RuleSet> {

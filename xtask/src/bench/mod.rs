@@ -14,6 +14,9 @@
 //!   the sensor, alternated; ratio of medians.
 //! - the collector's store (`store`): ingest events/s, bytes per event,
 //!   query times for one host over a stored day.
+//! - detection in the sensor (`detection_sensor`): exec storms with the
+//!   default pack + SigmaHQ's Linux rules vs no rules vs no sensor,
+//!   interleaved; the sensor's CPU per event and the storm ratio.
 //!
 //! The collector runs in-process (the same library as `rxsentry-collector`),
 //! the sensor is the real release binary, started by the test harness
@@ -54,6 +57,7 @@ use common::{
 mod channel;
 mod common;
 mod detection;
+mod detection_sensor;
 mod files;
 mod isolation;
 mod net;
@@ -143,6 +147,14 @@ pub struct Options {
     /// docs/bench.md; nothing is built or started).
     #[arg(long)]
     only_detection: bool,
+    /// Rounds of the rules on / off comparison in the real sensor (each
+    /// round three exec storms: no sensor, rules off, rules on).
+    #[arg(long, default_value_t = 7)]
+    detection_sensor_rounds: usize,
+    /// Run only the rules on / off comparison in the real sensor
+    /// (replaces its section of docs/bench.md).
+    #[arg(long)]
+    only_detection_sensor: bool,
     /// Rounds of the YARA scan bench (each set per round).
     #[arg(long, default_value_t = 7)]
     yara_rounds: usize,
@@ -235,6 +247,14 @@ pub fn bench(opts: &Options) -> Result<()> {
     let url = format!("http://{addr}");
 
     let mut report = Report::default();
+    if opts.only_detection_sensor {
+        let section =
+            detection_sensor::run(&url, &collector, opts.detection_sensor_rounds, opts.execs)?
+                .render();
+        let _ = stop_tx.send(());
+        rt.block_on(server)??;
+        return publish_section(&path, detection_sensor::HEADING, &section);
+    }
     if opts.files_only {
         let files = files::run(&url, &collector, opts.opens, opts.file_rounds)?;
         let mut t = String::new();
@@ -347,6 +367,9 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     // 7. File telemetry.
     report.files = Some(files::run(&url, &collector, opts.opens, opts.file_rounds)?);
+    // Detection rules in the sensor, on / off.
+    let detection_sensor =
+        detection_sensor::run(&url, &collector, opts.detection_sensor_rounds, opts.execs)?;
 
     let _ = stop_tx.send(());
     rt.block_on(server)??;
@@ -365,13 +388,14 @@ pub fn bench(opts: &Options) -> Result<()> {
     let detection = detection::run(opts.detection_rounds)?;
     let yara = yara::run(opts.yara_rounds)?;
     let table = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
         report.render(opts),
         isolation.render(),
         channel.render(),
         store.render(),
         spool.render(),
         detection.render(),
+        detection_sensor.render(),
         yara.render()
     );
     println!("\n{table}");

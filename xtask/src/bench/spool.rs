@@ -104,7 +104,8 @@ pub fn run(rounds: usize, storm_execs: usize) -> Result<SpoolBench> {
         "[spool]\ndir = {:?}\nmax_bytes = {MAX_BYTES}\nsegment_bytes = {SEGMENT_BYTES}\n",
         spool
     );
-    let port = tests::ports::restartable_port()?;
+    let held = tests::ports::HeldPort::new()?;
+    let port = held.port();
     let listen = format!("127.0.0.1:{port}");
     // The collector's CA and this sensor's certificate exist before the
     // collector first starts (it is down while the spool fills).
