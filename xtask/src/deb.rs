@@ -56,6 +56,9 @@ struct Package {
 
 const SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
+/// The packages' file times (2026-01-01 UTC): dpkg-deb clamps to it.
+const SOURCE_DATE_EPOCH: &str = "1767225600";
+
 const SENSOR: Package = Package {
     name: "rxsentry-sensor",
     description: "rxsentry eBPF EDR sensor for kiosks\n \
@@ -250,7 +253,10 @@ fn build_package(package: &Package, bins: &Path, out: &Path, arch: &str) -> Resu
     let mut cmd = Command::new("dpkg-deb");
     cmd.args(["--root-owner-group", "-Zxz", "--build"])
         .arg(&stage)
-        .arg(&deb);
+        .arg(&deb)
+        // Reproducible: the same files make the same .deb (mtimes clamped),
+        // so the systemd VM image, keyed on the .deb's hash, stays cached.
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH);
     run_cmd(&mut cmd)?;
     fs::remove_dir_all(&stage)?;
     Ok(deb)

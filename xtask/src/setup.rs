@@ -23,6 +23,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The systemd kiosk VM image's userland.
+    "debootstrap",
 ];
 
 /// The LLVM major that rustc nightly ships and bpf-linker is built against.

@@ -6,7 +6,8 @@
 //!    --test-threads=1` with `RXSENTRY_BIN_DIR` set to target/release.
 //!
 //! 3. VM tests (`cargo xtask vm-test`): each guest kernel's kiosk image booted
-//!    in QEMU, then the kernel x capability matrix.
+//!    in QEMU, the systemd kiosk image booted twice, then the kernel x
+//!    capability matrix.
 //!
 //! Every step always runs; the exit is non-zero when any fails. libtest's
 //! `test result:` lines (and the VM tests' counts) are added up into one

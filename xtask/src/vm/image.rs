@@ -58,6 +58,10 @@ pub struct Options {
     /// Skip setup and build: use the binaries already in target/release.
     #[arg(long)]
     pub no_build: bool,
+    /// Build the systemd kiosk image instead (debootstrap, our .debs, a
+    /// disk; vm-images/README.md).
+    #[arg(long)]
+    pub systemd: bool,
 }
 
 /// A built image.
@@ -85,6 +89,9 @@ pub fn vm_image(opts: &Options) -> Result<()> {
     if !opts.no_build {
         setup::setup()?;
         build::build(&build::Options { release: true })?;
+    }
+    if opts.systemd {
+        return super::systemd_test::build_image();
     }
     for kernel in kernels {
         let image = build_image(kernel)?;
@@ -119,7 +126,7 @@ pub fn build_image(kernel: &'static Kernel) -> Result<Image> {
 
 /// Locks `dir/.lock` for the rest of this process (an flock, released when
 /// the process exits), waiting for whoever holds it.
-fn lock_image_dir(dir: &Path) -> Result<()> {
+pub(crate) fn lock_image_dir(dir: &Path) -> Result<()> {
     // An flock held by this process through another open file would block
     // us: lock each folder once.
     static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
@@ -147,7 +154,7 @@ fn lock_image_dir(dir: &Path) -> Result<()> {
 
 /// The cached .deb of `kernel`, downloading it when absent. apt-get needs
 /// its package lists: when the download fails, they are updated once.
-fn fetch_deb(kernel: &Kernel) -> Result<PathBuf> {
+pub(crate) fn fetch_deb(kernel: &Kernel) -> Result<PathBuf> {
     let cache = deb_cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     if let Some(name) = pick_deb(&file_names(&cache)?, kernel.package) {
@@ -209,7 +216,7 @@ pub fn pick_deb<'a>(names: &'a [String], package: &str) -> Option<&'a str> {
 
 /// `dpkg-deb --fsys-tarfile DEB | tar -xO MEMBER > dest`, skipped when
 /// `dest` already came from this very .deb.
-fn extract_vmlinuz(kernel: &Kernel, deb: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn extract_vmlinuz(kernel: &Kernel, deb: &Path, dest: &Path) -> Result<()> {
     let source = deb.file_name().unwrap_or_default().to_string_lossy();
     let stamp = dest.with_extension("from");
     if dest.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s == source) {
@@ -247,6 +254,9 @@ fn build_initramfs(kernel: &Kernel, deb: &Path, root: &Path, out: &Path) -> Resu
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     install_busybox(root)?;
     install_binaries(&target_dir().join("release"), root)?;
+    // The `tests` crate's suites and the tools they exec (vm/suite.rs).
+    let suite_files = super::suite::install(root, &out.with_file_name(super::suite::LIST_FILE))?;
+    install_libraries(root, &suite_files)?;
     install_modules(kernel, deb, root)?;
     fs::write(
         root.join("etc/rxsentry/image"),
@@ -288,7 +298,7 @@ fn install_modules(kernel: &Kernel, deb: &Path, root: &Path) -> Result<()> {
 
 /// `dpkg-deb --fsys-tarfile DEB | TAR`: `tar` reads the package's files
 /// from stdin.
-fn untar_from_deb(deb: &Path, mut tar: Command) -> Result<()> {
+pub(crate) fn untar_from_deb(deb: &Path, mut tar: Command) -> Result<()> {
     let mut dpkg = Command::new("dpkg-deb");
     dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
     let mut dpkg_child = dpkg
@@ -310,7 +320,7 @@ fn untar_from_deb(deb: &Path, mut tar: Command) -> Result<()> {
 }
 
 /// Copies a tree, keeping permissions and symlinks.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     for entry in fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))? {
         let entry = entry?;
@@ -330,7 +340,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// Copies a file's contents (following symlinks) and permissions, creating
 /// the parent folders.
-fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn copy_file(src: &Path, dst: &Path) -> Result<()> {
     if let Some(parent) = dst.parent() {
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -341,7 +351,7 @@ fn copy_file(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// /bin/busybox (it must be static) and a /bin link for each of its applets.
-fn install_busybox(root: &Path) -> Result<()> {
+pub(crate) fn install_busybox(root: &Path) -> Result<()> {
     let busybox = Path::new(BUSYBOX);
     if !ldd(busybox)
         .with_context(|| format!("{BUSYBOX} missing: run `cargo xtask setup` (busybox-static)"))?
@@ -390,6 +400,18 @@ fn install_binaries(bin_dir: &Path, root: &Path) -> Result<()> {
     }
     let names: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
     println!("shared libraries: {}", names.join(" "));
+    Ok(())
+}
+
+/// The shared libraries of `files` (already in the image) at their paths.
+fn install_libraries(root: &Path, files: &[PathBuf]) -> Result<()> {
+    let mut libs = BTreeSet::new();
+    for file in files {
+        libs.extend(ldd(file)?);
+    }
+    for lib in &libs {
+        copy_file(lib, &root.join(lib.strip_prefix("/").unwrap_or(lib)))?;
+    }
     Ok(())
 }
 
@@ -454,7 +476,7 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// `cpio -o -H newc` of the whole tree, owned by root, reproducible.
-fn pack_cpio(root: &Path, out: &Path) -> Result<()> {
+pub(crate) fn pack_cpio(root: &Path, out: &Path) -> Result<()> {
     let list: String = walk(root)?
         .iter()
         .map(|p| format!("{}\n", p.display()))

@@ -11,6 +11,9 @@
 pub mod console;
 pub mod image;
 pub mod matrix;
+pub mod suite;
+pub mod systemd_image;
+pub mod systemd_test;
 pub mod test;
 
 use std::{
@@ -77,15 +80,10 @@ pub fn select_kernels(names: &[String]) -> Result<Vec<&'static Kernel>> {
 pub const KERNEL_CMDLINE: &str =
     "console=ttyS0 panic=-1 lsm=lockdown,capability,landlock,yama,apparmor,bpf";
 
-/// `qemu-system-x86_64` arguments that boot `vmlinuz` + `initramfs` on the
-/// serial console; `extra` is appended to the kernel command line.
-pub fn qemu_args(vmlinuz: &Path, initramfs: &Path, extra: &str) -> Vec<OsString> {
-    let append = if extra.is_empty() {
-        KERNEL_CMDLINE.to_owned()
-    } else {
-        format!("{KERNEL_CMDLINE} {extra}")
-    };
-    let mut args: Vec<OsString> = [
+/// The guest machine of every image: TCG, 1 GiB, 2 CPUs, serial console,
+/// QEMU exits when the guest reboots (or panics, with `panic=-1`).
+pub fn qemu_machine_args() -> Vec<OsString> {
+    [
         // KVM hangs with QEMU 7.2 on our machines (shared/PLATFORM.md).
         "-accel",
         "tcg",
@@ -95,10 +93,21 @@ pub fn qemu_args(vmlinuz: &Path, initramfs: &Path, extra: &str) -> Vec<OsString>
         "2",
         "-nographic",
         "-no-reboot",
-        "-kernel",
     ]
     .map(OsString::from)
-    .to_vec();
+    .to_vec()
+}
+
+/// `qemu-system-x86_64` arguments that boot `vmlinuz` + `initramfs` on the
+/// serial console; `extra` is appended to the kernel command line.
+pub fn qemu_args(vmlinuz: &Path, initramfs: &Path, extra: &str) -> Vec<OsString> {
+    let append = if extra.is_empty() {
+        KERNEL_CMDLINE.to_owned()
+    } else {
+        format!("{KERNEL_CMDLINE} {extra}")
+    };
+    let mut args = qemu_machine_args();
+    args.push("-kernel".into());
     args.push(vmlinuz.into());
     args.push("-initrd".into());
     args.push(initramfs.into());

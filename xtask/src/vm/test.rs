@@ -42,6 +42,9 @@ pub const EXPECTED_TESTS: &[&str] = &[
     "allowlist-lsm",
     "isolation",
 ];
+/// The whole guest's limit: boot, shell tests and the integration suites
+/// (each of those also has its own limit in the guest).
+const DEFAULT_TIMEOUT_SECS: u64 = 900;
 /// After the DONE line, how long the guest may take to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 
@@ -52,7 +55,7 @@ pub struct Options {
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
     /// Give up on a guest (boot + tests) after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
     /// Skip setup and build: use the binaries already in target/release.
     #[arg(long)]
@@ -64,25 +67,61 @@ pub struct Options {
     /// to see the BPF-LSM test fail on a kernel booted without it.
     #[arg(long, value_name = "ARGS", default_value = "")]
     pub append: String,
+    /// Skip the systemd kiosk image (its two boots).
+    #[arg(long, conflicts_with = "systemd_only")]
+    pub no_systemd: bool,
+    /// Only the systemd kiosk image: no initramfs kernel is booted.
+    #[arg(long)]
+    pub systemd_only: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             kernels: Vec::new(),
-            timeout: 300,
+            timeout: DEFAULT_TIMEOUT_SECS,
             no_build: false,
             verbose: false,
             append: String::new(),
+            no_systemd: false,
+            systemd_only: false,
         }
     }
 }
 
 /// The outcome of `vm-test`, for `cargo xtask test`'s summary.
+#[derive(Default)]
 pub struct Summary {
     pub passed: u64,
     pub failed: u64,
     pub problems: Vec<String>,
+}
+
+impl Summary {
+    /// Adds another run's counts and problems.
+    fn merge(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.problems.extend(other.problems);
+    }
+
+    /// Counts one boot's tests (none reported counts as a failure) and its
+    /// problems, tagged with `label`.
+    pub fn add(&mut self, label: &str, run: &Run, problems: &[String]) {
+        self.passed += run.passed() as u64;
+        self.failed += (run.failed() + usize::from(run.tests.is_empty())) as u64;
+        self.problems
+            .extend(problems.iter().map(|p| format!("{label}: {p}")));
+    }
+}
+
+/// The last console lines of a failed boot, and where all of them are.
+pub(super) fn print_tail(log: &Path, run: &Run) {
+    println!(
+        "last console lines (all of them in {}):\n  {}",
+        log.display(),
+        run.tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
+    );
 }
 
 pub fn vm_test(opts: &Options) -> Result<()> {
@@ -100,7 +139,11 @@ pub fn vm_test(opts: &Options) -> Result<()> {
 /// Probes the host, then builds, boots and checks every selected kernel.
 /// Errors are for what stops the run itself (no QEMU, no download).
 pub fn run(opts: &Options) -> Result<Summary> {
-    let kernels = select_kernels(&opts.kernels)?;
+    let kernels = if opts.systemd_only {
+        Vec::new()
+    } else {
+        select_kernels(&opts.kernels)?
+    };
     which::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 not found: run `cargo xtask setup` (qemu-system-x86)")?;
     let start = Instant::now();
@@ -109,17 +152,26 @@ pub fn run(opts: &Options) -> Result<Summary> {
     println!("== vm-test: host probe");
     let host_caps = host_probe(&bin_dir)?;
     let host = Row::host(&crate::vm::host_release(), &host_caps);
-    let mut summary = Summary {
-        passed: 0,
-        failed: 0,
-        problems: Vec::new(),
-    };
+    let mut summary = Summary::default();
+    // The systemd image boots beside the initramfs kernels: each QEMU (TCG)
+    // keeps one core busy, and the two together take the longer one's time
+    // instead of the sum.
+    let systemd = (!opts.no_systemd).then(|| {
+        let (timeout, verbose) = (Duration::from_secs(opts.timeout), opts.verbose);
+        std::thread::spawn(move || -> Result<Summary> {
+            let mut summary = Summary::default();
+            super::systemd_test::run(timeout, verbose, &mut summary)?;
+            Ok(summary)
+        })
+    });
     if !host.passed {
         summary
             .problems
             .push("host: process telemetry unavailable".to_owned());
     }
     let mut rows = vec![host];
+    let mut runs = Vec::new();
+    let mut suite_names: Vec<String> = Vec::new();
 
     for kernel in kernels {
         let image_start = Instant::now();
@@ -132,7 +184,12 @@ pub fn run(opts: &Options) -> Result<Summary> {
         );
         let timeout = Duration::from_secs(opts.timeout);
         let (run, ending, secs) = boot(&image, &opts.append, timeout, opts.verbose)?;
-        let problems = run.problems(ending, EXPECTED_TESTS);
+        // The shell tests and every test of the suites the image carries.
+        let mut expected: Vec<String> = EXPECTED_TESTS.iter().map(|t| t.to_string()).collect();
+        let suite_tests = super::suite::expected(&super::image_dir(kernel))?;
+        expected.extend(suite_tests.iter().cloned());
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        let problems = run.problems(ending, &expected);
         let at = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}s"));
         println!(
             "{}: image built in {image_secs:.1}s; init after {}, tests done after {}, \
@@ -143,27 +200,35 @@ pub fn run(opts: &Options) -> Result<Summary> {
             if problems.is_empty() { "PASS" } else { "FAIL" },
         );
         if !problems.is_empty() {
-            let log = super::image_dir(kernel).join("console.log");
-            println!(
-                "last console lines (all of them in {}):\n  {}",
-                log.display(),
-                run.tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
-            );
+            print_tail(&super::image_dir(kernel).join("console.log"), &run);
         }
-        summary.passed += run.passed() as u64;
-        summary.failed += (run.failed() + usize::from(run.tests.is_empty())) as u64;
-        summary
-            .problems
-            .extend(problems.iter().map(|p| format!("{}: {p}", kernel.name)));
+        summary.add(kernel.name, &run, &problems);
         rows.push(Row::guest(
             kernel.name,
             kernel.release(),
             &run,
             problems.is_empty(),
         ));
+        for t in suite_tests {
+            if !suite_names.contains(&t) {
+                suite_names.push(t);
+            }
+        }
+        runs.push((kernel.name, run));
     }
 
+    if let Some(systemd) = systemd {
+        let systemd = systemd
+            .join()
+            .map_err(|_| anyhow::anyhow!("the systemd image's thread panicked"))??;
+        summary.merge(systemd);
+    }
     println!("\n== kernel x capability matrix\n{}", matrix::render(&rows));
+    let runs: Vec<(&str, &super::console::Run)> = runs.iter().map(|(k, r)| (*k, r)).collect();
+    println!(
+        "\n== integration tests x kernel (the host runs them all in `cargo xtask test`)\n{}",
+        super::suite::render_matrix(&runs, &suite_names)
+    );
     println!("vm-test: {:.0}s in all", start.elapsed().as_secs_f64());
     Ok(summary)
 }
@@ -193,7 +258,20 @@ fn boot(
     timeout: Duration,
     verbose: bool,
 ) -> Result<(Run, Ending, f64)> {
+    let args = super::qemu_args(&image.vmlinuz, &image.initramfs, append);
     let dir = super::image_dir(image.kernel);
+    boot_qemu(args, &dir, image.kernel.name, timeout, verbose)
+}
+
+/// Runs QEMU with `args`, reading its console as [`boot`] describes;
+/// console.log and qemu.stderr go to `dir`, live lines are tagged `label`.
+pub(super) fn boot_qemu(
+    args: Vec<std::ffi::OsString>,
+    dir: &Path,
+    label: &str,
+    timeout: Duration,
+    verbose: bool,
+) -> Result<(Run, Ending, f64)> {
     let log_path = dir.join("console.log");
     let mut log =
         File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -201,7 +279,7 @@ fn boot(
     let stderr =
         File::create(&err_path).with_context(|| format!("cannot create {}", err_path.display()))?;
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(super::qemu_args(&image.vmlinuz, &image.initramfs, append))
+    cmd.args(args)
         // -nographic would otherwise take over a terminal on stdin.
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -237,7 +315,7 @@ fn boot(
                 let secs = start.elapsed().as_secs_f64();
                 writeln!(log, "{line}")?;
                 if run.feed(&line, secs) || verbose {
-                    println!("  [{} {secs:6.1}s] {line}", image.kernel.name);
+                    println!("  [{label} {secs:6.1}s] {line}");
                 }
                 if run.is_done() && done_at.is_none() {
                     done_at = Some(Instant::now());
@@ -274,10 +352,21 @@ fn console_lines(child: &mut Child) -> Result<mpsc::Receiver<String>> {
     Ok(rx)
 }
 
+/// The test names of the `NN-<name>.sh` scripts in `dir`, sorted.
+#[cfg(test)]
+pub(super) fn script_tests(dir: &Path) -> Vec<String> {
+    let mut scripts: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() > 3 && n.as_bytes()[..2].iter().all(u8::is_ascii_digit))
+        .filter_map(|n| Some(n[3..].strip_suffix(".sh")?.to_owned()))
+        .collect();
+    scripts.sort();
+    scripts
+}
+
 #[cfg(test)]
 mod tests {
-    use std::fs;
-
     use super::*;
     use crate::cmd::workspace_root;
 
@@ -285,13 +374,7 @@ mod tests {
     #[test]
     fn expected_tests_match_the_scripts() {
         let dir = workspace_root().join("vm-images/kiosk/usr/lib/rxsentry/vm-tests");
-        let mut scripts: Vec<String> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.len() > 3 && n.as_bytes()[..2].iter().all(u8::is_ascii_digit))
-            .filter_map(|n| Some(n[3..].strip_suffix(".sh")?.to_owned()))
-            .collect();
-        scripts.sort();
+        let scripts = script_tests(&dir);
         let mut expected: Vec<String> = EXPECTED_TESTS.iter().map(|s| s.to_string()).collect();
         expected.sort();
         assert_eq!(scripts, expected);

@@ -27,15 +27,8 @@ for m in drivers/net/veth net/sched/sch_ingress net/sched/cls_bpf; do
 		fail "cannot load kernel module $name"
 done
 
-$IP netns add other || fail "ip netns add failed"
-$IP link add rxv0 type veth peer name rxv1 || fail "veth pair not created"
-$IP link set rxv1 netns other || fail "veth end not moved"
-$IP addr add 10.99.0.1/24 dev rxv0 && $IP link set rxv0 up || fail "rxv0 not up"
-$IP -n other addr add 10.99.0.2/24 dev rxv1 && $IP -n other link set rxv1 up &&
-	$IP -n other link set lo up || fail "rxv1 not up"
-$IP netns exec other netprobe serve 10.99.0.2 7100 >/tmp/netprobe.out 2>&1 &
-server=$!
-sleep 1
+veth_peer
+server=$NETPROBE_PID
 
 reach() { netprobe tcp 10.99.0.2 7100 1500 && netprobe udp 10.99.0.2 7100 1500; }
 reach || fail "the other namespace is not reachable before isolation"

@@ -26,3 +26,20 @@ act_until() {
 	done
 	return 1
 }
+
+# veth_peer: a network namespace "other" behind a veth pair (rxv0
+# 10.99.0.1 here, rxv1 10.99.0.2 there) with `netprobe serve` on
+# 10.99.0.2:7100 (pid in NETPROBE_PID), listening when this returns.
+veth_peer() {
+	_ip=/usr/sbin/ip
+	$_ip netns add other || fail "ip netns add failed"
+	$_ip link add rxv0 type veth peer name rxv1 || fail "veth pair not created"
+	$_ip link set rxv1 netns other || fail "veth end not moved"
+	$_ip addr add 10.99.0.1/24 dev rxv0 && $_ip link set rxv0 up || fail "rxv0 not up"
+	$_ip -n other addr add 10.99.0.2/24 dev rxv1 && $_ip -n other link set rxv1 up &&
+		$_ip -n other link set lo up || fail "rxv1 not up"
+	: >/tmp/netprobe.out
+	$_ip netns exec other netprobe serve 10.99.0.2 7100 >/tmp/netprobe.out 2>&1 &
+	NETPROBE_PID=$!
+	wait_for /tmp/netprobe.out ready 10 || fail "netprobe serve not ready: $(cat /tmp/netprobe.out)"
+}
