@@ -500,7 +500,7 @@ impl SensorCommand {
                 (
                     path,
                     Some(TempConfig {
-                        _file: file,
+                        file,
                         _spool: spool,
                         _pins: pins,
                     }),
@@ -525,10 +525,7 @@ impl SensorCommand {
             self.stderr,
         )
         .await?;
-        Ok(Sensor {
-            process,
-            _config: config,
-        })
+        Ok(Sensor { process, config })
     }
 
     /// Runs it to its end (a subcommand, or a config it refuses); its
@@ -542,7 +539,7 @@ impl SensorCommand {
 /// A config file written for one sensor, the spool directory it got and
 /// its allowlist pin directory ([`crate::pins::with_own_pins`]).
 struct TempConfig {
-    _file: tempfile::NamedTempFile,
+    file: tempfile::NamedTempFile,
     _spool: Option<tempfile::TempDir>,
     _pins: Option<crate::pins::PinDir>,
 }
@@ -598,10 +595,16 @@ pub async fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<rxsentry_metrics
 /// programs detach when its fds close).
 pub struct Sensor {
     process: Process,
-    _config: Option<TempConfig>,
+    config: Option<TempConfig>,
 }
 
 impl Sensor {
+    /// The config file the harness wrote for it (None when the test gave
+    /// its own file).
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_ref().map(|c| c.file.path())
+    }
+
     /// `rxsentry-sensor` with exactly `config` (TOML).
     pub fn with_config(config: impl Into<String>) -> SensorCommand {
         Self::command(Config::Text(config.into()))

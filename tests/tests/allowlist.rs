@@ -919,6 +919,72 @@ async fn enforcement_outlives_a_killed_or_stopped_sensor_and_a_restart_adopts_it
     Ok(())
 }
 
+/// A script is checked as each backend documents it: `lsm` runs its
+/// verdict for the script file AND for its interpreter (the kernel calls
+/// `bprm_check_security` once per binary handler pass), so an unlisted
+/// script under a listed interpreter is refused; `tracepoint+sigkill` sees
+/// only the interpreter the kernel ends up running, so that script runs
+/// (the README's documented limit). An unlisted interpreter is stopped by
+/// both, whatever the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_is_checked_with_its_interpreter_as_the_backend_documents() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let setup = Setup::new("allow-script")?;
+    // dash on Debian hosts, busybox in the guest: the file the kernel runs.
+    let sh = std::fs::canonicalize("/bin/sh")?;
+    let body = "#!/bin/sh\n: > \"$1\"\n";
+    let listed = setup.dir.path().join("listed.sh");
+    tests::exe::write_executable(&listed, body)?;
+    // Same content, another inode: not in the policy.
+    let unlisted = setup.dir.path().join("unlisted.sh");
+    tests::exe::write_executable(&unlisted, body)?;
+    let sh_copy = setup.dir.path().join("sh-copy");
+    tests::exe::copy_executable(&sh, &sh_copy)?;
+    // Listed itself, but run by the unlisted copy of the shell.
+    let foreign = setup.dir.path().join("foreign-interpreter.sh");
+    tests::exe::write_executable(&foreign, format!("#!{}\n: > \"$1\"\n", sh_copy.display()))?;
+    setup.write_policy("enforce", &[&sh, &listed, &foreign], "")?;
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open(&collector.url(), policy_request()).await?;
+    let sensor = Sensor::start(&collector, setup.sensor_options()).await?;
+
+    setup.assert_blocked(&listed, false, "(script and interpreter listed)")?;
+    let lsm = kernel().lsm.is_ok();
+    // Under lsm a refusal; under the tracepoint it runs.
+    setup.assert_blocked(&unlisted, lsm, "(script unlisted, interpreter listed)")?;
+    setup.assert_blocked(&foreign, true, "(script listed, interpreter unlisted)")?;
+
+    // The last block (the interpreter's) follows the others in the same
+    // ring: once it is in, every block before it is too.
+    let sh_copy_inode = std::fs::metadata(&sh_copy)?.ino();
+    sub.until(Duration::from_secs(20), |s| {
+        policy_events(s)
+            .iter()
+            .any(|p| p.file.as_ref().is_some_and(|f| f.inode == sh_copy_inode))
+    })
+    .await?;
+    let blocks = policy_events(&sub);
+    let unlisted_inode = std::fs::metadata(&unlisted)?.ino();
+    let script_blocks: Vec<_> = blocks
+        .iter()
+        .filter(|p| p.file.as_ref().is_some_and(|f| f.inode == unlisted_inode))
+        .collect();
+    assert_eq!(blocks.len(), if lsm { 2 } else { 1 }, "{blocks:#?}");
+    assert_eq!(script_blocks.len(), usize::from(lsm), "{blocks:#?}");
+    if let Some(block) = script_blocks.first() {
+        // The verdict was on the script file itself.
+        assert_eq!(block.path, unlisted.display().to_string());
+        assert_eq!(block.sha256, sha256_hex(&unlisted));
+        assert_eq!(block.backend, "lsm");
+    }
+    for block in blocks {
+        assert_eq!(block.action(), policy_event::Action::Blocked, "{block:?}");
+        assert_eq!(block.reason(), policy_event::Reason::NotAllowed);
+    }
+    sensor.stop().await?;
+    Ok(())
+}
+
 /// The dynamic loader runs any file it is given without an exec of that
 /// file: a policy that lists it (by its /lib64 link or its real path) gets
 /// it refused, at `policy check` and in the kernel, and every other entry

@@ -800,9 +800,10 @@ os.read(fd, 4)
     Ok(())
 }
 
-/// The allowlist policy is always watched for changes (tamper evidence),
-/// though no `[[files.watch]]` covers it: a write and a chmod by another
-/// process are reported, a read is not (only changes are).
+/// The sensor's own files, its allowlist policy, its config and its
+/// binary, are always watched for changes (tamper evidence), though no
+/// `[[files.watch]]` covers them: a write and a chmod by another process
+/// are reported, a read is not (only changes are).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Result<()> {
     let tree = Tree::new()?;
@@ -846,6 +847,29 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
         by_pid(events, reader).is_empty(),
         "a read of the policy is not a change"
     );
+
+    // Its config and its binary: a chmod of each to the mode it already
+    // has (a change of metadata the test can make without harm).
+    let config = std::fs::canonicalize(sensor.config_file().expect("harness config"))?;
+    let binary = std::fs::canonicalize(tests::bin_path("rxsentry-sensor"))?;
+    let mut chmodded = Vec::new();
+    for file in [&config, &binary] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file)?.permissions().mode() & 0o7777;
+        let path = file.display().to_string();
+        chmodded.push((
+            path.clone(),
+            run("/bin/chmod", &[&format!("{mode:o}"), &path])?,
+        ));
+    }
+    sub.until(Duration::from_secs(20), |s| {
+        chmodded.iter().all(|(path, pid)| {
+            by_pid(s.files_under(path), *pid)
+                .iter()
+                .any(|f| f.operation() == Operation::Chmod)
+        })
+    })
+    .await?;
     sensor.stop().await?;
     Ok(())
 }

@@ -251,6 +251,17 @@ impl Lab {
         Ok(())
     }
 
+    /// [`Self::local`], which must succeed.
+    async fn local_ok(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = self.local(args).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "rxsentry-sensor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// `rxsentry-sensor ARGS` inside `term` with the lab's config.
     async fn local(&self, args: &[&str]) -> anyhow::Result<Output> {
         Sensor::with_config_file(self.config_file()?)
@@ -272,18 +283,47 @@ impl<'a> Soc<'a> {
     async fn start(lab: &'a Lab) -> anyhow::Result<Self> {
         let token_file = lab.dir.path().join("token");
         pki::files::write_secret(&token_file, TOKEN.as_bytes())?;
-        let ops = lab.dir.path().join("operators.toml");
+        let ops = Self::operators(lab);
         std::fs::write(
             &ops,
             tests::collector_operator_toml("alice", "responder", TOKEN),
         )?;
-        let collector = Collector::start_with(
+        let listen = format!("{COLLECTOR_V4}:50051");
+        let state = tests::CollectorState::new(&listen)?;
+        let collector = Self::collector_on(lab, state).await?;
+        collector.issue_sensor(&lab.host_id(), &lab.dir.path().join("tls"))?;
+        Ok(Self {
+            lab,
+            token_file,
+            collector,
+        })
+    }
+
+    fn operators(lab: &Lab) -> PathBuf {
+        lab.dir.path().join("operators.toml")
+    }
+
+    async fn collector_on(lab: &Lab, state: tests::CollectorState) -> anyhow::Result<Collector> {
+        let ops = Self::operators(lab);
+        Collector::start_on(
+            state,
             Some(&lab.soc.name),
             &format!("{COLLECTOR_V4}:50051"),
             &["--operators".as_ref(), ops.as_os_str()],
         )
-        .await?;
-        collector.issue_sensor(&lab.host_id(), &lab.dir.path().join("tls"))?;
+        .await
+    }
+
+    /// The collector stopped and started again on its state (CA, store,
+    /// operators) at the same address: an upgrade or a crash at the SOC.
+    async fn restart_collector(self) -> anyhow::Result<Self> {
+        let Self {
+            lab,
+            token_file,
+            collector,
+        } = self;
+        let state = collector.stop_keeping_state().await?;
+        let collector = Self::collector_on(lab, state).await?;
         Ok(Self {
             lab,
             token_file,
@@ -647,6 +687,22 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
     lab.assert_all(&lab.other, &terms, false, "after the map was flipped")
         .await?;
 
+    // The collector restarts while the terminal is isolated: the sensor's
+    // control stream comes back by itself through isolation's collector
+    // exception (a new TCP connection and TLS handshake), isolation holds
+    // meanwhile, and the release below reaches the sensor over it.
+    drop(tail);
+    let soc = soc.restart_collector().await?;
+    lab.assert_all(&lab.other, &terms, false, "collector restarted")
+        .await?;
+    let reconnected = soc
+        .wait_host("the control stream back after the collector restart", |h| {
+            h.control_connected && h.isolated == Some(true)
+        })
+        .await?;
+    assert_eq!(reconnected.instance, after.instance, "{}", reconnected.line);
+    let tail = soc.tail().await?;
+
     // Release: reachable again, on every interface, both ways.
     let out = soc
         .cli(
@@ -757,14 +813,8 @@ async fn allow_rule_with_a_local_port_lets_only_that_local_port_through() -> any
     };
     check(false, "before isolating").await?;
 
-    let out = lab
-        .local(&["isolate", "--reason", "local port test"])
+    lab.local_ok(&["isolate", "--reason", "local port test"])
         .await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     check(true, "isolated").await?;
     // ARP and neighbour discovery pass while isolated: with the neighbour
     // caches emptied, the allowed peers (IPv4 and IPv6) are reached again.
@@ -803,6 +853,91 @@ async fn allow_rule_with_a_local_port_lets_only_that_local_port_through() -> any
 
     let out = lab.local(&["release", "--reason", "done"]).await?;
     assert!(out.status.success());
+    check(false, "released").await?;
+    Ok(())
+}
+
+/// Isolation fails closed on what it cannot parse, and covers L3 devices.
+/// Hand-made frames leave `term` towards `other`'s address, which an allow
+/// rule lets through in full: while isolated only the well-formed one
+/// arrives; a UDP header cut short, an IPv4 header cut short and an
+/// unknown ethertype are dropped (before and after, all four arrive, so
+/// the receiver does see such frames). On a tun device (the `_l3`
+/// programs, headers at offset 0) an allow rule naming the peer's port
+/// lets exactly that UDP exchange through both ways and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_drops_unparseable_frames_and_covers_tun_devices() -> anyhow::Result<()> {
+    const TUN_LOCAL: &str = "10.231.9.1";
+    const TUN_PEER: &str = "10.231.9.2";
+    let mut lab = Lab::new().await?;
+    lab.isolation_keys = format!(
+        "allow = [\n  {{ address = \"{OTHER_V4}\" }},\n  \
+         {{ address = \"{TUN_PEER}\", port = 40000, protocol = \"udp\" }},\n]\n"
+    );
+    let tun = format!("rxtun{}", lab.sfx);
+    let term_ns = lab.term.name.clone();
+    tests::netns::ip(&["-n", &term_ns, "tuntap", "add", "dev", &tun, "mode", "tun"])?;
+    tests::netns::ip(&[
+        "-n", &term_ns, "addr", "add", TUN_LOCAL, "peer", TUN_PEER, "dev", &tun,
+    ])?;
+    tests::netns::ip(&["-n", &term_ns, "link", "set", &tun, "up"])?;
+
+    let frames = || {
+        command_in(Some(&lab.other.name), netprobe())
+            .args([
+                "frames",
+                &term_ns,
+                &format!("rxto{}", lab.sfx),
+                &format!("rxot{}", lab.sfx),
+                TERM_V4_OTHER,
+                OTHER_V4,
+                "800",
+            ])
+            .output()
+    };
+    let tun_probe = || {
+        command_in(Some(&term_ns), netprobe())
+            .args(["tun", &tun, TUN_LOCAL, TUN_PEER, PORT, "800"])
+            .output()
+    };
+    let check = |isolated: bool, when: &'static str| {
+        let (frames, tun_probe) = (&frames, &tun_probe);
+        async move {
+            let out = frames().await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "netprobe frames: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let want = if isolated {
+                "udp=1 udp-cut=0 ip-cut=0 other=0"
+            } else {
+                "udp=1 udp-cut=1 ip-cut=1 other=1"
+            };
+            anyhow::ensure!(got == want, "{when}: frames {got}, want {want}");
+            let out = tun_probe().await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "netprobe tun: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let want = if isolated {
+                "egress=0 echo=1"
+            } else {
+                "egress=1 echo=1"
+            };
+            anyhow::ensure!(got == want, "{when}: tun {got}, want {want}");
+            anyhow::Ok(())
+        }
+    };
+    check(false, "before isolating").await?;
+
+    lab.local_ok(&["isolate", "--reason", "fail closed test"])
+        .await?;
+    check(true, "isolated").await?;
+    lab.local_ok(&["release", "--reason", "done"]).await?;
     check(false, "released").await?;
     Ok(())
 }

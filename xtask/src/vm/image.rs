@@ -276,10 +276,12 @@ fn build_initramfs(kernel: &Kernel, deb: &Path, root: &Path, out: &Path) -> Resu
 }
 
 /// Kernel modules the in-guest tests load (Debian builds them as modules):
-/// veth for the isolation test's peer, and the clsact qdisc and BPF
-/// classifier that isolation attaches through before Linux 6.6.
+/// veth for the isolation test's peer, tun for its L3 device, and the
+/// clsact qdisc and BPF classifier that isolation attaches through before
+/// Linux 6.6.
 const MODULES: &[&str] = &[
     "kernel/drivers/net/veth.ko",
+    "kernel/drivers/net/tun.ko",
     "kernel/net/sched/sch_ingress.ko",
     "kernel/net/sched/cls_bpf.ko",
 ];

@@ -20,7 +20,7 @@ CONF
 sensor() { rxsentry-sensor --config "$conf" "$@"; }
 
 # Debian builds these as modules; the image carries them (xtask vm image).
-for m in drivers/net/veth net/sched/sch_ingress net/sched/cls_bpf; do
+for m in drivers/net/veth drivers/net/tun net/sched/sch_ingress net/sched/cls_bpf; do
 	name=${m##*/}
 	grep -q "^$name " /proc/modules ||
 		insmod "/lib/modules/$(uname -r)/kernel/$m.ko" ||
