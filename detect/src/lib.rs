@@ -11,6 +11,7 @@
 mod condition;
 mod field;
 mod matcher;
+mod paths;
 mod rule;
 mod sequence;
 #[cfg(feature = "proto")]
@@ -21,6 +22,7 @@ pub mod yara;
 use std::path::{Path, PathBuf};
 
 pub use field::{Category, CommandLine, EventRef, Field};
+pub use paths::{BlindRule, PathBound, PathNeed, PathNeeds};
 pub use rule::{Action, Placeholders, Refusal, RefusalKind, Rule, StepRef, attack_ids};
 pub use sequence::{Fired, MAX_PARTIALS, Scope, Sequence, SequenceEvent, SequenceTracker, Step};
 

@@ -128,3 +128,36 @@ fn sigmahq_rules_fire_on_their_behaviour_and_not_on_look_alikes() {
     file.target_filename = Some("/home/kiosk/notes.txt");
     assert_eq!(titles(&set, &file), Vec::<String>::new());
 }
+
+/// The paths SigmaHQ's file rules need watched, and the ones that see
+/// watched files only (their path is a `contains` or `endswith`).
+#[test]
+fn sigmahq_file_rules_name_the_paths_the_kernel_must_watch() {
+    use detect::PathBound::{Exact, Prefix};
+    let mut loader = Loader::new(detect::default_placeholders());
+    loader.add_dir(&sigma_dir()).expect("readable");
+    let (set, _) = loader.finish();
+    let needs = set.path_needs();
+    for n in &needs.needs {
+        println!("watch: {:?} read={}", n.bound, n.read);
+    }
+    for b in &needs.blind {
+        println!("blind: {} (partly: {})", b.title, b.partly);
+    }
+    let bounds: Vec<_> = needs.needs.iter().map(|n| n.bound.clone()).collect();
+    for want in [
+        Prefix("/etc/cron.d/".into()),
+        Prefix("/var/spool/cron/crontabs/".into()),
+        Prefix("/etc/sudoers.d/".into()),
+        Exact("/tmp/rootlog".into()),
+        Prefix("/tmp/".into()),
+    ] {
+        assert!(bounds.contains(&want), "{want:?} in {bounds:?}");
+    }
+    let blind = |title: &str| needs.blind.iter().find(|b| b.title == title);
+    // `TargetFilename|contains: /etc/crontab` beside the cron directories.
+    assert!(blind("New Cron File Created").is_some_and(|b| b.partly));
+    assert!(blind("Linux Doas Conf File Creation").is_some_and(|b| !b.partly));
+    assert!(blind("Triple Cross eBPF Rootkit Default LockFile").is_none());
+    assert!(blind("Persistence Via Sudoers.d Files").is_none());
+}

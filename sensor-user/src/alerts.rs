@@ -136,6 +136,15 @@ impl RuleStore {
         self.sequence_hits.clone()
     }
 
+    /// The paths the rules in force need watched, and their blind rules.
+    pub fn path_needs(&self) -> detect::PathNeeds {
+        let current = match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        current.path_needs()
+    }
+
     /// Puts `rules` in force from the next event on.
     pub fn replace(&self, rules: RuleSet) {
         let mut current = match self.current.lock() {

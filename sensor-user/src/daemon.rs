@@ -209,11 +209,19 @@ impl Daemon {
                 .chain(config_path)
                 .chain(config.policy.path.clone())
                 .collect();
+            // Paths the detection rules need, watched from the first scan.
+            let rule_watches = sigma.as_ref().map_or_else(Vec::new, |store| {
+                let needs = store.path_needs();
+                let rules = watch::rule_paths::watch_rules(&needs);
+                watch::rule_paths::log(&needs, &rules, "start");
+                rules
+            });
             let maps = hooks.take_watch_maps()?;
             let (tx, thread) = watch::manager::start(
                 maps,
                 config.files.clone(),
                 self_files,
+                rule_watches,
                 anchors.clone(),
                 drops.clone(),
             )
@@ -400,9 +408,20 @@ impl Daemon {
         }
         if let Some((store, config)) = &self.rules {
             let (store, config) = (store.clone(), config.clone());
+            let watch = self.watch.as_ref().map(|w| w.tx.clone());
             // Reading and compiling files: off the signal loop. The outcome
-            // (or why the last good set stays) is logged there.
-            tokio::task::spawn_blocking(move || _ = store.reload(&config));
+            // (or why the last good set stays) is logged there; the paths
+            // the new rules need join the watched set.
+            tokio::task::spawn_blocking(move || {
+                if store.reload(&config).is_ok()
+                    && let Some(watch) = watch
+                {
+                    let needs = store.path_needs();
+                    let rules = watch::rule_paths::watch_rules(&needs);
+                    watch::rule_paths::log(&needs, &rules, "SIGHUP");
+                    _ = watch.send(WatchCommand::RuleWatches(rules));
+                }
+            });
         }
         if let Some((store, config)) = &self.yara {
             let (store, config) = (store.clone(), config.clone());

@@ -552,8 +552,9 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
     let mut sub = Subscription::open_kinds(&collector.url(), &[EventKind::Alert]).await?;
     let options = SensorOptions {
         extra_config: format!(
-            "{}[[files.watch]]\npath = \"/etc/shadow\"\nops = [\"read\"]\n\
-             [detection.placeholders]\npos_apps = [\"{}/*\"]\n",
+            // No [[files.watch]] for /etc/shadow: the rule's own path is
+            // watched (file_rules_watch_the_paths_they_name).
+            "{}[detection.placeholders]\npos_apps = [\"{}/*\"]\n",
             SensorOptions::default().extra_config,
             pos_bin.display()
         ),
@@ -724,4 +725,185 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
     exactly("New Listening Port", listener_pid, udp_pid);
     assert!(sensor.stop().await?.success());
     Ok(())
+}
+
+/// File rules bring the paths they name into the kernel's watched set, with
+/// no `[[files.watch]]` for them: a SOC rule on a directory under /run, a
+/// SigmaHQ rule on `/tmp/rootlog` (loaded from ../shared with the rest of
+/// SigmaHQ's Linux rules) and the default pack's rule on /etc/rxsentry/
+/// each alert on a real write, a look-alike path next to each does not, a
+/// SIGHUP with the SOC rule moved to another directory watches that one,
+/// and the rules the watched set cannot cover are named in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
+    let area = tempfile::Builder::new()
+        .prefix("rxsentry-test-rulepaths-")
+        .tempdir_in("/run")?;
+    let dir = |name: &str| -> anyhow::Result<String> {
+        let d = area.path().join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d.display().to_string())
+    };
+    let (drop_dir, lookalike_dir, moved_dir) = (dir("drop")?, dir("dropzone")?, dir("moved")?);
+    let rules = tempfile::tempdir()?;
+    let soc_rule = |target: &str| {
+        format!(
+            "title: Test drop\nauthor: soc-test\nlevel: high\n\
+             logsource: {{product: linux, category: file_event}}\n\
+             detection:\n  selection:\n    TargetFilename|startswith: '{target}/'\n  condition: selection\n"
+        )
+    };
+    std::fs::write(rules.path().join("drop.yml"), soc_rule(&drop_dir))?;
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sigmahq = detect::sigmahq_rules_dir(workspace)
+        .ok_or_else(|| anyhow::anyhow!("SigmaHQ rules not found (set RXSENTRY_SHARED)"))?;
+    // The default pack's /etc/rxsentry/ must exist to be watched.
+    let etc = std::path::Path::new("/etc/rxsentry");
+    let made_etc = !etc.exists();
+    std::fs::create_dir_all(etc)?;
+    let _etc_guard = RemoveOnDrop(made_etc.then(|| etc.to_owned()));
+    let own_file = etc.join(format!("{}.toml", marker("rxsentry-test-own")));
+    let _own_guard = RemoveOnDrop(Some(own_file.clone()));
+    let rootlog = std::path::Path::new("/tmp/rootlog");
+    anyhow::ensure!(!rootlog.exists(), "/tmp/rootlog exists before the test");
+    let _rootlog_guard = RemoveOnDrop(Some(rootlog.to_owned()));
+    let _rootlog_lookalike = RemoveOnDrop(Some("/tmp/rootlog.bak".into()));
+
+    let collector = Collector::start().await?;
+    let mut sub = Subscription::open_kinds(&collector.url(), &[EventKind::Alert]).await?;
+    let options = SensorOptions::with_extra(&format!(
+        "[detection]\nrule_dirs = [\"{}\", \"{}\"]\n",
+        rules.path().display(),
+        sigmahq.display()
+    ));
+    let sensor = Sensor::start(&collector, options).await?;
+    let log = sensor.log();
+    for path in [drop_dir.as_str(), "/tmp", "/etc/rxsentry"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("watched for detection rules: {path} "))),
+            "{path} watched for the rules:\n{log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("detection rule blind")
+                && l.contains("Linux Doas Conf File Creation")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("detection rule partly blind")
+                && l.contains("New Cron File Created")),
+        "{log}"
+    );
+
+    // Look-alikes first: in the file ring they come before the writes that
+    // alert, so once those alerts are in, the look-alikes were evaluated.
+    let write = |path: &str| -> anyhow::Result<u32> {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "echo x > \"$1\"", "sh", path])
+            .spawn()?;
+        let pid = child.id();
+        anyhow::ensure!(child.wait()?.success(), "writing {path}");
+        Ok(pid)
+    };
+    write(&format!("{lookalike_dir}/payload"))?;
+    write("/tmp/rootlog.bak")?;
+    let soc_pid = write(&format!("{drop_dir}/payload"))?;
+    let rootlog_pid = write("/tmp/rootlog")?;
+    let own_pid = write(&own_file.display().to_string())?;
+    let titles = [
+        "Test drop",
+        "Triple Cross eBPF Rootkit Default LockFile",
+        "Write to rxsentry's Own Files",
+    ];
+    sub.until(Duration::from_secs(20), |s| {
+        titles.iter().all(|t| alerts_titled(s, t).next().is_some())
+    })
+    .await?;
+    let pids = |sub: &Subscription, title: &str| -> Vec<u32> {
+        alerts_titled(sub, title)
+            .filter_map(|a| a.process.as_ref().map(|p| p.pid))
+            .collect()
+    };
+    assert_eq!(pids(&sub, "Test drop"), [soc_pid]);
+    assert_eq!(
+        pids(&sub, "Triple Cross eBPF Rootkit Default LockFile"),
+        [rootlog_pid]
+    );
+    assert_eq!(pids(&sub, "Write to rxsentry's Own Files"), [own_pid]);
+    let lockfile = alerts_titled(&sub, "Triple Cross eBPF Rootkit Default LockFile")
+        .next()
+        .expect("seen above");
+    assert_eq!(
+        lockfile.rule_author,
+        "Nasreddine Bencherchali (Nextron Systems)"
+    );
+    assert!(
+        lockfile
+            .rule_source
+            .ends_with("file_event_lnx_triple_cross_rootkit_lock_file.yml"),
+        "{}",
+        lockfile.rule_source
+    );
+
+    // The SOC moves its rule: after SIGHUP the new directory is watched.
+    std::fs::write(rules.path().join("drop.yml"), soc_rule(&moved_dir))?;
+    sensor.hangup()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sensor.log().lines().any(|l| {
+        l.contains(&format!(
+            "SIGHUP: watched for detection rules: {moved_dir} "
+        ))
+    }) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{}", sensor.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The watch manager applies it after the log line: a first write may
+    // come before; write until one alerts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let moved_pid = loop {
+        let pid = write(&format!("{moved_dir}/payload"))?;
+        let arrived = sub
+            .until(Duration::from_secs(2), |s| {
+                alerts_titled(s, "Test drop")
+                    .any(|a| a.process.as_ref().is_some_and(|p| p.pid == pid))
+            })
+            .await;
+        if arrived.is_ok() {
+            break pid;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no alert after the reload"
+        );
+    };
+    assert!(pids(&sub, "Test drop").contains(&moved_pid));
+    assert!(sensor.stop().await?.success());
+    Ok(())
+}
+
+/// Alerts of the rule titled `title`.
+fn alerts_titled<'s>(
+    sub: &'s Subscription,
+    title: &'s str,
+) -> impl Iterator<Item = &'s proto::telemetry::v1::AlertEvent> + 's {
+    sub.events
+        .iter()
+        .filter_map(move |e| match e.event.as_ref()?.kind.as_ref()? {
+            proto::telemetry::v1::event::Kind::Alert(a) if a.rule_title == title => Some(a),
+            _ => None,
+        })
+}
+
+/// Removes a file or an (empty) directory the test made, even on failure.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+        }
+    }
 }

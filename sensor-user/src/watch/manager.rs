@@ -17,7 +17,10 @@ use super::{
     identity::{self, IdentityScan},
     kernel::WatchMaps,
 };
-use crate::{config::FilesConfig, transport::DropTracker};
+use crate::{
+    config::{FilesConfig, WatchRule},
+    transport::DropTracker,
+};
 
 /// Requests to the watch manager.
 #[derive(Debug)]
@@ -30,6 +33,9 @@ pub enum Command {
     /// A name was renamed or linked into the watched set: what it names
     /// joins the watched files by identity.
     Arrived(String),
+    /// The detection rules were reloaded: the paths they need now
+    /// ([`super::rule_paths::watch_rules`]), besides the configured ones.
+    RuleWatches(Vec<WatchRule>),
     Stop,
 }
 
@@ -56,10 +62,12 @@ pub fn start(
     mut maps: WatchMaps,
     config: FilesConfig,
     self_files: Vec<PathBuf>,
+    rule_watches: Vec<WatchRule>,
     anchors: Anchors,
     drops: Arc<DropTracker>,
 ) -> Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>), WatchError> {
-    let compiled = CompiledWatches::build(&config, &self_files, &anchors)?;
+    let compiled =
+        CompiledWatches::build(&with_rules(&config, &rule_watches), &self_files, &anchors)?;
     maps.apply(&compiled)?;
     log_set(&compiled, "start");
     let (tx, rx) = mpsc::channel();
@@ -67,6 +75,7 @@ pub fn start(
         maps,
         config,
         self_files,
+        rule_watches,
         anchors,
         current: compiled,
         drops,
@@ -95,10 +104,18 @@ fn log_set(c: &CompiledWatches, why: &str) {
     }
 }
 
+/// The configured set plus what the detection rules need.
+fn with_rules(config: &FilesConfig, rule_watches: &[WatchRule]) -> FilesConfig {
+    let mut merged = config.clone();
+    merged.watch.extend(rule_watches.iter().cloned());
+    merged
+}
+
 struct Manager {
     maps: WatchMaps,
     config: FilesConfig,
     self_files: Vec<PathBuf>,
+    rule_watches: Vec<WatchRule>,
     anchors: Anchors,
     current: CompiledWatches,
     drops: Arc<DropTracker>,
@@ -126,6 +143,12 @@ impl Manager {
                     }
                 }
                 Ok(Command::Arrived(path)) => self.arrived(Path::new(&path)),
+                Ok(Command::RuleWatches(rules)) => {
+                    self.rule_watches = rules;
+                    if self.refresh("detection rules reloaded") {
+                        self.rescan("detection rules reloaded");
+                    }
+                }
                 Ok(Command::PathChanged(path)) => {
                     if self
                         .current
@@ -153,8 +176,9 @@ impl Manager {
     /// Rebuilds the set; on error the maps keep the set in force. True when
     /// it changed.
     fn refresh(&mut self, why: &'static str) -> bool {
-        let result = CompiledWatches::build(&self.config, &self.self_files, &self.anchors)
-            .and_then(|c| {
+        let config = with_rules(&self.config, &self.rule_watches);
+        let result =
+            CompiledWatches::build(&config, &self.self_files, &self.anchors).and_then(|c| {
                 if c != self.current {
                     self.maps.apply(&c)?;
                 }

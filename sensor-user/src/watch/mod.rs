@@ -12,6 +12,7 @@ pub mod identity;
 pub mod kernel;
 pub mod manager;
 pub mod repeats;
+pub mod rule_paths;
 
 use std::{
     collections::{BTreeMap, HashMap},
