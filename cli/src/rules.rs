@@ -101,6 +101,20 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
             q.source,
         );
     }
+    // What the file rules make the sensor watch, and what they cannot see.
+    let needs = rules.path_needs();
+    for n in &needs.needs {
+        let (anchor, path) = match &n.bound {
+            detect::PathBound::Exact(p) => ("exact", p),
+            detect::PathBound::Prefix(p) => ("prefix", p),
+        };
+        let ops = if n.read { "read" } else { "write" };
+        println!("WATCHES\t{anchor}\t{path}\t{ops}");
+    }
+    for b in &needs.blind {
+        let how = if b.partly { "partly" } else { "fully" };
+        println!("BLIND\t{}\t{how}\t{}\t{}", b.title, b.source, b.reason);
+    }
     for r in &refused {
         println!("{}", refusal(r));
     }

@@ -55,6 +55,21 @@ fn list_shows_sigmahq_loaded_and_refused_with_reasons() {
             "{line}"
         );
     }
+    // The paths the file rules need watched, and the rules that see
+    // watched files only.
+    assert!(
+        text.contains("WATCHES\tprefix\t/etc/cron.d/\twrite\n")
+            && text.contains("WATCHES\texact\t/tmp/rootlog\twrite\n"),
+        "{text}"
+    );
+    let blind: Vec<&str> = text.lines().filter(|l| l.starts_with("BLIND\t")).collect();
+    assert_eq!(blind.len(), 5, "{text}");
+    assert!(
+        blind
+            .iter()
+            .any(|l| l.starts_with("BLIND\tNew Cron File Created\tpartly\t")),
+        "{blind:?}"
+    );
     // A loaded rule's line: id, title, level, category, ATT&CK, author, file.
     let reverse = text
         .lines()
