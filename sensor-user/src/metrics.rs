@@ -183,6 +183,12 @@ impl SensorMetrics {
             t.sample(&[("kind", kind)], n.load(Relaxed));
         }
         t.single(
+            "rxsentry_sensor_tamper_findings_total",
+            Kind::Counter,
+            "Someone else touched rxsentry's kernel objects (TamperEvents sent), all kinds.",
+            crate::tamper::count(),
+        );
+        t.single(
             "rxsentry_sensor_events_enriched_total",
             Kind::Counter,
             "Events enriched and passed on to batching.",

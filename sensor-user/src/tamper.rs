@@ -14,6 +14,11 @@ pub fn count_one() -> u64 {
     COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
+/// Findings since the sensor started (the metrics' counter).
+pub fn count() -> u64 {
+    COUNT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How often the daemon checks its pins.
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -1171,6 +1171,12 @@ async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<
         assert!(t.restored && t.error.is_empty(), "{attack}: {t:?}");
         assert_eq!(t.count, round as u64 + 1);
     }
+    // Counted for the metrics too.
+    let samples = sensor.metrics().await?;
+    assert_eq!(
+        samples.get("rxsentry_sensor_tamper_findings_total", &[]),
+        Some(2.0)
+    );
     sensor.kill().await?;
     setup.assert_blocked(&untrusted, true, "pins removed, then the sensor killed")?;
     Ok(())
