@@ -733,7 +733,9 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
 /// SigmaHQ's Linux rules) and the default pack's rule on /etc/rxsentry/
 /// each alert on a real write, a look-alike path next to each does not, a
 /// SIGHUP with the SOC rule moved to another directory watches that one,
-/// and the rules the watched set cannot cover are named in the log.
+/// and the rules the watched set cannot cover are named in the log. Two of
+/// SigmaHQ's process rules (a history file deleted, a service file
+/// timestomped) alert on the real commands and not on look-alikes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
     let area = tempfile::Builder::new()
@@ -847,6 +849,41 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
         "{}",
         lockfile.rule_source
     );
+
+    // Two of SigmaHQ's process rules, exercised for real: a shell history
+    // deleted and a service file's time set back. Look-alikes first, in
+    // the same ring.
+    let file = |name: &str| -> anyhow::Result<String> {
+        let path = area.path().join(name);
+        std::fs::write(&path, "x")?;
+        Ok(path.display().to_string())
+    };
+    let (notes, history) = (file("notes.txt")?, file(".bash_history")?);
+    let service = area.path().join("fake.service").display().to_string();
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<u32> {
+        let mut child = std::process::Command::new(program).args(args).spawn()?;
+        let pid = child.id();
+        anyhow::ensure!(child.wait()?.success(), "{program} {args:?}");
+        Ok(pid)
+    };
+    run("/usr/bin/rm", &[&notes])?;
+    run("/usr/bin/touch", &[&service])?;
+    let rm_pid = run("/usr/bin/rm", &[&history])?;
+    let touch_pid = run("/usr/bin/touch", &["-t", "202001010000", &service])?;
+    let process_titles = ["History File Deletion", "Touch Suspicious Service File"];
+    sub.until(Duration::from_secs(20), |s| {
+        process_titles
+            .iter()
+            .all(|t| alerts_titled(s, t).next().is_some())
+    })
+    .await?;
+    assert_eq!(pids(&sub, "History File Deletion"), [rm_pid]);
+    assert_eq!(pids(&sub, "Touch Suspicious Service File"), [touch_pid]);
+    let history_alert = alerts_titled(&sub, "History File Deletion")
+        .next()
+        .expect("seen above");
+    assert_eq!(history_alert.rule_author, "Florian Roth (Nextron Systems)");
+    assert_eq!(history_alert.matched_kind(), EventKind::Exec);
 
     // The SOC moves its rule: after SIGHUP the new directory is watched.
     std::fs::write(rules.path().join("drop.yml"), soc_rule(&moved_dir))?;
