@@ -95,8 +95,5 @@ fn check(name: &str, out: std::process::Output) -> anyhow::Result<()> {
 pub fn sha256_of(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest as _;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }

@@ -12,7 +12,6 @@ use std::{
 };
 
 use proto::telemetry::v1::{EventKind, PolicyEvent, SubscribeRequest, event, policy_event};
-use sha2::{Digest as _, Sha256};
 use tests::{
     Collector, Sensor, SensorOptions, Subscription,
     cgroup::TestCgroup,
@@ -21,10 +20,7 @@ use tests::{
 };
 
 fn sha256_hex(path: &Path) -> String {
-    Sha256::digest(std::fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tests::exe::sha256_of(path).expect("readable")
 }
 
 /// A scratch dir, a cgroup, and a policy file pointing at both.

@@ -1073,11 +1073,7 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
     // Enforce an allowlist (only /usr/bin/touch) in a cgroup of the test's
     // own, so nothing else on the machine is under it.
     let cgroup = tests::cgroup::TestCgroup::new(&marker("rxiso-detect"))?;
-    let touch_sha: String =
-        <sha2::Sha256 as sha2::Digest>::digest(std::fs::read("/usr/bin/touch")?)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let touch_sha = tests::exe::sha256_of(Path::new("/usr/bin/touch"))?;
     let policy = lab.dir.path().join("policy.toml");
     std::fs::write(
         &policy,

@@ -4,15 +4,10 @@
 use std::time::Duration;
 
 use proto::telemetry::v1::{EventKind, SubscribeRequest};
-use sha2::{Digest as _, Sha256};
 use tests::{Collector, Sensor, SensorOptions, Subscription, marker, sensor_programs_after_exit};
 
 fn sha256_hex(path: &str) -> String {
-    let bytes = std::fs::read(path).expect("readable binary");
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tests::exe::sha256_of(std::path::Path::new(path)).expect("readable binary")
 }
 
 /// What "within a few seconds" of the test's own clock means.

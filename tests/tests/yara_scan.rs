@@ -6,7 +6,6 @@
 use std::{path::Path, time::Duration};
 
 use proto::telemetry::v1::{AlertEngine, AlertEvent, EventKind};
-use sha2::{Digest, Sha256};
 use tests::{Collector, Sensor, SensorOptions, Subscription, exe, marker};
 
 /// The YARA alerts about `subject`.
@@ -18,8 +17,7 @@ fn yara_alerts<'a>(sub: &'a Subscription, subject: &str) -> Vec<&'a AlertEvent> 
 }
 
 fn sha256_hex(path: &Path) -> anyhow::Result<String> {
-    let digest = Sha256::digest(std::fs::read(path)?);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    tests::exe::sha256_of(path)
 }
 
 /// Runs `program`, returns its pid after it exited successfully.

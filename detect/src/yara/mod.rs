@@ -348,7 +348,7 @@ impl FileScanner<'_> {
             .map(|r| describe(rules, &r))
             .collect();
         Ok(ScanOutcome {
-            sha256: hex(&Sha256::digest(data)),
+            sha256: format!("{:x}", Sha256::digest(data)),
             size: data.len() as u64,
             matches,
         })
@@ -403,16 +403,6 @@ fn describe(rules: &YaraRules, r: &yara_x::Rule<'_, '_>) -> YaraMatch {
         m.level = "high".into();
     }
     m
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// The YARA rule set in force, shared by the daemon (which replaces it on

@@ -303,17 +303,8 @@ pub fn sha256_hex(reader: &mut impl Read, limit: u64) -> std::io::Result<(String
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((to_hex(&hasher.finalize()), total))
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // The digest's LowerHex: lowercase hex, two digits a byte.
+    Ok((format!("{:x}", hasher.finalize()), total))
 }
 
 #[cfg(test)]
@@ -423,7 +414,7 @@ mod tests {
             .expect("mtime");
         drop(f);
         let new = cache.hash_path(&path, None).expect("hash");
-        assert_eq!(new, to_hex(&Sha256::digest(b"xyz")));
+        assert_eq!(new, format!("{:x}", Sha256::digest(b"xyz")));
         assert_ne!(new, ABC_SHA256);
         assert_eq!((cache.stats().hits, cache.stats().misses), (0, 2));
     }
