@@ -735,7 +735,8 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
 /// SIGHUP with the SOC rule moved to another directory watches that one,
 /// and the rules the watched set cannot cover are named in the log. Two of
 /// SigmaHQ's process rules (a history file deleted, a service file
-/// timestomped) alert on the real commands and not on look-alikes.
+/// timestomped) alert on the real commands and not on look-alikes, and so
+/// does the default pack's PHI read rule (`cat`, not the expected `head`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
     let area = tempfile::Builder::new()
@@ -773,8 +774,14 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
 
     let collector = Collector::start().await?;
     let mut sub = Subscription::open_kinds(&collector.url(), &[EventKind::Alert]).await?;
+    // The PHI store of the default pack's rules: a directory of the test's
+    // (watched for them too), read as expected by `head` only.
+    let phi = dir("phi")?;
+    let record = format!("{phi}/rx-0001.json");
+    std::fs::write(&record, "{}")?;
     let options = SensorOptions::with_extra(&format!(
-        "[detection]\nrule_dirs = [\"{}\", \"{}\"]\n",
+        "[detection]\nrule_dirs = [\"{}\", \"{}\"]\n\
+         [detection.placeholders]\nphi_dirs = [\"{phi}/\"]\nphi_readers = [\"/usr/bin/head\"]\n",
         rules.path().display(),
         sigmahq.display()
     ));
@@ -810,15 +817,27 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
         anyhow::ensure!(child.wait()?.success(), "writing {path}");
         Ok(pid)
     };
+    let read = |program: &str| -> anyhow::Result<u32> {
+        let mut child = std::process::Command::new(program)
+            .arg(&record)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        anyhow::ensure!(child.wait()?.success(), "{program} {record}");
+        Ok(pid)
+    };
     write(&format!("{lookalike_dir}/payload"))?;
     write("/tmp/rootlog.bak")?;
+    read("/usr/bin/head")?;
     let soc_pid = write(&format!("{drop_dir}/payload"))?;
     let rootlog_pid = write("/tmp/rootlog")?;
     let own_pid = write(&own_file.display().to_string())?;
+    let phi_pid = read("/usr/bin/cat")?;
     let titles = [
         "Test drop",
         "Triple Cross eBPF Rootkit Default LockFile",
         "Write to rxsentry's Own Files",
+        "Read of the PHI Store by an Unexpected Program",
     ];
     sub.until(Duration::from_secs(20), |s| {
         titles.iter().all(|t| alerts_titled(s, t).next().is_some())
@@ -835,6 +854,11 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
         [rootlog_pid]
     );
     assert_eq!(pids(&sub, "Write to rxsentry's Own Files"), [own_pid]);
+    // `head` is an expected PHI reader; `cat` is not.
+    assert_eq!(
+        pids(&sub, "Read of the PHI Store by an Unexpected Program"),
+        [phi_pid]
+    );
     let lockfile = alerts_titled(&sub, "Triple Cross eBPF Rootkit Default LockFile")
         .next()
         .expect("seen above");
@@ -943,4 +967,70 @@ impl Drop for RemoveOnDrop {
             _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
         }
     }
+}
+
+/// The default pack's "Repeated Allowlist Blocks" (5 blocks on the host
+/// within 60 s, a sequence rule): four blocks do not alert, the fifth does,
+/// with the fifth block's process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_allowlist_blocks_alert_and_four_do_not() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let cgroup = tests::cgroup::TestCgroup::new(&marker("rxdetect-blocks"))?;
+    let touch = std::path::Path::new("/usr/bin/touch");
+    let intruder = work.path().join("intruder");
+    tests::exe::copy_executable(touch, &intruder)?;
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{}\"\n",
+            cgroup.path.display(),
+            tests::exe::sha256_of(touch)?
+        ),
+    )?;
+    let collector = Collector::start().await?;
+    let mut sub =
+        Subscription::open_kinds(&collector.url(), &[EventKind::Policy, EventKind::Alert]).await?;
+    let options =
+        SensorOptions::with_extra(&format!("[policy]\npath = \"{}\"\n", policy.display()));
+    let sensor = Sensor::start(&collector, options).await?;
+    let blocks = |s: &Subscription| {
+        s.events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.event.as_ref().and_then(|e| e.kind.as_ref()),
+                    Some(proto::telemetry::v1::event::Kind::Policy(_))
+                )
+            })
+            .count()
+    };
+    let mut last_pid = 0;
+    for n in 1..=5 {
+        let mut child = cgroup
+            .command(&intruder)
+            .arg(work.path().join("x"))
+            .spawn()?;
+        last_pid = child.id();
+        anyhow::ensure!(!child.wait()?.success(), "block {n}: the intruder ran");
+        // Each block in the stream before the next: the rule counts events.
+        sub.until(Duration::from_secs(20), |s| blocks(s) >= n)
+            .await?;
+        if n == 4 {
+            let early: Vec<_> = alerts_titled(&sub, "Repeated Allowlist Blocks").collect();
+            assert!(early.is_empty(), "alerted after 4 blocks: {early:?}");
+        }
+    }
+    sub.until(Duration::from_secs(20), |s| {
+        alerts_titled(s, "Repeated Allowlist Blocks")
+            .next()
+            .is_some()
+    })
+    .await?;
+    let alerts: Vec<_> = alerts_titled(&sub, "Repeated Allowlist Blocks").collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].process.as_ref().map(|p| p.pid), Some(last_pid));
+    assert_eq!(alerts[0].rule_author, "rxsentry");
+    assert!(sensor.stop().await?.success());
+    Ok(())
 }
