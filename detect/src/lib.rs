@@ -260,6 +260,15 @@ fn number_needles(rules: &mut [Rule]) -> [Option<Prefilter>; Field::COUNT] {
     prefilters
 }
 
+/// Every rule file under `dir` (recursively), Sigma and YARA: what a
+/// reload reads, so a change to any of them can trigger one.
+pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    collect(dir, &["yml", "yaml", "yar", "yara"], &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// Every file under `dir` (recursively) whose extension is one of
 /// `extensions`: Sigma's `yml`/`yaml`, YARA's `yar`/`yara`.
 pub(crate) fn collect(

@@ -157,16 +157,16 @@ impl RuleStore {
 
     /// Re-reads the rules: on success they replace the set in force; on any
     /// error the set in force stays and the error is logged.
-    pub fn reload(&self, sources: &RuleSources) -> Result<usize, RulesError> {
+    pub fn reload(&self, sources: &RuleSources, why: &str) -> Result<usize, RulesError> {
         match load(sources) {
             Ok(loaded) => {
-                log_loaded(&loaded, "SIGHUP");
+                log_loaded(&loaded, why);
                 let n = loaded.rules.len();
                 self.replace(loaded.rules);
                 Ok(n)
             }
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: detection rules not reloaded; the last good set stays");
+                tracing::error!(error = %e, "{why}: detection rules not reloaded; the last good set stays");
                 Err(e)
             }
         }
@@ -690,7 +690,7 @@ mod tests {
         let rule = "title: id run\nauthor: soc\nlogsource: {product: linux, category: process_creation}\ndetection:\n  selection:\n    Image|endswith: /id\n  condition: selection\n";
         std::fs::write(dir.path().join("id.yml"), rule).expect("write");
         std::fs::write(dir.path().join("broken.yml"), "detection: [").expect("write");
-        let err = store.reload(&config).expect_err("a broken file");
+        let err = store.reload(&config, "SIGHUP").expect_err("a broken file");
         assert!(err.to_string().contains("broken.yml"), "{err}");
         assert!(
             alerts(&run(&mut e, id_exec())).is_empty(),
@@ -698,7 +698,7 @@ mod tests {
         );
 
         std::fs::remove_file(dir.path().join("broken.yml")).expect("rm");
-        let n = store.reload(&config).expect("reloads");
+        let n = store.reload(&config, "SIGHUP").expect("reloads");
         assert_eq!(n, detect::DEFAULT_PACK.len() + 1);
         let out = run(&mut e, id_exec());
         let got = alerts(&out);

@@ -133,6 +133,8 @@ pub struct Daemon {
     rules: Option<(Arc<RuleStore>, RuleSources)>,
     /// The YARA rules in force and where they are read from.
     yara: Option<(Arc<YaraStore>, YaraConfig)>,
+    /// The rule directories, looked at every [`crate::rule_files::POLL`].
+    rule_files: Option<crate::rule_files::RuleFiles>,
     /// The figures `/metrics` shows; `isolation_status` is `None` when
     /// isolation is disabled.
     metrics: Arc<SensorMetrics>,
@@ -341,6 +343,11 @@ impl Daemon {
             reader,
             rules: sigma.map(|store| (store, sources)),
             yara: yara.map(|store| (store, config.detection.yara.clone())),
+            rule_files: config.detection.enabled.then(|| {
+                let mut dirs = config.detection.rule_dirs.clone();
+                dirs.extend(config.detection.yara.rule_dirs.iter().cloned());
+                crate::rule_files::RuleFiles::new(dirs)
+            }),
             metrics,
             isolation_status,
             tamper: audit_events,
@@ -352,11 +359,17 @@ impl Daemon {
     pub async fn run_until_signal(&mut self) {
         let mut poll = tokio::time::interval(DROP_POLL);
         let mut tamper = tokio::time::interval(crate::tamper::POLL);
+        let mut rule_files = tokio::time::interval(crate::rule_files::POLL);
         loop {
             tokio::select! {
                 _ = self.signals.term.recv() => return,
                 _ = self.signals.int.recv() => return,
                 _ = self.signals.hup.recv() => self.reload(),
+                _ = rule_files.tick() => {
+                    if self.rule_files.as_mut().is_some_and(|f| f.changed()) {
+                        self.reload_rules("rule files changed");
+                    }
+                }
                 _ = tamper.tick() => self.check_tamper().await,
                 _ = poll.tick() => match self.hooks.kernel_drops() {
                     Ok(k) => {
@@ -406,6 +419,23 @@ impl Daemon {
             Some(policy) => _ = policy.tx.send(PolicyCommand::Reload),
             None => tracing::info!("SIGHUP: no policy configured"),
         }
+        self.reload_rules("SIGHUP");
+    }
+
+    /// Re-reads the Sigma and YARA rules (off the signal loop); the paths
+    /// new file rules need join the watched set. A broken file keeps the
+    /// last good set, logged with `why`.
+    fn reload_rules(&self, why: &'static str) {
+        // Reloads run one at a time, each reading the files as they are
+        // when it starts: two in a row (SIGHUP and a file change) end with
+        // the newer files in force, and the watched set sent last is the
+        // set in force.
+        static SIGMA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        static YARA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one_at_a_time = |lock: &'static std::sync::Mutex<()>| match lock.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         if let Some((store, config)) = &self.rules {
             let (store, config) = (store.clone(), config.clone());
             let watch = self.watch.as_ref().map(|w| w.tx.clone());
@@ -413,19 +443,23 @@ impl Daemon {
             // (or why the last good set stays) is logged there; the paths
             // the new rules need join the watched set.
             tokio::task::spawn_blocking(move || {
-                if store.reload(&config).is_ok()
+                let _one = one_at_a_time(&SIGMA);
+                if store.reload(&config, why).is_ok()
                     && let Some(watch) = watch
                 {
                     let needs = store.path_needs();
                     let rules = watch::rule_paths::watch_rules(&needs);
-                    watch::rule_paths::log(&needs, &rules, "SIGHUP");
+                    watch::rule_paths::log(&needs, &rules, why);
                     _ = watch.send(WatchCommand::RuleWatches(rules));
                 }
             });
         }
         if let Some((store, config)) = &self.yara {
             let (store, config) = (store.clone(), config.clone());
-            tokio::task::spawn_blocking(move || _ = crate::yara::reload(&store, &config));
+            tokio::task::spawn_blocking(move || {
+                let _one = one_at_a_time(&YARA);
+                _ = crate::yara::reload(&store, &config, why);
+            });
         }
     }
 

@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod respond;
 pub mod router;
+pub mod rule_files;
 pub mod tamper;
 pub mod transport;
 pub mod watch;

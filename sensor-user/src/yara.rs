@@ -41,16 +41,16 @@ pub fn log_loaded(rules: &YaraRules, why: &str) {
 }
 
 /// Re-reads the rules on SIGHUP: the last good set stays on any error.
-pub fn reload(store: &YaraStore, config: &YaraConfig) -> Result<usize, YaraLoadError> {
+pub fn reload(store: &YaraStore, config: &YaraConfig, why: &str) -> Result<usize, YaraLoadError> {
     match load(config) {
         Ok(rules) => {
-            log_loaded(&rules, "SIGHUP");
+            log_loaded(&rules, why);
             let n = rules.len();
             store.replace(rules);
             Ok(n)
         }
         Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: YARA rules not reloaded; the last good set stays");
+            tracing::error!(error = %e, "{why}: YARA rules not reloaded; the last good set stays");
             Err(e)
         }
     }

@@ -732,7 +732,8 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
 /// SigmaHQ rule on `/tmp/rootlog` (loaded from ../shared with the rest of
 /// SigmaHQ's Linux rules) and the default pack's rule on /etc/rxsentry/
 /// each alert on a real write, a look-alike path next to each does not, a
-/// SIGHUP with the SOC rule moved to another directory watches that one,
+/// SIGHUP with the SOC rule moved to another directory watches that one
+/// (and so does an edit of the rule file alone, with no signal),
 /// and the rules the watched set cannot cover are named in the log. Two of
 /// SigmaHQ's process rules (a history file deleted, a service file
 /// timestomped) alert on the real commands and not on look-alikes, and so
@@ -909,38 +910,47 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
     assert_eq!(history_alert.rule_author, "Florian Roth (Nextron Systems)");
     assert_eq!(history_alert.matched_kind(), EventKind::Exec);
 
-    // The SOC moves its rule: after SIGHUP the new directory is watched.
-    std::fs::write(rules.path().join("drop.yml"), soc_rule(&moved_dir))?;
-    sensor.hangup()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !sensor.log().lines().any(|l| {
-        l.contains(&format!(
-            "SIGHUP: watched for detection rules: {moved_dir} "
-        ))
-    }) {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "{}", sensor.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The watch manager applies it after the log line: a first write may
-    // come before; write until one alerts.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let moved_pid = loop {
-        let pid = write(&format!("{moved_dir}/payload"))?;
-        let arrived = sub
-            .until(Duration::from_secs(2), |s| {
-                alerts_titled(s, "Test drop")
-                    .any(|a| a.process.as_ref().is_some_and(|p| p.pid == pid))
-            })
-            .await;
-        if arrived.is_ok() {
-            break pid;
+    // The SOC moves its rule: after SIGHUP the new directory is watched;
+    // moved again with no signal, the rule directory's change reloads it.
+    let auto_dir = dir("auto")?;
+    for (target, why, signal) in [
+        (&moved_dir, "SIGHUP", true),
+        (&auto_dir, "rule files changed", false),
+    ] {
+        std::fs::write(rules.path().join("drop.yml"), soc_rule(target))?;
+        if signal {
+            sensor.hangup()?;
         }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no alert after the reload"
-        );
-    };
-    assert!(pids(&sub, "Test drop").contains(&moved_pid));
+        let line = format!("{why}: watched for detection rules: {target} ");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !sensor.log().lines().any(|l| l.contains(&line)) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no `{line}`:\n{}",
+                sensor.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The watch manager applies the set after that line: a first write
+        // may come before it; write until one alerts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let pid = write(&format!("{target}/payload"))?;
+            let arrived = sub
+                .until(Duration::from_secs(2), |s| {
+                    alerts_titled(s, "Test drop")
+                        .any(|a| a.process.as_ref().is_some_and(|p| p.pid == pid))
+                })
+                .await;
+            if arrived.is_ok() {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{why}: no alert for {target}"
+            );
+        }
+    }
     assert!(sensor.stop().await?.success());
     Ok(())
 }
