@@ -380,7 +380,7 @@ mod raw {
             frame.extend(ethertype.to_be_bytes());
             frame.extend(payload);
             // SAFETY: sends `frame` to a valid sockaddr_ll.
-            os(unsafe {
+            let sent = os(unsafe {
                 libc::sendto(
                     sender.as_raw_fd(),
                     frame.as_ptr().cast(),
@@ -389,7 +389,14 @@ mod raw {
                     (&raw const out).cast(),
                     std::mem::size_of::<libc::sockaddr_ll>() as u32,
                 )
-            })?;
+            });
+            match sent {
+                Ok(_) => {}
+                // A TC egress program dropped it (TC_ACT_SHOT comes back to
+                // the sender as NET_XMIT_DROP): it does not arrive.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut seen = [false; 4];
         let deadline = Instant::now() + wait;
