@@ -24,6 +24,9 @@ pub(crate) enum ValueMatcher {
     Text {
         anchor: Anchor,
         needle: String,
+        /// The value as the rule wrote it (before lowercasing): a path to
+        /// watch keeps its case (`crate::paths`).
+        written: String,
         cased: bool,
         /// Its index in the field's [`Prefilter`] (set when the rule set is
         /// built; None: cased or empty, checked directly).
@@ -149,6 +152,7 @@ impl ValueMatcher {
                 needle,
                 cased,
                 id,
+                ..
             } => value.is_some_and(|v| {
                 let hay = if *cased { v.raw } else { v.lower };
                 if let Some(id) = id {
@@ -324,7 +328,12 @@ impl Modifiers {
         match parse_wildcards(text) {
             Pattern::Literal(lit) => Ok(ValueMatcher::Text {
                 anchor,
-                needle: if self.cased { lit } else { lit.to_lowercase() },
+                needle: if self.cased {
+                    lit.clone()
+                } else {
+                    lit.to_lowercase()
+                },
+                written: lit,
                 cased: self.cased,
                 id: None,
             }),

@@ -173,10 +173,14 @@ fn field_scope(m: &FieldMatcher) -> Scope {
     let mut bounds = Vec::new();
     for v in &m.values {
         match v {
-            ValueMatcher::Text { anchor, needle, .. } if needle.starts_with('/') => {
+            // The path as the rule wrote it: matching ignores case, the
+            // file system does not.
+            ValueMatcher::Text {
+                anchor, written, ..
+            } if written.starts_with('/') => {
                 bounds.push(match anchor {
-                    Anchor::Exact => PathBound::Exact(needle.clone()),
-                    Anchor::Prefix => PathBound::Prefix(needle.clone()),
+                    Anchor::Exact => PathBound::Exact(written.clone()),
+                    Anchor::Prefix => PathBound::Prefix(written.clone()),
                     Anchor::Suffix | Anchor::Contains => return Scope::unbounded(),
                 });
             }
@@ -240,6 +244,18 @@ mod tests {
                 (PathBound::Prefix("/etc/cron.d/".into()), false),
                 (PathBound::Prefix("/var/spool/cron/root".into()), false),
             ]
+        );
+    }
+
+    #[test]
+    fn a_path_keeps_the_case_the_rule_wrote() {
+        let got = needs(&[&rule(
+            "file_event",
+            "  selection:\n    TargetFilename|startswith: '/run/Test-XyZ/'\n  condition: selection\n",
+        )]);
+        assert_eq!(
+            got.needs[0].bound,
+            PathBound::Prefix("/run/Test-XyZ/".into())
         );
     }
 

@@ -46,9 +46,8 @@ fn watched_path(bound: &PathBound) -> Option<String> {
         PathBound::Prefix(p) if p.ends_with('/') => p.trim_end_matches('/'),
         PathBound::Exact(p) | PathBound::Prefix(p) => p.rsplit_once('/').map_or("", |(d, _)| d),
     };
-    // Sigma values are matched case-insensitively; the kernel compares
-    // names as they are. Mixed-case paths are rare on Linux: watched as
-    // the rule writes them (lowercased unless `cased`).
+    // Watched as the rule writes it (Sigma matches it in any case; the
+    // kernel's names have one).
     (!path.is_empty() && path != "/" && !path.contains('*')).then(|| path.to_owned())
 }
 
