@@ -213,10 +213,7 @@ impl Daemon {
                 .collect();
             // Paths the detection rules need, watched from the first scan.
             let rule_watches = sigma.as_ref().map_or_else(Vec::new, |store| {
-                let needs = store.path_needs();
-                let rules = watch::rule_paths::watch_rules(&needs);
-                watch::rule_paths::log(&needs, &rules, "start");
-                rules
+                watch::rule_paths::for_store(store, "start")
             });
             let maps = hooks.take_watch_maps()?;
             let (tx, thread) = watch::manager::start(
@@ -447,9 +444,7 @@ impl Daemon {
                 if store.reload(&config, why).is_ok()
                     && let Some(watch) = watch
                 {
-                    let needs = store.path_needs();
-                    let rules = watch::rule_paths::watch_rules(&needs);
-                    watch::rule_paths::log(&needs, &rules, why);
+                    let rules = watch::rule_paths::for_store(&store, why);
                     _ = watch.send(WatchCommand::RuleWatches(rules));
                 }
             });

@@ -28,6 +28,16 @@ pub struct TestCgroup {
 }
 
 impl TestCgroup {
+    /// An enforcing allowlist policy scoped to this cgroup that allows
+    /// `/usr/bin/touch` (by its SHA-256 now) and nothing else.
+    pub fn touch_only_policy(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{}\"\n",
+            self.path.display(),
+            crate::exe::sha256_of(Path::new("/usr/bin/touch"))?
+        ))
+    }
+
     pub fn new(name: &str) -> anyhow::Result<Self> {
         let path = cgroup2_root()?.join(name);
         std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;

@@ -27,6 +27,21 @@ pub const SENSOR_READY: &str = "rxsentry-sensor ready";
 /// The collector's line on stdout, followed by its address.
 pub const COLLECTOR_LISTENING: &str = "rxsentry-collector listening on";
 
+/// Runs `program args...` to its end (stdout discarded); its pid, once it
+/// exited successfully: what a test asserts an event or alert against.
+pub fn run_for_pid(program: impl AsRef<OsStr>, args: &[&str]) -> anyhow::Result<u32> {
+    let program = program.as_ref();
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let pid = child.id();
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "{} {args:?}: {status}", program.display());
+    Ok(pid)
+}
+
 /// Where the release binaries are: `RXSENTRY_BIN_DIR` (set by `cargo xtask
 /// test`), else `release` in cargo's target directory of this workspace
 /// (`CARGO_TARGET_DIR` honoured, as `cargo xtask build` does).

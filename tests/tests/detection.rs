@@ -567,15 +567,7 @@ async fn the_default_pack_alerts_on_intrusion_steps_and_not_on_look_alikes() -> 
         ),
     };
     let sensor = Sensor::start(&collector, options).await?;
-    let run = |program: &std::path::Path, args: &[&str]| -> anyhow::Result<u32> {
-        let mut child = std::process::Command::new(program)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        let pid = child.id();
-        anyhow::ensure!(child.wait()?.success(), "{} {args:?}", program.display());
-        Ok(pid)
-    };
+    let run = |program: &std::path::Path, args: &[&str]| tests::procs::run_for_pid(program, args);
 
     // In each ring the look-alike goes first: once the real step's alert
     // is in, the look-alike before it was evaluated too (events of one
@@ -817,23 +809,9 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
 
     // Look-alikes first: in the file ring they come before the writes that
     // alert, so once those alerts are in, the look-alikes were evaluated.
-    let write = |path: &str| -> anyhow::Result<u32> {
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "echo x > \"$1\"", "sh", path])
-            .spawn()?;
-        let pid = child.id();
-        anyhow::ensure!(child.wait()?.success(), "writing {path}");
-        Ok(pid)
-    };
-    let read = |program: &str| -> anyhow::Result<u32> {
-        let mut child = std::process::Command::new(program)
-            .arg(&record)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        let pid = child.id();
-        anyhow::ensure!(child.wait()?.success(), "{program} {record}");
-        Ok(pid)
-    };
+    let write =
+        |path: &str| tests::procs::run_for_pid("/bin/sh", &["-c", "echo x > \"$1\"", "sh", path]);
+    let read = |program: &str| tests::procs::run_for_pid(program, &[&record]);
     write(&format!("{lookalike_dir}/payload"))?;
     write("/tmp/rootlog.bak")?;
     read("/usr/bin/head")?;
@@ -892,12 +870,7 @@ async fn file_rules_watch_the_paths_they_name() -> anyhow::Result<()> {
     };
     let (notes, history) = (file("notes.txt")?, file(".bash_history")?);
     let service = area.path().join("fake.service").display().to_string();
-    let run = |program: &str, args: &[&str]| -> anyhow::Result<u32> {
-        let mut child = std::process::Command::new(program).args(args).spawn()?;
-        let pid = child.id();
-        anyhow::ensure!(child.wait()?.success(), "{program} {args:?}");
-        Ok(pid)
-    };
+    let run = |program: &str, args: &[&str]| tests::procs::run_for_pid(program, args);
     run("/usr/bin/rm", &[&notes])?;
     run("/usr/bin/touch", &[&service])?;
     let rm_pid = run("/usr/bin/rm", &[&history])?;
@@ -997,14 +970,7 @@ async fn five_allowlist_blocks_alert_and_four_do_not() -> anyhow::Result<()> {
     let intruder = work.path().join("intruder");
     tests::exe::copy_executable(touch, &intruder)?;
     let policy = work.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{}\"\n",
-            cgroup.path.display(),
-            tests::exe::sha256_of(touch)?
-        ),
-    )?;
+    std::fs::write(&policy, cgroup.touch_only_policy()?)?;
     let collector = Collector::start().await?;
     let mut sub =
         Subscription::open_kinds(&collector.url(), &[EventKind::Policy, EventKind::Alert]).await?;

@@ -51,14 +51,7 @@ async fn start(tree: &Tree, files: &str) -> anyhow::Result<(Collector, Subscript
 
 /// Runs `program args...`, returns its pid after it exited successfully.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<u32> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let status = child.wait()?;
-    anyhow::ensure!(status.success(), "{program} {args:?}: {status}");
-    Ok(pid)
+    tests::procs::run_for_pid(program, args)
 }
 
 /// Reads a fresh watched file and waits for its event: the ring buffer and

@@ -1072,15 +1072,8 @@ async fn detection_rule_isolates_after_repeated_exec_blocks() -> anyhow::Result<
     // Enforce an allowlist (only /usr/bin/touch) in a cgroup of the test's
     // own, so nothing else on the machine is under it.
     let cgroup = tests::cgroup::TestCgroup::new(&marker("rxiso-detect"))?;
-    let touch_sha = tests::exe::sha256_of(Path::new("/usr/bin/touch"))?;
     let policy = lab.dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{touch_sha}\"\n",
-            cgroup.path.display()
-        ),
-    )?;
+    std::fs::write(&policy, cgroup.touch_only_policy()?)?;
     let intruder = lab.dir.path().join("intruder");
     tests::exe::copy_executable(Path::new("/usr/bin/touch"), &intruder)?;
     let rule = format!(

@@ -284,14 +284,7 @@ async fn isolation_state_and_a_response_rule_hit_show_in_the_metrics() -> anyhow
     let dir = tempfile::tempdir()?;
     let cgroup = TestCgroup::new(&marker("rxmetrics-iso"))?;
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "mode = \"enforce\"\nscope_cgroups = [\"{}\"]\n[[allow]]\npath = \"/usr/bin/touch\"\nsha256 = \"{}\"\n",
-            cgroup.path.display(),
-            tests::exe::sha256_of(Path::new("/usr/bin/touch"))?
-        ),
-    )?;
+    std::fs::write(&policy, cgroup.touch_only_policy()?)?;
     let intruder = dir.path().join("intruder");
     tests::exe::copy_executable(Path::new("/usr/bin/touch"), &intruder)?;
     let config = format!(

@@ -51,9 +51,18 @@ fn watched_path(bound: &PathBound) -> Option<String> {
     (!path.is_empty() && path != "/" && !path.contains('*')).then(|| path.to_owned())
 }
 
+/// The watch rules the rule set in force needs, logged (with its blind
+/// rules) under `why`: at start and after each reload.
+pub fn for_store(store: &crate::alerts::RuleStore, why: &str) -> Vec<WatchRule> {
+    let needs = store.path_needs();
+    let rules = watch_rules(&needs);
+    log(&needs, &rules, why);
+    rules
+}
+
 /// Logs what the rules added to the watched set, and the rules that see
 /// watched files only.
-pub fn log(needs: &PathNeeds, rules: &[WatchRule], why: &str) {
+fn log(needs: &PathNeeds, rules: &[WatchRule], why: &str) {
     for rule in rules {
         tracing::info!(
             "{why}: watched for detection rules: {} (ops {})",
