@@ -25,6 +25,8 @@ pub enum EventKind {
     Net = 6,
     /// A [`crate::file::FileRenameEvent`].
     FileRename = 7,
+    /// A [`crate::tamper::TamperCallEvent`].
+    TamperCall = 8,
 }
 
 impl EventKind {
@@ -37,6 +39,7 @@ impl EventKind {
             5 => Some(Self::File),
             7 => Some(Self::FileRename),
             6 => Some(Self::Net),
+            8 => Some(Self::TamperCall),
             _ => None,
         }
     }

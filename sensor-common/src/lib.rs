@@ -14,6 +14,7 @@ pub mod isolation;
 pub mod net;
 pub mod offsets;
 pub mod policy;
+pub mod tamper;
 
 pub use event::*;
 pub use file::{
@@ -27,6 +28,9 @@ pub use offsets::KernelOffsets;
 pub use policy::{
     ALLOW_ENTRIES, AllowEntry, DENY_ENTRIES, DenyParentKey, DenyUidKey, FileId, PolicyEvent,
     PolicyState, SCOPE_ENTRIES, SCOPE_MAX_LEVELS, action, backend, mode, reason,
+};
+pub use tamper::{
+    TAMPER_PATH_LEN, TamperCallEvent, TamperSettings, bpf_cmd, ptrace_request, tamper_call,
 };
 
 /// The `imm` of a kfunc call instruction to `bpf_rdonly_cast` as built:
@@ -192,4 +196,14 @@ pub mod names {
     pub const HOOK_FLOOR: (&str, &str, &str) =
         ("hook_floor_open_exit", "syscalls", "sys_exit_openat");
     pub const HOOK_FLOOR_RUNS: &str = "HOOK_FLOOR_RUNS";
+    // self-protection
+    pub const TAMPER_SETTINGS: &str = "TAMPER_SETTINGS";
+    /// The self-protection programs and the syscall tracepoints they
+    /// attach to (`syscalls:<name>`).
+    pub const TAMPER_TRACEPOINTS: [(&str, &str); 4] = [
+        ("tamper_enter_bpf", "sys_enter_bpf"),
+        ("tamper_enter_ptrace", "sys_enter_ptrace"),
+        ("tamper_enter_vm_readv", "sys_enter_process_vm_readv"),
+        ("tamper_enter_vm_writev", "sys_enter_process_vm_writev"),
+    ];
 }

@@ -6,6 +6,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes,
     generated::{bpf_get_current_comm, bpf_get_current_task_btf, bpf_task_pt_regs},
 };
+use aya_ebpf::programs::TracePointContext;
 use sensor_common::{COMM_LEN, EventHeader, FILENAME_LEN, FileId, KernelOffsets, TaskInfo};
 
 /// A failed kernel read; the event is still sent, marked partial.
@@ -44,6 +45,23 @@ pub fn read_syscall_args(o: &KernelOffsets) -> [u64; 4] {
             load::<u64>(regs, o.regs_args[3]),
         ]
     }
+}
+
+/// Reads a `T` at `offset` of a tracepoint record.
+#[inline(always)]
+pub fn tp<T>(ctx: &TracePointContext, offset: u32) -> Result<T, ReadFailed> {
+    // SAFETY: bpf_probe_read_kernel on the tracepoint record; fails cleanly.
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| ReadFailed)
+}
+
+/// The first `N` syscall arguments of a `sys_enter_*` record, in one read
+/// (the loader checked that they are consecutive 8-byte slots).
+#[inline(always)]
+pub fn args<const N: usize>(
+    ctx: &TracePointContext,
+    o: &KernelOffsets,
+) -> Result<[u64; N], ReadFailed> {
+    tp::<[u64; N]>(ctx, o.tp_syscall_arg0)
 }
 
 /// A fresh event header stamped with CLOCK_BOOTTIME.

@@ -17,7 +17,6 @@ mod isolation;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
-#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;
@@ -25,6 +24,8 @@ mod net;
 mod policy;
 #[cfg(target_arch = "bpf")]
 mod process;
+#[cfg(target_arch = "bpf")]
+mod tamper;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -33,8 +33,8 @@ use sensor_common::{
 
 use crate::{
     kernel::{
-        Probe, ReadFailed, current_task_btf, header, read, read_current_task, read_fd_file,
-        read_ptr, read_task_exe,
+        Probe, ReadFailed, args, current_task_btf, header, read, read_current_task, read_fd_file,
+        read_ptr, read_task_exe, tp,
     },
     maps::{offsets, reserve_event, submit_event},
 };
@@ -111,22 +111,6 @@ struct Detail {
     /// DNS payload in user memory: pointer and length.
     payload: u64,
     payload_len: u64,
-}
-
-#[inline(always)]
-fn tp<T>(ctx: &TracePointContext, offset: u32) -> Result<T, ReadFailed> {
-    // SAFETY: bpf_probe_read_kernel on the tracepoint record; fails cleanly.
-    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| ReadFailed)
-}
-
-/// The first `N` syscall arguments of a `sys_enter_*` record, in one read
-/// (the loader checked that they are consecutive 8-byte slots).
-#[inline(always)]
-fn args<const N: usize>(
-    ctx: &TracePointContext,
-    o: &KernelOffsets,
-) -> Result<[u64; N], ReadFailed> {
-    tp::<[u64; N]>(ctx, o.tp_syscall_arg0)
 }
 
 #[inline(always)]

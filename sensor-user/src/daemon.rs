@@ -200,17 +200,13 @@ impl Daemon {
             metrics.set_sequence_hits(store.sequence_hits());
         }
         tracing::info!("io_uring: {}", hooks::io_uring_state());
+        let protected = protected_files(&config, config_path);
         // Process ring first (see read_rings), then files, then network.
         let mut rings = vec![hooks.take_process_ring()?];
         let anchors = watch::Anchors::default();
         let drops = Arc::new(DropTracker::new());
         let (watch, repeats) = if config.files.enabled {
-            // The sensor's own binary, config and policy: tamper evidence.
-            let self_files: Vec<PathBuf> = std::env::current_exe()
-                .into_iter()
-                .chain(config_path)
-                .chain(config.policy.path.clone())
-                .collect();
+            let self_files: Vec<PathBuf> = protected.iter().map(|(p, _)| p.clone()).collect();
             // Paths the detection rules need, watched from the first scan.
             let rule_watches = sigma.as_ref().map_or_else(Vec::new, |store| {
                 watch::rule_paths::for_store(store, "start")
@@ -311,7 +307,13 @@ impl Daemon {
         let mut router = Router::new(sink, drops.clone())
             .with_policy(rules, policy.as_ref().map(|m| m.tx.clone()))
             .with_watch(anchors, watch.as_ref().map(|m| m.tx.clone()))
-            .with_repeats(repeats);
+            .with_repeats(repeats)
+            .with_tamper(crate::tamper::Judge::new(
+                [&config.policy.pin_dir, &config.isolation.pin_dir]
+                    .map(Clone::clone)
+                    .into(),
+                protected,
+            ));
         let (stop_reader, reader_stopped) = oneshot::channel::<()>();
         let reader = tokio::spawn(hooks::read_rings(
             rings,
@@ -496,6 +498,34 @@ impl Daemon {
 /// Starts the control stream and, when enabled, opens the isolation state
 /// (re-applying a persisted isolation) and the task that owns it. Returns
 /// where isolation requests go, the tasks to stop at exit and, when
+/// The sensor's own files, always watched for changes and reported as
+/// tampering when another process changes them: its binary, config and
+/// policy, and the directories of its state (isolation) and spool.
+fn protected_files(config: &Config, config_path: Option<PathBuf>) -> Vec<(PathBuf, &'static str)> {
+    let mut files: Vec<(PathBuf, &'static str)> = std::env::current_exe()
+        .into_iter()
+        .map(|p| (p, "binary"))
+        .chain(config_path.map(|p| (p, "config")))
+        .chain(config.policy.path.clone().map(|p| (p, "policy")))
+        .collect();
+    // The directories are made now if missing, as their owners would
+    // make them (which report any error), so they are watched from the
+    // first scan.
+    if config.isolation.enabled {
+        _ = std::fs::create_dir_all(&config.isolation.state_dir);
+        files.push((config.isolation.state_dir.clone(), "state directory"));
+    }
+    if config.spool.enabled {
+        use std::os::unix::fs::DirBuilderExt as _;
+        _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.spool.dir);
+        files.push((config.spool.dir.clone(), "spool directory"));
+    }
+    files
+}
+
 /// enabled, the isolation state as it changes.
 async fn start_isolation(
     config: &Config,

@@ -26,7 +26,9 @@ use crate::{
 };
 
 /// The kernel event kinds, as the `kind` label spells them.
-const KINDS: [&str; 6] = ["exec", "fork", "exit", "policy", "file", "network"];
+const KINDS: [&str; 7] = [
+    "exec", "fork", "exit", "policy", "file", "network", "tamper",
+];
 
 fn kind_index(event: &KernelEvent) -> usize {
     match event {
@@ -36,6 +38,7 @@ fn kind_index(event: &KernelEvent) -> usize {
         KernelEvent::Policy(_) => 3,
         KernelEvent::File(_) => 4,
         KernelEvent::Net(_) => 5,
+        KernelEvent::Tamper(_) => 6,
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
     hooks::RingEvent,
     pipeline::EventSender,
     policy::manager::{Command as PolicyCommand, RuleNames},
+    tamper::Judge,
     transport::DropTracker,
     watch::{
         Anchors,
@@ -71,6 +72,10 @@ pub struct Router<S, C = OpenRepeats> {
     anchors: Anchors,
     watch: Option<mpsc::Sender<WatchCommand>>,
     repeats: Option<C>,
+    /// Keeps the kernel's tamper calls that reached the sensor's own
+    /// objects, and turns writes to its files into tamper records. None:
+    /// tamper calls are dropped.
+    tamper: Option<Judge>,
 }
 
 impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
@@ -87,7 +92,15 @@ impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
             anchors: Anchors::default(),
             watch: None,
             repeats: None,
+            tamper: None,
         }
+    }
+
+    /// Tamper calls are judged (and writes to the sensor's files reported)
+    /// by `judge`.
+    pub fn with_tamper(mut self, judge: Judge) -> Self {
+        self.tamper = Some(judge);
+        self
     }
 
     /// Policy events get their rule's name from `rules`; a modified
@@ -142,7 +155,20 @@ impl<S: EventSink, C: OpenCoalescer> Router<S, C> {
             }
             KernelEvent::File(mut file) => {
                 self.on_file(&mut file);
-                KernelEvent::File(file)
+                let tamper = self.tamper.as_ref().and_then(|j| j.file_write(&file));
+                self.sink.deliver(KernelEvent::File(file));
+                match tamper {
+                    Some(t) => KernelEvent::Tamper(Box::new(t)),
+                    None => return,
+                }
+            }
+            KernelEvent::Tamper(mut call) => {
+                let ours = self.tamper.as_mut().is_some_and(|j| j.judge(&mut call));
+                if !ours {
+                    // Not the sensor's: nothing was tampered with.
+                    return;
+                }
+                KernelEvent::Tamper(call)
             }
             other => other,
         };

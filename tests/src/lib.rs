@@ -9,6 +9,7 @@
 use anyhow::Context as _;
 
 pub mod access;
+pub mod attack;
 pub mod cgroup;
 pub mod exe;
 pub mod kernel;

@@ -136,6 +136,14 @@ impl Subscription {
             .collect()
     }
 
+    /// Every tamper event so far.
+    pub fn tamper(&self) -> Vec<&proto::telemetry::v1::TamperEvent> {
+        self.pick(|k| match k {
+            event::Kind::Tamper(t) => Some(t),
+            _ => None,
+        })
+    }
+
     /// Alerts about `subject` (an executed file, a path, an address:port).
     pub fn alerts_on(&self, subject: &str) -> Vec<&AlertEvent> {
         self.pick(|k| match k {

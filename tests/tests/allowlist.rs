@@ -1136,13 +1136,56 @@ async fn allowlist_apply_enforces_without_the_daemon_until_one_adopts_it() -> an
 }
 
 fn tamper_events(sub: &Subscription) -> Vec<&proto::telemetry::v1::TamperEvent> {
-    sub.events
-        .iter()
-        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
-            event::Kind::Tamper(t) => Some(t),
-            _ => None,
-        })
-        .collect()
+    sub.tamper()
+}
+
+/// A sensor enforcing a policy (only /usr/bin/touch trusted) with its
+/// pins in `pins`, its collector, and a subscription to its tamper events.
+async fn tamper_watch(
+    setup: &Setup,
+    pins: &tests::pins::PinDir,
+) -> anyhow::Result<(Collector, Subscription, Sensor)> {
+    setup.write_policy("enforce", &[Path::new("/usr/bin/touch")], "")?;
+    let collector = Collector::start().await?;
+    let request = SubscribeRequest {
+        kinds: vec![EventKind::Tamper as i32],
+        ..Default::default()
+    };
+    let sub = Subscription::open(&collector.url(), request).await?;
+    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    Ok((collector, sub, sensor))
+}
+
+/// The tamper events about `object`.
+fn tamper_events_on<'a>(
+    sub: &'a Subscription,
+    object: &str,
+) -> Vec<&'a proto::telemetry::v1::TamperEvent> {
+    let mut v = tamper_events(sub);
+    v.retain(|t| t.object == object);
+    v
+}
+
+/// Every tamper finding is counted once: the counts in the stream are
+/// 1..=n, and the metric says n (waited for: findings made by the kernel
+/// and by the pin check travel different ways).
+async fn assert_findings_counted(sub: &mut Subscription, sensor: &Sensor) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = sensor.metrics().await?;
+        let metric = samples.get("rxsentry_sensor_tamper_findings_total", &[]);
+        let mut counts: Vec<u64> = tamper_events(sub).iter().map(|t| t.count).collect();
+        counts.sort_unstable();
+        let n = counts.len() as u64;
+        if metric == Some(n as f64) && counts == (1..=n).collect::<Vec<_>>() {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tamper counts {counts:?} vs metric {metric:?}"
+        );
+        sub.until(Duration::from_millis(200), |_| false).await.ok();
+    }
 }
 
 /// An attacker who removes the verdict link's pin (then the whole pin
@@ -1154,16 +1197,10 @@ async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<
     let setup = Setup::new("allow-tamper")?;
     let pins = tests::pins::PinDir::new("tamper");
     let untrusted = setup.copy_of_touch("untrusted")?;
-    setup.write_policy("enforce", &[Path::new("/usr/bin/touch")], "")?;
-    let collector = Collector::start().await?;
-    let request = SubscribeRequest {
-        kinds: vec![EventKind::Tamper as i32],
-        ..Default::default()
-    };
-    let mut sub = Subscription::open(&collector.url(), request).await?;
-    let sensor = Sensor::start(&collector, setup.pinned_options(&pins.path)).await?;
+    let (_collector, mut sub, sensor) = tamper_watch(&setup, &pins).await?;
     let ours = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
     let pin = pins.path.join("verdict");
+    const LINK: &str = "allowlist verdict link";
 
     for (round, attack) in ["rm verdict", "rm -r pin_dir"].into_iter().enumerate() {
         match round {
@@ -1171,6 +1208,8 @@ async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<
             _ => std::fs::remove_dir_all(&pins.path)?,
         }
         let deadline = Instant::now() + Duration::from_secs(5);
+        // (Each look is a bpf() open of the pin: reported too, as this
+        // test's, under another object.)
         while tests::pins::pinned_verdict(&pins.path)? != Some(ours) {
             assert!(
                 Instant::now() < deadline,
@@ -1178,22 +1217,117 @@ async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        sub.until(Duration::from_secs(20), |s| tamper_events(s).len() > round)
-            .await?;
-        let t = tamper_events(&sub)[round];
-        assert_eq!(t.object, "allowlist verdict link", "{attack}");
+        sub.until(Duration::from_secs(20), |s| {
+            tamper_events_on(s, LINK).len() > round
+        })
+        .await?;
+        let t = tamper_events_on(&sub, LINK)[round];
         assert_eq!(t.action, "pin removed", "{attack}");
         assert_eq!(t.target, pin.display().to_string());
         assert!(t.restored && t.error.is_empty(), "{attack}: {t:?}");
-        assert_eq!(t.count, round as u64 + 1);
+        assert!(t.process.is_none(), "found by the check, not a call: {t:?}");
     }
     // Counted for the metrics too.
-    let samples = sensor.metrics().await?;
-    assert_eq!(
-        samples.get("rxsentry_sensor_tamper_findings_total", &[]),
-        Some(2.0)
-    );
+    assert_findings_counted(&mut sub, &sensor).await?;
     sensor.kill().await?;
     setup.assert_blocked(&untrusted, true, "pins removed, then the sensor killed")?;
+    Ok(())
+}
+
+/// What an attacker with root does before touching the maps themselves:
+/// open a pin (by a relative name), get descriptors of the sensor's
+/// program and link by id, attach ptrace to the sensor and write its
+/// memory. Each call, made by a process of its own, is a tamper event
+/// naming that process; the same calls on what is not the sensor's (a
+/// pin path elsewhere, ids of no sensor object, another process) are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bpf_and_ptrace_calls_on_the_sensor_are_reported_with_their_process() -> anyhow::Result<()>
+{
+    use tests::attack::{self, bpf_cmd};
+    let setup = Setup::new("allow-calls")?;
+    let pins = tests::pins::PinDir::new("calls");
+    let (_collector, mut sub, sensor) = tamper_watch(&setup, &pins).await?;
+    let (link, program) = tests::pins::pinned_verdict(&pins.path)?.expect("verdict link pinned");
+
+    // Look-alikes first, so any event they caused would arrive before the
+    // attacks' ones: a pin name beside the sensor's directory, ids no
+    // object has, another process.
+    let elsewhere = pins.path.with_file_name("not-rxsentry-verdict");
+    let mut innocent = vec![
+        attack::obj_get(Path::new("/"), &elsewhere.display().to_string())?,
+        attack::get_fd_by_id(bpf_cmd::PROG_GET_FD_BY_ID, u32::MAX - 1)?,
+    ];
+    let mut bystander = std::process::Command::new("sleep").arg("30").spawn()?;
+    innocent.push(attack::ptrace_seize(bystander.id())?);
+    innocent.push(attack::vm_write_nothing(bystander.id())?);
+    bystander.kill()?;
+    bystander.wait()?;
+
+    let attacks = [
+        (
+            attack::obj_get(&pins.path, "./verdict")?,
+            "rxsentry pinned object",
+            "BPF_OBJ_GET",
+        ),
+        (
+            attack::get_fd_by_id(bpf_cmd::PROG_GET_FD_BY_ID, program)?,
+            "rxsentry program",
+            "by id",
+        ),
+        (
+            attack::get_fd_by_id(bpf_cmd::LINK_GET_FD_BY_ID, link)?,
+            "rxsentry link",
+            "by id",
+        ),
+        (
+            attack::ptrace_seize(sensor.pid())?,
+            "sensor process",
+            "PTRACE_SEIZE",
+        ),
+        (
+            attack::vm_write_nothing(sensor.pid())?,
+            "sensor process",
+            "process_vm_writev",
+        ),
+    ];
+    // Each call succeeded (root may do all of them): reported, not refused.
+    for (call, object, _) in &attacks {
+        assert_eq!(call.errno, 0, "{object}: {call:?}");
+    }
+    let by = |s: &Subscription, pid: u32| {
+        tamper_events(s)
+            .into_iter()
+            .filter(|t| t.process.as_ref().is_some_and(|p| p.pid == pid))
+            .count()
+    };
+    let waited = sub
+        .until(Duration::from_secs(20), |s| {
+            attacks.iter().all(|(call, ..)| by(s, call.pid) > 0)
+        })
+        .await;
+    if let Err(e) = waited {
+        anyhow::bail!("{e}: attacks {attacks:?}; events {:?}", tamper_events(&sub));
+    }
+    for (call, object, action) in &attacks {
+        let found: Vec<_> = tamper_events(&sub)
+            .into_iter()
+            .filter(|t| t.process.as_ref().is_some_and(|p| p.pid == call.pid))
+            .collect();
+        assert_eq!(found.len(), 1, "{object}: {found:?}");
+        assert_eq!(found[0].object, *object);
+        assert!(found[0].action.contains(action), "{found:?}");
+    }
+    let opened = tamper_events_on(&sub, "rxsentry pinned object");
+    assert!(
+        opened
+            .iter()
+            .any(|t| t.target == pins.path.join("verdict").display().to_string()),
+        "the relative name resolved to the pin: {opened:?}"
+    );
+    for call in &innocent {
+        assert_eq!(by(&sub, call.pid), 0, "{call:?}: {:?}", tamper_events(&sub));
+    }
+    assert_findings_counted(&mut sub, &sensor).await?;
+    sensor.kill().await?;
     Ok(())
 }

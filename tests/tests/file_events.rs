@@ -811,10 +811,22 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
         ),
     )?;
     let policy_path = policy.display().to_string();
-    let (_collector, mut sub, sensor) = start(
+    let spool = own.path().join("spool");
+    let (collector, mut sub, sensor) = start(
         &tree,
         // After `[files]`'s keys; `[[files.watch]]` follows it.
-        &format!("[policy]\npath = \"{policy_path}\""),
+        &format!(
+            "[policy]\npath = \"{policy_path}\"\n[spool]\ndir = \"{}\"",
+            spool.display()
+        ),
+    )
+    .await?;
+    let mut tamper = Subscription::open(
+        &collector.url(),
+        SubscribeRequest {
+            kinds: vec![EventKind::Tamper as i32],
+            ..Default::default()
+        },
     )
     .await?;
 
@@ -863,6 +875,64 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
         })
     })
     .await?;
+
+    // A file dropped into its spool directory (where unsent batches wait).
+    let dropped = spool.join("0000-forged.seg").display().to_string();
+    let dropper = run("/usr/bin/touch", &[&dropped])?;
+
+    // Each change is also a tamper event naming what and who; the read
+    // is not.
+    let expected = [
+        (
+            "sensor policy",
+            me,
+            "opened for writing",
+            policy_path.clone(),
+        ),
+        ("sensor policy", chmod, "mode changed", policy_path.clone()),
+        (
+            "sensor config",
+            chmodded[0].1,
+            "mode changed",
+            chmodded[0].0.clone(),
+        ),
+        (
+            "sensor binary",
+            chmodded[1].1,
+            "mode changed",
+            chmodded[1].0.clone(),
+        ),
+        (
+            "sensor spool directory",
+            dropper,
+            "opened for writing",
+            dropped,
+        ),
+    ];
+    let findings = |s: &Subscription| -> Vec<(String, u32, String, String)> {
+        s.tamper()
+            .into_iter()
+            .map(|t| {
+                let pid = t.process.as_ref().map_or(0, |p| p.pid);
+                (t.object.clone(), pid, t.action.clone(), t.target.clone())
+            })
+            .collect()
+    };
+    let want: Vec<(String, u32, String, String)> = expected
+        .iter()
+        .map(|(o, p, a, t)| ((*o).to_owned(), *p, (*a).to_owned(), t.clone()))
+        .collect();
+    let waited = tamper
+        .until(Duration::from_secs(20), |s| {
+            want.iter().all(|w| findings(s).contains(w))
+        })
+        .await;
+    assert!(waited.is_ok(), "want {want:?}, got {:?}", findings(&tamper));
+    assert!(
+        findings(&tamper).iter().all(|(_, pid, ..)| *pid != reader),
+        "a read is not tampering: {:?}",
+        findings(&tamper)
+    );
     sensor.stop().await?;
     Ok(())
 }

@@ -55,7 +55,7 @@ fn kind_and_process(event: &Event) -> (&'static str, Option<&Process>) {
         Some(event::Kind::Network(n)) => ("net", n.process.as_ref()),
         Some(event::Kind::Alert(a)) => ("alert", a.process.as_ref()),
         Some(event::Kind::Isolation(_)) => ("isolation", None),
-        Some(event::Kind::Tamper(_)) => ("tamper", None),
+        Some(event::Kind::Tamper(t)) => ("tamper", t.process.as_ref()),
         Some(event::Kind::Response(_)) => ("response", None),
         None => ("unknown", None),
     }

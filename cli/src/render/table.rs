@@ -259,6 +259,8 @@ fn network_details(n: &NetworkEvent) -> String {
 fn tamper_details(t: &proto::telemetry::v1::TamperEvent) -> String {
     let outcome = match (t.restored, t.error.is_empty()) {
         (true, _) => "restored".to_owned(),
+        // A call the kernel saw: nothing to put back, the process is named.
+        (false, true) if t.process.is_some() => "reported".to_owned(),
         (false, true) => "not restored".to_owned(),
         (false, false) => format!("NOT RESTORED: {}", clean(&t.error)),
     };

@@ -223,6 +223,8 @@ fn probe_process() -> anyhow::Result<String> {
         // Its own maps: never a pinned policy's.
         allowlist_pin_dir: None,
         verdict_only: false,
+        // Proves the self-protection programs load and attach here.
+        tamper_calls: true,
     })
     .context("attaching the process hooks")?;
     let mut ring = hooks.take_process_ring()?;

@@ -215,6 +215,10 @@ impl Enricher {
                 let process = describe(&mut self.table, &net.task);
                 (Kind::Network(network::network_event(*net)), process)
             }
+            KernelEvent::Tamper(tamper) => {
+                let process = describe(&mut self.table, &tamper.task);
+                (Kind::Tamper(crate::tamper::record_event(*tamper)), process)
+            }
         };
         (time, kind, process)
     }
@@ -230,7 +234,8 @@ fn process_slot(kind: &mut Kind) -> Option<&mut Option<Process>> {
         Kind::Policy(e) => Some(&mut e.process),
         Kind::Network(e) => Some(&mut e.process),
         Kind::Alert(e) => Some(&mut e.process),
-        Kind::Isolation(_) | Kind::Tamper(_) | Kind::Response(_) => None,
+        Kind::Tamper(e) => Some(&mut e.process),
+        Kind::Isolation(_) | Kind::Response(_) => None,
     }
 }
 

@@ -6,12 +6,12 @@ use sensor_common::{
     EVENT_PARTIAL, EXEC_ARGV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent,
     ExitEvent, FileEvent, FileRenameEvent, ForkEvent, NO_ANCHOR, PATH_BY_IDENTITY,
     PATH_CHAIN_TRUNCATED, PATH_DEPTH_EXCEEDED, PATH_NAME_TRUNCATED, PathRecord, PolicyEvent,
-    TaskInfo, action,
+    TaskInfo, action, tamper_call,
 };
 
 use super::{
     Comm, ExecRecord, ExitRecord, FileRecord, ForkRecord, KernelEvent, NetRecord, PolicyRecord,
-    RawPath, TaskIdentity, dns,
+    RawPath, TamperCall, TamperRecord, TaskIdentity, dns,
 };
 
 /// A record that does not match any layout we know. Counted, never fatal.
@@ -21,6 +21,8 @@ pub enum DecodeError {
     TooShort(usize),
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
+    #[error("tamper record with unknown call {0}")]
+    UnknownCall(u32),
     #[error("{kind:?} record has {got} bytes, expected {want}")]
     SizeMismatch {
         kind: EventKind,
@@ -106,6 +108,34 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Net => {
             let raw = read_exact::<sensor_common::NetEvent>(bytes, kind)?;
             Ok(KernelEvent::Net(Box::new(net_record(&raw, partial))))
+        }
+        EventKind::TamperCall => {
+            let raw = read_exact::<sensor_common::TamperCallEvent>(bytes, kind)?;
+            let target = raw.target as u32;
+            let call = match raw.call {
+                tamper_call::BPF => TamperCall::Bpf {
+                    cmd: raw.op,
+                    id: target,
+                    path: c_string(&raw.path),
+                    cwd: (raw.cwd.ino != 0).then(|| (kernel_dev_to_user(raw.cwd.dev), raw.cwd.ino)),
+                },
+                tamper_call::PTRACE => TamperCall::Ptrace {
+                    request: raw.op,
+                    target,
+                },
+                tamper_call::VM_READ => TamperCall::VmRead { target },
+                tamper_call::VM_WRITE => TamperCall::VmWrite { target },
+                other => return Err(DecodeError::UnknownCall(other)),
+            };
+            Ok(KernelEvent::Tamper(Box::new(TamperRecord {
+                timestamp_ns: header.timestamp_ns,
+                task: task_identity(&raw.task),
+                call: Some(call),
+                object: String::new(),
+                action: String::new(),
+                target: String::new(),
+                partial,
+            })))
         }
     }
 }

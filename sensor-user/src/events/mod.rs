@@ -295,6 +295,49 @@ pub struct NetRecord {
     pub partial: bool,
 }
 
+/// A call the kernel's self-protection programs saw (see
+/// `sensor_common::tamper`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TamperCall {
+    /// `bpf()`: the command, the object id (`*_GET_FD_BY_ID`) or the pin
+    /// path as the caller wrote it (`BPF_OBJ_GET`).
+    /// `cwd` is the caller's working directory (user `st_dev`, inode)
+    /// when `path` is relative.
+    Bpf {
+        cmd: u32,
+        id: u32,
+        path: String,
+        cwd: Option<(u64, u64)>,
+    },
+    /// `ptrace` attach or seize of thread `target`.
+    Ptrace {
+        request: u32,
+        target: u32,
+    },
+    /// `process_vm_readv` / `process_vm_writev` on process `target`.
+    VmRead {
+        target: u32,
+    },
+    VmWrite {
+        target: u32,
+    },
+}
+
+/// Someone other than the sensor touched what is the sensor's: a call the
+/// kernel saw (`call`), kept by [`crate::tamper::Judge`] once it named what
+/// was touched, or a write to the sensor's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TamperRecord {
+    pub timestamp_ns: u64,
+    pub task: TaskIdentity,
+    pub call: Option<TamperCall>,
+    /// What was touched, what was done, where (empty until judged).
+    pub object: String,
+    pub action: String,
+    pub target: String,
+    pub partial: bool,
+}
+
 /// One decoded kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
@@ -306,6 +349,8 @@ pub enum KernelEvent {
     File(Box<FileRecord>),
     /// Boxed: larger than the other records, and rarer than execs.
     Net(Box<NetRecord>),
+    /// Boxed: rare.
+    Tamper(Box<TamperRecord>),
 }
 
 impl KernelEvent {
@@ -317,6 +362,7 @@ impl KernelEvent {
             Self::Policy(e) => e.timestamp_ns,
             Self::File(e) => e.timestamp_ns,
             Self::Net(e) => e.timestamp_ns,
+            Self::Tamper(e) => e.timestamp_ns,
         }
     }
 
@@ -328,6 +374,7 @@ impl KernelEvent {
             Self::Policy(e) => &e.task,
             Self::File(e) => &e.task,
             Self::Net(e) => &e.task,
+            Self::Tamper(e) => &e.task,
         }
     }
 }

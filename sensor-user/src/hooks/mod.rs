@@ -39,6 +39,8 @@ pub enum HookError {
     ObjectCopy(nix::Error),
     #[error("network hooks: {0}")]
     Net(#[from] net::NetHookError),
+    #[error("self-protection hooks: {0}")]
+    Tamper(#[source] net::NetHookError),
     #[error("allowlist pins: {0}")]
     Pins(#[from] crate::policy::pins::PinError),
 }
@@ -69,6 +71,9 @@ pub struct HookConfig {
     /// Attach the exec verdict program only (`rxsentry-sensor allowlist
     /// apply`): no telemetry programs.
     pub verdict_only: bool,
+    /// Report other processes' `bpf()` descriptor requests and ptrace
+    /// attaches (the daemon keeps those that reach its own objects).
+    pub tamper_calls: bool,
 }
 
 impl HookConfig {
@@ -89,6 +94,7 @@ impl HookConfig {
                 .as_ref()
                 .map(|_| config.policy.pin_dir.clone()),
             verdict_only: false,
+            tamper_calls: true,
         }
     }
 
@@ -98,6 +104,7 @@ impl HookConfig {
         let mut hooks = Self::from_config(config);
         hooks.allowlist_pin_dir = Some(config.policy.pin_dir.clone());
         hooks.verdict_only = true;
+        hooks.tamper_calls = false;
         hooks.files = false;
         hooks.network.enabled = false;
         // The verdict program reports blocks into the process ring; nobody
@@ -200,6 +207,14 @@ fn attach_file_programs(
     Ok(hook)
 }
 
+/// The arguments each self-protection program reads, by tracepoint.
+const TAMPER_ARGS: &[(&str, &[&str])] = &[
+    ("sys_enter_bpf", &["cmd", "uattr"]),
+    ("sys_enter_ptrace", &["request", "pid"]),
+    ("sys_enter_process_vm_readv", &["pid"]),
+    ("sys_enter_process_vm_writev", &["pid"]),
+];
+
 /// Attaches the network programs: the TCP state raw tracepoint and the
 /// syscall tracepoints (each must attach: no syscall here is optional).
 fn attach_net_programs(object: &mut SensorObject) -> Result<(), ObjectError> {
@@ -222,6 +237,9 @@ impl ProcessHooks {
             let mut offsets = offsets::resolve(&btf)?;
             if config.network.enabled {
                 net::resolve_offsets(&mut offsets, &btf)?;
+            }
+            if config.tamper_calls {
+                net::syscall_args(&mut offsets, TAMPER_ARGS).map_err(HookError::Tamper)?;
             }
             let typed = kfunc::TypedReads::resolve(&btf)
                 .filter(|_| config.files && config.typed_file_reads);
@@ -250,10 +268,15 @@ impl ProcessHooks {
             (true, Some(_)) => FileReads::Typed,
         };
         let net_settings = config.network.settings();
+        let tamper_settings = sensor_common::TamperSettings {
+            enabled: config.tamper_calls.into(),
+            self_tgid: std::process::id(),
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::NET_SETTINGS, &net_settings, true)
+            .override_global(names::TAMPER_SETTINGS, &tamper_settings, true)
             .map_max_entries(names::PROCESS_EVENTS, config.process_ringbuf_bytes)
             .map_max_entries(names::FILE_EVENTS, config.file_ringbuf_bytes)
             .map_max_entries(names::WATCHED_INODES, config.identity_max_entries)
@@ -297,6 +320,11 @@ impl ProcessHooks {
         if config.network.enabled {
             net::fill_maps(&mut object, &config.network)?;
             attach_net_programs(&mut object)?;
+        }
+        if config.tamper_calls {
+            for (name, tracepoint) in names::TAMPER_TRACEPOINTS {
+                object.attach_tracepoint(name, "syscalls", tracepoint)?;
+            }
         }
         let drops = object.take_map(names::DROPS)?;
         Ok(Self {

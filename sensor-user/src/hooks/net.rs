@@ -136,38 +136,41 @@ impl TraceFormat {
     }
 }
 
+/// Sets where syscall arguments start in `sys_enter_*` records (they
+/// follow `__syscall_nr` in 8-byte slots) and checks, for each tracepoint,
+/// that the arguments its program reads are where the programs index them.
+pub fn syscall_args(
+    o: &mut KernelOffsets,
+    checks: &[(&str, &[&'static str])],
+) -> Result<(), NetHookError> {
+    for (name, args) in checks {
+        let format = TraceFormat::read("syscalls", name)?;
+        if o.tp_syscall_arg0 == 0 {
+            o.tp_syscall_arg0 = format.offset(args[0])?;
+            o.tp_syscall_arg_size = 8;
+        }
+        for (i, arg) in args.iter().enumerate() {
+            format.expect(arg, o.tp_syscall_arg0 + i as u32 * 8)?;
+        }
+    }
+    Ok(())
+}
+
 /// Fills the network part of `o`: record layouts from tracefs, struct
 /// fields from BTF. Every missing piece is an error that names it.
 pub fn resolve_offsets(o: &mut KernelOffsets, btf: &KernelBtf) -> Result<(), NetHookError> {
-    // Syscall records: arguments follow `__syscall_nr` in 8-byte slots. The
-    // programs index them, so every argument they read is checked here.
-    let connect = TraceFormat::read("syscalls", "sys_enter_connect")?;
-    let arg0 = connect.offset("fd")?;
-    let size = connect.offset("uservaddr")? - arg0;
-    // The programs read the arguments they need in one 8-byte-slot array.
-    if size != 8 {
-        return Err(NetHookError::Layout {
-            tracepoint: connect.name.clone(),
-            field: "uservaddr",
-            got: arg0 + size,
-            want: arg0 + 8,
-        });
-    }
-    o.tp_syscall_arg0 = arg0;
-    o.tp_syscall_arg_size = size;
-    for (name, args) in [
-        (
-            "sys_enter_sendto",
-            &["fd", "buff", "len", "flags", "addr"][..],
-        ),
-        ("sys_enter_sendmsg", &["fd", "msg"][..]),
-        ("sys_enter_sendmmsg", &["fd", "mmsg"][..]),
-    ] {
-        let format = TraceFormat::read("syscalls", name)?;
-        for (i, arg) in args.iter().enumerate() {
-            format.expect(arg, arg0 + i as u32 * size)?;
-        }
-    }
+    syscall_args(
+        o,
+        &[
+            ("sys_enter_connect", &["fd", "uservaddr"][..]),
+            (
+                "sys_enter_sendto",
+                &["fd", "buff", "len", "flags", "addr"][..],
+            ),
+            ("sys_enter_sendmsg", &["fd", "msg"][..]),
+            ("sys_enter_sendmmsg", &["fd", "mmsg"][..]),
+        ],
+    )?;
     let ret = TraceFormat::read("syscalls", "sys_exit_accept4")?.offset("ret")?;
     TraceFormat::read("syscalls", "sys_exit_accept")?.expect("ret", ret)?;
     o.tp_syscall_ret = ret;

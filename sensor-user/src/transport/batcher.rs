@@ -92,13 +92,16 @@ impl EncodedEvents {
     /// A kind without a process field (isolation) is encoded as it is.
     pub fn push_with_process(&mut self, time: EventTime, kind: &Kind, process: &[u8]) {
         match kind {
-            Kind::Exec(m) => self.push_spliced(time, 10, m, process),
-            Kind::Fork(m) => self.push_spliced(time, 11, m, process),
-            Kind::Exit(m) => self.push_spliced(time, 12, m, process),
-            Kind::File(m) => self.push_spliced(time, 13, m, process),
-            Kind::Network(m) => self.push_spliced(time, 14, m, process),
-            Kind::Policy(m) => self.push_spliced(time, 15, m, process),
-            Kind::Alert(m) => self.push_spliced(time, 16, m, process),
+            Kind::Exec(m) => self.push_spliced(time, (10, 1), m, process),
+            Kind::Fork(m) => self.push_spliced(time, (11, 1), m, process),
+            Kind::Exit(m) => self.push_spliced(time, (12, 1), m, process),
+            Kind::File(m) => self.push_spliced(time, (13, 1), m, process),
+            Kind::Network(m) => self.push_spliced(time, (14, 1), m, process),
+            Kind::Policy(m) => self.push_spliced(time, (15, 1), m, process),
+            Kind::Alert(m) => self.push_spliced(time, (16, 1), m, process),
+            // A call the kernel saw has its process; a finding of the
+            // sensor's own checks has none.
+            Kind::Tamper(m) if !process.is_empty() => self.push_spliced(time, (18, 7), m, process),
             Kind::Isolation(_) | Kind::Tamper(_) | Kind::Response(_) => {
                 let event = Event {
                     timestamp_ns: time.timestamp_ns,
@@ -112,9 +115,17 @@ impl EncodedEvents {
 
     /// `Event` fields 1 and 3 (the times, each only when non-zero, as
     /// prost leaves out proto3 defaults), then field `tag` holding
-    /// `process` as field 1 followed by the fields of `m`.
-    fn push_spliced(&mut self, time: EventTime, tag: u32, m: &impl Message, process: &[u8]) {
-        let process_len = key_len(1) + encoded_len_varint(process.len() as u64) + process.len();
+    /// `process` as its field `process_field` followed by the fields of
+    /// `m` (protobuf takes fields in any order).
+    fn push_spliced(
+        &mut self,
+        time: EventTime,
+        (tag, process_field): (u32, u32),
+        m: &impl Message,
+        process: &[u8],
+    ) {
+        let process_len =
+            key_len(process_field) + encoded_len_varint(process.len() as u64) + process.len();
         let inner_len = process_len + m.encoded_len();
         let mut len = key_len(tag) + encoded_len_varint(inner_len as u64) + inner_len;
         let times = [(1, time.timestamp_ns), (3, time.boot_time_unix_ns)];
@@ -131,7 +142,7 @@ impl EncodedEvents {
             }
             encode_key(tag, WireType::LengthDelimited, out);
             encode_varint(inner_len as u64, out);
-            encode_key(1, WireType::LengthDelimited, out);
+            encode_key(process_field, WireType::LengthDelimited, out);
             encode_varint(process.len() as u64, out);
             out.extend_from_slice(process);
             // What `encode` does after its capacity check, which a Vec
@@ -678,6 +689,37 @@ mod tests {
         };
         got.push_with_process(time, &isolation, b"");
         assert_eq!(got.as_bytes(), want.encode_to_vec());
+
+        // A tamper event's process is its field 7, spliced in first: not
+        // prost's byte order, the same message once decoded.
+        let tamper = proto::telemetry::v1::TamperEvent {
+            object: "sensor process".into(),
+            action: "ptrace(PTRACE_SEIZE)".into(),
+            count: 3,
+            ..Default::default()
+        };
+        let process = Process {
+            pid: 300,
+            comm: "gdb".into(),
+            ..Default::default()
+        };
+        let mut got = EncodedEvents::default();
+        got.push_with_process(
+            time,
+            &Kind::Tamper(tamper.clone()),
+            &process.encode_to_vec(),
+        );
+        let decoded = EventBatch::decode(got.as_bytes()).expect("decodes");
+        let mut whole = tamper;
+        whole.process = Some(process);
+        assert_eq!(
+            decoded.events,
+            [Event {
+                timestamp_ns: 7,
+                boot_time_unix_ns: 8,
+                kind: Some(Kind::Tamper(whole)),
+            }]
+        );
     }
 
     type Out<T> = Arc<std::sync::Mutex<Vec<T>>>;
