@@ -678,12 +678,58 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
         .await?;
     assert!(reapplied.contains("\"isolated\":true"), "{reapplied}");
     let tamper = tail
-        .wait_for("the tamper event", |l| l.contains("\"kind\":\"tamper\""))
+        .wait_for("the tamper event", |l| {
+            l.contains("\"kind\":\"tamper\"") && l.contains("isolation state map")
+        })
         .await?;
+    assert!(tamper.contains("\"restored\":true"), "{tamper}");
+    // The write itself needed the map's pin, and that open is reported
+    // with the process that made it (this test).
+    let opened = tail
+        .wait_for("the tamper event of the pin's open", |l| {
+            l.contains("\"kind\":\"tamper\"")
+                && l.contains("BPF_OBJ_GET")
+                && l.contains("ISOLATION_STATE")
+        })
+        .await?;
+    let pid = std::process::id();
     assert!(
-        tamper.contains("isolation state map") && tamper.contains("\"restored\":true"),
-        "{tamper}"
+        [format!("\"pid\":{pid},"), format!("\"pid\":{pid}}}")]
+            .iter()
+            .any(|p| opened.contains(p.as_str())),
+        "{opened}"
     );
+
+    // An attacker detaches the isolation links themselves (`bpftool link
+    // detach`: the pins stay, the programs leave the interface): the
+    // sensor sees each one detached at its next poll, attaches again and
+    // reports it; the terminal stays cut off.
+    let links_dir = lab.pin_dir().join("links");
+    let mut links: Vec<PathBuf> = std::fs::read_dir(&links_dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    links.sort();
+    assert!(!links.is_empty(), "no isolation links pinned");
+    for link in &links {
+        let call = tests::attack::link_detach(link)?;
+        assert_eq!(call.errno, 0, "detaching {}: {call:?}", link.display());
+    }
+    for link in &links {
+        let name = link.display().to_string();
+        let found = tail
+            .wait_for("the detached link's tamper event", |l| {
+                l.contains("\"kind\":\"tamper\"")
+                    && l.contains("isolation link")
+                    && l.contains(&name)
+            })
+            .await?;
+        assert!(
+            found.contains("detached") && found.contains("\"restored\":true"),
+            "{found}"
+        );
+    }
+    lab.assert_all(&lab.other, &terms, false, "after the links were detached")
+        .await?;
     lab.assert_all(&lab.other, &terms, false, "after the map was flipped")
         .await?;
 

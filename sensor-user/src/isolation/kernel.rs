@@ -162,6 +162,57 @@ fn link_file(iface: &Interface, dir: &str) -> String {
     format!("{}-{}-{dir}", iface.index, iface.name)
 }
 
+/// What [`IsolationKernel::attach_missing`] did.
+#[derive(Debug, Default)]
+pub struct AttachReport {
+    /// Interfaces attached to now (new, or whose link was detached).
+    pub attached: Vec<String>,
+    /// Pins of links found detached by someone else (attached again).
+    pub detached: Vec<PathBuf>,
+}
+
+/// Whether the pinned link at `path` was detached: its interface index,
+/// which the kernel shows in the link's fdinfo, went to 0. A link that
+/// cannot be opened or shows no index is not called detached.
+fn link_detached(path: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Ok(fd) = open_pin(path) else {
+        return false;
+    };
+    fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).is_ok_and(|info| {
+        info.lines()
+            .filter_map(|l| l.strip_prefix("ifindex:"))
+            .any(|v| v.trim() == "0")
+    })
+}
+
+/// `bpf(BPF_OBJ_GET)`: a descriptor of the object pinned at `path` (aya
+/// gives a pinned link no descriptor to read its fdinfo by).
+fn open_pin(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+
+    use nix::libc;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // bpf_attr's obj_get part: pathname, bpf_fd, file_flags, path_fd.
+    let attr: [u64; 3] = [name.as_ptr() as u64, 0, 0];
+    // SAFETY: `attr` outlives the call and is as long as the size passed;
+    // the path is NUL-terminated.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// The pinned maps; programs are attached by [`IsolationKernel::attach_missing`].
 pub struct IsolationKernel {
     pin_dir: PathBuf,
@@ -212,12 +263,13 @@ impl IsolationKernel {
         })
     }
 
-    /// Attaches to the interfaces that have no pinned links yet and forgets
-    /// the pins of interfaces that are gone. Returns the names newly
-    /// attached.
-    pub fn attach_missing(&mut self) -> Result<Vec<String>, KernelError> {
+    /// Attaches to the interfaces that have no pinned links yet (or whose
+    /// pinned link someone detached) and forgets the pins of interfaces
+    /// that are gone.
+    pub fn attach_missing(&mut self) -> Result<AttachReport, KernelError> {
         let ifaces = interfaces()?;
         self.prune(&ifaces)?;
+        let detached = self.unpin_detached()?;
         let netlink = netlink(self.mode);
         let links = self.pin_dir.join("links");
         let missing: Vec<Interface> = ifaces
@@ -241,7 +293,26 @@ impl IsolationKernel {
             self.netlink_done
                 .extend(missing.iter().map(|i| (i.index, i.name.clone())));
         }
-        Ok(missing.into_iter().map(|i| i.name).collect())
+        Ok(AttachReport {
+            attached: missing.into_iter().map(|i| i.name).collect(),
+            detached,
+        })
+    }
+
+    /// Removes the pins of TCX links that no longer hold their program on
+    /// an interface (a `bpf(BPF_LINK_DETACH)` by someone else leaves the
+    /// pin in place): the caller attaches again. Returns those pins.
+    fn unpin_detached(&self) -> Result<Vec<PathBuf>, KernelError> {
+        let links = self.pin_dir.join("links");
+        let mut detached = Vec::new();
+        for entry in fs::read_dir(&links).map_err(io_err(&links))? {
+            let path = entry.map_err(io_err(&links))?.path();
+            if link_detached(&path) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                detached.push(path);
+            }
+        }
+        Ok(detached)
     }
 
     /// Interfaces with pinned links, by name.

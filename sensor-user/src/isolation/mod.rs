@@ -286,8 +286,9 @@ impl Isolation {
         &self.kernel
     }
 
-    /// Attaches to interfaces that appeared since the last call.
-    pub fn poll_interfaces(&mut self) -> Result<Vec<String>, IsolationError> {
+    /// Attaches to interfaces that appeared since the last call, and again
+    /// where someone detached a link.
+    pub fn poll_interfaces(&mut self) -> Result<kernel::AttachReport, IsolationError> {
         Ok(self.kernel.attach_missing()?)
     }
 

@@ -63,10 +63,14 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 match isolation.poll_interfaces() {
-                    Ok(new) if !new.is_empty() => {
-                        tracing::info!(interfaces = ?new, "isolation programs attached to new interfaces");
+                    Ok(report) => {
+                        if !report.attached.is_empty() {
+                            tracing::info!(interfaces = ?report.attached, "isolation programs attached");
+                        }
+                        for pin in &report.detached {
+                            detached_link(pin, &audit).await;
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "cannot attach isolation to new interfaces"),
                 }
                 flipped_back(&mut isolation, &audit).await;
@@ -90,6 +94,24 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Someone detached one of the isolation links (the pin stayed, the
+/// program left the interface); it was attached again in the same poll.
+async fn detached_link(pin: &std::path::Path, audit: &mpsc::Sender<EncodedEvents>) {
+    let finding = crate::tamper::Finding {
+        object: "isolation link",
+        action: "detached by another process".to_owned(),
+        target: pin.display().to_string(),
+        restored: true,
+        error: String::new(),
+    };
+    let count = crate::tamper::count_one();
+    tracing::warn!(pin = %pin.display(), count,
+        "tamper: an isolation link was detached; attached again");
+    let _ = audit
+        .send(EncodedEvents::from_events([&finding.event(count)]))
+        .await;
 }
 
 /// The state file says isolated but the kernel's map says not: someone
