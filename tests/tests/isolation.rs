@@ -704,12 +704,16 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
     // detach`: the pins stay, the programs leave the interface): the
     // sensor sees each one detached at its next poll, attaches again and
     // reports it; the terminal stays cut off.
+    // Kernels before 6.6 (Debian 12's 6.1 in the VM) have no TCX: the
+    // programs sit in clsact filters through netlink, with no link to
+    // detach (docs/allowlisting.md says what that leaves).
     let links_dir = lab.pin_dir().join("links");
     let mut links: Vec<PathBuf> = std::fs::read_dir(&links_dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     links.sort();
-    assert!(!links.is_empty(), "no isolation links pinned");
+    let tcx = tests::kernel::kernel().tcx;
+    assert_eq!(!links.is_empty(), tcx, "tcx: {tcx}, links: {links:?}");
     for link in &links {
         let call = tests::attack::link_detach(link)?;
         assert_eq!(call.errno, 0, "detaching {}: {call:?}", link.display());
