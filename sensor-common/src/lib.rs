@@ -30,7 +30,8 @@ pub use policy::{
     PolicyState, SCOPE_ENTRIES, SCOPE_MAX_LEVELS, action, backend, mode, reason,
 };
 pub use tamper::{
-    TAMPER_PATH_LEN, TamperCallEvent, TamperSettings, bpf_cmd, ptrace_request, tamper_call,
+    GUARD_ENTRIES, TAMPER_PATH_LEN, TamperCallEvent, TamperSettings, bpf_cmd, guard_op, guarded,
+    ptrace_request, tamper_call,
 };
 
 /// The `imm` of a kfunc call instruction to `bpf_rdonly_cast` as built:
@@ -198,6 +199,26 @@ pub mod names {
     pub const HOOK_FLOOR_RUNS: &str = "HOOK_FLOOR_RUNS";
     // self-protection
     pub const TAMPER_SETTINGS: &str = "TAMPER_SETTINGS";
+    /// BPF-LSM `ptrace_access_check`: refuses attach rights over the sensor.
+    pub const PROG_TAMPER_PTRACE_LSM: (&str, &str) = ("tamper_ptrace_lsm", "ptrace_access_check");
+    /// The write guard's maps: guarded identities, and whether it is armed.
+    pub const WRITE_GUARD: &str = "WRITE_GUARD";
+    pub const WRITE_GUARD_ARMED: &str = "WRITE_GUARD_ARMED";
+    /// The write guard's BPF-LSM programs and their hooks (the `path_*`
+    /// hooks need `CONFIG_SECURITY_PATH`, which Debian's kernels have).
+    pub const WRITE_GUARD_LSM: [(&str, &str); 11] = [
+        ("guard_file_open", "file_open"),
+        ("guard_path_truncate", "path_truncate"),
+        ("guard_path_unlink", "path_unlink"),
+        ("guard_path_rmdir", "path_rmdir"),
+        ("guard_path_rename", "path_rename"),
+        ("guard_path_link", "path_link"),
+        ("guard_path_chmod", "path_chmod"),
+        ("guard_path_chown", "path_chown"),
+        ("guard_path_mknod", "path_mknod"),
+        ("guard_path_mkdir", "path_mkdir"),
+        ("guard_path_symlink", "path_symlink"),
+    ];
     /// The self-protection programs and the syscall tracepoints they
     /// attach to (`syscalls:<name>`).
     pub const TAMPER_TRACEPOINTS: [(&str, &str); 4] = [

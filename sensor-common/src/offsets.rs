@@ -110,7 +110,8 @@ pub struct KernelOffsets {
     pub filename_uptr: u32,
     pub open_flags_open_flag: u32,
     pub open_flags_mode: u32,
-    pub _pad: u32,
+    /// `file->f_mode`: the write guard refuses opens for writing.
+    pub file_f_mode: u32,
 }
 
 #[cfg(feature = "user")]

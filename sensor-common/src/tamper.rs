@@ -20,7 +20,41 @@ pub mod tamper_call {
     pub const VM_READ: u32 = 3;
     /// `process_vm_writev(pid, ...)`: `target` the process id.
     pub const VM_WRITE: u32 = 4;
+    /// A change to a guarded file refused by the BPF-LSM write guard: `op`
+    /// is a [`super::guard_op`] value, `file` the guarded identity that
+    /// matched (the file, or the directory whose entries are guarded),
+    /// `path` the name acted on.
+    pub const WRITE_REFUSED: u32 = 5;
 }
+
+/// What the write guard refused (`TamperCallEvent::op` of
+/// `tamper_call::WRITE_REFUSED`).
+pub mod guard_op {
+    pub const OPEN_FOR_WRITE: u32 = 1;
+    pub const TRUNCATE: u32 = 2;
+    pub const UNLINK: u32 = 3;
+    pub const RMDIR: u32 = 4;
+    pub const RENAME: u32 = 5;
+    pub const LINK: u32 = 6;
+    pub const CHMOD: u32 = 7;
+    pub const CHOWN: u32 = 8;
+    pub const CREATE: u32 = 9;
+    pub const MKDIR: u32 = 10;
+    pub const SYMLINK: u32 = 11;
+}
+
+/// `WRITE_GUARD` values: what a guarded identity covers.
+pub mod guarded {
+    /// The file or directory itself: no open for writing, truncate,
+    /// rename, removal, chmod, chown or hard link by another process.
+    pub const ITSELF: u8 = 1;
+    /// A directory's entries: none is written, created, removed or renamed
+    /// by another process.
+    pub const ENTRIES: u8 = 2;
+}
+
+/// Capacity of `WRITE_GUARD` (the sensor's own files and directories).
+pub const GUARD_ENTRIES: u32 = 64;
 
 /// `bpf()` commands that hand out a file descriptor of an existing object:
 /// every later map write, detach or program swap needs one (or an fd
@@ -61,11 +95,13 @@ pub struct TamperCallEvent {
     pub op: u32,
     /// Object id or target pid (see `tamper_call`).
     pub target: u64,
-    /// The caller's working directory (kernel dev_t, inode), for a
-    /// relative `BPF_OBJ_GET` path: the caller may be gone before the
-    /// daemon could read its cwd from /proc.
-    pub cwd: crate::FileId,
-    /// `BPF_OBJ_GET`'s path as the caller wrote it (relative paths too).
+    /// (kernel dev_t, inode) of the caller's working directory, for a
+    /// relative `BPF_OBJ_GET` path (the caller may be gone before the
+    /// daemon could read its cwd from /proc); of the guarded file for
+    /// `WRITE_REFUSED`.
+    pub file: crate::FileId,
+    /// `BPF_OBJ_GET`'s path as the caller wrote it (relative paths too);
+    /// the name acted on for `WRITE_REFUSED`.
     pub path: [u8; TAMPER_PATH_LEN],
 }
 

@@ -26,6 +26,8 @@ mod policy;
 mod process;
 #[cfg(target_arch = "bpf")]
 mod tamper;
+#[cfg(target_arch = "bpf")]
+mod write_guard;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -303,17 +303,19 @@ impl Daemon {
             .spawn(requests)
             .map_err(DaemonError::Responder)?;
         }
+        let mut judge = crate::tamper::Judge::new(
+            [&config.policy.pin_dir, &config.isolation.pin_dir]
+                .map(Clone::clone)
+                .into(),
+            protected,
+        );
+        arm_write_guard(&mut hooks, &mut judge);
         let sink = CountingSink::new(pipeline.sender(), metrics.clone());
         let mut router = Router::new(sink, drops.clone())
             .with_policy(rules, policy.as_ref().map(|m| m.tx.clone()))
             .with_watch(anchors, watch.as_ref().map(|m| m.tx.clone()))
             .with_repeats(repeats)
-            .with_tamper(crate::tamper::Judge::new(
-                [&config.policy.pin_dir, &config.isolation.pin_dir]
-                    .map(Clone::clone)
-                    .into(),
-                protected,
-            ));
+            .with_tamper(judge);
         let (stop_reader, reader_stopped) = oneshot::channel::<()>();
         let reader = tokio::spawn(hooks::read_rings(
             rings,
@@ -513,7 +515,10 @@ fn protected_files(config: &Config, config_path: Option<PathBuf>) -> Vec<(PathBu
     // first scan.
     if config.isolation.enabled {
         _ = std::fs::create_dir_all(&config.isolation.state_dir);
-        files.push((config.isolation.state_dir.clone(), "state directory"));
+        files.push((
+            config.isolation.state_dir.clone(),
+            crate::tamper::STATE_DIRECTORY,
+        ));
     }
     if config.spool.enabled {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -526,6 +531,29 @@ fn protected_files(config: &Config, config_path: Option<PathBuf>) -> Vec<(PathBu
     files
 }
 
+/// Arms the BPF-LSM write guard over the files `judge` protects, where
+/// it is attached; logs what it guards or why it does not.
+fn arm_write_guard(hooks: &mut ProcessHooks, judge: &mut crate::tamper::Judge) {
+    let mut guard = match hooks.take_write_guard() {
+        Ok(guard) => guard,
+        Err(why) => return tracing::info!("write guard: {why}"),
+    };
+    let guarded = judge.guarded();
+    match guard.arm(&guarded) {
+        Ok(()) => {
+            judge.set_guard_armed();
+            tracing::info!(
+                files = guarded.len(),
+                "write guard: BPF-LSM refuses other processes changes to the sensor's binary, config, policy, state and spool"
+            );
+        }
+        Err(e) => tracing::warn!("write guard: not armed: {e}"),
+    }
+}
+
+/// Starts the control stream and, when enabled, opens the isolation state
+/// (re-applying a persisted isolation) and the task that owns it. Returns
+/// where isolation requests go, the tasks to stop at exit and, when
 /// enabled, the isolation state as it changes.
 async fn start_isolation(
     config: &Config,

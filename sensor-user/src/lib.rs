@@ -28,4 +28,5 @@ pub mod rule_files;
 pub mod tamper;
 pub mod transport;
 pub mod watch;
+pub mod write_guard;
 pub mod yara;

@@ -3,18 +3,18 @@
 //! in the telemetry stream (docs/allowlisting.md#self-protection).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Component, Path, PathBuf},
     time::Instant,
 };
 
 use proto::telemetry::v1::{Event, TamperEvent, event};
-use sensor_common::{bpf_cmd, file_op, ptrace_request};
+use sensor_common::{FileId, bpf_cmd, file_op, guard_op, guarded, ptrace_request};
 
 use crate::{
     clock,
-    events::{FileRecord, TamperCall, TamperRecord},
+    events::{FileRecord, TamperCall, TamperRecord, device::kernel_device_at, user_dev_to_kernel},
 };
 
 /// Tamper findings since the sensor started, all kinds.
@@ -170,6 +170,10 @@ pub struct Judge {
     pin_dirs: Vec<PathBuf>,
     /// The sensor's binary, config, policy and state directories, resolved.
     files: Vec<(PathBuf, &'static str)>,
+    /// The same by the identity the kernel sees (the write guard's keys).
+    identities: HashMap<FileId, usize>,
+    /// The BPF-LSM write guard refuses (and reports) writes to `files`.
+    guard_armed: bool,
     own: OwnIds,
 }
 
@@ -177,15 +181,41 @@ impl Judge {
     /// `files`: each protected path (a file, or a directory for all below
     /// it) with what it is ("config", "state directory", ...).
     pub fn new(pin_dirs: Vec<PathBuf>, files: Vec<(PathBuf, &'static str)>) -> Self {
-        let files = files
+        let files: Vec<(PathBuf, &'static str)> = files
             .into_iter()
             .map(|(path, what)| (std::fs::canonicalize(&path).unwrap_or(path), what))
+            .collect();
+        let identities = files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (path, _))| Some((kernel_identity(path)?.0, i)))
             .collect();
         Self {
             pin_dirs,
             files,
+            identities,
+            guard_armed: false,
             own: OwnIds::default(),
         }
+    }
+
+    /// The write guard now refuses changes to the protected files: the
+    /// calls it refused (EPERM) are its reports, not reported again.
+    pub fn set_guard_armed(&mut self) {
+        self.guard_armed = true;
+    }
+
+    /// What the BPF-LSM write guard is to refuse: each protected file by
+    /// the identity the kernel sees, a directory with its entries.
+    /// The isolation state directory is not among them: `rxsentry-sensor
+    /// isolate|release`, the operator's local commands, write it while the
+    /// sensor runs (its changes are reported).
+    pub fn guarded(&self) -> Vec<(FileId, u8)> {
+        self.files
+            .iter()
+            .filter(|(_, what)| *what != STATE_DIRECTORY)
+            .filter_map(|(path, _)| kernel_identity(path))
+            .collect()
     }
 
     /// Names what `record`'s call touched; false when it touched nothing
@@ -246,6 +276,24 @@ impl Judge {
                     "sensor process".to_owned(),
                     how.to_owned(),
                     format!("process {target}"),
+                )
+            }
+            // The kernel refuses only what the daemon guards: always ours.
+            TamperCall::WriteRefused { op, guarded, name } => {
+                let (object, target) = match self.identities.get(guarded) {
+                    Some(&i) => {
+                        let (path, what) = &self.files[i];
+                        (format!("sensor {what}"), path.display().to_string())
+                    }
+                    None => (
+                        "sensor file".to_owned(),
+                        format!("device {:#x} inode {}", guarded.dev, guarded.ino),
+                    ),
+                };
+                (
+                    object,
+                    format!("{} of {name:?} refused (BPF-LSM)", guard_op_name(*op)),
+                    target,
                 )
             }
         };
@@ -331,6 +379,9 @@ impl Judge {
             file_op::LINK => "hard-linked",
             _ => return None,
         };
+        if self.guard_armed && file.result == -i64::from(nix::errno::Errno::EPERM as i32) {
+            return None;
+        }
         let (path, what) = [
             Some(&file.path),
             file.new_path.as_ref(),
@@ -363,6 +414,44 @@ impl Judge {
             .iter()
             .find(|(p, _)| path.starts_with(p))
             .map(|&(_, what)| what)
+    }
+}
+
+/// What `Judge::new`'s caller calls the isolation state directory.
+pub const STATE_DIRECTORY: &str = "state directory";
+
+/// (kernel identity, `guarded` bits) of `path`: a directory guards its
+/// entries too.
+fn kernel_identity(path: &Path) -> Option<(FileId, u8)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let id = FileId {
+        dev: user_dev_to_kernel(kernel_device_at(path, &meta)),
+        _pad: 0,
+        ino: meta.ino(),
+    };
+    let bits = if meta.is_dir() {
+        guarded::ITSELF | guarded::ENTRIES
+    } else {
+        guarded::ITSELF
+    };
+    Some((id, bits))
+}
+
+/// What the write guard refused, for a person.
+fn guard_op_name(op: u32) -> &'static str {
+    match op {
+        guard_op::OPEN_FOR_WRITE => "open for writing",
+        guard_op::TRUNCATE => "truncate",
+        guard_op::UNLINK => "unlink",
+        guard_op::RMDIR => "rmdir",
+        guard_op::RENAME => "rename",
+        guard_op::LINK => "hard link",
+        guard_op::CHMOD => "chmod",
+        guard_op::CHOWN => "chown",
+        guard_op::CREATE => "create",
+        guard_op::MKDIR => "mkdir",
+        guard_op::SYMLINK => "symlink",
+        _ => "change",
     }
 }
 
@@ -541,6 +630,51 @@ mod tests {
             cwd: None,
         });
         assert!(!judge.judge(&mut r));
+    }
+
+    #[test]
+    fn the_guard_covers_files_and_spool_entries_but_not_the_state_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("sensor.toml");
+        std::fs::write(&config, b"").expect("config");
+        let (spool, state) = (dir.path().join("spool"), dir.path().join("state"));
+        std::fs::create_dir_all(&spool).expect("spool");
+        std::fs::create_dir_all(&state).expect("state");
+        let judge = Judge::new(
+            vec![],
+            vec![
+                (config.clone(), "config"),
+                (spool.clone(), "spool directory"),
+                (state, STATE_DIRECTORY),
+            ],
+        );
+        let id = |p: &Path| kernel_identity(p).expect("stat").0;
+        assert_eq!(
+            judge.guarded(),
+            [
+                (id(&config), guarded::ITSELF),
+                (id(&spool), guarded::ITSELF | guarded::ENTRIES)
+            ]
+        );
+        // A refusal names the guarded object and what was refused, found
+        // by the identity the kernel reported; an unknown one still counts.
+        let mut judge = judge;
+        let mut r = record(TamperCall::WriteRefused {
+            op: guard_op::CREATE,
+            guarded: id(&spool),
+            name: "0001.seg".into(),
+        });
+        assert!(judge.judge(&mut r));
+        assert_eq!(r.object, "sensor spool directory");
+        assert_eq!(r.action, "create of \"0001.seg\" refused (BPF-LSM)");
+        assert_eq!(r.target, spool.display().to_string());
+        let mut r = record(TamperCall::WriteRefused {
+            op: guard_op::RENAME,
+            guarded: FileId::default(),
+            name: "x".into(),
+        });
+        assert!(judge.judge(&mut r));
+        assert_eq!(r.object, "sensor file");
     }
 
     #[test]

@@ -88,19 +88,24 @@ pub fn ptrace_seize(pid: u32) -> anyhow::Result<ChildCall> {
     in_child(|| unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as libc::pid_t, 0usize, 0usize) })
 }
 
-/// `process_vm_writev(pid)` of nothing (no vectors): the call is made,
-/// no byte of the target changes.
-pub fn vm_write_nothing(pid: u32) -> anyhow::Result<ChildCall> {
-    // SAFETY: zero vectors: no pointer is read or written.
+/// `process_vm_writev(pid)` of one byte to address 0 of `pid`, which is
+/// never mapped: a call allowed to reach the target's memory fails with
+/// EFAULT and changes nothing; one refused access fails with EPERM.
+/// (A write of zero bytes would not even look at the target.)
+pub fn vm_write_to_page_zero(pid: u32) -> anyhow::Result<ChildCall> {
+    let byte = [0u8; 1];
+    let local = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 1,
+    };
+    // SAFETY: the local vector is a live one-byte array; the remote one
+    // names the target's page 0, which the kernel checks, not us.
     in_child(|| unsafe {
-        libc::process_vm_writev(
-            pid as libc::pid_t,
-            std::ptr::null(),
-            0,
-            std::ptr::null(),
-            0,
-            0,
-        ) as i64
+        libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) as i64
     })
 }
 

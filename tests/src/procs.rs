@@ -31,15 +31,26 @@ pub const COLLECTOR_LISTENING: &str = "rxsentry-collector listening on";
 /// exited successfully: what a test asserts an event or alert against.
 pub fn run_for_pid(program: impl AsRef<OsStr>, args: &[&str]) -> anyhow::Result<u32> {
     let program = program.as_ref();
+    let (pid, status) = run_for_status(program, args)?;
+    anyhow::ensure!(status.success(), "{} {args:?}: {status}", program.display());
+    Ok(pid)
+}
+
+/// Runs `program` to its end: its pid and how it exited (a refusal is
+/// an answer here, not an error).
+pub fn run_for_status(
+    program: impl AsRef<OsStr>,
+    args: &[&str],
+) -> anyhow::Result<(u32, std::process::ExitStatus)> {
+    let program = program.as_ref();
     let mut child = std::process::Command::new(program)
         .args(args)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     let pid = child.id();
-    let status = child.wait()?;
-    anyhow::ensure!(status.success(), "{} {args:?}: {status}", program.display());
-    Ok(pid)
+    Ok((pid, child.wait()?))
 }
 
 /// Where the release binaries are: `RXSENTRY_BIN_DIR` (set by `cargo xtask
@@ -506,7 +517,7 @@ impl SensorCommand {
     fn command(&self) -> anyhow::Result<(Command, Option<TempConfig>)> {
         let (path, file) = match &self.config {
             Config::Text(text) => {
-                let (text, spool) = with_own_spool(&with_own_metrics(text))?;
+                let (text, spool) = with_own_spool(&with_writable_files(&with_own_metrics(text)))?;
                 let (text, pins) = crate::pins::with_own_pins(&text);
                 let mut file = tempfile::NamedTempFile::new()?;
                 file.write_all(text.as_bytes())?;
@@ -588,6 +599,16 @@ fn with_own_metrics(text: &str) -> String {
 listen = \"127.0.0.1:0\"
 "
     )
+}
+
+/// A config without a `[self_protection]` section leaves the sensor's
+/// files writable (`deny_writes = false`): tests rewrite a running
+/// sensor's policy and config. The tests of the write guard turn it on.
+fn with_writable_files(text: &str) -> String {
+    if text.lines().any(|l| l.trim() == "[self_protection]") {
+        return text.to_owned();
+    }
+    format!("{text}\n[self_protection]\ndeny_writes = false\n")
 }
 
 /// The address of a `metrics listening on ADDR` line in `log`.

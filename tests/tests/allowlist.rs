@@ -1240,6 +1240,7 @@ async fn a_removed_verdict_pin_is_reported_and_pinned_again() -> anyhow::Result<
 /// memory. Each call, made by a process of its own, is a tamper event
 /// naming that process; the same calls on what is not the sensor's (a
 /// pin path elsewhere, ids of no sensor object, another process) are not.
+/// On BPF-LSM kernels the ptrace and the memory write are also refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bpf_and_ptrace_calls_on_the_sensor_are_reported_with_their_process() -> anyhow::Result<()>
 {
@@ -1259,9 +1260,16 @@ async fn bpf_and_ptrace_calls_on_the_sensor_are_reported_with_their_process() ->
     ];
     let mut bystander = std::process::Command::new("sleep").arg("30").spawn()?;
     innocent.push(attack::ptrace_seize(bystander.id())?);
-    innocent.push(attack::vm_write_nothing(bystander.id())?);
+    innocent.push(attack::vm_write_to_page_zero(bystander.id())?);
     bystander.kill()?;
     bystander.wait()?;
+    // Another process stays open to ptrace (the guard is the sensor's):
+    // the write reaches its memory and faults on page 0.
+    assert_eq!(
+        (innocent[2].errno, innocent[3].errno),
+        (0, libc::EFAULT),
+        "{innocent:?}"
+    );
 
     let attacks = [
         (
@@ -1285,14 +1293,29 @@ async fn bpf_and_ptrace_calls_on_the_sensor_are_reported_with_their_process() ->
             "PTRACE_SEIZE",
         ),
         (
-            attack::vm_write_nothing(sensor.pid())?,
+            attack::vm_write_to_page_zero(sensor.pid())?,
             "sensor process",
             "process_vm_writev",
         ),
     ];
-    // Each call succeeded (root may do all of them): reported, not refused.
-    for (call, object, _) in &attacks {
-        assert_eq!(call.errno, 0, "{object}: {call:?}");
+    // Root may make every bpf() call: reported, not refused. Where BPF-LSM
+    // runs, the sensor refuses attach rights over itself: the ptrace and
+    // the memory write fail with EPERM (and are reported all the same).
+    let lsm = tests::kernel::kernel().lsm.is_ok();
+    if lsm {
+        assert!(
+            sensor.log().contains("ptrace guard: BPF-LSM"),
+            "{}",
+            sensor.log()
+        );
+    }
+    for (call, object, action) in &attacks {
+        let want = match (*object, *action) {
+            ("sensor process", _) if lsm => libc::EPERM,
+            (_, "process_vm_writev") => libc::EFAULT,
+            _ => 0,
+        };
+        assert_eq!(call.errno, want, "{object} {action} (lsm: {lsm}): {call:?}");
     }
     let by = |s: &Subscription, pid: u32| {
         tamper_events(s)

@@ -816,7 +816,7 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
         &tree,
         // After `[files]`'s keys; `[[files.watch]]` follows it.
         &format!(
-            "[policy]\npath = \"{policy_path}\"\n[spool]\ndir = \"{}\"",
+            "[policy]\npath = \"{policy_path}\"\n[spool]\ndir = \"{}\"\n[self_protection]\ndeny_writes = true",
             spool.display()
         ),
     )
@@ -830,9 +830,33 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
     )
     .await?;
 
+    // Where BPF-LSM runs the write guard refuses every change below
+    // (each still reported); elsewhere they are made and reported.
+    let guard = tests::kernel::kernel().lsm.is_ok();
+    assert!(
+        sensor.log().contains(if guard {
+            "write guard: BPF-LSM refuses"
+        } else {
+            "write guard: no BPF-LSM on this kernel"
+        }),
+        "{}",
+        sensor.log()
+    );
+    let made = |status: std::process::ExitStatus, what: &str| {
+        assert_eq!(status.success(), !guard, "{what} (guard: {guard})");
+    };
     let reader = run("/bin/cat", &[&policy_path])?;
-    std::fs::OpenOptions::new().append(true).open(&policy)?;
-    let chmod = run("/bin/chmod", &["600", &policy_path])?;
+    let appended = std::fs::OpenOptions::new().append(true).open(&policy);
+    assert_eq!(
+        appended
+            .as_ref()
+            .err()
+            .and_then(std::io::Error::raw_os_error),
+        guard.then_some(libc::EPERM),
+        "append to the policy: {appended:?}"
+    );
+    let (chmod, status) = tests::procs::run_for_status("/bin/chmod", &["600", &policy_path])?;
+    made(status, "chmod of the policy");
     let me = std::process::id();
     sub.until(Duration::from_secs(20), |s| {
         let mine = s.files_under(&policy_path);
@@ -862,10 +886,10 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(file)?.permissions().mode() & 0o7777;
         let path = file.display().to_string();
-        chmodded.push((
-            path.clone(),
-            run("/bin/chmod", &[&format!("{mode:o}"), &path])?,
-        ));
+        let (pid, status) =
+            tests::procs::run_for_status("/bin/chmod", &[&format!("{mode:o}"), &path])?;
+        made(status, &path);
+        chmodded.push((path, pid));
     }
     sub.until(Duration::from_secs(20), |s| {
         chmodded.iter().all(|(path, pid)| {
@@ -878,11 +902,52 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
 
     // A file dropped into its spool directory (where unsent batches wait).
     let dropped = spool.join("0000-forged.seg").display().to_string();
-    let dropper = run("/usr/bin/touch", &[&dropped])?;
+    let (dropper, status) = tests::procs::run_for_status("/usr/bin/touch", &[&dropped])?;
+    made(status, "a file created in the spool");
+    assert_eq!(Path::new(&dropped).exists(), !guard);
 
     // Each change is also a tamper event naming what and who; the read
     // is not.
-    let expected = [
+    let spool_dir = std::fs::canonicalize(&spool)?.display().to_string();
+    let refused = |op: &str, name: &str| format!("{op} of {name:?} refused (BPF-LSM)");
+    let file_name = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+    };
+    let expected_refused = [
+        (
+            "sensor policy",
+            me,
+            refused("open for writing", "policy.toml"),
+            policy_path.clone(),
+        ),
+        (
+            "sensor policy",
+            chmod,
+            refused("chmod", "policy.toml"),
+            policy_path.clone(),
+        ),
+        (
+            "sensor config",
+            chmodded[0].1,
+            refused("chmod", &file_name(&chmodded[0].0)),
+            chmodded[0].0.clone(),
+        ),
+        (
+            "sensor binary",
+            chmodded[1].1,
+            refused("chmod", "rxsentry-sensor"),
+            chmodded[1].0.clone(),
+        ),
+        (
+            "sensor spool directory",
+            dropper,
+            refused("create", "0000-forged.seg"),
+            spool_dir.clone(),
+        ),
+    ];
+    let expected_made = [
         (
             "sensor policy",
             me,
@@ -908,7 +973,13 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
             "opened for writing",
             dropped,
         ),
-    ];
+    ]
+    .map(|(o, p, a, t)| (o, p, a.to_owned(), t));
+    let expected = if guard {
+        expected_refused
+    } else {
+        expected_made
+    };
     let findings = |s: &Subscription| -> Vec<(String, u32, String, String)> {
         s.tamper()
             .into_iter()
@@ -920,7 +991,7 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
     };
     let want: Vec<(String, u32, String, String)> = expected
         .iter()
-        .map(|(o, p, a, t)| ((*o).to_owned(), *p, (*a).to_owned(), t.clone()))
+        .map(|(o, p, a, t)| ((*o).to_owned(), *p, a.clone(), t.clone()))
         .collect();
     let waited = tamper
         .until(Duration::from_secs(20), |s| {
@@ -933,6 +1004,18 @@ async fn the_sensor_s_policy_file_is_always_watched_for_changes() -> anyhow::Res
         "a read is not tampering: {:?}",
         findings(&tamper)
     );
+    if guard {
+        // A refused write is reported once (by the guard), not again as
+        // a failed call.
+        let twice = findings(&tamper)
+            .into_iter()
+            .filter(|(_, pid, action, _)| *pid == me && action.contains("opened for writing"))
+            .count();
+        assert_eq!(twice, 0, "{:?}", findings(&tamper));
+    }
+    // The guard ends with the sensor: a stopped sensor's files can be
+    // changed (upgrades, maintenance), and the allowlist stays pinned.
     sensor.stop().await?;
+    std::fs::OpenOptions::new().append(true).open(&policy)?;
     Ok(())
 }

@@ -223,8 +223,10 @@ fn probe_process() -> anyhow::Result<String> {
         // Its own maps: never a pinned policy's.
         allowlist_pin_dir: None,
         verdict_only: false,
-        // Proves the self-protection programs load and attach here.
+        // Proves the self-protection programs load and attach here (the
+        // write guard is never armed by the probe).
         tamper_calls: true,
+        write_guard: true,
     })
     .context("attaching the process hooks")?;
     let mut ring = hooks.take_process_ring()?;
@@ -236,10 +238,14 @@ fn probe_process() -> anyhow::Result<String> {
                 && exec.task.tgid == pid
             {
                 return Ok(format!(
-                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}; file open hook: {}",
+                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}; file open hook: {}; write guard: {}",
                     exec.filename,
                     hooks.file_reads(),
-                    hooks.file_open_hook()
+                    hooks.file_open_hook(),
+                    match hooks.write_guard() {
+                        Ok(()) => "BPF-LSM programs attached",
+                        Err(why) => why,
+                    }
                 ));
             }
         }

@@ -21,12 +21,14 @@ mod isolation;
 mod metrics;
 mod network;
 mod response;
+mod self_protection;
 mod spool;
 pub use detection::{DetectionConfig, YaraConfig};
 pub use isolation::{AllowProtocol, AllowRule, IsolationConfig, TcAttach, proto_number};
 pub use metrics::{DEFAULT_METRICS_LISTEN, MetricsConfig};
 pub use network::{NetworkConfig, RemotePrefix, RemoteRule};
 pub use response::{ResponseAction, ResponseRule, Signal};
+pub use self_protection::SelfProtectionConfig;
 pub use spool::{SpoolConfig, SpoolFsync};
 
 /// The documented example file, identical in meaning to [`Config::default`].
@@ -90,6 +92,8 @@ pub struct Config {
     pub detection: DetectionConfig,
     /// `[metrics]`: the Prometheus endpoint (see docs/metrics.md).
     pub metrics: MetricsConfig,
+    /// `[self_protection]`: the BPF-LSM write guard.
+    pub self_protection: SelfProtectionConfig,
 }
 
 /// `[files]`: file telemetry on watched paths, filtered in the kernel.

@@ -117,7 +117,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     cmd: raw.op,
                     id: target,
                     path: c_string(&raw.path),
-                    cwd: (raw.cwd.ino != 0).then(|| (kernel_dev_to_user(raw.cwd.dev), raw.cwd.ino)),
+                    cwd: (raw.file.ino != 0)
+                        .then(|| (kernel_dev_to_user(raw.file.dev), raw.file.ino)),
                 },
                 tamper_call::PTRACE => TamperCall::Ptrace {
                     request: raw.op,
@@ -125,6 +126,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 },
                 tamper_call::VM_READ => TamperCall::VmRead { target },
                 tamper_call::VM_WRITE => TamperCall::VmWrite { target },
+                tamper_call::WRITE_REFUSED => TamperCall::WriteRefused {
+                    op: raw.op,
+                    guarded: raw.file,
+                    name: c_string(&raw.path),
+                },
                 other => return Err(DecodeError::UnknownCall(other)),
             };
             Ok(KernelEvent::Tamper(Box::new(TamperRecord {

@@ -321,6 +321,13 @@ pub enum TamperCall {
     VmWrite {
         target: u32,
     },
+    /// The BPF-LSM write guard refused `op` (a `guard_op` value) on `name`,
+    /// under the guarded identity `guarded` (the file, or its directory).
+    WriteRefused {
+        op: u32,
+        guarded: sensor_common::FileId,
+        name: String,
+    },
 }
 
 /// Someone other than the sensor touched what is the sensor's: a call the

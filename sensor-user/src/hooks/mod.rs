@@ -74,6 +74,9 @@ pub struct HookConfig {
     /// Report other processes' `bpf()` descriptor requests and ptrace
     /// attaches (the daemon keeps those that reach its own objects).
     pub tamper_calls: bool,
+    /// Attach the BPF-LSM write guard where BPF-LSM runs
+    /// (`self_protection.deny_writes`; the daemon arms it).
+    pub write_guard: bool,
 }
 
 impl HookConfig {
@@ -95,6 +98,7 @@ impl HookConfig {
                 .map(|_| config.policy.pin_dir.clone()),
             verdict_only: false,
             tamper_calls: true,
+            write_guard: config.self_protection.deny_writes,
         }
     }
 
@@ -105,6 +109,7 @@ impl HookConfig {
         hooks.allowlist_pin_dir = Some(config.policy.pin_dir.clone());
         hooks.verdict_only = true;
         hooks.tamper_calls = false;
+        hooks.write_guard = false;
         hooks.files = false;
         hooks.network.enabled = false;
         // The verdict program reports blocks into the process ring; nobody
@@ -128,6 +133,8 @@ pub struct ProcessHooks {
     pinned: Option<(std::path::PathBuf, Option<FdLink>)>,
     file_reads: FileReads,
     file_open_hook: FileOpenHook,
+    /// The write guard's programs attached (unarmed), or why not.
+    write_guard: Result<(), String>,
 }
 
 /// Loads the syscall tracepoint program `name` and attaches it to each of
@@ -306,6 +313,33 @@ impl ProcessHooks {
         // once, and freed once they are attached.
         let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
         let (allowlist_backend, verdict_link) = attach_exec_verdict(&mut object, &btf)?;
+        let ptrace_guard = match (&allowlist_backend, &btf) {
+            (AllowlistBackend::Lsm, Ok(btf)) if config.tamper_calls => {
+                backend::attach_ptrace_guard(&mut object, btf)
+            }
+            (AllowlistBackend::Lsm, _) => Err("off (self-protection hooks not attached)".into()),
+            (AllowlistBackend::TracepointSigkill { .. }, _) => {
+                Err("no BPF-LSM on this kernel: ptrace of the sensor is reported only".into())
+            }
+        };
+        match &ptrace_guard {
+            Ok(()) => tracing::info!(
+                "ptrace guard: BPF-LSM ptrace_access_check refuses attach rights over the sensor"
+            ),
+            Err(why) => tracing::info!("ptrace guard: {why}"),
+        }
+        let write_guard = match (&allowlist_backend, &btf) {
+            (AllowlistBackend::Lsm, Ok(btf)) if config.tamper_calls && config.write_guard => {
+                backend::attach_write_guard(&mut object, btf)
+            }
+            (AllowlistBackend::Lsm, _) if config.tamper_calls => {
+                Err("off in the config (self_protection.deny_writes): writes to the sensor's files are reported only".into())
+            }
+            (AllowlistBackend::Lsm, _) => Err("off (self-protection hooks not attached)".into()),
+            (AllowlistBackend::TracepointSigkill { .. }, _) => Err(
+                "no BPF-LSM on this kernel: writes to the sensor's files are reported only".into(),
+            ),
+        };
         let file_open_hook = if config.files {
             let fexit = filp_open.and_then(|()| btf.as_ref().map_err(Clone::clone));
             attach_file_programs(&mut object, file_reads, fexit)?
@@ -336,6 +370,29 @@ impl ProcessHooks {
             pinned: None,
             file_reads,
             file_open_hook,
+            write_guard,
+        })
+    }
+
+    /// Whether the write guard's programs are attached, or why not.
+    pub fn write_guard(&self) -> Result<(), &str> {
+        self.write_guard
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str)
+    }
+
+    /// The write guard's maps when its programs are attached, else why not
+    /// (once: the maps move to the caller).
+    pub fn take_write_guard(&mut self) -> Result<crate::write_guard::WriteGuard, String> {
+        std::mem::replace(&mut self.write_guard, Err("already taken".into()))?;
+        let why = |e: crate::object::ObjectError| format!("write guard maps: {e}");
+        Ok(crate::write_guard::WriteGuard {
+            guarded: self.object.take_map(names::WRITE_GUARD).map_err(why)?,
+            armed: self
+                .object
+                .take_map(names::WRITE_GUARD_ARMED)
+                .map_err(why)?,
         })
     }
 
@@ -508,6 +565,7 @@ impl ProcessHooks {
             pinned,
             file_reads: _,
             file_open_hook: _,
+            write_guard: _,
         } = self;
         // Pinned, the link stays attached without this fd.
         drop(verdict_link);

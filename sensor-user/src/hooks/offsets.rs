@@ -60,6 +60,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         fs_pwd: f("fs_struct", "pwd")?,
         path_dentry: f("path", "dentry")?,
         file_f_path: f("file", "f_path")?,
+        file_f_mode: f("file", "f_mode")?,
         dentry_parent: f("dentry", "d_parent")?,
         dentry_name: f("dentry", "d_name")? + f("qstr", "name")?,
         dentry_inode: f("dentry", "d_inode")?,
