@@ -15,13 +15,22 @@ use anyhow::{Context as _, bail};
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
+    run_tool("ip", args)
+}
+
+/// Runs iproute2's `tc` with `args`; an error carries its stderr.
+pub fn tc(args: &[&str]) -> anyhow::Result<()> {
+    run_tool("tc", args)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(tool)
         .args(args)
         .output()
-        .context("running ip (iproute2)")?;
+        .with_context(|| format!("running {tool} (iproute2)"))?;
     if !out.status.success() {
         bail!(
-            "ip {}: {}",
+            "{tool} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -705,8 +705,8 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
     // sensor sees each one detached at its next poll, attaches again and
     // reports it; the terminal stays cut off.
     // Kernels before 6.6 (Debian 12's 6.1 in the VM) have no TCX: the
-    // programs sit in clsact filters through netlink, with no link to
-    // detach (docs/allowlisting.md says what that leaves).
+    // programs sit in clsact filters through netlink, with no link; there
+    // the attacker deletes the filters (`tc filter del`) instead.
     let links_dir = lab.pin_dir().join("links");
     let mut links: Vec<PathBuf> = std::fs::read_dir(&links_dir)?
         .map(|e| e.map(|e| e.path()))
@@ -718,13 +718,33 @@ async fn isolate_from_the_soc_survives_crash_and_restart_until_released() -> any
         let call = tests::attack::link_detach(link)?;
         assert_eq!(call.errno, 0, "detaching {}: {call:?}", link.display());
     }
-    for link in &links {
-        let name = link.display().to_string();
+    let mut taken_off: Vec<(&str, String)> = links
+        .iter()
+        .map(|l| ("isolation link", l.display().to_string()))
+        .collect();
+    if !tcx {
+        // Our filters' priority (0x5253), on the interfaces towards `other`.
+        for iface in [format!("rxto{}", lab.sfx), format!("rxtn{}", lab.sfx)] {
+            for dir in ["ingress", "egress"] {
+                tests::netns::tc(&[
+                    "-n",
+                    &lab.term.name,
+                    "filter",
+                    "del",
+                    "dev",
+                    &iface,
+                    dir,
+                    "pref",
+                    "21075",
+                ])?;
+                taken_off.push(("isolation filter", format!("{iface} {dir}")));
+            }
+        }
+    }
+    for (object, name) in &taken_off {
         let found = tail
-            .wait_for("the detached link's tamper event", |l| {
-                l.contains("\"kind\":\"tamper\"")
-                    && l.contains("isolation link")
-                    && l.contains(&name)
+            .wait_for("the detached program's tamper event", |l| {
+                l.contains("\"kind\":\"tamper\"") && l.contains(object) && l.contains(name)
             })
             .await?;
         assert!(

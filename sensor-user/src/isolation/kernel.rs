@@ -5,7 +5,9 @@
 //! take the programs off (see [`detach_all`]).
 //!
 //! The eBPF object is loaded only when some interface lacks its links, and
-//! dropped again right after: the pins hold what must stay.
+//! dropped again right after: the pins hold what must stay. In netlink
+//! mode (kernels before 6.6) a daemon keeps it loaded to check its clsact
+//! filters at every poll.
 
 use std::{
     fs, io,
@@ -167,8 +169,18 @@ fn link_file(iface: &Interface, dir: &str) -> String {
 pub struct AttachReport {
     /// Interfaces attached to now (new, or whose link was detached).
     pub attached: Vec<String>,
-    /// Pins of links found detached by someone else (attached again).
-    pub detached: Vec<PathBuf>,
+    /// Programs someone else took off an interface (attached again).
+    pub detached: Vec<Detached>,
+}
+
+/// One isolation program found taken off its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    /// `isolation link` (TCX: the link was detached, its pin stayed) or
+    /// `isolation filter` (netlink: the clsact filter was deleted).
+    pub object: &'static str,
+    /// The link's pin, or the interface and direction of the filter.
+    pub target: String,
 }
 
 /// Whether the pinned link at `path` was detached: its interface index,
@@ -220,6 +232,10 @@ pub struct IsolationKernel {
     /// Netlink mode: interfaces (index, name) this process attached to or
     /// found attached. clsact filters hold the programs without pins.
     netlink_done: Vec<(u32, String)>,
+    /// Netlink mode: the loaded programs, kept to check at every poll that
+    /// each filter is still there (attaching again fails with EEXIST while
+    /// it is; a deleted one is attached again).
+    netlink_object: Option<SensorObject>,
     state: Array<MapData, IsolationState>,
     allow: HashMap<MapData, IsolationAllowKey, u8>,
     stats: PerCpuArray<MapData, u64>,
@@ -257,6 +273,7 @@ impl IsolationKernel {
             pin_dir: pin_dir.to_owned(),
             mode,
             netlink_done: Vec::new(),
+            netlink_object: None,
             state,
             allow,
             stats,
@@ -269,8 +286,11 @@ impl IsolationKernel {
     pub fn attach_missing(&mut self) -> Result<AttachReport, KernelError> {
         let ifaces = interfaces()?;
         self.prune(&ifaces)?;
-        let detached = self.unpin_detached()?;
         let netlink = netlink(self.mode);
+        let mut detached = self.unpin_detached()?;
+        if netlink {
+            detached.extend(self.restore_deleted_filters(&ifaces)?);
+        }
         let links = self.pin_dir.join("links");
         let missing: Vec<Interface> = ifaces
             .into_iter()
@@ -299,17 +319,62 @@ impl IsolationKernel {
         })
     }
 
+    /// Netlink mode: attaches again every filter of ours someone deleted
+    /// (`tc filter del`, `tc qdisc del ... clsact`) on the interfaces
+    /// attached to so far; the ones still there answer EEXIST.
+    fn restore_deleted_filters(
+        &mut self,
+        ifaces: &[Interface],
+    ) -> Result<Vec<Detached>, KernelError> {
+        let done: Vec<&Interface> = ifaces
+            .iter()
+            .filter(|i| {
+                self.netlink_done
+                    .iter()
+                    .any(|(index, name)| *index == i.index && *name == i.name)
+            })
+            .collect();
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let object = match &mut self.netlink_object {
+            Some(object) => object,
+            none => none.insert(load_object(&self.pin_dir)?),
+        };
+        let mut restored = Vec::new();
+        for iface in done {
+            for (attach, dir) in DIRECTIONS {
+                if attach_netlink(loaded(object, iface, attach)?, iface, attach).map_err(
+                    |source| KernelError::Attach {
+                        iface: iface.name.clone(),
+                        name: program_name(iface.l3, attach),
+                        source,
+                    },
+                )? {
+                    restored.push(Detached {
+                        object: "isolation filter",
+                        target: format!("{} {dir}", iface.name),
+                    });
+                }
+            }
+        }
+        Ok(restored)
+    }
+
     /// Removes the pins of TCX links that no longer hold their program on
     /// an interface (a `bpf(BPF_LINK_DETACH)` by someone else leaves the
     /// pin in place): the caller attaches again. Returns those pins.
-    fn unpin_detached(&self) -> Result<Vec<PathBuf>, KernelError> {
+    fn unpin_detached(&self) -> Result<Vec<Detached>, KernelError> {
         let links = self.pin_dir.join("links");
         let mut detached = Vec::new();
         for entry in fs::read_dir(&links).map_err(io_err(&links))? {
             let path = entry.map_err(io_err(&links))?.path();
             if link_detached(&path) {
                 fs::remove_file(&path).map_err(io_err(&path))?;
-                detached.push(path);
+                detached.push(Detached {
+                    object: "isolation link",
+                    target: path.display().to_string(),
+                });
             }
         }
         Ok(detached)
@@ -432,32 +497,7 @@ impl IsolationKernel {
 /// Loads the object with the isolation maps pinned in `pin_dir` (reused
 /// when already pinned), attaches to `ifaces` and pins each link.
 fn load_and_attach(pin_dir: &Path, ifaces: &[Interface], netlink: bool) -> Result<(), KernelError> {
-    let mut loader = EbpfLoader::new();
-    let pins: Vec<(&str, PathBuf)> = [
-        names::ISOLATION_STATE,
-        names::ISOLATION_ALLOW,
-        names::ISOLATION_STATS,
-    ]
-    .into_iter()
-    .map(|name| (name, pin_dir.join(name)))
-    .collect();
-    for (name, path) in &pins {
-        loader.map_pin_path(name, path.as_path());
-    }
-    // The process and allowlist maps are not used here: keep them tiny.
-    loader.map_max_entries(names::PROCESS_EVENTS, 4096);
-    for name in [
-        names::ALLOW_A,
-        names::ALLOW_B,
-        names::DENY_PARENT_A,
-        names::DENY_PARENT_B,
-        names::DENY_UID_A,
-        names::DENY_UID_B,
-        names::POLICY_SCOPE,
-    ] {
-        loader.map_max_entries(name, 1);
-    }
-    let mut object = SensorObject::load(&mut loader)?;
+    let mut object = load_object(pin_dir)?;
     for iface in ifaces {
         for (attach, dir) in DIRECTIONS {
             let path = pin_dir.join("links").join(link_file(iface, dir));
@@ -465,12 +505,7 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface], netlink: bool) -> Resul
                 continue;
             }
             let name = program_name(iface.l3, attach);
-            let program: &mut SchedClassifier = object.program(name)?;
-            if program.fd().is_err() {
-                program
-                    .load()
-                    .map_err(|source| ObjectError::Program { name, source })?;
-            }
+            let program = loaded(&mut object, iface, attach)?;
             let attach_err = |source| KernelError::Attach {
                 iface: iface.name.clone(),
                 name,
@@ -500,15 +535,63 @@ fn load_and_attach(pin_dir: &Path, ifaces: &[Interface], netlink: bool) -> Resul
     Ok(())
 }
 
+/// The program for `iface` and `attach` in `object`, loaded.
+fn loaded<'a>(
+    object: &'a mut SensorObject,
+    iface: &Interface,
+    attach: TcAttachType,
+) -> Result<&'a mut SchedClassifier, KernelError> {
+    let name = program_name(iface.l3, attach);
+    let program: &mut SchedClassifier = object.program(name)?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|source| ObjectError::Program { name, source })?;
+    }
+    Ok(program)
+}
+
+/// The object, its isolation maps the ones pinned in `pin_dir` (pinned
+/// there first if they are not yet).
+fn load_object(pin_dir: &Path) -> Result<SensorObject, KernelError> {
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<(&str, PathBuf)> = [
+        names::ISOLATION_STATE,
+        names::ISOLATION_ALLOW,
+        names::ISOLATION_STATS,
+    ]
+    .into_iter()
+    .map(|name| (name, pin_dir.join(name)))
+    .collect();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    // The process and allowlist maps are not used here: keep them tiny.
+    loader.map_max_entries(names::PROCESS_EVENTS, 4096);
+    for name in [
+        names::ALLOW_A,
+        names::ALLOW_B,
+        names::DENY_PARENT_A,
+        names::DENY_PARENT_B,
+        names::DENY_UID_A,
+        names::DENY_UID_B,
+        names::POLICY_SCOPE,
+    ] {
+        loader.map_max_entries(name, 1);
+    }
+    Ok(SensorObject::load(&mut loader)?)
+}
+
 /// A clsact filter with our fixed priority and handle. It stays after this
 /// process exits (filters are not tied to a file descriptor), so the link
 /// aya hands back is forgotten instead of dropped (which would detach it).
-/// A filter already there (EEXIST) is ours from an earlier run.
+/// A filter already there (EEXIST) is ours from an earlier run or poll.
+/// True when it was attached now.
 fn attach_netlink(
     program: &mut SchedClassifier,
     iface: &Interface,
     attach: TcAttachType,
-) -> Result<(), ProgramError> {
+) -> Result<bool, ProgramError> {
     // Fails harmlessly when the interface already has one.
     let _ = aya::programs::tc::qdisc_add_clsact(&iface.name);
     let options = TcAttachOptions::Netlink(NlOptions {
@@ -519,9 +602,9 @@ fn attach_netlink(
     match program.attach_with_options(&iface.name, attach, options) {
         Ok(id) => {
             std::mem::forget(program.take_link(id)?);
-            Ok(())
+            Ok(true)
         }
-        Err(e) if already_exists(&e) => Ok(()),
+        Err(e) if already_exists(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -67,8 +67,8 @@ pub async fn run(
                         if !report.attached.is_empty() {
                             tracing::info!(interfaces = ?report.attached, "isolation programs attached");
                         }
-                        for pin in &report.detached {
-                            detached_link(pin, &audit).await;
+                        for detached in &report.detached {
+                            detached_program(detached, &audit).await;
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "cannot attach isolation to new interfaces"),
@@ -96,19 +96,23 @@ pub async fn run(
     }
 }
 
-/// Someone detached one of the isolation links (the pin stayed, the
-/// program left the interface); it was attached again in the same poll.
-async fn detached_link(pin: &std::path::Path, audit: &mpsc::Sender<EncodedEvents>) {
+/// Someone took an isolation program off an interface (a TCX link
+/// detached with its pin left, or a clsact filter deleted); it was
+/// attached again in the same poll.
+async fn detached_program(
+    detached: &crate::isolation::kernel::Detached,
+    audit: &mpsc::Sender<EncodedEvents>,
+) {
     let finding = crate::tamper::Finding {
-        object: "isolation link",
+        object: detached.object,
         action: "detached by another process".to_owned(),
-        target: pin.display().to_string(),
+        target: detached.target.clone(),
         restored: true,
         error: String::new(),
     };
     let count = crate::tamper::count_one();
-    tracing::warn!(pin = %pin.display(), count,
-        "tamper: an isolation link was detached; attached again");
+    tracing::warn!(object = detached.object, target = %detached.target, count,
+        "tamper: an isolation program was taken off its interface; attached again");
     let _ = audit
         .send(EncodedEvents::from_events([&finding.event(count)]))
         .await;

@@ -38,8 +38,9 @@ pub const BINARIES: &[&str] = &[
 ];
 /// Host tools the in-guest tests need beyond busybox, copied to the same
 /// path with their libraries: iproute2's `ip` (busybox's applet has no
-/// `netns` and no veth), installed by `cargo xtask setup`.
-const HOST_TOOLS: &[&str] = &["/usr/sbin/ip"];
+/// `netns` and no veth) and `tc` (the isolation test deletes filters),
+/// installed by `cargo xtask setup`.
+const HOST_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/tc"];
 /// The static busybox of Debian's busybox-static package.
 const BUSYBOX: &str = "/bin/busybox";
 /// Files copied verbatim into the image's root.
