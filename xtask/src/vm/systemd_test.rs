@@ -35,6 +35,7 @@ pub const BOOTS: &[Boot] = &[
         append: "rxsentry.tests=first-boot",
         tests: &[
             "sensor-at-boot",
+            "write-guard",
             "kiosk-slice-allowlist",
             "package-upgrade",
             "isolate-before-reboot",
