@@ -54,8 +54,7 @@ fn guarding(dentry: *const u8, o: &KernelOffsets) -> Option<FileId> {
     covers(&id, guarded::ENTRIES).then_some(id)
 }
 
-/// Refuses `op` on `dentry` if it is guarded (reporting it), else passes
-/// on `previous` (an earlier program's answer stands).
+/// `-EPERM` (and a report of `op`) if `dentry` is guarded, else None.
 #[inline(always)]
 fn check(op: u32, dentry: *const u8, o: &KernelOffsets) -> Option<i32> {
     let file = guarding(dentry, o)?;

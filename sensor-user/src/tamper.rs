@@ -170,8 +170,9 @@ pub struct Judge {
     pin_dirs: Vec<PathBuf>,
     /// The sensor's binary, config, policy and state directories, resolved.
     files: Vec<(PathBuf, &'static str)>,
-    /// The same by the identity the kernel sees (the write guard's keys).
-    identities: HashMap<FileId, usize>,
+    /// The same by the identity the kernel sees (the write guard's keys):
+    /// index into `files`, and the `guarded` bits.
+    identities: HashMap<FileId, (usize, u8)>,
     /// The BPF-LSM write guard refuses (and reports) writes to `files`.
     guard_armed: bool,
     own: OwnIds,
@@ -188,7 +189,10 @@ impl Judge {
         let identities = files
             .iter()
             .enumerate()
-            .filter_map(|(i, (path, _))| Some((kernel_identity(path)?.0, i)))
+            .filter_map(|(i, (path, _))| {
+                let (id, bits) = kernel_identity(path)?;
+                Some((id, (i, bits)))
+            })
             .collect();
         Self {
             pin_dirs,
@@ -211,10 +215,16 @@ impl Judge {
     /// isolate|release`, the operator's local commands, write it while the
     /// sensor runs (its changes are reported).
     pub fn guarded(&self) -> Vec<(FileId, u8)> {
-        self.files
+        let mut guarded: Vec<(usize, FileId, u8)> = self
+            .identities
             .iter()
-            .filter(|(_, what)| *what != STATE_DIRECTORY)
-            .filter_map(|(path, _)| kernel_identity(path))
+            .filter(|(_, (i, _))| self.files[*i].1 != STATE_DIRECTORY)
+            .map(|(id, &(i, bits))| (i, *id, bits))
+            .collect();
+        guarded.sort_by_key(|&(i, ..)| i);
+        guarded
+            .into_iter()
+            .map(|(_, id, bits)| (id, bits))
             .collect()
     }
 
@@ -281,7 +291,7 @@ impl Judge {
             // The kernel refuses only what the daemon guards: always ours.
             TamperCall::WriteRefused { op, guarded, name } => {
                 let (object, target) = match self.identities.get(guarded) {
-                    Some(&i) => {
+                    Some(&(i, _)) => {
                         let (path, what) = &self.files[i];
                         (format!("sensor {what}"), path.display().to_string())
                     }

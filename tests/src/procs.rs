@@ -590,25 +590,22 @@ fn with_own_spool(text: &str) -> anyhow::Result<(String, Option<tempfile::TempDi
 /// bound address is in the sensor's log: [`Sensor::metrics_addr`]), so
 /// sensors side by side never fight over the default port.
 fn with_own_metrics(text: &str) -> String {
-    if text.lines().any(|l| l.trim() == "[metrics]") {
-        return text.to_owned();
-    }
-    format!(
-        "{text}
-[metrics]
-listen = \"127.0.0.1:0\"
-"
-    )
+    with_default_section(text, "[metrics]", "listen = \"127.0.0.1:0\"")
 }
 
 /// A config without a `[self_protection]` section leaves the sensor's
 /// files writable (`deny_writes = false`): tests rewrite a running
 /// sensor's policy and config. The tests of the write guard turn it on.
 fn with_writable_files(text: &str) -> String {
-    if text.lines().any(|l| l.trim() == "[self_protection]") {
+    with_default_section(text, "[self_protection]", "deny_writes = false")
+}
+
+/// `text` with `header` and `keys` appended, unless it has that section.
+fn with_default_section(text: &str, header: &str, keys: &str) -> String {
+    if text.lines().any(|l| l.trim() == header) {
         return text.to_owned();
     }
-    format!("{text}\n[self_protection]\ndeny_writes = false\n")
+    format!("{text}\n{header}\n{keys}\n")
 }
 
 /// The address of a `metrics listening on ADDR` line in `log`.
