@@ -13,6 +13,7 @@ pub mod attack;
 pub mod cgroup;
 pub mod exe;
 pub mod kernel;
+pub mod mounts;
 pub mod netns;
 pub mod open_hook;
 pub mod pins;

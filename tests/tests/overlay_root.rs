@@ -17,32 +17,8 @@ use std::{
 use proto::telemetry::v1::{EventKind, SubscribeRequest};
 use tests::{
     Collector, Sensor, SensorOptions, Subscription, cgroup::TestCgroup, kernel::Exec, marker,
+    mounts::Mounts,
 };
-
-/// Mounts made by the test, undone in reverse order even when it fails.
-struct Mounts(Vec<PathBuf>);
-
-impl Mounts {
-    fn mount(&mut self, args: &[&str], target: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(target)?;
-        let status = Command::new("mount").args(args).arg(target).status()?;
-        anyhow::ensure!(
-            status.success(),
-            "mount {args:?} {}: {status}",
-            target.display()
-        );
-        self.0.push(target.to_owned());
-        Ok(())
-    }
-}
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for target in self.0.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(target).status();
-        }
-    }
-}
 
 /// An overlay at `<dir>/merged`: the lower layer and the upper one on two
 /// tmpfs mounts (two file systems, both numbering inodes from 1, so a file
@@ -56,7 +32,7 @@ struct Overlay {
 
 impl Overlay {
     fn new(dir: &Path) -> anyhow::Result<Self> {
-        let mut mounts = Mounts(Vec::new());
+        let mut mounts = Mounts::default();
         let lower = dir.join("lower");
         mounts.mount(&["-t", "tmpfs", "-o", "mode=0755", "tmpfs"], &lower)?;
         let rw = dir.join("rw");
