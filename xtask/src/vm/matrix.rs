@@ -1,7 +1,9 @@
 //! The kernel × capability matrix printed at the end of `vm-test`: for the
 //! host and each guest kernel, whether process telemetry works through the
 //! raw tracepoints, whether BPF-LSM programs attach, which exec-allowlist
-//! backend the sensor would therefore choose, and how the tests went.
+//! backend the sensor would therefore choose, what it sees beyond the
+//! syscall hooks (opens and sends no syscall tracepoint carries), and how
+//! the tests went.
 //!
 //! Capabilities come from `rxsentry-probe` lines (run on the host directly,
 //! relayed from a guest as `RXSENTRY-PROBE <line>`).
@@ -54,6 +56,24 @@ impl Capabilities {
         }
         caps
     }
+
+    /// What the sensor sees of the opens and sends no syscall hook
+    /// carries (io_uring's, by handle, an overlay's layers), from the
+    /// process probe's report of the hooks it attached.
+    pub fn beyond_syscalls(&self) -> &'static str {
+        let Some(Probe::Available(detail)) = &self.process else {
+            return "?";
+        };
+        let all_opens = detail.contains("opens: every open that reaches a file");
+        let sends = detail.contains("io_uring UDP sends: BPF-LSM");
+        let fexit = detail.contains("file open hook: fexit");
+        match (all_opens, sends, fexit) {
+            (true, true, _) => "every open, io_uring sends",
+            (true, false, _) => "every open; io_uring setups",
+            (false, _, true) => "io_uring opens (fexit); setups",
+            (false, _, false) => "io_uring setups only",
+        }
+    }
 }
 
 /// One line of the matrix.
@@ -63,6 +83,7 @@ pub struct Row {
     pub process: &'static str,
     pub bpf_lsm: &'static str,
     pub backend: String,
+    pub beyond_syscalls: &'static str,
     pub tests: String,
     pub passed: bool,
 }
@@ -82,6 +103,7 @@ impl Row {
             process: pass_fail(process_ok),
             bpf_lsm: availability(caps.bpf_lsm.as_ref()),
             backend: caps.backend.clone().unwrap_or_else(|| "?".to_owned()),
+            beyond_syscalls: caps.beyond_syscalls(),
             tests: "probe only".to_owned(),
             passed: process_ok,
         }
@@ -102,6 +124,7 @@ impl Row {
             kernel: format!("{name} {release}"),
             process: pass_fail(process_ok),
             bpf_lsm,
+            beyond_syscalls: caps.beyond_syscalls(),
             backend: caps.backend.unwrap_or_else(|| "?".to_owned()),
             tests: format!("{} pass, {} fail", run.passed(), run.failed()),
             passed,
@@ -121,18 +144,19 @@ fn availability(probe: Option<&Probe>) -> &'static str {
     }
 }
 
-const HEADERS: [&str; 6] = [
+const HEADERS: [&str; 7] = [
     "kernel",
     "process telemetry (raw tp)",
     "BPF-LSM",
     "exec-allowlist backend",
+    "beyond the syscall hooks",
     "tests",
     "result",
 ];
 
 /// The matrix as aligned text.
 pub fn render(rows: &[Row]) -> String {
-    let cells: Vec<[String; 6]> = rows
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -140,6 +164,7 @@ pub fn render(rows: &[Row]) -> String {
                 r.process.to_owned(),
                 r.bpf_lsm.to_owned(),
                 r.backend.clone(),
+                r.beyond_syscalls.to_owned(),
                 r.tests.clone(),
                 pass_fail(r.passed).to_owned(),
             ]
@@ -151,7 +176,7 @@ pub fn render(rows: &[Row]) -> String {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cols: [&str; 6]| {
+    let line = |cols: [&str; 7]| {
         let padded: Vec<String> = cols
             .iter()
             .zip(widths)
@@ -195,6 +220,29 @@ mod tests {
     }
 
     #[test]
+    fn what_is_seen_beyond_the_syscall_hooks_per_kernel() {
+        let seen = |detail: &str| {
+            Capabilities::parse([format!("process-telemetry: available ({detail})").as_str()])
+                .beyond_syscalls()
+        };
+        assert_eq!(
+            seen(
+                "file open hook: fexit do_filp_open; opens: every open that reaches a file (BPF-LSM file_open: ...); io_uring UDP sends: BPF-LSM socket_sendmsg/socket_connect"
+            ),
+            "every open, io_uring sends"
+        );
+        assert_eq!(
+            seen("file open hook: fexit do_filp_open; opens: through the open syscalls"),
+            "io_uring opens (fexit); setups"
+        );
+        assert_eq!(
+            seen("file open hook: syscall exit tracepoints (...)"),
+            "io_uring setups only"
+        );
+        assert_eq!(Capabilities::default().beyond_syscalls(), "?");
+    }
+
+    #[test]
     fn host_row() {
         let row = Row::host("6.18.44", &Capabilities::parse(HOST_PROBE.lines()));
         assert_eq!(row.process, "PASS");
@@ -224,6 +272,7 @@ mod tests {
             ("PASS", "available", "lsm")
         );
         assert_eq!(row.tests, "2 pass, 0 fail");
+        assert_eq!(row.beyond_syscalls, "io_uring setups only");
 
         let bad = Run::of_lines(&[
             "RXSENTRY-PROBE process-telemetry: available (x)",
@@ -247,6 +296,7 @@ mod tests {
                 process: "PASS",
                 bpf_lsm: "available",
                 backend: "lsm".into(),
+                beyond_syscalls: "every open, io_uring sends",
                 tests: "4 pass, 0 fail".into(),
                 passed: true,
             },
