@@ -100,6 +100,8 @@ pub const O_WRONLY: u32 = 0o1;
 pub const O_CREAT: u32 = 0o100;
 /// Truncate the file to length 0.
 pub const O_TRUNC: u32 = 0o1000;
+/// A handle on the name only: no data can be read or written through it.
+pub const O_PATH: u32 = 0o10000000;
 
 /// Value of `WATCHED` and `WATCH_PREFIXES`.
 #[repr(C)]
@@ -220,7 +222,10 @@ pub struct PathRecord {
     pub flags: u32,
     /// Valid bytes of `chain`.
     pub chain_len: u32,
-    pub _pad: u32,
+    /// The device (kernel `dev_t`) whose root a chain found by identity
+    /// starts from, when not the file's own: a stacked filesystem's name
+    /// for its layer's file. 0 otherwise.
+    pub chain_dev: u32,
     /// Names from the leaf up to (not including) the anchor, each followed
     /// by a NUL.
     pub chain: [u8; FILE_CHAIN_LEN],

@@ -85,6 +85,10 @@ pub mod names {
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const WATCH_EXCLUDED_EXES: &str = "WATCH_EXCLUDED_EXES";
     pub const FILE_SETTINGS: &str = "FILE_SETTINGS";
+    /// Set once `lsm/file_open` reports successful opens.
+    pub const FILE_OPEN_LSM: &str = "FILE_OPEN_LSM";
+    /// `lsm/file_open`: every open that reaches a file (BPF-LSM kernels).
+    pub const PROG_FILE_OPEN_LSM: (&str, &str) = ("file_open_lsm", "file_open");
     pub const WATCHED_INO_BITS: &str = "WATCHED_INO_BITS";
     pub const OPEN_REPEATS: &str = "OPEN_REPEATS";
     pub const OPEN_REPEAT_GEN: &str = "OPEN_REPEAT_GEN";
@@ -183,6 +187,12 @@ pub mod names {
         ("net_sendto", "syscalls", "sys_enter_sendto"),
         ("net_sendmsg", "syscalls", "sys_enter_sendmsg"),
         ("net_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
+    ];
+    /// BPF-LSM socket programs reporting io_uring's UDP sends and connects
+    /// (they act only in io_uring's contexts), with their hooks.
+    pub const NET_IO_URING_LSM: [(&str, &str); 2] = [
+        ("net_io_uring_sendmsg", "socket_sendmsg"),
+        ("net_io_uring_connect", "socket_connect"),
     ];
     pub const ISOLATION_STATE: &str = "ISOLATION_STATE";
     pub const ISOLATION_ALLOW: &str = "ISOLATION_ALLOW";

@@ -112,6 +112,18 @@ pub struct KernelOffsets {
     pub open_flags_mode: u32,
     /// `file->f_mode`: the write guard refuses opens for writing.
     pub file_f_mode: u32,
+    /// `file->f_flags` and `inode->i_mode`: what a file was opened with,
+    /// and the permissions a creating open gave it, for `lsm/file_open`.
+    pub file_f_flags: u32,
+    pub inode_mode: u32,
+    /// `task->flags`: `PF_IO_WORKER` marks io_uring's worker threads.
+    pub task_flags: u32,
+    /// `pt_regs` slot of the syscall number (x86-64: `orig_ax`).
+    pub regs_syscall_nr: u32,
+    /// The kernel's `struct msghdr.msg_name` (a kernel copy of the
+    /// destination), for `lsm/socket_sendmsg`.
+    pub kmsghdr_name: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -47,6 +47,17 @@ pub fn read_syscall_args(o: &KernelOffsets) -> [u64; 4] {
     }
 }
 
+/// The number of the syscall the current task is in (from the registers
+/// saved at entry; meaningless outside one).
+#[inline(always)]
+pub fn current_syscall_nr(o: &KernelOffsets) -> u64 {
+    // SAFETY: as in `read_syscall_args`.
+    unsafe {
+        let regs = bpf_task_pt_regs(current_task_btf() as *mut _) as *const u8;
+        load::<u64>(regs, o.regs_syscall_nr)
+    }
+}
+
 /// Reads a `T` at `offset` of a tracepoint record.
 #[inline(always)]
 pub fn tp<T>(ctx: &TracePointContext, offset: u32) -> Result<T, ReadFailed> {

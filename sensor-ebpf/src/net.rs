@@ -20,9 +20,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{lsm, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{LsmContext, RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     AF_INET, AF_INET6, DNS_PAYLOAD_LEN, DNS_PORTS_MAX, EventKind, FileId, IPPROTO_TCP, IPPROTO_UDP,
@@ -33,8 +33,8 @@ use sensor_common::{
 
 use crate::{
     kernel::{
-        Probe, ReadFailed, args, current_task_btf, header, read, read_current_task, read_fd_file,
-        read_ptr, read_task_exe, tp,
+        Probe, ReadFailed, args, current_syscall_nr, current_task_btf, header, load, read,
+        read_current_task, read_fd_file, read_ptr, read_task_exe, tp,
     },
     maps::{offsets, reserve_event, submit_event},
 };
@@ -538,7 +538,15 @@ fn connect(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Resul
     let Some((sk, family)) = udp_socket(s, fd, o)? else {
         return Ok(());
     };
-    udp_dest(sk, family, s, net_op::UDP_CONNECT, addr, (0, 0), o)
+    udp_dest(
+        sk,
+        family,
+        s,
+        net_op::UDP_CONNECT,
+        Dest::User(addr),
+        (0, 0),
+        o,
+    )
 }
 
 /// `sys_enter_sendto(fd, buff, len, flags, addr, addr_len)`.
@@ -556,7 +564,15 @@ fn sendto(ctx: &TracePointContext, o: &KernelOffsets, s: &NetSettings) -> Result
     let Some((sk, family)) = udp_socket(s, fd, o)? else {
         return Ok(());
     };
-    udp_dest(sk, family, s, net_op::UDP_SEND, addr, (buff, len), o)
+    udp_dest(
+        sk,
+        family,
+        s,
+        net_op::UDP_SEND,
+        Dest::User(addr),
+        (buff, len),
+        o,
+    )
 }
 
 /// `sys_enter_sendmsg(fd, msg, flags)`.
@@ -597,7 +613,15 @@ fn msg_out(
         user::<u64>(iov + u64::from(o.iovec_base)).unwrap_or(0),
         user::<u64>(iov + u64::from(o.iovec_len)).unwrap_or(0),
     );
-    udp_dest(sk, family, s, net_op::UDP_SEND, name, payload, o)
+    udp_dest(
+        sk,
+        family,
+        s,
+        net_op::UDP_SEND,
+        Dest::User(name),
+        payload,
+        o,
+    )
 }
 
 /// The current task's UDP socket (sock, family) behind `fd`; `None` for
@@ -614,9 +638,89 @@ fn udp_socket(
     fd_udp_sock(fd, o)
 }
 
-/// Reports a UDP destination of socket `sk`: `addr` (a user sockaddr), or
-/// the socket's connected peer when `addr` is NULL. `payload` (user
-/// pointer, length) is copied when the destination is a DNS port.
+/// `PF_IO_WORKER`: io_uring's worker threads and its SQPOLL thread.
+const PF_IO_WORKER: u32 = 0x10;
+/// `io_uring_enter`, whose requests may run inline in the caller (one
+/// number on every architecture).
+const NR_IO_URING_ENTER: u64 = 426;
+
+/// True when the current task runs io_uring requests: one of its workers,
+/// or a task issuing them inline in `io_uring_enter`. Only there do the
+/// BPF-LSM socket programs report: the syscall tracepoints saw the rest.
+#[inline(always)]
+fn in_io_uring(o: &KernelOffsets) -> bool {
+    // SAFETY: BTF-typed task; `unsigned int flags`.
+    let flags = unsafe { load::<u32>(current_task_btf(), o.task_flags) };
+    flags & PF_IO_WORKER != 0 || current_syscall_nr(o) == NR_IO_URING_ENTER
+}
+
+/// `lsm/socket_sendmsg(sock, msg, size)` (BPF-LSM kernels): a UDP
+/// datagram io_uring sends (`IORING_OP_SENDMSG`, `SEND`, a `WRITE` on a
+/// socket), reported as `sendmsg` reports it; the destination is the
+/// kernel's copy. Never refuses.
+#[lsm(hook = "socket_sendmsg")]
+pub fn net_io_uring_sendmsg(ctx: LsmContext) -> i32 {
+    io_uring_socket_hook(&ctx, net_op::UDP_SEND, |o| {
+        read::<u64>(ctx.arg(1), o.kmsghdr_name).unwrap_or(0)
+    })
+}
+
+/// `lsm/socket_connect(sock, address, addrlen)`: io_uring's connect of a
+/// UDP socket (`IORING_OP_CONNECT`; a TCP one is seen by
+/// `inet_sock_set_state` wherever it comes from). Never refuses.
+#[lsm(hook = "socket_connect")]
+pub fn net_io_uring_connect(ctx: LsmContext) -> i32 {
+    io_uring_socket_hook(&ctx, net_op::UDP_CONNECT, |_| ctx.arg(1))
+}
+
+/// A BPF-LSM socket hook `(sock, ..., ret)` in an io_uring context: the
+/// UDP destination `addr` finds in kernel memory, as `op`. Returns the
+/// earlier programs' answer.
+#[inline(always)]
+fn io_uring_socket_hook(ctx: &LsmContext, op: u8, addr: impl FnOnce(&KernelOffsets) -> u64) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous == 0
+        && let (Some(o), Some(s)) = (offsets(), settings())
+        && in_io_uring(o)
+    {
+        let _ = io_uring_udp(&s, ctx.arg(0), op, Dest::Kernel(addr(o)), o);
+    }
+    previous
+}
+
+/// A UDP destination from an io_uring request on `socket`. No DNS query
+/// name: the payload sits behind the request's iterator.
+#[inline(always)]
+fn io_uring_udp(
+    s: &NetSettings,
+    socket: *const u8,
+    op: u8,
+    addr: Dest,
+    o: &KernelOffsets,
+) -> Result<(), ReadFailed> {
+    if !current_task_reported(s, o) {
+        return Ok(());
+    }
+    let sk = read_ptr(socket, o.socket_sk)?;
+    let (family, protocol) = sock_kind(sk, o)?;
+    if protocol != IPPROTO_UDP {
+        return Ok(());
+    }
+    udp_dest(sk, family, s, op, addr, (0, 0), o)
+}
+
+/// Where a `struct sockaddr` naming a destination lies (0: none given).
+#[derive(Clone, Copy)]
+enum Dest {
+    /// In the caller's memory (a syscall's argument).
+    User(u64),
+    /// In the kernel's (the copy an LSM hook is handed).
+    Kernel(u64),
+}
+
+/// Reports a UDP destination of socket `sk`: `addr`, or the socket's
+/// connected peer when `addr` is NULL. `payload` (user pointer, length)
+/// is copied when the destination is a DNS port.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn udp_dest(
@@ -624,14 +728,13 @@ fn udp_dest(
     family: u16,
     s: &NetSettings,
     op: u8,
-    addr: u64,
+    addr: Dest,
     payload: (u64, u64),
     o: &KernelOffsets,
 ) -> Result<(), ReadFailed> {
-    let (rport, raddr) = if addr != 0 {
-        user_sockaddr(addr, o)?
-    } else {
-        sock_peer(sk, family, o)?
+    let (rport, raddr) = match addr {
+        Dest::User(0) | Dest::Kernel(0) => sock_peer(sk, family, o)?,
+        given => sockaddr(given, o)?,
     };
     if rport == 0 {
         return Ok(());
@@ -666,20 +769,32 @@ fn udp_dest(
     Ok(())
 }
 
-/// (port, IPv4-mapped address) of a user `sockaddr_in` / `sockaddr_in6`.
+/// (port, IPv4-mapped address) of the `sockaddr_in` / `sockaddr_in6` at
+/// `addr`.
 #[inline(always)]
-fn user_sockaddr(addr: u64, o: &KernelOffsets) -> Result<(u16, [u8; 16]), ReadFailed> {
-    match user::<u16>(addr + u64::from(o.sockaddr_family))? {
+fn sockaddr(addr: Dest, o: &KernelOffsets) -> Result<(u16, [u8; 16]), ReadFailed> {
+    match addr.read::<u16>(o.sockaddr_family)? {
         AF_INET => Ok((
-            u16::from_be(user::<u16>(addr + u64::from(o.sin_port))?),
-            v4_mapped(user::<[u8; 4]>(addr + u64::from(o.sin_addr))?),
+            u16::from_be(addr.read::<u16>(o.sin_port)?),
+            v4_mapped(addr.read::<[u8; 4]>(o.sin_addr)?),
         )),
         AF_INET6 => Ok((
-            u16::from_be(user::<u16>(addr + u64::from(o.sin6_port))?),
-            user::<[u8; 16]>(addr + u64::from(o.sin6_addr))?,
+            u16::from_be(addr.read::<u16>(o.sin6_port)?),
+            addr.read::<[u8; 16]>(o.sin6_addr)?,
         )),
         // AF_UNSPEC (disconnect) and anything else: no destination.
         _ => Err(ReadFailed),
+    }
+}
+
+impl Dest {
+    /// The `T` at `offset` in the sockaddr.
+    #[inline(always)]
+    fn read<T>(self, offset: u32) -> Result<T, ReadFailed> {
+        match self {
+            Self::User(addr) => user(addr + u64::from(offset)),
+            Self::Kernel(addr) => read(addr as *const u8, offset),
+        }
     }
 }
 

@@ -54,6 +54,26 @@ fn guarding(dentry: *const u8, o: &KernelOffsets) -> Option<FileId> {
     covers(&id, guarded::ENTRIES).then_some(id)
 }
 
+/// True when the armed guard refuses `file_open` of `file` (an open for
+/// writing of a guarded file): file telemetry's `file_open` program then
+/// leaves the open to the guard's report, whichever of the two the kernel
+/// runs first.
+#[inline(always)]
+pub fn refuses_open(file: *const u8, o: &KernelOffsets) -> bool {
+    armed() && guarding(open_for_writing(file, o), o).is_some()
+}
+
+/// The dentry of `file` when it is opened for writing, else NULL.
+#[inline(always)]
+fn open_for_writing(file: *const u8, o: &KernelOffsets) -> *const u8 {
+    match read::<u32>(file, o.file_f_mode) {
+        Ok(mode) if mode & FMODE_WRITE != 0 => {
+            path_dentry(file.wrapping_add(o.file_f_path as usize), o)
+        }
+        _ => NONE,
+    }
+}
+
 /// `-EPERM` (and a report of `op`) if `dentry` is guarded, else None.
 #[inline(always)]
 fn check(op: u32, dentry: *const u8, o: &KernelOffsets) -> Option<i32> {
@@ -109,16 +129,7 @@ guard_program!(
     "file_open",
     guard_op::OPEN_FOR_WRITE,
     1,
-    |ctx, o| {
-        let file: *const u8 = ctx.arg(0);
-        match read::<u32>(file, o.file_f_mode) {
-            Ok(mode) if mode & FMODE_WRITE != 0 => [
-                path_dentry(file.wrapping_add(o.file_f_path as usize), o),
-                NONE,
-            ],
-            _ => [NONE, NONE],
-        }
-    }
+    |ctx, o| [open_for_writing(ctx.arg(0), o), NONE]
 );
 // path_truncate(path)
 guard_program!(

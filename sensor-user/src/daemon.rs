@@ -200,6 +200,7 @@ impl Daemon {
             metrics.set_sequence_hits(store.sequence_hits());
         }
         tracing::info!("io_uring: {}", hooks::io_uring_state());
+        tracing::info!("beyond the syscall hooks: {}", hooks.coverage());
         let protected = protected_files(&config, config_path);
         // Process ring first (see read_rings), then files, then network.
         let mut rings = vec![hooks.take_process_ring()?];

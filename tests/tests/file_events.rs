@@ -95,9 +95,10 @@ fn by_pid(events: Vec<&FileEvent>, pid: u32) -> Vec<&FileEvent> {
 
 /// Config that makes the open programs read file fields by helper calls
 /// from the open syscalls' exit tracepoints, as on kernels without
-/// `bpf_rdonly_cast` and trampolines, so that path runs on every kernel
+/// `bpf_rdonly_cast`, trampolines and BPF-LSM, so that path runs on every kernel
 /// (the default picks typed loads or fexit where the kernel has them).
-const HELPER_READS: &str = "[kernel]\ntyped_file_reads = false\nfexit_file_opens = false";
+const HELPER_READS: &str =
+    "[kernel]\ntyped_file_reads = false\nfexit_file_opens = false\nlsm_file_opens = false";
 /// The default: the kernel's best open hook and field reads.
 const DEFAULT_READS: &str = "";
 
@@ -735,61 +736,162 @@ async fn hard_links_outside_the_tree_are_reported_by_identity() -> anyhow::Resul
     Ok(())
 }
 
-/// The opens no open syscall's tracepoint sees, on this kernel: an
-/// io_uring instance is reported when it is made (with its process), and
-/// an open by file handle (name_to_handle_at, then open_by_handle_at) of a
-/// watched file is reported as its read.
+/// The opens no open syscall's tracepoint sees. Every kernel: an io_uring
+/// instance is reported when it is made (with its process), and an open
+/// by file handle (name_to_handle_at, then open_by_handle_at) of a
+/// watched file as its read. Where BPF-LSM (`file_open`) or fexit
+/// (`do_filp_open`) runs, io_uring's open of a watched file too, inline
+/// in `io_uring_enter` and in its worker threads, once each; where
+/// neither does (this host), the setup is all there is to see, and the
+/// test says so by finding no open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn io_uring_setup_and_opens_by_handle_are_reported() -> anyhow::Result<()> {
-    const SCRIPT: &str = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-params = (ctypes.c_uint32 * 30)()
-ring = libc.syscall(425, 4, ctypes.byref(params))          # io_uring_setup
-print("ring", ring, ctypes.get_errno())
-buf = (ctypes.c_uint32 * 34)()
-buf[0] = 128                                               # handle_bytes
-mount_id = ctypes.c_int()
-if libc.syscall(303, -100, sys.argv[1].encode(), ctypes.byref(buf), ctypes.byref(mount_id), 0) != 0:
-    sys.exit("name_to_handle_at: %d" % ctypes.get_errno())
-mount_fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-fd = libc.syscall(304, mount_fd, ctypes.byref(buf), os.O_RDONLY)  # open_by_handle_at
-if fd < 0:
-    sys.exit("open_by_handle_at: %d" % ctypes.get_errno())
-os.read(fd, 4)
-"#;
+async fn opens_through_io_uring_and_by_handle_are_reported_where_the_kernel_shows_them()
+-> anyhow::Result<()> {
     let tree = Tree::new()?;
     let (_collector, mut sub, sensor) = start(&tree, "").await?;
     assert!(sensor.log().contains("io_uring: "), "{}", sensor.log());
+    let kernel = tests::kernel::kernel();
+    let sees_io_uring_opens = kernel.lsm.is_ok() || kernel.fexit.is_ok();
+    let coverage = if kernel.lsm.is_ok() {
+        "opens: every open that reaches a file (BPF-LSM file_open"
+    } else {
+        "opens: through the open syscalls and open_by_handle_at; io_uring setups reported"
+    };
+    assert!(sensor.log().contains(coverage), "{}", sensor.log());
     let rx = tree.path("phi/rx.db");
-    let pid = run(&tests::netns::python(), &["-c", SCRIPT, &rx])?;
+    let uring = tests::bin_path("uring");
+    let uring = uring.to_str().expect("utf-8 path");
+    let inline = run(uring, &["read", &rx])?;
+    let worker = run(uring, &["read", &rx, "--worker"])?;
+    let by_handle = run(uring, &["handle", &rx])?;
     barrier(&mut sub, &tree).await?;
 
-    let events = by_pid(sub.files_under(""), pid);
-    let setups: Vec<_> = events
-        .iter()
-        .filter(|f| f.operation() == Operation::IoUringSetup)
-        .collect();
-    assert_eq!(setups.len(), 1, "io_uring_setup: {events:?}");
-    let setup = setups[0];
-    let disabled =
-        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
-    if disabled.trim() == "0" {
-        assert!(setup.result >= 0, "the ring's fd: {setup:?}");
+    let all = sub.files_under("");
+    for pid in [inline, worker] {
+        let events = by_pid(all.clone(), pid);
+        let setups: Vec<_> = events
+            .iter()
+            .filter(|f| f.operation() == Operation::IoUringSetup)
+            .collect();
+        assert_eq!(setups.len(), 1, "io_uring_setup: {events:?}");
+        let setup = setups[0];
+        let disabled =
+            std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+        if disabled.trim() == "0" {
+            assert!(setup.result >= 0, "the ring's fd: {setup:?}");
+        }
+        assert!(setup.path.is_empty());
+        let opens: Vec<_> = events.iter().filter(|f| f.path == rx).collect();
+        if sees_io_uring_opens {
+            assert_eq!(opens.len(), 1, "io_uring's open of {rx}: {events:?}");
+            assert_eq!(opens[0].operation(), Operation::OpenRead);
+            assert!(opens[0].result >= 0);
+        } else {
+            assert!(
+                opens.is_empty(),
+                "no hook here sees io_uring's opens; if one does now, this test must say so: {opens:?}"
+            );
+        }
     }
-    assert_eq!(setup.process.as_ref().map(|p| p.pid), Some(pid));
-    assert!(setup.path.is_empty());
 
-    let by_handle: Vec<_> = events.iter().filter(|f| f.path == rx).collect();
+    let events = by_pid(all, by_handle);
+    let opens: Vec<_> = events.iter().filter(|f| f.path == rx).collect();
     assert_eq!(
-        by_handle.len(),
+        opens.len(),
         1,
         "open_by_handle_at of a watched file: {events:?}"
     );
-    assert_eq!(by_handle[0].operation(), Operation::OpenRead);
-    assert!(by_handle[0].result >= 0);
+    assert_eq!(opens[0].operation(), Operation::OpenRead);
+    assert!(opens[0].result >= 0);
     sensor.stop().await?;
+    Ok(())
+}
+
+/// A read through an overlay whose lower layer is the watched tree: the
+/// overlay's file is another inode on another device, under a path no
+/// watch names. Where BPF-LSM runs, the overlay's own open of the layer's
+/// file passes `file_open`, and is reported once, by the layer file's
+/// identity, under the name it was read by (the overlay's mount point
+/// and names). Where it does not (this host), nothing sees that open and
+/// the test finds none (docs/file-telemetry.md says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_an_overlay_of_the_watched_tree_are_reported_where_bpf_lsm_runs()
+-> anyhow::Result<()> {
+    let tree = Tree::new()?;
+    let scratch = tempfile::tempdir()?;
+    load_overlay_module()?;
+    let mut mounts = tests::mounts::Mounts::default();
+    // Upper and work on a tmpfs of their own (xattrs), the lower layer is
+    // the watched directory itself.
+    let rw = scratch.path().join("rw");
+    mounts.mount(&["-t", "tmpfs", "tmpfs"], &rw)?;
+    std::fs::create_dir(rw.join("upper"))?;
+    std::fs::create_dir(rw.join("work"))?;
+    let merged = scratch.path().join("merged");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        tree.path("phi"),
+        rw.join("upper").display(),
+        rw.join("work").display()
+    );
+    mounts.mount(&["-t", "overlay", "overlay", "-o", &options], &merged)?;
+    let merged = std::fs::canonicalize(&merged)?;
+    let (_collector, mut sub, sensor) = start(&tree, "").await?;
+
+    let through = merged.join("rx.db").to_string_lossy().into_owned();
+    let reader = run("/bin/cat", &[&through])?;
+    barrier(&mut sub, &tree).await?;
+
+    let reads = by_pid(sub.files_under(""), reader);
+    if tests::kernel::kernel().lsm.is_ok() {
+        assert_eq!(reads.len(), 1, "the read through the overlay: {reads:?}");
+        let read = reads[0];
+        assert_eq!(read.operation(), Operation::OpenRead);
+        assert!(read.by_identity, "{read:?}");
+        assert_eq!(read.path, through, "the name it was read by");
+        assert_eq!(
+            read.watched_path,
+            tree.path("phi/rx.db"),
+            "the watched name"
+        );
+        let meta = std::fs::metadata(tree.path("phi/rx.db"))?;
+        let file = read.file.expect("the kernel held the file");
+        assert_eq!(
+            (file.device, file.inode),
+            (meta.dev(), meta.ino()),
+            "the layer's file"
+        );
+    } else {
+        assert!(
+            reads.is_empty(),
+            "no hook here sees an overlay's opens of its layers; if one does now, this test must say so: {reads:?}"
+        );
+    }
+    sensor.stop().await?;
+    drop(mounts);
+    Ok(())
+}
+
+/// Loads overlayfs where the kernel has it as a module not yet loaded
+/// (Debian's kernels; the kiosk guest carries the module).
+fn load_overlay_module() -> anyhow::Result<()> {
+    let listed = |fs: &str| {
+        std::fs::read_to_string("/proc/filesystems")
+            .is_ok_and(|l| l.lines().any(|l| l.ends_with(&format!("\t{fs}"))))
+    };
+    if listed("overlay") {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let module = format!(
+        "/lib/modules/{}/kernel/fs/overlayfs/overlay.ko",
+        release.trim()
+    );
+    let status = Command::new("insmod").arg(&module).status()?;
+    anyhow::ensure!(
+        status.success() || listed("overlay"),
+        "insmod {module}: {status}"
+    );
     Ok(())
 }
 

@@ -81,6 +81,22 @@ async fn full_probe_picks_this_kernels_backend_and_leaves_nothing_loaded() -> an
             .any(|l| l.starts_with("io-uring: ") && l.contains(&io_uring)),
         "{out}"
     );
+    // What is seen beyond the syscall hooks, per kernel: on BPF-LSM
+    // kernels, every open that reaches a file and io_uring's UDP sends.
+    let coverage: &[&str] = if kernel().lsm.is_ok() {
+        &[
+            "opens: every open that reaches a file (BPF-LSM file_open",
+            "io_uring UDP sends: BPF-LSM socket_sendmsg/socket_connect",
+        ]
+    } else {
+        &[
+            "opens: through the open syscalls and open_by_handle_at; io_uring setups reported",
+            "io_uring UDP sends: not seen, setups reported (no BPF-LSM on this kernel)",
+        ]
+    };
+    for said in coverage {
+        assert!(out.contains(said), "want {said:?}: {out}");
+    }
     assert_eq!(sensor_programs_after_exit().await?, Vec::<String>::new());
     Ok(())
 }

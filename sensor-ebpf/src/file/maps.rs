@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     FileId, FileRenameEvent, FileSettings, KernelOffsets, WatchEntry,
-    file::{OpenRepeatCount, OpenRepeatKey},
+    file::{O_PATH, OpenRepeatCount, OpenRepeatKey},
 };
 
 use crate::kernel::{ReadFailed, read_task_exe};
@@ -84,6 +84,25 @@ pub(super) static OPEN_REPEATS: PerCpuHashMap<OpenRepeatKey, OpenRepeatCount> =
 /// 0: every open is reported.
 #[map]
 pub(super) static OPEN_REPEAT_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Slot 0 non-zero once the loader has attached `lsm/file_open`
+/// (BPF-LSM kernels): every successful open but an `O_PATH` one is then
+/// reported there, and the exit programs keep refused and `O_PATH` opens.
+#[map]
+static FILE_OPEN_LSM: Array<u32> = Array::with_max_entries(1, 0);
+
+/// True when `lsm/file_open` reports successful opens (but `O_PATH` ones,
+/// which never reach it).
+#[inline(always)]
+pub(super) fn lsm_reports_opens() -> bool {
+    FILE_OPEN_LSM.get(0).is_some_and(|on| *on != 0)
+}
+
+/// True when `lsm/file_open` reported the successful open made with `flags`.
+#[inline(always)]
+pub(super) fn lsm_reported(flags: u32) -> bool {
+    flags & O_PATH == 0 && lsm_reports_opens()
+}
 
 /// The settings when the file programs should look at this task.
 #[inline(always)]

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
-    macros::{fexit, tracepoint},
-    programs::{FExitContext, TracePointContext},
+    macros::{fexit, lsm, tracepoint},
+    programs::{FExitContext, LsmContext, TracePointContext},
 };
 use sensor_common::{
     EventKind, FileId, KernelOffsets, drop_reason,
@@ -17,13 +17,17 @@ use sensor_common::{
 
 use super::{
     AT_FDCWD, arg, current_task,
-    maps::{FILE_EVENTS, OPEN_REPEAT_GEN, OPEN_REPEATS, enabled, excluded_exe, is_sensor, scratch},
+    maps::{
+        FILE_EVENTS, OPEN_REPEAT_GEN, OPEN_REPEATS, enabled, excluded_exe, is_sensor, lsm_reported,
+        lsm_reports_opens, scratch,
+    },
     ops::{OpArgs, begin},
-    watched::{match_path, remember_inode, watched_file, write_watched},
+    watched::{match_path, remember_inode, watched_file, watched_identity, write_watched},
 };
 use crate::{
     kernel::{
-        Fields, Probe, Typed, read_dentry_id, read_fd_dentry, read_file_dentry, read_syscall_args,
+        Fields, Probe, Typed, current_syscall_nr, read_dentry_id, read_fd_dentry, read_file_dentry,
+        read_syscall_args,
     },
     maps::{offsets, output_event},
 };
@@ -44,6 +48,18 @@ enum OpenAbi {
     Creat,
     /// open_by_handle_at(mount_fd, struct file_handle *, flags): no path.
     ByHandle,
+}
+
+/// The open syscall (x86-64 number) that creates files, if `nr` is one.
+#[inline(always)]
+fn open_syscall(nr: u64) -> Option<OpenAbi> {
+    match nr {
+        2 => Some(OpenAbi::Open),
+        85 => Some(OpenAbi::Creat),
+        257 => Some(OpenAbi::OpenAt),
+        437 => Some(OpenAbi::OpenAt2),
+        _ => None,
+    }
 }
 
 /// What an open syscall asked for, from the registers saved at entry.
@@ -132,6 +148,11 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     let Some(o) = offsets() else { return };
     let ret = arg(ctx, 0) as i64;
     let opened = if ret >= 0 {
+        if lsm_reports_opens()
+            && open_args(abi, o).is_some_and(|(_, _, flags, _)| lsm_reported(flags))
+        {
+            return;
+        }
         match read_fd_dentry::<F>(ret as u32, o) {
             Ok(dentry) => Some(dentry),
             Err(_) => return,
@@ -139,7 +160,7 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     } else {
         None
     };
-    report_open::<F>(o, ret, opened, || open_args(abi, o));
+    report_open::<F>(o, ret, opened.map(Opened::file), || open_args(abi, o));
 }
 
 /// `__FMODE_EXEC`: the open of a program being exec'd (`file_exec`'s).
@@ -197,20 +218,118 @@ fn filp_open_exit(ctx: &FExitContext) {
     };
     if (-MAX_ERRNO..0).contains(&ret) {
         report_open::<Typed>(o, ret, None, args);
+    } else if lsm_reported(open_flag) {
+        // Reported by `lsm/file_open` as it happened.
     } else if let Ok(dentry) = read_file_dentry::<Typed>(file, o) {
-        report_open::<Typed>(o, 0, Some(dentry), args);
+        report_open::<Typed>(o, 0, Some(Opened::file(dentry)), args);
+    }
+}
+
+/// `lsm/file_open` (BPF-LSM kernels): every open that reaches a file
+/// passes here, the ones no open syscall or `do_filp_open` carries
+/// included: io_uring's (in its workers too), `open_by_handle_at`, a
+/// stacked filesystem's opens of its layers' files, fanotify's. So every
+/// successful open is reported here, and the exit programs report only
+/// refused opens (and `O_PATH` ones, which never get here): none twice.
+/// Nothing is refused; the result is 0, as the open is let through.
+#[lsm(hook = "file_open")]
+pub fn file_open_lsm(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous == 0 {
+        lsm_open(&ctx);
+    }
+    previous
+}
+
+#[inline(always)]
+fn lsm_open(ctx: &LsmContext) {
+    let Some(o) = offsets() else { return };
+    let file: *const u8 = ctx.arg(0);
+    let Ok(flags) = Typed::get::<u32>(file, o.file_f_flags) else {
+        return;
+    };
+    // An exec's own open is `file_exec`'s; one the write guard refuses
+    // is its report (and a refused open's, from the exit programs).
+    if flags & FMODE_EXEC != 0 || crate::write_guard::refuses_open(file, o) {
+        return;
+    }
+    let (Ok(dentry), Ok(inode)) = (
+        read_file_dentry::<Typed>(file, o),
+        Typed::ptr(file, o.file_inode),
+    ) else {
+        return;
+    };
+    let flags = flags & !KERNEL_OPEN_FLAGS;
+    let args = || {
+        // A creating open's mode: the one asked, from the open syscall's
+        // saved registers; for an open without one (io_uring's), what the
+        // file got (umask applied).
+        let mode = if flags & O_CREAT == 0 {
+            0
+        } else if let Some((_, _, _, asked)) =
+            open_syscall(current_syscall_nr(o)).and_then(|abi| open_args(abi, o))
+        {
+            asked & S_IALLUGO
+        } else {
+            u32::from(Typed::get::<u16>(inode, o.inode_mode).ok()?) & S_IALLUGO
+        };
+        Some((AT_FDCWD, 0, flags, mode))
+    };
+    // A stacked filesystem's file of a layer (overlayfs before 6.10): the
+    // path is the overlay's, the inode the layer's. The file is the
+    // layer's, known by its identity.
+    if Typed::ptr(dentry, o.dentry_inode).is_ok_and(|named| named != inode) {
+        let (Ok(sb), Ok(ino)) = (
+            Typed::ptr(inode, o.inode_sb),
+            Typed::get::<u64>(inode, o.inode_ino),
+        ) else {
+            return;
+        };
+        let Ok(dev) = Typed::get::<u32>(sb, o.sb_dev) else {
+            return;
+        };
+        let layer = FileId { dev, _pad: 0, ino };
+        report_open::<Typed>(
+            o,
+            0,
+            Some(Opened {
+                dentry,
+                layer: Some(layer),
+            }),
+            args,
+        );
+    } else {
+        report_open::<Typed>(o, 0, Some(Opened::file(dentry)), args);
+    }
+}
+
+/// The file an open opened: its name's dentry, and the identity of the
+/// layer's file a stacked filesystem opened under that name.
+#[derive(Clone, Copy)]
+struct Opened {
+    dentry: *const u8,
+    layer: Option<FileId>,
+}
+
+impl Opened {
+    #[inline(always)]
+    fn file(dentry: *const u8) -> Self {
+        Self {
+            dentry,
+            layer: None,
+        }
     }
 }
 
 /// Decides and reports one open, whichever hook saw it: `result` is the
-/// syscall's (fd or -errno), `opened` the opened file's dentry (`None`
-/// when refused), `args` what was asked, read only for an open that may
-/// be reported.
+/// syscall's (fd or -errno), `opened` the opened file (`None` when
+/// refused), `args` what was asked, read only for an open that may be
+/// reported.
 #[inline(always)]
 fn report_open<F: Fields>(
     o: &KernelOffsets,
     result: i64,
-    opened: Option<*const u8>,
+    opened: Option<Opened>,
     args: impl FnOnce() -> Option<OpenArgs>,
 ) {
     // Whether this is the sensor is asked only of a reported open.
@@ -229,15 +348,20 @@ fn report_open<F: Fields>(
     // Where the opened file lies in the watched set: its path is written
     // only once the open is known to be reported.
     let mut target = None;
-    let args = if let Some(dentry) = opened {
+    let args = if let Some(Opened { dentry, layer }) = opened {
         let mut asked = None;
-        let Some(place) = watched_file::<F>(&mut ev.file.path, dentry, || {
+        let op = || {
             asked = args();
             asked.map(|(_, _, flags, _)| open_op(flags))
-        }) else {
+        };
+        let place = match layer {
+            None => watched_file::<F>(&mut ev.file.path, dentry, op),
+            Some(id) => watched_identity(&mut ev.file.path, id, op),
+        };
+        let Some(place) = place else {
             return;
         };
-        target = Some((dentry, place));
+        target = Some((dentry, layer, place));
         asked
     } else {
         // Refused (EACCES, EPERM, ...): decide on the path it named.
@@ -265,8 +389,8 @@ fn report_open<F: Fields>(
         return;
     }
     let mut id = None;
-    if let Some((dentry, place)) = target {
-        id = read_dentry_id::<F>(dentry, o).ok();
+    if let Some((dentry, layer, place)) = target {
+        id = layer.or_else(|| read_dentry_id::<F>(dentry, o).ok());
         if let Some(id) = id {
             if flags & O_CREAT != 0 {
                 remember_inode(id, &place);
@@ -276,6 +400,10 @@ fn report_open<F: Fields>(
             }
         }
         write_watched(&mut ev.file.path, dentry, place);
+        if layer.is_some() {
+            // The names are the stacked filesystem's, from its root.
+            ev.file.path.chain_dev = read_dentry_id::<F>(dentry, o).map_or(0, |named| named.dev);
+        }
     }
     begin(
         &mut ev.file,

@@ -135,6 +135,7 @@ pub(super) const TO_ROOT: u32 = u32::MAX;
 #[inline(always)]
 pub(super) fn write_chain(rec: &mut PathRecord, dentry: *const u8, levels: u32) {
     rec.chain_len = 0;
+    rec.chain_dev = 0;
     let Some(walk) = loop_state(dentry) else {
         return;
     };

@@ -167,11 +167,49 @@ pub(super) fn watched_file<F: Fields>(
     dentry: *const u8,
     op: impl FnOnce() -> Option<u32>,
 ) -> Option<Place> {
+    empty(rec);
+    let place = find_watched_file::<F>(rec, dentry)?;
+    match op() {
+        Some(op) if place.entry.ops & (1 << op) != 0 => Some(place),
+        _ => None,
+    }
+}
+
+/// Leaves `rec` naming nothing.
+#[inline(always)]
+fn empty(rec: &mut PathRecord) {
     rec.anchor = NO_ANCHOR;
     rec.flags = 0;
     rec.chain_len = 0;
     rec.name[0] = 0;
-    let place = find_watched_file::<F>(rec, dentry)?;
+}
+
+/// [`watched_file`] for a file known only by its identity `id` (a
+/// stacked filesystem's file of a layer, whose name is the overlay's):
+/// a watched root itself, or a file of a watched tree.
+#[inline(always)]
+pub(super) fn watched_identity(
+    rec: &mut PathRecord,
+    id: FileId,
+    op: impl FnOnce() -> Option<u32>,
+) -> Option<Place> {
+    empty(rec);
+    // SAFETY: the value is copied out at once.
+    let root = maybe_watched_ino(id.ino)
+        .then(|| unsafe { WATCHED.get(id) }.copied())
+        .flatten();
+    let place = match root {
+        Some(entry) => Place {
+            levels: TO_ROOT,
+            flags: PATH_BY_IDENTITY,
+            entry: WatchEntry {
+                anchor: NO_ANCHOR,
+                ops: entry.ops,
+            },
+        },
+        None if maybe_watched_inode(id.ino) => watched_inode(id)?,
+        None => return None,
+    };
     match op() {
         Some(op) if place.entry.ops & (1 << op) != 0 => Some(place),
         _ => None,

@@ -216,9 +216,14 @@ fn probe_process() -> anyhow::Result<String> {
         // The open programs this kernel would run (typed where it can).
         typed_file_reads: true,
         fexit_file_opens: true,
+        lsm_file_opens: true,
         net_ringbuf_bytes: 1 << 20,
-        // Disabled: the probe asks about process telemetry only.
-        network: Default::default(),
+        // On, so the network programs (io_uring's BPF-LSM ones included)
+        // prove they pass this kernel's verifier.
+        network: sensor_user::hooks::net::NetHookConfig {
+            enabled: true,
+            ..Default::default()
+        },
         identity_max_entries: sensor_common::file::WATCHED_INODE_ENTRIES,
         // Its own maps: never a pinned policy's.
         allowlist_pin_dir: None,
@@ -238,14 +243,15 @@ fn probe_process() -> anyhow::Result<String> {
                 && exec.task.tgid == pid
             {
                 return Ok(format!(
-                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}; file open hook: {}; write guard: {}",
+                    "exec of pid {pid} ({}) seen through the raw tracepoints; file programs loaded with {}; file open hook: {}; write guard: {}; {}",
                     exec.filename,
                     hooks.file_reads(),
                     hooks.file_open_hook(),
                     match hooks.write_guard() {
                         Ok(()) => "BPF-LSM programs attached",
                         Err(why) => why,
-                    }
+                    },
+                    hooks.coverage(),
                 ));
             }
         }

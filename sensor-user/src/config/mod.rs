@@ -359,6 +359,12 @@ pub struct KernelConfig {
     /// opens go through it too); false: the open syscalls' exit
     /// tracepoints always.
     pub fexit_file_opens: bool,
+    /// Report successful opens from BPF-LSM `file_open` where BPF-LSM
+    /// runs: every open that reaches a file, io_uring's, opens by handle
+    /// and a stacked filesystem's opens of its layers included; false:
+    /// the open hook above reports them all (those it does not see are
+    /// missed).
+    pub lsm_file_opens: bool,
 }
 
 impl Default for KernelConfig {
@@ -369,6 +375,7 @@ impl Default for KernelConfig {
             net_ringbuf_bytes: 1 << 20,
             typed_file_reads: true,
             fexit_file_opens: true,
+            lsm_file_opens: true,
         }
     }
 }

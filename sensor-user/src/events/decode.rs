@@ -189,6 +189,7 @@ fn raw_path(p: &PathRecord) -> RawPath {
         truncated: p.flags & (PATH_CHAIN_TRUNCATED | PATH_NAME_TRUNCATED) != 0,
         depth_exceeded: p.flags & PATH_DEPTH_EXCEEDED != 0,
         by_identity: p.flags & PATH_BY_IDENTITY != 0,
+        chain_device: (p.chain_dev != 0).then(|| kernel_dev_to_user(p.chain_dev)),
     }
 }
 
@@ -407,7 +408,7 @@ mod tests {
                 anchor: 2,
                 flags: PATH_NAME_TRUNCATED,
                 chain_len: names.len() as u32,
-                _pad: 0,
+                chain_dev: 0,
                 chain,
                 name,
             },

@@ -220,6 +220,9 @@ pub struct RawPath {
     /// Found by identity under a name outside the watched trees: `chain`
     /// runs from the filesystem's root, no anchor (`PATH_BY_IDENTITY`).
     pub by_identity: bool,
+    /// The device whose root `chain` starts from when it is not the
+    /// file's own (an overlay's name for a file of its layer).
+    pub chain_device: Option<u64>,
 }
 
 impl RawPath {

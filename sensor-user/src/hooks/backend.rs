@@ -179,24 +179,17 @@ fn try_lsm(object: &mut SensorObject, btf: &Result<aya::Btf, String>) -> Result<
     Err("attached, but the kernel never ran it (is `bpf` in the lsm= list?)".to_owned())
 }
 
-/// Attaches the BPF-LSM program that refuses other processes attach
-/// rights (ptrace, `process_vm_*`, `pidfd_getfd`, `/proc/<pid>/mem`) over
-/// the sensor. Call only once BPF-LSM is known to run here; the link stays
-/// with the object (the guard ends with the daemon).
-pub fn attach_ptrace_guard(object: &mut SensorObject, btf: &aya::Btf) -> Result<(), String> {
-    let (name, hook) = names::PROG_TAMPER_PTRACE_LSM;
-    let program: &mut aya::programs::Lsm = optional_program(object, name)?;
-    program.load(hook, btf).map_err(|e| format!("load: {e}"))?;
-    program.attach().map_err(|e| format!("attach: {e}"))?;
-    Ok(())
-}
-
-/// Attaches the write guard's BPF-LSM programs (unarmed: they refuse
-/// nothing until the daemon arms them). Any program the kernel refuses
-/// (e.g. no `path_*` hooks without `CONFIG_SECURITY_PATH`) leaves the
-/// guard off; those attached stay unarmed.
-pub fn attach_write_guard(object: &mut SensorObject, btf: &aya::Btf) -> Result<(), String> {
-    for (name, hook) in names::WRITE_GUARD_LSM {
+/// Loads and attaches BPF-LSM `programs` (name, hook). Call only once
+/// BPF-LSM is known to run here; the links stay with the object (they end
+/// with the daemon). The first program the kernel refuses (e.g. no
+/// `path_*` hooks without `CONFIG_SECURITY_PATH`) is the error; those
+/// attached before it stay attached, idle until their maps say otherwise.
+pub fn attach_lsm(
+    object: &mut SensorObject,
+    btf: &aya::Btf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), String> {
+    for &(name, hook) in programs {
         let program: &mut aya::programs::Lsm = optional_program(object, name)?;
         program
             .load(hook, btf)

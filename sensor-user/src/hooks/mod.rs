@@ -60,6 +60,9 @@ pub struct HookConfig {
     /// Decide opens with `fexit/do_filp_open` where the kernel allows it
     /// (`[kernel] fexit_file_opens`).
     pub fexit_file_opens: bool,
+    /// Report successful opens from `lsm/file_open` where BPF-LSM runs
+    /// (`[kernel] lsm_file_opens`).
+    pub lsm_file_opens: bool,
     /// Size of `NET_EVENTS`; same rules.
     pub net_ringbuf_bytes: u32,
     pub network: net::NetHookConfig,
@@ -88,6 +91,7 @@ impl HookConfig {
             files: config.files.enabled,
             typed_file_reads: config.kernel.typed_file_reads,
             fexit_file_opens: config.kernel.fexit_file_opens,
+            lsm_file_opens: config.kernel.lsm_file_opens,
             net_ringbuf_bytes: config.kernel.net_ringbuf_bytes,
             network: net::NetHookConfig::from_config(&config.network),
             identity_max_entries: config.files.identity_max_entries,
@@ -133,6 +137,10 @@ pub struct ProcessHooks {
     pinned: Option<(std::path::PathBuf, Option<FdLink>)>,
     file_reads: FileReads,
     file_open_hook: FileOpenHook,
+    /// `lsm/file_open` reporting successful opens, or why not.
+    open_lsm: Result<(), String>,
+    /// The BPF-LSM socket programs reporting io_uring's UDP sends, or why not.
+    io_uring_sends: Result<(), String>,
     /// The write guard's programs attached (unarmed), or why not.
     write_guard: Result<(), String>,
 }
@@ -212,6 +220,17 @@ fn attach_file_programs(
     )?;
     object.attach_raw_tracepoint(names::PROG_FILE_EXEC, names::PROG_EXEC)?;
     Ok(hook)
+}
+
+/// Attaches `lsm/file_open` and hands it the successful opens: from
+/// here on the exit programs report only refused and `O_PATH` ones.
+fn attach_open_lsm(object: &mut SensorObject, btf: &aya::Btf) -> Result<(), String> {
+    backend::attach_lsm(object, btf, &[names::PROG_FILE_OPEN_LSM])?;
+    let mut on: aya::maps::Array<&mut MapData, u32> = object
+        .map_mut(names::FILE_OPEN_LSM)
+        .map_err(|e| e.to_string())?;
+    on.set(0, 1, 0)
+        .map_err(|e| format!("{}: {e}", names::FILE_OPEN_LSM))
 }
 
 /// The arguments each self-protection program reads, by tracepoint.
@@ -315,7 +334,7 @@ impl ProcessHooks {
         let (allowlist_backend, verdict_link) = attach_exec_verdict(&mut object, &btf)?;
         let ptrace_guard = match (&allowlist_backend, &btf) {
             (AllowlistBackend::Lsm, Ok(btf)) if config.tamper_calls => {
-                backend::attach_ptrace_guard(&mut object, btf)
+                backend::attach_lsm(&mut object, btf, &[names::PROG_TAMPER_PTRACE_LSM])
             }
             (AllowlistBackend::Lsm, _) => Err("off (self-protection hooks not attached)".into()),
             (AllowlistBackend::TracepointSigkill { .. }, _) => {
@@ -330,7 +349,7 @@ impl ProcessHooks {
         }
         let write_guard = match (&allowlist_backend, &btf) {
             (AllowlistBackend::Lsm, Ok(btf)) if config.tamper_calls && config.write_guard => {
-                backend::attach_write_guard(&mut object, btf)
+                backend::attach_lsm(&mut object, btf, &names::WRITE_GUARD_LSM)
             }
             (AllowlistBackend::Lsm, _) if config.tamper_calls => {
                 Err("off in the config (self_protection.deny_writes): writes to the sensor's files are reported only".into())
@@ -350,11 +369,30 @@ impl ProcessHooks {
             FileOpenHook::Fexit => FileReads::FexitArgs,
             _ => file_reads,
         };
-        drop(btf);
+        let lsm = match (&allowlist_backend, &btf) {
+            (AllowlistBackend::Lsm, Ok(btf)) => Ok(btf),
+            (AllowlistBackend::Lsm, Err(e)) => Err(e.clone()),
+            (AllowlistBackend::TracepointSigkill { .. }, _) => {
+                Err("no BPF-LSM on this kernel".to_owned())
+            }
+        };
+        let open_lsm = match (config.files, config.lsm_file_opens) {
+            (true, true) => lsm
+                .clone()
+                .and_then(|btf| attach_open_lsm(&mut object, btf)),
+            (true, false) => Err("off in the config (kernel.lsm_file_opens)".to_owned()),
+            (false, _) => Err("file telemetry off".to_owned()),
+        };
         if config.network.enabled {
             net::fill_maps(&mut object, &config.network)?;
             attach_net_programs(&mut object)?;
         }
+        let io_uring_sends = if config.network.enabled {
+            lsm.and_then(|btf| backend::attach_lsm(&mut object, btf, &names::NET_IO_URING_LSM))
+        } else {
+            Err("network telemetry off".to_owned())
+        };
+        drop(btf);
         if config.tamper_calls {
             for (name, tracepoint) in names::TAMPER_TRACEPOINTS {
                 object.attach_tracepoint(name, "syscalls", tracepoint)?;
@@ -370,8 +408,44 @@ impl ProcessHooks {
             pinned: None,
             file_reads,
             file_open_hook,
+            open_lsm,
+            io_uring_sends,
             write_guard,
         })
+    }
+
+    /// Whether `lsm/file_open` reports the opens no open syscall carries
+    /// (io_uring's, by handle, a stacked filesystem's layers), or why not.
+    pub fn open_lsm(&self) -> Result<(), &str> {
+        self.open_lsm.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Whether io_uring's UDP sends and connects are reported (BPF-LSM
+    /// socket hooks), or why not.
+    pub fn io_uring_sends(&self) -> Result<(), &str> {
+        self.io_uring_sends
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str)
+    }
+
+    /// What is seen of opens and sends that no syscall hook carries, as
+    /// the daemon logs it and the probe prints it.
+    pub fn coverage(&self) -> String {
+        let opens = match self.open_lsm() {
+            Ok(()) => "opens: every open that reaches a file (BPF-LSM file_open: \
+                       io_uring, open_by_handle_at, overlay layers included)"
+                .to_owned(),
+            Err(why) => format!(
+                "opens: through the open syscalls and open_by_handle_at; io_uring setups \
+                 reported, not its opens unless fexit sees them (BPF-LSM file_open: {why})"
+            ),
+        };
+        let sends = match self.io_uring_sends() {
+            Ok(()) => "io_uring UDP sends: BPF-LSM socket_sendmsg/socket_connect".to_owned(),
+            Err(why) => format!("io_uring UDP sends: not seen, setups reported ({why})"),
+        };
+        format!("{opens}; {sends}")
     }
 
     /// Whether the write guard's programs are attached, or why not.
@@ -565,6 +639,8 @@ impl ProcessHooks {
             pinned,
             file_reads: _,
             file_open_hook: _,
+            open_lsm: _,
+            io_uring_sends: _,
             write_guard: _,
         } = self;
         // Pinned, the link stays attached without this fd.

@@ -202,6 +202,7 @@ pub fn resolve_offsets(o: &mut KernelOffsets, btf: &KernelBtf) -> Result<(), Net
     o.tcp_bytes_sent = f("tcp_sock", "bytes_sent")?;
     o.tcp_bytes_received = f("tcp_sock", "bytes_received")?;
     o.msghdr_name = f("user_msghdr", "msg_name")?;
+    o.kmsghdr_name = f("msghdr", "msg_name")?;
     o.msghdr_namelen = f("user_msghdr", "msg_namelen")?;
     o.msghdr_iov = f("user_msghdr", "msg_iov")?;
     o.mmsghdr_hdr = f("mmsghdr", "msg_hdr")?;

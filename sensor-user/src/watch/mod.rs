@@ -105,7 +105,7 @@ impl Anchors {
                 return raw.name.clone();
             }
             let mount = (raw.by_identity && !raw.truncated && !raw.depth_exceeded)
-                .then(|| identity::mount_point(device))
+                .then(|| identity::mount_point(raw.chain_device.unwrap_or(device)))
                 .flatten();
             let mut path = mount.unwrap_or_else(|| "…".to_owned());
             for name in raw.chain.split('/').filter(|n| !n.is_empty()) {

@@ -35,6 +35,8 @@ pub const BINARIES: &[&str] = &[
     "rxsentry-probe",
     // The isolation test's traffic (tests crate).
     "netprobe",
+    // io_uring and by-handle opens, io_uring sends (tests crate).
+    "uring",
 ];
 /// Host tools the in-guest tests need beyond busybox, copied to the same
 /// path with their libraries: iproute2's `ip` (busybox's applet has no
@@ -277,10 +279,11 @@ fn build_initramfs(kernel: &Kernel, deb: &Path, root: &Path, out: &Path) -> Resu
 }
 
 /// Kernel modules the in-guest tests load (Debian builds them as modules):
-/// veth for the isolation test's peer, tun for its L3 device, and the
-/// clsact qdisc and BPF classifier that isolation attaches through before
-/// Linux 6.6.
+/// veth for the isolation test's peer, tun for its L3 device, the clsact
+/// qdisc and BPF classifier that isolation attaches through before Linux
+/// 6.6, and overlayfs for the file test that reads through an overlay.
 const MODULES: &[&str] = &[
+    "kernel/fs/overlayfs/overlay.ko",
     "kernel/drivers/net/veth.ko",
     "kernel/drivers/net/tun.ko",
     "kernel/net/sched/sch_ingress.ko",

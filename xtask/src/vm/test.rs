@@ -43,8 +43,9 @@ pub const EXPECTED_TESTS: &[&str] = &[
     "isolation",
 ];
 /// The whole guest's limit: boot, shell tests and the integration suites
-/// (each of those also has its own limit in the guest).
-const DEFAULT_TIMEOUT_SECS: u64 = 900;
+/// (each of those also has its own limit in the guest). About 13 minutes
+/// on an idle 2-core host under TCG (48 suite tests).
+const DEFAULT_TIMEOUT_SECS: u64 = 1200;
 /// After the DONE line, how long the guest may take to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 

@@ -1,8 +1,10 @@
 # File telemetry on this kernel, with each open hook in turn:
-# - as shipped: Debian's kernels allow trampolines, so opens must be decided
-#   by fexit on do_filp_open (the host cannot run it);
-# - with `kernel.fexit_file_opens = false`: the syscall exit tracepoint
-#   programs (helper reads on 6.1), as on kernels without trampolines.
+# - as shipped: Debian's kernels run BPF-LSM and allow trampolines, so
+#   successful opens are reported by BPF-LSM file_open and refused ones by
+#   fexit on do_filp_open (the host can run neither);
+# - with `kernel.fexit_file_opens = false` and `lsm_file_opens = false`:
+#   the syscall exit tracepoint programs (helper reads on 6.1), as on
+#   kernels without trampolines or BPF-LSM.
 # Each time: the dispensing app's read of the PHI record reaches the
 # collector (path, operation, process); a file outside the watched set read
 # right after it produces no event; a creating open in the PHI tree is
@@ -85,11 +87,16 @@ check_hook() {
 
 start_services || fail "the kiosk services did not start (see above)"
 check_hook 'file open hook: fexit do_filp_open' 0
+beyond=$(grep -o 'beyond the syscall hooks: .*' "$RXSENTRY_LOG/sensor.err" | head -n 1 | cut -c 1-300)
+case "$beyond" in
+*'opens: every open that reaches a file (BPF-LSM file_open'*) ;;
+*) fail "BPF-LSM file_open does not report the opens: ${beyond:-no 'beyond the syscall hooks' log line}" ;;
+esac
 
 tracepoints=/tmp/sensor-tracepoint-opens.toml
-sed 's/^\[kernel\]$/[kernel]\nfexit_file_opens = false/' /etc/rxsentry/sensor.toml >"$tracepoints"
-grep -q '^fexit_file_opens = false$' "$tracepoints" || fail "no [kernel] table in /etc/rxsentry/sensor.toml to turn fexit off in"
-SENSOR_CONFIG=$tracepoints start_services || fail "the kiosk services did not start with fexit off (see above)"
+sed 's/^\[kernel\]$/[kernel]\nfexit_file_opens = false\nlsm_file_opens = false/' /etc/rxsentry/sensor.toml >"$tracepoints"
+grep -q '^lsm_file_opens = false$' "$tracepoints" || fail "no [kernel] table in /etc/rxsentry/sensor.toml to turn fexit and BPF-LSM opens off in"
+SENSOR_CONFIG=$tracepoints start_services || fail "the kiosk services did not start with fexit and BPF-LSM opens off (see above)"
 check_hook 'file open hook: syscall exit tracepoints (fexit unavailable: off in the config' fd
 
-pass "fexit do_filp_open, then the syscall exit tracepoints: PHI read by dispense reached the collector; a create (mode 0666) and a refused open (EISDIR) too; nothing outside the watched set"
+pass "BPF-LSM file_open with fexit do_filp_open, then the syscall exit tracepoints: PHI read by dispense reached the collector; a create (mode 0666) and a refused open (EISDIR) too; nothing outside the watched set"

@@ -8,7 +8,7 @@
 . /usr/lib/rxsentry/vm-tests/lib.sh
 
 # Whatever happens, no pinned verdict program outlives this test.
-trap 'rxsentry-sensor --config /tmp/sensor-policy.toml allowlist detach >/dev/null 2>&1' EXIT
+trap 'stop_services >/dev/null 2>&1; rxsentry-sensor --config /tmp/sensor-policy.toml allowlist detach >/dev/null 2>&1' EXIT
 
 scope=/sys/fs/cgroup/allowlist-test
 mkdir -p "$scope" || fail "cannot create cgroup $scope"

@@ -2,6 +2,10 @@
 # LAST line (run-all shows it after PASS/FAIL) and exits 0 when it passed.
 . /usr/lib/rxsentry/kiosk-services.sh
 
+# Services a test started end with it, passed or failed: the next test
+# starts its own on the same ports and directories.
+trap 'stop_services >/dev/null 2>&1' EXIT
+
 pass() {
 	echo "$*"
 	exit 0
