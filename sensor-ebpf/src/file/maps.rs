@@ -91,17 +91,11 @@ pub(super) static OPEN_REPEAT_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static FILE_OPEN_LSM: Array<u32> = Array::with_max_entries(1, 0);
 
-/// True when `lsm/file_open` reports successful opens (but `O_PATH` ones,
-/// which never reach it).
-#[inline(always)]
-pub(super) fn lsm_reports_opens() -> bool {
-    FILE_OPEN_LSM.get(0).is_some_and(|on| *on != 0)
-}
-
-/// True when `lsm/file_open` reported the successful open made with `flags`.
+/// True when `lsm/file_open` reported the successful open made with
+/// `flags` (it sees every one but `O_PATH` opens).
 #[inline(always)]
 pub(super) fn lsm_reported(flags: u32) -> bool {
-    flags & O_PATH == 0 && lsm_reports_opens()
+    flags & O_PATH == 0 && FILE_OPEN_LSM.get(0).is_some_and(|on| *on != 0)
 }
 
 /// The settings when the file programs should look at this task.

@@ -19,7 +19,7 @@ use super::{
     AT_FDCWD, arg, current_task,
     maps::{
         FILE_EVENTS, OPEN_REPEAT_GEN, OPEN_REPEATS, enabled, excluded_exe, is_sensor, lsm_reported,
-        lsm_reports_opens, scratch,
+        scratch,
     },
     ops::{OpArgs, begin},
     watched::{match_path, remember_inode, watched_file, watched_identity, write_watched},
@@ -148,11 +148,6 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     let Some(o) = offsets() else { return };
     let ret = arg(ctx, 0) as i64;
     let opened = if ret >= 0 {
-        if lsm_reports_opens()
-            && open_args(abi, o).is_some_and(|(_, _, flags, _)| lsm_reported(flags))
-        {
-            return;
-        }
         match read_fd_dentry::<F>(ret as u32, o) {
             Ok(dentry) => Some(dentry),
             Err(_) => return,
@@ -160,7 +155,11 @@ fn open_exit<F: Fields>(ctx: &TracePointContext, abi: OpenAbi) {
     } else {
         None
     };
-    report_open::<F>(o, ret, opened.map(Opened::file), || open_args(abi, o));
+    // A successful open `lsm/file_open` reported is left to it: asked
+    // only of an open in the watched set (the arguments are read then).
+    report_open::<F>(o, ret, opened.map(Opened::file), || {
+        open_args(abi, o).filter(|&(_, _, flags, _)| ret < 0 || !lsm_reported(flags))
+    });
 }
 
 /// `__FMODE_EXEC`: the open of a program being exec'd (`file_exec`'s).
