@@ -274,9 +274,10 @@ fn lsm_open(ctx: &LsmContext) {
         };
         Some((AT_FDCWD, 0, flags, mode))
     };
-    // A stacked filesystem's file of a layer (overlayfs before 6.10): the
-    // path is the overlay's, the inode the layer's. The file is the
-    // layer's, known by its identity.
+    // A stacked filesystem's file of a layer (overlayfs on 6.1): the path
+    // is the overlay's, the inode the layer's. The file is the layer's,
+    // known by its identity. (Where the kernel names the layer's own path
+    // instead, the ordinary decision below sees it.)
     if Typed::ptr(dentry, o.dentry_inode).is_ok_and(|named| named != inode) {
         let (Ok(sb), Ok(ino)) = (
             Typed::ptr(inode, o.inode_sb),
