@@ -100,15 +100,21 @@ fn maybe_watched_inode(ino: u64) -> bool {
 #[inline(always)]
 fn watched_inode(id: FileId) -> Option<Place> {
     // SAFETY: the value is copied out at once.
-    let entry = unsafe { WATCHED_INODES.get(id) }.copied()?;
-    Some(Place {
+    unsafe { WATCHED_INODES.get(id) }.map(by_identity)
+}
+
+/// The place of a file found by its identity under `entry`: no anchor,
+/// its names written up to the filesystem's root.
+#[inline(always)]
+fn by_identity(entry: &WatchEntry) -> Place {
+    Place {
         levels: TO_ROOT,
         flags: PATH_BY_IDENTITY,
         entry: WatchEntry {
             anchor: NO_ANCHOR,
             ops: entry.ops,
         },
-    })
+    }
 }
 
 /// Adds a file just created in the watched set (`place`) to
@@ -168,7 +174,13 @@ pub(super) fn watched_file<F: Fields>(
     op: impl FnOnce() -> Option<u32>,
 ) -> Option<Place> {
     empty(rec);
-    let place = find_watched_file::<F>(rec, dentry)?;
+    watched_for(find_watched_file::<F>(rec, dentry)?, op)
+}
+
+/// `place` when the file there is watched for the operation `op` works
+/// out (`None`: not reported).
+#[inline(always)]
+fn watched_for(place: Place, op: impl FnOnce() -> Option<u32>) -> Option<Place> {
     match op() {
         Some(op) if place.entry.ops & (1 << op) != 0 => Some(place),
         _ => None,
@@ -196,24 +208,14 @@ pub(super) fn watched_identity(
     empty(rec);
     // SAFETY: the value is copied out at once.
     let root = maybe_watched_ino(id.ino)
-        .then(|| unsafe { WATCHED.get(id) }.copied())
+        .then(|| unsafe { WATCHED.get(id) }.map(by_identity))
         .flatten();
     let place = match root {
-        Some(entry) => Place {
-            levels: TO_ROOT,
-            flags: PATH_BY_IDENTITY,
-            entry: WatchEntry {
-                anchor: NO_ANCHOR,
-                ops: entry.ops,
-            },
-        },
+        Some(place) => place,
         None if maybe_watched_inode(id.ino) => watched_inode(id)?,
         None => return None,
     };
-    match op() {
-        Some(op) if place.entry.ops & (1 << op) != 0 => Some(place),
-        _ => None,
-    }
+    watched_for(place, op)
 }
 
 /// Fills `rec` with the path of a file [`watched_file`] matched.
